@@ -1,0 +1,301 @@
+//! Cryptographic primitives: secret keys, the AEAD, key derivation.
+//!
+//! Owns: the [`SecretKey`] type (zeroized on drop, never printed), sealing and
+//! opening with AES-256-GCM-SIV, HKDF-SHA256 sub-key derivation with distinct
+//! labels, Argon2id passphrase stretching, and OS CSPRNG access.
+//!
+//! Must never: do I/O, log, or put key bytes into an error or `Debug` output.
+//! Tag checks are done by the `aes-gcm-siv` crate (constant time), never here.
+
+use aes_gcm_siv::aead::{AeadInOut, KeyInit};
+use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
+use hkdf::Hkdf;
+use sha2::Sha256;
+use zeroize::{Zeroize, Zeroizing};
+
+/// Length of every symmetric key in sealfs (AES-256).
+pub const KEY_LEN: usize = 32;
+/// Length of an AES-GCM-SIV nonce.
+pub const NONCE_LEN: usize = 12;
+/// Length of an AES-GCM-SIV authentication tag.
+pub const TAG_LEN: usize = 16;
+
+/// Errors of the crypto layer. None of them carries key material.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum CryptoError {
+    /// The authentication tag did not verify: wrong key, wrong context, or
+    /// tampered bytes.
+    #[error("authentication failed (wrong key, wrong context or tampered data)")]
+    AuthenticationFailed,
+    /// The operating system's random number generator failed.
+    #[error("the OS random number generator failed")]
+    Random,
+    /// Passphrase stretching was given parameters Argon2 rejects.
+    #[error("invalid key-derivation parameters: {0}")]
+    KdfParams(String),
+}
+
+/// A 256-bit secret key. Zeroized on drop; `Debug` prints no key bytes.
+#[derive(Clone, Zeroize)]
+#[zeroize(drop)]
+pub struct SecretKey([u8; KEY_LEN]);
+
+impl SecretKey {
+    /// Wraps raw key bytes (the caller's copy should be zeroized by the caller).
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+        SecretKey(bytes)
+    }
+
+    /// A fresh key from the OS CSPRNG.
+    pub fn generate() -> Result<Self, CryptoError> {
+        let mut k = [0u8; KEY_LEN];
+        fill_random(&mut k)?;
+        let key = SecretKey(k);
+        k.zeroize();
+        Ok(key)
+    }
+
+    /// The raw key bytes. Only for sealing into a wrapped form.
+    pub fn expose(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+
+    /// Derives a sub-key with HKDF-SHA256. `label` names the purpose and must be
+    /// unique per purpose; `salt` binds the derivation to a volume or context.
+    pub fn derive(&self, salt: &[u8], label: &[u8]) -> SecretKey {
+        derive_key(&self.0, salt, label)
+    }
+
+    /// Builds an AEAD cipher instance from this key.
+    pub fn cipher(&self) -> SealingKey {
+        SealingKey::new(self)
+    }
+}
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretKey(<redacted>)")
+    }
+}
+
+/// HKDF-SHA256 from input keying material to a 256-bit key.
+pub fn derive_key(ikm: &[u8], salt: &[u8], label: &[u8]) -> SecretKey {
+    let hk = Hkdf::<Sha256>::new(Some(salt), ikm);
+    let mut out = [0u8; KEY_LEN];
+    // 32 bytes is always a valid HKDF-SHA256 output length.
+    hk.expand(label, &mut out)
+        .expect("32-byte HKDF output is always valid");
+    let key = SecretKey(out);
+    out.zeroize();
+    key
+}
+
+/// An AES-256-GCM-SIV key schedule, ready to seal and open.
+#[derive(Clone)]
+pub struct SealingKey {
+    aead: Aes256GcmSiv,
+}
+
+impl std::fmt::Debug for SealingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SealingKey(<redacted>)")
+    }
+}
+
+impl SealingKey {
+    /// Expands `key` into a cipher.
+    pub fn new(key: &SecretKey) -> Self {
+        SealingKey {
+            aead: Aes256GcmSiv::new(key.expose().into()),
+        }
+    }
+
+    /// Encrypts `buf` in place and returns the tag.
+    pub fn seal_in_place(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> [u8; TAG_LEN] {
+        let nonce = Nonce::from(*nonce);
+        // Errors only for messages over 2^36 bytes, far above any sealfs message.
+        let tag = self
+            .aead
+            .encrypt_inout_detached(&nonce, aad, buf.into())
+            .expect("AES-GCM-SIV message length within limits");
+        tag.into()
+    }
+
+    /// Decrypts `buf` in place after checking `tag`. On failure `buf` holds
+    /// unspecified bytes and must not be used.
+    pub fn open_in_place(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<(), CryptoError> {
+        let nonce = Nonce::from(*nonce);
+        let tag = Tag::from(*tag);
+        self.aead
+            .decrypt_inout_detached(&nonce, aad, buf.into(), &tag)
+            .map_err(|_| CryptoError::AuthenticationFailed)
+    }
+
+    /// Seals a 32-byte key under this key with a fresh random nonce: returns
+    /// (nonce, wrapped key, tag).
+    pub fn wrap_key(
+        &self,
+        key: &SecretKey,
+        aad: &[u8],
+    ) -> Result<([u8; NONCE_LEN], [u8; KEY_LEN], [u8; TAG_LEN]), CryptoError> {
+        let nonce = random_nonce()?;
+        let mut buf = *key.expose();
+        let tag = self.seal_in_place(&nonce, aad, &mut buf);
+        Ok((nonce, buf, tag))
+    }
+
+    /// Opens a key sealed by [`SealingKey::wrap_key`].
+    pub fn unwrap_key(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        wrapped: &[u8; KEY_LEN],
+        tag: &[u8; TAG_LEN],
+        aad: &[u8],
+    ) -> Result<SecretKey, CryptoError> {
+        let mut buf = Zeroizing::new(*wrapped);
+        self.open_in_place(nonce, aad, &mut buf[..], tag)?;
+        Ok(SecretKey(*buf))
+    }
+}
+
+/// Fills `buf` from the OS CSPRNG.
+pub fn fill_random(buf: &mut [u8]) -> Result<(), CryptoError> {
+    getrandom::fill(buf).map_err(|_| CryptoError::Random)
+}
+
+/// A fresh random nonce from the OS CSPRNG.
+pub fn random_nonce() -> Result<[u8; NONCE_LEN], CryptoError> {
+    let mut n = [0u8; NONCE_LEN];
+    fill_random(&mut n)?;
+    Ok(n)
+}
+
+/// Random 16-byte identifier (file ids, directory ids, volume ids).
+pub fn random_id() -> Result<[u8; 16], CryptoError> {
+    let mut n = [0u8; 16];
+    fill_random(&mut n)?;
+    Ok(n)
+}
+
+/// Argon2id cost parameters, as recorded in the volume config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Argon2Params {
+    /// Memory in KiB.
+    pub memory_kib: u32,
+    /// Passes over memory.
+    pub iterations: u32,
+    /// Lanes.
+    pub parallelism: u32,
+}
+
+impl Argon2Params {
+    /// Defaults that cost ≥ 0.25 s on a 2-core VM: 256 MiB, 3 passes, 2 lanes.
+    pub const DEFAULT: Argon2Params = Argon2Params {
+        memory_kib: 256 * 1024,
+        iterations: 3,
+        parallelism: 2,
+    };
+}
+
+/// Stretches a passphrase into a key-encryption key with Argon2id.
+pub fn stretch_passphrase(
+    passphrase: &[u8],
+    salt: &[u8],
+    params: Argon2Params,
+) -> Result<SecretKey, CryptoError> {
+    let p = argon2::Params::new(
+        params.memory_kib,
+        params.iterations,
+        params.parallelism,
+        Some(KEY_LEN),
+    )
+    .map_err(|e| CryptoError::KdfParams(e.to_string()))?;
+    let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, p);
+    let mut out = [0u8; KEY_LEN];
+    a.hash_password_into(passphrase, salt, &mut out)
+        .map_err(|e| CryptoError::KdfParams(e.to_string()))?;
+    let k = SecretKey(out);
+    out.zeroize();
+    Ok(k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_round_trip_and_tamper() {
+        let k = SecretKey::generate().unwrap().cipher();
+        let nonce = random_nonce().unwrap();
+        let mut buf = *b"hello chunk data";
+        let tag = k.seal_in_place(&nonce, b"aad", &mut buf);
+        assert_ne!(&buf, b"hello chunk data");
+        let mut copy = buf;
+        k.open_in_place(&nonce, b"aad", &mut copy, &tag).unwrap();
+        assert_eq!(&copy, b"hello chunk data");
+        let mut copy = buf;
+        assert_eq!(
+            k.open_in_place(&nonce, b"aaX", &mut copy, &tag),
+            Err(CryptoError::AuthenticationFailed)
+        );
+        let mut copy = buf;
+        copy[3] ^= 1;
+        assert!(k.open_in_place(&nonce, b"aad", &mut copy, &tag).is_err());
+    }
+
+    #[test]
+    fn wrap_unwrap_key_binds_aad() {
+        let kek = SecretKey::generate().unwrap().cipher();
+        let dk = SecretKey::generate().unwrap();
+        let (n, w, t) = kek.wrap_key(&dk, b"ctx-a").unwrap();
+        assert_ne!(&w, dk.expose());
+        let back = kek.unwrap_key(&n, &w, &t, b"ctx-a").unwrap();
+        assert_eq!(back.expose(), dk.expose());
+        assert!(kek.unwrap_key(&n, &w, &t, b"ctx-b").is_err());
+    }
+
+    #[test]
+    fn derive_labels_differ() {
+        let k = SecretKey::generate().unwrap();
+        assert_ne!(
+            k.derive(b"s", b"one").expose(),
+            k.derive(b"s", b"two").expose()
+        );
+        assert_eq!(
+            k.derive(b"s", b"one").expose(),
+            k.derive(b"s", b"one").expose()
+        );
+    }
+
+    #[test]
+    fn debug_redacts() {
+        let k = SecretKey::from_bytes([0xAB; 32]);
+        let s = format!("{:?} {:?}", k, k.cipher());
+        assert!(!s.to_lowercase().contains("ab"), "{s}");
+    }
+
+    #[test]
+    fn argon2_small_params() {
+        let p = Argon2Params {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        };
+        let a = stretch_passphrase(b"pw", b"saltsaltsalt1234", p).unwrap();
+        let b = stretch_passphrase(b"pw", b"saltsaltsalt1234", p).unwrap();
+        let c = stretch_passphrase(b"pX", b"saltsaltsalt1234", p).unwrap();
+        assert_eq!(a.expose(), b.expose());
+        assert_ne!(a.expose(), c.expose());
+    }
+}

@@ -1,0 +1,222 @@
+//! The volume config file `sealfs.toml`: format version, feature flags, chunk
+//! size, and the key-derivation parameters (also sealed into the keyring
+//! header, which is authoritative).
+//!
+//! Owns: parsing and writing the TOML text, and refusing versions and
+//! features this build does not understand.
+//! Must never: read files or hold secrets (the config holds none).
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::Argon2Params;
+use crate::format::layout::CHUNK_SIZE;
+
+/// Config file name in CIPHERDIR.
+pub const CONFIG_FILE: &str = "sealfs.toml";
+/// Highest volume format version this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Feature flags this build understands; a volume naming another is refused.
+pub const KNOWN_FEATURES: &[&str] = &[
+    "chunked-aes256-gcm-siv",
+    "group-metadata-blocks",
+    "last-chunk-flag",
+    "dir-ids-two-copies",
+    "long-names",
+    "path-bound-keys",
+];
+
+/// Errors reading a config.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Not valid TOML or missing fields.
+    #[error("sealfs.toml is corrupted: {0}")]
+    Parse(String),
+    /// Written by a newer sealfs.
+    #[error("volume format version {0} is newer than this sealfs supports ({FORMAT_VERSION})")]
+    UnsupportedVersion(u32),
+    /// Uses a feature this build lacks.
+    #[error("volume uses feature '{0}' that this sealfs does not support")]
+    UnknownFeature(String),
+    /// Field has an unusable value.
+    #[error("sealfs.toml is corrupted: {0}")]
+    Invalid(String),
+}
+
+/// How the key-encryption key that seals the keyring is obtained.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum KdfConfig {
+    /// A passphrase stretched with Argon2id.
+    Argon2id {
+        /// Memory cost in KiB.
+        memory_kib: u32,
+        /// Passes.
+        iterations: u32,
+        /// Lanes.
+        parallelism: u32,
+        /// Salt, hex.
+        salt: String,
+    },
+    /// A 32-byte key file, expanded with HKDF-SHA256.
+    KeyFile {
+        /// Salt, hex.
+        salt: String,
+    },
+}
+
+/// The parsed `sealfs.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeConfig {
+    /// On-disk format version.
+    pub format_version: u32,
+    /// Feature flags in use.
+    pub features: Vec<String>,
+    /// Plaintext bytes per chunk.
+    pub chunk_size: u32,
+    /// Random volume id, hex (bound into every key derivation and wrapping).
+    pub volume_id: String,
+    /// Key derivation of the unlock secret.
+    pub kdf: KdfConfig,
+}
+
+impl VolumeConfig {
+    /// A new config for a fresh volume.
+    pub fn new(volume_id: [u8; 16], kdf: KdfConfig) -> Self {
+        VolumeConfig {
+            format_version: FORMAT_VERSION,
+            features: KNOWN_FEATURES.iter().map(|s| s.to_string()).collect(),
+            chunk_size: CHUNK_SIZE as u32,
+            volume_id: hex(&volume_id),
+            kdf,
+        }
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let c: VolumeConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.message().to_string()))?;
+        if c.format_version > FORMAT_VERSION || c.format_version == 0 {
+            return Err(ConfigError::UnsupportedVersion(c.format_version));
+        }
+        if let Some(f) = c
+            .features
+            .iter()
+            .find(|f| !KNOWN_FEATURES.contains(&f.as_str()))
+        {
+            return Err(ConfigError::UnknownFeature(f.clone()));
+        }
+        if c.chunk_size as u64 != CHUNK_SIZE {
+            return Err(ConfigError::Invalid(format!(
+                "chunk_size {} (only {CHUNK_SIZE} is supported)",
+                c.chunk_size
+            )));
+        }
+        c.volume_id_bytes()?;
+        Ok(c)
+    }
+
+    /// Serializes to TOML text.
+    pub fn to_toml(&self) -> String {
+        let body = toml::to_string_pretty(self).expect("config serializes");
+        format!("# sealfs volume config. Holds no secrets; do not edit by hand.\n{body}")
+    }
+
+    /// The volume id as bytes.
+    pub fn volume_id_bytes(&self) -> Result<[u8; 16], ConfigError> {
+        unhex16(&self.volume_id).ok_or_else(|| ConfigError::Invalid("volume_id".into()))
+    }
+
+    /// Argon2 parameters if this volume uses a passphrase.
+    pub fn argon2_params(&self) -> Option<Argon2Params> {
+        match self.kdf {
+            KdfConfig::Argon2id {
+                memory_kib,
+                iterations,
+                parallelism,
+                ..
+            } => Some(Argon2Params {
+                memory_kib,
+                iterations,
+                parallelism,
+            }),
+            KdfConfig::KeyFile { .. } => None,
+        }
+    }
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Parses 32 hex digits.
+pub fn unhex16(s: &str) -> Option<[u8; 16]> {
+    if s.len() != 32 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> VolumeConfig {
+        VolumeConfig::new(
+            [0xab; 16],
+            KdfConfig::Argon2id {
+                memory_kib: 65536,
+                iterations: 3,
+                parallelism: 2,
+                salt: hex(&[1; 16]),
+            },
+        )
+    }
+
+    #[test]
+    fn round_trip() {
+        let c = sample();
+        let t = c.to_toml();
+        assert!(t.contains("format_version = 1"));
+        assert!(t.contains("argon2id"));
+        assert_eq!(VolumeConfig::parse(&t).unwrap(), c);
+    }
+
+    #[test]
+    fn rejects_bad_configs() {
+        assert!(matches!(
+            VolumeConfig::parse("garbage = ["),
+            Err(ConfigError::Parse(_))
+        ));
+        let t = sample()
+            .to_toml()
+            .replace("format_version = 1", "format_version = 9");
+        assert!(matches!(
+            VolumeConfig::parse(&t),
+            Err(ConfigError::UnsupportedVersion(9))
+        ));
+        let t = sample().to_toml().replace("\"long-names\"", "\"quantum\"");
+        assert!(matches!(
+            VolumeConfig::parse(&t),
+            Err(ConfigError::UnknownFeature(_))
+        ));
+        let t = sample()
+            .to_toml()
+            .replace("chunk_size = 4096", "chunk_size = 8192");
+        assert!(matches!(
+            VolumeConfig::parse(&t),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        assert_eq!(unhex16(&hex(&[0x5a; 16])), Some([0x5a; 16]));
+        assert_eq!(unhex16("zz"), None);
+        assert_eq!(unhex16("é".repeat(16).as_str()), None);
+    }
+}

@@ -1,0 +1,316 @@
+//! The sealed keyring file `sealfs.keyring`: every master key version, sealed
+//! as one AES-256-GCM-SIV message under the key-encryption key (KEK) derived
+//! from the unlock secret.
+//!
+//! Owns: the byte layout (docs/FORMAT.md §2) and the KDF parameters stored in
+//! its authenticated header. A wrong passphrase and a tampered keyring are the
+//! same event to the AEAD; both surface as [`KeyringFormatError::Unlock`].
+//! Must never: do I/O, or keep decrypted bodies outside zeroizing buffers.
+
+use zeroize::Zeroizing;
+
+use crate::crypto::{
+    random_nonce, Argon2Params, CryptoError, SecretKey, KEY_LEN, NONCE_LEN, TAG_LEN,
+};
+
+const MAGIC: &[u8; 8] = b"sealfs.K";
+const VERSION: u16 = 1;
+const HEADER_LEN: usize = 72;
+const ENTRY_LEN: usize = 4 + 1 + 8 + KEY_LEN;
+/// Upper bound on versions in one keyring (keeps decoding bounded).
+pub const MAX_VERSIONS: usize = 100_000;
+
+/// Errors decoding or opening a keyring.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyringFormatError {
+    /// Shorter than its header + tag, or body length inconsistent.
+    #[error("keyring file is truncated or malformed")]
+    Malformed,
+    /// Not a keyring.
+    #[error("not a sealfs keyring (bad magic)")]
+    BadMagic,
+    /// Newer format.
+    #[error("keyring version {0} is not supported")]
+    UnsupportedVersion(u16),
+    /// The KEK did not open it: wrong passphrase/key file, or tampered keyring.
+    #[error("wrong passphrase or key file (or the keyring was tampered with)")]
+    Unlock,
+    /// RNG failure while sealing.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+/// How the KEK is derived; stored in the keyring header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KekSource {
+    /// Argon2id over a passphrase with these parameters.
+    Passphrase(Argon2Params),
+    /// HKDF over a 32-byte key file.
+    KeyFile,
+}
+
+/// Lifecycle state of a master key version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    /// Usable for wrapping (if primary) and unwrapping.
+    Enabled,
+    /// Refuses all use until enabled.
+    Disabled,
+    /// Scheduled for destruction.
+    PendingDeletion,
+    /// Key bytes erased; files under it are unreadable.
+    Destroyed,
+}
+
+impl KeyState {
+    fn to_byte(self) -> u8 {
+        match self {
+            KeyState::Enabled => 1,
+            KeyState::Disabled => 2,
+            KeyState::PendingDeletion => 3,
+            KeyState::Destroyed => 4,
+        }
+    }
+    fn from_byte(b: u8) -> Option<Self> {
+        Some(match b {
+            1 => KeyState::Enabled,
+            2 => KeyState::Disabled,
+            3 => KeyState::PendingDeletion,
+            4 => KeyState::Destroyed,
+            _ => return None,
+        })
+    }
+}
+
+/// One master key version.
+#[derive(Debug, Clone)]
+pub struct MasterKeyVersion {
+    /// Version number, from 1.
+    pub version: u32,
+    /// Lifecycle state.
+    pub state: KeyState,
+    /// Creation time, seconds since the Unix epoch.
+    pub created: u64,
+    /// The master key (all zero once destroyed).
+    pub key: SecretKey,
+}
+
+/// The decrypted keyring.
+#[derive(Debug, Clone)]
+pub struct KeyringBody {
+    /// The version new wrappings use.
+    pub primary: u32,
+    /// All versions, ascending.
+    pub versions: Vec<MasterKeyVersion>,
+}
+
+/// The cleartext, authenticated header of a keyring file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyringHeader {
+    /// KEK derivation.
+    pub kek: KekSource,
+    /// Salt for the KEK derivation.
+    pub salt: [u8; 16],
+    /// Volume id.
+    pub volume_id: [u8; 16],
+    /// Incremented on every rewrite.
+    pub generation: u32,
+}
+
+/// Parses the cleartext header (to learn how to derive the KEK).
+pub fn parse_header(bytes: &[u8]) -> Result<KeyringHeader, KeyringFormatError> {
+    if bytes.len() < HEADER_LEN + TAG_LEN {
+        return Err(KeyringFormatError::Malformed);
+    }
+    if &bytes[..8] != MAGIC {
+        return Err(KeyringFormatError::BadMagic);
+    }
+    let v = u16::from_le_bytes([bytes[8], bytes[9]]);
+    if v != VERSION {
+        return Err(KeyringFormatError::UnsupportedVersion(v));
+    }
+    let u32at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
+    let kek = match bytes[10] {
+        1 => KekSource::Passphrase(Argon2Params {
+            memory_kib: u32at(12),
+            iterations: u32at(16),
+            parallelism: u32at(20),
+        }),
+        2 => KekSource::KeyFile,
+        _ => return Err(KeyringFormatError::Malformed),
+    };
+    let mut salt = [0u8; 16];
+    salt.copy_from_slice(&bytes[24..40]);
+    let mut volume_id = [0u8; 16];
+    volume_id.copy_from_slice(&bytes[40..56]);
+    Ok(KeyringHeader {
+        kek,
+        salt,
+        volume_id,
+        generation: u32at(56),
+    })
+}
+
+/// Seals a keyring body under `kek`.
+pub fn seal(
+    body: &KeyringBody,
+    header: &KeyringHeader,
+    kek: &SecretKey,
+) -> Result<Vec<u8>, KeyringFormatError> {
+    let nonce = random_nonce()?;
+    let mut out = Vec::with_capacity(HEADER_LEN + 8 + body.versions.len() * ENTRY_LEN + TAG_LEN);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    let (kind, p) = match header.kek {
+        KekSource::Passphrase(p) => (1u8, p),
+        KekSource::KeyFile => (
+            2u8,
+            Argon2Params {
+                memory_kib: 0,
+                iterations: 0,
+                parallelism: 0,
+            },
+        ),
+    };
+    out.push(kind);
+    out.push(0);
+    out.extend_from_slice(&p.memory_kib.to_le_bytes());
+    out.extend_from_slice(&p.iterations.to_le_bytes());
+    out.extend_from_slice(&p.parallelism.to_le_bytes());
+    out.extend_from_slice(&header.salt);
+    out.extend_from_slice(&header.volume_id);
+    out.extend_from_slice(&header.generation.to_le_bytes());
+    out.extend_from_slice(&nonce);
+    debug_assert_eq!(out.len(), HEADER_LEN);
+    let mut plain = Zeroizing::new(Vec::with_capacity(8 + body.versions.len() * ENTRY_LEN));
+    plain.extend_from_slice(&body.primary.to_le_bytes());
+    plain.extend_from_slice(&(body.versions.len() as u32).to_le_bytes());
+    for v in &body.versions {
+        plain.extend_from_slice(&v.version.to_le_bytes());
+        plain.push(v.state.to_byte());
+        plain.extend_from_slice(&v.created.to_le_bytes());
+        plain.extend_from_slice(v.key.expose());
+    }
+    let aad: Vec<u8> = out.clone();
+    let tag = kek.cipher().seal_in_place(&nonce, &aad, &mut plain);
+    out.extend_from_slice(&plain);
+    out.extend_from_slice(&tag);
+    Ok(out)
+}
+
+/// Opens a keyring file with `kek`.
+pub fn open(bytes: &[u8], kek: &SecretKey) -> Result<KeyringBody, KeyringFormatError> {
+    parse_header(bytes)?;
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(&bytes[60..72]);
+    let body_end = bytes.len() - TAG_LEN;
+    let mut tag = [0u8; TAG_LEN];
+    tag.copy_from_slice(&bytes[body_end..]);
+    let mut plain = Zeroizing::new(bytes[HEADER_LEN..body_end].to_vec());
+    kek.cipher()
+        .open_in_place(&nonce, &bytes[..HEADER_LEN], &mut plain, &tag)
+        .map_err(|_| KeyringFormatError::Unlock)?;
+    if plain.len() < 8 {
+        return Err(KeyringFormatError::Malformed);
+    }
+    let primary = u32::from_le_bytes(plain[0..4].try_into().expect("4 bytes"));
+    let count = u32::from_le_bytes(plain[4..8].try_into().expect("4 bytes")) as usize;
+    if count > MAX_VERSIONS || plain.len() != 8 + count * ENTRY_LEN {
+        return Err(KeyringFormatError::Malformed);
+    }
+    let mut versions = Vec::with_capacity(count);
+    for i in 0..count {
+        let e = &plain[8 + i * ENTRY_LEN..8 + (i + 1) * ENTRY_LEN];
+        let version = u32::from_le_bytes(e[0..4].try_into().expect("4 bytes"));
+        let state = KeyState::from_byte(e[4]).ok_or(KeyringFormatError::Malformed)?;
+        let created = u64::from_le_bytes(e[5..13].try_into().expect("8 bytes"));
+        let mut k = Zeroizing::new([0u8; KEY_LEN]);
+        k.copy_from_slice(&e[13..13 + KEY_LEN]);
+        versions.push(MasterKeyVersion {
+            version,
+            state,
+            created,
+            key: SecretKey::from_bytes(*k),
+        });
+    }
+    if !versions.iter().any(|v| v.version == primary) {
+        return Err(KeyringFormatError::Malformed);
+    }
+    Ok(KeyringBody { primary, versions })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> (KeyringBody, KeyringHeader, SecretKey) {
+        let body = KeyringBody {
+            primary: 2,
+            versions: vec![
+                MasterKeyVersion {
+                    version: 1,
+                    state: KeyState::Enabled,
+                    created: 10,
+                    key: SecretKey::generate().unwrap(),
+                },
+                MasterKeyVersion {
+                    version: 2,
+                    state: KeyState::Enabled,
+                    created: 20,
+                    key: SecretKey::generate().unwrap(),
+                },
+            ],
+        };
+        let header = KeyringHeader {
+            kek: KekSource::Passphrase(Argon2Params {
+                memory_kib: 1024,
+                iterations: 1,
+                parallelism: 1,
+            }),
+            salt: [4; 16],
+            volume_id: [5; 16],
+            generation: 7,
+        };
+        (body, header, SecretKey::generate().unwrap())
+    }
+
+    #[test]
+    fn round_trip() {
+        let (body, header, kek) = sample();
+        let bytes = seal(&body, &header, &kek).unwrap();
+        assert_eq!(parse_header(&bytes).unwrap(), header);
+        let back = open(&bytes, &kek).unwrap();
+        assert_eq!(back.primary, 2);
+        assert_eq!(back.versions.len(), 2);
+        assert_eq!(back.versions[1].key.expose(), body.versions[1].key.expose());
+        // no key bytes in the file
+        let k = body.versions[0].key.expose();
+        assert!(!bytes.windows(32).any(|w| w == k));
+    }
+
+    #[test]
+    fn wrong_kek_and_tamper() {
+        let (body, header, kek) = sample();
+        let bytes = seal(&body, &header, &kek).unwrap();
+        assert_eq!(
+            open(&bytes, &SecretKey::generate().unwrap()).unwrap_err(),
+            KeyringFormatError::Unlock
+        );
+        let mut t = bytes.clone();
+        t[14] ^= 1; // argon2 params in header are authenticated
+        assert_eq!(open(&t, &kek).unwrap_err(), KeyringFormatError::Unlock);
+        assert_eq!(
+            open(&bytes[..50], &kek).unwrap_err(),
+            KeyringFormatError::Malformed
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = parse_header(&bytes);
+            let _ = open(&bytes, &SecretKey::from_bytes([0; 32]));
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! On-disk formats, as pure functions of bytes: the volume config, the sealed
+//! keyring, file headers and directory records, chunk layout and sealing, and
+//! encrypted names. docs/FORMAT.md describes every byte.
+//!
+//! Must never: perform I/O. The volume layer reads and writes what these
+//! functions produce.
+
+pub mod chunk;
+pub mod config;
+pub mod header;
+pub mod keyring;
+pub mod layout;
+pub mod names;

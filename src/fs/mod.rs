@@ -1,0 +1,1401 @@
+//! The FUSE frontend: maps kernel requests onto the [`crate::volume`] layer.
+//!
+//! Owns: the inode table (one `O_PATH` fd per inode the kernel knows, plus
+//! its parent and plaintext name, which form its encryption context), open
+//! file handles (one shared [`SealedFile`] per open inode), directory
+//! listings, and the mapping of every error to an errno.
+//! Must never: implement crypto or format details, or log plaintext names,
+//! content or keys (log inode numbers instead).
+//!
+//! Threading: fuser runs several request loops (`Config::n_threads` with
+//! `clone_fd`); each handler does its crypto inline. Content I/O takes the
+//! per-file lock (shared for reads, exclusive for writes); namespace changes
+//! (rename, unlink, rmdir) take the namespace lock exclusively, lookups and
+//! creates take it shared, reads and writes not at all.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+    WriteFlags,
+};
+use parking_lot::{Mutex, RwLock};
+
+use crate::format::header::EncryptionContext;
+use crate::format::layout::{chunk_data_offset, chunks_touched, ciphertext_size, plaintext_size};
+use crate::format::names::{classify_entry, long_entry_name, BackingName, EntryClass, MAX_NAME};
+use crate::volume::content::SealedFile;
+use crate::volume::sys::{self, TimeSpec};
+use crate::volume::{Directory, Volume, VolumeError, DIR_RECORD, DIR_RECORD_BACKUP};
+
+/// How long the kernel may cache attributes and entries. sealfs is the only
+/// writer of its cipher directory while mounted, so caching is safe; one
+/// second bounds staleness if someone edits the cipher dir underneath.
+const TTL: Duration = Duration::from_secs(1);
+const ROOT: u64 = 1;
+
+type FsResult<T> = Result<T, Errno>;
+
+fn errno_of(e: &VolumeError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn io_errno(e: std::io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File,
+    Symlink,
+    Other,
+}
+
+fn kind_of(mode: u32) -> Kind {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => Kind::Dir,
+        libc::S_IFREG => Kind::File,
+        libc::S_IFLNK => Kind::Symlink,
+        _ => Kind::Other,
+    }
+}
+
+fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFREG => FileType::RegularFile,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+struct Location {
+    parent: Option<Arc<Inode>>,
+    name: Vec<u8>,
+}
+
+struct OpenState {
+    count: usize,
+    file: Option<Arc<RwLock<SealedFile>>>,
+}
+
+struct Inode {
+    ino: u64,
+    kind: Kind,
+    path_fd: OwnedFd,
+    nlookup: AtomicU64,
+    loc: Mutex<Location>,
+    dir: RwLock<Option<Arc<Directory>>>,
+    open: Mutex<OpenState>,
+}
+
+enum Handle {
+    File(Arc<Inode>, Arc<RwLock<SealedFile>>),
+    Dir(Vec<(u64, FileType, OsString)>),
+}
+
+/// Mount-time choices that shape the frontend.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    /// Let other users through (the kernel checks modes: `default_permissions`).
+    pub allow_other: bool,
+    /// Refuse every change.
+    pub read_only: bool,
+    /// Request loops.
+    pub threads: usize,
+}
+
+/// The fuser filesystem over one volume.
+pub struct SealFs {
+    vol: Arc<Volume>,
+    inodes: RwLock<HashMap<u64, Arc<Inode>>>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    ns: RwLock<()>,
+    root_backing_ino: u64,
+    daemon_is_root: bool,
+}
+
+impl SealFs {
+    /// Prepares the frontend: opens the root and checks its directory record.
+    pub fn new(vol: Arc<Volume>) -> Result<Self, VolumeError> {
+        let root_fd = sys::openat(
+            File::open("/")?.as_fd(),
+            vol.cipherdir().canonicalize()?.as_os_str(),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )?;
+        let st = sys::fstatat(root_fd.as_fd(), OsStr::new(""))?;
+        let root_dir = vol.load_dir(root_fd.as_fd(), &EncryptionContext::ROOT)?;
+        let root = Arc::new(Inode {
+            ino: ROOT,
+            kind: Kind::Dir,
+            path_fd: root_fd,
+            nlookup: AtomicU64::new(1),
+            loc: Mutex::new(Location {
+                parent: None,
+                name: Vec::new(),
+            }),
+            dir: RwLock::new(Some(Arc::new(root_dir))),
+            open: Mutex::new(OpenState {
+                count: 0,
+                file: None,
+            }),
+        });
+        let mut inodes = HashMap::new();
+        inodes.insert(ROOT, root);
+        Ok(SealFs {
+            vol,
+            inodes: RwLock::new(inodes),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            ns: RwLock::new(()),
+            root_backing_ino: st.st_ino,
+            daemon_is_root: unsafe { libc::geteuid() } == 0,
+        })
+    }
+
+    fn fuse_ino(&self, backing: u64) -> u64 {
+        if backing == self.root_backing_ino {
+            ROOT
+        } else if backing == ROOT {
+            self.root_backing_ino
+        } else {
+            backing
+        }
+    }
+
+    fn inode(&self, ino: INodeNo) -> FsResult<Arc<Inode>> {
+        self.inodes.read().get(&ino.0).cloned().ok_or(Errno::ESTALE)
+    }
+
+    /// The unlocked directory of a directory inode (loaded once, then cached).
+    fn dir_of(&self, inode: &Arc<Inode>) -> FsResult<Arc<Directory>> {
+        if inode.kind != Kind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        if let Some(d) = inode.dir.read().as_ref() {
+            return Ok(d.clone());
+        }
+        let (parent, name) = {
+            let l = inode.loc.lock();
+            (l.parent.clone(), l.name.clone())
+        };
+        let parent = parent.ok_or(Errno::EIO)?;
+        let pdir = self.dir_of(&parent)?;
+        let ctx = EncryptionContext {
+            parent_dir_id: pdir.id,
+            name: &name,
+        };
+        let d = self
+            .vol
+            .load_dir(inode.path_fd.as_fd(), &ctx)
+            .map_err(|e| {
+                tracing::warn!(ino = inode.ino, "cannot open directory: {e}");
+                errno_of(&e)
+            })?;
+        let d = Arc::new(d);
+        *inode.dir.write() = Some(d.clone());
+        Ok(d)
+    }
+
+    fn parent_and_name(&self, inode: &Inode) -> FsResult<(Arc<Directory>, Vec<u8>)> {
+        let (parent, name) = {
+            let l = inode.loc.lock();
+            (l.parent.clone(), l.name.clone())
+        };
+        let parent = parent.ok_or(Errno::EIO)?;
+        Ok((self.dir_of(&parent)?, name))
+    }
+
+    fn backing_name(dir: &Directory, name: &OsStr) -> FsResult<BackingName> {
+        if name.len() > MAX_NAME {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        dir.names
+            .encrypt_name(name.as_bytes())
+            .map_err(|e| errno_of(&e.into()))
+    }
+
+    fn write_sidecar(parent: &Inode, bn: &BackingName) -> FsResult<()> {
+        if let Some((side, full)) = &bn.sidecar {
+            let fd = sys::openat(
+                parent.path_fd.as_fd(),
+                OsStr::new(side),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW,
+                0o600,
+            )
+            .map_err(io_errno)?;
+            sys::write_all_at(&File::from(fd), full.as_bytes(), 0).map_err(io_errno)?;
+        }
+        Ok(())
+    }
+
+    fn remove_sidecar(parent: &Inode, bn: &BackingName) {
+        if let Some((side, _)) = &bn.sidecar {
+            let _ = sys::unlinkat(parent.path_fd.as_fd(), OsStr::new(side), false);
+        }
+    }
+
+    /// Finds or adds the inode for `entry` in `parent`, counting one lookup.
+    fn remember(
+        &self,
+        parent: &Arc<Inode>,
+        name: &[u8],
+        entry: &str,
+    ) -> FsResult<(Arc<Inode>, libc::stat)> {
+        let fd = sys::openat(
+            parent.path_fd.as_fd(),
+            OsStr::new(entry),
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+        )
+        .map_err(io_errno)?;
+        let st = sys::fstatat(fd.as_fd(), OsStr::new("")).map_err(io_errno)?;
+        let ino = self.fuse_ino(st.st_ino);
+        let mut table = self.inodes.write();
+        if let Some(existing) = table.get(&ino) {
+            existing.nlookup.fetch_add(1, Ordering::Relaxed);
+            return Ok((existing.clone(), st));
+        }
+        let inode = Arc::new(Inode {
+            ino,
+            kind: kind_of(st.st_mode),
+            path_fd: fd,
+            nlookup: AtomicU64::new(1),
+            loc: Mutex::new(Location {
+                parent: Some(parent.clone()),
+                name: name.to_vec(),
+            }),
+            dir: RwLock::new(None),
+            open: Mutex::new(OpenState {
+                count: 0,
+                file: None,
+            }),
+        });
+        table.insert(ino, inode.clone());
+        Ok((inode, st))
+    }
+
+    fn symlink_target(&self, inode: &Inode) -> FsResult<Vec<u8>> {
+        let (pdir, _) = self.parent_and_name(inode)?;
+        let stored = sys::readlinkat(inode.path_fd.as_fd(), OsStr::new("")).map_err(io_errno)?;
+        pdir.names.open_symlink_target(&stored).map_err(|e| {
+            tracing::warn!(ino = inode.ino, "symlink target failed authentication: {e}");
+            Errno::EIO
+        })
+    }
+
+    fn attr(&self, inode: &Inode, st: &libc::stat) -> FileAttr {
+        let ts = |s: i64, n: i64| {
+            if s >= 0 {
+                UNIX_EPOCH + Duration::new(s as u64, n as u32)
+            } else {
+                UNIX_EPOCH - Duration::from_secs(s.unsigned_abs())
+            }
+        };
+        let size = match inode.kind {
+            Kind::File => match inode.open.lock().file.as_ref() {
+                Some(f) => f.read().size(),
+                None => plaintext_size(st.st_size as u64).unwrap_or(0),
+            },
+            Kind::Symlink => self
+                .symlink_target(inode)
+                .map(|t| t.len() as u64)
+                .unwrap_or(0),
+            _ => st.st_size as u64,
+        };
+        FileAttr {
+            ino: INodeNo(inode.ino),
+            size,
+            // What the ciphertext occupies on disk (sparse files stay small).
+            blocks: st.st_blocks as u64,
+            atime: ts(st.st_atime, st.st_atime_nsec),
+            mtime: ts(st.st_mtime, st.st_mtime_nsec),
+            ctime: ts(st.st_ctime, st.st_ctime_nsec),
+            crtime: ts(st.st_ctime, st.st_ctime_nsec),
+            kind: file_type(st.st_mode),
+            perm: (st.st_mode & 0o7777) as u16,
+            nlink: if inode.kind == Kind::Dir {
+                st.st_nlink as u32
+            } else {
+                1
+            },
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: st.st_rdev as u32,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn stat_inode(&self, inode: &Inode) -> FsResult<FileAttr> {
+        let st = sys::fstatat(inode.path_fd.as_fd(), OsStr::new("")).map_err(io_errno)?;
+        Ok(self.attr(inode, &st))
+    }
+
+    /// Opens (or shares) the content of a file inode.
+    fn open_content(&self, inode: &Arc<Inode>) -> FsResult<Arc<RwLock<SealedFile>>> {
+        let mut st = inode.open.lock();
+        if let Some(f) = st.file.clone() {
+            st.count += 1;
+            return Ok(f);
+        }
+        let (pdir, name) = self.parent_and_name(inode)?;
+        let flags = if self.vol.read_only() {
+            libc::O_RDONLY
+        } else {
+            libc::O_RDWR
+        };
+        let file = sys::reopen(inode.path_fd.as_fd(), flags).map_err(io_errno)?;
+        let ctx = EncryptionContext {
+            parent_dir_id: pdir.id,
+            name: &name,
+        };
+        let sealed = self.vol.open_file(file, &ctx).map_err(|e| {
+            tracing::warn!(ino = inode.ino, "cannot open file: {e}");
+            errno_of(&e)
+        })?;
+        let f = Arc::new(RwLock::new(sealed));
+        st.count = 1;
+        st.file = Some(f.clone());
+        Ok(f)
+    }
+
+    fn close_content(inode: &Inode) {
+        let mut st = inode.open.lock();
+        st.count = st.count.saturating_sub(1);
+        if st.count == 0 {
+            st.file = None;
+        }
+    }
+
+    fn new_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().insert(fh, Arc::new(h));
+        fh
+    }
+
+    fn file_handle(&self, fh: FileHandle) -> FsResult<Arc<Handle>> {
+        self.handles.lock().get(&fh.0).cloned().ok_or(Errno::EBADF)
+    }
+
+    fn content_of(&self, fh: FileHandle) -> FsResult<Arc<RwLock<SealedFile>>> {
+        match &*self.file_handle(fh)? {
+            Handle::File(_, f) => Ok(f.clone()),
+            Handle::Dir(_) => Err(Errno::EISDIR),
+        }
+    }
+
+    fn check_writable(&self) -> FsResult<()> {
+        if self.vol.read_only() {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn chown_new(&self, fd: &OwnedFd, req: &Request) {
+        if self.daemon_is_root && (req.uid() != 0 || req.gid() != 0) {
+            if let Err(e) = sys::fchown_fd(fd.as_fd(), Some(req.uid()), Some(req.gid())) {
+                tracing::warn!("chown of new entry failed: {e}");
+            }
+        }
+    }
+
+    fn create_file(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+    ) -> FsResult<(Arc<Inode>, libc::stat, Arc<RwLock<SealedFile>>)> {
+        self.check_writable()?;
+        let _ns = self.ns.read();
+        let pinode = self.inode(parent)?;
+        let pdir = self.dir_of(&pinode)?;
+        let bn = Self::backing_name(&pdir, name)?;
+        Self::write_sidecar(&pinode, &bn)?;
+        let entry = OsStr::new(&bn.entry);
+        let fd = match sys::openat(
+            pinode.path_fd.as_fd(),
+            entry,
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+            mode & 0o7777,
+        ) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
+                drop(_ns);
+                let (inode, st) = self.remember(&pinode, name.as_bytes(), &bn.entry)?;
+                let f = self.open_content(&inode)?;
+                return Ok((inode, st, f));
+            }
+            Err(e) => return Err(io_errno(e)),
+        };
+        self.chown_new(&fd, req);
+        let ctx = EncryptionContext {
+            parent_dir_id: pdir.id,
+            name: name.as_bytes(),
+        };
+        let sealed = match self.vol.init_file(File::from(fd), &ctx) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = sys::unlinkat(pinode.path_fd.as_fd(), entry, false);
+                Self::remove_sidecar(&pinode, &bn);
+                return Err(errno_of(&e));
+            }
+        };
+        let (inode, st) = self.remember(&pinode, name.as_bytes(), &bn.entry)?;
+        let f = Arc::new(RwLock::new(sealed));
+        {
+            let mut os = inode.open.lock();
+            match os.file.clone() {
+                Some(existing) => {
+                    os.count += 1;
+                    return Ok((inode.clone(), st, existing));
+                }
+                None => {
+                    os.count = 1;
+                    os.file = Some(f.clone());
+                }
+            }
+        }
+        Ok((inode, st, f))
+    }
+
+    fn list_dir(&self, inode: &Arc<Inode>) -> FsResult<Vec<(u64, FileType, OsString)>> {
+        let dir = self.dir_of(inode)?;
+        let parent_ino = inode
+            .loc
+            .lock()
+            .parent
+            .as_ref()
+            .map(|p| p.ino)
+            .unwrap_or(ROOT);
+        let mut out = vec![
+            (inode.ino, FileType::Directory, OsString::from(".")),
+            (parent_ino, FileType::Directory, OsString::from("..")),
+        ];
+        let rd = std::fs::read_dir(sys::proc_path(inode.path_fd.as_fd())).map_err(io_errno)?;
+        for ent in rd {
+            let ent = ent.map_err(io_errno)?;
+            let raw = ent.file_name();
+            let Some(entry) = raw.to_str() else { continue };
+            let encoded = match classify_entry(entry) {
+                EntryClass::Internal => continue,
+                EntryClass::Short => entry.to_string(),
+                EntryClass::Long => {
+                    let side = format!("{entry}{}", crate::format::names::LONG_NAME_SIDECAR_SUFFIX);
+                    match std::fs::read_to_string(sys::proc_path(inode.path_fd.as_fd()).join(&side))
+                    {
+                        Ok(full) if long_entry_name(&full) == entry => full,
+                        _ => {
+                            tracing::warn!(
+                                ino = inode.ino,
+                                "long name without a valid sidecar skipped"
+                            );
+                            continue;
+                        }
+                    }
+                }
+            };
+            let name = match dir.names.decrypt_name(&encoded) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(ino = inode.ino, "undecryptable entry skipped: {e}");
+                    continue;
+                }
+            };
+            use std::os::unix::fs::{DirEntryExt, FileTypeExt};
+            let ft = match ent.file_type() {
+                Ok(t) if t.is_dir() => FileType::Directory,
+                Ok(t) if t.is_symlink() => FileType::Symlink,
+                Ok(t) if t.is_fifo() => FileType::NamedPipe,
+                Ok(t) if t.is_socket() => FileType::Socket,
+                Ok(t) if t.is_char_device() => FileType::CharDevice,
+                Ok(t) if t.is_block_device() => FileType::BlockDevice,
+                _ => FileType::RegularFile,
+            };
+            out.push((self.fuse_ino(ent.ino()), ft, OsString::from_vec(name)));
+        }
+        Ok(out)
+    }
+
+    fn is_backing_dir_empty(dir_fd: &OwnedFd) -> FsResult<bool> {
+        let rd = std::fs::read_dir(sys::proc_path(dir_fd.as_fd())).map_err(io_errno)?;
+        for ent in rd {
+            let ent = ent.map_err(io_errno)?;
+            let n = ent.file_name();
+            let n = n.to_string_lossy();
+            if !(n == DIR_RECORD || n == DIR_RECORD_BACKUP || n.ends_with(".tmp")) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn remove_dir_records(dir_fd: &OwnedFd) {
+        for n in [DIR_RECORD_BACKUP, DIR_RECORD] {
+            let _ = sys::unlinkat(dir_fd.as_fd(), OsStr::new(n), false);
+        }
+    }
+
+    fn do_rename(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+    ) -> FsResult<()> {
+        self.check_writable()?;
+        if flags.intersects(RenameFlags::RENAME_EXCHANGE | RenameFlags::RENAME_WHITEOUT) {
+            return Err(Errno::EINVAL);
+        }
+        let _ns = self.ns.write();
+        let p = self.inode(parent)?;
+        let np = self.inode(newparent)?;
+        let pdir = self.dir_of(&p)?;
+        let npdir = self.dir_of(&np)?;
+        let src = Self::backing_name(&pdir, name)?;
+        let dst = Self::backing_name(&npdir, newname)?;
+        let pfd = p.path_fd.as_fd();
+        let npfd = np.path_fd.as_fd();
+        let st = sys::fstatat(pfd, OsStr::new(&src.entry)).map_err(io_errno)?;
+        let kind = kind_of(st.st_mode);
+        let old_ctx = EncryptionContext {
+            parent_dir_id: pdir.id,
+            name: name.as_bytes(),
+        };
+        let new_ctx = EncryptionContext {
+            parent_dir_id: npdir.id,
+            name: newname.as_bytes(),
+        };
+        if src.entry == dst.entry && p.ino == np.ino {
+            return Ok(());
+        }
+        let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        let target = sys::fstatat(npfd, OsStr::new(&dst.entry)).ok();
+        if let Some(t) = &target {
+            if noreplace {
+                return Err(Errno::EEXIST);
+            }
+            let tkind = kind_of(t.st_mode);
+            match (kind, tkind) {
+                (Kind::Dir, Kind::Dir) => {
+                    let tfd = sys::openat(
+                        npfd,
+                        OsStr::new(&dst.entry),
+                        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                        0,
+                    )
+                    .map_err(io_errno)?;
+                    if !Self::is_backing_dir_empty(&tfd)? {
+                        return Err(Errno::ENOTEMPTY);
+                    }
+                    Self::remove_dir_records(&tfd);
+                }
+                (Kind::Dir, _) => return Err(Errno::ENOTDIR),
+                (_, Kind::Dir) => return Err(Errno::EISDIR),
+                _ => {}
+            }
+        }
+        Self::write_sidecar(&np, &dst)?;
+        let rename_flags = if noreplace { libc::RENAME_NOREPLACE } else { 0 };
+        match kind {
+            Kind::File => {
+                let f = sys::openat(
+                    pfd,
+                    OsStr::new(&src.entry),
+                    libc::O_RDWR | libc::O_NOFOLLOW,
+                    0,
+                )
+                .map_err(io_errno)?;
+                let f = File::from(f);
+                let rec = self
+                    .vol
+                    .begin_rebind_file(&f, &old_ctx, &new_ctx)
+                    .map_err(|e| {
+                        tracing::warn!("rename: cannot re-bind file header: {e}");
+                        errno_of(&e)
+                    })?;
+                sys::renameat2(
+                    pfd,
+                    OsStr::new(&src.entry),
+                    npfd,
+                    OsStr::new(&dst.entry),
+                    rename_flags,
+                )
+                .map_err(io_errno)?;
+                if let Err(e) = self.vol.finish_rebind_file(&f, rec) {
+                    tracing::warn!("rename: old header slot not cleared: {e}");
+                }
+            }
+            Kind::Dir => {
+                let dfd = sys::openat(
+                    pfd,
+                    OsStr::new(&src.entry),
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                    0,
+                )
+                .map_err(io_errno)?;
+                let d = self
+                    .vol
+                    .load_dir(dfd.as_fd(), &old_ctx)
+                    .map_err(|e| errno_of(&e))?;
+                self.vol
+                    .begin_rebind_dir(dfd.as_fd(), &d, &old_ctx, &new_ctx)
+                    .map_err(|e| errno_of(&e))?;
+                sys::renameat2(
+                    pfd,
+                    OsStr::new(&src.entry),
+                    npfd,
+                    OsStr::new(&dst.entry),
+                    rename_flags,
+                )
+                .map_err(io_errno)?;
+                if let Err(e) = self.vol.finish_rebind_dir(dfd.as_fd(), &d, &new_ctx) {
+                    tracing::warn!("rename: old directory slot not cleared: {e}");
+                }
+            }
+            Kind::Symlink if p.ino != np.ino => {
+                // Symlink targets are sealed per directory: re-seal for the new one.
+                let stored = sys::readlinkat(pfd, OsStr::new(&src.entry)).map_err(io_errno)?;
+                let target = pdir
+                    .names
+                    .open_symlink_target(&stored)
+                    .map_err(|_| Errno::EIO)?;
+                let sealed = npdir
+                    .names
+                    .seal_symlink_target(&target)
+                    .map_err(|_| Errno::EIO)?;
+                let tmp = format!(
+                    "sealfs.tmp.{}",
+                    self.next_fh.fetch_add(1, Ordering::Relaxed)
+                );
+                sys::symlinkat(OsStr::new(&sealed), npfd, OsStr::new(&tmp)).map_err(io_errno)?;
+                let _ = sys::fchown_fd(
+                    sys::openat(npfd, OsStr::new(&tmp), libc::O_PATH | libc::O_NOFOLLOW, 0)
+                        .map_err(io_errno)?
+                        .as_fd(),
+                    Some(st.st_uid),
+                    Some(st.st_gid),
+                );
+                if let Err(e) = sys::renameat2(
+                    npfd,
+                    OsStr::new(&tmp),
+                    npfd,
+                    OsStr::new(&dst.entry),
+                    rename_flags,
+                ) {
+                    let _ = sys::unlinkat(npfd, OsStr::new(&tmp), false);
+                    return Err(io_errno(e));
+                }
+                sys::unlinkat(pfd, OsStr::new(&src.entry), false).map_err(io_errno)?;
+            }
+            _ => {
+                sys::renameat2(
+                    pfd,
+                    OsStr::new(&src.entry),
+                    npfd,
+                    OsStr::new(&dst.entry),
+                    rename_flags,
+                )
+                .map_err(io_errno)?;
+            }
+        }
+        if !(p.ino == np.ino
+            && src.sidecar.as_ref().map(|s| &s.0) == dst.sidecar.as_ref().map(|s| &s.0))
+        {
+            Self::remove_sidecar(&p, &src);
+        }
+        // Update the moved inode's location (its encryption context).
+        let moved = self.fuse_ino(st.st_ino);
+        let moved_inode = self.inodes.read().get(&moved).cloned();
+        if let Some(m) = moved_inode {
+            *m.loc.lock() = Location {
+                parent: Some(np.clone()),
+                name: newname.as_bytes().to_vec(),
+            };
+        }
+        Ok(())
+    }
+}
+
+fn time_spec(t: Option<TimeOrNow>) -> TimeSpec {
+    match t {
+        None => TimeSpec::Omit,
+        Some(TimeOrNow::Now) => TimeSpec::Now,
+        Some(TimeOrNow::SpecificTime(st)) => match st.duration_since(UNIX_EPOCH) {
+            Ok(d) => TimeSpec::At(d.as_secs() as i64, d.subsec_nanos() as i64),
+            Err(e) => {
+                let d = e.duration();
+                TimeSpec::At(-(d.as_secs() as i64), 0)
+            }
+        },
+    }
+}
+
+impl fuser::Filesystem for SealFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let want = InitFlags::FUSE_WRITEBACK_CACHE | InitFlags::FUSE_PARALLEL_DIROPS;
+        let want = want & config.capabilities();
+        if let Err(missing) = config.add_capabilities(want) {
+            tracing::info!("kernel lacks capabilities {missing:?}");
+        }
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let r = (|| {
+            let _ns = self.ns.read();
+            let p = self.inode(parent)?;
+            let d = self.dir_of(&p)?;
+            let bn = Self::backing_name(&d, name)?;
+            let (inode, st) = self.remember(&p, name.as_bytes(), &bn.entry)?;
+            Ok(self.attr(&inode, &st))
+        })();
+        match r {
+            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        if ino.0 == ROOT {
+            return;
+        }
+        let mut table = self.inodes.write();
+        if let Some(i) = table.get(&ino.0) {
+            let prev = i.nlookup.fetch_sub(
+                nlookup.min(i.nlookup.load(Ordering::Relaxed)),
+                Ordering::Relaxed,
+            );
+            if prev <= nlookup {
+                table.remove(&ino.0);
+            }
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.inode(ino).and_then(|i| self.stat_inode(&i)) {
+            Ok(a) => reply.attr(&TTL, &a),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let r = (|| {
+            self.check_writable()?;
+            let inode = self.inode(ino)?;
+            let fd = inode.path_fd.as_fd();
+            if let Some(m) = mode {
+                if inode.kind != Kind::Symlink {
+                    sys::fchmod_fd(fd, m & 0o7777).map_err(io_errno)?;
+                }
+            }
+            if uid.is_some() || gid.is_some() {
+                sys::fchown_fd(fd, uid, gid).map_err(io_errno)?;
+            }
+            if let Some(sz) = size {
+                if inode.kind != Kind::File {
+                    return Err(Errno::EISDIR);
+                }
+                let content = match fh.map(|h| self.content_of(h)) {
+                    Some(Ok(c)) => c,
+                    _ => {
+                        let c = self.open_content(&inode)?;
+                        let r = c.write().set_len(sz).map_err(|e| errno_of(&e));
+                        Self::close_content(&inode);
+                        r?;
+                        c
+                    }
+                };
+                content.write().set_len(sz).map_err(|e| errno_of(&e))?;
+            }
+            if atime.is_some() || mtime.is_some() {
+                sys::utimens_fd(fd, time_spec(atime), time_spec(mtime)).map_err(io_errno)?;
+            }
+            self.stat_inode(&inode)
+        })();
+        match r {
+            Ok(a) => reply.attr(&TTL, &a),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.inode(ino).and_then(|i| self.symlink_target(&i)) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = (|| {
+            let mode = mode & !umask;
+            if mode & libc::S_IFMT == libc::S_IFREG || mode & libc::S_IFMT == 0 {
+                let (inode, st, _) =
+                    self.create_file(req, parent, name, mode & 0o7777, libc::O_EXCL)?;
+                Self::close_content(&inode);
+                return Ok(self.attr(&inode, &st));
+            }
+            self.check_writable()?;
+            let _ns = self.ns.read();
+            let p = self.inode(parent)?;
+            let d = self.dir_of(&p)?;
+            let bn = Self::backing_name(&d, name)?;
+            Self::write_sidecar(&p, &bn)?;
+            sys::mknodat(p.path_fd.as_fd(), OsStr::new(&bn.entry), mode, rdev as u64)
+                .map_err(io_errno)?;
+            let (inode, st) = self.remember(&p, name.as_bytes(), &bn.entry)?;
+            self.chown_new(&inode.path_fd, req);
+            Ok(self.attr(&inode, &st))
+        })();
+        match r {
+            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = (|| {
+            self.check_writable()?;
+            let _ns = self.ns.read();
+            let p = self.inode(parent)?;
+            let d = self.dir_of(&p)?;
+            let bn = Self::backing_name(&d, name)?;
+            Self::write_sidecar(&p, &bn)?;
+            let entry = OsStr::new(&bn.entry);
+            sys::mkdirat(p.path_fd.as_fd(), entry, (mode & !umask & 0o7777) | 0o700)
+                .map_err(io_errno)?;
+            let (inode, st) = self.remember(&p, name.as_bytes(), &bn.entry)?;
+            let ctx = EncryptionContext {
+                parent_dir_id: d.id,
+                name: name.as_bytes(),
+            };
+            match self.vol.init_dir(inode.path_fd.as_fd(), &ctx) {
+                Ok(dir) => *inode.dir.write() = Some(Arc::new(dir)),
+                Err(e) => {
+                    Self::remove_dir_records(&inode.path_fd);
+                    let _ = sys::unlinkat(p.path_fd.as_fd(), entry, true);
+                    Self::remove_sidecar(&p, &bn);
+                    return Err(errno_of(&e));
+                }
+            }
+            if (mode & !umask & 0o700) != 0o700 {
+                let _ = sys::fchmod_fd(inode.path_fd.as_fd(), mode & !umask & 0o7777);
+            }
+            self.chown_new(&inode.path_fd, req);
+            let st = sys::fstatat(inode.path_fd.as_fd(), OsStr::new("")).unwrap_or(st);
+            Ok(self.attr(&inode, &st))
+        })();
+        match r {
+            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = (|| {
+            self.check_writable()?;
+            let _ns = self.ns.write();
+            let p = self.inode(parent)?;
+            let d = self.dir_of(&p)?;
+            let bn = Self::backing_name(&d, name)?;
+            sys::unlinkat(p.path_fd.as_fd(), OsStr::new(&bn.entry), false).map_err(io_errno)?;
+            Self::remove_sidecar(&p, &bn);
+            Ok(())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = (|| {
+            self.check_writable()?;
+            let _ns = self.ns.write();
+            let p = self.inode(parent)?;
+            let d = self.dir_of(&p)?;
+            let bn = Self::backing_name(&d, name)?;
+            let entry = OsStr::new(&bn.entry);
+            let dfd = sys::openat(
+                p.path_fd.as_fd(),
+                entry,
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            )
+            .map_err(io_errno)?;
+            if !Self::is_backing_dir_empty(&dfd)? {
+                return Err(Errno::ENOTEMPTY);
+            }
+            Self::remove_dir_records(&dfd);
+            sys::unlinkat(p.path_fd.as_fd(), entry, true).map_err(io_errno)?;
+            Self::remove_sidecar(&p, &bn);
+            Ok(())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let r = (|| {
+            self.check_writable()?;
+            let _ns = self.ns.read();
+            let p = self.inode(parent)?;
+            let d = self.dir_of(&p)?;
+            let bn = Self::backing_name(&d, link_name)?;
+            let sealed = d
+                .names
+                .seal_symlink_target(target.as_os_str().as_bytes())
+                .map_err(|_| Errno::ENAMETOOLONG)?;
+            Self::write_sidecar(&p, &bn)?;
+            sys::symlinkat(
+                OsStr::new(&sealed),
+                p.path_fd.as_fd(),
+                OsStr::new(&bn.entry),
+            )
+            .map_err(io_errno)?;
+            let (inode, st) = self.remember(&p, link_name.as_bytes(), &bn.entry)?;
+            self.chown_new(&inode.path_fd, req);
+            Ok(self.attr(&inode, &st))
+        })();
+        match r {
+            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self.do_rename(parent, name, newparent, newname, flags) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        // Refused by design: a file's key is bound to one (directory, name); see docs/FORMAT.md.
+        reply.error(Errno::EPERM);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let r = (|| {
+            let inode = self.inode(ino)?;
+            if inode.kind != Kind::File {
+                return Err(if inode.kind == Kind::Dir {
+                    Errno::EISDIR
+                } else {
+                    Errno::EACCES
+                });
+            }
+            if self.vol.read_only() && flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+                return Err(Errno::EROFS);
+            }
+            let f = self.open_content(&inode)?;
+            Ok(self.new_handle(Handle::File(inode, f)))
+        })();
+        match r {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let r = self.content_of(fh).and_then(|f| {
+            f.read().read(offset, size as usize).map_err(|e| {
+                if e.is_integrity() {
+                    tracing::warn!(fh = fh.0, offset, "integrity failure: {e}");
+                }
+                errno_of(&e)
+            })
+        });
+        match r {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _wf: WriteFlags,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let r = self
+            .check_writable()
+            .and_then(|_| self.content_of(fh))
+            .and_then(|f| {
+                f.write().write(offset, data).map_err(|e| {
+                    if e.is_integrity() {
+                        tracing::warn!(fh = fh.0, offset, "integrity failure during write: {e}");
+                    }
+                    errno_of(&e)
+                })
+            });
+        match r {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let h = self.handles.lock().remove(&fh.0);
+        if let Some(h) = h {
+            if let Handle::File(inode, _) = &*h {
+                Self::close_content(inode);
+            }
+        }
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.content_of(fh).and_then(|f| {
+            let g = f.read();
+            let res = if datasync {
+                g.backing().sync_data()
+            } else {
+                g.backing().sync_all()
+            };
+            res.map_err(io_errno)
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let r = (|| {
+            let inode = self.inode(ino)?;
+            let entries = self.list_dir(&inode)?;
+            Ok(self.new_handle(Handle::Dir(entries)))
+        })();
+        match r {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let h = match self.file_handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(e),
+        };
+        let Handle::Dir(entries) = &*h else {
+            return reply.error(Errno::ENOTDIR);
+        };
+        for (i, (ino, ft, name)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*ino), (i + 1) as u64, *ft, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.lock().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self
+            .inode(ino)
+            .and_then(|i| sys::fsync_dir(i.path_fd.as_fd()).map_err(io_errno))
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let root = self.inodes.read().get(&ROOT).cloned();
+        let r = root
+            .ok_or(Errno::EIO)
+            .and_then(|r| sys::fstatvfs(r.path_fd.as_fd()).map_err(io_errno));
+        match r {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                MAX_NAME as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let r = (|| {
+            let (inode, st, f) =
+                self.create_file(req, parent, name, mode & !umask & 0o7777, flags)?;
+            let a = self.attr(&inode, &st);
+            let fh = self.new_handle(Handle::File(inode, f));
+            Ok((a, fh))
+        })();
+        match r {
+            Ok((a, fh)) => reply.created(
+                &TTL,
+                &a,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    // Extended attributes are not supported in this format version: ENOSYS
+    // makes the kernel answer EOPNOTSUPP and stop asking (no per-write
+    // security.capability round trip).
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let r = (|| {
+            self.check_writable()?;
+            if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
+                return Err(Errno::EOPNOTSUPP);
+            }
+            let f = self.content_of(fh)?;
+            let mut g = f.write();
+            let end = offset.checked_add(length).ok_or(Errno::EFBIG)?;
+            if let Some((first, _)) = chunks_touched(offset, length) {
+                let start = chunk_data_offset(first).min(ciphertext_size(g.size()));
+                let cend = ciphertext_size(end);
+                if cend > start {
+                    sys::fallocate(g.backing(), libc::FALLOC_FL_KEEP_SIZE, start, cend - start)
+                        .map_err(io_errno)?;
+                }
+            }
+            if mode & libc::FALLOC_FL_KEEP_SIZE == 0 && end > g.size() {
+                g.set_len(end).map_err(|e| errno_of(&e))?;
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+/// The display name of a mount in /proc/mounts.
+pub fn fsname(cipherdir: &Path) -> String {
+    format!("sealfs:{}", cipherdir.display())
+}
+
+/// Builds the fuser configuration for a mount.
+pub fn fuser_config(cipherdir: &Path, opts: &MountOptions) -> fuser::Config {
+    let mut c = fuser::Config::default();
+    c.mount_options = vec![
+        fuser::MountOption::FSName(fsname(cipherdir)),
+        fuser::MountOption::Subtype("sealfs".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
+    ];
+    if opts.read_only {
+        c.mount_options.push(fuser::MountOption::RO);
+    }
+    c.acl = if opts.allow_other {
+        fuser::SessionACL::All
+    } else {
+        fuser::SessionACL::Owner
+    };
+    c.n_threads = Some(opts.threads.max(1));
+    c.clone_fd = opts.threads > 1;
+    c
+}

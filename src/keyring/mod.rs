@@ -1,0 +1,294 @@
+//! The unlocked keyring: master key versions in memory, the wrapping ciphers
+//! derived from them, and the crash-safe storage of `sealfs.keyring`.
+//!
+//! Owns: turning an unlock secret into the KEK, loading the keyring (primary
+//! copy, falling back to its `.bak` copy), writing it durably (write-new,
+//! fsync, rename, fsync directory; then the same for the backup), and handing
+//! out per-version wrapping ciphers.
+//! Must never: log or expose key bytes; wrap under a version that is not
+//! enabled.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use zeroize::Zeroizing;
+
+use crate::crypto::{
+    derive_key, stretch_passphrase, Argon2Params, CryptoError, SealingKey, SecretKey,
+};
+use crate::format::header::RecordKind;
+use crate::format::keyring::{
+    self as kfmt, KekSource, KeyState, KeyringBody, KeyringFormatError, KeyringHeader,
+    MasterKeyVersion,
+};
+
+/// Keyring file name in CIPHERDIR.
+pub const KEYRING_FILE: &str = "sealfs.keyring";
+/// Its second copy.
+pub const KEYRING_BACKUP: &str = "sealfs.keyring.bak";
+
+/// Errors of the keyring layer.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyringError {
+    /// Reading or writing the keyring files failed.
+    #[error("keyring I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The keyring could not be decoded or opened.
+    #[error(transparent)]
+    Format(#[from] KeyringFormatError),
+    /// Key derivation failed.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// The unlock secret is of the wrong kind for this volume.
+    #[error("this volume is unlocked with a {0}")]
+    WrongSecretKind(&'static str),
+    /// The keyring belongs to another volume than the config.
+    #[error("keyring and sealfs.toml belong to different volumes (corrupted or swapped config)")]
+    VolumeMismatch,
+}
+
+/// What unlocks a volume.
+pub enum UnlockSecret {
+    /// A passphrase (stretched with Argon2id).
+    Passphrase(Zeroizing<Vec<u8>>),
+    /// The 32 bytes of a key file.
+    KeyFile(SecretKey),
+}
+
+impl std::fmt::Debug for UnlockSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UnlockSecret::Passphrase(_) => f.write_str("UnlockSecret::Passphrase(<redacted>)"),
+            UnlockSecret::KeyFile(_) => f.write_str("UnlockSecret::KeyFile(<redacted>)"),
+        }
+    }
+}
+
+/// Derives the key-encryption key for a keyring header.
+pub fn derive_kek(
+    header: &KeyringHeader,
+    secret: &UnlockSecret,
+) -> Result<SecretKey, KeyringError> {
+    match (header.kek, secret) {
+        (KekSource::Passphrase(p), UnlockSecret::Passphrase(pw)) => {
+            Ok(stretch_passphrase(pw, &header.salt, p)?)
+        }
+        (KekSource::KeyFile, UnlockSecret::KeyFile(k)) => Ok(derive_key(
+            k.expose(),
+            &header.salt,
+            b"sealfs v1 kek from key file",
+        )),
+        (KekSource::Passphrase(_), _) => Err(KeyringError::WrongSecretKind("passphrase")),
+        (KekSource::KeyFile, _) => Err(KeyringError::WrongSecretKind("key file")),
+    }
+}
+
+/// The unlocked keyring.
+pub struct Keyring {
+    header: KeyringHeader,
+    kek: SecretKey,
+    body: KeyringBody,
+    wrappers: HashMap<(u32, bool), SealingKey>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring")
+            .field("primary", &self.body.primary)
+            .field("versions", &self.body.versions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Keyring {
+    /// A new keyring with master key version 1 for a new volume.
+    pub fn create(
+        volume_id: [u8; 16],
+        secret: &UnlockSecret,
+        params: Argon2Params,
+    ) -> Result<(Self, [u8; 16]), KeyringError> {
+        let mut salt = [0u8; 16];
+        crate::crypto::fill_random(&mut salt)?;
+        let kek_src = match secret {
+            UnlockSecret::Passphrase(_) => KekSource::Passphrase(params),
+            UnlockSecret::KeyFile(_) => KekSource::KeyFile,
+        };
+        let header = KeyringHeader {
+            kek: kek_src,
+            salt,
+            volume_id,
+            generation: 0,
+        };
+        let kek = derive_kek(&header, secret)?;
+        let body = KeyringBody {
+            primary: 1,
+            versions: vec![MasterKeyVersion {
+                version: 1,
+                state: KeyState::Enabled,
+                created: now_secs(),
+                key: SecretKey::generate()?,
+            }],
+        };
+        Ok((Self::assemble(header, kek, body), salt))
+    }
+
+    fn assemble(header: KeyringHeader, kek: SecretKey, body: KeyringBody) -> Self {
+        let mut wrappers = HashMap::new();
+        for v in &body.versions {
+            if v.state == KeyState::Destroyed {
+                continue;
+            }
+            for kind in [RecordKind::File, RecordKind::Dir] {
+                let k = v.key.derive(&header.volume_id, kind.wrap_label());
+                wrappers.insert((v.version, kind == RecordKind::File), k.cipher());
+            }
+        }
+        Keyring {
+            header,
+            kek,
+            body,
+            wrappers,
+        }
+    }
+
+    /// Unlocks keyring bytes with `secret`.
+    pub fn unlock(bytes: &[u8], secret: &UnlockSecret) -> Result<Self, KeyringError> {
+        let header = kfmt::parse_header(bytes)?;
+        let kek = derive_kek(&header, secret)?;
+        let body = kfmt::open(bytes, &kek)?;
+        Ok(Self::assemble(header, kek, body))
+    }
+
+    /// Loads and unlocks the keyring of `cipherdir`, falling back to the backup
+    /// copy if the primary one is missing or damaged (not if the secret is wrong).
+    pub fn load(cipherdir: &Path, secret: &UnlockSecret) -> Result<Self, KeyringError> {
+        let primary = fs::read(cipherdir.join(KEYRING_FILE));
+        let first_err = match primary {
+            Ok(bytes) => match Self::unlock(&bytes, secret) {
+                Ok(k) => return Ok(k),
+                Err(e) => e,
+            },
+            Err(e) => KeyringError::Io(e),
+        };
+        match fs::read(cipherdir.join(KEYRING_BACKUP)) {
+            Ok(bytes) => Self::unlock(&bytes, secret).map_err(|_| first_err),
+            Err(_) => Err(first_err),
+        }
+    }
+
+    /// Writes both copies durably (each: temp file, fsync, rename, fsync dir).
+    pub fn store(&mut self, cipherdir: &Path) -> Result<(), KeyringError> {
+        self.header.generation = self.header.generation.wrapping_add(1);
+        let bytes = kfmt::seal(&self.body, &self.header, &self.kek)?;
+        for name in [KEYRING_FILE, KEYRING_BACKUP] {
+            write_file_durably(cipherdir, name, &bytes)?;
+        }
+        Ok(())
+    }
+
+    /// The volume id the keyring belongs to.
+    pub fn volume_id(&self) -> [u8; 16] {
+        self.header.volume_id
+    }
+
+    /// The KDF parameters of the unlock secret.
+    pub fn kek_source(&self) -> KekSource {
+        self.header.kek
+    }
+
+    /// The primary master key version.
+    pub fn primary(&self) -> u32 {
+        self.body.primary
+    }
+
+    /// All versions (keys included; never print them).
+    pub fn versions(&self) -> &[MasterKeyVersion] {
+        &self.body.versions
+    }
+
+    /// The wrapping cipher for `kind` records under `version`, if that version
+    /// exists and is enabled.
+    pub fn wrapper(&self, version: u32, kind: RecordKind) -> Option<SealingKey> {
+        let v = self.body.versions.iter().find(|v| v.version == version)?;
+        if v.state != KeyState::Enabled {
+            return None;
+        }
+        self.wrappers
+            .get(&(version, kind == RecordKind::File))
+            .cloned()
+    }
+}
+
+/// Writes `name` in `dir` so that after a crash either the old or the new
+/// content is there: write a temp file, fsync it, rename over, fsync the dir.
+pub fn write_file_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, dir.join(name))?;
+    fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pw(s: &str) -> UnlockSecret {
+        UnlockSecret::Passphrase(Zeroizing::new(s.as_bytes().to_vec()))
+    }
+    const P: Argon2Params = Argon2Params {
+        memory_kib: 64,
+        iterations: 1,
+        parallelism: 1,
+    };
+
+    #[test]
+    fn store_load_and_fallback() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut k, _) = Keyring::create([1; 16], &pw("secret"), P).unwrap();
+        k.store(d.path()).unwrap();
+        let back = Keyring::load(d.path(), &pw("secret")).unwrap();
+        assert_eq!(back.primary(), 1);
+        assert!(back.wrapper(1, RecordKind::File).is_some());
+        assert!(back.wrapper(2, RecordKind::File).is_none());
+        assert!(matches!(
+            Keyring::load(d.path(), &pw("wrong")),
+            Err(KeyringError::Format(KeyringFormatError::Unlock))
+        ));
+        // a damaged primary falls back to the backup
+        fs::write(d.path().join(KEYRING_FILE), b"garbage").unwrap();
+        assert!(Keyring::load(d.path(), &pw("secret")).is_ok());
+        let dbg = format!("{back:?} {:?}", pw("secret"));
+        assert!(!dbg.contains("secret"));
+    }
+
+    #[test]
+    fn key_file_secret() {
+        let kf = UnlockSecret::KeyFile(SecretKey::from_bytes([9; 32]));
+        let (k, _) = Keyring::create([1; 16], &kf, P).unwrap();
+        let bytes = kfmt::seal(&k.body, &k.header, &k.kek).unwrap();
+        assert!(Keyring::unlock(&bytes, &kf).is_ok());
+        assert!(matches!(
+            Keyring::unlock(&bytes, &pw("x")),
+            Err(KeyringError::WrongSecretKind(_))
+        ));
+        let other = UnlockSecret::KeyFile(SecretKey::from_bytes([8; 32]));
+        assert!(Keyring::unlock(&bytes, &other).is_err());
+    }
+}

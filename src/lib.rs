@@ -1,0 +1,15 @@
+//! sealfs: a FUSE filesystem that encrypts a folder, with key management
+//! modelled on a cloud KMS (versioned master keys wrapping per-file data keys,
+//! path-bound encryption context).
+//!
+//! Layers, from the bottom: [`crypto`] (keys, AEAD, KDF; no I/O), [`format`]
+//! (bytes in, bytes out), [`keyring`] (unlocking and storing master key
+//! versions), [`volume`] (the cipher directory: files, directories, names),
+//! and [`fs`] (the fuser frontend that maps kernel requests onto the volume).
+#![warn(missing_docs)]
+
+pub mod crypto;
+pub mod format;
+pub mod fs;
+pub mod keyring;
+pub mod volume;

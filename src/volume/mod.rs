@@ -1,0 +1,510 @@
+//! The volume: a cipher directory opened with its unlock secret.
+//!
+//! Owns: creating and opening volumes (config + keyring), directory records
+//! (`sealfs.dir` and its second copy `sealfs.dir.bak`), file headers, and
+//! re-binding a file or directory to a new encryption context on rename, with
+//! the write order of docs/FORMAT.md §6 so that a crash leaves the old or the
+//! new binding readable. Directory-relative: every call takes the backing
+//! directory's fd, so callers (the FUSE frontend, offline tools) own the
+//! inode/path bookkeeping.
+//! Must never: know about FUSE, or log names, keys or content.
+
+pub mod content;
+pub mod sys;
+
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+
+use parking_lot::RwLock;
+
+use crate::crypto::{random_id, Argon2Params, CryptoError, SecretKey};
+use crate::format::chunk::{ChunkCipher, ChunkError};
+use crate::format::config::{hex, ConfigError, KdfConfig, VolumeConfig, CONFIG_FILE};
+use crate::format::header::{EncryptionContext, HeaderError, RecordKind, SealedRecord, RECORD_LEN};
+use crate::format::keyring::KekSource;
+use crate::format::layout::{plaintext_size, META_BLOCK};
+use crate::format::names::{NameCipher, NameError};
+use crate::keyring::{Keyring, KeyringError, UnlockSecret, KEYRING_BACKUP, KEYRING_FILE};
+use content::SealedFile;
+
+/// Directory record file name inside every backing directory.
+pub const DIR_RECORD: &str = "sealfs.dir";
+/// Its second copy.
+pub const DIR_RECORD_BACKUP: &str = "sealfs.dir.bak";
+
+/// Errors of the volume layer; [`VolumeError::errno`] maps them for FUSE.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// A system call failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+    /// A ciphertext file is shorter than its structure says (truncated).
+    #[error("ciphertext truncated")]
+    Truncated,
+    /// A header or directory record failed to decode or open.
+    #[error("integrity: {0}")]
+    Header(#[from] HeaderError),
+    /// A chunk failed authentication.
+    #[error("integrity: {0}")]
+    Chunk(#[from] ChunkError),
+    /// A name could not be encrypted or decrypted.
+    #[error("name: {0}")]
+    Name(#[from] NameError),
+    /// The config could not be used.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The keyring could not be used.
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+    /// Randomness failure.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// Not a sealfs volume.
+    #[error("{0} is not a sealfs volume (no {CONFIG_FILE})")]
+    NotAVolume(PathBuf),
+    /// init on a non-empty directory.
+    #[error("{0} is not empty; sealfs init needs an empty or new directory")]
+    NotEmpty(PathBuf),
+    /// Both copies of a directory record are unreadable.
+    #[error("directory metadata is missing or damaged (both copies)")]
+    DirRecordLost,
+    /// The volume is mounted read-only.
+    #[error("read-only volume")]
+    ReadOnly,
+    /// The primary master key version is not usable for wrapping.
+    #[error("the primary master key version is not enabled")]
+    KeyUnavailable,
+}
+
+impl VolumeError {
+    pub(crate) fn short_read(e: io::Error) -> VolumeError {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            VolumeError::Truncated
+        } else {
+            VolumeError::Io(e)
+        }
+    }
+
+    /// The errno the FUSE frontend should answer with.
+    pub fn errno(&self) -> i32 {
+        match self {
+            VolumeError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            VolumeError::Name(NameError::TooLong) => libc::ENAMETOOLONG,
+            VolumeError::Name(NameError::Invalid) => libc::EINVAL,
+            VolumeError::ReadOnly => libc::EROFS,
+            VolumeError::KeyUnavailable => libc::EACCES,
+            VolumeError::Header(HeaderError::KeyVersionUnavailable(_)) => libc::EACCES,
+            _ => libc::EIO,
+        }
+    }
+
+    /// Whether this is an integrity failure (tampering, moved ciphertext, truncation).
+    pub fn is_integrity(&self) -> bool {
+        matches!(
+            self,
+            VolumeError::Truncated
+                | VolumeError::Chunk(_)
+                | VolumeError::Header(HeaderError::ContextMismatch)
+                | VolumeError::Header(HeaderError::BadMagic(_))
+                | VolumeError::Header(HeaderError::Truncated(_))
+                | VolumeError::Name(NameError::Tampered)
+                | VolumeError::DirRecordLost
+        )
+    }
+}
+
+/// An unlocked directory: its id (children bind to it) and its name cipher.
+#[derive(Debug, Clone)]
+pub struct Directory {
+    /// Random directory id.
+    pub id: [u8; 16],
+    /// Name and symlink-target cipher.
+    pub names: NameCipher,
+    key: SecretKey,
+}
+
+/// An opened volume.
+#[derive(Debug)]
+pub struct Volume {
+    cipherdir: PathBuf,
+    config: VolumeConfig,
+    volume_id: [u8; 16],
+    keyring: RwLock<Keyring>,
+    read_only: bool,
+}
+
+fn is_empty_dir(p: &Path) -> io::Result<bool> {
+    match fs::read_dir(p) {
+        Ok(mut it) => Ok(it.next().is_none()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+impl Volume {
+    /// Creates a new volume in an empty (or absent) `cipherdir`.
+    pub fn create(
+        cipherdir: &Path,
+        secret: &UnlockSecret,
+        params: Argon2Params,
+    ) -> Result<(), VolumeError> {
+        if !is_empty_dir(cipherdir)? {
+            return Err(VolumeError::NotEmpty(cipherdir.to_path_buf()));
+        }
+        fs::create_dir_all(cipherdir)?;
+        let volume_id = random_id()?;
+        let (mut keyring, salt) = Keyring::create(volume_id, secret, params)?;
+        let kdf = match keyring.kek_source() {
+            KekSource::Passphrase(p) => KdfConfig::Argon2id {
+                memory_kib: p.memory_kib,
+                iterations: p.iterations,
+                parallelism: p.parallelism,
+                salt: hex(&salt),
+            },
+            KekSource::KeyFile => KdfConfig::KeyFile { salt: hex(&salt) },
+        };
+        let config = VolumeConfig::new(volume_id, kdf);
+        keyring.store(cipherdir)?;
+        let vol = Volume {
+            cipherdir: cipherdir.to_path_buf(),
+            config: config.clone(),
+            volume_id,
+            keyring: RwLock::new(keyring),
+            read_only: false,
+        };
+        let root = File::open(cipherdir)?;
+        let root_key = SecretKey::generate()?;
+        vol.write_dir_record(
+            root.as_fd(),
+            random_id()?,
+            &root_key,
+            &EncryptionContext::ROOT,
+            true,
+        )?;
+        crate::keyring::write_file_durably(cipherdir, CONFIG_FILE, config.to_toml().as_bytes())?;
+        Ok(())
+    }
+
+    /// Opens and unlocks an existing volume.
+    pub fn open(
+        cipherdir: &Path,
+        secret: &UnlockSecret,
+        read_only: bool,
+    ) -> Result<Self, VolumeError> {
+        let text = match fs::read_to_string(cipherdir.join(CONFIG_FILE)) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(VolumeError::NotAVolume(cipherdir.to_path_buf()))
+            }
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                return Err(ConfigError::Parse("not UTF-8 text".into()).into())
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let config = VolumeConfig::parse(&text)?;
+        let volume_id = config.volume_id_bytes()?;
+        let keyring = Keyring::load(cipherdir, secret)?;
+        if keyring.volume_id() != volume_id {
+            return Err(KeyringError::VolumeMismatch.into());
+        }
+        if let (KekSource::Passphrase(p), Some(c)) = (keyring.kek_source(), config.argon2_params())
+        {
+            if p != c {
+                return Err(ConfigError::Invalid(
+                    "KDF parameters differ from the keyring's".into(),
+                )
+                .into());
+            }
+        }
+        Ok(Volume {
+            cipherdir: cipherdir.to_path_buf(),
+            config,
+            volume_id,
+            keyring: RwLock::new(keyring),
+            read_only,
+        })
+    }
+
+    /// Whether `cipherdir` holds a volume's files (used to print good errors).
+    pub fn looks_like_volume(cipherdir: &Path) -> bool {
+        cipherdir.join(CONFIG_FILE).exists()
+            || cipherdir.join(KEYRING_FILE).exists()
+            || cipherdir.join(KEYRING_BACKUP).exists()
+    }
+
+    /// The cipher directory.
+    pub fn cipherdir(&self) -> &Path {
+        &self.cipherdir
+    }
+
+    /// The config.
+    pub fn config(&self) -> &VolumeConfig {
+        &self.config
+    }
+
+    /// Read-only mount?
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The volume id.
+    pub fn volume_id(&self) -> [u8; 16] {
+        self.volume_id
+    }
+
+    /// The keyring (for status and rotation).
+    pub fn keyring(&self) -> &RwLock<Keyring> {
+        &self.keyring
+    }
+
+    fn open_record(
+        &self,
+        kind: RecordKind,
+        bytes: &[u8],
+        ctx: &EncryptionContext<'_>,
+    ) -> Result<(SealedRecord, SecretKey, usize), VolumeError> {
+        let rec = SealedRecord::decode(kind, bytes)?;
+        let kr = self.keyring.read();
+        let (key, slot) = rec.open(&self.volume_id, ctx, &|v| kr.wrapper(v, kind))?;
+        Ok((rec, key, slot))
+    }
+
+    fn primary_wrapper(
+        &self,
+        kind: RecordKind,
+    ) -> Result<(u32, crate::crypto::SealingKey), VolumeError> {
+        let kr = self.keyring.read();
+        let v = kr.primary();
+        let w = kr.wrapper(v, kind).ok_or(VolumeError::KeyUnavailable)?;
+        Ok((v, w))
+    }
+
+    // ---------------------------------------------------------------- directories
+
+    fn write_dir_record(
+        &self,
+        dir: BorrowedFd<'_>,
+        id: [u8; 16],
+        key: &SecretKey,
+        ctx: &EncryptionContext<'_>,
+        durable: bool,
+    ) -> Result<Directory, VolumeError> {
+        let (v, w) = self.primary_wrapper(RecordKind::Dir)?;
+        let rec = SealedRecord::create(RecordKind::Dir, &self.volume_id, id, key, v, &w, ctx)?;
+        let bytes = rec.encode();
+        for (name, sync) in [(DIR_RECORD, durable), (DIR_RECORD_BACKUP, false)] {
+            let fd = sys::openat(
+                dir,
+                OsStr::new(name),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                0o600,
+            )?;
+            let f = File::from(fd);
+            sys::write_all_at(&f, &bytes, 0)?;
+            if sync {
+                f.sync_data()?;
+            }
+        }
+        Ok(Directory {
+            id,
+            names: NameCipher::new(key, id),
+            key: key.clone(),
+        })
+    }
+
+    /// Creates the directory record of a freshly made backing directory `dir`.
+    pub fn init_dir(
+        &self,
+        dir: BorrowedFd<'_>,
+        ctx: &EncryptionContext<'_>,
+    ) -> Result<Directory, VolumeError> {
+        self.check_writable()?;
+        self.write_dir_record(dir, random_id()?, &SecretKey::generate()?, ctx, true)
+    }
+
+    fn read_dir_record(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &str,
+        ctx: &EncryptionContext<'_>,
+    ) -> Result<(SealedRecord, SecretKey, usize), VolumeError> {
+        let fd = sys::openat(dir, OsStr::new(name), libc::O_RDONLY | libc::O_NOFOLLOW, 0)?;
+        let f = File::from(fd);
+        let mut buf = [0u8; RECORD_LEN];
+        sys::read_exact_at(&f, &mut buf, 0).map_err(VolumeError::short_read)?;
+        Ok(self.open_record(RecordKind::Dir, &buf, ctx)?)
+    }
+
+    /// Loads and opens the record of directory `dir` bound to `ctx`, falling
+    /// back to the second copy (and restoring the first from it).
+    pub fn load_dir(
+        &self,
+        dir: BorrowedFd<'_>,
+        ctx: &EncryptionContext<'_>,
+    ) -> Result<Directory, VolumeError> {
+        let first = self.read_dir_record(dir, DIR_RECORD, ctx);
+        let (rec, key) = match first {
+            Ok((rec, key, _)) => (rec, key),
+            Err(e1) => match self.read_dir_record(dir, DIR_RECORD_BACKUP, ctx) {
+                Ok((rec, key, _)) => {
+                    if !self.read_only {
+                        let _ = self.replace_dir_record(dir, &[DIR_RECORD], &rec);
+                    }
+                    (rec, key)
+                }
+                Err(e2) => {
+                    tracing::warn!("directory record unreadable: {e1}; backup: {e2}");
+                    return Err(match (e1, e2) {
+                        (VolumeError::Io(a), VolumeError::Io(_))
+                            if a.kind() == io::ErrorKind::NotFound =>
+                        {
+                            VolumeError::DirRecordLost
+                        }
+                        (_, e) if e.is_integrity() => e,
+                        (e, _) => e,
+                    });
+                }
+            },
+        };
+        Ok(Directory {
+            id: rec.id,
+            names: NameCipher::new(&key, rec.id),
+            key,
+        })
+    }
+
+    fn replace_dir_record(
+        &self,
+        dir: BorrowedFd<'_>,
+        names: &[&str],
+        rec: &SealedRecord,
+    ) -> Result<(), VolumeError> {
+        let bytes = rec.encode();
+        for name in names {
+            let tmp = format!("{name}.tmp");
+            let fd = sys::openat(
+                dir,
+                OsStr::new(&tmp),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW,
+                0o600,
+            )?;
+            let f = File::from(fd);
+            sys::write_all_at(&f, &bytes, 0)?;
+            f.sync_data()?;
+            sys::renameat2(dir, OsStr::new(&tmp), dir, OsStr::new(name), 0)?;
+        }
+        sys::fsync_dir(dir)?;
+        Ok(())
+    }
+
+    /// Step 1 of a directory rename: both copies of the record get a slot for
+    /// `new` next to the slot for `old` (durably), so the directory opens
+    /// under either binding until [`Volume::finish_rebind_dir`].
+    pub fn begin_rebind_dir(
+        &self,
+        dir: BorrowedFd<'_>,
+        d: &Directory,
+        old: &EncryptionContext<'_>,
+        new: &EncryptionContext<'_>,
+    ) -> Result<(), VolumeError> {
+        self.check_writable()?;
+        let (mut rec, _, slot) = self
+            .read_dir_record(dir, DIR_RECORD, old)
+            .or_else(|_| self.read_dir_record(dir, DIR_RECORD_BACKUP, old))?;
+        let (v, w) = self.primary_wrapper(RecordKind::Dir)?;
+        let fresh = rec.make_slot(&self.volume_id, &d.key, v, &w, new)?;
+        rec.slots = [rec.slots[slot], Some(fresh)];
+        self.replace_dir_record(dir, &[DIR_RECORD, DIR_RECORD_BACKUP], &rec)
+    }
+
+    /// Step 3 of a directory rename (after the backing rename): keep only the
+    /// slot for `new`.
+    pub fn finish_rebind_dir(
+        &self,
+        dir: BorrowedFd<'_>,
+        d: &Directory,
+        new: &EncryptionContext<'_>,
+    ) -> Result<(), VolumeError> {
+        let (v, w) = self.primary_wrapper(RecordKind::Dir)?;
+        let rec = SealedRecord::create(RecordKind::Dir, &self.volume_id, d.id, &d.key, v, &w, new)?;
+        self.replace_dir_record(dir, &[DIR_RECORD, DIR_RECORD_BACKUP], &rec)
+    }
+
+    // ---------------------------------------------------------------- files
+
+    /// Writes the header block of a new, empty regular file and returns it open.
+    pub fn init_file(
+        &self,
+        file: File,
+        ctx: &EncryptionContext<'_>,
+    ) -> Result<SealedFile, VolumeError> {
+        self.check_writable()?;
+        let (v, w) = self.primary_wrapper(RecordKind::File)?;
+        let data_key = SecretKey::generate()?;
+        let id = random_id()?;
+        let rec =
+            SealedRecord::create(RecordKind::File, &self.volume_id, id, &data_key, v, &w, ctx)?;
+        let mut block = vec![0u8; META_BLOCK as usize];
+        block[..RECORD_LEN].copy_from_slice(&rec.encode());
+        sys::write_all_at(&file, &block, 0)?;
+        Ok(SealedFile::new(file, ChunkCipher::new(&data_key, id), 0))
+    }
+
+    /// Opens the content of an existing file bound to `ctx`.
+    pub fn open_file(
+        &self,
+        file: File,
+        ctx: &EncryptionContext<'_>,
+    ) -> Result<SealedFile, VolumeError> {
+        let csize = file.metadata()?.len();
+        let size = plaintext_size(csize).map_err(|_| VolumeError::Truncated)?;
+        let mut buf = [0u8; RECORD_LEN];
+        sys::read_exact_at(&file, &mut buf, 0).map_err(VolumeError::short_read)?;
+        let (rec, key, _) = self.open_record(RecordKind::File, &buf, ctx)?;
+        Ok(SealedFile::new(file, ChunkCipher::new(&key, rec.id), size))
+    }
+
+    /// Step 1 of a file rename: adds a slot bound to `new` beside the one
+    /// bound to `old`, durably. Returns the record to pass to step 3.
+    pub fn begin_rebind_file(
+        &self,
+        file: &File,
+        old: &EncryptionContext<'_>,
+        new: &EncryptionContext<'_>,
+    ) -> Result<SealedRecord, VolumeError> {
+        self.check_writable()?;
+        let mut buf = [0u8; RECORD_LEN];
+        sys::read_exact_at(file, &mut buf, 0).map_err(VolumeError::short_read)?;
+        let (mut rec, key, slot) = self.open_record(RecordKind::File, &buf, old)?;
+        let (v, w) = self.primary_wrapper(RecordKind::File)?;
+        let fresh = rec.make_slot(&self.volume_id, &key, v, &w, new)?;
+        let keep = rec.slots[slot];
+        rec.slots = [keep, Some(fresh)];
+        sys::write_all_at(file, &rec.encode(), 0)?;
+        file.sync_data()?;
+        Ok(rec)
+    }
+
+    /// Step 3 of a file rename: drops the old slot (no sync needed: the old
+    /// slot only matters for the old, now vacant, path).
+    pub fn finish_rebind_file(
+        &self,
+        file: &File,
+        mut rec: SealedRecord,
+    ) -> Result<(), VolumeError> {
+        rec.slots = [rec.slots[1], None];
+        sys::write_all_at(file, &rec.encode(), 0)?;
+        Ok(())
+    }
+
+    fn check_writable(&self) -> Result<(), VolumeError> {
+        if self.read_only {
+            Err(VolumeError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! Thin, safe wrappers over the `*at` system calls the volume layer needs.
+//!
+//! Owns: turning paths relative to directory fds into libc calls and errno
+//! into `io::Error`. Must never: interpret what it reads.
+
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+
+fn cstr(name: &OsStr) -> io::Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn check(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// `openat(2)` returning an owned fd (always `O_CLOEXEC`).
+pub fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    let c = cstr(name)?;
+    // SAFETY: valid C string and fd; the returned fd is owned by us.
+    let fd = check(unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    })?;
+    // SAFETY: fd was just returned by openat.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Reopens an `O_PATH` fd with real access `flags` through /proc/self/fd.
+pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<File> {
+    let p = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let c = CString::new(p).expect("no NUL");
+    // SAFETY: valid C string.
+    let raw = check(unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    // SAFETY: raw was just returned by open.
+    Ok(unsafe { File::from_raw_fd(raw) })
+}
+
+/// The /proc path of an fd, for std APIs that want a path.
+pub fn proc_path(fd: BorrowedFd<'_>) -> std::path::PathBuf {
+    format!("/proc/self/fd/{}", fd.as_raw_fd()).into()
+}
+
+/// `fstatat(2)` with `AT_SYMLINK_NOFOLLOW`; an empty name stats the fd itself.
+pub fn fstatat(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<libc::stat> {
+    let c = cstr(name)?;
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let flags = libc::AT_SYMLINK_NOFOLLOW
+        | if name.is_empty() {
+            libc::AT_EMPTY_PATH
+        } else {
+            0
+        };
+    // SAFETY: valid pointers.
+    check(unsafe { libc::fstatat(dir.as_raw_fd(), c.as_ptr(), &mut st, flags) })?;
+    Ok(st)
+}
+
+/// `mkdirat(2)`.
+pub fn mkdirat(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid C string and fd.
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t) }).map(|_| ())
+}
+
+/// `unlinkat(2)`; `dir_flag` removes a directory.
+pub fn unlinkat(dir: BorrowedFd<'_>, name: &OsStr, remove_dir: bool) -> io::Result<()> {
+    let c = cstr(name)?;
+    let flags = if remove_dir { libc::AT_REMOVEDIR } else { 0 };
+    // SAFETY: valid C string and fd.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) }).map(|_| ())
+}
+
+/// `renameat2(2)` with flags (`RENAME_NOREPLACE`, …).
+pub fn renameat2(
+    from_dir: BorrowedFd<'_>,
+    from: &OsStr,
+    to_dir: BorrowedFd<'_>,
+    to: &OsStr,
+    flags: u32,
+) -> io::Result<()> {
+    let a = cstr(from)?;
+    let b = cstr(to)?;
+    // SAFETY: valid C strings and fds.
+    check(unsafe {
+        libc::renameat2(
+            from_dir.as_raw_fd(),
+            a.as_ptr(),
+            to_dir.as_raw_fd(),
+            b.as_ptr(),
+            flags,
+        )
+    })
+    .map(|_| ())
+}
+
+/// `symlinkat(2)`.
+pub fn symlinkat(target: &OsStr, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let t = cstr(target)?;
+    let c = cstr(name)?;
+    // SAFETY: valid C strings and fd.
+    check(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) }).map(|_| ())
+}
+
+/// `readlinkat(2)`; an empty name reads the link an `O_PATH` fd refers to.
+pub fn readlinkat(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Vec<u8>> {
+    let c = cstr(name)?;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: buffer is valid for its length.
+    let n = unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+/// `mknodat(2)`.
+pub fn mknodat(dir: BorrowedFd<'_>, name: &OsStr, mode: u32, rdev: u64) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid C string and fd.
+    check(unsafe {
+        libc::mknodat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            mode as libc::mode_t,
+            rdev as libc::dev_t,
+        )
+    })
+    .map(|_| ())
+}
+
+/// `fchownat(2)` on the object an `O_PATH` fd refers to (no symlink follow).
+pub fn fchown_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+    let e = CString::new("").expect("empty");
+    let u = uid.unwrap_or(u32::MAX);
+    let g = gid.unwrap_or(u32::MAX);
+    // SAFETY: valid C string and fd.
+    check(unsafe {
+        libc::fchownat(
+            fd.as_raw_fd(),
+            e.as_ptr(),
+            u,
+            g,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(|_| ())
+}
+
+/// chmod of the object an `O_PATH` fd refers to (not for symlinks).
+pub fn fchmod_fd(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    let p = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL");
+    // SAFETY: valid C string.
+    check(unsafe { libc::chmod(p.as_ptr(), mode as libc::mode_t) }).map(|_| ())
+}
+
+/// A timestamp for [`utimens_fd`]: a time, now, or unchanged.
+#[derive(Debug, Clone, Copy)]
+pub enum TimeSpec {
+    /// Leave as is.
+    Omit,
+    /// The current time.
+    Now,
+    /// Seconds and nanoseconds since the epoch.
+    At(i64, i64),
+}
+
+impl TimeSpec {
+    fn to_libc(self) -> libc::timespec {
+        match self {
+            TimeSpec::Omit => libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            },
+            TimeSpec::Now => libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_NOW,
+            },
+            TimeSpec::At(s, n) => libc::timespec {
+                tv_sec: s,
+                tv_nsec: n,
+            },
+        }
+    }
+}
+
+/// `utimensat(2)` on the object an `O_PATH` fd refers to, without following symlinks.
+pub fn utimens_fd(fd: BorrowedFd<'_>, atime: TimeSpec, mtime: TimeSpec) -> io::Result<()> {
+    let e = CString::new("").expect("empty");
+    let ts = [atime.to_libc(), mtime.to_libc()];
+    // SAFETY: valid pointers; AT_EMPTY_PATH operates on the fd itself.
+    check(unsafe {
+        libc::utimensat(
+            fd.as_raw_fd(),
+            e.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(|_| ())
+}
+
+/// `fallocate(2)`.
+pub fn fallocate(f: &File, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: valid fd.
+    check(unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            mode,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    })
+    .map(|_| ())
+}
+
+/// `fstatvfs(2)`.
+pub fn fstatvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
+    let f = reopen(fd, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd and pointer.
+    check(unsafe { libc::fstatvfs(f.as_raw_fd(), &mut st) })?;
+    Ok(st)
+}
+
+/// Reads exactly `buf.len()` bytes at `offset`; a short file is an error.
+pub fn read_exact_at(f: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    f.read_exact_at(buf, offset)
+}
+
+/// Writes all of `buf` at `offset`.
+pub fn write_all_at(f: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    f.write_all_at(buf, offset)
+}
+
+/// `fdatasync(2)`.
+pub fn fdatasync(f: &File) -> io::Result<()> {
+    f.sync_data()
+}
+
+/// fsync of a directory given as an `O_PATH` fd.
+pub fn fsync_dir(dir: BorrowedFd<'_>) -> io::Result<()> {
+    reopen(dir, libc::O_RDONLY | libc::O_DIRECTORY)?.sync_all()
+}
