@@ -1,0 +1,564 @@
+//! Shared fixture for the integration tests: a fresh volume in its own
+//! tempdir, mounted through the real `sealfs` binary.
+//!
+//! The daemon normally runs in the foreground (`-f`) as a child process held
+//! by a [`Mounted`] guard, so the guard can always unmount and reap it, even
+//! when a test panics. Every helper here panics with a clear message on
+//! failure: these are tests.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsStr};
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The passphrase written to every fixture's passfile.
+pub const PASSPHRASE: &str = "correct horse battery staple";
+
+/// How long a mount or an unmount may take before the fixture gives up.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The path of the binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sealfs")
+}
+
+/// Runs `sealfs ARGS…` to completion and returns its output.
+pub fn sealfs(args: &[&OsStr]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run the sealfs binary")
+}
+
+/// Low KDF costs so that init and mount take milliseconds.
+pub const FAST_KDF: [&str; 4] = ["--kdf-memory-kib", "8192", "--kdf-iterations", "1"];
+
+/// `sealfs init CIPHERDIR --passfile PASSFILE` with the fast KDF; panics on failure.
+pub fn init_volume(cipher: &Path, passfile: &Path) {
+    let mut args: Vec<&OsStr> = vec![
+        "init".as_ref(),
+        cipher.as_os_str(),
+        "--passfile".as_ref(),
+        passfile.as_os_str(),
+    ];
+    args.extend(FAST_KDF.iter().map(|s| OsStr::new(*s)));
+    let out = sealfs(&args);
+    assert!(
+        out.status.success(),
+        "sealfs init failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether `mnt` is a mount point according to /proc/mounts.
+pub fn is_mounted(mnt: &Path) -> bool {
+    let want = mnt.as_os_str().as_bytes();
+    let mounts = fs::read("/proc/mounts").expect("read /proc/mounts");
+    mounts.split(|&b| b == b'\n').any(|line| {
+        let mut f = line.split(|&b| b == b' ');
+        f.next();
+        f.next().map(unescape_mount_field).as_deref() == Some(want)
+    })
+}
+
+fn unescape_mount_field(f: &[u8]) -> Vec<u8> {
+    // /proc/mounts escapes space, tab, newline and backslash as \ooo.
+    let mut out = Vec::with_capacity(f.len());
+    let mut i = 0;
+    while i < f.len() {
+        if f[i] == b'\\' && i + 4 <= f.len() && f[i + 1..i + 4].iter().all(|c| c.is_ascii_digit()) {
+            let v = (f[i + 1] - b'0') * 64 + (f[i + 2] - b'0') * 8 + (f[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(f[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Pids of live (non-zombie) processes whose command line mentions `needle`
+/// and whose argv[0] ends in `sealfs`.
+pub fn sealfs_pids_mentioning(needle: &Path) -> Vec<i32> {
+    let needle = needle.as_os_str().as_bytes();
+    let mut pids = Vec::new();
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return pids;
+    };
+    for ent in rd.flatten() {
+        let Some(pid) = ent.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(ent.path().join("cmdline")) else {
+            continue;
+        };
+        if cmdline.is_empty() {
+            continue; // zombie or kernel thread
+        }
+        let mut args = cmdline.split(|&b| b == 0);
+        let argv0 = args.next().unwrap_or(b"");
+        if !argv0.ends_with(b"sealfs") {
+            continue;
+        }
+        if args.any(|a| a == needle) {
+            // A zombie keeps no cmdline, but be explicit about the state too.
+            let state = fs::read_to_string(ent.path().join("stat")).unwrap_or_default();
+            let zombie = state
+                .rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+                .unwrap_or(false);
+            if !zombie {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Unmounts `mnt` with `fusermount3 -u` (retried briefly, a just-closed file
+/// may still be busy), then lazily with `-uz`. Returns whether it is gone.
+pub fn force_unmount(mnt: &Path) -> bool {
+    for _ in 0..25 {
+        if !is_mounted(mnt) {
+            return true;
+        }
+        let ok = Command::new("fusermount3")
+            .arg("-u")
+            .arg(mnt)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ok {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = Command::new("fusermount3")
+        .arg("-uz")
+        .arg(mnt)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    wait_until(Duration::from_secs(2), || !is_mounted(mnt))
+}
+
+/// A live mount. Dropping it unmounts (falling back to a lazy unmount) and
+/// waits, bounded, for the daemon to exit, killing it if it will not.
+pub struct Mounted {
+    mnt: PathBuf,
+    cipher: PathBuf,
+    /// The foreground daemon; `None` for a daemonized mount.
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Mounted {
+    /// Starts `sealfs mount CIPHER MNT --passfile PASSFILE -f EXTRA…` and
+    /// waits until the mount shows in /proc/mounts.
+    pub fn start(cipher: &Path, mnt: &Path, passfile: &Path, extra: &[&str], log: &Path) -> Self {
+        let logf = fs::File::create(log).expect("create daemon log");
+        let child = Command::new(bin())
+            .arg("mount")
+            .arg(cipher)
+            .arg(mnt)
+            .arg("--passfile")
+            .arg(passfile)
+            .arg("-f")
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().expect("dup log"))
+            .stderr(logf)
+            .spawn()
+            .expect("spawn sealfs mount -f");
+        let mut m = Mounted {
+            mnt: mnt.to_path_buf(),
+            cipher: cipher.to_path_buf(),
+            child: Some(child),
+            log: log.to_path_buf(),
+        };
+        let start = Instant::now();
+        loop {
+            if is_mounted(mnt) {
+                return m;
+            }
+            if let Some(st) = m.child.as_mut().unwrap().try_wait().expect("try_wait") {
+                m.child = None;
+                panic!(
+                    "sealfs mount -f exited ({st}) before the mount was ready; log:\n{}",
+                    fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            if start.elapsed() > TIMEOUT {
+                // Drop unmounts/kills.
+                let msg = fs::read_to_string(log).unwrap_or_default();
+                drop(m);
+                panic!("mount did not appear within {TIMEOUT:?}; log:\n{msg}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Adopts a mount made by a daemonized `sealfs mount` (no `-f`).
+    pub fn adopt_daemon(cipher: &Path, mnt: &Path, log: &Path) -> Self {
+        Mounted {
+            mnt: mnt.to_path_buf(),
+            cipher: cipher.to_path_buf(),
+            child: None,
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn mountpoint(&self) -> &Path {
+        &self.mnt
+    }
+
+    /// The daemon's log so far (stderr of the foreground daemon).
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Unmounts and waits for the daemon; panics if either fails.
+    pub fn unmount(mut self) {
+        let (unmounted, exited) = self.teardown();
+        assert!(unmounted, "could not unmount {}", self.mnt.display());
+        assert!(
+            exited,
+            "the sealfs daemon for {} did not exit within {TIMEOUT:?} after unmount",
+            self.cipher.display()
+        );
+    }
+
+    /// Returns (mount gone, daemon gone). Idempotent.
+    fn teardown(&mut self) -> (bool, bool) {
+        let unmounted = force_unmount(&self.mnt);
+        let exited = match self.child.take() {
+            Some(mut child) => {
+                let done = wait_until(TIMEOUT, || matches!(child.try_wait(), Ok(Some(_))));
+                if !done {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                done
+            }
+            None => {
+                let done = wait_until(TIMEOUT, || sealfs_pids_mentioning(&self.cipher).is_empty());
+                if !done {
+                    // Our own daemon, found by its exact cipherdir argument.
+                    for pid in sealfs_pids_mentioning(&self.cipher) {
+                        // SAFETY: plain kill(2) of a pid we started.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+                done
+            }
+        };
+        (unmounted, exited)
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let (unmounted, exited) = self.teardown();
+        if !std::thread::panicking() {
+            assert!(unmounted, "could not unmount {}", self.mnt.display());
+            assert!(exited, "daemon for {} did not exit", self.cipher.display());
+        }
+    }
+}
+
+/// A volume in its own tempdir: `root/cipher`, `root/mnt`, `root/passfile`.
+/// Field order matters: the mount is dropped before the tempdir.
+pub struct Fixture {
+    pub mounted: Option<Mounted>,
+    pub cipher: PathBuf,
+    pub mnt: PathBuf,
+    pub passfile: PathBuf,
+    /// Scratch space outside the volume.
+    pub scratch: PathBuf,
+    logs: u32,
+    pub root: tempfile::TempDir,
+}
+
+impl Fixture {
+    /// A fresh, initialised, unmounted volume.
+    pub fn new() -> Self {
+        let root = tempfile::Builder::new()
+            .prefix("sealfs-it.")
+            .tempdir()
+            .expect("tempdir");
+        let base = root.path().canonicalize().expect("canonicalize tempdir");
+        let cipher = base.join("cipher");
+        let mnt = base.join("mnt");
+        let passfile = base.join("passfile");
+        let scratch = base.join("scratch");
+        fs::create_dir(&mnt).unwrap();
+        fs::create_dir(&scratch).unwrap();
+        fs::write(&passfile, format!("{PASSPHRASE}\n")).unwrap();
+        init_volume(&cipher, &passfile);
+        Fixture {
+            mounted: None,
+            cipher,
+            mnt,
+            passfile,
+            scratch,
+            logs: 0,
+            root,
+        }
+    }
+
+    /// A fresh volume, mounted read-write.
+    pub fn mounted() -> Self {
+        let mut f = Self::new();
+        f.mount();
+        f
+    }
+
+    fn next_log(&mut self) -> PathBuf {
+        self.logs += 1;
+        self.root.path().join(format!("daemon.{}.log", self.logs))
+    }
+
+    /// Mounts (foreground daemon) with extra mount arguments.
+    pub fn mount_with(&mut self, extra: &[&str]) {
+        assert!(self.mounted.is_none(), "already mounted");
+        let log = self.next_log();
+        self.mounted = Some(Mounted::start(
+            &self.cipher,
+            &self.mnt,
+            &self.passfile,
+            extra,
+            &log,
+        ));
+    }
+
+    pub fn mount(&mut self) {
+        self.mount_with(&[]);
+    }
+
+    /// Unmounts; panics if the mount or daemon does not go away.
+    pub fn unmount(&mut self) {
+        if let Some(m) = self.mounted.take() {
+            m.unmount();
+        }
+    }
+
+    /// Unmounts and mounts again (read-write), dropping every kernel cache.
+    pub fn remount(&mut self) {
+        self.unmount();
+        self.mount();
+    }
+
+    /// A path inside the mounted plaintext view.
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// The daemon's log of the current mount.
+    pub fn log(&self) -> String {
+        self.mounted.as_ref().map(|m| m.log()).unwrap_or_default()
+    }
+
+    /// Every path under the cipherdir (relative), sorted.
+    pub fn cipher_listing(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        walk(&self.cipher, &mut |p, _| {
+            out.push(p.strip_prefix(&self.cipher).unwrap().to_path_buf())
+        });
+        out.sort();
+        out
+    }
+
+    /// Runs `f` and returns the new regular backing files it made in the
+    /// cipherdir that hold content (not `.name` sidecars, not sealfs.* records).
+    pub fn new_backing_files(&mut self, f: impl FnOnce(&Self)) -> Vec<PathBuf> {
+        let before: std::collections::BTreeSet<_> = self.cipher_listing().into_iter().collect();
+        f(self);
+        self.cipher_listing()
+            .into_iter()
+            .filter(|p| !before.contains(p))
+            .map(|p| self.cipher.join(p))
+            .filter(|p| {
+                let md = fs::symlink_metadata(p).unwrap();
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                md.file_type().is_file()
+                    && !name.ends_with(".name")
+                    && !name.starts_with("sealfs.dir")
+            })
+            .collect()
+    }
+
+    /// A stable digest of every name, type, mode and content in the cipherdir.
+    pub fn cipher_digest(&self) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
+        let mut out = BTreeMap::new();
+        walk(&self.cipher, &mut |p, md| {
+            use std::os::unix::fs::MetadataExt;
+            let content = if md.file_type().is_file() {
+                fs::read(p).unwrap()
+            } else if md.file_type().is_symlink() {
+                fs::read_link(p)
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes()
+            } else {
+                Vec::new()
+            };
+            out.insert(
+                p.strip_prefix(&self.cipher).unwrap().to_path_buf(),
+                (md.mode(), content),
+            );
+        });
+        out
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(m) = self.mounted.as_ref() {
+            if std::thread::panicking() {
+                eprintln!("--- sealfs daemon log ---\n{}\n---", m.log());
+            }
+        }
+    }
+}
+
+/// Depth-first walk calling `f(path, metadata)` for every entry (not following symlinks).
+pub fn walk(dir: &Path, f: &mut dyn FnMut(&Path, &fs::Metadata)) {
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        let md = fs::symlink_metadata(&p).unwrap();
+        f(&p, &md);
+        if md.is_dir() {
+            walk(&p, f);
+        }
+    }
+}
+
+/// A deterministic xorshift64* generator.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.max(1))
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = vec![0u8; n];
+        self.fill(&mut v);
+        v
+    }
+}
+
+/// A C string from a path.
+pub fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).expect("path without NUL")
+}
+
+/// The errno of the last failed libc call.
+pub fn errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// Asserts that an io::Result failed with `code`.
+#[track_caller]
+pub fn assert_errno<T: std::fmt::Debug>(r: io::Result<T>, code: i32, what: &str) {
+    match r {
+        Ok(v) => panic!("{what}: expected errno {code}, got success {v:?}"),
+        Err(e) => assert_eq!(
+            e.raw_os_error(),
+            Some(code),
+            "{what}: expected errno {code} ({}), got {e}",
+            io::Error::from_raw_os_error(code)
+        ),
+    }
+}
+
+/// Whether a program is on PATH.
+pub fn have_tool(name: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name} >/dev/null 2>&1"))
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Runs a command, panicking with its output if it fails; returns stdout.
+#[track_caller]
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `sealfs mount CIPHER MNT ARGS…` (daemonizing) when it is expected to
+/// fail, and returns its output. If it mounted after all, the mount is torn
+/// down before panicking, so no mount leaks.
+#[track_caller]
+pub fn mount_expect_failure(cipher: &Path, mnt: &Path, args: &[&OsStr]) -> Output {
+    let mut all: Vec<&OsStr> = vec!["mount".as_ref(), cipher.as_os_str(), mnt.as_os_str()];
+    all.extend_from_slice(args);
+    let out = sealfs(&all);
+    if is_mounted(mnt) {
+        drop(Mounted::adopt_daemon(cipher, mnt, Path::new("/dev/null")));
+        panic!(
+            "sealfs mount unexpectedly succeeded ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
