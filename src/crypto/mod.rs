@@ -90,6 +90,9 @@ pub fn derive_key(ikm: &[u8], salt: &[u8], label: &[u8]) -> SecretKey {
     key
 }
 
+/// A wrapped key: (nonce, sealed key bytes, tag).
+pub type WrappedKey = ([u8; NONCE_LEN], [u8; KEY_LEN], [u8; TAG_LEN]);
+
 /// An AES-256-GCM-SIV key schedule, ready to seal and open.
 #[derive(Clone)]
 pub struct SealingKey {
@@ -144,11 +147,7 @@ impl SealingKey {
 
     /// Seals a 32-byte key under this key with a fresh random nonce: returns
     /// (nonce, wrapped key, tag).
-    pub fn wrap_key(
-        &self,
-        key: &SecretKey,
-        aad: &[u8],
-    ) -> Result<([u8; NONCE_LEN], [u8; KEY_LEN], [u8; TAG_LEN]), CryptoError> {
+    pub fn wrap_key(&self, key: &SecretKey, aad: &[u8]) -> Result<WrappedKey, CryptoError> {
         let nonce = random_nonce()?;
         let mut buf = *key.expose();
         let tag = self.seal_in_place(&nonce, aad, &mut buf);

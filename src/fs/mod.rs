@@ -19,7 +19,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -101,7 +101,59 @@ struct Inode {
     nlookup: AtomicU64,
     loc: Mutex<Location>,
     dir: RwLock<Option<Arc<Directory>>>,
+    /// A directory whose record is written but not yet synced (see [`RecordFlusher`]).
+    record_pending: AtomicBool,
     open: Mutex<OpenState>,
+}
+
+/// Directory records of new directories are written without a sync (an
+/// fdatasync per mkdir cost more than the rest of `tar x`). They are made
+/// durable before any fsync below them, by a flusher every
+/// [`RECORD_FLUSH_INTERVAL`], and at unmount, so a record is never less
+/// durable than a child someone asked to be durable.
+struct RecordFlusher {
+    vol: Arc<Volume>,
+    pending: Mutex<Vec<Arc<Inode>>>,
+}
+
+const RECORD_FLUSH_INTERVAL: Duration = Duration::from_secs(2);
+
+impl RecordFlusher {
+    fn persist(&self, inode: &Inode) -> FsResult<()> {
+        if inode.record_pending.swap(false, Ordering::AcqRel) {
+            if let Err(e) = self.vol.persist_dir_record(inode.path_fd.as_fd()) {
+                if matches!(&e, VolumeError::Io(io) if io.kind() == std::io::ErrorKind::NotFound) {
+                    return Ok(()); // removed meanwhile
+                }
+                inode.record_pending.store(true, Ordering::Release);
+                tracing::warn!(ino = inode.ino, "cannot sync directory record: {e}");
+                return Err(errno_of(&e));
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_all(&self) {
+        let pending = std::mem::take(&mut *self.pending.lock());
+        for i in pending {
+            if self.persist(&i).is_err() {
+                self.pending.lock().push(i);
+            }
+        }
+    }
+
+    fn spawn(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let _ = std::thread::Builder::new()
+            .name("sealfs-records".into())
+            .spawn(move || loop {
+                std::thread::sleep(RECORD_FLUSH_INTERVAL);
+                match weak.upgrade() {
+                    Some(f) => f.flush_all(),
+                    None => return,
+                }
+            });
+    }
 }
 
 enum Handle {
@@ -129,6 +181,7 @@ pub struct SealFs {
     ns: RwLock<()>,
     root_backing_ino: u64,
     daemon_is_root: bool,
+    records: Arc<RecordFlusher>,
 }
 
 impl SealFs {
@@ -152,6 +205,7 @@ impl SealFs {
                 name: Vec::new(),
             }),
             dir: RwLock::new(Some(Arc::new(root_dir))),
+            record_pending: AtomicBool::new(false),
             open: Mutex::new(OpenState {
                 count: 0,
                 file: None,
@@ -159,7 +213,12 @@ impl SealFs {
         });
         let mut inodes = HashMap::new();
         inodes.insert(ROOT, root);
+        let records = Arc::new(RecordFlusher {
+            vol: vol.clone(),
+            pending: Mutex::new(Vec::new()),
+        });
         Ok(SealFs {
+            records,
             vol,
             inodes: RwLock::new(inodes),
             handles: Mutex::new(HashMap::new()),
@@ -259,6 +318,13 @@ impl SealFs {
         name: &[u8],
         entry: &str,
     ) -> FsResult<(Arc<Inode>, libc::stat)> {
+        // Known inodes cost one fstatat; only new ones get an O_PATH fd.
+        let st = sys::fstatat(parent.path_fd.as_fd(), OsStr::new(entry)).map_err(io_errno)?;
+        let known = self.inodes.read().get(&self.fuse_ino(st.st_ino)).cloned();
+        if let Some(existing) = known {
+            existing.nlookup.fetch_add(1, Ordering::Relaxed);
+            return Ok((existing, st));
+        }
         let fd = sys::openat(
             parent.path_fd.as_fd(),
             OsStr::new(entry),
@@ -283,6 +349,7 @@ impl SealFs {
                 name: name.to_vec(),
             }),
             dir: RwLock::new(None),
+            record_pending: AtomicBool::new(false),
             open: Mutex::new(OpenState {
                 count: 0,
                 file: None,
@@ -383,6 +450,17 @@ impl SealFs {
         if st.count == 0 {
             st.file = None;
         }
+    }
+
+    /// Makes the records of `inode` (if a directory) and of all its ancestors
+    /// durable: called before an fsync below them.
+    fn persist_records(&self, inode: &Arc<Inode>) -> FsResult<()> {
+        let mut cur = Some(inode.clone());
+        while let Some(i) = cur {
+            self.records.persist(&i)?;
+            cur = i.loc.lock().parent.clone();
+        }
+        Ok(())
     }
 
     fn new_handle(&self, h: Handle) -> u64 {
@@ -759,9 +837,14 @@ impl fuser::Filesystem for SealFs {
         if let Err(missing) = config.add_capabilities(want) {
             tracing::info!("kernel lacks capabilities {missing:?}");
         }
+        self.records.spawn();
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         Ok(())
+    }
+
+    fn destroy(&mut self) {
+        self.records.flush_all();
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -927,7 +1010,11 @@ impl fuser::Filesystem for SealFs {
                 name: name.as_bytes(),
             };
             match self.vol.init_dir(inode.path_fd.as_fd(), &ctx) {
-                Ok(dir) => *inode.dir.write() = Some(Arc::new(dir)),
+                Ok(dir) => {
+                    *inode.dir.write() = Some(Arc::new(dir));
+                    inode.record_pending.store(true, Ordering::Release);
+                    self.records.pending.lock().push(inode.clone());
+                }
                 Err(e) => {
                     Self::remove_dir_records(&inode.path_fd);
                     let _ = sys::unlinkat(p.path_fd.as_fd(), entry, true);
@@ -1171,7 +1258,11 @@ impl fuser::Filesystem for SealFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let r = self.content_of(fh).and_then(|f| {
+        let r = self.file_handle(fh).and_then(|h| match &*h {
+            Handle::File(inode, _) => self.persist_records(inode),
+            Handle::Dir(_) => Ok(()),
+        });
+        let r = r.and_then(|_| self.content_of(fh)).and_then(|f| {
             let g = f.read();
             let res = if datasync {
                 g.backing().sync_data()
@@ -1241,10 +1332,11 @@ impl fuser::Filesystem for SealFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self
-            .inode(ino)
-            .and_then(|i| sys::fsync_dir(i.path_fd.as_fd()).map_err(io_errno))
-        {
+        let r = self.inode(ino).and_then(|i| {
+            self.persist_records(&i)?;
+            sys::fsync_dir(i.path_fd.as_fd()).map_err(io_errno)
+        });
+        match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }

@@ -316,13 +316,25 @@ impl Volume {
     }
 
     /// Creates the directory record of a freshly made backing directory `dir`.
+    /// The record is not synced: the caller must call
+    /// [`Volume::persist_dir_record`] before anything below the directory is
+    /// made durable (fsync of a child), and soon after in any case.
     pub fn init_dir(
         &self,
         dir: BorrowedFd<'_>,
         ctx: &EncryptionContext<'_>,
     ) -> Result<Directory, VolumeError> {
         self.check_writable()?;
-        self.write_dir_record(dir, random_id()?, &SecretKey::generate()?, ctx, true)
+        self.write_dir_record(dir, random_id()?, &SecretKey::generate()?, ctx, false)
+    }
+
+    /// Makes both copies of a directory's record durable.
+    pub fn persist_dir_record(&self, dir: BorrowedFd<'_>) -> Result<(), VolumeError> {
+        for name in [DIR_RECORD, DIR_RECORD_BACKUP] {
+            let fd = sys::openat(dir, OsStr::new(name), libc::O_RDONLY | libc::O_NOFOLLOW, 0)?;
+            File::from(fd).sync_data()?;
+        }
+        Ok(())
     }
 
     fn read_dir_record(
@@ -335,7 +347,7 @@ impl Volume {
         let f = File::from(fd);
         let mut buf = [0u8; RECORD_LEN];
         sys::read_exact_at(&f, &mut buf, 0).map_err(VolumeError::short_read)?;
-        Ok(self.open_record(RecordKind::Dir, &buf, ctx)?)
+        self.open_record(RecordKind::Dir, &buf, ctx)
     }
 
     /// Loads and opens the record of directory `dir` bound to `ctx`, falling
