@@ -95,7 +95,23 @@ impl SealedFile {
         Ok(())
     }
 
+    fn put_chunk(&self, k: ChunkIndex, last: bool, plain: &[u8]) -> Result<(), VolumeError> {
+        let mut buf = plain.to_vec();
+        let entry = self.chunks.seal(k, last, &mut buf)?;
+        write_all_at(&self.file, &buf, chunk_data_offset(k))?;
+        write_all_at(&self.file, &entry, chunk_meta_offset(k))?;
+        Ok(())
+    }
+
     /// Writes `data` at `offset`, growing the file if needed (a gap becomes a hole).
+    ///
+    /// When the file grows past its old final chunk without this write
+    /// covering it, that chunk must end up zero-padded to a full chunk and
+    /// without the last flag. The order keeps every crash point readable:
+    /// (1) re-seal it padded but still flagged last (the file is then just
+    /// longer by zeros), (2) write the new chunks, (3) clear its flag (a
+    /// middle chunk still flagged last is accepted). If (2) fails (ENOSPC),
+    /// the old chunk and size are restored.
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), VolumeError> {
         if data.is_empty() {
             return Ok(());
@@ -106,18 +122,47 @@ impl SealedFile {
         let (first, last) = chunks_touched(offset, data.len() as u64).expect("non-empty");
         let old_last = last_chunk(old);
         let new_last = last_chunk(new).expect("non-empty file");
-        // The old final chunk loses its last flag (and is zero-padded to a full
-        // chunk) when the file grows past it without this write covering it.
+        let mut grown_past: Option<(ChunkIndex, Vec<u8>, usize)> = None;
         if let Some(ol) = old_last {
             if new > old && ol < first {
-                let mut buf = vec![0u8; CS];
+                let mut plain = vec![0u8; CS];
                 let l = chunk_len(ol, old);
-                self.read_chunk(ol, &mut buf[..l])?;
-                let entry = self.chunks.seal(ol, false, &mut buf)?;
-                write_all_at(&self.file, &buf, chunk_data_offset(ol))?;
-                write_all_at(&self.file, &entry, chunk_meta_offset(ol))?;
+                self.read_chunk(ol, &mut plain[..l])?;
+                if l < CS {
+                    self.put_chunk(ol, true, &plain)?;
+                }
+                grown_past = Some((ol, plain, l));
             }
         }
+        if let Err(e) = self.write_chunks(offset, data, first, last, old, new, old_last, new_last) {
+            if new > old {
+                if let Some((ol, plain, l)) = &grown_past {
+                    let _ = self.put_chunk(*ol, true, &plain[..*l]);
+                }
+                let _ = self.file.set_len(ciphertext_size(old));
+            }
+            return Err(e);
+        }
+        self.size = new;
+        if let Some((ol, plain, _)) = grown_past {
+            self.put_chunk(ol, false, &plain)?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write_chunks(
+        &self,
+        offset: u64,
+        data: &[u8],
+        first: ChunkIndex,
+        last: ChunkIndex,
+        old: u64,
+        new: u64,
+        old_last: Option<ChunkIndex>,
+        new_last: ChunkIndex,
+    ) -> Result<(), VolumeError> {
+        let end = offset + data.len() as u64;
         let n = (last - first + 1) as usize;
         let mut buf = vec![0u8; n * CS];
         let mut entries = vec![0u8; n * ML];
@@ -151,7 +196,6 @@ impl SealedFile {
             let mb = (e - first + 1) as usize * ML;
             write_all_at(&self.file, &entries[ma..mb], chunk_meta_offset(s))?;
         }
-        self.size = new;
         Ok(())
     }
 
@@ -193,5 +237,153 @@ impl SealedFile {
         }
         self.size = new;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::SecretKey;
+    use crate::format::layout::{plaintext_size, GROUP_PLAIN};
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Write(u64, Vec<u8>),
+        SetLen(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        // Offsets cluster around chunk and group boundaries.
+        let anchor = prop_oneof![
+            Just(0u64),
+            Just(4096),
+            Just(8192),
+            Just(GROUP_PLAIN),
+            Just(2 * GROUP_PLAIN)
+        ];
+        prop_oneof![
+            (
+                anchor.clone(),
+                -5000i64..5000,
+                proptest::collection::vec(any::<u8>(), 1..9000)
+            )
+                .prop_map(|(a, d, v)| Op::Write((a as i64 + d).max(0) as u64, v)),
+            (anchor, -5000i64..5000).prop_map(|(a, d)| Op::SetLen((a as i64 + d).max(0) as u64)),
+        ]
+    }
+
+    fn fresh(dir: &tempfile::TempDir, key: &SecretKey) -> SealedFile {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("f"))
+            .unwrap();
+        f.set_len(META_BLOCK).unwrap();
+        SealedFile::new(f, ChunkCipher::new(key, [1; 16]), 0)
+    }
+
+    fn reopen(dir: &tempfile::TempDir, key: &SecretKey) -> SealedFile {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.path().join("f"))
+            .unwrap();
+        let size = plaintext_size(f.metadata().unwrap().len()).unwrap();
+        SealedFile::new(f, ChunkCipher::new(key, [1; 16]), size)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn matches_a_plain_model(ops in proptest::collection::vec(op(), 1..12)) {
+            let dir = tempfile::tempdir().unwrap();
+            let key = SecretKey::generate().unwrap();
+            let mut f = fresh(&dir, &key);
+            let mut model: Vec<u8> = Vec::new();
+            for o in &ops {
+                match o {
+                    Op::Write(off, data) => {
+                        f.write(*off, data).unwrap();
+                        let end = *off as usize + data.len();
+                        if model.len() < end { model.resize(end, 0); }
+                        model[*off as usize..end].copy_from_slice(data);
+                    }
+                    Op::SetLen(n) => {
+                        f.set_len(*n).unwrap();
+                        model.resize(*n as usize, 0);
+                    }
+                }
+                prop_assert_eq!(f.size(), model.len() as u64);
+            }
+            prop_assert_eq!(f.read(0, model.len() + 10).unwrap(), model.clone());
+            // The size and every chunk survive a reopen from disk alone.
+            let g = reopen(&dir, &key);
+            prop_assert_eq!(g.size(), model.len() as u64);
+            prop_assert_eq!(g.read(0, model.len()).unwrap(), model.clone());
+            // Unaligned sub-ranges.
+            if model.len() > 10 {
+                let a = model.len() / 3;
+                let b = (model.len() - a).min(7000);
+                prop_assert_eq!(g.read(a as u64, b).unwrap(), model[a..a + b].to_vec());
+            }
+        }
+    }
+
+    #[test]
+    fn truncation_at_chunk_boundary_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretKey::generate().unwrap();
+        let mut f = fresh(&dir, &key);
+        f.write(0, &vec![7u8; 3 * 4096]).unwrap();
+        drop(f);
+        let raw = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("f"))
+            .unwrap();
+        raw.set_len(crate::format::layout::ciphertext_size(2 * 4096))
+            .unwrap();
+        let g = reopen(&dir, &key);
+        assert_eq!(g.size(), 8192);
+        assert!(g.read(0, 4096).is_ok(), "untouched chunk 0 still reads");
+        assert!(matches!(g.read(4096, 4096), Err(VolumeError::Chunk(_))));
+    }
+
+    #[test]
+    fn tampered_chunk_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretKey::generate().unwrap();
+        let mut f = fresh(&dir, &key);
+        f.write(0, &vec![9u8; 3 * 4096]).unwrap();
+        drop(f);
+        let raw = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.path().join("f"))
+            .unwrap();
+        write_all_at(&raw, &[0xff], chunk_data_offset(1) + 17).unwrap();
+        let g = reopen(&dir, &key);
+        assert!(g.read(0, 4096).is_ok());
+        assert!(g.read(8192, 4096).is_ok());
+        assert!(matches!(g.read(4096, 10), Err(VolumeError::Chunk(_))));
+        assert!(g.read(0, 3 * 4096).is_err());
+    }
+
+    #[test]
+    fn growth_after_partial_final_chunk_reads_zero_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretKey::generate().unwrap();
+        let mut f = fresh(&dir, &key);
+        f.write(0, b"abc").unwrap();
+        f.write(GROUP_PLAIN * 2 + 5, b"xyz").unwrap();
+        let g = reopen(&dir, &key);
+        let all = g.read(0, (GROUP_PLAIN * 3) as usize).unwrap();
+        assert_eq!(&all[..3], b"abc");
+        assert!(all[3..(GROUP_PLAIN * 2 + 5) as usize]
+            .iter()
+            .all(|&b| b == 0));
+        assert_eq!(&all[(GROUP_PLAIN * 2 + 5) as usize..], b"xyz");
     }
 }
