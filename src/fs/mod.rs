@@ -156,9 +156,18 @@ impl RecordFlusher {
     }
 }
 
+/// One entry of a directory listing taken at opendir.
+struct Listed {
+    ino: u64,
+    kind: FileType,
+    name: OsString,
+    /// The backing entry name; `None` for `.` and `..`.
+    entry: Option<String>,
+}
+
 enum Handle {
     File(Arc<Inode>, Arc<RwLock<SealedFile>>),
-    Dir(Vec<(u64, FileType, OsString)>),
+    Dir(Arc<Inode>, Vec<Listed>),
 }
 
 /// Mount-time choices that shape the frontend.
@@ -463,6 +472,21 @@ impl SealFs {
         Ok(())
     }
 
+    /// Drops `n` kernel lookups of `ino`; the inode leaves the table at zero.
+    fn unref(&self, ino: u64, n: u64) {
+        if ino == ROOT {
+            return;
+        }
+        let mut table = self.inodes.write();
+        if let Some(i) = table.get(&ino) {
+            let left = i.nlookup.load(Ordering::Relaxed).saturating_sub(n);
+            i.nlookup.store(left, Ordering::Relaxed);
+            if left == 0 {
+                table.remove(&ino);
+            }
+        }
+    }
+
     fn new_handle(&self, h: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(fh, Arc::new(h));
@@ -476,7 +500,7 @@ impl SealFs {
     fn content_of(&self, fh: FileHandle) -> FsResult<Arc<RwLock<SealedFile>>> {
         match &*self.file_handle(fh)? {
             Handle::File(_, f) => Ok(f.clone()),
-            Handle::Dir(_) => Err(Errno::EISDIR),
+            Handle::Dir(..) => Err(Errno::EISDIR),
         }
     }
 
@@ -557,7 +581,7 @@ impl SealFs {
         Ok((inode, st, f))
     }
 
-    fn list_dir(&self, inode: &Arc<Inode>) -> FsResult<Vec<(u64, FileType, OsString)>> {
+    fn list_dir(&self, inode: &Arc<Inode>) -> FsResult<Vec<Listed>> {
         let dir = self.dir_of(inode)?;
         let parent_ino = inode
             .loc
@@ -567,8 +591,18 @@ impl SealFs {
             .map(|p| p.ino)
             .unwrap_or(ROOT);
         let mut out = vec![
-            (inode.ino, FileType::Directory, OsString::from(".")),
-            (parent_ino, FileType::Directory, OsString::from("..")),
+            Listed {
+                ino: inode.ino,
+                kind: FileType::Directory,
+                name: ".".into(),
+                entry: None,
+            },
+            Listed {
+                ino: parent_ino,
+                kind: FileType::Directory,
+                name: "..".into(),
+                entry: None,
+            },
         ];
         let rd = std::fs::read_dir(sys::proc_path(inode.path_fd.as_fd())).map_err(io_errno)?;
         for ent in rd {
@@ -610,7 +644,12 @@ impl SealFs {
                 Ok(t) if t.is_block_device() => FileType::BlockDevice,
                 _ => FileType::RegularFile,
             };
-            out.push((self.fuse_ino(ent.ino()), ft, OsString::from_vec(name)));
+            out.push(Listed {
+                ino: self.fuse_ino(ent.ino()),
+                kind: ft,
+                name: OsString::from_vec(name),
+                entry: Some(entry.to_string()),
+            });
         }
         Ok(out)
     }
@@ -832,7 +871,10 @@ fn time_spec(t: Option<TimeOrNow>) -> TimeSpec {
 
 impl fuser::Filesystem for SealFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let want = InitFlags::FUSE_WRITEBACK_CACHE | InitFlags::FUSE_PARALLEL_DIROPS;
+        let want = InitFlags::FUSE_WRITEBACK_CACHE
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO;
         let want = want & config.capabilities();
         if let Err(missing) = config.add_capabilities(want) {
             tracing::info!("kernel lacks capabilities {missing:?}");
@@ -863,19 +905,7 @@ impl fuser::Filesystem for SealFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        if ino.0 == ROOT {
-            return;
-        }
-        let mut table = self.inodes.write();
-        if let Some(i) = table.get(&ino.0) {
-            let prev = i.nlookup.fetch_sub(
-                nlookup.min(i.nlookup.load(Ordering::Relaxed)),
-                Ordering::Relaxed,
-            );
-            if prev <= nlookup {
-                table.remove(&ino.0);
-            }
-        }
+        self.unref(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -1260,7 +1290,7 @@ impl fuser::Filesystem for SealFs {
     ) {
         let r = self.file_handle(fh).and_then(|h| match &*h {
             Handle::File(inode, _) => self.persist_records(inode),
-            Handle::Dir(_) => Ok(()),
+            Handle::Dir(..) => Ok(()),
         });
         let r = r.and_then(|_| self.content_of(fh)).and_then(|f| {
             let g = f.read();
@@ -1281,7 +1311,7 @@ impl fuser::Filesystem for SealFs {
         let r = (|| {
             let inode = self.inode(ino)?;
             let entries = self.list_dir(&inode)?;
-            Ok(self.new_handle(Handle::Dir(entries)))
+            Ok(self.new_handle(Handle::Dir(inode, entries)))
         })();
         match r {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
@@ -1301,11 +1331,59 @@ impl fuser::Filesystem for SealFs {
             Ok(h) => h,
             Err(e) => return reply.error(e),
         };
-        let Handle::Dir(entries) = &*h else {
+        let Handle::Dir(_, entries) = &*h else {
             return reply.error(Errno::ENOTDIR);
         };
-        for (i, (ino, ft, name)) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(*ino), (i + 1) as u64, *ft, name) {
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(e.ino), (i + 1) as u64, e.kind, &e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    /// Like readdir, with attributes, so `ls -l`, `rm -r`, rsync and tar need
+    /// no LOOKUP per entry. Every entry but `.`/`..` counts as a lookup.
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: fuser::ReplyDirectoryPlus,
+    ) {
+        let h = match self.file_handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(e),
+        };
+        let Handle::Dir(dir, entries) = &*h else {
+            return reply.error(Errno::ENOTDIR);
+        };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            let (attr, counted) = match &e.entry {
+                None => match self.stat_inode(dir) {
+                    Ok(mut a) => {
+                        a.ino = INodeNo(e.ino);
+                        (a, None)
+                    }
+                    Err(_) => continue,
+                },
+                Some(entry) => match self.remember(dir, e.name.as_bytes(), entry) {
+                    Ok((inode, st)) => (self.attr(&inode, &st), Some(inode.ino)),
+                    Err(_) => continue, // removed since opendir
+                },
+            };
+            if reply.add(
+                attr.ino,
+                (i + 1) as u64,
+                &e.name,
+                &TTL,
+                &attr,
+                Generation(0),
+            ) {
+                if let Some(ino) = counted {
+                    self.unref(ino, 1);
+                }
                 break;
             }
         }
