@@ -261,9 +261,7 @@ fn raise_fd_limit() {
     }
 }
 
-/// Blocks the termination signals in this thread (and threads it spawns) and
-/// returns a thread that unmounts when one arrives.
-fn unmount_on_signal(mut unmounter: fuser::SessionUnmounter) {
+fn termination_signals() -> libc::sigset_t {
     // SAFETY: plain libc signal-set manipulation on a local set.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -271,16 +269,31 @@ fn unmount_on_signal(mut unmounter: fuser::SessionUnmounter) {
         for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
             libc::sigaddset(&mut set, s);
         }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        std::thread::spawn(move || {
-            let mut sig = 0;
-            libc::sigwait(&set, &mut sig);
-            tracing::info!("signal {sig}: unmounting");
-            if let Err(e) = unmounter.unmount() {
-                tracing::warn!("unmount failed: {e}");
-            }
-        });
+        set
     }
+}
+
+/// Blocks the termination signals in this thread, so every thread started
+/// later (fuser's loops, the record flusher) inherits the mask and only the
+/// thread of [`unmount_on_signal`] receives them. Call before `Session::new`.
+fn block_termination_signals() {
+    let set = termination_signals();
+    // SAFETY: valid signal set; only changes this thread's mask.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
+/// Starts the thread that waits for SIGINT/SIGTERM/SIGHUP and unmounts.
+fn unmount_on_signal(mut unmounter: fuser::SessionUnmounter) {
+    std::thread::spawn(move || {
+        let set = termination_signals();
+        let mut sig = 0;
+        // SAFETY: valid pointers; the signals are blocked in every thread.
+        unsafe { libc::sigwait(&set, &mut sig) };
+        tracing::info!("signal {sig}: unmounting");
+        if let Err(e) = unmounter.unmount() {
+            tracing::warn!("unmount failed: {e}");
+        }
+    });
 }
 
 fn check_mountpoint(mp: &Path) -> Result<(), CliError> {
@@ -409,6 +422,7 @@ fn cmd_mount(
         }
     };
     let config = fuser_config(&cipherdir, &opts);
+    block_termination_signals();
     let mut session = match fuser::Session::new(fs, mountpoint, &config) {
         Ok(s) => s,
         Err(e) => return Err(fail(&mut ready_pipe, format!("mount failed: {e}"))),

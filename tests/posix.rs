@@ -426,6 +426,18 @@ fn fallocate_extends_size() {
     // SAFETY: valid fd.
     let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, GROUP as i64, 100) };
     assert_eq!(r, 0, "fallocate beyond end: errno {}", errno());
+    // Hole punching is not supported; it must fail cleanly and change nothing.
+    // SAFETY: valid fd.
+    let r = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            0,
+            4,
+        )
+    };
+    assert_eq!(r, -1, "punch hole unexpectedly succeeded");
+    assert_eq!(errno(), libc::EOPNOTSUPP, "punch hole errno");
     drop(f);
     let mut want = vec![0u8; (GROUP + 100) as usize];
     want[..10].copy_from_slice(b"0123456789");
@@ -626,12 +638,20 @@ fn readdir_lists_exactly_the_entries() {
     }
     std::os::unix::fs::symlink("nowhere", fx.p("dangling")).unwrap();
     want.push("dangling".into());
-    let want: BTreeSet<Vec<u8>> = want.into_iter().map(String::into_bytes).collect();
+    let mut want: BTreeSet<Vec<u8>> = want.into_iter().map(String::into_bytes).collect();
+    // Linux names are bytes: not UTF-8, with a newline and a tab.
+    let raw: &[u8] = b"bytes\xff\xfe\n\tname";
+    fs::write(fx.mnt.join(std::ffi::OsStr::from_bytes(raw)), b"raw").unwrap();
+    want.insert(raw.to_vec());
     assert_eq!(raw_readdir(&fx.mnt), want);
     fx.remount();
     assert_eq!(raw_readdir(&fx.mnt), want);
     // Names that look like sealfs' own files are ordinary entries inside the mount.
     assert!(fs::metadata(fx.p("sealfs.toml")).unwrap().is_dir());
+    assert_eq!(
+        read_all(&fx.mnt.join(std::ffi::OsStr::from_bytes(raw))),
+        b"raw"
+    );
     assert_eq!(raw_readdir(&fx.p("sealfs.dir")), names(&[".", ".."]));
     // File types from readdir.
     for e in fs::read_dir(&fx.mnt).unwrap() {
@@ -639,7 +659,7 @@ fn readdir_lists_exactly_the_entries() {
         let n = e.file_name();
         let t = e.file_type().unwrap();
         let n = n.to_string_lossy();
-        if n.starts_with("file-") {
+        if n.starts_with("file-") || n.starts_with("bytes") {
             assert!(t.is_file(), "{n}");
         } else if n == "dangling" {
             assert!(t.is_symlink(), "{n}");
@@ -1059,6 +1079,58 @@ fn names_of_255_bytes_work_and_256_fail() {
         })
         .collect();
     assert!(leftovers.is_empty(), "cipherdir still holds {leftovers:?}");
+
+    // A directory and a symlink with long names, moved across directories.
+    let d255 = "d".repeat(255);
+    let e255 = "e".repeat(255);
+    fs::create_dir_all(fx.p(&format!("{d255}/inner"))).unwrap();
+    fs::write(fx.p(&format!("{d255}/inner/{n255}")), b"deep").unwrap();
+    std::os::unix::fs::symlink(&n255, fx.p(&format!("{d255}/{e255}"))).unwrap();
+    fs::create_dir(fx.p("dest")).unwrap();
+    fs::rename(fx.p(&d255), fx.p(&format!("dest/{e255}"))).unwrap();
+    fs::rename(
+        fx.p(&format!("dest/{e255}/{e255}")),
+        fx.p(&format!("dest/{d255}")),
+    )
+    .unwrap();
+    fx.remount();
+    assert_eq!(
+        read_all(&fx.p(&format!("dest/{e255}/inner/{n255}"))),
+        b"deep"
+    );
+    assert_eq!(
+        fs::read_link(fx.p(&format!("dest/{d255}")))
+            .unwrap()
+            .as_os_str()
+            .as_bytes(),
+        n255.as_bytes()
+    );
+    assert_eq!(
+        raw_readdir(&fx.p("dest")),
+        names(&[".", "..", &d255, &e255])
+    );
+    assert_eq!(
+        raw_readdir(&fx.p(&format!("dest/{e255}"))),
+        names(&[".", "..", "inner"])
+    );
+    fs::remove_file(fx.p(&format!("dest/{d255}"))).unwrap();
+    fs::remove_file(fx.p(&format!("dest/{e255}/inner/{n255}"))).unwrap();
+    fs::remove_dir(fx.p(&format!("dest/{e255}/inner"))).unwrap();
+    fs::remove_dir(fx.p(&format!("dest/{e255}"))).unwrap();
+    fs::remove_dir(fx.p("dest")).unwrap();
+    let leftovers: Vec<_> = fx
+        .cipher_listing()
+        .into_iter()
+        .filter(|p| {
+            !p.to_string_lossy().starts_with("sealfs.toml")
+                && !p.to_string_lossy().starts_with("sealfs.keyring")
+                && !p.to_string_lossy().starts_with("sealfs.dir")
+        })
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "cipherdir still holds {leftovers:?} after removing long-named entries"
+    );
 
     // 256 bytes: ENAMETOOLONG everywhere.
     assert_errno(File::create(fx.p(&n256)), libc::ENAMETOOLONG, "create 256");

@@ -368,13 +368,21 @@ impl SealFs {
         Ok((inode, st))
     }
 
+    /// The unlocked root directory, whose key also seals symlink targets.
+    fn root_dir(&self) -> FsResult<Arc<Directory>> {
+        let root = self.inodes.read().get(&ROOT).cloned().ok_or(Errno::EIO)?;
+        self.dir_of(&root)
+    }
+
     fn symlink_target(&self, inode: &Inode) -> FsResult<Vec<u8>> {
-        let (pdir, _) = self.parent_and_name(inode)?;
         let stored = sys::readlinkat(inode.path_fd.as_fd(), OsStr::new("")).map_err(io_errno)?;
-        pdir.names.open_symlink_target(&stored).map_err(|e| {
-            tracing::warn!(ino = inode.ino, "symlink target failed authentication: {e}");
-            Errno::EIO
-        })
+        self.root_dir()?
+            .names
+            .open_symlink_target(&stored)
+            .map_err(|e| {
+                tracing::warn!(ino = inode.ino, "symlink target failed authentication: {e}");
+                Errno::EIO
+            })
     }
 
     fn attr(&self, inode: &Inode, st: &libc::stat) -> FileAttr {
@@ -791,41 +799,6 @@ impl SealFs {
                     tracing::warn!("rename: old directory slot not cleared: {e}");
                 }
             }
-            Kind::Symlink if p.ino != np.ino => {
-                // Symlink targets are sealed per directory: re-seal for the new one.
-                let stored = sys::readlinkat(pfd, OsStr::new(&src.entry)).map_err(io_errno)?;
-                let target = pdir
-                    .names
-                    .open_symlink_target(&stored)
-                    .map_err(|_| Errno::EIO)?;
-                let sealed = npdir
-                    .names
-                    .seal_symlink_target(&target)
-                    .map_err(|_| Errno::EIO)?;
-                let tmp = format!(
-                    "sealfs.tmp.{}",
-                    self.next_fh.fetch_add(1, Ordering::Relaxed)
-                );
-                sys::symlinkat(OsStr::new(&sealed), npfd, OsStr::new(&tmp)).map_err(io_errno)?;
-                let _ = sys::fchown_fd(
-                    sys::openat(npfd, OsStr::new(&tmp), libc::O_PATH | libc::O_NOFOLLOW, 0)
-                        .map_err(io_errno)?
-                        .as_fd(),
-                    Some(st.st_uid),
-                    Some(st.st_gid),
-                );
-                if let Err(e) = sys::renameat2(
-                    npfd,
-                    OsStr::new(&tmp),
-                    npfd,
-                    OsStr::new(&dst.entry),
-                    rename_flags,
-                ) {
-                    let _ = sys::unlinkat(npfd, OsStr::new(&tmp), false);
-                    return Err(io_errno(e));
-                }
-                sys::unlinkat(pfd, OsStr::new(&src.entry), false).map_err(io_errno)?;
-            }
             _ => {
                 sys::renameat2(
                     pfd,
@@ -1125,7 +1098,11 @@ impl fuser::Filesystem for SealFs {
             let p = self.inode(parent)?;
             let d = self.dir_of(&p)?;
             let bn = Self::backing_name(&d, link_name)?;
-            let sealed = d
+            // Symlink targets are sealed under the root directory's key, not
+            // the parent's, so a symlink moves between directories by a
+            // plain rename.
+            let sealed = self
+                .root_dir()?
                 .names
                 .seal_symlink_target(target.as_os_str().as_bytes())
                 .map_err(|_| Errno::ENAMETOOLONG)?;
