@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod crypto;
+pub mod ctl;
 pub mod format;
 pub mod fs;
 pub mod keyring;

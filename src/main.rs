@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use zeroize::Zeroizing;
 
 use sealfs::crypto::{Argon2Params, SecretKey};
+use sealfs::ctl;
 use sealfs::format::keyring::KeyringFormatError;
 use sealfs::fs::{fuser_config, MountOptions, SealFs};
 use sealfs::keyring::{KeyringError, UnlockSecret};
@@ -67,33 +68,152 @@ enum Command {
         kdf_iterations: u32,
     },
     /// Unlock CIPHERDIR and mount its plaintext view on MOUNTPOINT.
-    Mount {
-        /// The volume's cipher directory.
-        cipherdir: PathBuf,
-        /// An empty directory to mount on.
-        mountpoint: PathBuf,
-        #[command(flatten)]
-        secret: SecretArgs,
-        /// Stay in the foreground (SIGINT/SIGTERM unmount).
-        #[arg(short = 'f', long)]
-        foreground: bool,
-        /// Mount options: allow_other, ro (comma separated).
-        #[arg(short = 'o', value_name = "OPTS")]
-        options: Option<String>,
-        /// Mount read-only.
-        #[arg(long)]
-        read_only: bool,
-        /// Request-serving threads.
-        #[arg(long, default_value_t = 2)]
-        threads: usize,
-        /// Write the daemon's log here (default: discarded once daemonized).
-        #[arg(long, value_name = "FILE")]
-        log_file: Option<PathBuf>,
-    },
+    Mount(MountArgs),
     /// Unmount a sealfs mount.
     Unmount {
         /// The mount point.
         mountpoint: PathBuf,
+    },
+    /// Talk to a mounted volume's control socket (key management).
+    Ctl(CtlArgs),
+    /// Change the unlock secret of an unmounted volume (re-seals the keyring only).
+    Passwd {
+        /// The volume's cipher directory.
+        cipherdir: PathBuf,
+        /// The current secret.
+        #[command(flatten)]
+        secret: SecretArgs,
+        /// Read the new passphrase from the first line of FILE.
+        #[arg(long, value_name = "FILE", conflicts_with = "new_key_file")]
+        new_passfile: Option<PathBuf>,
+        /// Switch to a 32-byte key file.
+        #[arg(long, value_name = "FILE")]
+        new_key_file: Option<PathBuf>,
+        /// Argon2id memory cost in KiB for a new passphrase.
+        #[arg(long, default_value_t = Argon2Params::DEFAULT.memory_kib)]
+        kdf_memory_kib: u32,
+        /// Argon2id passes for a new passphrase.
+        #[arg(long, default_value_t = Argon2Params::DEFAULT.iterations)]
+        kdf_iterations: u32,
+    },
+    /// Rotate the master key of an unmounted volume.
+    Rotate {
+        /// The volume's cipher directory.
+        cipherdir: PathBuf,
+        #[command(flatten)]
+        secret: SecretArgs,
+    },
+    /// Re-wrap every header of an unmounted volume under the primary key version.
+    Rewrap {
+        /// The volume's cipher directory.
+        cipherdir: PathBuf,
+        #[command(flatten)]
+        secret: SecretArgs,
+    },
+    /// Show an unmounted volume's key versions and header counts.
+    Info {
+        /// The volume's cipher directory.
+        cipherdir: PathBuf,
+        #[command(flatten)]
+        secret: SecretArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct MountArgs {
+    /// The volume's cipher directory.
+    cipherdir: PathBuf,
+    /// An empty directory to mount on.
+    mountpoint: PathBuf,
+    #[command(flatten)]
+    secret: SecretArgs,
+    /// Stay in the foreground (SIGINT/SIGTERM unmount).
+    #[arg(short = 'f', long)]
+    foreground: bool,
+    /// Mount options: allow_other, ro (comma separated).
+    #[arg(short = 'o', value_name = "OPTS")]
+    options: Option<String>,
+    /// Mount read-only.
+    #[arg(long)]
+    read_only: bool,
+    /// Request-serving threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Write the daemon's log here (default: discarded once daemonized).
+    #[arg(long, value_name = "FILE")]
+    log_file: Option<PathBuf>,
+    /// Control socket path (default: /run/sealfs/mnt-HASH.sock for root,
+    /// $XDG_RUNTIME_DIR/sealfs/… otherwise).
+    #[arg(long, value_name = "PATH")]
+    ctl_socket: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CtlArgs {
+    /// The mount point (its default socket is used).
+    #[arg(long, value_name = "MOUNTPOINT", required_unless_present = "socket")]
+    mount: Option<PathBuf>,
+    /// The control socket.
+    #[arg(long, value_name = "PATH", conflicts_with = "mount")]
+    socket: Option<PathBuf>,
+    /// Print the daemon's JSON result instead of a summary.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: CtlCommand,
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Volume, key versions, schedule, rewrap progress.
+    Status,
+    /// Make a new master key version primary.
+    Rotate,
+    /// Re-wrap every header under the primary version (waits with a progress bar).
+    Rewrap {
+        /// Start it and return.
+        #[arg(long)]
+        background: bool,
+    },
+    /// Count headers per key version (full scan).
+    Census,
+    /// Refuse all file I/O with EACCES until enabled.
+    Disable,
+    /// Allow file I/O again.
+    Enable,
+    /// Set automatic rotation ("90d", "12h", …) or "off".
+    RotationPeriod {
+        /// The period.
+        period: String,
+    },
+    /// Retire every version below MIN (they stop decrypting).
+    Trim {
+        /// Minimum decryption version.
+        min_version: u32,
+    },
+    /// Re-enable a retired version.
+    Untrim {
+        /// The version.
+        version: u32,
+    },
+    /// Schedule a retired version's destruction (crypto-shredding).
+    ScheduleDeletion {
+        /// The version.
+        version: u32,
+        /// Waiting period.
+        #[arg(long, default_value = "7d")]
+        wait: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Cancel a scheduled destruction.
+    CancelDeletion {
+        /// The version.
+        version: u32,
     },
 }
 
@@ -325,22 +445,20 @@ fn check_mountpoint(mp: &Path) -> Result<(), CliError> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn cmd_mount(
-    cipherdir: &Path,
-    mountpoint: &Path,
-    secret: &SecretArgs,
-    foreground: bool,
-    options: Option<&str>,
-    read_only: bool,
-    threads: usize,
-    log_file: Option<&Path>,
-) -> Result<(), CliError> {
+fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
+    let (cipherdir, mountpoint) = (a.cipherdir.as_path(), a.mountpoint.as_path());
     let mut opts = MountOptions {
         allow_other: false,
-        read_only,
-        threads,
+        read_only: a.read_only,
+        threads: a.threads,
     };
-    for o in options.unwrap_or("").split(',').filter(|s| !s.is_empty()) {
+    for o in a
+        .options
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .filter(|s| !s.is_empty())
+    {
         match o {
             "allow_other" => opts.allow_other = true,
             "ro" => opts.read_only = true,
@@ -363,7 +481,14 @@ fn cmd_mount(
         ));
     }
     check_mountpoint(mountpoint)?;
-    let s = read_secret(secret, false)?;
+    let canonical_mp = mountpoint
+        .canonicalize()
+        .map_err(|e| CliError::new(exit::MOUNTPOINT, e.to_string()))?;
+    let socket = a
+        .ctl_socket
+        .clone()
+        .unwrap_or_else(|| ctl::default_socket_path(&canonical_mp));
+    let s = read_secret(&a.secret, false)?;
     let vol = Arc::new(Volume::open(cipherdir, &s, opts.read_only)?);
     drop(s);
     raise_fd_limit();
@@ -372,7 +497,7 @@ fn cmd_mount(
         .map_err(|e| CliError::new(exit::ERROR, e.to_string()))?;
 
     let mut ready_pipe: Option<std::fs::File> = None;
-    if !foreground {
+    if !a.foreground {
         let mut fds = [0; 2];
         // SAFETY: valid array for pipe().
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -390,6 +515,12 @@ fn cmd_mount(
             let mut msg = String::new();
             let _ = std::fs::File::from(r).read_to_string(&mut msg);
             if msg.starts_with("OK") {
+                eprintln!(
+                    "sealfs: mounted {} on {}; control socket {}",
+                    cipherdir.display(),
+                    mountpoint.display(),
+                    socket.display()
+                );
                 return Ok(());
             }
             let msg = msg.strip_prefix("ERR ").unwrap_or(&msg).trim().to_string();
@@ -405,14 +536,14 @@ fn cmd_mount(
         unsafe { libc::setsid() };
         ready_pipe = Some(std::fs::File::from(w));
     }
-    init_logging(log_file);
+    init_logging(a.log_file.as_deref());
     let fail = |pipe: &mut Option<std::fs::File>, msg: String| -> CliError {
         if let Some(p) = pipe.as_mut() {
             let _ = writeln!(p, "ERR {msg}");
         }
         CliError::new(exit::ERROR, msg)
     };
-    let fs = match SealFs::new(vol) {
+    let fs = match SealFs::new(vol.clone()) {
         Ok(f) => f,
         Err(e) => {
             return Err(fail(
@@ -421,6 +552,7 @@ fn cmd_mount(
             ))
         }
     };
+    let cache = fs.cache_control();
     let config = fuser_config(&cipherdir, &opts);
     block_termination_signals();
     let mut session = match fuser::Session::new(fs, mountpoint, &config) {
@@ -428,6 +560,22 @@ fn cmd_mount(
         Err(e) => return Err(fail(&mut ready_pipe, format!("mount failed: {e}"))),
     };
     unmount_on_signal(session.unmount_callable());
+    cache.set_notifier(session.notifier());
+    // SAFETY: geteuid has no failure mode.
+    let owner = unsafe { libc::geteuid() };
+    let ctl_ctx = ctl::ControlContext::new(vol, cache, canonical_mp.clone(), owner);
+    let _server = match ctl::serve(&socket, ctl_ctx.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            let mut u = session.unmount_callable();
+            let _ = u.unmount();
+            return Err(fail(
+                &mut ready_pipe,
+                format!("control socket {}: {e}", socket.display()),
+            ));
+        }
+    };
+    ctl::spawn_scheduler(&ctl_ctx);
     if let Some(mut p) = ready_pipe.take() {
         let _ = writeln!(p, "OK");
         drop(p);
@@ -445,9 +593,10 @@ fn cmd_mount(
         }
     } else {
         eprintln!(
-            "sealfs: mounted {} on {}",
+            "sealfs: mounted {} on {}; control socket {}",
             cipherdir.display(),
-            mountpoint.display()
+            mountpoint.display(),
+            socket.display()
         );
     }
     session
@@ -511,32 +660,358 @@ fn run(cli: Cli) -> Result<(), CliError> {
             eprintln!("sealfs: created volume in {}", cipherdir.display());
             Ok(())
         }
-        Command::Mount {
-            cipherdir,
-            mountpoint,
-            secret,
-            foreground,
-            options,
-            read_only,
-            threads,
-            log_file,
-        } => {
-            if foreground {
-                init_logging(log_file.as_deref());
+        Command::Mount(a) => {
+            if a.foreground {
+                init_logging(a.log_file.as_deref());
             }
-            cmd_mount(
-                &cipherdir,
-                &mountpoint,
-                &secret,
-                foreground,
-                options.as_deref(),
-                read_only,
-                threads,
-                log_file.as_deref(),
-            )
+            cmd_mount(&a)
         }
         Command::Unmount { mountpoint } => cmd_unmount(&mountpoint),
+        Command::Ctl(a) => cmd_ctl(&a),
+        Command::Passwd {
+            cipherdir,
+            secret,
+            new_passfile,
+            new_key_file,
+            kdf_memory_kib,
+            kdf_iterations,
+        } => {
+            init_logging(None);
+            let vol = open_offline(&cipherdir, &secret)?;
+            let new_args = SecretArgs {
+                passfile: new_passfile,
+                extpass: None,
+                key_file: new_key_file,
+            };
+            let new = read_secret(&new_args, true)?;
+            let params = Argon2Params {
+                memory_kib: kdf_memory_kib,
+                iterations: kdf_iterations,
+                parallelism: Argon2Params::DEFAULT.parallelism,
+            };
+            vol.change_secret(&new, params)?;
+            eprintln!("sealfs: unlock secret changed (keyring re-sealed; no file data touched)");
+            Ok(())
+        }
+        Command::Rotate { cipherdir, secret } => {
+            init_logging(None);
+            let vol = open_offline(&cipherdir, &secret)?;
+            let v = vol.update_keyring(|k| k.rotate())?;
+            eprintln!("sealfs: key version {v} is now primary");
+            Ok(())
+        }
+        Command::Rewrap { cipherdir, secret } => {
+            init_logging(None);
+            let vol = Arc::new(open_offline(&cipherdir, &secret)?);
+            let progress = Arc::new(sealfs::volume::walk::RewrapProgress::default());
+            let bar = progress_bar();
+            let job = {
+                let (vol, progress) = (vol.clone(), progress.clone());
+                std::thread::spawn(move || vol.rewrap_all(&progress))
+            };
+            while !job.is_finished() {
+                let r = progress.report();
+                bar.set_length(r.total.max(1));
+                bar.set_position(r.done);
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            bar.finish_and_clear();
+            job.join()
+                .map_err(|_| CliError::new(exit::ERROR, "rewrap thread panicked"))??;
+            let r = progress.report();
+            eprintln!(
+                "sealfs: rewrap done: {} visited, {} re-wrapped, {} failed",
+                r.done, r.rewrapped, r.failed
+            );
+            if r.failed > 0 {
+                return Err(CliError::new(
+                    exit::ERROR,
+                    format!(
+                        "{} headers could not be re-wrapped (see warnings)",
+                        r.failed
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        Command::Info {
+            cipherdir,
+            secret,
+            json,
+        } => {
+            init_logging(None);
+            let vol = Volume::open(&cipherdir, &read_secret(&secret, false)?, true)?;
+            let census = vol.census()?;
+            let kr = vol.keyring().read();
+            let versions: Vec<serde_json::Value> = kr
+                .versions()
+                .iter()
+                .map(|v| serde_json::json!({"version": v.version, "state": format!("{:?}", v.state).to_lowercase(), "created": v.created, "primary": v.version == kr.primary(), "files": census.files.get(&v.version).copied().unwrap_or(0), "dirs": census.dirs.get(&v.version).copied().unwrap_or(0)}))
+                .collect();
+            let cfg = vol.config();
+            let out = serde_json::json!({"volume_id": cfg.volume_id, "format_version": cfg.format_version, "features": cfg.features, "rotation_period": cfg.rotation_period, "disabled": kr.disabled(), "primary": kr.primary(), "versions": versions, "unreadable": census.unreadable});
+            if json {
+                println!("{out}");
+            } else {
+                println!(
+                    "volume {} (format {}), primary key version {}{}",
+                    cfg.volume_id,
+                    cfg.format_version,
+                    kr.primary(),
+                    if kr.disabled() { ", DISABLED" } else { "" }
+                );
+                for v in versions {
+                    println!(
+                        "  v{:<4} {:<17} files {:<8} dirs {}",
+                        v["version"],
+                        v["state"].as_str().unwrap_or(""),
+                        v["files"],
+                        v["dirs"]
+                    );
+                }
+                if census.unreadable > 0 {
+                    println!("  {} headers unreadable", census.unreadable);
+                }
+            }
+            Ok(())
+        }
     }
+}
+
+fn open_offline(cipherdir: &Path, secret: &SecretArgs) -> Result<Volume, CliError> {
+    if !Volume::looks_like_volume(cipherdir) {
+        return Err(CliError::new(
+            exit::BAD_VOLUME,
+            format!(
+                "{} is not a sealfs volume (no sealfs.toml)",
+                cipherdir.display()
+            ),
+        ));
+    }
+    let s = read_secret(secret, false)?;
+    Ok(Volume::open(cipherdir, &s, false)?)
+}
+
+fn progress_bar() -> indicatif::ProgressBar {
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let b = indicatif::ProgressBar::new(1);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} headers ({per_sec}, eta {eta})",
+        ) {
+            b.set_style(style);
+        }
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    }
+}
+
+fn ctl_call(socket: &Path, op: serde_json::Value) -> Result<serde_json::Value, CliError> {
+    match ctl::client::call(socket, op) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(CliError::new(
+            exit::ERROR,
+            format!("{} ({})", e.message, e.code),
+        )),
+        Err(e) => Err(CliError::new(
+            exit::ERROR,
+            format!(
+                "cannot reach the control socket {}: {e} (is the volume mounted?)",
+                socket.display()
+            ),
+        )),
+    }
+}
+
+fn fmt_time(secs: u64) -> String {
+    format!("{secs} (unix time)")
+}
+
+fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
+    use serde_json::json;
+    let socket = match (&a.socket, &a.mount) {
+        (Some(s), _) => s.clone(),
+        (None, Some(m)) => ctl::default_socket_path(
+            &m.canonicalize()
+                .map_err(|e| CliError::new(exit::MOUNTPOINT, format!("{}: {e}", m.display())))?,
+        ),
+        (None, None) => {
+            return Err(CliError::new(
+                exit::ERROR,
+                "give --mount MOUNTPOINT or --socket PATH",
+            ))
+        }
+    };
+    let print = |v: &serde_json::Value, human: &dyn Fn(&serde_json::Value)| {
+        if a.json {
+            println!("{v}");
+        } else {
+            human(v);
+        }
+    };
+    match &a.cmd {
+        CtlCommand::Status => {
+            let v = ctl_call(&socket, json!({"op": "status"}))?;
+            print(&v, &|v| {
+                println!(
+                    "volume {} at {}{}",
+                    v["volume_id"].as_str().unwrap_or("?"),
+                    v["mountpoint"].as_str().unwrap_or("?"),
+                    if v["disabled"] == true {
+                        " — KEY DISABLED"
+                    } else {
+                        ""
+                    }
+                );
+                println!("primary key version {}", v["primary"]);
+                for k in v["versions"].as_array().into_iter().flatten() {
+                    let counts = if k.get("files").is_some() {
+                        format!(" files {} dirs {}", k["files"], k["dirs"])
+                    } else {
+                        String::new()
+                    };
+                    println!(
+                        "  v{:<4} {:<17} created {}{}",
+                        k["version"],
+                        k["state"].as_str().unwrap_or(""),
+                        fmt_time(k["created"].as_u64().unwrap_or(0)),
+                        counts
+                    );
+                }
+                match v["rotation_period"].as_str() {
+                    Some(p) => println!(
+                        "rotation every {p}, next due {}",
+                        fmt_time(v["next_rotation"].as_u64().unwrap_or(0))
+                    ),
+                    None => println!("automatic rotation off"),
+                }
+                let r = &v["rewrap"];
+                if r["running"] == true {
+                    println!("rewrap running: {}/{}", r["done"], r["total"]);
+                }
+            });
+        }
+        CtlCommand::Rotate => {
+            let v = ctl_call(&socket, json!({"op": "rotate"}))?;
+            print(&v, &|v| {
+                println!("key version {} is now primary", v["primary"])
+            });
+        }
+        CtlCommand::Rewrap { background } => {
+            let v = ctl_call(&socket, json!({"op": "rewrap"}))?;
+            if *background {
+                print(&v, &|_| println!("rewrap started"));
+                return Ok(());
+            }
+            let bar = progress_bar();
+            let last = loop {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                let s = ctl_call(&socket, json!({"op": "status"}))?;
+                let r = s["rewrap"].clone();
+                bar.set_length(r["total"].as_u64().unwrap_or(0).max(1));
+                bar.set_position(r["done"].as_u64().unwrap_or(0));
+                if r["running"] != true {
+                    break r;
+                }
+            };
+            bar.finish_and_clear();
+            print(&last, &|r| {
+                println!(
+                    "rewrap done: {} visited, {} re-wrapped, {} failed",
+                    r["done"], r["rewrapped"], r["failed"]
+                )
+            });
+            if last["failed"].as_u64().unwrap_or(0) > 0 {
+                return Err(CliError::new(
+                    exit::ERROR,
+                    "some headers could not be re-wrapped (see the daemon log)",
+                ));
+            }
+        }
+        CtlCommand::Census => {
+            let v = ctl_call(&socket, json!({"op": "census"}))?;
+            print(&v, &|v| {
+                println!(
+                    "files per version {}, dirs per version {}, unreadable {}",
+                    v["files"], v["dirs"], v["unreadable"]
+                )
+            });
+        }
+        CtlCommand::Disable => {
+            let v = ctl_call(&socket, json!({"op": "disable"}))?;
+            print(&v, &|_| {
+                println!("key disabled: file I/O now fails with EACCES")
+            });
+        }
+        CtlCommand::Enable => {
+            let v = ctl_call(&socket, json!({"op": "enable"}))?;
+            print(&v, &|_| println!("key enabled"));
+        }
+        CtlCommand::RotationPeriod { period } => {
+            let p = if period == "off" {
+                serde_json::Value::Null
+            } else {
+                json!(period)
+            };
+            let v = ctl_call(&socket, json!({"op": "set_rotation_period", "period": p}))?;
+            print(&v, &|v| match v["rotation_period"].as_str() {
+                Some(p) => println!(
+                    "rotation every {p}, next due {}",
+                    fmt_time(v["next_rotation"].as_u64().unwrap_or(0))
+                ),
+                None => println!("automatic rotation off"),
+            });
+        }
+        CtlCommand::Trim { min_version } => {
+            let v = ctl_call(&socket, json!({"op": "trim", "min_version": min_version}))?;
+            print(&v, &|v| println!("retired versions {}", v["retired"]));
+        }
+        CtlCommand::Untrim { version } => {
+            let v = ctl_call(&socket, json!({"op": "untrim", "version": version}))?;
+            print(&v, &|_| println!("version {version} enabled again"));
+        }
+        CtlCommand::ScheduleDeletion { version, wait, yes } => {
+            let dry = ctl_call(
+                &socket,
+                json!({"op": "schedule_deletion", "version": version, "wait": wait, "confirm": false}),
+            )?;
+            let orphans = dry["would_orphan"].as_u64().unwrap_or(0);
+            if !yes {
+                if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                    return Err(CliError::new(exit::ERROR, format!("destroying version {version} would make {orphans} headers unreadable; pass --yes to confirm")));
+                }
+                eprint!("Destroying key version {version} after {wait} makes {orphans} files/dirs unreadable for good. Type 'destroy' to confirm: ");
+                let mut answer = String::new();
+                std::io::stdin()
+                    .read_line(&mut answer)
+                    .map_err(|e| CliError::new(exit::ERROR, e.to_string()))?;
+                if answer.trim() != "destroy" {
+                    return Err(CliError::new(exit::ERROR, "not confirmed; nothing changed"));
+                }
+            }
+            let v = ctl_call(
+                &socket,
+                json!({"op": "schedule_deletion", "version": version, "wait": wait, "confirm": true}),
+            )?;
+            print(&v, &|v| {
+                println!(
+                    "version {version} will be destroyed at {} ({} headers still use it)",
+                    fmt_time(v["deletion_due"].as_u64().unwrap_or(0)),
+                    v["would_orphan"]
+                )
+            });
+        }
+        CtlCommand::CancelDeletion { version } => {
+            let v = ctl_call(
+                &socket,
+                json!({"op": "cancel_deletion", "version": version}),
+            )?;
+            print(&v, &|_| {
+                println!("deletion of version {version} cancelled; it stays retired")
+            });
+        }
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

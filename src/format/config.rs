@@ -75,6 +75,9 @@ pub struct VolumeConfig {
     pub chunk_size: u32,
     /// Random volume id, hex (bound into every key derivation and wrapping).
     pub volume_id: String,
+    /// Automatic rotation period ("90d", "12h", …); absent = off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_period: Option<String>,
     /// Key derivation of the unlock secret.
     pub kdf: KdfConfig,
 }
@@ -87,6 +90,7 @@ impl VolumeConfig {
             features: KNOWN_FEATURES.iter().map(|s| s.to_string()).collect(),
             chunk_size: CHUNK_SIZE as u32,
             volume_id: hex(&volume_id),
+            rotation_period: None,
             kdf,
         }
     }
@@ -112,6 +116,9 @@ impl VolumeConfig {
             )));
         }
         c.volume_id_bytes()?;
+        if let Some(p) = &c.rotation_period {
+            parse_duration(p).map_err(|e| ConfigError::Invalid(format!("rotation_period: {e}")))?;
+        }
         Ok(c)
     }
 
@@ -142,6 +149,25 @@ impl VolumeConfig {
             KdfConfig::KeyFile { .. } => None,
         }
     }
+}
+
+/// Parses a duration like `90d`, `12h`, `30m`, `45s` into seconds.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration like 90d, 12h, 30m or 45s"))?;
+    let mult = match unit {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
+        "s" | "" => 1,
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (use d, h, m or s)")),
+    };
+    n.checked_mul(mult)
+        .filter(|&v| v > 0)
+        .ok_or_else(|| format!("'{s}' is out of range"))
 }
 
 /// Lower-case hex of bytes.
@@ -211,6 +237,21 @@ mod tests {
             VolumeConfig::parse(&t),
             Err(ConfigError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90d"), Ok(90 * 86_400));
+        assert_eq!(parse_duration("12h"), Ok(12 * 3_600));
+        assert_eq!(parse_duration("5s"), Ok(5));
+        assert!(parse_duration("0d").is_err());
+        assert!(parse_duration("d").is_err());
+        assert!(parse_duration("3w").is_err());
+        let mut c = sample();
+        c.rotation_period = Some("30d".into());
+        assert_eq!(VolumeConfig::parse(&c.to_toml()).unwrap(), c);
+        let bad = c.to_toml().replace("30d", "soon");
+        assert!(VolumeConfig::parse(&bad).is_err());
     }
 
     #[test]

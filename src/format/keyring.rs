@@ -16,7 +16,10 @@ use crate::crypto::{
 const MAGIC: &[u8; 8] = b"sealfs.K";
 const VERSION: u16 = 1;
 const HEADER_LEN: usize = 72;
-const ENTRY_LEN: usize = 4 + 1 + 8 + KEY_LEN;
+const BODY_HEAD: usize = 12;
+const ENTRY_LEN: usize = 4 + 1 + 8 + 8 + KEY_LEN;
+/// Body flag: the key is disabled (all use refused until enabled).
+pub const FLAG_DISABLED: u32 = 1;
 /// Upper bound on versions in one keyring (keeps decoding bounded).
 pub const MAX_VERSIONS: usize = 100_000;
 
@@ -54,9 +57,9 @@ pub enum KekSource {
 pub enum KeyState {
     /// Usable for wrapping (if primary) and unwrapping.
     Enabled,
-    /// Refuses all use until enabled.
-    Disabled,
-    /// Scheduled for destruction.
+    /// Below the minimum decryption version: kept, but refuses to unwrap.
+    Retired,
+    /// Retired and scheduled for destruction at `deletion_due`.
     PendingDeletion,
     /// Key bytes erased; files under it are unreadable.
     Destroyed,
@@ -66,7 +69,7 @@ impl KeyState {
     fn to_byte(self) -> u8 {
         match self {
             KeyState::Enabled => 1,
-            KeyState::Disabled => 2,
+            KeyState::Retired => 2,
             KeyState::PendingDeletion => 3,
             KeyState::Destroyed => 4,
         }
@@ -74,7 +77,7 @@ impl KeyState {
     fn from_byte(b: u8) -> Option<Self> {
         Some(match b {
             1 => KeyState::Enabled,
-            2 => KeyState::Disabled,
+            2 => KeyState::Retired,
             3 => KeyState::PendingDeletion,
             4 => KeyState::Destroyed,
             _ => return None,
@@ -91,6 +94,8 @@ pub struct MasterKeyVersion {
     pub state: KeyState,
     /// Creation time, seconds since the Unix epoch.
     pub created: u64,
+    /// When a pending deletion becomes due (seconds since the epoch), else 0.
+    pub deletion_due: u64,
     /// The master key (all zero once destroyed).
     pub key: SecretKey,
 }
@@ -100,6 +105,8 @@ pub struct MasterKeyVersion {
 pub struct KeyringBody {
     /// The version new wrappings use.
     pub primary: u32,
+    /// Volume-wide flags ([`FLAG_DISABLED`]).
+    pub flags: u32,
     /// All versions, ascending.
     pub versions: Vec<MasterKeyVersion>,
 }
@@ -182,13 +189,17 @@ pub fn seal(
     out.extend_from_slice(&header.generation.to_le_bytes());
     out.extend_from_slice(&nonce);
     debug_assert_eq!(out.len(), HEADER_LEN);
-    let mut plain = Zeroizing::new(Vec::with_capacity(8 + body.versions.len() * ENTRY_LEN));
+    let mut plain = Zeroizing::new(Vec::with_capacity(
+        BODY_HEAD + body.versions.len() * ENTRY_LEN,
+    ));
     plain.extend_from_slice(&body.primary.to_le_bytes());
+    plain.extend_from_slice(&body.flags.to_le_bytes());
     plain.extend_from_slice(&(body.versions.len() as u32).to_le_bytes());
     for v in &body.versions {
         plain.extend_from_slice(&v.version.to_le_bytes());
         plain.push(v.state.to_byte());
         plain.extend_from_slice(&v.created.to_le_bytes());
+        plain.extend_from_slice(&v.deletion_due.to_le_bytes());
         plain.extend_from_slice(v.key.expose());
     }
     let aad: Vec<u8> = out.clone();
@@ -210,33 +221,40 @@ pub fn open(bytes: &[u8], kek: &SecretKey) -> Result<KeyringBody, KeyringFormatE
     kek.cipher()
         .open_in_place(&nonce, &bytes[..HEADER_LEN], &mut plain, &tag)
         .map_err(|_| KeyringFormatError::Unlock)?;
-    if plain.len() < 8 {
+    if plain.len() < BODY_HEAD {
         return Err(KeyringFormatError::Malformed);
     }
     let primary = u32::from_le_bytes(plain[0..4].try_into().expect("4 bytes"));
-    let count = u32::from_le_bytes(plain[4..8].try_into().expect("4 bytes")) as usize;
-    if count > MAX_VERSIONS || plain.len() != 8 + count * ENTRY_LEN {
+    let flags = u32::from_le_bytes(plain[4..8].try_into().expect("4 bytes"));
+    let count = u32::from_le_bytes(plain[8..12].try_into().expect("4 bytes")) as usize;
+    if count > MAX_VERSIONS || plain.len() != BODY_HEAD + count * ENTRY_LEN {
         return Err(KeyringFormatError::Malformed);
     }
     let mut versions = Vec::with_capacity(count);
     for i in 0..count {
-        let e = &plain[8 + i * ENTRY_LEN..8 + (i + 1) * ENTRY_LEN];
+        let e = &plain[BODY_HEAD + i * ENTRY_LEN..BODY_HEAD + (i + 1) * ENTRY_LEN];
         let version = u32::from_le_bytes(e[0..4].try_into().expect("4 bytes"));
         let state = KeyState::from_byte(e[4]).ok_or(KeyringFormatError::Malformed)?;
         let created = u64::from_le_bytes(e[5..13].try_into().expect("8 bytes"));
+        let deletion_due = u64::from_le_bytes(e[13..21].try_into().expect("8 bytes"));
         let mut k = Zeroizing::new([0u8; KEY_LEN]);
-        k.copy_from_slice(&e[13..13 + KEY_LEN]);
+        k.copy_from_slice(&e[21..21 + KEY_LEN]);
         versions.push(MasterKeyVersion {
             version,
             state,
             created,
+            deletion_due,
             key: SecretKey::from_bytes(*k),
         });
     }
     if !versions.iter().any(|v| v.version == primary) {
         return Err(KeyringFormatError::Malformed);
     }
-    Ok(KeyringBody { primary, versions })
+    Ok(KeyringBody {
+        primary,
+        flags,
+        versions,
+    })
 }
 
 #[cfg(test)]
@@ -247,17 +265,20 @@ mod tests {
     fn sample() -> (KeyringBody, KeyringHeader, SecretKey) {
         let body = KeyringBody {
             primary: 2,
+            flags: FLAG_DISABLED,
             versions: vec![
                 MasterKeyVersion {
                     version: 1,
-                    state: KeyState::Enabled,
+                    state: KeyState::PendingDeletion,
                     created: 10,
+                    deletion_due: 99,
                     key: SecretKey::generate().unwrap(),
                 },
                 MasterKeyVersion {
                     version: 2,
                     state: KeyState::Enabled,
                     created: 20,
+                    deletion_due: 0,
                     key: SecretKey::generate().unwrap(),
                 },
             ],
@@ -282,6 +303,9 @@ mod tests {
         assert_eq!(parse_header(&bytes).unwrap(), header);
         let back = open(&bytes, &kek).unwrap();
         assert_eq!(back.primary, 2);
+        assert_eq!(back.flags, FLAG_DISABLED);
+        assert_eq!(back.versions[0].state, KeyState::PendingDeletion);
+        assert_eq!(back.versions[0].deletion_due, 99);
         assert_eq!(back.versions.len(), 2);
         assert_eq!(back.versions[1].key.expose(), body.versions[1].key.expose());
         // no key bytes in the file

@@ -170,6 +170,42 @@ enum Handle {
     Dir(Arc<Inode>, Vec<Listed>),
 }
 
+/// A handle on the kernel's caches of this mount, for the control plane:
+/// disabling the key (or revoking access) must also stop the kernel from
+/// serving pages it already holds.
+#[derive(Clone)]
+pub struct CacheControl {
+    inodes: Arc<RwLock<HashMap<u64, Arc<Inode>>>>,
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+}
+
+impl CacheControl {
+    /// Gives the handle the session's notifier (once the session exists).
+    pub fn set_notifier(&self, n: fuser::Notifier) {
+        let _ = self.notifier.set(n);
+    }
+
+    /// Writes back and drops the kernel's cached data of every known file,
+    /// so the next read reaches the daemon.
+    pub fn invalidate_file_data(&self) {
+        let Some(n) = self.notifier.get() else { return };
+        let files: Vec<u64> = self
+            .inodes
+            .read()
+            .values()
+            .filter(|i| i.kind == Kind::File)
+            .map(|i| i.ino)
+            .collect();
+        for ino in files {
+            if let Err(e) = n.inval_inode(INodeNo(ino), 0, 0) {
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    tracing::warn!(ino, "cache invalidation failed: {e}");
+                }
+            }
+        }
+    }
+}
+
 /// Mount-time choices that shape the frontend.
 #[derive(Debug, Clone)]
 pub struct MountOptions {
@@ -184,10 +220,10 @@ pub struct MountOptions {
 /// The fuser filesystem over one volume.
 pub struct SealFs {
     vol: Arc<Volume>,
-    inodes: RwLock<HashMap<u64, Arc<Inode>>>,
+    inodes: Arc<RwLock<HashMap<u64, Arc<Inode>>>>,
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
-    ns: RwLock<()>,
     root_backing_ino: u64,
     daemon_is_root: bool,
     records: Arc<RecordFlusher>,
@@ -229,13 +265,30 @@ impl SealFs {
         Ok(SealFs {
             records,
             vol,
-            inodes: RwLock::new(inodes),
+            inodes: Arc::new(RwLock::new(inodes)),
+            notifier: Arc::new(std::sync::OnceLock::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            ns: RwLock::new(()),
             root_backing_ino: st.st_ino,
             daemon_is_root: unsafe { libc::geteuid() } == 0,
         })
+    }
+
+    /// The cache handle for the control plane.
+    pub fn cache_control(&self) -> CacheControl {
+        CacheControl {
+            inodes: self.inodes.clone(),
+            notifier: self.notifier.clone(),
+        }
+    }
+
+    /// EACCES while the key is disabled: no key use at all.
+    fn check_enabled(&self) -> FsResult<()> {
+        if self.vol.is_disabled() {
+            Err(Errno::EACCES)
+        } else {
+            Ok(())
+        }
     }
 
     fn fuse_ino(&self, backing: u64) -> u64 {
@@ -254,6 +307,7 @@ impl SealFs {
 
     /// The unlocked directory of a directory inode (loaded once, then cached).
     fn dir_of(&self, inode: &Arc<Inode>) -> FsResult<Arc<Directory>> {
+        self.check_enabled()?;
         if inode.kind != Kind::Dir {
             return Err(Errno::ENOTDIR);
         }
@@ -435,6 +489,7 @@ impl SealFs {
 
     /// Opens (or shares) the content of a file inode.
     fn open_content(&self, inode: &Arc<Inode>) -> FsResult<Arc<RwLock<SealedFile>>> {
+        self.check_enabled()?;
         let mut st = inode.open.lock();
         if let Some(f) = st.file.clone() {
             st.count += 1;
@@ -506,6 +561,7 @@ impl SealFs {
     }
 
     fn content_of(&self, fh: FileHandle) -> FsResult<Arc<RwLock<SealedFile>>> {
+        self.check_enabled()?;
         match &*self.file_handle(fh)? {
             Handle::File(_, f) => Ok(f.clone()),
             Handle::Dir(..) => Err(Errno::EISDIR),
@@ -537,7 +593,7 @@ impl SealFs {
         flags: i32,
     ) -> FsResult<(Arc<Inode>, libc::stat, Arc<RwLock<SealedFile>>)> {
         self.check_writable()?;
-        let _ns = self.ns.read();
+        let _ns = self.vol.namespace().read();
         let pinode = self.inode(parent)?;
         let pdir = self.dir_of(&pinode)?;
         let bn = Self::backing_name(&pdir, name)?;
@@ -693,7 +749,7 @@ impl SealFs {
         if flags.intersects(RenameFlags::RENAME_EXCHANGE | RenameFlags::RENAME_WHITEOUT) {
             return Err(Errno::EINVAL);
         }
-        let _ns = self.ns.write();
+        let _ns = self.vol.namespace().write();
         let p = self.inode(parent)?;
         let np = self.inode(newparent)?;
         let pdir = self.dir_of(&p)?;
@@ -864,7 +920,7 @@ impl fuser::Filesystem for SealFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let r = (|| {
-            let _ns = self.ns.read();
+            let _ns = self.vol.namespace().read();
             let p = self.inode(parent)?;
             let d = self.dir_of(&p)?;
             let bn = Self::backing_name(&d, name)?;
@@ -971,7 +1027,7 @@ impl fuser::Filesystem for SealFs {
                 return Ok(self.attr(&inode, &st));
             }
             self.check_writable()?;
-            let _ns = self.ns.read();
+            let _ns = self.vol.namespace().read();
             let p = self.inode(parent)?;
             let d = self.dir_of(&p)?;
             let bn = Self::backing_name(&d, name)?;
@@ -999,7 +1055,7 @@ impl fuser::Filesystem for SealFs {
     ) {
         let r = (|| {
             self.check_writable()?;
-            let _ns = self.ns.read();
+            let _ns = self.vol.namespace().read();
             let p = self.inode(parent)?;
             let d = self.dir_of(&p)?;
             let bn = Self::backing_name(&d, name)?;
@@ -1041,7 +1097,7 @@ impl fuser::Filesystem for SealFs {
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let r = (|| {
             self.check_writable()?;
-            let _ns = self.ns.write();
+            let _ns = self.vol.namespace().write();
             let p = self.inode(parent)?;
             let d = self.dir_of(&p)?;
             let bn = Self::backing_name(&d, name)?;
@@ -1058,7 +1114,7 @@ impl fuser::Filesystem for SealFs {
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let r = (|| {
             self.check_writable()?;
-            let _ns = self.ns.write();
+            let _ns = self.vol.namespace().write();
             let p = self.inode(parent)?;
             let d = self.dir_of(&p)?;
             let bn = Self::backing_name(&d, name)?;
@@ -1094,7 +1150,7 @@ impl fuser::Filesystem for SealFs {
     ) {
         let r = (|| {
             self.check_writable()?;
-            let _ns = self.ns.read();
+            let _ns = self.vol.namespace().read();
             let p = self.inode(parent)?;
             let d = self.dir_of(&p)?;
             let bn = Self::backing_name(&d, link_name)?;

@@ -44,6 +44,9 @@ pub enum KeyringError {
     /// The unlock secret is of the wrong kind for this volume.
     #[error("this volume is unlocked with a {0}")]
     WrongSecretKind(&'static str),
+    /// A lifecycle change that is not allowed (e.g. retiring the primary version).
+    #[error("{0}")]
+    Lifecycle(String),
     /// The keyring belongs to another volume than the config.
     #[error("keyring and sealfs.toml belong to different volumes (corrupted or swapped config)")]
     VolumeMismatch,
@@ -85,6 +88,13 @@ pub fn derive_kek(
     }
 }
 
+/// Saved keyring state (see [`Keyring::snapshot`]).
+pub struct KeyringSnapshot {
+    header: KeyringHeader,
+    kek: SecretKey,
+    body: KeyringBody,
+}
+
 /// The unlocked keyring.
 pub struct Keyring {
     header: KeyringHeader,
@@ -102,7 +112,8 @@ impl std::fmt::Debug for Keyring {
     }
 }
 
-fn now_secs() -> u64 {
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -131,10 +142,12 @@ impl Keyring {
         let kek = derive_kek(&header, secret)?;
         let body = KeyringBody {
             primary: 1,
+            flags: 0,
             versions: vec![MasterKeyVersion {
                 version: 1,
                 state: KeyState::Enabled,
                 created: now_secs(),
+                deletion_due: 0,
                 key: SecretKey::generate()?,
             }],
         };
@@ -142,22 +155,14 @@ impl Keyring {
     }
 
     fn assemble(header: KeyringHeader, kek: SecretKey, body: KeyringBody) -> Self {
-        let mut wrappers = HashMap::new();
-        for v in &body.versions {
-            if v.state == KeyState::Destroyed {
-                continue;
-            }
-            for kind in [RecordKind::File, RecordKind::Dir] {
-                let k = v.key.derive(&header.volume_id, kind.wrap_label());
-                wrappers.insert((v.version, kind == RecordKind::File), k.cipher());
-            }
-        }
-        Keyring {
+        let mut k = Keyring {
             header,
             kek,
             body,
-            wrappers,
-        }
+            wrappers: HashMap::new(),
+        };
+        k.rebuild_wrappers();
+        k
     }
 
     /// Unlocks keyring bytes with `secret`.
@@ -205,6 +210,11 @@ impl Keyring {
         self.header.kek
     }
 
+    /// The salt of the KEK derivation.
+    pub fn kdf_salt(&self) -> [u8; 16] {
+        self.header.salt
+    }
+
     /// The primary master key version.
     pub fn primary(&self) -> u32 {
         self.body.primary
@@ -213,6 +223,181 @@ impl Keyring {
     /// All versions (keys included; never print them).
     pub fn versions(&self) -> &[MasterKeyVersion] {
         &self.body.versions
+    }
+
+    /// A copy of the mutable state, to roll back a change whose store failed.
+    pub fn snapshot(&self) -> KeyringSnapshot {
+        KeyringSnapshot {
+            header: self.header,
+            kek: self.kek.clone(),
+            body: self.body.clone(),
+        }
+    }
+
+    /// Rolls back to a snapshot.
+    pub fn restore(&mut self, s: KeyringSnapshot) {
+        self.header = s.header;
+        self.kek = s.kek;
+        self.body = s.body;
+        self.rebuild_wrappers();
+    }
+
+    fn rebuild_wrappers(&mut self) {
+        let mut wrappers = HashMap::new();
+        for v in &self.body.versions {
+            if v.state == KeyState::Destroyed {
+                continue;
+            }
+            for kind in [RecordKind::File, RecordKind::Dir] {
+                let k = v.key.derive(&self.header.volume_id, kind.wrap_label());
+                wrappers.insert((v.version, kind == RecordKind::File), k.cipher());
+            }
+        }
+        self.wrappers = wrappers;
+    }
+
+    fn version_mut(&mut self, version: u32) -> Result<&mut MasterKeyVersion, KeyringError> {
+        self.body
+            .versions
+            .iter_mut()
+            .find(|v| v.version == version)
+            .ok_or_else(|| KeyringError::Lifecycle(format!("no key version {version}")))
+    }
+
+    /// Adds a new master key version and makes it primary (RotateKeyOnDemand).
+    /// The caller stores the keyring.
+    pub fn rotate(&mut self) -> Result<u32, KeyringError> {
+        let next = self
+            .body
+            .versions
+            .iter()
+            .map(|v| v.version)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        self.body.versions.push(MasterKeyVersion {
+            version: next,
+            state: KeyState::Enabled,
+            created: now_secs(),
+            deletion_due: 0,
+            key: SecretKey::generate()?,
+        });
+        self.body.primary = next;
+        self.rebuild_wrappers();
+        Ok(next)
+    }
+
+    /// Whether the whole key is disabled (DisableKey).
+    pub fn disabled(&self) -> bool {
+        self.body.flags & kfmt::FLAG_DISABLED != 0
+    }
+
+    /// Disables or enables the whole key.
+    pub fn set_disabled(&mut self, disabled: bool) {
+        if disabled {
+            self.body.flags |= kfmt::FLAG_DISABLED;
+        } else {
+            self.body.flags &= !kfmt::FLAG_DISABLED;
+        }
+    }
+
+    /// Retires every enabled version below `min` (the minimum decryption
+    /// version): they stay in the keyring but refuse to unwrap. Returns the
+    /// versions retired.
+    pub fn retire_below(&mut self, min: u32) -> Result<Vec<u32>, KeyringError> {
+        if min > self.body.primary {
+            return Err(KeyringError::Lifecycle(format!(
+                "cannot retire the primary version {} (minimum {min} is above it)",
+                self.body.primary
+            )));
+        }
+        let mut done = Vec::new();
+        for v in self.body.versions.iter_mut() {
+            if v.version < min && v.state == KeyState::Enabled {
+                v.state = KeyState::Retired;
+                done.push(v.version);
+            }
+        }
+        self.rebuild_wrappers();
+        Ok(done)
+    }
+
+    /// Re-enables a retired version (undoes a trim).
+    pub fn unretire(&mut self, version: u32) -> Result<(), KeyringError> {
+        let v = self.version_mut(version)?;
+        if v.state != KeyState::Retired {
+            return Err(KeyringError::Lifecycle(format!(
+                "version {version} is not retired"
+            )));
+        }
+        v.state = KeyState::Enabled;
+        Ok(())
+    }
+
+    /// Schedules a retired version for destruction at `due` (ScheduleKeyDeletion).
+    pub fn schedule_deletion(&mut self, version: u32, due: u64) -> Result<(), KeyringError> {
+        let v = self.version_mut(version)?;
+        if v.state != KeyState::Retired {
+            return Err(KeyringError::Lifecycle(format!(
+                "version {version} must be retired (trim) before its deletion is scheduled"
+            )));
+        }
+        v.state = KeyState::PendingDeletion;
+        v.deletion_due = due;
+        Ok(())
+    }
+
+    /// Cancels a scheduled deletion; the version goes back to retired.
+    pub fn cancel_deletion(&mut self, version: u32) -> Result<(), KeyringError> {
+        let v = self.version_mut(version)?;
+        if v.state != KeyState::PendingDeletion {
+            return Err(KeyringError::Lifecycle(format!(
+                "version {version} is not pending deletion"
+            )));
+        }
+        v.state = KeyState::Retired;
+        v.deletion_due = 0;
+        Ok(())
+    }
+
+    /// Destroys every version whose deletion is due at `now`: its key bytes
+    /// are erased (crypto-shredding). Returns the versions destroyed.
+    pub fn destroy_due(&mut self, now: u64) -> Vec<u32> {
+        let mut done = Vec::new();
+        for v in self.body.versions.iter_mut() {
+            if v.state == KeyState::PendingDeletion && v.deletion_due <= now {
+                v.state = KeyState::Destroyed;
+                v.key = SecretKey::from_bytes([0u8; 32]);
+                done.push(v.version);
+            }
+        }
+        if !done.is_empty() {
+            self.rebuild_wrappers();
+        }
+        done
+    }
+
+    /// Re-seals the keyring under a new unlock secret (new salt; passphrase
+    /// secrets use `params`). Returns the new KEK source and salt for the config.
+    pub fn change_secret(
+        &mut self,
+        secret: &UnlockSecret,
+        params: Argon2Params,
+    ) -> Result<(KekSource, [u8; 16]), KeyringError> {
+        let mut salt = [0u8; 16];
+        crate::crypto::fill_random(&mut salt)?;
+        let kek_src = match secret {
+            UnlockSecret::Passphrase(_) => KekSource::Passphrase(params),
+            UnlockSecret::KeyFile(_) => KekSource::KeyFile,
+        };
+        let header = KeyringHeader {
+            kek: kek_src,
+            salt,
+            ..self.header
+        };
+        self.kek = derive_kek(&header, secret)?;
+        self.header = header;
+        Ok((kek_src, salt))
     }
 
     /// The wrapping cipher for `kind` records under `version`, if that version
@@ -276,6 +461,46 @@ mod tests {
         assert!(Keyring::load(d.path(), &pw("secret")).is_ok());
         let dbg = format!("{back:?} {:?}", pw("secret"));
         assert!(!dbg.contains("secret"));
+    }
+
+    #[test]
+    fn lifecycle_rotate_retire_delete_destroy() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut k, _) = Keyring::create([1; 16], &pw("secret"), P).unwrap();
+        assert_eq!(k.rotate().unwrap(), 2);
+        assert_eq!(k.rotate().unwrap(), 3);
+        assert_eq!(k.primary(), 3);
+        assert!(k.wrapper(1, RecordKind::File).is_some());
+        assert!(k.retire_below(4).is_err(), "primary cannot be retired");
+        assert_eq!(k.retire_below(2).unwrap(), vec![1]);
+        assert!(k.wrapper(1, RecordKind::File).is_none());
+        assert!(
+            k.schedule_deletion(2, 100).is_err(),
+            "only retired versions"
+        );
+        k.schedule_deletion(1, 100).unwrap();
+        assert!(k.destroy_due(99).is_empty());
+        k.set_disabled(true);
+        k.store(d.path()).unwrap();
+        let mut back = Keyring::load(d.path(), &pw("secret")).unwrap();
+        assert!(back.disabled());
+        assert_eq!(back.versions()[0].state, KeyState::PendingDeletion);
+        assert_eq!(back.destroy_due(100), vec![1]);
+        assert_eq!(back.versions()[0].key.expose(), &[0u8; 32]);
+        assert!(back.wrapper(1, RecordKind::File).is_none());
+        assert!(back.wrapper(2, RecordKind::File).is_some());
+    }
+
+    #[test]
+    fn change_secret_keeps_keys() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut k, _) = Keyring::create([1; 16], &pw("old"), P).unwrap();
+        let key1 = k.versions()[0].key.expose().to_owned();
+        k.change_secret(&pw("new"), P).unwrap();
+        k.store(d.path()).unwrap();
+        assert!(Keyring::load(d.path(), &pw("old")).is_err());
+        let back = Keyring::load(d.path(), &pw("new")).unwrap();
+        assert_eq!(back.versions()[0].key.expose(), &key1);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 pub mod content;
 pub mod sys;
+pub mod walk;
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -126,14 +127,34 @@ pub struct Directory {
     key: SecretKey,
 }
 
+/// The config's description of how the keyring's KEK is derived.
+pub fn kdf_config(src: KekSource, salt: [u8; 16]) -> KdfConfig {
+    match src {
+        KekSource::Passphrase(p) => KdfConfig::Argon2id {
+            memory_kib: p.memory_kib,
+            iterations: p.iterations,
+            parallelism: p.parallelism,
+            salt: hex(&salt),
+        },
+        KekSource::KeyFile => KdfConfig::KeyFile { salt: hex(&salt) },
+    }
+}
+
 /// An opened volume.
 #[derive(Debug)]
 pub struct Volume {
     cipherdir: PathBuf,
-    config: VolumeConfig,
+    config: RwLock<VolumeConfig>,
     volume_id: [u8; 16],
     keyring: RwLock<Keyring>,
     read_only: bool,
+    /// Mirrors the keyring's disabled flag for a lock-free check per request.
+    disabled: std::sync::atomic::AtomicBool,
+    /// Shared by lookups/creates and jobs like rewrap; exclusive for renames,
+    /// unlinks and rmdirs, so a (directory, name) context is stable while used.
+    namespace: RwLock<()>,
+    /// Serializes keyring changes (rotate, disable, trim, …) and their store.
+    keyring_store: parking_lot::Mutex<()>,
 }
 
 fn is_empty_dir(p: &Path) -> io::Result<bool> {
@@ -157,24 +178,10 @@ impl Volume {
         fs::create_dir_all(cipherdir)?;
         let volume_id = random_id()?;
         let (mut keyring, salt) = Keyring::create(volume_id, secret, params)?;
-        let kdf = match keyring.kek_source() {
-            KekSource::Passphrase(p) => KdfConfig::Argon2id {
-                memory_kib: p.memory_kib,
-                iterations: p.iterations,
-                parallelism: p.parallelism,
-                salt: hex(&salt),
-            },
-            KekSource::KeyFile => KdfConfig::KeyFile { salt: hex(&salt) },
-        };
+        let kdf = kdf_config(keyring.kek_source(), salt);
         let config = VolumeConfig::new(volume_id, kdf);
         keyring.store(cipherdir)?;
-        let vol = Volume {
-            cipherdir: cipherdir.to_path_buf(),
-            config: config.clone(),
-            volume_id,
-            keyring: RwLock::new(keyring),
-            read_only: false,
-        };
+        let vol = Volume::assemble(cipherdir, config.clone(), volume_id, keyring, false);
         let root = File::open(cipherdir)?;
         let root_key = SecretKey::generate()?;
         vol.write_dir_record(
@@ -210,22 +217,104 @@ impl Volume {
         if keyring.volume_id() != volume_id {
             return Err(KeyringError::VolumeMismatch.into());
         }
-        if let (KekSource::Passphrase(p), Some(c)) = (keyring.kek_source(), config.argon2_params())
-        {
-            if p != c {
-                return Err(ConfigError::Invalid(
-                    "KDF parameters differ from the keyring's".into(),
-                )
-                .into());
+        // The keyring header is authoritative for the KDF; a config that
+        // disagrees (e.g. a crash between the two writes of `passwd`) is
+        // brought in line when the volume is writable.
+        let mut config = config;
+        let kdf_now = kdf_config(keyring.kek_source(), keyring.kdf_salt());
+        if config.kdf != kdf_now {
+            tracing::warn!(
+                "sealfs.toml KDF section differs from the keyring's; using the keyring's"
+            );
+            config.kdf = kdf_now;
+            if !read_only {
+                crate::keyring::write_file_durably(
+                    cipherdir,
+                    CONFIG_FILE,
+                    config.to_toml().as_bytes(),
+                )?;
             }
         }
-        Ok(Volume {
+        Ok(Volume::assemble(
+            cipherdir, config, volume_id, keyring, read_only,
+        ))
+    }
+
+    fn assemble(
+        cipherdir: &Path,
+        config: VolumeConfig,
+        volume_id: [u8; 16],
+        keyring: Keyring,
+        read_only: bool,
+    ) -> Self {
+        Volume {
             cipherdir: cipherdir.to_path_buf(),
-            config,
+            config: RwLock::new(config),
             volume_id,
+            disabled: std::sync::atomic::AtomicBool::new(keyring.disabled()),
             keyring: RwLock::new(keyring),
             read_only,
-        })
+            namespace: RwLock::new(()),
+            keyring_store: parking_lot::Mutex::new(()),
+        }
+    }
+
+    /// The namespace lock (see the field's doc).
+    pub fn namespace(&self) -> &RwLock<()> {
+        &self.namespace
+    }
+
+    /// Whether the key is disabled: all file I/O is refused with EACCES.
+    pub fn is_disabled(&self) -> bool {
+        self.disabled.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Applies `change` to the keyring and stores it durably before
+    /// returning; on a failed store the in-memory keyring is reloaded from
+    /// disk so memory never runs ahead of what a remount would see.
+    pub fn update_keyring<T>(
+        &self,
+        change: impl FnOnce(&mut Keyring) -> Result<T, KeyringError>,
+    ) -> Result<T, VolumeError> {
+        self.check_writable()?;
+        let _one_at_a_time = self.keyring_store.lock();
+        let mut kr = self.keyring.write();
+        let before = kr.snapshot();
+        let out = change(&mut kr)?;
+        if let Err(e) = kr.store(&self.cipherdir) {
+            kr.restore(before);
+            return Err(e.into());
+        }
+        self.disabled
+            .store(kr.disabled(), std::sync::atomic::Ordering::Release);
+        Ok(out)
+    }
+
+    /// Changes the unlock secret: re-seals the keyring (never file data), then
+    /// records the new KDF parameters in the config.
+    pub fn change_secret(
+        &self,
+        secret: &UnlockSecret,
+        params: Argon2Params,
+    ) -> Result<(), VolumeError> {
+        let (src, salt) = self.update_keyring(|k| k.change_secret(secret, params))?;
+        let mut c = self.config.write();
+        let mut next = c.clone();
+        next.kdf = kdf_config(src, salt);
+        self.store_config(&next)?;
+        *c = next;
+        Ok(())
+    }
+
+    /// Writes a new config durably (e.g. a changed rotation period).
+    pub fn store_config(&self, config: &VolumeConfig) -> Result<(), VolumeError> {
+        self.check_writable()?;
+        crate::keyring::write_file_durably(
+            &self.cipherdir,
+            CONFIG_FILE,
+            config.to_toml().as_bytes(),
+        )?;
+        Ok(())
     }
 
     /// Whether `cipherdir` holds a volume's files (used to print good errors).
@@ -241,8 +330,60 @@ impl Volume {
     }
 
     /// The config.
-    pub fn config(&self) -> &VolumeConfig {
-        &self.config
+    pub fn config(&self) -> VolumeConfig {
+        self.config.read().clone()
+    }
+
+    /// Sets (or with `None` turns off) automatic rotation, stored in the config.
+    pub fn set_rotation_period(&self, period: Option<String>) -> Result<(), VolumeError> {
+        if let Some(p) = &period {
+            crate::format::config::parse_duration(p).map_err(ConfigError::Invalid)?;
+        }
+        let mut c = self.config.write();
+        let mut next = c.clone();
+        next.rotation_period = period;
+        self.store_config(&next)?;
+        *c = next;
+        Ok(())
+    }
+
+    /// When the next automatic rotation is due (seconds since the epoch), if on.
+    pub fn next_rotation(&self) -> Option<u64> {
+        let period = self.config.read().rotation_period.clone()?;
+        let secs = crate::format::config::parse_duration(&period).ok()?;
+        let kr = self.keyring.read();
+        let created = kr
+            .versions()
+            .iter()
+            .find(|v| v.version == kr.primary())?
+            .created;
+        Some(created.saturating_add(secs))
+    }
+
+    /// Runs what is due at `now`: automatic rotation and the destruction of
+    /// versions whose deletion waiting period is over. Returns what it did.
+    pub fn run_schedules(&self, now: u64) -> Result<Vec<String>, VolumeError> {
+        let mut done = Vec::new();
+        if self.read_only {
+            return Ok(done);
+        }
+        if self.next_rotation().is_some_and(|due| due <= now) {
+            let v = self.update_keyring(|k| k.rotate())?;
+            done.push(format!("rotated: version {v} is primary"));
+        }
+        let due = {
+            let kr = self.keyring.read();
+            kr.versions().iter().any(|v| {
+                v.state == crate::format::keyring::KeyState::PendingDeletion
+                    && v.deletion_due <= now
+            })
+        };
+        if due {
+            for v in self.update_keyring(|k| Ok(k.destroy_due(now)))? {
+                done.push(format!("destroyed key version {v}"));
+            }
+        }
+        Ok(done)
     }
 
     /// Read-only mount?
@@ -512,7 +653,7 @@ impl Volume {
         Ok(())
     }
 
-    fn check_writable(&self) -> Result<(), VolumeError> {
+    pub(crate) fn check_writable(&self) -> Result<(), VolumeError> {
         if self.read_only {
             Err(VolumeError::ReadOnly)
         } else {

@@ -1,0 +1,422 @@
+//! Listing backing directories as plaintext names, and walking the whole
+//! tree for volume-wide jobs: re-wrapping every header under the primary key
+//! version (KMS ReEncrypt) and counting headers per key version.
+//!
+//! Owns: the order and crash safety of re-wrapping (per header: add the new
+//! slot durably, then drop the old one; directory records are replaced
+//! atomically), and its progress counters.
+//! Must never: re-encrypt content, or hold the namespace lock across more
+//! than one entry (renames and creates go on while a rewrap runs).
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::DirEntryExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use crate::format::header::{EncryptionContext, RecordKind, SealedRecord, RECORD_LEN};
+use crate::format::names::{classify_entry, long_entry_name, EntryClass, LONG_NAME_SIDECAR_SUFFIX};
+use crate::volume::{sys, Directory, Volume, VolumeError, DIR_RECORD, DIR_RECORD_BACKUP};
+
+/// One entry of a backing directory, with its plaintext name.
+#[derive(Debug)]
+pub struct PlainEntry {
+    /// Plaintext name.
+    pub name: Vec<u8>,
+    /// Backing entry name.
+    pub entry: String,
+    /// Backing inode number.
+    pub backing_ino: u64,
+    /// Backing file type (as the directory entry reports it).
+    pub file_type: Option<std::fs::FileType>,
+}
+
+/// Progress of a rewrap, shared with whoever reports it.
+#[derive(Debug, Default)]
+pub struct RewrapProgress {
+    /// A rewrap is running.
+    pub running: AtomicBool,
+    /// Headers and directory records to visit (known after the counting pass).
+    pub total: AtomicU64,
+    /// Visited so far.
+    pub done: AtomicU64,
+    /// Of those, re-wrapped to the primary version.
+    pub rewrapped: AtomicU64,
+    /// Of those, that could not be opened or written (left as they were).
+    pub failed: AtomicU64,
+}
+
+/// Snapshot of [`RewrapProgress`].
+#[derive(Debug, Clone, Serialize)]
+pub struct RewrapReport {
+    /// Running?
+    pub running: bool,
+    /// Headers and records to visit.
+    pub total: u64,
+    /// Visited.
+    pub done: u64,
+    /// Re-wrapped.
+    pub rewrapped: u64,
+    /// Failed.
+    pub failed: u64,
+}
+
+impl RewrapProgress {
+    /// A consistent-enough snapshot for display.
+    pub fn report(&self) -> RewrapReport {
+        RewrapReport {
+            running: self.running.load(Ordering::Acquire),
+            total: self.total.load(Ordering::Relaxed),
+            done: self.done.load(Ordering::Relaxed),
+            rewrapped: self.rewrapped.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Headers per master key version, from a full scan.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Census {
+    /// File headers per key version (of the slot that opens).
+    pub files: BTreeMap<u32, u64>,
+    /// Directory records per key version.
+    pub dirs: BTreeMap<u32, u64>,
+    /// Headers or records that did not open (tampered, moved, or under a
+    /// retired/destroyed version).
+    pub unreadable: u64,
+    /// Unreadable ones per key version they name (e.g. a destroyed version).
+    pub unreadable_by_version: BTreeMap<u32, u64>,
+    /// When the scan finished (seconds since the epoch).
+    pub scanned_at: u64,
+}
+
+enum Item<'a> {
+    Dir {
+        fd: BorrowedFd<'a>,
+        ctx: EncryptionContext<'a>,
+    },
+    File {
+        parent: BorrowedFd<'a>,
+        entry: &'a str,
+        ctx: EncryptionContext<'a>,
+    },
+}
+
+impl Volume {
+    /// Lists a backing directory with decrypted names. Entries whose names do
+    /// not authenticate (or long names without a valid sidecar) are skipped
+    /// with a warning.
+    pub fn list_dir(
+        &self,
+        dir_fd: BorrowedFd<'_>,
+        dir: &Directory,
+    ) -> Result<Vec<PlainEntry>, VolumeError> {
+        let path = sys::proc_path(dir_fd);
+        let mut out = Vec::new();
+        for ent in std::fs::read_dir(&path)? {
+            let ent = ent?;
+            let raw = ent.file_name();
+            let Some(entry) = raw.to_str() else { continue };
+            let encoded = match classify_entry(entry) {
+                EntryClass::Internal => continue,
+                EntryClass::Short => entry.to_string(),
+                EntryClass::Long => {
+                    let side = format!("{entry}{LONG_NAME_SIDECAR_SUFFIX}");
+                    match std::fs::read_to_string(path.join(&side)) {
+                        Ok(full) if long_entry_name(&full) == entry => full,
+                        _ => {
+                            tracing::warn!("long name without a valid sidecar skipped");
+                            continue;
+                        }
+                    }
+                }
+            };
+            match dir.names.decrypt_name(&encoded) {
+                Ok(name) => out.push(PlainEntry {
+                    name,
+                    entry: entry.to_string(),
+                    backing_ino: ent.ino(),
+                    file_type: ent.file_type().ok(),
+                }),
+                Err(e) => tracing::warn!("undecryptable entry skipped: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    fn root_fd(&self) -> Result<OwnedFd, VolumeError> {
+        let root = File::open(self.cipherdir())?;
+        Ok(sys::openat(
+            root.as_fd(),
+            OsStr::new("."),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )?)
+    }
+
+    /// Visits the root record, then depth-first every directory record and
+    /// file header. Errors of single entries go to `on_error`; the walk goes on.
+    fn walk(
+        &self,
+        visit: &mut dyn FnMut(Item<'_>) -> Result<(), VolumeError>,
+        on_error: &mut dyn FnMut(VolumeError),
+    ) -> Result<(), VolumeError> {
+        let root = self.root_fd()?;
+        if let Err(e) = visit(Item::Dir {
+            fd: root.as_fd(),
+            ctx: EncryptionContext::ROOT,
+        }) {
+            on_error(e);
+        }
+        let dir = self.load_dir(root.as_fd(), &EncryptionContext::ROOT)?;
+        self.walk_dir(root.as_fd(), &dir, visit, on_error);
+        Ok(())
+    }
+
+    fn walk_dir(
+        &self,
+        fd: BorrowedFd<'_>,
+        dir: &Directory,
+        visit: &mut dyn FnMut(Item<'_>) -> Result<(), VolumeError>,
+        on_error: &mut dyn FnMut(VolumeError),
+    ) {
+        let entries = match self.list_dir(fd, dir) {
+            Ok(e) => e,
+            Err(e) => return on_error(e),
+        };
+        for e in entries {
+            let ctx = EncryptionContext {
+                parent_dir_id: dir.id,
+                name: &e.name,
+            };
+            match e.file_type {
+                Some(t) if t.is_dir() => {
+                    let child = match sys::openat(
+                        fd,
+                        OsStr::new(&e.entry),
+                        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                        0,
+                    ) {
+                        Ok(c) => c,
+                        Err(err) => {
+                            on_error(err.into());
+                            continue;
+                        }
+                    };
+                    if let Err(err) = visit(Item::Dir {
+                        fd: child.as_fd(),
+                        ctx,
+                    }) {
+                        on_error(err);
+                    }
+                    match self.load_dir(child.as_fd(), &ctx) {
+                        Ok(d) => self.walk_dir(child.as_fd(), &d, visit, on_error),
+                        Err(err) => on_error(err),
+                    }
+                }
+                Some(t) if t.is_file() => {
+                    if let Err(err) = visit(Item::File {
+                        parent: fd,
+                        entry: &e.entry,
+                        ctx,
+                    }) {
+                        on_error(err);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Re-wraps every file header and directory record not under the primary
+    /// key version. Crash-safe per header and resumable (already re-wrapped
+    /// headers are skipped), safe while the volume is mounted and in use.
+    pub fn rewrap_all(&self, progress: &RewrapProgress) -> Result<(), VolumeError> {
+        self.check_writable()?;
+        progress.running.store(true, Ordering::Release);
+        for c in [
+            &progress.total,
+            &progress.done,
+            &progress.rewrapped,
+            &progress.failed,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
+        let mut count = 0u64;
+        let counted = self.walk(
+            &mut |_| {
+                count += 1;
+                Ok(())
+            },
+            &mut |_| {},
+        );
+        progress.total.store(count, Ordering::Relaxed);
+        let result = counted.and_then(|_| {
+            self.walk(
+                &mut |item| {
+                    let _ns = self.namespace().read();
+                    let changed = match item {
+                        Item::Dir { fd, ctx } => self.rewrap_dir_record(fd, &ctx),
+                        Item::File { parent, entry, ctx } => self.rewrap_file(parent, entry, &ctx),
+                    };
+                    progress.done.fetch_add(1, Ordering::Relaxed);
+                    if changed? {
+                        progress.rewrapped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(())
+                },
+                &mut |e| {
+                    progress.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("rewrap: entry left as it was: {e}");
+                },
+            )
+        });
+        progress.running.store(false, Ordering::Release);
+        result
+    }
+
+    fn rewrap_file(
+        &self,
+        parent: BorrowedFd<'_>,
+        entry: &str,
+        ctx: &EncryptionContext<'_>,
+    ) -> Result<bool, VolumeError> {
+        let fd = match sys::openat(
+            parent,
+            OsStr::new(entry),
+            libc::O_RDWR | libc::O_NOFOLLOW,
+            0,
+        ) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(false), // renamed or removed meanwhile
+            Err(e) => return Err(e.into()),
+        };
+        let file = File::from(fd);
+        let mut buf = [0u8; RECORD_LEN];
+        sys::read_exact_at(&file, &mut buf, 0).map_err(VolumeError::short_read)?;
+        let primary = self.keyring().read().primary();
+        let rec = SealedRecord::decode(RecordKind::File, &buf)?;
+        if rec.slots.iter().flatten().all(|s| s.key_version == primary) {
+            return Ok(false);
+        }
+        let staged = self.begin_rebind_file(&file, ctx, ctx)?;
+        self.finish_rebind_file(&file, staged)?;
+        Ok(true)
+    }
+
+    fn rewrap_dir_record(
+        &self,
+        fd: BorrowedFd<'_>,
+        ctx: &EncryptionContext<'_>,
+    ) -> Result<bool, VolumeError> {
+        let primary = self.keyring().read().primary();
+        let mut buf = [0u8; RECORD_LEN];
+        let f = File::from(sys::openat(
+            fd,
+            OsStr::new(DIR_RECORD),
+            libc::O_RDONLY | libc::O_NOFOLLOW,
+            0,
+        )?);
+        sys::read_exact_at(&f, &mut buf, 0).map_err(VolumeError::short_read)?;
+        let rec = SealedRecord::decode(RecordKind::Dir, &buf)?;
+        if rec.slots.iter().flatten().all(|s| s.key_version == primary) {
+            return Ok(false);
+        }
+        let d = self.load_dir(fd, ctx)?;
+        self.finish_rebind_dir(fd, &d, ctx)?;
+        Ok(true)
+    }
+
+    /// Counts headers and directory records per key version (a full scan).
+    pub fn census(&self) -> Result<Census, VolumeError> {
+        let mut c = Census::default();
+        // Snapshot the wrapping keys so rotation is not blocked by the scan.
+        let wrappers: std::collections::HashMap<(u32, bool), crate::crypto::SealingKey> = {
+            let kr = self.keyring().read();
+            kr.versions()
+                .iter()
+                .flat_map(|v| {
+                    [RecordKind::File, RecordKind::Dir]
+                        .into_iter()
+                        .filter_map(|k| {
+                            kr.wrapper(v.version, k)
+                                .map(|w| ((v.version, k == RecordKind::File), w))
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let wrapper = |kind: RecordKind| {
+            let wrappers = &wrappers;
+            move |v: u32| wrappers.get(&(v, kind == RecordKind::File)).cloned()
+        };
+        let vid = self.volume_id();
+        let mut tally = |kind: RecordKind, bytes: &[u8], ctx: &EncryptionContext<'_>| {
+            let rec = match SealedRecord::decode(kind, bytes) {
+                Ok(r) => r,
+                Err(_) => {
+                    c.unreadable += 1;
+                    return;
+                }
+            };
+            let w = wrapper(kind);
+            match rec.open(&vid, ctx, &w) {
+                Ok((_, slot)) => {
+                    let v = rec.slots[slot].map(|s| s.key_version).unwrap_or(0);
+                    let map = if kind == RecordKind::File {
+                        &mut c.files
+                    } else {
+                        &mut c.dirs
+                    };
+                    *map.entry(v).or_default() += 1;
+                }
+                Err(_) => {
+                    c.unreadable += 1;
+                    if let Some(s) = rec.slots.iter().flatten().next() {
+                        *c.unreadable_by_version.entry(s.key_version).or_default() += 1;
+                    }
+                }
+            }
+        };
+        self.walk(
+            &mut |item| {
+                let mut buf = [0u8; RECORD_LEN];
+                match item {
+                    Item::Dir { fd, ctx } => {
+                        let name = [DIR_RECORD, DIR_RECORD_BACKUP]
+                            .into_iter()
+                            .find(|n| sys::fstatat(fd, OsStr::new(n)).is_ok())
+                            .unwrap_or(DIR_RECORD);
+                        let f = File::from(sys::openat(
+                            fd,
+                            OsStr::new(name),
+                            libc::O_RDONLY | libc::O_NOFOLLOW,
+                            0,
+                        )?);
+                        sys::read_exact_at(&f, &mut buf, 0).map_err(VolumeError::short_read)?;
+                        tally(RecordKind::Dir, &buf, &ctx);
+                    }
+                    Item::File { parent, entry, ctx } => {
+                        let f = File::from(sys::openat(
+                            parent,
+                            OsStr::new(entry),
+                            libc::O_RDONLY | libc::O_NOFOLLOW,
+                            0,
+                        )?);
+                        match sys::read_exact_at(&f, &mut buf, 0) {
+                            Ok(()) => tally(RecordKind::File, &buf, &ctx),
+                            Err(_) => tally(RecordKind::File, &[], &ctx),
+                        }
+                    }
+                }
+                Ok(())
+            },
+            &mut |_| {},
+        )?;
+        c.scanned_at = crate::keyring::now_secs();
+        Ok(c)
+    }
+}
