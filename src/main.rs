@@ -560,6 +560,7 @@ fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
         Err(e) => return Err(fail(&mut ready_pipe, format!("mount failed: {e}"))),
     };
     unmount_on_signal(session.unmount_callable());
+    sealfs::fs::raise_readahead(&canonical_mp, 1024);
     cache.set_notifier(session.notifier());
     // SAFETY: geteuid has no failure mode.
     let owner = unsafe { libc::geteuid() };
