@@ -33,7 +33,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::format::header::EncryptionContext;
 use crate::format::layout::{chunk_data_offset, chunks_touched, ciphertext_size, plaintext_size};
-use crate::format::names::{classify_entry, long_entry_name, BackingName, EntryClass, MAX_NAME};
+use crate::format::names::{BackingName, MAX_NAME};
 use crate::volume::content::SealedFile;
 use crate::volume::sys::{self, TimeSpec};
 use crate::volume::{Directory, Volume, VolumeError, DIR_RECORD, DIR_RECORD_BACKUP};
@@ -86,7 +86,10 @@ fn file_type(mode: u32) -> FileType {
 
 struct Location {
     parent: Option<Arc<Inode>>,
+    /// Plaintext name (with the parent's id, the encryption context).
     name: Vec<u8>,
+    /// Backing entry name in the parent's backing directory.
+    entry: String,
 }
 
 struct OpenState {
@@ -94,16 +97,31 @@ struct OpenState {
     file: Option<Arc<RwLock<SealedFile>>>,
 }
 
+/// One object the kernel knows. Directories hold an `O_PATH` fd (the anchor
+/// of every `*at` call below them); other objects hold none and are reached
+/// as (parent's fd, backing entry), so the daemon's open files grow with the
+/// number of cached directories, not files.
 struct Inode {
+    /// FUSE node id (the backing inode number unless that is taken).
     ino: u64,
+    backing_ino: u64,
     kind: Kind,
-    path_fd: OwnedFd,
+    dir_fd: Option<OwnedFd>,
     nlookup: AtomicU64,
     loc: Mutex<Location>,
     dir: RwLock<Option<Arc<Directory>>>,
     /// A directory whose record is written but not yet synced (see [`RecordFlusher`]).
     record_pending: AtomicBool,
     open: Mutex<OpenState>,
+}
+
+impl Inode {
+    fn dir_fd(&self) -> FsResult<std::os::fd::BorrowedFd<'_>> {
+        self.dir_fd
+            .as_ref()
+            .map(|f| f.as_fd())
+            .ok_or(Errno::ENOTDIR)
+    }
 }
 
 /// Directory records of new directories are written without a sync (an
@@ -121,7 +139,10 @@ const RECORD_FLUSH_INTERVAL: Duration = Duration::from_secs(2);
 impl RecordFlusher {
     fn persist(&self, inode: &Inode) -> FsResult<()> {
         if inode.record_pending.swap(false, Ordering::AcqRel) {
-            if let Err(e) = self.vol.persist_dir_record(inode.path_fd.as_fd()) {
+            if let Err(e) = self.vol.persist_dir_record(match inode.dir_fd() {
+                Ok(fd) => fd,
+                Err(_) => return Ok(()),
+            }) {
                 if matches!(&e, VolumeError::Io(io) if io.kind() == std::io::ErrorKind::NotFound) {
                     return Ok(()); // removed meanwhile
                 }
@@ -165,6 +186,16 @@ struct Listed {
     entry: Option<String>,
 }
 
+/// The node table: node id → inode, and backing inode → node id for the
+/// objects still reachable by name. A backing inode freed by an unlink
+/// through this mount leaves `by_backing` at once, so a recycled backing
+/// number gets a fresh node id while the kernel may still hold the old one.
+#[derive(Default)]
+struct Table {
+    nodes: HashMap<u64, Arc<Inode>>,
+    by_backing: HashMap<u64, u64>,
+}
+
 enum Handle {
     File(Arc<Inode>, Arc<RwLock<SealedFile>>),
     Dir(Arc<Inode>, Vec<Listed>),
@@ -175,7 +206,7 @@ enum Handle {
 /// serving pages it already holds.
 #[derive(Clone)]
 pub struct CacheControl {
-    inodes: Arc<RwLock<HashMap<u64, Arc<Inode>>>>,
+    inodes: Arc<RwLock<Table>>,
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
@@ -192,6 +223,7 @@ impl CacheControl {
         let files: Vec<u64> = self
             .inodes
             .read()
+            .nodes
             .values()
             .filter(|i| i.kind == Kind::File)
             .map(|i| i.ino)
@@ -220,11 +252,11 @@ pub struct MountOptions {
 /// The fuser filesystem over one volume.
 pub struct SealFs {
     vol: Arc<Volume>,
-    inodes: Arc<RwLock<HashMap<u64, Arc<Inode>>>>,
+    inodes: Arc<RwLock<Table>>,
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    next_node: AtomicU64,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
-    root_backing_ino: u64,
     daemon_is_root: bool,
     records: Arc<RecordFlusher>,
 }
@@ -242,12 +274,14 @@ impl SealFs {
         let root_dir = vol.load_dir(root_fd.as_fd(), &EncryptionContext::ROOT)?;
         let root = Arc::new(Inode {
             ino: ROOT,
+            backing_ino: st.st_ino,
             kind: Kind::Dir,
-            path_fd: root_fd,
+            dir_fd: Some(root_fd),
             nlookup: AtomicU64::new(1),
             loc: Mutex::new(Location {
                 parent: None,
                 name: Vec::new(),
+                entry: String::new(),
             }),
             dir: RwLock::new(Some(Arc::new(root_dir))),
             record_pending: AtomicBool::new(false),
@@ -256,8 +290,9 @@ impl SealFs {
                 file: None,
             }),
         });
-        let mut inodes = HashMap::new();
-        inodes.insert(ROOT, root);
+        let mut table = Table::default();
+        table.nodes.insert(ROOT, root);
+        table.by_backing.insert(st.st_ino, ROOT);
         let records = Arc::new(RecordFlusher {
             vol: vol.clone(),
             pending: Mutex::new(Vec::new()),
@@ -265,11 +300,11 @@ impl SealFs {
         Ok(SealFs {
             records,
             vol,
-            inodes: Arc::new(RwLock::new(inodes)),
+            inodes: Arc::new(RwLock::new(table)),
+            next_node: AtomicU64::new(1 << 62),
             notifier: Arc::new(std::sync::OnceLock::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            root_backing_ino: st.st_ino,
             daemon_is_root: unsafe { libc::geteuid() } == 0,
         })
     }
@@ -291,18 +326,49 @@ impl SealFs {
         }
     }
 
-    fn fuse_ino(&self, backing: u64) -> u64 {
-        if backing == self.root_backing_ino {
-            ROOT
-        } else if backing == ROOT {
-            self.root_backing_ino
-        } else {
-            backing
+    /// The node id a directory listing reports for a backing inode.
+    fn listed_ino(&self, backing: u64) -> u64 {
+        self.inodes
+            .read()
+            .by_backing
+            .get(&backing)
+            .copied()
+            .unwrap_or(backing)
+    }
+
+    /// Runs `f` on the backing object of `inode`: a directory's own fd with
+    /// an empty name, or the parent's fd and the entry name (under the
+    /// namespace lock, so a concurrent rename cannot move it in between).
+    fn with_backing<T>(
+        &self,
+        inode: &Inode,
+        f: impl FnOnce(std::os::fd::BorrowedFd<'_>, &OsStr) -> std::io::Result<T>,
+    ) -> FsResult<T> {
+        if let Some(fd) = &inode.dir_fd {
+            return f(fd.as_fd(), OsStr::new("")).map_err(io_errno);
         }
+        let _ns = self.vol.namespace().read_recursive();
+        let (parent, entry) = {
+            let l = inode.loc.lock();
+            (l.parent.clone(), l.entry.clone())
+        };
+        let parent = parent.ok_or(Errno::EIO)?;
+        f(parent.dir_fd()?, OsStr::new(&entry)).map_err(io_errno)
+    }
+
+    /// Forgets the name → node link of a backing inode that an unlink or a
+    /// replacing rename just freed.
+    fn drop_backing(&self, backing: u64) {
+        self.inodes.write().by_backing.remove(&backing);
     }
 
     fn inode(&self, ino: INodeNo) -> FsResult<Arc<Inode>> {
-        self.inodes.read().get(&ino.0).cloned().ok_or(Errno::ESTALE)
+        self.inodes
+            .read()
+            .nodes
+            .get(&ino.0)
+            .cloned()
+            .ok_or(Errno::ESTALE)
     }
 
     /// The unlocked directory of a directory inode (loaded once, then cached).
@@ -324,13 +390,10 @@ impl SealFs {
             parent_dir_id: pdir.id,
             name: &name,
         };
-        let d = self
-            .vol
-            .load_dir(inode.path_fd.as_fd(), &ctx)
-            .map_err(|e| {
-                tracing::warn!(ino = inode.ino, "cannot open directory: {e}");
-                errno_of(&e)
-            })?;
+        let d = self.vol.load_dir(inode.dir_fd()?, &ctx).map_err(|e| {
+            tracing::warn!(ino = inode.ino, "cannot open directory: {e}");
+            errno_of(&e)
+        })?;
         let d = Arc::new(d);
         *inode.dir.write() = Some(d.clone());
         Ok(d)
@@ -357,7 +420,7 @@ impl SealFs {
     fn write_sidecar(parent: &Inode, bn: &BackingName) -> FsResult<()> {
         if let Some((side, full)) = &bn.sidecar {
             let fd = sys::openat(
-                parent.path_fd.as_fd(),
+                parent.dir_fd()?,
                 OsStr::new(side),
                 libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW,
                 0o600,
@@ -370,7 +433,9 @@ impl SealFs {
 
     fn remove_sidecar(parent: &Inode, bn: &BackingName) {
         if let Some((side, _)) = &bn.sidecar {
-            let _ = sys::unlinkat(parent.path_fd.as_fd(), OsStr::new(side), false);
+            if let Ok(fd) = parent.dir_fd() {
+                let _ = sys::unlinkat(fd, OsStr::new(side), false);
+            }
         }
     }
 
@@ -381,35 +446,69 @@ impl SealFs {
         name: &[u8],
         entry: &str,
     ) -> FsResult<(Arc<Inode>, libc::stat)> {
-        // Known inodes cost one fstatat; only new ones get an O_PATH fd.
-        let st = sys::fstatat(parent.path_fd.as_fd(), OsStr::new(entry)).map_err(io_errno)?;
-        let known = self.inodes.read().get(&self.fuse_ino(st.st_ino)).cloned();
-        if let Some(existing) = known {
-            existing.nlookup.fetch_add(1, Ordering::Relaxed);
-            return Ok((existing, st));
+        let pfd = parent.dir_fd()?;
+        let st = sys::fstatat(pfd, OsStr::new(entry)).map_err(io_errno)?;
+        let kind = kind_of(st.st_mode);
+        let reuse = |t: &Table| -> Option<Arc<Inode>> {
+            let id = t.by_backing.get(&st.st_ino)?;
+            let n = t.nodes.get(id)?;
+            (n.kind == kind).then(|| n.clone())
+        };
+        let relink = |n: &Arc<Inode>| {
+            n.nlookup.fetch_add(1, Ordering::Relaxed);
+            let mut l = n.loc.lock();
+            if l.entry != entry || l.parent.as_ref().map(|p| p.ino) != Some(parent.ino) {
+                *l = Location {
+                    parent: Some(parent.clone()),
+                    name: name.to_vec(),
+                    entry: entry.to_string(),
+                };
+            }
+        };
+        if let Some(n) = reuse(&self.inodes.read()) {
+            relink(&n);
+            return Ok((n, st));
         }
-        let fd = sys::openat(
-            parent.path_fd.as_fd(),
-            OsStr::new(entry),
-            libc::O_PATH | libc::O_NOFOLLOW,
-            0,
-        )
-        .map_err(io_errno)?;
-        let st = sys::fstatat(fd.as_fd(), OsStr::new("")).map_err(io_errno)?;
-        let ino = self.fuse_ino(st.st_ino);
+        let dir_fd = if kind == Kind::Dir {
+            let fd = sys::openat(
+                pfd,
+                OsStr::new(entry),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            )
+            .map_err(io_errno)?;
+            if sys::fstatat(fd.as_fd(), OsStr::new(""))
+                .map_err(io_errno)?
+                .st_ino
+                != st.st_ino
+            {
+                return Err(Errno::EAGAIN); // replaced under us (outside this mount)
+            }
+            Some(fd)
+        } else {
+            None
+        };
         let mut table = self.inodes.write();
-        if let Some(existing) = table.get(&ino) {
-            existing.nlookup.fetch_add(1, Ordering::Relaxed);
-            return Ok((existing.clone(), st));
+        if let Some(n) = reuse(&table) {
+            drop(table);
+            relink(&n);
+            return Ok((n, st));
         }
+        let ino = if st.st_ino != ROOT && !table.nodes.contains_key(&st.st_ino) {
+            st.st_ino
+        } else {
+            self.next_node.fetch_add(1, Ordering::Relaxed)
+        };
         let inode = Arc::new(Inode {
             ino,
-            kind: kind_of(st.st_mode),
-            path_fd: fd,
+            backing_ino: st.st_ino,
+            kind,
+            dir_fd,
             nlookup: AtomicU64::new(1),
             loc: Mutex::new(Location {
                 parent: Some(parent.clone()),
                 name: name.to_vec(),
+                entry: entry.to_string(),
             }),
             dir: RwLock::new(None),
             record_pending: AtomicBool::new(false),
@@ -418,18 +517,25 @@ impl SealFs {
                 file: None,
             }),
         });
-        table.insert(ino, inode.clone());
+        table.nodes.insert(ino, inode.clone());
+        table.by_backing.insert(st.st_ino, ino);
         Ok((inode, st))
     }
 
     /// The unlocked root directory, whose key also seals symlink targets.
     fn root_dir(&self) -> FsResult<Arc<Directory>> {
-        let root = self.inodes.read().get(&ROOT).cloned().ok_or(Errno::EIO)?;
+        let root = self
+            .inodes
+            .read()
+            .nodes
+            .get(&ROOT)
+            .cloned()
+            .ok_or(Errno::EIO)?;
         self.dir_of(&root)
     }
 
     fn symlink_target(&self, inode: &Inode) -> FsResult<Vec<u8>> {
-        let stored = sys::readlinkat(inode.path_fd.as_fd(), OsStr::new("")).map_err(io_errno)?;
+        let stored = self.with_backing(inode, sys::readlinkat)?;
         self.root_dir()?
             .names
             .open_symlink_target(&stored)
@@ -483,7 +589,7 @@ impl SealFs {
     }
 
     fn stat_inode(&self, inode: &Inode) -> FsResult<FileAttr> {
-        let st = sys::fstatat(inode.path_fd.as_fd(), OsStr::new("")).map_err(io_errno)?;
+        let st = self.with_backing(inode, sys::fstatat)?;
         Ok(self.attr(inode, &st))
     }
 
@@ -501,7 +607,11 @@ impl SealFs {
         } else {
             libc::O_RDWR
         };
-        let file = sys::reopen(inode.path_fd.as_fd(), flags).map_err(io_errno)?;
+        let file = self
+            .with_backing(inode, |dir, name| {
+                sys::openat(dir, name, flags | libc::O_NOFOLLOW, 0)
+            })
+            .map(File::from)?;
         let ctx = EncryptionContext {
             parent_dir_id: pdir.id,
             name: &name,
@@ -541,11 +651,16 @@ impl SealFs {
             return;
         }
         let mut table = self.inodes.write();
-        if let Some(i) = table.get(&ino) {
-            let left = i.nlookup.load(Ordering::Relaxed).saturating_sub(n);
-            i.nlookup.store(left, Ordering::Relaxed);
-            if left == 0 {
-                table.remove(&ino);
+        let Some(i) = table.nodes.get(&ino) else {
+            return;
+        };
+        let left = i.nlookup.load(Ordering::Relaxed).saturating_sub(n);
+        i.nlookup.store(left, Ordering::Relaxed);
+        if left == 0 {
+            let backing = i.backing_ino;
+            table.nodes.remove(&ino);
+            if table.by_backing.get(&backing) == Some(&ino) {
+                table.by_backing.remove(&backing);
             }
         }
     }
@@ -576,9 +691,17 @@ impl SealFs {
         }
     }
 
-    fn chown_new(&self, fd: &OwnedFd, req: &Request) {
+    /// Gives a new entry to the requesting user (when the daemon runs as
+    /// root for other users with allow_other).
+    fn chown_new(&self, parent: &Inode, entry: &str, req: &Request) {
         if self.daemon_is_root && (req.uid() != 0 || req.gid() != 0) {
-            if let Err(e) = sys::fchown_fd(fd.as_fd(), Some(req.uid()), Some(req.gid())) {
+            let r = parent
+                .dir_fd()
+                .map_err(|_| std::io::Error::from_raw_os_error(libc::ENOTDIR))
+                .and_then(|fd| {
+                    sys::fchownat(fd, OsStr::new(entry), Some(req.uid()), Some(req.gid()))
+                });
+            if let Err(e) = r {
                 tracing::warn!("chown of new entry failed: {e}");
             }
         }
@@ -600,7 +723,7 @@ impl SealFs {
         Self::write_sidecar(&pinode, &bn)?;
         let entry = OsStr::new(&bn.entry);
         let fd = match sys::openat(
-            pinode.path_fd.as_fd(),
+            pinode.dir_fd()?,
             entry,
             libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
             mode & 0o7777,
@@ -614,7 +737,7 @@ impl SealFs {
             }
             Err(e) => return Err(io_errno(e)),
         };
-        self.chown_new(&fd, req);
+        self.chown_new(&pinode, &bn.entry, req);
         let ctx = EncryptionContext {
             parent_dir_id: pdir.id,
             name: name.as_bytes(),
@@ -622,7 +745,7 @@ impl SealFs {
         let sealed = match self.vol.init_file(File::from(fd), &ctx) {
             Ok(s) => s,
             Err(e) => {
-                let _ = sys::unlinkat(pinode.path_fd.as_fd(), entry, false);
+                let _ = sys::unlinkat(pinode.dir_fd()?, entry, false);
                 Self::remove_sidecar(&pinode, &bn);
                 return Err(errno_of(&e));
             }
@@ -668,58 +791,33 @@ impl SealFs {
                 entry: None,
             },
         ];
-        let rd = std::fs::read_dir(sys::proc_path(inode.path_fd.as_fd())).map_err(io_errno)?;
-        for ent in rd {
-            let ent = ent.map_err(io_errno)?;
-            let raw = ent.file_name();
-            let Some(entry) = raw.to_str() else { continue };
-            let encoded = match classify_entry(entry) {
-                EntryClass::Internal => continue,
-                EntryClass::Short => entry.to_string(),
-                EntryClass::Long => {
-                    let side = format!("{entry}{}", crate::format::names::LONG_NAME_SIDECAR_SUFFIX);
-                    match std::fs::read_to_string(sys::proc_path(inode.path_fd.as_fd()).join(&side))
-                    {
-                        Ok(full) if long_entry_name(&full) == entry => full,
-                        _ => {
-                            tracing::warn!(
-                                ino = inode.ino,
-                                "long name without a valid sidecar skipped"
-                            );
-                            continue;
-                        }
-                    }
-                }
-            };
-            let name = match dir.names.decrypt_name(&encoded) {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::warn!(ino = inode.ino, "undecryptable entry skipped: {e}");
-                    continue;
-                }
-            };
-            use std::os::unix::fs::{DirEntryExt, FileTypeExt};
-            let ft = match ent.file_type() {
-                Ok(t) if t.is_dir() => FileType::Directory,
-                Ok(t) if t.is_symlink() => FileType::Symlink,
-                Ok(t) if t.is_fifo() => FileType::NamedPipe,
-                Ok(t) if t.is_socket() => FileType::Socket,
-                Ok(t) if t.is_char_device() => FileType::CharDevice,
-                Ok(t) if t.is_block_device() => FileType::BlockDevice,
+        let entries = self
+            .vol
+            .list_dir(inode.dir_fd()?, &dir)
+            .map_err(|e| errno_of(&e))?;
+        for e in entries {
+            use std::os::unix::fs::FileTypeExt;
+            let kind = match e.file_type {
+                Some(t) if t.is_dir() => FileType::Directory,
+                Some(t) if t.is_symlink() => FileType::Symlink,
+                Some(t) if t.is_fifo() => FileType::NamedPipe,
+                Some(t) if t.is_socket() => FileType::Socket,
+                Some(t) if t.is_char_device() => FileType::CharDevice,
+                Some(t) if t.is_block_device() => FileType::BlockDevice,
                 _ => FileType::RegularFile,
             };
             out.push(Listed {
-                ino: self.fuse_ino(ent.ino()),
-                kind: ft,
-                name: OsString::from_vec(name),
-                entry: Some(entry.to_string()),
+                ino: self.listed_ino(e.backing_ino),
+                kind,
+                name: OsString::from_vec(e.name),
+                entry: Some(e.entry),
             });
         }
         Ok(out)
     }
 
-    fn is_backing_dir_empty(dir_fd: &OwnedFd) -> FsResult<bool> {
-        let rd = std::fs::read_dir(sys::proc_path(dir_fd.as_fd())).map_err(io_errno)?;
+    fn is_backing_dir_empty(dir_fd: std::os::fd::BorrowedFd<'_>) -> FsResult<bool> {
+        let rd = std::fs::read_dir(sys::proc_path(dir_fd)).map_err(io_errno)?;
         for ent in rd {
             let ent = ent.map_err(io_errno)?;
             let n = ent.file_name();
@@ -731,9 +829,9 @@ impl SealFs {
         Ok(true)
     }
 
-    fn remove_dir_records(dir_fd: &OwnedFd) {
+    fn remove_dir_records(dir_fd: std::os::fd::BorrowedFd<'_>) {
         for n in [DIR_RECORD_BACKUP, DIR_RECORD] {
-            let _ = sys::unlinkat(dir_fd.as_fd(), OsStr::new(n), false);
+            let _ = sys::unlinkat(dir_fd, OsStr::new(n), false);
         }
     }
 
@@ -756,8 +854,8 @@ impl SealFs {
         let npdir = self.dir_of(&np)?;
         let src = Self::backing_name(&pdir, name)?;
         let dst = Self::backing_name(&npdir, newname)?;
-        let pfd = p.path_fd.as_fd();
-        let npfd = np.path_fd.as_fd();
+        let pfd = p.dir_fd()?;
+        let npfd = np.dir_fd()?;
         let st = sys::fstatat(pfd, OsStr::new(&src.entry)).map_err(io_errno)?;
         let kind = kind_of(st.st_mode);
         let old_ctx = EncryptionContext {
@@ -787,10 +885,10 @@ impl SealFs {
                         0,
                     )
                     .map_err(io_errno)?;
-                    if !Self::is_backing_dir_empty(&tfd)? {
+                    if !Self::is_backing_dir_empty(tfd.as_fd())? {
                         return Err(Errno::ENOTEMPTY);
                     }
-                    Self::remove_dir_records(&tfd);
+                    Self::remove_dir_records(tfd.as_fd());
                 }
                 (Kind::Dir, _) => return Err(Errno::ENOTDIR),
                 (_, Kind::Dir) => return Err(Errno::EISDIR),
@@ -871,13 +969,25 @@ impl SealFs {
         {
             Self::remove_sidecar(&p, &src);
         }
+        // A replaced target's backing inode may be recycled from now on.
+        if let Some(t) = &target {
+            if t.st_ino != st.st_ino {
+                self.drop_backing(t.st_ino);
+            }
+        }
         // Update the moved inode's location (its encryption context).
-        let moved = self.fuse_ino(st.st_ino);
-        let moved_inode = self.inodes.read().get(&moved).cloned();
+        let moved_inode = {
+            let t = self.inodes.read();
+            t.by_backing
+                .get(&st.st_ino)
+                .and_then(|id| t.nodes.get(id))
+                .cloned()
+        };
         if let Some(m) = moved_inode {
             *m.loc.lock() = Location {
                 parent: Some(np.clone()),
                 name: newname.as_bytes().to_vec(),
+                entry: dst.entry.clone(),
             };
         }
         Ok(())
@@ -1009,33 +1119,31 @@ impl fuser::Filesystem for SealFs {
         let r = (|| {
             self.check_writable()?;
             let inode = self.inode(ino)?;
-            let fd = inode.path_fd.as_fd();
             if let Some(m) = mode {
                 if inode.kind != Kind::Symlink {
-                    sys::fchmod_fd(fd, m & 0o7777).map_err(io_errno)?;
+                    self.with_backing(&inode, |d, n| sys::fchmodat(d, n, m & 0o7777))?;
                 }
             }
             if uid.is_some() || gid.is_some() {
-                sys::fchown_fd(fd, uid, gid).map_err(io_errno)?;
+                self.with_backing(&inode, |d, n| sys::fchownat(d, n, uid, gid))?;
             }
             if let Some(sz) = size {
                 if inode.kind != Kind::File {
                     return Err(Errno::EISDIR);
                 }
-                let content = match fh.map(|h| self.content_of(h)) {
-                    Some(Ok(c)) => c,
+                match fh.map(|h| self.content_of(h)) {
+                    Some(Ok(c)) => c.write().set_len(sz).map_err(|e| errno_of(&e))?,
                     _ => {
                         let c = self.open_content(&inode)?;
                         let r = c.write().set_len(sz).map_err(|e| errno_of(&e));
                         Self::close_content(&inode);
                         r?;
-                        c
                     }
-                };
-                content.write().set_len(sz).map_err(|e| errno_of(&e))?;
+                }
             }
             if atime.is_some() || mtime.is_some() {
-                sys::utimens_fd(fd, time_spec(atime), time_spec(mtime)).map_err(io_errno)?;
+                let (a, m) = (time_spec(atime), time_spec(mtime));
+                self.with_backing(&inode, |d, n| sys::utimensat(d, n, a, m))?;
             }
             self.stat_inode(&inode)
         })();
@@ -1076,10 +1184,10 @@ impl fuser::Filesystem for SealFs {
             let d = self.dir_of(&p)?;
             let bn = Self::backing_name(&d, name)?;
             Self::write_sidecar(&p, &bn)?;
-            sys::mknodat(p.path_fd.as_fd(), OsStr::new(&bn.entry), mode, rdev as u64)
+            sys::mknodat(p.dir_fd()?, OsStr::new(&bn.entry), mode, rdev as u64)
                 .map_err(io_errno)?;
+            self.chown_new(&p, &bn.entry, req);
             let (inode, st) = self.remember(&p, name.as_bytes(), &bn.entry)?;
-            self.chown_new(&inode.path_fd, req);
             Ok(self.attr(&inode, &st))
         })();
         match r {
@@ -1105,31 +1213,31 @@ impl fuser::Filesystem for SealFs {
             let bn = Self::backing_name(&d, name)?;
             Self::write_sidecar(&p, &bn)?;
             let entry = OsStr::new(&bn.entry);
-            sys::mkdirat(p.path_fd.as_fd(), entry, (mode & !umask & 0o7777) | 0o700)
-                .map_err(io_errno)?;
+            sys::mkdirat(p.dir_fd()?, entry, (mode & !umask & 0o7777) | 0o700).map_err(io_errno)?;
             let (inode, st) = self.remember(&p, name.as_bytes(), &bn.entry)?;
+            let dfd = inode.dir_fd()?;
             let ctx = EncryptionContext {
                 parent_dir_id: d.id,
                 name: name.as_bytes(),
             };
-            match self.vol.init_dir(inode.path_fd.as_fd(), &ctx) {
+            match self.vol.init_dir(dfd, &ctx) {
                 Ok(dir) => {
                     *inode.dir.write() = Some(Arc::new(dir));
                     inode.record_pending.store(true, Ordering::Release);
                     self.records.pending.lock().push(inode.clone());
                 }
                 Err(e) => {
-                    Self::remove_dir_records(&inode.path_fd);
-                    let _ = sys::unlinkat(p.path_fd.as_fd(), entry, true);
+                    Self::remove_dir_records(dfd);
+                    let _ = sys::unlinkat(p.dir_fd()?, entry, true);
                     Self::remove_sidecar(&p, &bn);
                     return Err(errno_of(&e));
                 }
             }
             if (mode & !umask & 0o700) != 0o700 {
-                let _ = sys::fchmod_fd(inode.path_fd.as_fd(), mode & !umask & 0o7777);
+                let _ = sys::fchmodat(dfd, OsStr::new(""), mode & !umask & 0o7777);
             }
-            self.chown_new(&inode.path_fd, req);
-            let st = sys::fstatat(inode.path_fd.as_fd(), OsStr::new("")).unwrap_or(st);
+            self.chown_new(&p, &bn.entry, req);
+            let st = sys::fstatat(dfd, OsStr::new("")).unwrap_or(st);
             Ok(self.attr(&inode, &st))
         })();
         match r {
@@ -1145,7 +1253,10 @@ impl fuser::Filesystem for SealFs {
             let p = self.inode(parent)?;
             let d = self.dir_of(&p)?;
             let bn = Self::backing_name(&d, name)?;
-            sys::unlinkat(p.path_fd.as_fd(), OsStr::new(&bn.entry), false).map_err(io_errno)?;
+            let pfd = p.dir_fd()?;
+            let victim = sys::fstatat(pfd, OsStr::new(&bn.entry)).map_err(io_errno)?;
+            sys::unlinkat(pfd, OsStr::new(&bn.entry), false).map_err(io_errno)?;
+            self.drop_backing(victim.st_ino);
             Self::remove_sidecar(&p, &bn);
             Ok(())
         })();
@@ -1163,18 +1274,21 @@ impl fuser::Filesystem for SealFs {
             let d = self.dir_of(&p)?;
             let bn = Self::backing_name(&d, name)?;
             let entry = OsStr::new(&bn.entry);
+            let pfd = p.dir_fd()?;
             let dfd = sys::openat(
-                p.path_fd.as_fd(),
+                pfd,
                 entry,
                 libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
                 0,
             )
             .map_err(io_errno)?;
-            if !Self::is_backing_dir_empty(&dfd)? {
+            if !Self::is_backing_dir_empty(dfd.as_fd())? {
                 return Err(Errno::ENOTEMPTY);
             }
-            Self::remove_dir_records(&dfd);
-            sys::unlinkat(p.path_fd.as_fd(), entry, true).map_err(io_errno)?;
+            let victim = sys::fstatat(dfd.as_fd(), OsStr::new("")).map_err(io_errno)?;
+            Self::remove_dir_records(dfd.as_fd());
+            sys::unlinkat(pfd, entry, true).map_err(io_errno)?;
+            self.drop_backing(victim.st_ino);
             Self::remove_sidecar(&p, &bn);
             Ok(())
         })();
@@ -1207,14 +1321,10 @@ impl fuser::Filesystem for SealFs {
                 .seal_symlink_target(target.as_os_str().as_bytes())
                 .map_err(|_| Errno::ENAMETOOLONG)?;
             Self::write_sidecar(&p, &bn)?;
-            sys::symlinkat(
-                OsStr::new(&sealed),
-                p.path_fd.as_fd(),
-                OsStr::new(&bn.entry),
-            )
-            .map_err(io_errno)?;
+            sys::symlinkat(OsStr::new(&sealed), p.dir_fd()?, OsStr::new(&bn.entry))
+                .map_err(io_errno)?;
+            self.chown_new(&p, &bn.entry, req);
             let (inode, st) = self.remember(&p, link_name.as_bytes(), &bn.entry)?;
-            self.chown_new(&inode.path_fd, req);
             Ok(self.attr(&inode, &st))
         })();
         match r {
@@ -1489,7 +1599,7 @@ impl fuser::Filesystem for SealFs {
     ) {
         let r = self.inode(ino).and_then(|i| {
             self.persist_records(&i)?;
-            sys::fsync_dir(i.path_fd.as_fd()).map_err(io_errno)
+            sys::fsync_dir(i.dir_fd()?).map_err(io_errno)
         });
         match r {
             Ok(()) => reply.ok(),
@@ -1498,10 +1608,10 @@ impl fuser::Filesystem for SealFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let root = self.inodes.read().get(&ROOT).cloned();
+        let root = self.inodes.read().nodes.get(&ROOT).cloned();
         let r = root
             .ok_or(Errno::EIO)
-            .and_then(|r| sys::fstatvfs(r.path_fd.as_fd()).map_err(io_errno));
+            .and_then(|r| sys::fstatvfs(r.dir_fd()?).map_err(io_errno));
         match r {
             Ok(s) => reply.statfs(
                 s.f_blocks,

@@ -149,32 +149,44 @@ pub fn mknodat(dir: BorrowedFd<'_>, name: &OsStr, mode: u32, rdev: u64) -> io::R
     .map(|_| ())
 }
 
-/// `fchownat(2)` on the object an `O_PATH` fd refers to (no symlink follow).
-pub fn fchown_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
-    let e = CString::new("").expect("empty");
+fn at_flags(name: &OsStr) -> i32 {
+    libc::AT_SYMLINK_NOFOLLOW
+        | if name.is_empty() {
+            libc::AT_EMPTY_PATH
+        } else {
+            0
+        }
+}
+
+/// `fchownat(2)` without following symlinks; an empty name means `dir` itself.
+pub fn fchownat(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> io::Result<()> {
+    let c = cstr(name)?;
     let u = uid.unwrap_or(u32::MAX);
     let g = gid.unwrap_or(u32::MAX);
     // SAFETY: valid C string and fd.
-    check(unsafe {
-        libc::fchownat(
-            fd.as_raw_fd(),
-            e.as_ptr(),
-            u,
-            g,
-            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
-    .map(|_| ())
+    check(unsafe { libc::fchownat(dir.as_raw_fd(), c.as_ptr(), u, g, at_flags(name)) }).map(|_| ())
 }
 
-/// chmod of the object an `O_PATH` fd refers to (not for symlinks).
-pub fn fchmod_fd(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
-    let p = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL");
-    // SAFETY: valid C string.
-    check(unsafe { libc::chmod(p.as_ptr(), mode as libc::mode_t) }).map(|_| ())
+/// chmod of `name` in `dir` (an empty name means `dir` itself, which must
+/// not be a symlink).
+pub fn fchmodat(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
+    if name.is_empty() {
+        let p = CString::new(format!("/proc/self/fd/{}", dir.as_raw_fd())).expect("no NUL");
+        // SAFETY: valid C string.
+        return check(unsafe { libc::chmod(p.as_ptr(), mode as libc::mode_t) }).map(|_| ());
+    }
+    let c = cstr(name)?;
+    // SAFETY: valid C string and fd.
+    check(unsafe { libc::fchmodat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t, 0) })
+        .map(|_| ())
 }
 
-/// A timestamp for [`utimens_fd`]: a time, now, or unchanged.
+/// A timestamp for [`utimensat`]: a time, now, or unchanged.
 #[derive(Debug, Clone, Copy)]
 pub enum TimeSpec {
     /// Leave as is.
@@ -204,20 +216,18 @@ impl TimeSpec {
     }
 }
 
-/// `utimensat(2)` on the object an `O_PATH` fd refers to, without following symlinks.
-pub fn utimens_fd(fd: BorrowedFd<'_>, atime: TimeSpec, mtime: TimeSpec) -> io::Result<()> {
-    let e = CString::new("").expect("empty");
+/// `utimensat(2)` without following symlinks; an empty name means `dir` itself.
+pub fn utimensat(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    atime: TimeSpec,
+    mtime: TimeSpec,
+) -> io::Result<()> {
+    let c = cstr(name)?;
     let ts = [atime.to_libc(), mtime.to_libc()];
-    // SAFETY: valid pointers; AT_EMPTY_PATH operates on the fd itself.
-    check(unsafe {
-        libc::utimensat(
-            fd.as_raw_fd(),
-            e.as_ptr(),
-            ts.as_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
-    .map(|_| ())
+    // SAFETY: valid pointers.
+    check(unsafe { libc::utimensat(dir.as_raw_fd(), c.as_ptr(), ts.as_ptr(), at_flags(name)) })
+        .map(|_| ())
 }
 
 /// `fallocate(2)`.
