@@ -193,6 +193,9 @@ enum CtlCommand {
     Trim {
         /// Minimum decryption version.
         min_version: u32,
+        /// Retire even if headers still use those versions (they stop opening).
+        #[arg(long)]
+        force: bool,
     },
     /// Re-enable a retired version.
     Untrim {
@@ -668,7 +671,10 @@ fn run(cli: Cli) -> Result<(), CliError> {
             cmd_mount(&a)
         }
         Command::Unmount { mountpoint } => cmd_unmount(&mountpoint),
-        Command::Ctl(a) => cmd_ctl(&a),
+        Command::Ctl(a) => {
+            restore_sigpipe();
+            cmd_ctl(&a)
+        }
         Command::Passwd {
             cipherdir,
             secret,
@@ -777,6 +783,14 @@ fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
     }
+}
+
+/// Printing commands die quietly on a closed pipe (`sealfs ctl status | head`)
+/// instead of panicking; never used by the daemon, whose sockets must not
+/// kill it.
+fn restore_sigpipe() {
+    // SAFETY: resetting a signal disposition to its default.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
 
 fn open_offline(cipherdir: &Path, secret: &SecretArgs) -> Result<Volume, CliError> {
@@ -963,8 +977,11 @@ fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
                 None => println!("automatic rotation off"),
             });
         }
-        CtlCommand::Trim { min_version } => {
-            let v = ctl_call(&socket, json!({"op": "trim", "min_version": min_version}))?;
+        CtlCommand::Trim { min_version, force } => {
+            let v = ctl_call(
+                &socket,
+                json!({"op": "trim", "min_version": min_version, "force": force}),
+            )?;
             print(&v, &|v| println!("retired versions {}", v["retired"]));
         }
         CtlCommand::Untrim { version } => {

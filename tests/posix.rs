@@ -1074,6 +1074,7 @@ fn names_of_255_bytes_work_and_256_fail() {
         .into_iter()
         .filter(|p| {
             !p.to_string_lossy().starts_with("sealfs.toml")
+                && !p.to_string_lossy().starts_with("sealfs.lock")
                 && !p.to_string_lossy().starts_with("sealfs.keyring")
                 && !p.to_string_lossy().starts_with("sealfs.dir")
         })
@@ -1123,6 +1124,7 @@ fn names_of_255_bytes_work_and_256_fail() {
         .into_iter()
         .filter(|p| {
             !p.to_string_lossy().starts_with("sealfs.toml")
+                && !p.to_string_lossy().starts_with("sealfs.lock")
                 && !p.to_string_lossy().starts_with("sealfs.keyring")
                 && !p.to_string_lossy().starts_with("sealfs.dir")
         })

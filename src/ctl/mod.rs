@@ -358,7 +358,25 @@ fn handle(ctx: &ControlContext, req: &Request) -> Handled {
                 json!({"rotation_period": vol.config().rotation_period, "next_rotation": vol.next_rotation()}),
             )
         }
-        Op::Trim { min_version } => {
+        Op::Trim { min_version, force } => {
+            // Like Vault's min_decryption_version, but checked first: a header
+            // (above all the root directory's record) still under a retired
+            // version would stop opening, so that takes `force`.
+            let census = run_census(ctx)?;
+            let still: u64 = census
+                .files
+                .iter()
+                .chain(census.dirs.iter())
+                .chain(census.unreadable_by_version.iter())
+                .filter(|(v, _)| **v < *min_version)
+                .map(|(_, n)| *n)
+                .sum();
+            if still > 0 && !force {
+                return Err((
+                    ErrorCode::Invalid,
+                    format!("{still} headers still use versions below {min_version}; run rewrap first (or force)"),
+                ));
+            }
             let retired = vol
                 .update_keyring(|k| k.retire_below(*min_version))
                 .map_err(vol_err)?;

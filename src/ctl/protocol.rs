@@ -78,6 +78,10 @@ pub enum Op {
     Trim {
         /// Lowest version that still decrypts.
         min_version: u32,
+        /// Retire even though headers still use those versions (they become
+        /// unreadable until `untrim`).
+        #[serde(default)]
+        force: bool,
     },
     /// Re-enable a retired version.
     Untrim {
@@ -202,7 +206,13 @@ mod tests {
         assert_eq!(r.op, Op::Status);
         assert_eq!(r.id, json!(7));
         let r = parse_request(br#"{"v":1,"op":"trim","min_version":3}"#).unwrap();
-        assert_eq!(r.op, Op::Trim { min_version: 3 });
+        assert_eq!(
+            r.op,
+            Op::Trim {
+                min_version: 3,
+                force: false
+            }
+        );
         let r = parse_request(
             br#"{"v":1,"op":"schedule_deletion","version":2,"wait":"1s","confirm":true}"#,
         )

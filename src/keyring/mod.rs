@@ -88,14 +88,8 @@ pub fn derive_kek(
     }
 }
 
-/// Saved keyring state (see [`Keyring::snapshot`]).
-pub struct KeyringSnapshot {
-    header: KeyringHeader,
-    kek: SecretKey,
-    body: KeyringBody,
-}
-
 /// The unlocked keyring.
+#[derive(Clone)]
 pub struct Keyring {
     header: KeyringHeader,
     kek: SecretKey,
@@ -223,23 +217,6 @@ impl Keyring {
     /// All versions (keys included; never print them).
     pub fn versions(&self) -> &[MasterKeyVersion] {
         &self.body.versions
-    }
-
-    /// A copy of the mutable state, to roll back a change whose store failed.
-    pub fn snapshot(&self) -> KeyringSnapshot {
-        KeyringSnapshot {
-            header: self.header,
-            kek: self.kek.clone(),
-            body: self.body.clone(),
-        }
-    }
-
-    /// Rolls back to a snapshot.
-    pub fn restore(&mut self, s: KeyringSnapshot) {
-        self.header = s.header;
-        self.kek = s.kek;
-        self.body = s.body;
-        self.rebuild_wrappers();
     }
 
     fn rebuild_wrappers(&mut self) {

@@ -75,6 +75,9 @@ pub enum VolumeError {
     /// The volume is mounted read-only.
     #[error("read-only volume")]
     ReadOnly,
+    /// Another sealfs process has the volume open for writing.
+    #[error("{0} is in use by another sealfs process (mounted, or a key command is running); use 'sealfs ctl' on the mount")]
+    InUse(PathBuf),
     /// The primary master key version is not usable for wrapping.
     #[error("the primary master key version is not enabled")]
     KeyUnavailable,
@@ -155,6 +158,32 @@ pub struct Volume {
     namespace: RwLock<()>,
     /// Serializes keyring changes (rotate, disable, trim, …) and their store.
     keyring_store: parking_lot::Mutex<()>,
+    /// `sealfs.lock`, flock'ed exclusively while opened writable: one
+    /// writer per volume (a mount, or an offline command), never two
+    /// keyrings in memory overwriting each other.
+    _lock: Option<File>,
+}
+
+/// Lock file in CIPHERDIR.
+pub const LOCK_FILE: &str = "sealfs.lock";
+
+fn lock_volume(cipherdir: &Path) -> Result<File, VolumeError> {
+    use std::os::fd::AsRawFd;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(cipherdir.join(LOCK_FILE))?;
+    // SAFETY: valid fd; flock has no memory effects.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(VolumeError::InUse(cipherdir.to_path_buf()));
+        }
+        return Err(e.into());
+    }
+    Ok(f)
 }
 
 fn is_empty_dir(p: &Path) -> io::Result<bool> {
@@ -213,6 +242,11 @@ impl Volume {
         };
         let config = VolumeConfig::parse(&text)?;
         let volume_id = config.volume_id_bytes()?;
+        let lock = if read_only {
+            None
+        } else {
+            Some(lock_volume(cipherdir)?)
+        };
         let keyring = Keyring::load(cipherdir, secret)?;
         if keyring.volume_id() != volume_id {
             return Err(KeyringError::VolumeMismatch.into());
@@ -235,9 +269,9 @@ impl Volume {
                 )?;
             }
         }
-        Ok(Volume::assemble(
-            cipherdir, config, volume_id, keyring, read_only,
-        ))
+        let mut vol = Volume::assemble(cipherdir, config, volume_id, keyring, read_only);
+        vol._lock = lock;
+        Ok(vol)
     }
 
     fn assemble(
@@ -256,6 +290,7 @@ impl Volume {
             read_only,
             namespace: RwLock::new(()),
             keyring_store: parking_lot::Mutex::new(()),
+            _lock: None,
         }
     }
 
@@ -269,24 +304,22 @@ impl Volume {
         self.disabled.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Applies `change` to the keyring and stores it durably before
-    /// returning; on a failed store the in-memory keyring is reloaded from
-    /// disk so memory never runs ahead of what a remount would see.
+    /// Applies `change` to a copy of the keyring, stores the copy durably,
+    /// and only then makes it current: memory never runs ahead of what a
+    /// remount would load, and file I/O (which reads the keyring to wrap new
+    /// keys) is not held up by the store's fsyncs. Changes are serialized.
     pub fn update_keyring<T>(
         &self,
         change: impl FnOnce(&mut Keyring) -> Result<T, KeyringError>,
     ) -> Result<T, VolumeError> {
         self.check_writable()?;
         let _one_at_a_time = self.keyring_store.lock();
-        let mut kr = self.keyring.write();
-        let before = kr.snapshot();
-        let out = change(&mut kr)?;
-        if let Err(e) = kr.store(&self.cipherdir) {
-            kr.restore(before);
-            return Err(e.into());
-        }
+        let mut next = self.keyring.read().clone();
+        let out = change(&mut next)?;
+        next.store(&self.cipherdir)?;
         self.disabled
-            .store(kr.disabled(), std::sync::atomic::Ordering::Release);
+            .store(next.disabled(), std::sync::atomic::Ordering::Release);
+        *self.keyring.write() = next;
         Ok(out)
     }
 
