@@ -707,6 +707,27 @@ impl SealFs {
         }
     }
 
+    /// Creates a keyless node (FIFO, socket, device, symlink) with `make`
+    /// under its encrypted name and returns its attributes.
+    fn create_node(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        make: impl FnOnce(std::os::fd::BorrowedFd<'_>, &OsStr) -> std::io::Result<()>,
+    ) -> FsResult<FileAttr> {
+        self.check_writable()?;
+        let _ns = self.vol.namespace().read();
+        let p = self.inode(parent)?;
+        let d = self.dir_of(&p)?;
+        let bn = Self::backing_name(&d, name)?;
+        Self::write_sidecar(&p, &bn)?;
+        make(p.dir_fd()?, OsStr::new(&bn.entry)).map_err(io_errno)?;
+        self.chown_new(&p, &bn.entry, req);
+        let (inode, st) = self.remember(&p, name.as_bytes(), &bn.entry)?;
+        Ok(self.attr(&inode, &st))
+    }
+
     fn create_file(
         &self,
         req: &Request,
@@ -1178,17 +1199,9 @@ impl fuser::Filesystem for SealFs {
                 Self::close_content(&inode);
                 return Ok(self.attr(&inode, &st));
             }
-            self.check_writable()?;
-            let _ns = self.vol.namespace().read();
-            let p = self.inode(parent)?;
-            let d = self.dir_of(&p)?;
-            let bn = Self::backing_name(&d, name)?;
-            Self::write_sidecar(&p, &bn)?;
-            sys::mknodat(p.dir_fd()?, OsStr::new(&bn.entry), mode, rdev as u64)
-                .map_err(io_errno)?;
-            self.chown_new(&p, &bn.entry, req);
-            let (inode, st) = self.remember(&p, name.as_bytes(), &bn.entry)?;
-            Ok(self.attr(&inode, &st))
+            self.create_node(req, parent, name, |dir, entry| {
+                sys::mknodat(dir, entry, mode, rdev as u64)
+            })
         })();
         match r {
             Ok(a) => reply.entry(&TTL, &a, Generation(0)),
@@ -1307,11 +1320,6 @@ impl fuser::Filesystem for SealFs {
         reply: ReplyEntry,
     ) {
         let r = (|| {
-            self.check_writable()?;
-            let _ns = self.vol.namespace().read();
-            let p = self.inode(parent)?;
-            let d = self.dir_of(&p)?;
-            let bn = Self::backing_name(&d, link_name)?;
             // Symlink targets are sealed under the root directory's key, not
             // the parent's, so a symlink moves between directories by a
             // plain rename.
@@ -1320,12 +1328,9 @@ impl fuser::Filesystem for SealFs {
                 .names
                 .seal_symlink_target(target.as_os_str().as_bytes())
                 .map_err(|_| Errno::ENAMETOOLONG)?;
-            Self::write_sidecar(&p, &bn)?;
-            sys::symlinkat(OsStr::new(&sealed), p.dir_fd()?, OsStr::new(&bn.entry))
-                .map_err(io_errno)?;
-            self.chown_new(&p, &bn.entry, req);
-            let (inode, st) = self.remember(&p, link_name.as_bytes(), &bn.entry)?;
-            Ok(self.attr(&inode, &st))
+            self.create_node(req, parent, link_name, |dir, entry| {
+                sys::symlinkat(OsStr::new(&sealed), dir, entry)
+            })
         })();
         match r {
             Ok(a) => reply.entry(&TTL, &a, Generation(0)),

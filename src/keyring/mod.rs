@@ -69,6 +69,20 @@ impl std::fmt::Debug for UnlockSecret {
     }
 }
 
+/// How a new KEK for `secret` will be derived, with a fresh salt.
+fn new_kek_source(
+    secret: &UnlockSecret,
+    params: Argon2Params,
+) -> Result<(KekSource, [u8; 16]), KeyringError> {
+    let mut salt = [0u8; 16];
+    crate::crypto::fill_random(&mut salt)?;
+    let src = match secret {
+        UnlockSecret::Passphrase(_) => KekSource::Passphrase(params),
+        UnlockSecret::KeyFile(_) => KekSource::KeyFile,
+    };
+    Ok((src, salt))
+}
+
 /// Derives the key-encryption key for a keyring header.
 pub fn derive_kek(
     header: &KeyringHeader,
@@ -121,12 +135,7 @@ impl Keyring {
         secret: &UnlockSecret,
         params: Argon2Params,
     ) -> Result<(Self, [u8; 16]), KeyringError> {
-        let mut salt = [0u8; 16];
-        crate::crypto::fill_random(&mut salt)?;
-        let kek_src = match secret {
-            UnlockSecret::Passphrase(_) => KekSource::Passphrase(params),
-            UnlockSecret::KeyFile(_) => KekSource::KeyFile,
-        };
+        let (kek_src, salt) = new_kek_source(secret, params)?;
         let header = KeyringHeader {
             kek: kek_src,
             salt,
@@ -361,12 +370,7 @@ impl Keyring {
         secret: &UnlockSecret,
         params: Argon2Params,
     ) -> Result<(KekSource, [u8; 16]), KeyringError> {
-        let mut salt = [0u8; 16];
-        crate::crypto::fill_random(&mut salt)?;
-        let kek_src = match secret {
-            UnlockSecret::Passphrase(_) => KekSource::Passphrase(params),
-            UnlockSecret::KeyFile(_) => KekSource::KeyFile,
-        };
+        let (kek_src, salt) = new_kek_source(secret, params)?;
         let header = KeyringHeader {
             kek: kek_src,
             salt,
