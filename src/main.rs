@@ -982,7 +982,13 @@ fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
                 &socket,
                 json!({"op": "trim", "min_version": min_version, "force": force}),
             )?;
-            print(&v, &|v| println!("retired versions {}", v["retired"]));
+            print(&v, &|v| {
+                println!("retired versions {}", v["retired"]);
+                let left = v["headers_left_unreadable"].as_u64().unwrap_or(0);
+                if left > 0 {
+                    println!("{left} headers stay unreadable until `untrim`");
+                }
+            });
         }
         CtlCommand::Untrim { version } => {
             let v = ctl_call(&socket, json!({"op": "untrim", "version": version}))?;

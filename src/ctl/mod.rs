@@ -95,6 +95,15 @@ impl Drop for ControlServer {
     }
 }
 
+/// One of the [`MAX_CONNECTIONS`] connection slots, given back on drop.
+struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 fn peer_uid(s: &UnixStream) -> Option<u32> {
     let mut cred = libc::ucred {
         pid: 0,
@@ -120,7 +129,17 @@ pub fn serve(path: &Path, ctx: Arc<ControlContext>) -> std::io::Result<ControlSe
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "control socket path {} exists and is not a socket; choose another --ctl-socket",
+                    path.display()
+                ),
+            ));
+        }
         if UnixStream::connect(path).is_ok() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
@@ -160,12 +179,14 @@ pub fn serve(path: &Path, ctx: Arc<ControlContext>) -> std::io::Result<ControlSe
                     continue;
                 }
                 let ctx = ctx.clone();
-                let active = active.clone();
+                // Frees the slot even if serving the connection panics, or
+                // if its thread cannot start (the closure is dropped then).
+                let slot = ConnectionSlot(active.clone());
                 let _ = std::thread::Builder::new()
                     .name("sealfs-ctl-conn".into())
                     .spawn(move || {
+                        let _slot = slot;
                         serve_connection(stream, &ctx);
-                        active.fetch_sub(1, Ordering::AcqRel);
                     });
             }
         })?;
@@ -281,7 +302,7 @@ fn status(ctx: &ControlContext) -> Value {
     json!({
         "volume_id": cfg.volume_id,
         "format_version": cfg.format_version,
-        "cipherdir": ctx.vol.cipherdir(),
+        "cipherdir": std::fs::canonicalize(ctx.vol.cipherdir()).unwrap_or_else(|_| ctx.vol.cipherdir().to_path_buf()),
         "mountpoint": ctx.mountpoint,
         "read_only": ctx.vol.read_only(),
         "disabled": ctx.vol.is_disabled(),
@@ -316,6 +337,7 @@ fn handle(ctx: &ControlContext, req: &Request) -> Handled {
             if ctx.rewrap.running.swap(true, Ordering::AcqRel) {
                 return Err((ErrorCode::Busy, "a rewrap is already running".into()));
             }
+            ctx.rewrap.reset();
             let primary = vol.keyring().read().primary();
             let vol = vol.clone();
             let progress = ctx.rewrap.clone();
@@ -353,6 +375,9 @@ fn handle(ctx: &ControlContext, req: &Request) -> Handled {
         }
         Op::SetRotationPeriod { period } => {
             let period = period.clone().filter(|p| p != "off");
+            if let Some(p) = &period {
+                parse_duration(p).map_err(|e| (ErrorCode::Invalid, e))?;
+            }
             vol.set_rotation_period(period).map_err(vol_err)?;
             Ok(
                 json!({"rotation_period": vol.config().rotation_period, "next_rotation": vol.next_rotation()}),
@@ -360,8 +385,27 @@ fn handle(ctx: &ControlContext, req: &Request) -> Handled {
         }
         Op::Trim { min_version, force } => {
             // Like Vault's min_decryption_version, but checked first: a header
-            // (above all the root directory's record) still under a retired
-            // version would stop opening, so that takes `force`.
+            // still under a retired version stops opening, so that takes
+            // `force`. Directory records (the root's above all) are re-wrapped
+            // first in any case: a retired version must never cut off the
+            // namespace, or the volume would not even mount for an untrim.
+            let primary = vol.keyring().read().primary();
+            if *min_version > primary {
+                return Err((
+                    ErrorCode::Invalid,
+                    format!("cannot retire the primary version {primary} (minimum {min_version} is above it)"),
+                ));
+            }
+            if vol.read_only() {
+                return Err((ErrorCode::ReadOnly, "read-only mount".into()));
+            }
+            let (dirs_rewrapped, dirs_failed) = vol.rewrap_dir_records().map_err(vol_err)?;
+            if dirs_failed > 0 {
+                return Err((
+                    ErrorCode::Invalid,
+                    format!("{dirs_failed} directory records could not be re-wrapped to the primary version; nothing retired"),
+                ));
+            }
             let census = run_census(ctx)?;
             let still: u64 = census
                 .files
@@ -380,7 +424,9 @@ fn handle(ctx: &ControlContext, req: &Request) -> Handled {
             let retired = vol
                 .update_keyring(|k| k.retire_below(*min_version))
                 .map_err(vol_err)?;
-            Ok(json!({"retired": retired}))
+            Ok(
+                json!({"retired": retired, "directory_records_rewrapped": dirs_rewrapped, "headers_left_unreadable": still}),
+            )
         }
         Op::Untrim { version } => {
             vol.update_keyring(|k| k.unretire(*version))
@@ -394,6 +440,29 @@ fn handle(ctx: &ControlContext, req: &Request) -> Handled {
         } => {
             let wait = wait.clone().unwrap_or_else(|| "7d".into());
             let secs = parse_duration(&wait).map_err(|e| (ErrorCode::Invalid, e))?;
+            let due = now_secs().checked_add(secs).ok_or_else(|| {
+                (
+                    ErrorCode::Invalid,
+                    format!("waiting period {wait} is too long"),
+                )
+            })?;
+            let state = vol
+                .keyring()
+                .read()
+                .versions()
+                .iter()
+                .find(|v| v.version == *version)
+                .map(|v| v.state);
+            match state {
+                None => return Err((ErrorCode::Invalid, format!("no key version {version}"))),
+                Some(KeyState::Retired) => {}
+                Some(_) => return Err((
+                    ErrorCode::Invalid,
+                    format!(
+                        "version {version} must be retired (trim) before its deletion is scheduled"
+                    ),
+                )),
+            }
             let census = run_census(ctx)?;
             let orphans = census.files.get(version).copied().unwrap_or(0)
                 + census.dirs.get(version).copied().unwrap_or(0)
@@ -407,7 +476,6 @@ fn handle(ctx: &ControlContext, req: &Request) -> Handled {
                     json!({"version": version, "would_orphan": orphans, "confirmed": false}),
                 );
             }
-            let due = now_secs() + secs;
             vol.update_keyring(|k| k.schedule_deletion(*version, due))
                 .map_err(vol_err)?;
             Ok(

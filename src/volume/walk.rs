@@ -65,6 +65,13 @@ pub struct RewrapReport {
 }
 
 impl RewrapProgress {
+    /// Zeroes the counters (before a new run reports anything).
+    pub fn reset(&self) {
+        for c in [&self.total, &self.done, &self.rewrapped, &self.failed] {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// A consistent-enough snapshot for display.
     pub fn report(&self) -> RewrapReport {
         RewrapReport {
@@ -171,8 +178,10 @@ impl Volume {
         }) {
             on_error(e);
         }
-        let dir = self.load_dir(root.as_fd(), &EncryptionContext::ROOT)?;
-        self.walk_dir(root.as_fd(), &dir, visit, on_error);
+        match self.load_dir(root.as_fd(), &EncryptionContext::ROOT) {
+            Ok(dir) => self.walk_dir(root.as_fd(), &dir, visit, on_error),
+            Err(e) => on_error(e),
+        }
         Ok(())
     }
 
@@ -236,15 +245,8 @@ impl Volume {
     /// headers are skipped), safe while the volume is mounted and in use.
     pub fn rewrap_all(&self, progress: &RewrapProgress) -> Result<(), VolumeError> {
         self.check_writable()?;
+        progress.reset();
         progress.running.store(true, Ordering::Release);
-        for c in [
-            &progress.total,
-            &progress.done,
-            &progress.rewrapped,
-            &progress.failed,
-        ] {
-            c.store(0, Ordering::Relaxed);
-        }
         let mut count = 0u64;
         let counted = self.walk(
             &mut |_| {
@@ -276,6 +278,30 @@ impl Volume {
         });
         progress.running.store(false, Ordering::Release);
         result
+    }
+
+    /// Re-wraps every directory record (root included) not under the
+    /// primary version, and only those: the namespace must stay reachable
+    /// before an old version is retired. Returns (re-wrapped, failed).
+    pub fn rewrap_dir_records(&self) -> Result<(u64, u64), VolumeError> {
+        self.check_writable()?;
+        let (mut rewrapped, mut failed) = (0u64, 0u64);
+        self.walk(
+            &mut |item| {
+                if let Item::Dir { fd, ctx } = item {
+                    let _ns = self.namespace().read();
+                    if self.rewrap_dir_record(fd, &ctx)? {
+                        rewrapped += 1;
+                    }
+                }
+                Ok(())
+            },
+            &mut |e| {
+                failed += 1;
+                tracing::warn!("rewrap of a directory record failed: {e}");
+            },
+        )?;
+        Ok((rewrapped, failed))
     }
 
     fn rewrap_file(

@@ -180,13 +180,30 @@ impl Mounted {
     /// Starts `sealfs mount CIPHER MNT --passfile PASSFILE -f EXTRA…` and
     /// waits until the mount shows in /proc/mounts.
     pub fn start(cipher: &Path, mnt: &Path, passfile: &Path, extra: &[&str], log: &Path) -> Self {
+        Self::start_with_secret(
+            cipher,
+            mnt,
+            &["--passfile".as_ref(), passfile.as_os_str()],
+            extra,
+            log,
+        )
+    }
+
+    /// Like [`Mounted::start`], with the unlock arguments given explicitly
+    /// (e.g. `--key-file FILE`).
+    pub fn start_with_secret(
+        cipher: &Path,
+        mnt: &Path,
+        secret: &[&OsStr],
+        extra: &[&str],
+        log: &Path,
+    ) -> Self {
         let logf = fs::File::create(log).expect("create daemon log");
         let child = Command::new(bin())
             .arg("mount")
             .arg(cipher)
             .arg(mnt)
-            .arg("--passfile")
-            .arg(passfile)
+            .args(secret)
             .arg("-f")
             .args(extra)
             .stdin(Stdio::null())
@@ -234,6 +251,41 @@ impl Mounted {
 
     pub fn mountpoint(&self) -> &Path {
         &self.mnt
+    }
+
+    /// The foreground daemon's pid (`None` for an adopted daemonized mount).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Whether the foreground daemon is still running (true for an adopted
+    /// mount whose daemon is still found in /proc).
+    pub fn daemon_alive(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => !sealfs_pids_mentioning(&self.cipher).is_empty(),
+        }
+    }
+
+    /// Simulates a crash: SIGKILLs the foreground daemon, reaps it, and
+    /// detaches the dead mount with `fusermount3 -uz`. Panics if the mount
+    /// does not go away.
+    pub fn kill9(mut self) {
+        let mut child = self.child.take().expect("kill9 needs a foreground daemon");
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        let _ = Command::new("fusermount3")
+            .arg("-uz")
+            .arg(&self.mnt)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        assert!(
+            wait_until(TIMEOUT, || !is_mounted(&self.mnt)),
+            "dead mount {} did not go away after fusermount3 -uz",
+            self.mnt.display()
+        );
+        // Drop finds nothing left to do.
     }
 
     /// The daemon's log so far (stderr of the foreground daemon).
@@ -297,6 +349,9 @@ pub struct Fixture {
     pub cipher: PathBuf,
     pub mnt: PathBuf,
     pub passfile: PathBuf,
+    /// A control socket path of this fixture's own (`mount_ctl` passes it
+    /// with `--ctl-socket`), so tests never share a socket.
+    pub ctl_socket: PathBuf,
     /// Scratch space outside the volume.
     pub scratch: PathBuf,
     logs: u32,
@@ -321,6 +376,7 @@ impl Fixture {
         init_volume(&cipher, &passfile);
         Fixture {
             mounted: None,
+            ctl_socket: base.join("ctl.sock"),
             cipher,
             mnt,
             passfile,
@@ -357,6 +413,77 @@ impl Fixture {
 
     pub fn mount(&mut self) {
         self.mount_with(&[]);
+    }
+
+    /// Mounts with the fixture's own control socket (`--ctl-socket`) and extra arguments.
+    pub fn mount_ctl_with(&mut self, extra: &[&str]) {
+        let sock = self
+            .ctl_socket
+            .to_str()
+            .expect("UTF-8 socket path")
+            .to_string();
+        let mut all: Vec<&str> = vec!["--ctl-socket", &sock];
+        all.extend_from_slice(extra);
+        self.mount_with(&all);
+        self.wait_ctl_socket();
+    }
+
+    /// Waits until the control socket accepts connections: a foreground
+    /// daemon shows in /proc/mounts a moment before it binds the socket (and
+    /// a crashed daemon's stale socket file refuses connections).
+    pub fn wait_ctl_socket(&self) {
+        let sock = &self.ctl_socket;
+        assert!(
+            wait_until(TIMEOUT, || std::os::unix::net::UnixStream::connect(sock)
+                .is_ok()),
+            "control socket {} not ready within {TIMEOUT:?}; log:\n{}",
+            sock.display(),
+            self.log()
+        );
+    }
+
+    /// Mounts with the fixture's own control socket.
+    pub fn mount_ctl(&mut self) {
+        self.mount_ctl_with(&[]);
+    }
+
+    /// Mounts with explicit unlock arguments (e.g. `--key-file F`) and the
+    /// fixture's own control socket.
+    pub fn mount_with_secret(&mut self, secret: &[&OsStr]) {
+        assert!(self.mounted.is_none(), "already mounted");
+        let log = self.next_log();
+        let sock = self
+            .ctl_socket
+            .to_str()
+            .expect("UTF-8 socket path")
+            .to_string();
+        self.mounted = Some(Mounted::start_with_secret(
+            &self.cipher,
+            &self.mnt,
+            secret,
+            &["--ctl-socket", &sock],
+            &log,
+        ));
+        self.wait_ctl_socket();
+    }
+
+    /// Unmounts and mounts again with the fixture's own control socket.
+    pub fn remount_ctl(&mut self) {
+        self.unmount();
+        self.mount_ctl();
+    }
+
+    /// SIGKILLs the daemon of the current mount and detaches the dead mount.
+    pub fn kill_daemon(&mut self) {
+        self.mounted.take().expect("not mounted").kill9();
+    }
+
+    /// Whether the current mount's daemon is still running.
+    pub fn daemon_alive(&mut self) -> bool {
+        self.mounted
+            .as_mut()
+            .map(|m| m.daemon_alive())
+            .unwrap_or(false)
     }
 
     /// Unmounts; panics if the mount or daemon does not go away.
