@@ -34,7 +34,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::format::header::EncryptionContext;
 use crate::format::layout::{chunk_data_offset, chunks_touched, ciphertext_size, plaintext_size};
 use crate::format::names::{BackingName, MAX_NAME};
-use crate::volume::content::SealedFile;
+use crate::volume::content::{SealedFile, SCRATCH_MAX};
 use crate::volume::sys::{self, TimeSpec};
 use crate::volume::{Directory, Volume, VolumeError, DIR_RECORD, DIR_RECORD_BACKUP};
 
@@ -1399,18 +1399,27 @@ impl fuser::Filesystem for SealFs {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let r = self.content_of(fh).and_then(|f| {
-            f.read().read(offset, size as usize).map_err(|e| {
-                if e.is_integrity() {
-                    tracing::warn!(fh = fh.0, offset, "integrity failure: {e}");
-                }
-                errno_of(&e)
-            })
-        });
-        match r {
-            Ok(d) => reply.data(&d),
-            Err(e) => reply.error(e),
+        thread_local! {
+            /// Decrypted bytes of this thread's current READ (reused).
+            static READ_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        let f = match self.content_of(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        let size = (size as usize).min(SCRATCH_MAX);
+        READ_SCRATCH.with_borrow_mut(|buf| {
+            let r = f.read().read_into(offset, size, buf);
+            match r {
+                Ok(range) => reply.data(&buf[range]),
+                Err(e) => {
+                    if e.is_integrity() {
+                        tracing::warn!(fh = fh.0, offset, "integrity failure: {e}");
+                    }
+                    reply.error(errno_of(&e))
+                }
+            }
+        })
     }
 
     fn write(
@@ -1450,7 +1459,12 @@ impl fuser::Filesystem for SealFs {
         _lock: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing is buffered here (writes reach the backing file at once),
+        // so FLUSH has nothing to do. ENOSYS makes the kernel stop sending it
+        // (one round trip less per close); close() still writes back the
+        // page cache first and reports its errors (fuse_flush does that
+        // before it looks at no_flush).
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(

@@ -20,6 +20,17 @@ use crate::volume::VolumeError;
 const CS: usize = CHUNK_SIZE as usize;
 const ML: usize = META_ENTRY_LEN as usize;
 
+/// The largest request whose buffers are kept per thread (a FUSE request
+/// is at most 1 MiB).
+pub const SCRATCH_MAX: usize = 2 << 20;
+
+thread_local! {
+    /// Per-thread buffers for sealing a write (chunks, metadata entries):
+    /// grown to the largest request seen, reused by every later one.
+    static WRITE_SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<u8>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
 /// An open ciphertext file with its chunk cipher and plaintext size.
 #[derive(Debug)]
 pub struct SealedFile {
@@ -51,15 +62,35 @@ impl SealedFile {
     /// Reads up to `len` bytes at `offset` (fewer at end of file). Fails with
     /// an integrity error if any touched chunk fails authentication.
     pub fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, VolumeError> {
+        let mut buf = Vec::new();
+        let range = self.read_into(offset, len, &mut buf)?;
+        buf.truncate(range.end);
+        buf.drain(..range.start);
+        Ok(buf)
+    }
+
+    /// Like [`SealedFile::read`], into `buf` (grown when needed, never
+    /// shrunk, so a per-thread buffer serves every request without a new
+    /// allocation). Returns the range of `buf` that holds the bytes read.
+    pub fn read_into(
+        &self,
+        offset: u64,
+        len: usize,
+        buf: &mut Vec<u8>,
+    ) -> Result<std::ops::Range<usize>, VolumeError> {
         let size = self.size;
         if offset >= size || len == 0 {
-            return Ok(Vec::new());
+            return Ok(0..0);
         }
         let end = size.min(offset + len as u64);
         let (first, last) = chunks_touched(offset, end - offset).expect("non-empty range");
         let span = (last - first) as usize * CS + chunk_len(last, size);
-        let mut out = vec![0u8; span];
-        let mut meta = vec![0u8; CHUNKS_PER_GROUP as usize * ML];
+        if buf.len() < span {
+            buf.resize(span, 0);
+        }
+        // Every byte of out[..span] is overwritten by the reads below.
+        let out = &mut buf[..span];
+        let mut meta = [0u8; CHUNKS_PER_GROUP as usize * ML];
         let final_chunk = last_chunk(size);
         for (s, e) in group_runs(first, last) {
             let a = (s - first) as usize * CS;
@@ -80,9 +111,7 @@ impl SealedFile {
             }
         }
         let skip = (offset - first * CHUNK_SIZE) as usize;
-        out.truncate(skip + (end - offset) as usize);
-        out.drain(..skip);
-        Ok(out)
+        Ok(skip..skip + (end - offset) as usize)
     }
 
     fn read_chunk(&self, k: ChunkIndex, buf: &mut [u8]) -> Result<(), VolumeError> {
@@ -164,8 +193,53 @@ impl SealedFile {
     ) -> Result<(), VolumeError> {
         let end = offset + data.len() as u64;
         let n = (last - first + 1) as usize;
-        let mut buf = vec![0u8; n * CS];
-        let mut entries = vec![0u8; n * ML];
+        if n * CS > SCRATCH_MAX {
+            // Bigger than any FUSE request: not worth keeping around.
+            let (mut buf, mut entries) = (vec![0u8; n * CS], vec![0u8; n * ML]);
+            return self.seal_and_store(
+                offset,
+                data,
+                end,
+                first,
+                last,
+                old,
+                new,
+                old_last,
+                new_last,
+                &mut buf,
+                &mut entries,
+            );
+        }
+        WRITE_SCRATCH.with_borrow_mut(|(buf, entries)| {
+            if buf.len() < n * CS {
+                buf.resize(n * CS, 0);
+            }
+            if entries.len() < n * ML {
+                entries.resize(n * ML, 0);
+            }
+            self.seal_and_store(
+                offset, data, end, first, last, old, new, old_last, new_last, buf, entries,
+            )
+        })
+    }
+
+    /// The body of [`SealedFile::write_chunks`] on scratch buffers that hold
+    /// stale bytes of earlier requests.
+    #[allow(clippy::too_many_arguments)]
+    fn seal_and_store(
+        &self,
+        offset: u64,
+        data: &[u8],
+        end: u64,
+        first: ChunkIndex,
+        last: ChunkIndex,
+        old: u64,
+        new: u64,
+        old_last: Option<ChunkIndex>,
+        new_last: ChunkIndex,
+        buf: &mut [u8],
+        entries: &mut [u8],
+    ) -> Result<(), VolumeError> {
         for k in first..=last {
             let cstart = k * CHUNK_SIZE;
             let clen = chunk_len(k, new);
@@ -173,6 +247,10 @@ impl SealedFile {
             let w0 = offset.max(cstart);
             let w1 = end.min(cstart + clen as u64);
             let covers_all = w0 == cstart && w1 == cstart + clen as u64;
+            if !covers_all {
+                // What this write does not cover is old content or zeros.
+                slot.fill(0);
+            }
             if !covers_all && cstart < old {
                 let olen = chunk_len(k, old);
                 read_exact_at(&self.file, &mut slot[..olen], chunk_data_offset(k))
