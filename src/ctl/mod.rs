@@ -456,12 +456,14 @@ fn handle(ctx: &ControlContext, req: &Request) -> Handled {
             match state {
                 None => return Err((ErrorCode::Invalid, format!("no key version {version}"))),
                 Some(KeyState::Retired) => {}
-                Some(_) => return Err((
-                    ErrorCode::Invalid,
-                    format!(
+                Some(_) => {
+                    return Err((
+                        ErrorCode::Invalid,
+                        format!(
                         "version {version} must be retired (trim) before its deletion is scheduled"
                     ),
-                )),
+                    ))
+                }
             }
             let census = run_census(ctx)?;
             let orphans = census.files.get(version).copied().unwrap_or(0)
