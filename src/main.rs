@@ -10,11 +10,11 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use zeroize::Zeroizing;
 
-use sealfs::crypto::{Argon2Params, SecretKey};
+use sealfs::crypto::Argon2Params;
 use sealfs::ctl;
 use sealfs::format::keyring::KeyringFormatError;
 use sealfs::fs::{fuser_config, MountOptions, SealFs};
-use sealfs::keyring::{KeyringError, UnlockSecret};
+use sealfs::keyring::{KeyringError, SecretError, UnlockSecret};
 use sealfs::volume::{Volume, VolumeError};
 
 /// Exit codes (stable; documented in the README).
@@ -256,51 +256,15 @@ impl From<VolumeError> for CliError {
     }
 }
 
-fn first_line(bytes: &[u8]) -> Zeroizing<Vec<u8>> {
-    let end = bytes
-        .iter()
-        .position(|&b| b == b'\n')
-        .unwrap_or(bytes.len());
-    let mut line = bytes[..end].to_vec();
-    if line.last() == Some(&b'\r') {
-        line.pop();
-    }
-    Zeroizing::new(line)
-}
-
 fn read_secret(a: &SecretArgs, confirm: bool) -> Result<UnlockSecret, CliError> {
+    let secret_err = |e: SecretError| CliError::new(exit::ERROR, e.to_string());
     if let Some(kf) = &a.key_file {
-        let bytes = Zeroizing::new(std::fs::read(kf).map_err(|e| {
-            CliError::new(
-                exit::ERROR,
-                format!("cannot read key file {}: {e}", kf.display()),
-            )
-        })?);
-        if bytes.len() != 32 {
-            return Err(CliError::new(
-                exit::ERROR,
-                format!(
-                    "key file {} must hold exactly 32 bytes (has {})",
-                    kf.display(),
-                    bytes.len()
-                ),
-            ));
-        }
-        let mut k = [0u8; 32];
-        k.copy_from_slice(&bytes);
-        let key = SecretKey::from_bytes(k);
-        zeroize::Zeroize::zeroize(&mut k);
-        return Ok(UnlockSecret::KeyFile(key));
+        return UnlockSecret::from_key_file(kf).map_err(secret_err);
     }
-    let pw = if let Some(pf) = &a.passfile {
-        let bytes = Zeroizing::new(std::fs::read(pf).map_err(|e| {
-            CliError::new(
-                exit::ERROR,
-                format!("cannot read passfile {}: {e}", pf.display()),
-            )
-        })?);
-        first_line(&bytes)
-    } else if let Some(cmd) = &a.extpass {
+    if let Some(pf) = &a.passfile {
+        return UnlockSecret::from_passfile(pf).map_err(secret_err);
+    }
+    if let Some(cmd) = &a.extpass {
         let out = std::process::Command::new("/bin/sh")
             .arg("-c")
             .arg(cmd)
@@ -317,33 +281,28 @@ fn read_secret(a: &SecretArgs, confirm: bool) -> Result<UnlockSecret, CliError> 
             ));
         }
         let stdout = Zeroizing::new(out.stdout);
-        first_line(&stdout)
-    } else {
-        if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-            return Err(CliError::new(
-                exit::ERROR,
-                "no passphrase: stdin is not a terminal; use --passfile, --extpass or --key-file",
-            ));
-        }
-        let p1 = Zeroizing::new(
-            rpassword::prompt_password("Passphrase: ")
+        return UnlockSecret::from_passphrase_line(&stdout).map_err(secret_err);
+    }
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return Err(CliError::new(
+            exit::ERROR,
+            "no passphrase: stdin is not a terminal; use --passfile, --extpass or --key-file",
+        ));
+    }
+    let p1 = Zeroizing::new(
+        rpassword::prompt_password("Passphrase: ")
+            .map_err(|e| CliError::new(exit::ERROR, e.to_string()))?,
+    );
+    if confirm {
+        let p2 = Zeroizing::new(
+            rpassword::prompt_password("Repeat passphrase: ")
                 .map_err(|e| CliError::new(exit::ERROR, e.to_string()))?,
         );
-        if confirm {
-            let p2 = Zeroizing::new(
-                rpassword::prompt_password("Repeat passphrase: ")
-                    .map_err(|e| CliError::new(exit::ERROR, e.to_string()))?,
-            );
-            if *p1 != *p2 {
-                return Err(CliError::new(exit::ERROR, "passphrases do not match"));
-            }
+        if *p1 != *p2 {
+            return Err(CliError::new(exit::ERROR, "passphrases do not match"));
         }
-        Zeroizing::new(p1.as_bytes().to_vec())
-    };
-    if pw.is_empty() {
-        return Err(CliError::new(exit::ERROR, "empty passphrase"));
     }
-    Ok(UnlockSecret::Passphrase(pw))
+    UnlockSecret::from_passphrase_line(p1.as_bytes()).map_err(secret_err)
 }
 
 fn init_logging(to_file: Option<&Path>) {

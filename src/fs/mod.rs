@@ -418,24 +418,12 @@ impl SealFs {
     }
 
     fn write_sidecar(parent: &Inode, bn: &BackingName) -> FsResult<()> {
-        if let Some((side, full)) = &bn.sidecar {
-            let fd = sys::openat(
-                parent.dir_fd()?,
-                OsStr::new(side),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW,
-                0o600,
-            )
-            .map_err(io_errno)?;
-            sys::write_all_at(&File::from(fd), full.as_bytes(), 0).map_err(io_errno)?;
-        }
-        Ok(())
+        Volume::write_name_sidecar(parent.dir_fd()?, bn).map_err(io_errno)
     }
 
     fn remove_sidecar(parent: &Inode, bn: &BackingName) {
-        if let Some((side, _)) = &bn.sidecar {
-            if let Ok(fd) = parent.dir_fd() {
-                let _ = sys::unlinkat(fd, OsStr::new(side), false);
-            }
+        if let Ok(fd) = parent.dir_fd() {
+            Volume::remove_name_sidecar(fd, bn);
         }
     }
 
