@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use zeroize::Zeroizing;
 
 use sealfs::crypto::Argon2Params;
@@ -32,7 +32,7 @@ mod exit {
     about = "An encrypted folder with built-in key management (FUSE)"
 )]
 #[command(
-    after_help = "Examples:\n  sealfs init ~/vault.enc --passfile ~/.vault-pass\n  sealfs mount ~/vault.enc ~/vault --passfile ~/.vault-pass\n  sealfs unmount ~/vault"
+    after_help = "Examples:\n  sealfs init ~/vault.enc --passfile ~/.vault-pass\n  sealfs mount ~/vault.enc ~/vault --passfile ~/.vault-pass\n  sealfs unmount ~/vault\n\nExit codes: 0 success, 1 other error, 2 usage, 10 mount point problem,\n12 wrong passphrase or key file, 23 CIPHERDIR is not a usable volume.\n\n'sealfs COMMAND --help' shows each command's options and examples."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -55,6 +55,9 @@ struct SecretArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Create a new volume in an empty CIPHERDIR.
+    #[command(
+        after_help = "Examples:\n  sealfs init ~/vault.enc                      # asks for a passphrase twice\n  sealfs init ~/vault.enc --passfile ~/.vault-pass\n  head -c 32 /dev/urandom > vault.key && sealfs init ~/vault.enc --key-file vault.key"
+    )]
     Init {
         /// Directory that will hold the encrypted files (created if absent).
         cipherdir: PathBuf,
@@ -68,15 +71,27 @@ enum Command {
         kdf_iterations: u32,
     },
     /// Unlock CIPHERDIR and mount its plaintext view on MOUNTPOINT.
+    #[command(
+        after_help = "Examples:\n  sealfs mount ~/vault.enc ~/vault --passfile ~/.vault-pass\n  sealfs mount ~/vault.enc ~/vault --extpass 'pass show vault' -o allow_other\n  sealfs mount ~/vault.enc ~/vault --key-file vault.key -f     # stay in front, Ctrl-C unmounts\n  mount -t fuse.sealfs ~/vault.enc ~/vault -o passfile=/root/.vault-pass   # via contrib/mount.sealfs"
+    )]
     Mount(MountArgs),
     /// Unmount a sealfs mount.
+    #[command(
+        after_help = "Example:\n  sealfs unmount ~/vault          # same as: fusermount3 -u ~/vault"
+    )]
     Unmount {
         /// The mount point.
         mountpoint: PathBuf,
     },
     /// Talk to a mounted volume's control socket (key management).
+    #[command(
+        after_help = "Examples:\n  sealfs ctl --mount ~/vault status\n  sealfs ctl --mount ~/vault rotate && sealfs ctl --mount ~/vault rewrap\n  sealfs ctl --mount ~/vault rotation-period 90d\n  sealfs ctl --socket /run/sealfs/mnt-1234.sock --json status"
+    )]
     Ctl(CtlArgs),
     /// Change the unlock secret of an unmounted volume (re-seals the keyring only).
+    #[command(
+        after_help = "Examples:\n  sealfs passwd ~/vault.enc                                   # asks on the terminal\n  sealfs passwd ~/vault.enc --passfile old.txt --new-passfile new.txt\n  sealfs passwd ~/vault.enc --passfile old.txt --new-key-file vault.key"
+    )]
     Passwd {
         /// The volume's cipher directory.
         cipherdir: PathBuf,
@@ -97,6 +112,9 @@ enum Command {
         kdf_iterations: u32,
     },
     /// Rotate the master key of an unmounted volume.
+    #[command(
+        after_help = "Example (unmounted; on a mount use 'sealfs ctl --mount MNT rotate'):\n  sealfs rotate ~/vault.enc --passfile ~/.vault-pass"
+    )]
     Rotate {
         /// The volume's cipher directory.
         cipherdir: PathBuf,
@@ -104,13 +122,19 @@ enum Command {
         secret: SecretArgs,
     },
     /// Re-wrap every header of an unmounted volume under the primary key version.
+    #[command(
+        after_help = "Example (unmounted; on a mount use 'sealfs ctl --mount MNT rewrap'):\n  sealfs rotate ~/vault.enc --passfile P && sealfs rewrap ~/vault.enc --passfile P"
+    )]
     Rewrap {
         /// The volume's cipher directory.
         cipherdir: PathBuf,
         #[command(flatten)]
         secret: SecretArgs,
     },
-    /// Show an unmounted volume's key versions and header counts.
+    /// Show a volume's key versions and header counts (read-only; works beside a mount).
+    #[command(
+        after_help = "Examples:\n  sealfs info ~/vault.enc --passfile ~/.vault-pass\n  sealfs info ~/vault.enc --passfile ~/.vault-pass --json | jq .versions"
+    )]
     Info {
         /// The volume's cipher directory.
         cipherdir: PathBuf,
@@ -120,6 +144,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(
+        after_help = "Examples:\n  sealfs completions bash > /etc/bash_completion.d/sealfs\n  sealfs completions zsh > \"${fpath[1]}/_sealfs\"\n  sealfs completions fish > ~/.config/fish/completions/sealfs.fish"
+    )]
+    Completions(CompletionsArgs),
+    /// Write the man pages (sealfs.1, sealfs-mount.1, …) into DIR (used for contrib/man).
+    #[command(hide = true)]
+    Man {
+        /// Output directory (created if absent); its old sealfs*.1 pages are replaced.
+        dir: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct CompletionsArgs {
+    /// The shell.
+    shell: clap_complete::Shell,
 }
 
 #[derive(Args)]
@@ -700,12 +741,25 @@ fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
+        Command::Completions(CompletionsArgs { shell }) => {
+            restore_sigpipe();
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "sealfs",
+                &mut std::io::stdout().lock(),
+            );
+            Ok(())
+        }
+        Command::Man { dir } => write_man_pages(&dir)
+            .map_err(|e| CliError::new(exit::ERROR, format!("{}: {e}", dir.display()))),
         Command::Info {
             cipherdir,
             secret,
             json,
         } => {
             init_logging(None);
+            check_is_volume(&cipherdir)?;
             let vol = Volume::open(&cipherdir, &read_secret(&secret, false)?, true)?;
             let census = vol.census()?;
             let kr = vol.keyring().read();
@@ -752,16 +806,35 @@ fn restore_sigpipe() {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
 
-fn open_offline(cipherdir: &Path, secret: &SecretArgs) -> Result<Volume, CliError> {
+fn check_is_volume(cipherdir: &Path) -> Result<(), CliError> {
     if !Volume::looks_like_volume(cipherdir) {
         return Err(CliError::new(
             exit::BAD_VOLUME,
             format!(
-                "{} is not a sealfs volume (no sealfs.toml)",
+                "{} is not a sealfs volume (no sealfs.toml); create one with 'sealfs init'",
                 cipherdir.display()
             ),
         ));
     }
+    Ok(())
+}
+
+/// Writes one man page per (visible) command into `dir`, replacing the
+/// pages a previous run wrote there.
+fn write_man_pages(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for e in std::fs::read_dir(dir)? {
+        let name = e?.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("sealfs") && name.ends_with(".1") {
+            std::fs::remove_file(dir.join(&*name))?;
+        }
+    }
+    clap_mangen::generate_to(Cli::command(), dir)
+}
+
+fn open_offline(cipherdir: &Path, secret: &SecretArgs) -> Result<Volume, CliError> {
+    check_is_volume(cipherdir)?;
     let s = read_secret(secret, false)?;
     Ok(Volume::open(cipherdir, &s, false)?)
 }
