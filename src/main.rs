@@ -190,6 +190,15 @@ struct MountArgs {
     /// $XDG_RUNTIME_DIR/sealfs/… otherwise).
     #[arg(long, value_name = "PATH")]
     ctl_socket: Option<PathBuf>,
+    /// Unmount once no file or directory is open and no request came for
+    /// DURATION (30s, 15m, 2h, 1d). A busy mount point (a shell's working
+    /// directory in it) is retried until it can be unmounted.
+    #[arg(long, value_name = "DURATION", value_parser = parse_idle)]
+    idle: Option<std::time::Duration>,
+}
+
+fn parse_idle(s: &str) -> Result<std::time::Duration, String> {
+    sealfs::format::config::parse_duration(s).map(std::time::Duration::from_secs)
 }
 
 #[derive(Args)]
@@ -419,6 +428,56 @@ fn unmount_on_signal(mut unmounter: fuser::SessionUnmounter) {
     });
 }
 
+/// Starts the thread of `--idle`: once the mount has been unused for `idle`,
+/// unmount it the way `umount` would (not lazily: a busy mount stays, and
+/// is tried again), which ends the session.
+fn unmount_when_idle(activity: Arc<sealfs::fs::Activity>, idle: std::time::Duration, mp: PathBuf) {
+    use std::time::Duration;
+    std::thread::spawn(move || {
+        let tick = (idle / 4).clamp(Duration::from_millis(250), Duration::from_secs(10));
+        loop {
+            std::thread::sleep(tick);
+            if !activity.idle_for(idle) {
+                continue;
+            }
+            match unmount_not_lazily(&mp) {
+                Ok(()) => {
+                    tracing::info!("unused for {idle:?}: unmounted");
+                    return;
+                }
+                Err(e) => tracing::info!("unused for {idle:?}, but unmount failed: {e}"),
+            }
+        }
+    });
+}
+
+/// umount(2) as root; `fusermount3 -u` (which is not lazy either) otherwise.
+fn unmount_not_lazily(mp: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(mp.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: valid C string; umount2 has no memory effects.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EPERM) {
+        return Err(e);
+    }
+    let st = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg("-q")
+        .arg(mp)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("fusermount3 -u: {st}")))
+    }
+}
+
 fn check_mountpoint(mp: &Path) -> Result<(), CliError> {
     let md = std::fs::metadata(mp).map_err(|e| {
         CliError::new(
@@ -556,6 +615,7 @@ fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
         }
     };
     let cache = fs.cache_control();
+    let activity = fs.activity();
     let config = fuser_config(&cipherdir, &opts);
     block_termination_signals();
     let mut session = match fuser::Session::new(fs, mountpoint, &config) {
@@ -580,6 +640,9 @@ fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
         }
     };
     ctl::spawn_scheduler(&ctl_ctx);
+    if let Some(idle) = a.idle {
+        unmount_when_idle(activity, idle, canonical_mp.clone());
+    }
     if let Some(mut p) = ready_pipe.take() {
         let _ = writeln!(p, "OK");
         drop(p);

@@ -168,7 +168,7 @@ fn mount_t_fuse_sealfs_and_an_fstab_line_mount_through_the_helper() {
     fs::write(
         &fstab,
         format!(
-            "# test fstab\n{} {} fuse.sealfs passfile={},noauto,nofail,_netdev,x-systemd.device-timeout=5 0 0\n",
+            "# test fstab\n{} {} fuse.sealfs passfile={},idle=1h,noauto,nofail,_netdev,x-systemd.device-timeout=5 0 0\n",
             fx.cipher.display(),
             fx.mnt.display(),
             fx.passfile.display()
