@@ -2,10 +2,14 @@
 //! modelled on a cloud KMS (versioned master keys wrapping per-file data keys,
 //! path-bound encryption context).
 //!
-//! Layers, from the bottom: [`crypto`] (keys, AEAD, KDF; no I/O), [`format`]
+//! Layers, from the bottom: [`crypto`] (keys, AEAD, KDF; no I/O), [`format`](mod@format)
 //! (bytes in, bytes out), [`keyring`] (unlocking and storing master key
 //! versions), [`volume`] (the cipher directory: files, directories, names),
 //! and [`fs`] (the fuser frontend that maps kernel requests onto the volume).
+//!
+//! To use a volume from a program without mounting it, start at [`Vault`]:
+//! open a cipher directory with an [`UnlockSecret`], then list, read and
+//! write files by plaintext path (see `examples/`).
 #![warn(missing_docs)]
 
 pub mod crypto;
@@ -13,4 +17,9 @@ pub mod ctl;
 pub mod format;
 pub mod fs;
 pub mod keyring;
+pub mod vault;
 pub mod volume;
+
+pub use keyring::{SecretError, UnlockSecret};
+pub use vault::{Vault, VaultError};
+pub use volume::VolumeError;

@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use zeroize::Zeroizing;
 
-use sealfs::crypto::{Argon2Params, SecretKey};
+use sealfs::crypto::Argon2Params;
 use sealfs::ctl;
 use sealfs::format::keyring::KeyringFormatError;
 use sealfs::fs::{fuser_config, MountOptions, SealFs};
-use sealfs::keyring::{KeyringError, UnlockSecret};
+use sealfs::keyring::{KeyringError, SecretError, UnlockSecret};
 use sealfs::volume::{Volume, VolumeError};
 
 /// Exit codes (stable; documented in the README).
@@ -32,7 +32,7 @@ mod exit {
     about = "An encrypted folder with built-in key management (FUSE)"
 )]
 #[command(
-    after_help = "Examples:\n  sealfs init ~/vault.enc --passfile ~/.vault-pass\n  sealfs mount ~/vault.enc ~/vault --passfile ~/.vault-pass\n  sealfs unmount ~/vault"
+    after_help = "Examples:\n  sealfs init ~/vault.enc --passfile ~/.vault-pass\n  sealfs mount ~/vault.enc ~/vault --passfile ~/.vault-pass\n  sealfs unmount ~/vault\n\nExit codes: 0 success, 1 other error, 2 usage, 10 mount point problem,\n12 wrong passphrase or key file, 23 CIPHERDIR is not a usable volume.\n\n'sealfs COMMAND --help' shows each command's options and examples."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -55,6 +55,9 @@ struct SecretArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Create a new volume in an empty CIPHERDIR.
+    #[command(
+        after_help = "Examples:\n  sealfs init ~/vault.enc                      # asks for a passphrase twice\n  sealfs init ~/vault.enc --passfile ~/.vault-pass\n  head -c 32 /dev/urandom > vault.key && sealfs init ~/vault.enc --key-file vault.key"
+    )]
     Init {
         /// Directory that will hold the encrypted files (created if absent).
         cipherdir: PathBuf,
@@ -68,15 +71,27 @@ enum Command {
         kdf_iterations: u32,
     },
     /// Unlock CIPHERDIR and mount its plaintext view on MOUNTPOINT.
+    #[command(
+        after_help = "Examples:\n  sealfs mount ~/vault.enc ~/vault --passfile ~/.vault-pass\n  sealfs mount ~/vault.enc ~/vault --extpass 'pass show vault' -o allow_other\n  sealfs mount ~/vault.enc ~/vault --key-file vault.key -f     # stay in front, Ctrl-C unmounts\n  mount -t fuse.sealfs ~/vault.enc ~/vault -o passfile=/root/.vault-pass   # via contrib/mount.sealfs"
+    )]
     Mount(MountArgs),
     /// Unmount a sealfs mount.
+    #[command(
+        after_help = "Example:\n  sealfs unmount ~/vault          # same as: fusermount3 -u ~/vault"
+    )]
     Unmount {
         /// The mount point.
         mountpoint: PathBuf,
     },
     /// Talk to a mounted volume's control socket (key management).
+    #[command(
+        after_help = "Examples:\n  sealfs ctl --mount ~/vault status\n  sealfs ctl --mount ~/vault rotate && sealfs ctl --mount ~/vault rewrap\n  sealfs ctl --mount ~/vault rotation-period 90d\n  sealfs ctl --socket /run/sealfs/mnt-1234.sock --json status"
+    )]
     Ctl(CtlArgs),
     /// Change the unlock secret of an unmounted volume (re-seals the keyring only).
+    #[command(
+        after_help = "Examples:\n  sealfs passwd ~/vault.enc                                   # asks on the terminal\n  sealfs passwd ~/vault.enc --passfile old.txt --new-passfile new.txt\n  sealfs passwd ~/vault.enc --passfile old.txt --new-key-file vault.key"
+    )]
     Passwd {
         /// The volume's cipher directory.
         cipherdir: PathBuf,
@@ -97,6 +112,9 @@ enum Command {
         kdf_iterations: u32,
     },
     /// Rotate the master key of an unmounted volume.
+    #[command(
+        after_help = "Example (unmounted; on a mount use 'sealfs ctl --mount MNT rotate'):\n  sealfs rotate ~/vault.enc --passfile ~/.vault-pass"
+    )]
     Rotate {
         /// The volume's cipher directory.
         cipherdir: PathBuf,
@@ -104,13 +122,19 @@ enum Command {
         secret: SecretArgs,
     },
     /// Re-wrap every header of an unmounted volume under the primary key version.
+    #[command(
+        after_help = "Example (unmounted; on a mount use 'sealfs ctl --mount MNT rewrap'):\n  sealfs rotate ~/vault.enc --passfile P && sealfs rewrap ~/vault.enc --passfile P"
+    )]
     Rewrap {
         /// The volume's cipher directory.
         cipherdir: PathBuf,
         #[command(flatten)]
         secret: SecretArgs,
     },
-    /// Show an unmounted volume's key versions and header counts.
+    /// Show a volume's key versions and header counts (read-only; works beside a mount).
+    #[command(
+        after_help = "Examples:\n  sealfs info ~/vault.enc --passfile ~/.vault-pass\n  sealfs info ~/vault.enc --passfile ~/.vault-pass --json | jq .versions"
+    )]
     Info {
         /// The volume's cipher directory.
         cipherdir: PathBuf,
@@ -120,6 +144,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(
+        after_help = "Examples:\n  sealfs completions bash > /etc/bash_completion.d/sealfs\n  sealfs completions zsh > \"${fpath[1]}/_sealfs\"\n  sealfs completions fish > ~/.config/fish/completions/sealfs.fish"
+    )]
+    Completions(CompletionsArgs),
+    /// Write the man pages (sealfs.1, sealfs-mount.1, …) into DIR (used for contrib/man).
+    #[command(hide = true)]
+    Man {
+        /// Output directory (created if absent); its old sealfs*.1 pages are replaced.
+        dir: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct CompletionsArgs {
+    /// The shell.
+    shell: clap_complete::Shell,
 }
 
 #[derive(Args)]
@@ -149,6 +190,15 @@ struct MountArgs {
     /// $XDG_RUNTIME_DIR/sealfs/… otherwise).
     #[arg(long, value_name = "PATH")]
     ctl_socket: Option<PathBuf>,
+    /// Unmount once no file or directory is open and no request came for
+    /// DURATION (30s, 15m, 2h, 1d). A busy mount point (a shell's working
+    /// directory in it) is retried until it can be unmounted.
+    #[arg(long, value_name = "DURATION", value_parser = parse_idle)]
+    idle: Option<std::time::Duration>,
+}
+
+fn parse_idle(s: &str) -> Result<std::time::Duration, String> {
+    sealfs::format::config::parse_duration(s).map(std::time::Duration::from_secs)
 }
 
 #[derive(Args)]
@@ -256,51 +306,15 @@ impl From<VolumeError> for CliError {
     }
 }
 
-fn first_line(bytes: &[u8]) -> Zeroizing<Vec<u8>> {
-    let end = bytes
-        .iter()
-        .position(|&b| b == b'\n')
-        .unwrap_or(bytes.len());
-    let mut line = bytes[..end].to_vec();
-    if line.last() == Some(&b'\r') {
-        line.pop();
-    }
-    Zeroizing::new(line)
-}
-
 fn read_secret(a: &SecretArgs, confirm: bool) -> Result<UnlockSecret, CliError> {
+    let secret_err = |e: SecretError| CliError::new(exit::ERROR, e.to_string());
     if let Some(kf) = &a.key_file {
-        let bytes = Zeroizing::new(std::fs::read(kf).map_err(|e| {
-            CliError::new(
-                exit::ERROR,
-                format!("cannot read key file {}: {e}", kf.display()),
-            )
-        })?);
-        if bytes.len() != 32 {
-            return Err(CliError::new(
-                exit::ERROR,
-                format!(
-                    "key file {} must hold exactly 32 bytes (has {})",
-                    kf.display(),
-                    bytes.len()
-                ),
-            ));
-        }
-        let mut k = [0u8; 32];
-        k.copy_from_slice(&bytes);
-        let key = SecretKey::from_bytes(k);
-        zeroize::Zeroize::zeroize(&mut k);
-        return Ok(UnlockSecret::KeyFile(key));
+        return UnlockSecret::from_key_file(kf).map_err(secret_err);
     }
-    let pw = if let Some(pf) = &a.passfile {
-        let bytes = Zeroizing::new(std::fs::read(pf).map_err(|e| {
-            CliError::new(
-                exit::ERROR,
-                format!("cannot read passfile {}: {e}", pf.display()),
-            )
-        })?);
-        first_line(&bytes)
-    } else if let Some(cmd) = &a.extpass {
+    if let Some(pf) = &a.passfile {
+        return UnlockSecret::from_passfile(pf).map_err(secret_err);
+    }
+    if let Some(cmd) = &a.extpass {
         let out = std::process::Command::new("/bin/sh")
             .arg("-c")
             .arg(cmd)
@@ -317,33 +331,28 @@ fn read_secret(a: &SecretArgs, confirm: bool) -> Result<UnlockSecret, CliError> 
             ));
         }
         let stdout = Zeroizing::new(out.stdout);
-        first_line(&stdout)
-    } else {
-        if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-            return Err(CliError::new(
-                exit::ERROR,
-                "no passphrase: stdin is not a terminal; use --passfile, --extpass or --key-file",
-            ));
-        }
-        let p1 = Zeroizing::new(
-            rpassword::prompt_password("Passphrase: ")
+        return UnlockSecret::from_passphrase_line(&stdout).map_err(secret_err);
+    }
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return Err(CliError::new(
+            exit::ERROR,
+            "no passphrase: stdin is not a terminal; use --passfile, --extpass or --key-file",
+        ));
+    }
+    let p1 = Zeroizing::new(
+        rpassword::prompt_password("Passphrase: ")
+            .map_err(|e| CliError::new(exit::ERROR, e.to_string()))?,
+    );
+    if confirm {
+        let p2 = Zeroizing::new(
+            rpassword::prompt_password("Repeat passphrase: ")
                 .map_err(|e| CliError::new(exit::ERROR, e.to_string()))?,
         );
-        if confirm {
-            let p2 = Zeroizing::new(
-                rpassword::prompt_password("Repeat passphrase: ")
-                    .map_err(|e| CliError::new(exit::ERROR, e.to_string()))?,
-            );
-            if *p1 != *p2 {
-                return Err(CliError::new(exit::ERROR, "passphrases do not match"));
-            }
+        if *p1 != *p2 {
+            return Err(CliError::new(exit::ERROR, "passphrases do not match"));
         }
-        Zeroizing::new(p1.as_bytes().to_vec())
-    };
-    if pw.is_empty() {
-        return Err(CliError::new(exit::ERROR, "empty passphrase"));
     }
-    Ok(UnlockSecret::Passphrase(pw))
+    UnlockSecret::from_passphrase_line(p1.as_bytes()).map_err(secret_err)
 }
 
 fn init_logging(to_file: Option<&Path>) {
@@ -417,6 +426,56 @@ fn unmount_on_signal(mut unmounter: fuser::SessionUnmounter) {
             tracing::warn!("unmount failed: {e}");
         }
     });
+}
+
+/// Starts the thread of `--idle`: once the mount has been unused for `idle`,
+/// unmount it the way `umount` would (not lazily: a busy mount stays, and
+/// is tried again), which ends the session.
+fn unmount_when_idle(activity: Arc<sealfs::fs::Activity>, idle: std::time::Duration, mp: PathBuf) {
+    use std::time::Duration;
+    std::thread::spawn(move || {
+        let tick = (idle / 4).clamp(Duration::from_millis(250), Duration::from_secs(10));
+        loop {
+            std::thread::sleep(tick);
+            if !activity.idle_for(idle) {
+                continue;
+            }
+            match unmount_not_lazily(&mp) {
+                Ok(()) => {
+                    tracing::info!("unused for {idle:?}: unmounted");
+                    return;
+                }
+                Err(e) => tracing::info!("unused for {idle:?}, but unmount failed: {e}"),
+            }
+        }
+    });
+}
+
+/// umount(2) as root; `fusermount3 -u` (which is not lazy either) otherwise.
+fn unmount_not_lazily(mp: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(mp.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: valid C string; umount2 has no memory effects.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EPERM) {
+        return Err(e);
+    }
+    let st = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg("-q")
+        .arg(mp)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("fusermount3 -u: {st}")))
+    }
 }
 
 fn check_mountpoint(mp: &Path) -> Result<(), CliError> {
@@ -556,6 +615,7 @@ fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
         }
     };
     let cache = fs.cache_control();
+    let activity = fs.activity();
     let config = fuser_config(&cipherdir, &opts);
     block_termination_signals();
     let mut session = match fuser::Session::new(fs, mountpoint, &config) {
@@ -580,6 +640,9 @@ fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
         }
     };
     ctl::spawn_scheduler(&ctl_ctx);
+    if let Some(idle) = a.idle {
+        unmount_when_idle(activity, idle, canonical_mp.clone());
+    }
     if let Some(mut p) = ready_pipe.take() {
         let _ = writeln!(p, "OK");
         drop(p);
@@ -741,12 +804,25 @@ fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
+        Command::Completions(CompletionsArgs { shell }) => {
+            restore_sigpipe();
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "sealfs",
+                &mut std::io::stdout().lock(),
+            );
+            Ok(())
+        }
+        Command::Man { dir } => write_man_pages(&dir)
+            .map_err(|e| CliError::new(exit::ERROR, format!("{}: {e}", dir.display()))),
         Command::Info {
             cipherdir,
             secret,
             json,
         } => {
             init_logging(None);
+            check_is_volume(&cipherdir)?;
             let vol = Volume::open(&cipherdir, &read_secret(&secret, false)?, true)?;
             let census = vol.census()?;
             let kr = vol.keyring().read();
@@ -793,16 +869,35 @@ fn restore_sigpipe() {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
 
-fn open_offline(cipherdir: &Path, secret: &SecretArgs) -> Result<Volume, CliError> {
+fn check_is_volume(cipherdir: &Path) -> Result<(), CliError> {
     if !Volume::looks_like_volume(cipherdir) {
         return Err(CliError::new(
             exit::BAD_VOLUME,
             format!(
-                "{} is not a sealfs volume (no sealfs.toml)",
+                "{} is not a sealfs volume (no sealfs.toml); create one with 'sealfs init'",
                 cipherdir.display()
             ),
         ));
     }
+    Ok(())
+}
+
+/// Writes one man page per (visible) command into `dir`, replacing the
+/// pages a previous run wrote there.
+fn write_man_pages(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for e in std::fs::read_dir(dir)? {
+        let name = e?.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("sealfs") && name.ends_with(".1") {
+            std::fs::remove_file(dir.join(&*name))?;
+        }
+    }
+    clap_mangen::generate_to(Cli::command(), dir)
+}
+
+fn open_offline(cipherdir: &Path, secret: &SecretArgs) -> Result<Volume, CliError> {
+    check_is_volume(cipherdir)?;
     let s = read_secret(secret, false)?;
     Ok(Volume::open(cipherdir, &s, false)?)
 }

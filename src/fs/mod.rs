@@ -21,7 +21,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
@@ -249,6 +249,41 @@ pub struct MountOptions {
     pub threads: usize,
 }
 
+/// When the mount was last used and how many files and directories are
+/// open through it, for unmounting an unused mount (`sealfs mount --idle`).
+#[derive(Debug)]
+pub struct Activity {
+    epoch: Instant,
+    /// Milliseconds after `epoch` of the last request.
+    last_ms: AtomicU64,
+    /// Open file and directory handles.
+    open: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            open: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Whether nothing is open and no request came for at least `d`.
+    /// Requests that do not mean use (the kernel's `forget`, `statfs` as
+    /// `df` sends it) do not count.
+    pub fn idle_for(&self, d: Duration) -> bool {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        self.open.load(Ordering::Relaxed) == 0 && now.saturating_sub(last) >= d.as_millis() as u64
+    }
+}
+
 /// The fuser filesystem over one volume.
 pub struct SealFs {
     vol: Arc<Volume>,
@@ -259,6 +294,7 @@ pub struct SealFs {
     next_fh: AtomicU64,
     daemon_is_root: bool,
     records: Arc<RecordFlusher>,
+    activity: Arc<Activity>,
 }
 
 impl SealFs {
@@ -306,7 +342,13 @@ impl SealFs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             daemon_is_root: unsafe { libc::geteuid() } == 0,
+            activity: Arc::new(Activity::new()),
         })
+    }
+
+    /// Use of the mount, shared with whoever watches for idleness.
+    pub fn activity(&self) -> Arc<Activity> {
+        self.activity.clone()
     }
 
     /// The cache handle for the control plane.
@@ -418,24 +460,12 @@ impl SealFs {
     }
 
     fn write_sidecar(parent: &Inode, bn: &BackingName) -> FsResult<()> {
-        if let Some((side, full)) = &bn.sidecar {
-            let fd = sys::openat(
-                parent.dir_fd()?,
-                OsStr::new(side),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW,
-                0o600,
-            )
-            .map_err(io_errno)?;
-            sys::write_all_at(&File::from(fd), full.as_bytes(), 0).map_err(io_errno)?;
-        }
-        Ok(())
+        Volume::write_name_sidecar(parent.dir_fd()?, bn).map_err(io_errno)
     }
 
     fn remove_sidecar(parent: &Inode, bn: &BackingName) {
-        if let Some((side, _)) = &bn.sidecar {
-            if let Ok(fd) = parent.dir_fd() {
-                let _ = sys::unlinkat(fd, OsStr::new(side), false);
-            }
+        if let Ok(fd) = parent.dir_fd() {
+            Volume::remove_name_sidecar(fd, bn);
         }
     }
 
@@ -667,8 +697,21 @@ impl SealFs {
 
     fn new_handle(&self, h: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().insert(fh, Arc::new(h));
+        let mut handles = self.handles.lock();
+        handles.insert(fh, Arc::new(h));
+        self.activity
+            .open
+            .store(handles.len() as u64, Ordering::Relaxed);
         fh
+    }
+
+    fn remove_handle(&self, fh: FileHandle) -> Option<Arc<Handle>> {
+        let mut handles = self.handles.lock();
+        let h = handles.remove(&fh.0);
+        self.activity
+            .open
+            .store(handles.len() as u64, Ordering::Relaxed);
+        h
     }
 
     fn file_handle(&self, fh: FileHandle) -> FsResult<Arc<Handle>> {
@@ -1090,6 +1133,7 @@ impl fuser::Filesystem for SealFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.activity.touch();
         let r = (|| {
             let _ns = self.vol.namespace().read();
             let p = self.inode(parent)?;
@@ -1113,6 +1157,7 @@ impl fuser::Filesystem for SealFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.activity.touch();
         match self.inode(ino).and_then(|i| self.stat_inode(&i)) {
             Ok(a) => reply.attr(&TTL, &a),
             Err(e) => reply.error(e),
@@ -1137,6 +1182,7 @@ impl fuser::Filesystem for SealFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.activity.touch();
         let r = (|| {
             self.check_writable()?;
             let inode = self.inode(ino)?;
@@ -1175,6 +1221,7 @@ impl fuser::Filesystem for SealFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.activity.touch();
         match self.inode(ino).and_then(|i| self.symlink_target(&i)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(e),
@@ -1191,6 +1238,7 @@ impl fuser::Filesystem for SealFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.activity.touch();
         let r = (|| {
             let mode = mode & !umask;
             if mode & libc::S_IFMT == libc::S_IFREG || mode & libc::S_IFMT == 0 {
@@ -1218,6 +1266,7 @@ impl fuser::Filesystem for SealFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        self.activity.touch();
         let r = (|| {
             self.check_writable()?;
             let _ns = self.vol.namespace().read();
@@ -1260,6 +1309,7 @@ impl fuser::Filesystem for SealFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.activity.touch();
         let r = (|| {
             self.check_writable()?;
             let _ns = self.vol.namespace().write();
@@ -1280,6 +1330,7 @@ impl fuser::Filesystem for SealFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.activity.touch();
         let r = (|| {
             self.check_writable()?;
             let _ns = self.vol.namespace().write();
@@ -1319,6 +1370,7 @@ impl fuser::Filesystem for SealFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        self.activity.touch();
         let r = (|| {
             // Symlink targets are sealed under the root directory's key, not
             // the parent's, so a symlink moves between directories by a
@@ -1348,6 +1400,7 @@ impl fuser::Filesystem for SealFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.activity.touch();
         match self.do_rename(parent, name, newparent, newname, flags) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -1362,11 +1415,13 @@ impl fuser::Filesystem for SealFs {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.activity.touch();
         // Refused by design: a file's key is bound to one (directory, name); see docs/FORMAT.md.
         reply.error(Errno::EPERM);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.activity.touch();
         let r = (|| {
             let inode = self.inode(ino)?;
             if inode.kind != Kind::File {
@@ -1399,6 +1454,7 @@ impl fuser::Filesystem for SealFs {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.activity.touch();
         thread_local! {
             /// Decrypted bytes of this thread's current READ (reused).
             static READ_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -1434,6 +1490,7 @@ impl fuser::Filesystem for SealFs {
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.activity.touch();
         let r = self
             .check_writable()
             .and_then(|_| self.content_of(fh))
@@ -1459,6 +1516,7 @@ impl fuser::Filesystem for SealFs {
         _lock: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.activity.touch();
         // Nothing is buffered here (writes reach the backing file at once),
         // so FLUSH has nothing to do. ENOSYS makes the kernel stop sending it
         // (one round trip less per close); close() still writes back the
@@ -1477,7 +1535,8 @@ impl fuser::Filesystem for SealFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let h = self.handles.lock().remove(&fh.0);
+        self.activity.touch();
+        let h = self.remove_handle(fh);
         if let Some(h) = h {
             if let Handle::File(inode, _) = &*h {
                 Self::close_content(inode);
@@ -1494,6 +1553,7 @@ impl fuser::Filesystem for SealFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.activity.touch();
         let r = self.file_handle(fh).and_then(|h| match &*h {
             Handle::File(inode, _) => self.persist_records(inode),
             Handle::Dir(..) => Ok(()),
@@ -1514,6 +1574,7 @@ impl fuser::Filesystem for SealFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.activity.touch();
         let r = (|| {
             let inode = self.inode(ino)?;
             let entries = self.list_dir(&inode)?;
@@ -1533,6 +1594,7 @@ impl fuser::Filesystem for SealFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.activity.touch();
         let h = match self.file_handle(fh) {
             Ok(h) => h,
             Err(e) => return reply.error(e),
@@ -1558,6 +1620,7 @@ impl fuser::Filesystem for SealFs {
         offset: u64,
         mut reply: fuser::ReplyDirectoryPlus,
     ) {
+        self.activity.touch();
         let h = match self.file_handle(fh) {
             Ok(h) => h,
             Err(e) => return reply.error(e),
@@ -1604,7 +1667,8 @@ impl fuser::Filesystem for SealFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.handles.lock().remove(&fh.0);
+        self.activity.touch();
+        self.remove_handle(fh);
         reply.ok();
     }
 
@@ -1616,6 +1680,7 @@ impl fuser::Filesystem for SealFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.activity.touch();
         let r = self.inode(ino).and_then(|i| {
             self.persist_records(&i)?;
             sys::fsync_dir(i.dir_fd()?).map_err(io_errno)
@@ -1656,6 +1721,7 @@ impl fuser::Filesystem for SealFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        self.activity.touch();
         let r = (|| {
             let (inode, st, f) =
                 self.create_file(req, parent, name, mode & !umask & 0o7777, flags)?;
@@ -1686,10 +1752,12 @@ impl fuser::Filesystem for SealFs {
         _size: u32,
         reply: fuser::ReplyXattr,
     ) {
+        self.activity.touch();
         reply.error(Errno::ENOSYS);
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+        self.activity.touch();
         reply.error(Errno::ENOSYS);
     }
 
@@ -1703,10 +1771,12 @@ impl fuser::Filesystem for SealFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.activity.touch();
         reply.error(Errno::ENOSYS);
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        self.activity.touch();
         reply.error(Errno::ENOSYS);
     }
 
@@ -1720,6 +1790,7 @@ impl fuser::Filesystem for SealFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        self.activity.touch();
         let r = (|| {
             self.check_writable()?;
             if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {

@@ -69,6 +69,78 @@ impl std::fmt::Debug for UnlockSecret {
     }
 }
 
+/// Why an unlock secret could not be read (never contains secret bytes).
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The passfile or key file could not be read.
+    #[error("cannot read {what} {path}: {source}")]
+    Read {
+        /// "passfile" or "key file".
+        what: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A key file that does not hold exactly 32 bytes.
+    #[error("key file {path} must hold exactly 32 bytes (has {len})")]
+    KeyFileLength {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Its length.
+        len: usize,
+    },
+    /// An empty passphrase (e.g. an empty passfile).
+    #[error("empty passphrase")]
+    EmptyPassphrase,
+}
+
+impl UnlockSecret {
+    /// A passphrase: the first line of `text` (without its `\n` or `\r\n`),
+    /// as in a passfile or the output of an `--extpass` command.
+    pub fn from_passphrase_line(text: &[u8]) -> Result<Self, SecretError> {
+        let end = text.iter().position(|&b| b == b'\n').unwrap_or(text.len());
+        let mut line = Zeroizing::new(text[..end].to_vec());
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        if line.is_empty() {
+            return Err(SecretError::EmptyPassphrase);
+        }
+        Ok(UnlockSecret::Passphrase(line))
+    }
+
+    /// A passphrase read from the first line of the file at `path`.
+    pub fn from_passfile(path: &Path) -> Result<Self, SecretError> {
+        let bytes = Zeroizing::new(fs::read(path).map_err(|source| SecretError::Read {
+            what: "passfile",
+            path: path.to_path_buf(),
+            source,
+        })?);
+        Self::from_passphrase_line(&bytes)
+    }
+
+    /// The 32 bytes of the key file at `path`.
+    pub fn from_key_file(path: &Path) -> Result<Self, SecretError> {
+        let bytes = Zeroizing::new(fs::read(path).map_err(|source| SecretError::Read {
+            what: "key file",
+            path: path.to_path_buf(),
+            source,
+        })?);
+        let mut k: [u8; 32] =
+            bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| SecretError::KeyFileLength {
+                    path: path.to_path_buf(),
+                    len: bytes.len(),
+                })?;
+        let key = SecretKey::from_bytes(k);
+        zeroize::Zeroize::zeroize(&mut k);
+        Ok(UnlockSecret::KeyFile(key))
+    }
+}
+
 /// How a new KEK for `secret` will be derived, with a fresh salt.
 fn new_kek_source(
     secret: &UnlockSecret,

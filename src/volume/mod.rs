@@ -27,7 +27,7 @@ use crate::format::config::{hex, ConfigError, KdfConfig, VolumeConfig, CONFIG_FI
 use crate::format::header::{EncryptionContext, HeaderError, RecordKind, SealedRecord, RECORD_LEN};
 use crate::format::keyring::KekSource;
 use crate::format::layout::{plaintext_size, META_BLOCK};
-use crate::format::names::{NameCipher, NameError};
+use crate::format::names::{BackingName, NameCipher, NameError};
 use crate::keyring::{Keyring, KeyringError, UnlockSecret, KEYRING_BACKUP, KEYRING_FILE};
 use content::SealedFile;
 
@@ -76,7 +76,7 @@ pub enum VolumeError {
     #[error("read-only volume")]
     ReadOnly,
     /// Another sealfs process has the volume open for writing.
-    #[error("{0} is in use by another sealfs process (mounted, or a key command is running); use 'sealfs ctl' on the mount")]
+    #[error("{0} is in use by another sealfs process (mounted, or a key command is running): unmount it first, or use 'sealfs ctl' on the mount for key management")]
     InUse(PathBuf),
     /// The primary master key version is not usable for wrapping.
     #[error("the primary master key version is not enabled")]
@@ -617,6 +617,29 @@ impl Volume {
         let (v, w) = self.primary_wrapper(RecordKind::Dir)?;
         let rec = SealedRecord::create(RecordKind::Dir, &self.volume_id, d.id, &d.key, v, &w, new)?;
         self.replace_dir_record(dir, &[DIR_RECORD, DIR_RECORD_BACKUP], &rec)
+    }
+
+    /// Writes the sidecar of a long name (the full encoded name) into the
+    /// backing directory `dir`, before the entry itself is created. A short
+    /// name has no sidecar and nothing is written.
+    pub fn write_name_sidecar(dir: BorrowedFd<'_>, bn: &BackingName) -> io::Result<()> {
+        if let Some((side, full)) = &bn.sidecar {
+            let fd = sys::openat(
+                dir,
+                OsStr::new(side),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW,
+                0o600,
+            )?;
+            sys::write_all_at(&File::from(fd), full.as_bytes(), 0)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the sidecar of a long name (best effort: after the entry is gone).
+    pub fn remove_name_sidecar(dir: BorrowedFd<'_>, bn: &BackingName) {
+        if let Some((side, _)) = &bn.sidecar {
+            let _ = sys::unlinkat(dir, OsStr::new(side), false);
+        }
     }
 
     // ---------------------------------------------------------------- files

@@ -100,15 +100,31 @@ pub struct Census {
     pub scanned_at: u64,
 }
 
+/// What a census found for one directory or file: its plaintext path and
+/// the key version of the slot that opens its header.
+#[derive(Debug)]
+pub struct CensusEntry<'a> {
+    /// Plaintext path from the volume root, components joined by `/`
+    /// (empty for the root directory).
+    pub path: &'a [u8],
+    /// A directory (its record) rather than a file (its header).
+    pub is_dir: bool,
+    /// The key version that opens it; `None` if it does not open (tampered,
+    /// moved, or under a retired or destroyed version).
+    pub key_version: Option<u32>,
+}
+
 enum Item<'a> {
     Dir {
         fd: BorrowedFd<'a>,
         ctx: EncryptionContext<'a>,
+        path: &'a [u8],
     },
     File {
         parent: BorrowedFd<'a>,
         entry: &'a str,
         ctx: EncryptionContext<'a>,
+        path: &'a [u8],
     },
 }
 
@@ -154,7 +170,8 @@ impl Volume {
         Ok(out)
     }
 
-    fn root_fd(&self) -> Result<OwnedFd, VolumeError> {
+    /// An `O_PATH` descriptor of the cipher directory (the root's backing directory).
+    pub fn root_fd(&self) -> Result<OwnedFd, VolumeError> {
         let root = File::open(self.cipherdir())?;
         Ok(sys::openat(
             root.as_fd(),
@@ -175,11 +192,12 @@ impl Volume {
         if let Err(e) = visit(Item::Dir {
             fd: root.as_fd(),
             ctx: EncryptionContext::ROOT,
+            path: b"",
         }) {
             on_error(e);
         }
         match self.load_dir(root.as_fd(), &EncryptionContext::ROOT) {
-            Ok(dir) => self.walk_dir(root.as_fd(), &dir, visit, on_error),
+            Ok(dir) => self.walk_dir(root.as_fd(), &dir, b"", visit, on_error),
             Err(e) => on_error(e),
         }
         Ok(())
@@ -189,6 +207,7 @@ impl Volume {
         &self,
         fd: BorrowedFd<'_>,
         dir: &Directory,
+        dir_path: &[u8],
         visit: &mut dyn FnMut(Item<'_>) -> Result<(), VolumeError>,
         on_error: &mut dyn FnMut(VolumeError),
     ) {
@@ -201,6 +220,11 @@ impl Volume {
                 parent_dir_id: dir.id,
                 name: &e.name,
             };
+            let mut path = dir_path.to_vec();
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(&e.name);
             match e.file_type {
                 Some(t) if t.is_dir() => {
                     let child = match sys::openat(
@@ -218,11 +242,12 @@ impl Volume {
                     if let Err(err) = visit(Item::Dir {
                         fd: child.as_fd(),
                         ctx,
+                        path: &path,
                     }) {
                         on_error(err);
                     }
                     match self.load_dir(child.as_fd(), &ctx) {
-                        Ok(d) => self.walk_dir(child.as_fd(), &d, visit, on_error),
+                        Ok(d) => self.walk_dir(child.as_fd(), &d, &path, visit, on_error),
                         Err(err) => on_error(err),
                     }
                 }
@@ -231,6 +256,7 @@ impl Volume {
                         parent: fd,
                         entry: &e.entry,
                         ctx,
+                        path: &path,
                     }) {
                         on_error(err);
                     }
@@ -261,8 +287,10 @@ impl Volume {
                 &mut |item| {
                     let _ns = self.namespace().read();
                     let changed = match item {
-                        Item::Dir { fd, ctx } => self.rewrap_dir_record(fd, &ctx),
-                        Item::File { parent, entry, ctx } => self.rewrap_file(parent, entry, &ctx),
+                        Item::Dir { fd, ctx, .. } => self.rewrap_dir_record(fd, &ctx),
+                        Item::File {
+                            parent, entry, ctx, ..
+                        } => self.rewrap_file(parent, entry, &ctx),
                     };
                     progress.done.fetch_add(1, Ordering::Relaxed);
                     if changed? {
@@ -288,7 +316,7 @@ impl Volume {
         let (mut rewrapped, mut failed) = (0u64, 0u64);
         self.walk(
             &mut |item| {
-                if let Item::Dir { fd, ctx } = item {
+                if let Item::Dir { fd, ctx, .. } = item {
                     let _ns = self.namespace().read();
                     if self.rewrap_dir_record(fd, &ctx)? {
                         rewrapped += 1;
@@ -358,6 +386,15 @@ impl Volume {
 
     /// Counts headers and directory records per key version (a full scan).
     pub fn census(&self) -> Result<Census, VolumeError> {
+        self.census_with(&mut |_| {})
+    }
+
+    /// Like [`Volume::census`], and reports every directory and file it
+    /// reaches to `on_entry`, with its plaintext path and key version.
+    pub fn census_with(
+        &self,
+        on_entry: &mut dyn FnMut(CensusEntry<'_>),
+    ) -> Result<Census, VolumeError> {
         let mut c = Census::default();
         // Snapshot the wrapping keys so rotation is not blocked by the scan.
         let wrappers: std::collections::HashMap<(u32, bool), crate::crypto::SealingKey> = {
@@ -380,38 +417,47 @@ impl Volume {
             move |v: u32| wrappers.get(&(v, kind == RecordKind::File)).cloned()
         };
         let vid = self.volume_id();
-        let mut tally = |kind: RecordKind, bytes: &[u8], ctx: &EncryptionContext<'_>| {
-            let rec = match SealedRecord::decode(kind, bytes) {
-                Ok(r) => r,
-                Err(_) => {
-                    c.unreadable += 1;
-                    return;
-                }
-            };
-            let w = wrapper(kind);
-            match rec.open(&vid, ctx, &w) {
-                Ok((_, slot)) => {
-                    let v = rec.slots[slot].map(|s| s.key_version).unwrap_or(0);
-                    let map = if kind == RecordKind::File {
-                        &mut c.files
-                    } else {
-                        &mut c.dirs
-                    };
-                    *map.entry(v).or_default() += 1;
-                }
-                Err(_) => {
-                    c.unreadable += 1;
-                    if let Some(s) = rec.slots.iter().flatten().next() {
-                        *c.unreadable_by_version.entry(s.key_version).or_default() += 1;
+        let mut tally =
+            |kind: RecordKind, bytes: &[u8], ctx: &EncryptionContext<'_>, path: &[u8]| {
+                let report = |key_version| CensusEntry {
+                    path,
+                    is_dir: kind == RecordKind::Dir,
+                    key_version,
+                };
+                let rec = match SealedRecord::decode(kind, bytes) {
+                    Ok(r) => r,
+                    Err(_) => {
+                        c.unreadable += 1;
+                        on_entry(report(None));
+                        return;
+                    }
+                };
+                let w = wrapper(kind);
+                match rec.open(&vid, ctx, &w) {
+                    Ok((_, slot)) => {
+                        let v = rec.slots[slot].map(|s| s.key_version).unwrap_or(0);
+                        let map = if kind == RecordKind::File {
+                            &mut c.files
+                        } else {
+                            &mut c.dirs
+                        };
+                        *map.entry(v).or_default() += 1;
+                        on_entry(report(Some(v)));
+                    }
+                    Err(_) => {
+                        c.unreadable += 1;
+                        on_entry(report(None));
+                        if let Some(s) = rec.slots.iter().flatten().next() {
+                            *c.unreadable_by_version.entry(s.key_version).or_default() += 1;
+                        }
                     }
                 }
-            }
-        };
+            };
         self.walk(
             &mut |item| {
                 let mut buf = [0u8; RECORD_LEN];
                 match item {
-                    Item::Dir { fd, ctx } => {
+                    Item::Dir { fd, ctx, path } => {
                         let name = [DIR_RECORD, DIR_RECORD_BACKUP]
                             .into_iter()
                             .find(|n| sys::fstatat(fd, OsStr::new(n)).is_ok())
@@ -423,9 +469,14 @@ impl Volume {
                             0,
                         )?);
                         sys::read_exact_at(&f, &mut buf, 0).map_err(VolumeError::short_read)?;
-                        tally(RecordKind::Dir, &buf, &ctx);
+                        tally(RecordKind::Dir, &buf, &ctx, path);
                     }
-                    Item::File { parent, entry, ctx } => {
+                    Item::File {
+                        parent,
+                        entry,
+                        ctx,
+                        path,
+                    } => {
                         let f = File::from(sys::openat(
                             parent,
                             OsStr::new(entry),
@@ -433,8 +484,8 @@ impl Volume {
                             0,
                         )?);
                         match sys::read_exact_at(&f, &mut buf, 0) {
-                            Ok(()) => tally(RecordKind::File, &buf, &ctx),
-                            Err(_) => tally(RecordKind::File, &[], &ctx),
+                            Ok(()) => tally(RecordKind::File, &buf, &ctx, path),
+                            Err(_) => tally(RecordKind::File, &[], &ctx, path),
                         }
                     }
                 }
