@@ -576,6 +576,53 @@ fn unlink_removes_file_and_its_ciphertext() {
     assert_eq!(raw_readdir(&fx.mnt), names(&[".", ".."]));
 }
 
+/// Free bytes of the filesystem under `p`, as statvfs reports them.
+fn free_bytes(p: &Path) -> u64 {
+    let c = cpath(p);
+    // SAFETY: zeroed POD out-parameter.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out pointer.
+    assert_eq!(
+        unsafe { libc::statvfs(c.as_ptr(), &mut s) },
+        0,
+        "statvfs: errno {}",
+        errno()
+    );
+    s.f_bavail * s.f_frsize
+}
+
+#[test]
+fn space_of_deleted_files_is_free_at_the_next_statfs() {
+    // Unlinked files are freed in the background; statfs must not show
+    // the space as still used.
+    let fx = Fixture::mounted();
+    let chunk = vec![0x5au8; 1 << 20];
+    fs::create_dir(fx.p("many")).unwrap();
+    let mut written = 0u64;
+    for i in 0..24 {
+        let mut f = File::create(fx.p(&format!("many/f{i}"))).unwrap();
+        f.write_all(&chunk).unwrap();
+        f.sync_all().unwrap();
+        written += chunk.len() as u64;
+    }
+    let mut big = File::create(fx.p("big")).unwrap();
+    for _ in 0..24 {
+        big.write_all(&chunk).unwrap();
+    }
+    big.sync_all().unwrap();
+    drop(big);
+    written += 24 << 20;
+    let full = free_bytes(&fx.mnt);
+    fs::remove_dir_all(fx.p("many")).unwrap();
+    fs::remove_file(fx.p("big")).unwrap();
+    let freed = free_bytes(&fx.mnt).saturating_sub(full);
+    // Other tests write to the same disk meanwhile: allow a margin.
+    assert!(
+        freed >= written * 3 / 4,
+        "only {freed} of {written} bytes free again after the deletes"
+    );
+}
+
 #[test]
 fn mkdir_and_rmdir() {
     let mut fx = Fixture::mounted();

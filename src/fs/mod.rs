@@ -35,6 +35,7 @@ use crate::format::header::EncryptionContext;
 use crate::format::layout::{chunk_data_offset, chunks_touched, ciphertext_size, plaintext_size};
 use crate::format::names::{BackingName, MAX_NAME};
 use crate::volume::content::{SealedFile, SCRATCH_MAX};
+use crate::volume::release::ReleaseQueue;
 use crate::volume::sys::{self, TimeSpec};
 use crate::volume::{Directory, Volume, VolumeError, DIR_RECORD, DIR_RECORD_BACKUP};
 
@@ -295,6 +296,8 @@ pub struct SealFs {
     daemon_is_root: bool,
     records: Arc<RecordFlusher>,
     activity: Arc<Activity>,
+    /// Unlinked backing files, freed off the request path.
+    released: ReleaseQueue,
 }
 
 impl SealFs {
@@ -343,6 +346,7 @@ impl SealFs {
             next_fh: AtomicU64::new(1),
             daemon_is_root: unsafe { libc::geteuid() } == 0,
             activity: Arc::new(Activity::new()),
+            released: ReleaseQueue::new(),
         })
     }
 
@@ -400,6 +404,16 @@ impl SealFs {
 
     /// Forgets the name → node link of a backing inode that an unlink or a
     /// replacing rename just freed.
+    /// Hands the fd of a backing object whose name was just removed to the
+    /// release queue when it was the last name of a regular file (freeing
+    /// its blocks is the slow part); anything else is closed at once.
+    fn release_unlinked(&self, fd: OwnedFd, st: &libc::stat) {
+        if kind_of(st.st_mode) == Kind::File && st.st_nlink <= 1 {
+            self.released
+                .release(fd, (st.st_blocks as u64).saturating_mul(512));
+        }
+    }
+
     fn drop_backing(&self, backing: u64) {
         self.inodes.write().by_backing.remove(&backing);
     }
@@ -935,6 +949,17 @@ impl SealFs {
         }
         let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
         let target = sys::fstatat(npfd, OsStr::new(&dst.entry)).ok();
+        // A replaced file is freed in the background, like an unlink.
+        let target_fd = match &target {
+            Some(t) if kind_of(t.st_mode) == Kind::File && t.st_ino != st.st_ino => sys::openat(
+                npfd,
+                OsStr::new(&dst.entry),
+                libc::O_PATH | libc::O_NOFOLLOW,
+                0,
+            )
+            .ok(),
+            _ => None,
+        };
         if let Some(t) = &target {
             if noreplace {
                 return Err(Errno::EEXIST);
@@ -1038,6 +1063,9 @@ impl SealFs {
             if t.st_ino != st.st_ino {
                 self.drop_backing(t.st_ino);
             }
+        }
+        if let (Some(fd), Some(t)) = (target_fd, &target) {
+            self.release_unlinked(fd, t);
         }
         // Update the moved inode's location (its encryption context).
         let moved_inode = {
@@ -1317,10 +1345,20 @@ impl fuser::Filesystem for SealFs {
             let d = self.dir_of(&p)?;
             let bn = Self::backing_name(&d, name)?;
             let pfd = p.dir_fd()?;
-            let victim = sys::fstatat(pfd, OsStr::new(&bn.entry)).map_err(io_errno)?;
+            // Held across the unlink so that freeing the file's blocks
+            // happens when this fd is closed, in the background.
+            let vfd = sys::openat(
+                pfd,
+                OsStr::new(&bn.entry),
+                libc::O_PATH | libc::O_NOFOLLOW,
+                0,
+            )
+            .map_err(io_errno)?;
+            let victim = sys::fstatat(vfd.as_fd(), OsStr::new("")).map_err(io_errno)?;
             sys::unlinkat(pfd, OsStr::new(&bn.entry), false).map_err(io_errno)?;
             self.drop_backing(victim.st_ino);
             Self::remove_sidecar(&p, &bn);
+            self.release_unlinked(vfd, &victim);
             Ok(())
         })();
         match r {
@@ -1692,6 +1730,8 @@ impl fuser::Filesystem for SealFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        // Space of just-deleted files counts as free once they are closed.
+        self.released.drain();
         let root = self.inodes.read().nodes.get(&ROOT).cloned();
         let r = root
             .ok_or(Errno::EIO)

@@ -10,6 +10,7 @@
 //! Must never: know about FUSE, or log names, keys or content.
 
 pub mod content;
+pub mod release;
 pub mod sys;
 pub mod walk;
 
