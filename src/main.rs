@@ -23,6 +23,12 @@ mod exit {
     pub const MOUNTPOINT: u8 = 10;
     pub const WRONG_SECRET: u8 = 12;
     pub const BAD_VOLUME: u8 = 23;
+    /// fsck, as fsck(8): problems found and all of them repaired.
+    pub const FSCK_REPAIRED: u8 = 1;
+    /// fsck: problems found and (some) left unrepaired.
+    pub const FSCK_PROBLEMS: u8 = 4;
+    /// fsck: could not run (wrong secret, not a volume, mounted, I/O).
+    pub const FSCK_FAILED: u8 = 8;
 }
 
 #[derive(Parser)]
@@ -141,6 +147,23 @@ enum Command {
         #[command(flatten)]
         secret: SecretArgs,
         /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a volume offline: config, keyring, every directory record, name, header and chunk.
+    #[command(
+        after_help = "Examples:\n  sealfs fsck ~/vault.enc --passfile ~/.vault-pass\n  sealfs fsck ~/vault.enc --passfile ~/.vault-pass --salvage\n  sealfs fsck ~/vault.enc --passfile ~/.vault-pass --json | jq '.problems[].path'\n\nThe volume must not be mounted. --salvage makes damaged files readable again where\npossible: bad chunks are replaced by zeros (each reported with its byte range), a\ndamaged directory record or keyring copy is restored from its second copy, and\nciphertext no directory accounts for moves to /lost+found. Healthy files are never\nwritten.\n\nExit codes (as fsck(8)): 0 no problem, 1 problems found and all repaired,\n4 problems found and left (or not repaired: run with --salvage), 8 fsck could not\nrun (wrong passphrase or key file, not a volume, mounted, I/O error), 2 usage."
+    )]
+    Fsck {
+        /// The volume's cipher directory.
+        cipherdir: PathBuf,
+        #[command(flatten)]
+        secret: SecretArgs,
+        /// Repair what can be repaired (bad chunks become zeros, second copies restore
+        /// first ones, orphans go to /lost+found).
+        #[arg(long)]
+        salvage: bool,
+        /// Print the report as one JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -804,6 +827,16 @@ fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
+        Command::Fsck {
+            cipherdir,
+            secret,
+            salvage,
+            json,
+        } => {
+            init_logging(None);
+            restore_sigpipe();
+            cmd_fsck(&cipherdir, &secret, salvage, json)
+        }
         Command::Completions(CompletionsArgs { shell }) => {
             restore_sigpipe();
             clap_complete::generate(
@@ -900,6 +933,113 @@ fn open_offline(cipherdir: &Path, secret: &SecretArgs) -> Result<Volume, CliErro
     check_is_volume(cipherdir)?;
     let s = read_secret(secret, false)?;
     Ok(Volume::open(cipherdir, &s, false)?)
+}
+
+fn cmd_fsck(
+    cipherdir: &Path,
+    secret: &SecretArgs,
+    salvage: bool,
+    json: bool,
+) -> Result<(), CliError> {
+    use sealfs::volume::fsck::{fsck, FsckOptions, FsckProgress, Repair};
+    let could_not_run = |e: CliError| {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"error": e.msg, "exit_code": exit::FSCK_FAILED})
+            );
+        }
+        CliError::new(exit::FSCK_FAILED, e.msg)
+    };
+    check_is_volume(cipherdir).map_err(could_not_run)?;
+    let s = read_secret(secret, false).map_err(could_not_run)?;
+    let progress = Arc::new(FsckProgress::default());
+    let job = {
+        let (dir, progress) = (cipherdir.to_path_buf(), progress.clone());
+        std::thread::spawn(move || fsck(&dir, &s, &FsckOptions { salvage }, &progress))
+    };
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let b = indicatif::ProgressBar::new(1);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} ciphertext checked ({bytes_per_sec}, eta {eta})",
+        ) {
+            b.set_style(style);
+        }
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    while !job.is_finished() {
+        use std::sync::atomic::Ordering::Relaxed;
+        bar.set_length(progress.total_bytes.load(Relaxed).max(1));
+        bar.set_position(progress.done_bytes.load(Relaxed));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    bar.finish_and_clear();
+    let report = job
+        .join()
+        .map_err(|_| CliError::new(exit::FSCK_FAILED, "fsck thread panicked"))?
+        .map_err(|e| could_not_run(CliError::from(e)))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        );
+    } else {
+        for p in &report.problems {
+            let place = match &p.path {
+                Some(path) => format!("{path} [{}]", p.backing),
+                None => format!("[{}]", p.backing),
+            };
+            let kind = serde_json::to_value(p.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            println!("{kind}: {place}: {}", p.message);
+            match (p.repair, &p.action) {
+                (Repair::Repaired, Some(a)) => println!("  repaired: {a}"),
+                (Repair::Unrepairable, Some(a)) => println!("  not repairable: {a}"),
+                (Repair::Failed, Some(a)) => println!("  {a}"),
+                _ => {}
+            }
+        }
+        let st = &report.stats;
+        let repaired = report
+            .problems
+            .iter()
+            .filter(|p| p.repair == Repair::Repaired)
+            .count();
+        println!(
+            "checked {} directories, {} files ({} chunks, {} bytes), {} symlinks, {} other: {} problem(s){}",
+            st.directories,
+            st.files,
+            st.chunks,
+            st.bytes,
+            st.symlinks,
+            st.other,
+            report.problems.len(),
+            if salvage {
+                format!(", {repaired} repaired")
+            } else if report.problems.is_empty() {
+                String::new()
+            } else {
+                " (run with --salvage to repair)".into()
+            }
+        );
+    }
+    if report.is_clean() {
+        Ok(())
+    } else if report.all_repaired() {
+        Err(CliError::new(
+            exit::FSCK_REPAIRED,
+            "problems found; all repaired",
+        ))
+    } else {
+        Err(CliError::new(
+            exit::FSCK_PROBLEMS,
+            "problems found and left unrepaired",
+        ))
+    }
 }
 
 fn progress_bar() -> indicatif::ProgressBar {

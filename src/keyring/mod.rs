@@ -275,6 +275,26 @@ impl Keyring {
         Ok(())
     }
 
+    /// Checks another stored copy of this keyring (e.g. the backup) with the
+    /// KEK already derived, without running the KDF again: it must have the
+    /// same KDF header and open. Returns its generation.
+    pub fn check_copy(&self, bytes: &[u8]) -> Result<u32, KeyringError> {
+        let header = kfmt::parse_header(bytes)?;
+        if header.kek != self.header.kek
+            || header.salt != self.header.salt
+            || header.volume_id != self.header.volume_id
+        {
+            return Err(KeyringFormatError::Unlock.into());
+        }
+        kfmt::open(bytes, &self.kek)?;
+        Ok(header.generation)
+    }
+
+    /// How many times the keyring has been rewritten (from its header).
+    pub fn generation(&self) -> u32 {
+        self.header.generation
+    }
+
     /// The volume id the keyring belongs to.
     pub fn volume_id(&self) -> [u8; 16] {
         self.header.volume_id

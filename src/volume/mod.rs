@@ -10,6 +10,7 @@
 //! Must never: know about FUSE, or log names, keys or content.
 
 pub mod content;
+pub mod fsck;
 pub mod release;
 pub mod sys;
 pub mod walk;
@@ -231,6 +232,12 @@ impl Volume {
         secret: &UnlockSecret,
         read_only: bool,
     ) -> Result<Self, VolumeError> {
+        let config = Self::read_config(cipherdir)?;
+        Self::open_with_config(cipherdir, secret, config, read_only, !read_only)
+    }
+
+    /// Reads and parses `sealfs.toml`.
+    pub fn read_config(cipherdir: &Path) -> Result<VolumeConfig, VolumeError> {
         let text = match fs::read_to_string(cipherdir.join(CONFIG_FILE)) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -241,12 +248,24 @@ impl Volume {
             }
             Err(e) => return Err(e.into()),
         };
-        let config = VolumeConfig::parse(&text)?;
+        Ok(VolumeConfig::parse(&text)?)
+    }
+
+    /// Opens and unlocks a volume with an already parsed `config`; `lock`
+    /// takes `sealfs.lock` even when `read_only` (an offline check that must
+    /// not run beside a mount).
+    pub fn open_with_config(
+        cipherdir: &Path,
+        secret: &UnlockSecret,
+        config: VolumeConfig,
+        read_only: bool,
+        lock: bool,
+    ) -> Result<Self, VolumeError> {
         let volume_id = config.volume_id_bytes()?;
-        let lock = if read_only {
-            None
-        } else {
+        let lock = if lock {
             Some(lock_volume(cipherdir)?)
+        } else {
+            None
         };
         let keyring = Keyring::load(cipherdir, secret)?;
         if keyring.volume_id() != volume_id {
