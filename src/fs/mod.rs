@@ -1011,8 +1011,16 @@ impl SealFs {
                     rename_flags,
                 )
                 .map_err(io_errno)?;
-                if let Err(e) = self.vol.finish_rebind_file(&f, rec) {
-                    tracing::warn!("rename: old header slot not cleared: {e}");
+                // The old slot may only go once the new name is durable: a
+                // power loss must not leave the file at its old name with a
+                // header that opens only under the new one.
+                match sys::fsync_dir(npfd) {
+                    Ok(()) => {
+                        if let Err(e) = self.vol.finish_rebind_file(&f, rec) {
+                            tracing::warn!("rename: old header slot not cleared: {e}");
+                        }
+                    }
+                    Err(e) => tracing::warn!("rename: directory not synced, old slot kept: {e}"),
                 }
             }
             Kind::Dir => {
@@ -1038,8 +1046,16 @@ impl SealFs {
                     rename_flags,
                 )
                 .map_err(io_errno)?;
-                if let Err(e) = self.vol.finish_rebind_dir(dfd.as_fd(), &d, &new_ctx) {
-                    tracing::warn!("rename: old directory slot not cleared: {e}");
+                // As for files: the durable drop of the old slot must not
+                // reach the disk before the rename does (the whole subtree
+                // would be lost with it).
+                match sys::fsync_dir(npfd) {
+                    Ok(()) => {
+                        if let Err(e) = self.vol.finish_rebind_dir(dfd.as_fd(), &d, &new_ctx) {
+                            tracing::warn!("rename: old directory slot not cleared: {e}");
+                        }
+                    }
+                    Err(e) => tracing::warn!("rename: directory not synced, old slot kept: {e}"),
                 }
             }
             _ => {
