@@ -457,3 +457,40 @@ fn could_not_run_exit_code_for_wrong_passphrase_mounted_volume_and_non_volume() 
         "{help}"
     );
 }
+
+#[test]
+fn stale_keyring_backup_is_reported_and_resynced_by_the_next_mount() {
+    let mut fx = Fixture::new();
+    fx.mount_ctl();
+    let before_rotate = fs::read(fx.cipher.join("sealfs.keyring")).unwrap();
+    let sock = fx.ctl_socket.clone();
+    let out = sealfs(&[
+        "ctl".as_ref(),
+        "--socket".as_ref(),
+        sock.as_os_str(),
+        "rotate".as_ref(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::write(fx.p("after-rotate"), b"wrapped under v2").unwrap();
+    fx.unmount();
+    // As if the kill came between the two writes of the keyring.
+    fs::write(fx.cipher.join("sealfs.keyring.bak"), &before_rotate).unwrap();
+    let (code, r) = fsck(&fx, &[]);
+    assert_eq!(code, PROBLEMS, "{r}");
+    let p = &problems(&r)[0];
+    assert_eq!(p["kind"], "keyring");
+    assert_eq!(p["backing"], "sealfs.keyring.bak");
+    assert!(p["message"].as_str().unwrap().contains("stale"), "{r}");
+    // A writable open (the mount) brings the second copy in line.
+    fx.mount();
+    fx.unmount();
+    assert_eq!(
+        fs::read(fx.cipher.join("sealfs.keyring.bak")).unwrap(),
+        fs::read(fx.cipher.join("sealfs.keyring")).unwrap()
+    );
+    assert_eq!(fsck(&fx, &[]).0, CLEAN);
+}

@@ -290,6 +290,28 @@ impl Keyring {
         Ok(header.generation)
     }
 
+    /// Brings both stored copies in line with this (loaded) keyring: a copy
+    /// that is missing, damaged, or of another generation (a crash between
+    /// the two writes of [`Keyring::store`]) is rewritten from the one that
+    /// matches. Returns whether anything was rewritten.
+    pub fn resync_copies(&self, cipherdir: &Path) -> Result<bool, KeyringError> {
+        let read = |n: &str| fs::read(cipherdir.join(n)).ok();
+        let copies = [read(KEYRING_FILE), read(KEYRING_BACKUP)];
+        let matches = |b: &Option<Vec<u8>>| {
+            b.as_deref()
+                .is_some_and(|b| self.check_copy(b).ok() == Some(self.header.generation))
+        };
+        let ok = [matches(&copies[0]), matches(&copies[1])];
+        let (good, bad) = match ok {
+            [true, true] | [false, false] => return Ok(false),
+            [true, false] => (0, KEYRING_BACKUP),
+            [false, true] => (1, KEYRING_FILE),
+        };
+        let bytes = copies[good].as_deref().expect("a matching copy was read");
+        write_file_durably(cipherdir, bad, bytes)?;
+        Ok(true)
+    }
+
     /// How many times the keyring has been rewritten (from its header).
     pub fn generation(&self) -> u32 {
         self.header.generation

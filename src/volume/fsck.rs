@@ -377,6 +377,12 @@ pub fn fsck(
         Err(e) => return Err(e),
     };
     let kdf_on_disk = config.kdf.clone();
+    let keyrings_before = [KEYRING_FILE, KEYRING_BACKUP].map(|n| {
+        std::fs::read(cipherdir.join(n)).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => "missing".to_string(),
+            _ => e.to_string(),
+        })
+    });
     let vol = Volume::open_with_config(cipherdir, secret, config, !opts.salvage, true)?;
     let mut c = Checker {
         vol: &vol,
@@ -423,7 +429,7 @@ pub fn fsck(
         }
         c.report.problems.push(p);
     }
-    c.check_keyring();
+    c.check_keyring(keyrings_before);
     let root_fd = c.root.try_clone()?;
     c.report.stats.directories += 1;
     if let Some(d) = c.check_dir_record(
@@ -487,36 +493,44 @@ impl Checker<'_> {
 
     // ------------------------------------------------------------ keyring
 
-    fn check_keyring(&mut self) {
+    /// Checks both keyring copies as they were before the volume was opened
+    /// (`before`: their bytes, or why they could not be read): a writable
+    /// open already re-syncs them (see [`crate::keyring::Keyring::resync_copies`]).
+    fn check_keyring(&mut self, before: [Result<Vec<u8>, String>; 2]) {
         let dir = self.vol.cipherdir().to_path_buf();
         let kr = self.vol.keyring().read().clone();
         let copies: Vec<(&str, KeyringCopy)> = [KEYRING_FILE, KEYRING_BACKUP]
             .into_iter()
-            .map(|n| {
-                let r = match std::fs::read(dir.join(n)) {
-                    Ok(b) => kr.check_copy(&b).map(|g| (b, g)).map_err(|e| e.to_string()),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => Err("missing".into()),
-                    Err(e) => Err(e.to_string()),
-                };
+            .zip(before)
+            .map(|(n, b)| {
+                let r =
+                    b.and_then(|b| kr.check_copy(&b).map(|g| (b, g)).map_err(|e| e.to_string()));
                 (n, r)
             })
             .collect();
-        // The copy in use: the newest one that opens.
+        // The copy in use: the one the volume was opened with.
         let good = copies
             .iter()
             .filter_map(|(_, r)| r.as_ref().ok())
-            .max_by_key(|(_, g)| *g)
+            .find(|(_, g)| *g == kr.generation())
             .cloned();
         for (name, r) in &copies {
             let msg = match r {
-                Ok((_, g)) if Some(*g) == good.as_ref().map(|x| x.1) => continue,
-                Ok((_, g)) => format!("keyring copy is stale (generation {g})"),
+                Ok((_, g)) if *g == kr.generation() => continue,
+                Ok((_, g)) => format!(
+                    "keyring copy is stale (generation {g}, the copy in use has {})",
+                    kr.generation()
+                ),
                 Err(e) => format!("keyring copy unusable: {e}"),
             };
             let i = self.problem(ProblemKind::Keyring, None, Path::new(name), msg);
             if self.salvage {
                 let r = match &good {
-                    Some((bytes, _)) => write_file_durably(&dir, name, bytes),
+                    Some((bytes, _)) => match std::fs::read(dir.join(name)) {
+                        // Opening the volume writable already rewrote it.
+                        Ok(now) if now == *bytes => Ok(()),
+                        _ => write_file_durably(&dir, name, bytes),
+                    },
                     None => Err(io::Error::other("no good copy")),
                 };
                 self.settle_at(i, r, "rewritten from the good copy");
@@ -1303,6 +1317,8 @@ impl Checker<'_> {
                     OsStr::new(&bn.entry),
                     libc::RENAME_NOREPLACE,
                 )?;
+                // The new name is durable before the old slot goes.
+                sys::fsync_dir(lf)?;
                 vol.finish_rebind_file(&f, staged)?;
                 f.sync_data()?;
             }
@@ -1322,6 +1338,7 @@ impl Checker<'_> {
                     OsStr::new(&bn.entry),
                     libc::RENAME_NOREPLACE,
                 )?;
+                sys::fsync_dir(lf)?;
                 vol.finish_rebind_dir(fd.as_fd(), &d, &new)?;
             }
             Kind::Symlink | Kind::Other => {

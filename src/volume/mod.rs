@@ -271,6 +271,13 @@ impl Volume {
         if keyring.volume_id() != volume_id {
             return Err(KeyringError::VolumeMismatch.into());
         }
+        // A crash between the two keyring writes leaves one copy stale; the
+        // second copy is only a safety net while it matches.
+        if !read_only && keyring.resync_copies(cipherdir)? {
+            tracing::warn!(
+                "one keyring copy was missing, damaged or stale; rewritten from the other"
+            );
+        }
         // The keyring header is authoritative for the KDF; a config that
         // disagrees (e.g. a crash between the two writes of `passwd`) is
         // brought in line when the volume is writable.
