@@ -494,3 +494,29 @@ fn stale_keyring_backup_is_reported_and_resynced_by_the_next_mount() {
     );
     assert_eq!(fsck(&fx, &[]).0, CLEAN);
 }
+
+#[test]
+fn empty_directory_without_its_record_is_removed_by_salvage() {
+    let mut fx = Fixture::mounted();
+    let d = make_dir(&mut fx, "half-made");
+    fs::create_dir(fx.p("kept")).unwrap();
+    fx.unmount();
+    // As a crash inside mkdir (before the record) or rmdir (after it) leaves it.
+    fs::remove_file(d.join("sealfs.dir")).unwrap();
+    fs::remove_file(d.join("sealfs.dir.bak")).unwrap();
+    let (code, r) = fsck(&fx, &[]);
+    assert_eq!(code, PROBLEMS, "{r}");
+    let p = &problems(&r)[0];
+    assert_eq!(p["kind"], "dir-record-lost");
+    assert_eq!(p["path"], "/half-made");
+    let (code, r) = fsck(&fx, &["--salvage"]);
+    assert_eq!(code, REPAIRED, "{r}");
+    assert!(!d.exists());
+    assert_eq!(fsck(&fx, &[]).0, CLEAN);
+    fx.mount();
+    let names: Vec<_> = fs::read_dir(&fx.mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("kept")]);
+}

@@ -829,6 +829,34 @@ impl Checker<'_> {
                         return;
                     }
                 };
+                let half_made = empty_without_records(child.as_fd()).filter(|tmps| {
+                    // A temp copy that opens restores the record instead.
+                    !tmps
+                        .iter()
+                        .any(|t| matches!(self.read_copy(child.as_fd(), t, ctx), Copy::Good(..)))
+                });
+                if let Some(tmps) = half_made {
+                    // Half made or half removed (a crash inside mkdir or
+                    // rmdir): nothing below it can be lost.
+                    let i = self.problem(
+                        ProblemKind::DirRecordLost,
+                        Some(path),
+                        rel,
+                        "empty directory without its record (a crash during mkdir or rmdir)",
+                    );
+                    if self.salvage {
+                        let r = (|| {
+                            for t in &tmps {
+                                sys::unlinkat(child.as_fd(), OsStr::new(t), false)?;
+                            }
+                            sys::unlinkat(parent, OsStr::new(entry), true)?;
+                            self.remove_sidecar_of(parent, entry);
+                            sys::fsync_dir(parent)
+                        })();
+                        self.settle_at(i, r, "removed (it held nothing)");
+                    }
+                    return;
+                }
                 if let Some(d) = self.check_dir_record(child.as_fd(), ctx, path, rel) {
                     self.walk_dir(child.as_fd(), &d, path, rel);
                 }
@@ -1474,6 +1502,21 @@ fn lost_found_rel(c: &Checker<'_>, entry: &str) -> PathBuf {
         .map(|b| b.entry)
         .unwrap_or_else(|| LOST_FOUND.into());
     Path::new(&lf_entry).join(entry)
+}
+
+/// If the backing directory `fd` has neither record copy and holds nothing
+/// but temp files, those temp files' names.
+fn empty_without_records(fd: BorrowedFd<'_>) -> Option<Vec<String>> {
+    let mut tmps = Vec::new();
+    for e in std::fs::read_dir(sys::proc_path(fd)).ok()? {
+        let n = e.ok()?.file_name().into_string().ok()?;
+        if n.ends_with(".tmp") {
+            tmps.push(n);
+        } else {
+            return None;
+        }
+    }
+    Some(tmps)
 }
 
 /// A short, name-safe tag for an orphan's backing name.
