@@ -38,7 +38,7 @@ mod exit {
     about = "An encrypted folder with built-in key management (FUSE)"
 )]
 #[command(
-    after_help = "Examples:\n  sealfs init ~/vault.enc --passfile ~/.vault-pass\n  sealfs mount ~/vault.enc ~/vault --passfile ~/.vault-pass\n  sealfs unmount ~/vault\n\nExit codes: 0 success, 1 other error, 2 usage, 10 mount point problem,\n12 wrong passphrase or key file, 23 CIPHERDIR is not a usable volume.\n\n'sealfs COMMAND --help' shows each command's options and examples."
+    after_help = "Examples:\n  sealfs init ~/vault.enc --passfile ~/.vault-pass\n  sealfs mount ~/vault.enc ~/vault --passfile ~/.vault-pass\n  sealfs unmount ~/vault\n\nExit codes: 0 success, 1 other error, 2 usage, 10 mount point problem,\n12 wrong passphrase or key file, 23 CIPHERDIR is not a usable volume\n(sealfs fsck uses fsck(8)'s codes: see 'sealfs fsck --help').\n\n'sealfs COMMAND --help' shows each command's options and examples."
 )]
 struct Cli {
     #[command(subcommand)]

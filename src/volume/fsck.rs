@@ -383,7 +383,18 @@ pub fn fsck(
             _ => e.to_string(),
         })
     });
-    let vol = Volume::open_with_config(cipherdir, secret, config, !opts.salvage, true)?;
+    // A daemon releases the lock a moment after its unmount returned: wait
+    // a little before calling the volume busy.
+    let mut tries = 0;
+    let vol = loop {
+        match Volume::open_with_config(cipherdir, secret, config.clone(), !opts.salvage, true) {
+            Err(VolumeError::InUse(_)) if tries < 30 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            other => break other?,
+        }
+    };
     let mut c = Checker {
         vol: &vol,
         salvage: opts.salvage,
