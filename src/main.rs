@@ -953,10 +953,15 @@ fn cmd_fsck(
     };
     check_is_volume(cipherdir).map_err(could_not_run)?;
     let s = read_secret(secret, false).map_err(could_not_run)?;
+    raise_fd_limit(); // one descriptor per directory level of the walk
     let progress = Arc::new(FsckProgress::default());
     let job = {
         let (dir, progress) = (cipherdir.to_path_buf(), progress.clone());
-        std::thread::spawn(move || fsck(&dir, &s, &FsckOptions { salvage }, &progress))
+        // The walk recurses once per directory level: room for deep trees.
+        std::thread::Builder::new()
+            .stack_size(256 << 20)
+            .spawn(move || fsck(&dir, &s, &FsckOptions { salvage }, &progress))
+            .map_err(|e| CliError::new(exit::FSCK_FAILED, format!("cannot start fsck: {e}")))?
     };
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         let b = indicatif::ProgressBar::new(1);
