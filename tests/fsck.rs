@@ -520,3 +520,80 @@ fn empty_directory_without_its_record_is_removed_by_salvage() {
         .collect();
     assert_eq!(names, vec![std::ffi::OsString::from("kept")]);
 }
+
+/// Makes a chain of `depth` nested directories `d/d/d/…` under `top`
+/// (relative to directory fds: the path would exceed PATH_MAX), with a
+/// file at the bottom.
+fn deep_tree(top: &Path, depth: usize) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut fd = OwnedFd::from(fs::File::open(top).unwrap());
+    let d = cpath(Path::new("d"));
+    for _ in 0..depth {
+        // SAFETY: valid fd and C string.
+        assert_eq!(
+            unsafe { libc::mkdirat(fd.as_raw_fd(), d.as_ptr(), 0o755) },
+            0,
+            "mkdirat: {}",
+            io_err()
+        );
+        // SAFETY: as above; the new fd is owned.
+        let n = unsafe {
+            libc::openat(
+                fd.as_raw_fd(),
+                d.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY,
+            )
+        };
+        assert!(n >= 0, "openat: {}", io_err());
+        // SAFETY: n was just returned by openat.
+        fd = unsafe { OwnedFd::from_raw_fd(n) };
+    }
+    let f = cpath(Path::new("bottom"));
+    // SAFETY: valid fd and C string.
+    let n = unsafe {
+        libc::openat(
+            fd.as_raw_fd(),
+            f.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT,
+            0o644,
+        )
+    };
+    assert!(n >= 0, "create: {}", io_err());
+    // SAFETY: n is ours.
+    let file = fs::File::from(unsafe { OwnedFd::from_raw_fd(n) });
+    std::io::Write::write_all(&mut &file, b"deep down").unwrap();
+}
+
+fn io_err() -> std::io::Error {
+    std::io::Error::last_os_error()
+}
+
+#[test]
+fn a_thousand_levels_deep_tree_is_walked_by_census_rewrap_and_fsck() {
+    let mut fx = Fixture::new();
+    fx.mount_ctl();
+    deep_tree(&fx.mnt, 1000);
+    let sock = fx.ctl_socket.clone();
+    let ctl = |args: &[&str]| {
+        let mut all: Vec<&OsStr> = vec!["ctl".as_ref(), "--socket".as_ref(), sock.as_os_str()];
+        all.extend(args.iter().map(OsStr::new));
+        let out = sealfs(&all);
+        assert!(
+            out.status.success(),
+            "ctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Both walk the whole tree on a daemon thread (a recursive walk
+    // overflowed its stack and took the mount down).
+    ctl(&["census"]);
+    ctl(&["rotate"]);
+    ctl(&["rewrap"]);
+    assert!(fx.daemon_alive(), "the daemon survived the walks");
+    fx.unmount();
+    let (code, r) = fsck(&fx, &[]);
+    assert_eq!(code, CLEAN, "{r}");
+    assert_eq!(r["stats"]["directories"], 1001);
+    assert_eq!(r["stats"]["files"], 1);
+}

@@ -197,30 +197,57 @@ impl Volume {
             on_error(e);
         }
         match self.load_dir(root.as_fd(), &EncryptionContext::ROOT) {
-            Ok(dir) => self.walk_dir(root.as_fd(), &dir, b"", visit, on_error),
+            Ok(dir) => self.walk_dir(root, dir, visit, on_error),
             Err(e) => on_error(e),
         }
         Ok(())
     }
 
+    /// Depth-first below `root`, with an explicit stack of open directories
+    /// rather than recursion: a deep tree (hundreds of levels) must not
+    /// overflow the stack of the thread that walks it (a daemon thread). One
+    /// descriptor is held per level of the current path, as with recursion.
     fn walk_dir(
         &self,
-        fd: BorrowedFd<'_>,
-        dir: &Directory,
-        dir_path: &[u8],
+        root: OwnedFd,
+        root_dir: Directory,
         visit: &mut dyn FnMut(Item<'_>) -> Result<(), VolumeError>,
         on_error: &mut dyn FnMut(VolumeError),
     ) {
-        let entries = match self.list_dir(fd, dir) {
-            Ok(e) => e,
-            Err(e) => return on_error(e),
-        };
-        for e in entries {
+        struct Frame {
+            fd: OwnedFd,
+            dir: Directory,
+            path: Vec<u8>,
+            entries: std::vec::IntoIter<PlainEntry>,
+        }
+        let open =
+            |fd: &OwnedFd, dir: Directory, path: Vec<u8>, on_error: &mut dyn FnMut(VolumeError)| {
+                let entries = match self.list_dir(fd.as_fd(), &dir) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        on_error(e);
+                        Vec::new()
+                    }
+                };
+                (dir, path, entries.into_iter())
+            };
+        let (dir, path, entries) = open(&root, root_dir, Vec::new(), on_error);
+        let mut stack = vec![Frame {
+            fd: root,
+            dir,
+            path,
+            entries,
+        }];
+        while let Some(top) = stack.last_mut() {
+            let Some(e) = top.entries.next() else {
+                stack.pop();
+                continue;
+            };
             let ctx = EncryptionContext {
-                parent_dir_id: dir.id,
+                parent_dir_id: top.dir.id,
                 name: &e.name,
             };
-            let mut path = dir_path.to_vec();
+            let mut path = top.path.clone();
             if !path.is_empty() {
                 path.push(b'/');
             }
@@ -228,7 +255,7 @@ impl Volume {
             match e.file_type {
                 Some(t) if t.is_dir() => {
                     let child = match sys::openat(
-                        fd,
+                        top.fd.as_fd(),
                         OsStr::new(&e.entry),
                         libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
                         0,
@@ -247,13 +274,21 @@ impl Volume {
                         on_error(err);
                     }
                     match self.load_dir(child.as_fd(), &ctx) {
-                        Ok(d) => self.walk_dir(child.as_fd(), &d, &path, visit, on_error),
+                        Ok(d) => {
+                            let (dir, path, entries) = open(&child, d, path, on_error);
+                            stack.push(Frame {
+                                fd: child,
+                                dir,
+                                path,
+                                entries,
+                            });
+                        }
                         Err(err) => on_error(err),
                     }
                 }
                 Some(t) if t.is_file() => {
                     if let Err(err) = visit(Item::File {
-                        parent: fd,
+                        parent: top.fd.as_fd(),
                         entry: &e.entry,
                         ctx,
                         path: &path,
