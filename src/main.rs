@@ -957,11 +957,7 @@ fn cmd_fsck(
     let progress = Arc::new(FsckProgress::default());
     let job = {
         let (dir, progress) = (cipherdir.to_path_buf(), progress.clone());
-        // The walk recurses once per directory level: room for deep trees.
-        std::thread::Builder::new()
-            .stack_size(256 << 20)
-            .spawn(move || fsck(&dir, &s, &FsckOptions { salvage }, &progress))
-            .map_err(|e| CliError::new(exit::FSCK_FAILED, format!("cannot start fsck: {e}")))?
+        std::thread::spawn(move || fsck(&dir, &s, &FsckOptions { salvage }, &progress))
     };
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         let b = indicatif::ProgressBar::new(1);

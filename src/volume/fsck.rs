@@ -340,6 +340,25 @@ pub fn fsck(
     opts: &FsckOptions,
     progress: &FsckProgress,
 ) -> Result<FsckReport, VolumeError> {
+    // The check recurses once per directory level: run it on a thread with
+    // room for trees thousands of levels deep, whatever the caller's stack.
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("sealfs-fsck".into())
+            .stack_size(256 << 20)
+            .spawn_scoped(s, || fsck_on_this_thread(cipherdir, secret, opts, progress))
+            .map_err(VolumeError::Io)?
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+fn fsck_on_this_thread(
+    cipherdir: &Path,
+    secret: &UnlockSecret,
+    opts: &FsckOptions,
+    progress: &FsckProgress,
+) -> Result<FsckReport, VolumeError> {
     progress
         .total_bytes
         .store(backing_bytes(cipherdir), Ordering::Relaxed);
