@@ -628,6 +628,10 @@ fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
         }
         CliError::new(exit::ERROR, msg)
     };
+    // Before SealFs::new: it starts a thread (the release queue), and a
+    // thread started with SIGTERM unblocked would take the signal's default
+    // action (kill the daemon, leaving a dead mount) instead of unmounting.
+    block_termination_signals();
     let fs = match SealFs::new(vol.clone()) {
         Ok(f) => f,
         Err(e) => {
@@ -640,7 +644,6 @@ fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
     let cache = fs.cache_control();
     let activity = fs.activity();
     let config = fuser_config(&cipherdir, &opts);
-    block_termination_signals();
     let mut session = match fuser::Session::new(fs, mountpoint, &config) {
         Ok(s) => s,
         Err(e) => return Err(fail(&mut ready_pipe, format!("mount failed: {e}"))),
