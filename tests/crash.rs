@@ -646,6 +646,7 @@ fn sigkill_at_random_moments_loses_nothing_that_was_not_in_flight() {
     let model = Arc::new(Mutex::new(Model::default()));
     model.lock().unwrap().dirs.insert(String::new());
     let mut rounds_with_problems = 0u64;
+    let mut salvage_actions = 0u64;
     let mut fsck_reported = 0u64;
     let mut ops = 0u64;
     let mut in_flight_at_kill: BTreeMap<String, u64> = BTreeMap::new();
@@ -731,6 +732,46 @@ fn sigkill_at_random_moments_loses_nothing_that_was_not_in_flight() {
         }
         if !out.status.success() {
             rounds_with_problems += 1;
+            // Salvage what the kill left, then nothing may be left but what
+            // cannot be repaired on the path in flight.
+            let fsck_json = |extra: &[&str]| -> (Option<i32>, Value) {
+                let mut args: Vec<&OsStr> = vec![
+                    "fsck".as_ref(),
+                    fx.cipher.as_os_str(),
+                    "--passfile".as_ref(),
+                    fx.passfile.as_os_str(),
+                    "--json".as_ref(),
+                ];
+                args.extend(extra.iter().map(OsStr::new));
+                let out = sealfs(&args);
+                let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+                (out.status.code(), v)
+            };
+            let (code, salvaged) = fsck_json(&["--salvage"]);
+            assert!(
+                matches!(code, Some(1) | Some(4)),
+                "{what}: fsck --salvage: {salvaged}"
+            );
+            for p in salvaged["problems"].as_array().unwrap() {
+                salvage_actions += 1;
+                assert!(
+                    p["repair"] == "repaired" || allowed.contains(p["path"].as_str().unwrap_or("")),
+                    "{what}: salvage left {p} (in flight: {:?})",
+                    m.pending
+                );
+                assert!(
+                    !p["action"].as_str().unwrap_or("").contains("lost+found"),
+                    "{what}: a crash left orphaned ciphertext: {p}"
+                );
+            }
+            let (code, after) = fsck_json(&[]);
+            for p in after["problems"].as_array().unwrap() {
+                assert!(
+                    allowed.contains(p["path"].as_str().unwrap_or("")),
+                    "{what}: after salvage fsck still reports {p}"
+                );
+            }
+            assert!(matches!(code, Some(0) | Some(4)), "{what}: {after}");
         }
         ops = m.ops_done;
         drop(m);
@@ -742,7 +783,7 @@ fn sigkill_at_random_moments_loses_nothing_that_was_not_in_flight() {
         resolve(&mut m, &fx.mnt, "final");
         verify(&m, &fx.mnt, "final");
         eprintln!(
-            "crash harness: seed {seed}: {rounds} kill points, {ops} operations completed, {} files and {} directories at the end, {fsck_reported} fsck problem(s) on in-flight paths in {rounds_with_problems} round(s), {} poisoned, {} torn by the kill; in flight at the kills: {in_flight_at_kill:?}; other fsck findings: {leftovers:?}; {:.1}s",
+            "crash harness: seed {seed}: {rounds} kill points, {ops} operations completed, {} files and {} directories at the end, {fsck_reported} fsck problem(s) on in-flight paths in {rounds_with_problems} round(s) ({salvage_actions} salvaged), {} poisoned, {} torn by the kill; in flight at the kills: {in_flight_at_kill:?}; other fsck findings: {leftovers:?}; {:.1}s",
             m.files.len(),
             m.dirs.len(),
             m.poisoned.len(),
