@@ -267,7 +267,7 @@ fn backing_bytes(dir: &Path) -> u64 {
 }
 
 /// What a copy of a directory record turned out to be.
-enum Copy {
+enum RecordCopy {
     Good(SealedRecord, crate::crypto::SecretKey),
     Missing,
     Bad(VolumeError),
@@ -592,11 +592,13 @@ impl Checker<'_> {
 
     // ------------------------------------------------------------ directories
 
-    fn read_copy(&self, fd: BorrowedFd<'_>, name: &str, ctx: &EncryptionContext<'_>) -> Copy {
+    fn read_copy(&self, fd: BorrowedFd<'_>, name: &str, ctx: &EncryptionContext<'_>) -> RecordCopy {
         match self.vol.read_dir_record(fd, name, ctx) {
-            Ok((rec, key, _)) => Copy::Good(rec, key),
-            Err(VolumeError::Io(e)) if e.raw_os_error() == Some(libc::ENOENT) => Copy::Missing,
-            Err(e) => Copy::Bad(e),
+            Ok((rec, key, _)) => RecordCopy::Good(rec, key),
+            Err(VolumeError::Io(e)) if e.raw_os_error() == Some(libc::ENOENT) => {
+                RecordCopy::Missing
+            }
+            Err(e) => RecordCopy::Bad(e),
         }
     }
 
@@ -611,21 +613,21 @@ impl Checker<'_> {
     ) -> Option<Directory> {
         let a = self.read_copy(fd, DIR_RECORD, ctx);
         let b = self.read_copy(fd, DIR_RECORD_BACKUP, ctx);
-        let describe = |c: &Copy| match c {
-            Copy::Good(..) => "good".to_string(),
-            Copy::Missing => "missing".to_string(),
-            Copy::Bad(e) => e.to_string(),
+        let describe = |c: &RecordCopy| match c {
+            RecordCopy::Good(..) => "good".to_string(),
+            RecordCopy::Missing => "missing".to_string(),
+            RecordCopy::Bad(e) => e.to_string(),
         };
         let (rec, key, bad): (SealedRecord, _, Vec<&str>) = match (&a, &b) {
-            (Copy::Good(ra, ka), Copy::Good(rb, kb)) => {
+            (RecordCopy::Good(ra, ka), RecordCopy::Good(rb, kb)) => {
                 if ra.id == rb.id && ka.expose() == kb.expose() {
                     (ra.clone(), ka.clone(), vec![])
                 } else {
                     (ra.clone(), ka.clone(), vec![DIR_RECORD_BACKUP])
                 }
             }
-            (Copy::Good(r, k), _) => (r.clone(), k.clone(), vec![DIR_RECORD_BACKUP]),
-            (_, Copy::Good(r, k)) => (r.clone(), k.clone(), vec![DIR_RECORD]),
+            (RecordCopy::Good(r, k), _) => (r.clone(), k.clone(), vec![DIR_RECORD_BACKUP]),
+            (_, RecordCopy::Good(r, k)) => (r.clone(), k.clone(), vec![DIR_RECORD]),
             _ => {
                 // Both copies gone: a leftover temp copy may still open.
                 let tmp = [
@@ -634,11 +636,11 @@ impl Checker<'_> {
                 ]
                 .into_iter()
                 .find_map(|n| match self.read_copy(fd, &n, ctx) {
-                    Copy::Good(r, k) => Some((r, k)),
+                    RecordCopy::Good(r, k) => Some((r, k)),
                     _ => None,
                 });
                 let unavailable = [&a, &b].iter().find_map(|c| match c {
-                    Copy::Bad(VolumeError::Header(HeaderError::KeyVersionUnavailable(v))) => {
+                    RecordCopy::Bad(VolumeError::Header(HeaderError::KeyVersionUnavailable(v))) => {
                         Some(*v)
                     }
                     _ => None,
@@ -660,10 +662,14 @@ impl Checker<'_> {
                     }
                     (None, None) => {
                         let kind = match (&a, &b) {
-                            (Copy::Bad(VolumeError::Header(HeaderError::ContextMismatch)), _)
-                            | (_, Copy::Bad(VolumeError::Header(HeaderError::ContextMismatch))) => {
-                                ProblemKind::ContextMismatch
-                            }
+                            (
+                                RecordCopy::Bad(VolumeError::Header(HeaderError::ContextMismatch)),
+                                _,
+                            )
+                            | (
+                                _,
+                                RecordCopy::Bad(VolumeError::Header(HeaderError::ContextMismatch)),
+                            ) => ProblemKind::ContextMismatch,
                             _ => ProblemKind::DirRecordLost,
                         };
                         let i = self.problem(
@@ -685,7 +691,7 @@ impl Checker<'_> {
         for name in bad {
             let which = if name == DIR_RECORD { &a } else { &b };
             let msg = match which {
-                Copy::Good(..) => {
+                RecordCopy::Good(..) => {
                     format!("{name} disagrees with {DIR_RECORD} (different directory id or key)")
                 }
                 other => format!("{name}: {}", describe(other)),
@@ -861,9 +867,9 @@ impl Checker<'_> {
                 };
                 let half_made = empty_without_records(child.as_fd()).filter(|tmps| {
                     // A temp copy that opens restores the record instead.
-                    !tmps
-                        .iter()
-                        .any(|t| matches!(self.read_copy(child.as_fd(), t, ctx), Copy::Good(..)))
+                    !tmps.iter().any(|t| {
+                        matches!(self.read_copy(child.as_fd(), t, ctx), RecordCopy::Good(..))
+                    })
                 });
                 if let Some(tmps) = half_made {
                     // Half made or half removed (a crash inside mkdir or
