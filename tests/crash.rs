@@ -31,7 +31,14 @@
 //! everything done (it is in the backing filesystem); a power loss keeps
 //! what was fsync'd. This harness tests the daemon kill.
 //!
-//! Seeded: the seed is printed and `SEALFS_CRASH_SEED` replays a run;
+//! Half the kills come at a random moment, the other half are aimed 0-3 ms
+//! into an operation of a chosen kind (rename, mkdir/rmdir, unlink, rotate,
+//! rewrap), which a random moment rarely hits. When fsck finds something,
+//! `fsck --salvage` runs on it and a second fsck must then find nothing
+//! but what cannot be repaired on the path in flight.
+//!
+//! Seeded: the seed is printed and `SEALFS_CRASH_SEED` replays the same
+//! workload and kill plan (the kill timing itself varies with the machine);
 //! `SEALFS_CRASH_ROUNDS` sets the number of kill points (default 60).
 
 mod common;
@@ -669,7 +676,38 @@ fn sigkill_at_random_moments_loses_nothing_that_was_not_in_flight() {
         };
         let wseed = rng.next_u64();
         let worker = std::thread::spawn(move || w.go(wseed));
-        std::thread::sleep(Duration::from_millis(30 + rng.below(500)));
+        // Half the kills come at a random moment (mostly inside writes, the
+        // bulk of the work); the other half aim at one kind of operation:
+        // wait until one is in flight, then kill 0-3 ms into it.
+        const AIMS: [&str; 7] = [
+            "RenameFile",
+            "RenameDir",
+            "Mkdir",
+            "Rmdir",
+            "Unlink",
+            "Rotate",
+            "Rewrap",
+        ];
+        let aim = (rng.below(2) == 0).then(|| AIMS[rng.below(AIMS.len() as u64) as usize]);
+        match aim {
+            None => std::thread::sleep(Duration::from_millis(30 + rng.below(500))),
+            Some(kind) => {
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while Instant::now() < deadline {
+                    let hit = model
+                        .lock()
+                        .unwrap()
+                        .pending
+                        .as_ref()
+                        .is_some_and(|p| format!("{p:?}").starts_with(kind));
+                    if hit {
+                        std::thread::sleep(Duration::from_micros(rng.below(3000)));
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        }
         killed.store(true, Ordering::SeqCst);
         fx.kill_daemon();
         if let Some(err) = worker.join().expect("workload thread") {
