@@ -152,13 +152,21 @@ enum Command {
     },
     /// Check a volume offline: config, keyring, every directory record, name, header and chunk.
     #[command(
-        after_help = "Examples:\n  sealfs fsck ~/vault.enc --passfile ~/.vault-pass\n  sealfs fsck ~/vault.enc --passfile ~/.vault-pass --salvage\n  sealfs fsck ~/vault.enc --passfile ~/.vault-pass --json | jq '.problems[].path'\n\nThe volume must not be mounted. --salvage makes damaged files readable again where\npossible: bad chunks are replaced by zeros (each reported with its byte range), a\ndamaged directory record or keyring copy is restored from its second copy, and\nciphertext no directory accounts for moves to /lost+found. Healthy files are never\nwritten.\n\nExit codes (as fsck(8)): 0 no problem, 1 problems found and all repaired,\n4 problems found and left (or not repaired: run with --salvage), 8 fsck could not\nrun (wrong passphrase or key file, not a volume, mounted, I/O error), 2 usage."
+        after_help = "Examples:\n  sealfs fsck ~/vault.enc --passfile ~/.vault-pass\n  sealfs fsck ~/vault.enc --passfile ~/.vault-pass --salvage\n  sealfs fsck ~/vault.enc --passfile ~/.vault-pass --json | jq '.problems[].path'\n  sealfs fsck --mount ~/vault                  # a mounted volume, check only\n\nCIPHERDIR must not be mounted; --mount checks a mounted volume through its control\nsocket instead (check only).\n\n--salvage makes damaged files readable again where possible: bad chunks are\nreplaced by zeros (each reported with its byte range), a damaged directory record\nor keyring copy is restored from its second copy, and ciphertext no directory\naccounts for moves to /lost+found. Healthy files are never written.\n\nExit codes (as fsck(8)): 0 no problem, 1 problems found and all repaired,\n4 problems found and left (or not repaired: run with --salvage), 8 fsck could not\nrun (wrong passphrase or key file, not a volume, mounted, I/O error), 2 usage."
     )]
     Fsck {
-        /// The volume's cipher directory.
-        cipherdir: PathBuf,
+        /// The volume's cipher directory (not mounted).
+        #[arg(required_unless_present_any = ["mount", "socket"], conflicts_with_all = ["mount", "socket"])]
+        cipherdir: Option<PathBuf>,
         #[command(flatten)]
         secret: SecretArgs,
+        /// Check a mounted volume instead, through its control socket (check
+        /// only; the daemon holds the key, no secret is asked).
+        #[arg(long, value_name = "MOUNTPOINT", conflicts_with_all = ["salvage", "socket"])]
+        mount: Option<PathBuf>,
+        /// Like --mount, with the control socket's path.
+        #[arg(long, value_name = "PATH", conflicts_with = "salvage")]
+        socket: Option<PathBuf>,
         /// Repair what can be repaired (bad chunks become zeros, second copies restore
         /// first ones, orphans go to /lost+found).
         #[arg(long)]
@@ -833,12 +841,24 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Fsck {
             cipherdir,
             secret,
+            mount,
+            socket,
             salvage,
             json,
         } => {
             init_logging(None);
             restore_sigpipe();
-            cmd_fsck(&cipherdir, &secret, salvage, json)
+            let target = match (cipherdir, mount, socket) {
+                (Some(c), _, _) => FsckTarget::Offline(c),
+                (None, _, Some(s)) => FsckTarget::Socket(s),
+                (None, Some(m), None) => {
+                    FsckTarget::Socket(ctl::default_socket_path(&m.canonicalize().map_err(
+                        |e| CliError::new(exit::FSCK_FAILED, format!("{}: {e}", m.display())),
+                    )?))
+                }
+                (None, None, None) => unreachable!("clap requires one of them"),
+            };
+            cmd_fsck(target, &secret, salvage, json)
         }
         Command::Completions(CompletionsArgs { shell }) => {
             restore_sigpipe();
@@ -938,13 +958,20 @@ fn open_offline(cipherdir: &Path, secret: &SecretArgs) -> Result<Volume, CliErro
     Ok(Volume::open(cipherdir, &s, false)?)
 }
 
+/// What `sealfs fsck` checks: a cipher directory, or a mounted volume
+/// through its control socket.
+enum FsckTarget {
+    Offline(PathBuf),
+    Socket(PathBuf),
+}
+
 fn cmd_fsck(
-    cipherdir: &Path,
+    target: FsckTarget,
     secret: &SecretArgs,
     salvage: bool,
     json: bool,
 ) -> Result<(), CliError> {
-    use sealfs::volume::fsck::{fsck, FsckOptions, FsckProgress, Repair};
+    use sealfs::volume::fsck::{fsck, FsckOptions, FsckProgress};
     let could_not_run = |e: CliError| {
         if json {
             println!(
@@ -954,86 +981,96 @@ fn cmd_fsck(
         }
         CliError::new(exit::FSCK_FAILED, e.msg)
     };
-    check_is_volume(cipherdir).map_err(could_not_run)?;
-    let s = read_secret(secret, false).map_err(could_not_run)?;
-    raise_fd_limit(); // one descriptor per directory level of the walk
-    let progress = Arc::new(FsckProgress::default());
-    let job = {
-        let (dir, progress) = (cipherdir.to_path_buf(), progress.clone());
-        std::thread::spawn(move || fsck(&dir, &s, &FsckOptions { salvage }, &progress))
-    };
-    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        let b = indicatif::ProgressBar::new(1);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{bar:40} {bytes}/{total_bytes} ciphertext checked ({bytes_per_sec}, eta {eta})",
-        ) {
-            b.set_style(style);
+    let report: serde_json::Value = match target {
+        FsckTarget::Socket(socket) => {
+            ctl_call(&socket, serde_json::json!({"op": "fsck"})).map_err(could_not_run)?
         }
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    while !job.is_finished() {
-        use std::sync::atomic::Ordering::Relaxed;
-        bar.set_length(progress.total_bytes.load(Relaxed).max(1));
-        bar.set_position(progress.done_bytes.load(Relaxed));
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    bar.finish_and_clear();
-    let report = job
-        .join()
-        .map_err(|_| CliError::new(exit::FSCK_FAILED, "fsck thread panicked"))?
-        .map_err(|e| could_not_run(CliError::from(e)))?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
-        );
-    } else {
-        for p in &report.problems {
-            let place = match &p.path {
-                Some(path) => format!("{path} [{}]", p.backing),
-                None => format!("[{}]", p.backing),
+        FsckTarget::Offline(cipherdir) => {
+            check_is_volume(&cipherdir).map_err(could_not_run)?;
+            let s = read_secret(secret, false).map_err(could_not_run)?;
+            raise_fd_limit(); // one descriptor per directory level of the walk
+            let progress = Arc::new(FsckProgress::default());
+            let job = {
+                let progress = progress.clone();
+                std::thread::spawn(move || {
+                    fsck(&cipherdir, &s, &FsckOptions { salvage }, &progress)
+                })
             };
-            let kind = serde_json::to_value(p.kind)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
-            println!("{kind}: {place}: {}", p.message);
-            match (p.repair, &p.action) {
-                (Repair::Repaired, Some(a)) => println!("  repaired: {a}"),
-                (Repair::Unrepairable, Some(a)) => println!("  not repairable: {a}"),
-                (Repair::Failed, Some(a)) => println!("  {a}"),
+            let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                let b = indicatif::ProgressBar::new(1);
+                if let Ok(style) = indicatif::ProgressStyle::with_template(
+                    "{bar:40} {bytes}/{total_bytes} ciphertext checked ({bytes_per_sec}, eta {eta})",
+                ) {
+                    b.set_style(style);
+                }
+                b
+            } else {
+                indicatif::ProgressBar::hidden()
+            };
+            while !job.is_finished() {
+                use std::sync::atomic::Ordering::Relaxed;
+                bar.set_length(progress.total_bytes.load(Relaxed).max(1));
+                bar.set_position(progress.done_bytes.load(Relaxed));
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            bar.finish_and_clear();
+            let report = job
+                .join()
+                .map_err(|_| CliError::new(exit::FSCK_FAILED, "fsck thread panicked"))?
+                .map_err(|e| could_not_run(CliError::from(e)))?;
+            serde_json::to_value(&report)
+                .map_err(|e| CliError::new(exit::FSCK_FAILED, e.to_string()))?
+        }
+    };
+    let problems = report["problems"].as_array().cloned().unwrap_or_default();
+    if json {
+        println!("{report}");
+    } else {
+        for p in &problems {
+            let backing = p["backing"].as_str().unwrap_or("?");
+            let place = match p["path"].as_str() {
+                Some(path) => format!("{path} [{backing}]"),
+                None => format!("[{backing}]"),
+            };
+            println!(
+                "{}: {place}: {}",
+                p["kind"].as_str().unwrap_or("?"),
+                p["message"].as_str().unwrap_or("")
+            );
+            let action = p["action"].as_str();
+            match (p["repair"].as_str(), action) {
+                (Some("repaired"), Some(a)) => println!("  repaired: {a}"),
+                (Some("unrepairable"), Some(a)) => println!("  not repairable: {a}"),
+                (Some("failed"), Some(a)) => println!("  {a}"),
                 _ => {}
             }
         }
-        let st = &report.stats;
-        let repaired = report
-            .problems
+        let st = &report["stats"];
+        let repaired = problems
             .iter()
-            .filter(|p| p.repair == Repair::Repaired)
+            .filter(|p| p["repair"] == "repaired")
             .count();
         println!(
             "checked {} directories, {} files ({} chunks, {} bytes), {} symlinks, {} other: {} problem(s){}",
-            st.directories,
-            st.files,
-            st.chunks,
-            st.bytes,
-            st.symlinks,
-            st.other,
-            report.problems.len(),
+            st["directories"],
+            st["files"],
+            st["chunks"],
+            st["bytes"],
+            st["symlinks"],
+            st["other"],
+            problems.len(),
             if salvage {
                 format!(", {repaired} repaired")
-            } else if report.problems.is_empty() {
+            } else if problems.is_empty() {
                 String::new()
             } else {
                 " (run with --salvage to repair)".into()
             }
         );
     }
-    if report.is_clean() {
+    if problems.is_empty() {
         Ok(())
-    } else if report.all_repaired() {
+    } else if problems.iter().all(|p| p["repair"] == "repaired") {
         Err(CliError::new(
             exit::FSCK_REPAIRED,
             "problems found; all repaired",

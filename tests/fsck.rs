@@ -597,3 +597,98 @@ fn a_thousand_levels_deep_tree_is_walked_by_census_rewrap_and_fsck() {
     assert_eq!(r["stats"]["directories"], 1001);
     assert_eq!(r["stats"]["files"], 1);
 }
+
+fn fsck_live(fx: &Fixture, extra: &[&str]) -> (i32, Value) {
+    let mut args: Vec<&OsStr> = vec![
+        "fsck".as_ref(),
+        "--socket".as_ref(),
+        fx.ctl_socket.as_os_str(),
+        "--json".as_ref(),
+    ];
+    args.extend(extra.iter().map(OsStr::new));
+    let out = sealfs(&args);
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "fsck --socket printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().expect("exit code"), v)
+}
+
+#[test]
+fn mounted_volume_is_checked_through_the_control_socket() {
+    let mut fx = Fixture::new();
+    fx.mount_ctl();
+    fs::create_dir(fx.p("d")).unwrap();
+    let victim = make_file(&mut fx, "d/victim", &pattern(10, 3 * 4096));
+    for i in 0..4 {
+        fs::write(fx.p(&format!("d/busy{i}")), pattern(i, 50_000)).unwrap();
+    }
+    let (code, r) = fsck_live(&fx, &[]);
+    assert_eq!(code, CLEAN, "{r}");
+    assert_eq!(r["stats"]["files"], 5);
+
+    // Writers and renames keep going while it checks: nothing may show up.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let (stop, mnt) = (stop.clone(), fx.mnt.clone());
+        std::thread::spawn(move || {
+            let mut rng = Rng::new(11);
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let i = rng.below(4);
+                let p = mnt.join(format!("d/busy{i}"));
+                let f = OpenOptions::new().write(true).open(&p).unwrap();
+                f.write_all_at(&rng.bytes(200_000), rng.below(60_000))
+                    .unwrap();
+                drop(f);
+                let q = mnt.join(format!("d/moving{}", n % 2));
+                let _ = fs::write(&q, rng.bytes(5000));
+                let _ = fs::rename(&q, mnt.join(format!("d/moved{}", n % 3)));
+                n += 1;
+            }
+        })
+    };
+    for _ in 0..8 {
+        let (code, r) = fsck_live(&fx, &[]);
+        assert_eq!(code, CLEAN, "a live check under load found: {r}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    worker.join().unwrap();
+
+    // Damage behind the daemon's back is found, with path and range.
+    flip_byte(&victim, chunk_data_offset(1) + 5);
+    let (code, r) = fsck_live(&fx, &[]);
+    assert_eq!(code, PROBLEMS, "{r}");
+    let p = &problems(&r)[0];
+    assert_eq!(
+        (&p["kind"], &p["path"]),
+        (&Value::from("chunk"), &Value::from("/d/victim"))
+    );
+    assert_eq!(p["ranges"][0]["start"], 4096);
+    // Salvage needs the volume unmounted.
+    let out = sealfs(&[
+        "fsck".as_ref(),
+        "--mount".as_ref(),
+        fx.mnt.as_os_str(),
+        "--salvage".as_ref(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "usage error");
+    // Human output through the mount point's default socket path works too.
+    fx.unmount();
+    fx.mount();
+    let sock = sealfs::ctl::default_socket_path(&fx.mnt);
+    let start = std::time::Instant::now();
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "control socket {} not ready",
+            sock.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = sealfs(&["fsck".as_ref(), "--mount".as_ref(), fx.mnt.as_os_str()]);
+    assert_eq!(out.status.code(), Some(PROBLEMS));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("/d/victim"));
+}

@@ -353,6 +353,11 @@ fn handle(ctx: &ControlContext, req: &Request) -> Handled {
             Ok(json!({"started": true, "primary": primary}))
         }
         Op::Census => Ok(json!(run_census(ctx)?)),
+        Op::Fsck => {
+            let progress = crate::volume::fsck::FsckProgress::default();
+            let report = vol.check_live(&progress).map_err(vol_err)?;
+            Ok(json!(report))
+        }
         Op::Disable => {
             // Write back and drop cached pages first (while writes still work),
             // then refuse every further key use.

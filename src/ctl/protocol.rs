@@ -65,6 +65,8 @@ pub enum Op {
     Rewrap,
     /// Count headers per key version (a full scan).
     Census,
+    /// Check the mounted volume (check only, like `sealfs fsck`): the report.
+    Fsck,
     /// Refuse all file I/O with EACCES until enabled.
     Disable,
     /// Undo disable.

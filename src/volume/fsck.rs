@@ -321,6 +321,9 @@ struct KnownDir {
 struct Checker<'v> {
     vol: &'v Volume,
     salvage: bool,
+    /// Checking a mounted volume (check only): what changes under the
+    /// check is looked at again before it is called a problem.
+    live: bool,
     progress: &'v FsckProgress,
     report: FsckReport,
     root: OwnedFd,
@@ -417,6 +420,7 @@ fn fsck_on_this_thread(
     let mut c = Checker {
         vol: &vol,
         salvage: opts.salvage,
+        live: false,
         progress,
         report: FsckReport {
             salvage: opts.salvage,
@@ -475,7 +479,114 @@ fn fsck_on_this_thread(
     Ok(c.report)
 }
 
+impl Volume {
+    /// Checks this volume while it is mounted and in use (check only, no
+    /// salvage): what a concurrent write, rename or key change could make
+    /// look damaged for a moment (a chunk being written, a record being
+    /// replaced, an entry that moves) is looked at again, up to three times
+    /// 50 ms apart, before it is reported; temp files and half-made
+    /// directories, which a running daemon leaves for a moment, are not
+    /// reported. Namespace changes wait while one entry is checked.
+    pub fn check_live(&self, progress: &FsckProgress) -> Result<FsckReport, VolumeError> {
+        std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name("sealfs-fsck".into())
+                .stack_size(256 << 20)
+                .spawn_scoped(s, || self.check_live_on_this_thread(progress))
+                .map_err(VolumeError::Io)?
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    }
+
+    fn check_live_on_this_thread(
+        &self,
+        progress: &FsckProgress,
+    ) -> Result<FsckReport, VolumeError> {
+        progress
+            .total_bytes
+            .store(backing_bytes(self.cipherdir()), Ordering::Relaxed);
+        let mut c = Checker {
+            vol: self,
+            salvage: false,
+            live: true,
+            progress,
+            report: FsckReport::default(),
+            root: self.root_fd()?,
+            root_dir: None,
+            dirs: Vec::new(),
+            orphans: Vec::new(),
+            lost_found: None,
+        };
+        c.settled(|c| match Volume::read_config(c.vol.cipherdir()) {
+            Ok(cfg) if cfg.kdf == c.vol.config().kdf => {}
+            Ok(_) => {
+                c.problem(
+                    ProblemKind::Config,
+                    None,
+                    Path::new(CONFIG_FILE),
+                    "the [kdf] section differs from the keyring's header (which is authoritative)",
+                );
+            }
+            Err(e) => {
+                c.problem(
+                    ProblemKind::Config,
+                    None,
+                    Path::new(CONFIG_FILE),
+                    e.to_string(),
+                );
+            }
+        });
+        c.settled(|c| {
+            let now = [KEYRING_FILE, KEYRING_BACKUP]
+                .map(|n| std::fs::read(c.vol.cipherdir().join(n)).map_err(|e| e.to_string()));
+            c.check_keyring(now);
+        });
+        let root_fd = c.root.try_clone()?;
+        c.report.stats.directories += 1;
+        let root = c.settled(|c| {
+            let _ns = c.vol.namespace().read_recursive();
+            c.check_dir_record(
+                root_fd.as_fd(),
+                &EncryptionContext::ROOT,
+                b"",
+                Path::new(""),
+            )
+        });
+        if let Some(d) = root {
+            c.root_dir = Some(d.clone());
+            c.walk_dir(root_fd.as_fd(), &d, b"", Path::new(""));
+        }
+        c.handle_orphans();
+        Ok(c.report)
+    }
+}
+
 impl Checker<'_> {
+    /// Runs `f`; on a live volume, if it found problems, runs it again (up
+    /// to three more times, 50 ms apart) and keeps only the last findings:
+    /// a concurrent write or rename can make a sound object look damaged
+    /// for a moment. `f` must not repair anything.
+    fn settled<T>(&mut self, mut f: impl FnMut(&mut Self) -> T) -> T {
+        let mut tries = 0;
+        loop {
+            let (n, stats) = (self.report.problems.len(), self.report.stats.clone());
+            let out = f(self);
+            if !self.live || self.report.problems.len() == n || tries == 3 {
+                return out;
+            }
+            self.report.problems.truncate(n);
+            self.report.stats = stats;
+            tries += 1;
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// An entry that went away under a live check (renamed or removed).
+    fn vanished(&self, e: &io::Error) -> bool {
+        self.live && e.raw_os_error() == Some(libc::ENOENT)
+    }
+
     fn problem(
         &mut self,
         kind: ProblemKind,
@@ -760,6 +871,9 @@ impl Checker<'_> {
                 continue;
             }
             if entry.ends_with(".tmp") {
+                if self.live {
+                    continue; // a record being replaced right now
+                }
                 let i = self.problem(
                     ProblemKind::TempFile,
                     Some(path),
@@ -779,7 +893,7 @@ impl Checker<'_> {
                         && entry.ends_with(LONG_NAME_SIDECAR_SUFFIX) =>
                 {
                     let owner = &entry[..entry.len() - LONG_NAME_SIDECAR_SUFFIX.len()];
-                    if !names.contains(owner) {
+                    if !names.contains(owner) && !self.live {
                         let i = self.problem(
                             ProblemKind::StraySidecar,
                             Some(path),
@@ -804,6 +918,7 @@ impl Checker<'_> {
             };
             let st = match sys::fstatat(fd, OsStr::new(&entry)) {
                 Ok(st) => st,
+                Err(e) if self.vanished(&e) => continue,
                 Err(e) => {
                     self.problem(ProblemKind::Io, Some(path), &erel, format!("stat: {e}"));
                     continue;
@@ -860,6 +975,7 @@ impl Checker<'_> {
                     0,
                 ) {
                     Ok(c) => c,
+                    Err(e) if self.vanished(&e) => return,
                     Err(e) => {
                         self.problem(ProblemKind::Io, Some(path), rel, format!("open: {e}"));
                         return;
@@ -871,6 +987,9 @@ impl Checker<'_> {
                         matches!(self.read_copy(child.as_fd(), t, ctx), RecordCopy::Good(..))
                     })
                 });
+                if half_made.is_some() && self.live {
+                    return; // being made or removed right now
+                }
                 if let Some(tmps) = half_made {
                     // Half made or half removed (a crash inside mkdir or
                     // rmdir): nothing below it can be lost.
@@ -893,17 +1012,27 @@ impl Checker<'_> {
                     }
                     return;
                 }
-                if let Some(d) = self.check_dir_record(child.as_fd(), ctx, path, rel) {
+                let d = self.settled(|c| {
+                    let _ns = c.vol.namespace().read_recursive();
+                    c.check_dir_record(child.as_fd(), ctx, path, rel)
+                });
+                if let Some(d) = d {
                     self.walk_dir(child.as_fd(), &d, path, rel);
                 }
             }
             Kind::File => {
                 self.report.stats.files += 1;
-                self.check_file(parent, entry, ctx, path, rel);
+                self.settled(|c| {
+                    let _ns = c.vol.namespace().read_recursive();
+                    c.check_file(parent, entry, ctx, path, rel)
+                });
             }
             Kind::Symlink => {
                 self.report.stats.symlinks += 1;
                 let target = sys::readlinkat(parent, OsStr::new(entry));
+                if matches!(&target, Err(e) if self.vanished(e)) {
+                    return;
+                }
                 let ok = match (&target, &self.root_dir) {
                     (Ok(t), Some(root)) => root.names.open_symlink_target(t).is_ok(),
                     (Ok(_), None) => true, // root key unknown: nothing to check against
@@ -943,6 +1072,7 @@ impl Checker<'_> {
             0,
         ) {
             Ok(fd) => File::from(fd),
+            Err(e) if self.vanished(&e) => return,
             Err(e) => {
                 self.problem(ProblemKind::Io, Some(path), rel, format!("open: {e}"));
                 return;
