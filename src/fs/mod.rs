@@ -736,18 +736,43 @@ impl SealFs {
 
     /// Gives a new entry to the requesting user (when the daemon runs as
     /// root for other users with allow_other).
+    ///
+    /// In a set-group-ID parent the entry keeps the group the backing
+    /// filesystem gave it (the parent's), as on ext4.
     fn chown_new(&self, parent: &Inode, entry: &str, req: &Request) {
         if self.daemon_is_root && (req.uid() != 0 || req.gid() != 0) {
             let r = parent
                 .dir_fd()
                 .map_err(|_| std::io::Error::from_raw_os_error(libc::ENOTDIR))
                 .and_then(|fd| {
-                    sys::fchownat(fd, OsStr::new(entry), Some(req.uid()), Some(req.gid()))
+                    let sgid = sys::fstatat(fd, OsStr::new(""))?.st_mode & libc::S_ISGID != 0;
+                    let gid = if sgid { None } else { Some(req.gid()) };
+                    sys::fchownat(fd, OsStr::new(entry), Some(req.uid()), gid)
                 });
             if let Err(e) = r {
                 tracing::warn!("chown of new entry failed: {e}");
             }
         }
+    }
+
+    /// Gives a new entry exactly the permission bits the caller asked for
+    /// (`mode` with the caller's umask already applied): the backing
+    /// `open`/`mkdir`/`mknod` also applied the daemon's own umask. A new
+    /// directory keeps the set-group-ID bit inherited from its parent.
+    /// Call after [`Self::chown_new`], since a chown clears set-ID bits.
+    fn set_new_mode(dir: std::os::fd::BorrowedFd<'_>, entry: &OsStr, mode: u32) -> FsResult<()> {
+        let st = sys::fstatat(dir, entry).map_err(io_errno)?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            return Ok(());
+        }
+        let mut want = mode & 0o7777;
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            want |= st.st_mode & libc::S_ISGID;
+        }
+        if st.st_mode & 0o7777 != want {
+            sys::fchmodat(dir, entry, want).map_err(io_errno)?;
+        }
+        Ok(())
     }
 
     /// Creates a keyless node (FIFO, socket, device, symlink) with `make`
@@ -757,6 +782,7 @@ impl SealFs {
         req: &Request,
         parent: INodeNo,
         name: &OsStr,
+        mode: Option<u32>,
         make: impl FnOnce(std::os::fd::BorrowedFd<'_>, &OsStr) -> std::io::Result<()>,
     ) -> FsResult<FileAttr> {
         self.check_writable()?;
@@ -767,6 +793,9 @@ impl SealFs {
         Self::write_sidecar(&p, &bn)?;
         make(p.dir_fd()?, OsStr::new(&bn.entry)).map_err(io_errno)?;
         self.chown_new(&p, &bn.entry, req);
+        if let Some(m) = mode {
+            Self::set_new_mode(p.dir_fd()?, OsStr::new(&bn.entry), m)?;
+        }
         let (inode, st) = self.remember(&p, name.as_bytes(), &bn.entry)?;
         Ok(self.attr(&inode, &st))
     }
@@ -802,6 +831,11 @@ impl SealFs {
             Err(e) => return Err(io_errno(e)),
         };
         self.chown_new(&pinode, &bn.entry, req);
+        if let Err(e) = Self::set_new_mode(pinode.dir_fd()?, entry, mode) {
+            let _ = sys::unlinkat(pinode.dir_fd()?, entry, false);
+            Self::remove_sidecar(&pinode, &bn);
+            return Err(e);
+        }
         let ctx = EncryptionContext {
             parent_dir_id: pdir.id,
             name: name.as_bytes(),
@@ -1247,7 +1281,7 @@ impl fuser::Filesystem for SealFs {
                 Self::close_content(&inode);
                 return Ok(self.attr(&inode, &st));
             }
-            self.create_node(req, parent, name, |dir, entry| {
+            self.create_node(req, parent, name, Some(mode), |dir, entry| {
                 sys::mknodat(dir, entry, mode, rdev as u64)
             })
         })();
@@ -1295,10 +1329,13 @@ impl fuser::Filesystem for SealFs {
                     return Err(errno_of(&e));
                 }
             }
-            if (mode & !umask & 0o700) != 0o700 {
-                let _ = sys::fchmodat(dfd, OsStr::new(""), mode & !umask & 0o7777);
-            }
             self.chown_new(&p, &bn.entry, req);
+            if let Err(e) = Self::set_new_mode(p.dir_fd()?, entry, mode & !umask) {
+                tracing::warn!(
+                    ino = inode.ino,
+                    "cannot set the mode of a new directory: {e:?}"
+                );
+            }
             let st = sys::fstatat(dfd, OsStr::new("")).unwrap_or(st);
             Ok(self.attr(&inode, &st))
         })();
@@ -1380,7 +1417,7 @@ impl fuser::Filesystem for SealFs {
                 .names
                 .seal_symlink_target(target.as_os_str().as_bytes())
                 .map_err(|_| Errno::ENAMETOOLONG)?;
-            self.create_node(req, parent, link_name, |dir, entry| {
+            self.create_node(req, parent, link_name, None, |dir, entry| {
                 sys::symlinkat(OsStr::new(&sealed), dir, entry)
             })
         })();
