@@ -463,6 +463,21 @@ impl SealFs {
         Volume::write_name_sidecar(parent.dir_fd()?, bn).map_err(io_errno)
     }
 
+    /// After a failed create or rename: removes the sidecar written for it,
+    /// unless an entry of that name exists (then the sidecar is its own).
+    fn undo_sidecar(parent: &Inode, bn: &BackingName) {
+        if bn.sidecar.is_none() {
+            return;
+        }
+        if let Ok(fd) = parent.dir_fd() {
+            if let Err(e) = sys::fstatat(fd, OsStr::new(&bn.entry)) {
+                if e.raw_os_error() == Some(libc::ENOENT) {
+                    Volume::remove_name_sidecar(fd, bn);
+                }
+            }
+        }
+    }
+
     fn remove_sidecar(parent: &Inode, bn: &BackingName) {
         if let Ok(fd) = parent.dir_fd() {
             Volume::remove_name_sidecar(fd, bn);
@@ -791,7 +806,10 @@ impl SealFs {
         let d = self.dir_of(&p)?;
         let bn = Self::backing_name(&d, name)?;
         Self::write_sidecar(&p, &bn)?;
-        make(p.dir_fd()?, OsStr::new(&bn.entry)).map_err(io_errno)?;
+        if let Err(e) = make(p.dir_fd()?, OsStr::new(&bn.entry)) {
+            Self::undo_sidecar(&p, &bn);
+            return Err(io_errno(e));
+        }
         self.chown_new(&p, &bn.entry, req);
         if let Some(m) = mode {
             Self::set_new_mode(p.dir_fd()?, OsStr::new(&bn.entry), m)?;
@@ -828,7 +846,10 @@ impl SealFs {
                 let f = self.open_content(&inode)?;
                 return Ok((inode, st, f));
             }
-            Err(e) => return Err(io_errno(e)),
+            Err(e) => {
+                Self::undo_sidecar(&pinode, &bn);
+                return Err(io_errno(e));
+            }
         };
         self.chown_new(&pinode, &bn.entry, req);
         if let Err(e) = Self::set_new_mode(pinode.dir_fd()?, entry, mode) {
@@ -933,6 +954,82 @@ impl SealFs {
         }
     }
 
+    /// The steps of a rename after the checks: re-bind the key of a file or
+    /// directory to its new context, then the backing rename (removing the
+    /// records of a replaced empty directory `target_dir` just before it).
+    fn rename_entry(
+        &self,
+        (p, src, old_ctx): (&Inode, &BackingName, &EncryptionContext<'_>),
+        (np, dst, new_ctx): (&Inode, &BackingName, &EncryptionContext<'_>),
+        kind: Kind,
+        noreplace: bool,
+        target_dir: Option<OwnedFd>,
+    ) -> FsResult<()> {
+        let pfd = p.dir_fd()?;
+        let npfd = np.dir_fd()?;
+        let rename_flags = if noreplace { libc::RENAME_NOREPLACE } else { 0 };
+        let backing_rename = || -> FsResult<()> {
+            if let Some(t) = &target_dir {
+                Self::remove_dir_records(t.as_fd());
+            }
+            sys::renameat2(
+                pfd,
+                OsStr::new(&src.entry),
+                npfd,
+                OsStr::new(&dst.entry),
+                rename_flags,
+            )
+            .map_err(io_errno)
+        };
+        match kind {
+            Kind::File => {
+                let f = sys::openat(
+                    pfd,
+                    OsStr::new(&src.entry),
+                    libc::O_RDWR | libc::O_NOFOLLOW,
+                    0,
+                )
+                .map_err(io_errno)?;
+                let f = File::from(f);
+                let rec = self
+                    .vol
+                    .begin_rebind_file(&f, old_ctx, new_ctx)
+                    .map_err(|e| {
+                        tracing::warn!("rename: cannot re-bind file header: {e}");
+                        errno_of(&e)
+                    })?;
+                backing_rename()?;
+                if let Err(e) = self.vol.finish_rebind_file(&f, rec) {
+                    tracing::warn!("rename: old header slot not cleared: {e}");
+                }
+            }
+            Kind::Dir => {
+                let dfd = sys::openat(
+                    pfd,
+                    OsStr::new(&src.entry),
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                    0,
+                )
+                .map_err(io_errno)?;
+                let d = self
+                    .vol
+                    .load_dir(dfd.as_fd(), old_ctx)
+                    .map_err(|e| errno_of(&e))?;
+                self.vol
+                    .begin_rebind_dir(dfd.as_fd(), &d, old_ctx, new_ctx)
+                    .map_err(|e| errno_of(&e))?;
+                backing_rename()?;
+                if let Err(e) = self.vol.finish_rebind_dir(dfd.as_fd(), &d, new_ctx) {
+                    tracing::warn!("rename: old directory slot not cleared: {e}");
+                }
+            }
+            _ => {
+                backing_rename()?;
+            }
+        }
+        Ok(())
+    }
+
     fn do_rename(
         &self,
         parent: INodeNo,
@@ -969,6 +1066,10 @@ impl SealFs {
         }
         let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
         let target = sys::fstatat(npfd, OsStr::new(&dst.entry)).ok();
+        // An empty directory being replaced: its records go just before the
+        // backing rename (which needs it empty), after every step that can
+        // fail for lack of space, so a failed rename leaves it intact.
+        let mut target_dir: Option<OwnedFd> = None;
         if let Some(t) = &target {
             if noreplace {
                 return Err(Errno::EEXIST);
@@ -986,7 +1087,7 @@ impl SealFs {
                     if !Self::is_backing_dir_empty(tfd.as_fd())? {
                         return Err(Errno::ENOTEMPTY);
                     }
-                    Self::remove_dir_records(tfd.as_fd());
+                    target_dir = Some(tfd);
                 }
                 (Kind::Dir, _) => return Err(Errno::ENOTDIR),
                 (_, Kind::Dir) => return Err(Errno::EISDIR),
@@ -994,73 +1095,16 @@ impl SealFs {
             }
         }
         Self::write_sidecar(&np, &dst)?;
-        let rename_flags = if noreplace { libc::RENAME_NOREPLACE } else { 0 };
-        match kind {
-            Kind::File => {
-                let f = sys::openat(
-                    pfd,
-                    OsStr::new(&src.entry),
-                    libc::O_RDWR | libc::O_NOFOLLOW,
-                    0,
-                )
-                .map_err(io_errno)?;
-                let f = File::from(f);
-                let rec = self
-                    .vol
-                    .begin_rebind_file(&f, &old_ctx, &new_ctx)
-                    .map_err(|e| {
-                        tracing::warn!("rename: cannot re-bind file header: {e}");
-                        errno_of(&e)
-                    })?;
-                sys::renameat2(
-                    pfd,
-                    OsStr::new(&src.entry),
-                    npfd,
-                    OsStr::new(&dst.entry),
-                    rename_flags,
-                )
-                .map_err(io_errno)?;
-                if let Err(e) = self.vol.finish_rebind_file(&f, rec) {
-                    tracing::warn!("rename: old header slot not cleared: {e}");
-                }
-            }
-            Kind::Dir => {
-                let dfd = sys::openat(
-                    pfd,
-                    OsStr::new(&src.entry),
-                    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                    0,
-                )
-                .map_err(io_errno)?;
-                let d = self
-                    .vol
-                    .load_dir(dfd.as_fd(), &old_ctx)
-                    .map_err(|e| errno_of(&e))?;
-                self.vol
-                    .begin_rebind_dir(dfd.as_fd(), &d, &old_ctx, &new_ctx)
-                    .map_err(|e| errno_of(&e))?;
-                sys::renameat2(
-                    pfd,
-                    OsStr::new(&src.entry),
-                    npfd,
-                    OsStr::new(&dst.entry),
-                    rename_flags,
-                )
-                .map_err(io_errno)?;
-                if let Err(e) = self.vol.finish_rebind_dir(dfd.as_fd(), &d, &new_ctx) {
-                    tracing::warn!("rename: old directory slot not cleared: {e}");
-                }
-            }
-            _ => {
-                sys::renameat2(
-                    pfd,
-                    OsStr::new(&src.entry),
-                    npfd,
-                    OsStr::new(&dst.entry),
-                    rename_flags,
-                )
-                .map_err(io_errno)?;
-            }
+        let r = self.rename_entry(
+            (&p, &src, &old_ctx),
+            (&np, &dst, &new_ctx),
+            kind,
+            noreplace,
+            target_dir,
+        );
+        if let Err(e) = r {
+            Self::undo_sidecar(&np, &dst);
+            return Err(e);
         }
         if !(p.ino == np.ino
             && src.sidecar.as_ref().map(|s| &s.0) == dst.sidecar.as_ref().map(|s| &s.0))
@@ -1309,7 +1353,10 @@ impl fuser::Filesystem for SealFs {
             let bn = Self::backing_name(&d, name)?;
             Self::write_sidecar(&p, &bn)?;
             let entry = OsStr::new(&bn.entry);
-            sys::mkdirat(p.dir_fd()?, entry, (mode & !umask & 0o7777) | 0o700).map_err(io_errno)?;
+            if let Err(e) = sys::mkdirat(p.dir_fd()?, entry, (mode & !umask & 0o7777) | 0o700) {
+                Self::undo_sidecar(&p, &bn);
+                return Err(io_errno(e));
+            }
             let (inode, st) = self.remember(&p, name.as_bytes(), &bn.entry)?;
             let dfd = inode.dir_fd()?;
             let ctx = EncryptionContext {
