@@ -641,6 +641,11 @@ impl SealFs {
     /// Opens (or shares) the content of a file inode.
     fn open_content(&self, inode: &Arc<Inode>) -> FsResult<Arc<RwLock<SealedFile>>> {
         self.check_enabled()?;
+        // The header is opened with the inode's current (parent, name): a
+        // rename must not change it in between (the rename drops the old
+        // binding before it updates the location). Taken before the open
+        // lock, in the same order as create_file.
+        let _ns = self.vol.namespace().read_recursive();
         let mut st = inode.open.lock();
         if let Some(f) = st.file.clone() {
             st.count += 1;
