@@ -16,6 +16,7 @@ pub mod crypto;
 pub mod ctl;
 pub mod format;
 pub mod fs;
+pub mod fuzz;
 pub mod keyring;
 pub mod vault;
 pub mod volume;
