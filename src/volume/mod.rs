@@ -201,6 +201,9 @@ impl Volume {
         secret: &UnlockSecret,
         params: Argon2Params,
     ) -> Result<(), VolumeError> {
+        if matches!(secret, UnlockSecret::Passphrase(_)) {
+            params.check()?;
+        }
         if !is_empty_dir(cipherdir)? {
             return Err(VolumeError::NotEmpty(cipherdir.to_path_buf()));
         }
@@ -330,6 +333,9 @@ impl Volume {
         secret: &UnlockSecret,
         params: Argon2Params,
     ) -> Result<(), VolumeError> {
+        if matches!(secret, UnlockSecret::Passphrase(_)) {
+            params.check()?;
+        }
         let (src, salt) = self.update_keyring(|k| k.change_secret(secret, params))?;
         let mut c = self.config.write();
         let mut next = c.clone();
