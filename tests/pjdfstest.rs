@@ -135,6 +135,9 @@ fn pjdfstest_conformance() {
         .arg(&config)
         .arg("-p")
         .arg(&fx.mnt)
+        // A path on another filesystem, for the EXDEV cases.
+        .arg("-s")
+        .arg(&fx.scratch)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(fs::File::create(&outfile).unwrap())
