@@ -1144,6 +1144,10 @@ fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
 }
 
 fn main() -> ExitCode {
+    // Every command may hold unwrapped keys (init, passwd, rotate, rewrap,
+    // info, the mount daemon): none of them dumps core. `mount` checks the
+    // result and logs a failure.
+    let _ = sealfs::hardening::disable_core_dumps();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
