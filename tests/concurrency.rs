@@ -392,7 +392,8 @@ fn content_of(id: u32) -> Vec<u8> {
 }
 
 /// Renames of files between directories and of whole directories back and
-/// forth, while other threads list, stat, and open and read. An open that
+/// forth, while other threads list, stat, and open and read, and one
+/// writes to files it holds open while they move. An open that
 /// succeeds must read the file's exact content; the only error allowed is
 /// ENOENT (the name moved away). At the end every file exists exactly once
 /// with its content, also after a remount.
@@ -413,10 +414,16 @@ fn rename_storm_with_concurrent_readers() {
         fs::write(&p, content_of(id)).unwrap();
         place.insert(id, (d, sub));
     }
+    // Files written through fds held open while they are renamed (ids from
+    // WRITTEN_BASE, never opened by the readers above).
+    for id in WRITTEN_BASE..WRITTEN_BASE + WRITTEN {
+        File::create(file_path(&root, 0, false, id)).unwrap();
+        place.insert(id, (0, false));
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
 
-    let place = {
+    let (place, written) = {
         let (root, stop, counts) = (root.clone(), stop.clone(), counts.clone());
         with_watchdog(&fx, WATCHDOG, move || {
             let mut handles = Vec::new();
@@ -474,6 +481,48 @@ fn rename_storm_with_concurrent_readers() {
                     }
                 }));
             }
+            // The writer: keeps its files open across their renames and
+            // rewrites records in them (chunk-aligned and not); its model of
+            // their content is checked at the end.
+            let writer = {
+                let stop = stop.clone();
+                let fds: Vec<File> = (WRITTEN_BASE..WRITTEN_BASE + WRITTEN)
+                    .map(|id| {
+                        OpenOptions::new()
+                            .read(true)
+                            .write(true)
+                            .open(file_path(&root, 0, false, id))
+                            .unwrap()
+                    })
+                    .collect();
+                thread::spawn(move || {
+                    let mut rng = Rng::new(600);
+                    let mut models = vec![Vec::<u8>::new(); fds.len()];
+                    let mut n = 0u32;
+                    while !stop.load(Ordering::Relaxed) {
+                        let k = rng.below(fds.len() as u64) as usize;
+                        let off = if rng.below(2) == 0 {
+                            rng.below(64) * CHUNK
+                        } else {
+                            rng.below(64 * CHUNK)
+                        } as usize;
+                        n += 1;
+                        let rec = record(n, 1, 16 + rng.below(6000) as usize);
+                        fds[k]
+                            .write_all_at(&rec, off as u64)
+                            .unwrap_or_else(|e| panic!("write to a renamed open file: {e}"));
+                        let m = &mut models[k];
+                        if m.len() < off + rec.len() {
+                            m.resize(off + rec.len(), 0);
+                        }
+                        m[off..off + rec.len()].copy_from_slice(&rec);
+                        if n % 50 == 0 {
+                            fds[k].sync_data().unwrap();
+                        }
+                    }
+                    models
+                })
+            };
             // The renamer: files between directories and into/out of the
             // subdirectories, and subdirectories between parents.
             let mut rng = Rng::new(500);
@@ -501,7 +550,11 @@ fn rename_storm_with_concurrent_readers() {
                     }
                     renames += 3;
                 } else {
-                    let id = rng.below(u64::from(FILES)) as u32;
+                    let id = if rng.below(4) == 0 {
+                        WRITTEN_BASE + rng.below(u64::from(WRITTEN)) as u32
+                    } else {
+                        rng.below(u64::from(FILES)) as u32
+                    };
                     let (d, sub) = place[&id];
                     let (nd, nsub) = (rng.below(u64::from(DIRS)) as u32, rng.below(2) == 0);
                     fs::rename(file_path(&root, d, sub, id), file_path(&root, nd, nsub, id))
@@ -512,8 +565,12 @@ fn rename_storm_with_concurrent_readers() {
             }
             stop.store(true, Ordering::Relaxed);
             join_all(handles);
+            let written = match writer.join() {
+                Ok(m) => m,
+                Err(p) => std::panic::resume_unwind(p),
+            };
             eprintln!("{renames} renames");
-            place
+            (place, written)
         })
     };
     eprintln!(
@@ -527,7 +584,18 @@ fn rename_storm_with_concurrent_readers() {
         for (id, (d, sub)) in &place {
             let p = file_path(&fx.mnt, *d, *sub, *id);
             let v = fs::read(&p).unwrap_or_else(|e| panic!("{what}: file {id}: {e}"));
-            assert!(v == content_of(*id), "{what}: file {id} content");
+            let want = if *id >= WRITTEN_BASE {
+                written[(*id - WRITTEN_BASE) as usize].clone()
+            } else {
+                content_of(*id)
+            };
+            assert!(
+                v == want,
+                "{what}: file {id}: {} bytes, want {} (first difference at {:?})",
+                v.len(),
+                want.len(),
+                v.iter().zip(&want).position(|(a, b)| a != b)
+            );
             seen += 1;
         }
         let mut listed = 0;
@@ -542,6 +610,10 @@ fn rename_storm_with_concurrent_readers() {
     fx.remount();
     check(&fx, "after a remount");
 }
+
+/// Ids of the files the writer keeps open while they are renamed.
+const WRITTEN_BASE: u32 = 1000;
+const WRITTEN: u32 = 4;
 
 fn dir_path(root: &Path, d: u32, sub: bool) -> PathBuf {
     let p = root.join(format!("d{d}"));
@@ -597,7 +669,7 @@ fn fio_parallel_jobs_verify() {
                 "--verify_state_save=0",
                 "--name=own",
                 "--numjobs=4",
-                "--size=8m",
+                "--size=4m",
                 "--rw=randrw",
                 "--bsrange=1k-64k",
                 "--ioengine=psync",
