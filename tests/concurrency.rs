@@ -716,3 +716,61 @@ fn fio_parallel_jobs_verify() {
     let after = fs::read(&shared).unwrap();
     assert!(before == after, "shared file changed over a remount");
 }
+
+/// The watchdog itself: a workload stuck in a request to a daemon that no
+/// longer answers (SIGSTOP) fails within the limit, and the fixture still
+/// detaches the mount and reaps the daemon.
+#[test]
+fn watchdog_fails_a_hung_workload_and_still_cleans_up() {
+    let fx = Fixture::mounted();
+    let mnt = fx.mnt.clone();
+    let cipher = fx.cipher.clone();
+    let pid = fx.mounted.as_ref().unwrap().pid().unwrap() as i32;
+    // SAFETY: kill(2) of the daemon this fixture started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    // Wait until every thread of the daemon is stopped.
+    let stopped = || {
+        fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|rd| {
+                rd.flatten().all(|t| {
+                    fs::read_to_string(t.path().join("stat"))
+                        .map(|st| {
+                            st.rsplit_once(')')
+                                .is_some_and(|(_, r)| r.trim_start().starts_with('T'))
+                        })
+                        .unwrap_or(true)
+                })
+            })
+            .unwrap_or(false)
+    };
+    let t0 = Instant::now();
+    while !stopped() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the daemon did not stop"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    let target = fx.p("never");
+    let start = Instant::now();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        with_watchdog(&fx, Duration::from_secs(2), move || {
+            let _ = fs::write(target, b"x");
+        })
+    }));
+    let err = r.expect_err("a hung workload passed the watchdog");
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("did not finish within"), "{msg}");
+    assert!(start.elapsed() < Duration::from_secs(10));
+    // A stopped daemon never exits by itself: the fixture's drop would kill
+    // it after its own timeout (10 s). Kill it now, as that would, and the
+    // drop still has the dead mount to detach.
+    // SAFETY: kill(2) of the daemon this fixture started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(fx)));
+    assert!(!is_mounted(&mnt), "the hung mount is still there");
+    assert!(
+        sealfs_pids_mentioning(&cipher).is_empty(),
+        "the stopped daemon is still alive"
+    );
+}
