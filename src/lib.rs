@@ -16,6 +16,8 @@ pub mod crypto;
 pub mod ctl;
 pub mod format;
 pub mod fs;
+pub mod fuzz;
+pub mod hardening;
 pub mod keyring;
 pub mod vault;
 pub mod volume;

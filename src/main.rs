@@ -581,6 +581,8 @@ fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
         .ctl_socket
         .clone()
         .unwrap_or_else(|| ctl::default_socket_path(&canonical_mp));
+    // Before any key is in memory; inherited by the daemonized child.
+    let core_dumps = sealfs::hardening::disable_core_dumps();
     let s = read_secret(&a.secret, false)?;
     let vol = Arc::new(Volume::open(cipherdir, &s, opts.read_only)?);
     drop(s);
@@ -630,6 +632,14 @@ fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
         ready_pipe = Some(std::fs::File::from(w));
     }
     init_logging(a.log_file.as_deref());
+    if let Err(e) = core_dumps {
+        tracing::warn!("cannot disable core dumps: {e}");
+    }
+    // Memory locks do not survive fork: taken here, in the serving process.
+    match sealfs::hardening::lock_memory() {
+        sealfs::hardening::MemoryLock::Locked => tracing::debug!("memory locked"),
+        other => tracing::debug!("memory not locked: {other:?}"),
+    }
     let fail = |pipe: &mut Option<std::fs::File>, msg: String| -> CliError {
         if let Some(p) = pipe.as_mut() {
             let _ = writeln!(p, "ERR {msg}");
@@ -1315,6 +1325,10 @@ fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
 }
 
 fn main() -> ExitCode {
+    // Every command may hold unwrapped keys (init, passwd, rotate, rewrap,
+    // info, the mount daemon): none of them dumps core. `mount` checks the
+    // result and logs a failure.
+    let _ = sealfs::hardening::disable_core_dumps();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

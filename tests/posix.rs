@@ -1372,3 +1372,37 @@ fn concurrent_clients_do_not_corrupt_each_other() {
         assert_eq!(n, 2 + 26, "t{t} holds {n} entries");
     }
 }
+
+/// New entries get exactly the mode the caller asked for less the caller's
+/// umask, not less the daemon's umask too (pjdfstest
+/// rename::write_access_required_subdir found a 0777 mkdir landing as 0755).
+#[test]
+fn new_entries_ignore_the_daemons_umask() {
+    let fx = Fixture::mounted();
+    // umask is process-wide: set it in a child shell, not in this test binary.
+    run_ok(
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg("umask 0 && mkdir d && : > f && mkfifo p")
+            .current_dir(&fx.mnt),
+    );
+    for (name, want) in [("d", 0o777), ("f", 0o666), ("p", 0o666)] {
+        let mode = fs::symlink_metadata(fx.p(name)).unwrap().mode() & 0o7777;
+        assert_eq!(mode, want, "{name}: mode {mode:o}, want {want:o}");
+    }
+    // The same after the kernel's caches are gone.
+    let mut fx = fx;
+    fx.remount();
+    for (name, want) in [("d", 0o777), ("f", 0o666), ("p", 0o666)] {
+        let mode = fs::symlink_metadata(fx.p(name)).unwrap().mode() & 0o7777;
+        assert_eq!(mode, want, "{name} after remount: mode {mode:o}");
+    }
+    // A set-group-ID directory passes its group and the bit to a new subdirectory.
+    fs::set_permissions(fx.p("d"), fs::Permissions::from_mode(0o2777)).unwrap();
+    std::os::unix::fs::chown(fx.p("d"), None, Some(65534)).unwrap();
+    fs::set_permissions(fx.p("d"), fs::Permissions::from_mode(0o2777)).unwrap();
+    fs::create_dir(fx.p("d/sub")).unwrap();
+    let md = fs::metadata(fx.p("d/sub")).unwrap();
+    assert_eq!(md.gid(), 65534, "new subdirectory of a setgid directory");
+    assert_ne!(md.mode() & libc::S_ISGID, 0, "setgid bit inherited");
+}

@@ -226,6 +226,64 @@ impl Argon2Params {
         iterations: 3,
         parallelism: 2,
     };
+
+    /// The floor below which a volume is refused (a config edited down to
+    /// trivially cheap guessing): 8 MiB, 1 pass, 1 lane. Far under the
+    /// defaults; it is what the test suites use to stay fast.
+    pub const MIN: Argon2Params = Argon2Params {
+        memory_kib: 8 * 1024,
+        iterations: 1,
+        parallelism: 1,
+    };
+
+    /// The ceiling above which a volume is refused, so a crafted config or
+    /// keyring header cannot make the daemon allocate or spin without
+    /// bound: 4 GiB, 64 passes, 16 lanes.
+    pub const MAX: Argon2Params = Argon2Params {
+        memory_kib: 4 * 1024 * 1024,
+        iterations: 64,
+        parallelism: 16,
+    };
+
+    /// Checks the parameters against [`Self::MIN`] and [`Self::MAX`].
+    pub fn check(&self) -> Result<(), CryptoError> {
+        let fields = [
+            (
+                "memory",
+                "KiB",
+                self.memory_kib,
+                Self::MIN.memory_kib,
+                Self::MAX.memory_kib,
+            ),
+            (
+                "passes",
+                "",
+                self.iterations,
+                Self::MIN.iterations,
+                Self::MAX.iterations,
+            ),
+            (
+                "lanes",
+                "",
+                self.parallelism,
+                Self::MIN.parallelism,
+                Self::MAX.parallelism,
+            ),
+        ];
+        for (what, unit, v, lo, hi) in fields {
+            if v < lo {
+                return Err(CryptoError::KdfParams(format!(
+                    "Argon2id {what} {v}{unit} is below the minimum {lo}{unit}"
+                )));
+            }
+            if v > hi {
+                return Err(CryptoError::KdfParams(format!(
+                    "Argon2id {what} {v}{unit} is above the maximum {hi}{unit}"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Stretches a passphrase into a key-encryption key with Argon2id.
@@ -311,6 +369,33 @@ mod tests {
         let k = SecretKey::from_bytes([0xAB; 32]);
         let s = format!("{:?} {:?}", k, k.cipher());
         assert!(!s.to_lowercase().contains("ab"), "{s}");
+    }
+
+    #[test]
+    fn kdf_bounds() {
+        assert!(Argon2Params::DEFAULT.check().is_ok());
+        assert!(Argon2Params::MIN.check().is_ok());
+        assert!(Argon2Params::MAX.check().is_ok());
+        let weak = Argon2Params {
+            memory_kib: 1024,
+            ..Argon2Params::MIN
+        };
+        let e = weak.check().unwrap_err().to_string();
+        assert!(e.contains("below the minimum 8192KiB"), "{e}");
+        let greedy = Argon2Params {
+            iterations: 1000,
+            ..Argon2Params::DEFAULT
+        };
+        assert!(greedy
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("above the maximum"));
+        let zero_lanes = Argon2Params {
+            parallelism: 0,
+            ..Argon2Params::DEFAULT
+        };
+        assert!(zero_lanes.check().is_err());
     }
 
     #[test]

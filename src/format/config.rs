@@ -40,6 +40,10 @@ pub enum ConfigError {
     /// Field has an unusable value.
     #[error("sealfs.toml is corrupted: {0}")]
     Invalid(String),
+    /// Key-derivation parameters outside the accepted range (weakened below
+    /// the minimum, or beyond the maximum).
+    #[error("sealfs.toml: refusing the volume: {0}")]
+    KdfParams(String),
 }
 
 /// How the key-encryption key that seals the keyring is obtained.
@@ -116,6 +120,12 @@ impl VolumeConfig {
             )));
         }
         c.volume_id_bytes()?;
+        if let Some(p) = c.argon2_params() {
+            p.check().map_err(|e| match e {
+                crate::crypto::CryptoError::KdfParams(m) => ConfigError::KdfParams(m),
+                e => ConfigError::KdfParams(e.to_string()),
+            })?;
+        }
         if let Some(p) = &c.rotation_period {
             parse_duration(p).map_err(|e| ConfigError::Invalid(format!("rotation_period: {e}")))?;
         }
@@ -237,6 +247,35 @@ mod tests {
             VolumeConfig::parse(&t),
             Err(ConfigError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn refuses_weakened_or_excessive_kdf_parameters() {
+        let t = sample()
+            .to_toml()
+            .replace("memory_kib = 65536", "memory_kib = 64");
+        match VolumeConfig::parse(&t) {
+            Err(ConfigError::KdfParams(m)) => assert!(m.contains("below the minimum"), "{m}"),
+            other => panic!("weak memory accepted: {other:?}"),
+        }
+        let t = sample()
+            .to_toml()
+            .replace("iterations = 3", "iterations = 0");
+        assert!(matches!(
+            VolumeConfig::parse(&t),
+            Err(ConfigError::KdfParams(_))
+        ));
+        let t = sample()
+            .to_toml()
+            .replace("memory_kib = 65536", "memory_kib = 4294967295");
+        match VolumeConfig::parse(&t) {
+            Err(ConfigError::KdfParams(m)) => assert!(m.contains("above the maximum"), "{m}"),
+            other => panic!("huge memory accepted: {other:?}"),
+        }
+        let t = sample()
+            .to_toml()
+            .replace("parallelism = 2", "parallelism = 1");
+        assert!(VolumeConfig::parse(&t).is_ok());
     }
 
     #[test]

@@ -38,6 +38,10 @@ pub enum KeyringFormatError {
     /// The KEK did not open it: wrong passphrase/key file, or tampered keyring.
     #[error("wrong passphrase or key file (or the keyring was tampered with)")]
     Unlock,
+    /// Key-derivation parameters beyond [`Argon2Params::MAX`] (checked
+    /// before any key derivation runs).
+    #[error("keyring key-derivation parameters are out of range: {0}")]
+    KdfOutOfRange(String),
     /// RNG failure while sealing.
     #[error(transparent)]
     Crypto(#[from] CryptoError),
@@ -146,6 +150,21 @@ pub fn parse_header(bytes: &[u8]) -> Result<KeyringHeader, KeyringFormatError> {
         2 => KekSource::KeyFile,
         _ => return Err(KeyringFormatError::Malformed),
     };
+    if let KekSource::Passphrase(p) = kek {
+        // Only the ceiling here: the floor is the volume's policy (config
+        // and new secrets), and unit tests use tiny costs.
+        let capped = Argon2Params {
+            memory_kib: p.memory_kib.min(Argon2Params::MAX.memory_kib),
+            iterations: p.iterations.min(Argon2Params::MAX.iterations),
+            parallelism: p.parallelism.min(Argon2Params::MAX.parallelism),
+        };
+        if capped != p {
+            return Err(KeyringFormatError::KdfOutOfRange(format!(
+                "{} KiB, {} passes, {} lanes",
+                p.memory_kib, p.iterations, p.parallelism
+            )));
+        }
+    }
     let mut salt = [0u8; 16];
     salt.copy_from_slice(&bytes[24..40]);
     let mut volume_id = [0u8; 16];

@@ -177,6 +177,38 @@ mod tests {
         }
 
         #[test]
+        fn chunk_lengths_sum_to_the_size(p in 0u64..(1u64 << 32)) {
+            let n = chunk_count(p);
+            let mut sum = 0u64;
+            for k in n.saturating_sub(3)..n {
+                let l = chunk_len(k, p) as u64;
+                prop_assert!(l > 0 && l <= CHUNK_SIZE);
+                if k + 1 < n { prop_assert_eq!(l, CHUNK_SIZE); }
+                sum += l;
+            }
+            prop_assert_eq!(sum + n.saturating_sub(3) * CHUNK_SIZE, p);
+            prop_assert_eq!(chunk_len(n, p), 0);
+        }
+
+        #[test]
+        fn last_chunk_ends_the_ciphertext(p in 1u64..(1u64 << 44)) {
+            let l = chunk_count(p) - 1;
+            prop_assert_eq!(chunk_data_offset(l) + chunk_len(l, p) as u64, ciphertext_size(p));
+        }
+
+        #[test]
+        fn huge_sizes_round_trip(p in (1u64 << 44)..(1u64 << 62)) {
+            prop_assert_eq!(plaintext_size(ciphertext_size(p)).unwrap(), p);
+            prop_assert!(ciphertext_size(p) > p);
+        }
+
+        #[test]
+        fn reported_blocks_cover_the_size(p in 0u64..(1u64 << 50)) {
+            let b = reported_blocks(p);
+            prop_assert!(b * 512 >= p && b * 512 < p + 512);
+        }
+
+        #[test]
         fn touched_covers_range(off in 0u64..(1u64 << 32), len in 1u64..(1u64 << 22)) {
             let (a, b) = chunks_touched(off, len).unwrap();
             prop_assert!(a * CHUNK_SIZE <= off);

@@ -477,6 +477,21 @@ impl SealFs {
         Volume::write_name_sidecar(parent.dir_fd()?, bn).map_err(io_errno)
     }
 
+    /// After a failed create or rename: removes the sidecar written for it,
+    /// unless an entry of that name exists (then the sidecar is its own).
+    fn undo_sidecar(parent: &Inode, bn: &BackingName) {
+        if bn.sidecar.is_none() {
+            return;
+        }
+        if let Ok(fd) = parent.dir_fd() {
+            if let Err(e) = sys::fstatat(fd, OsStr::new(&bn.entry)) {
+                if e.raw_os_error() == Some(libc::ENOENT) {
+                    Volume::remove_name_sidecar(fd, bn);
+                }
+            }
+        }
+    }
+
     fn remove_sidecar(parent: &Inode, bn: &BackingName) {
         if let Ok(fd) = parent.dir_fd() {
             Volume::remove_name_sidecar(fd, bn);
@@ -640,6 +655,11 @@ impl SealFs {
     /// Opens (or shares) the content of a file inode.
     fn open_content(&self, inode: &Arc<Inode>) -> FsResult<Arc<RwLock<SealedFile>>> {
         self.check_enabled()?;
+        // The header is opened with the inode's current (parent, name): a
+        // rename must not change it in between (the rename drops the old
+        // binding before it updates the location). Taken before the open
+        // lock, in the same order as create_file.
+        let _ns = self.vol.namespace().read_recursive();
         let mut st = inode.open.lock();
         if let Some(f) = st.file.clone() {
             st.count += 1;
@@ -750,18 +770,43 @@ impl SealFs {
 
     /// Gives a new entry to the requesting user (when the daemon runs as
     /// root for other users with allow_other).
+    ///
+    /// In a set-group-ID parent the entry keeps the group the backing
+    /// filesystem gave it (the parent's), as on ext4.
     fn chown_new(&self, parent: &Inode, entry: &str, req: &Request) {
         if self.daemon_is_root && (req.uid() != 0 || req.gid() != 0) {
             let r = parent
                 .dir_fd()
                 .map_err(|_| std::io::Error::from_raw_os_error(libc::ENOTDIR))
                 .and_then(|fd| {
-                    sys::fchownat(fd, OsStr::new(entry), Some(req.uid()), Some(req.gid()))
+                    let sgid = sys::fstatat(fd, OsStr::new(""))?.st_mode & libc::S_ISGID != 0;
+                    let gid = if sgid { None } else { Some(req.gid()) };
+                    sys::fchownat(fd, OsStr::new(entry), Some(req.uid()), gid)
                 });
             if let Err(e) = r {
                 tracing::warn!("chown of new entry failed: {e}");
             }
         }
+    }
+
+    /// Gives a new entry exactly the permission bits the caller asked for
+    /// (`mode` with the caller's umask already applied): the backing
+    /// `open`/`mkdir`/`mknod` also applied the daemon's own umask. A new
+    /// directory keeps the set-group-ID bit inherited from its parent.
+    /// Call after [`Self::chown_new`], since a chown clears set-ID bits.
+    fn set_new_mode(dir: std::os::fd::BorrowedFd<'_>, entry: &OsStr, mode: u32) -> FsResult<()> {
+        let st = sys::fstatat(dir, entry).map_err(io_errno)?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            return Ok(());
+        }
+        let mut want = mode & 0o7777;
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            want |= st.st_mode & libc::S_ISGID;
+        }
+        if st.st_mode & 0o7777 != want {
+            sys::fchmodat(dir, entry, want).map_err(io_errno)?;
+        }
+        Ok(())
     }
 
     /// Creates a keyless node (FIFO, socket, device, symlink) with `make`
@@ -771,6 +816,7 @@ impl SealFs {
         req: &Request,
         parent: INodeNo,
         name: &OsStr,
+        mode: Option<u32>,
         make: impl FnOnce(std::os::fd::BorrowedFd<'_>, &OsStr) -> std::io::Result<()>,
     ) -> FsResult<FileAttr> {
         self.check_writable()?;
@@ -779,8 +825,14 @@ impl SealFs {
         let d = self.dir_of(&p)?;
         let bn = Self::backing_name(&d, name)?;
         Self::write_sidecar(&p, &bn)?;
-        make(p.dir_fd()?, OsStr::new(&bn.entry)).map_err(io_errno)?;
+        if let Err(e) = make(p.dir_fd()?, OsStr::new(&bn.entry)) {
+            Self::undo_sidecar(&p, &bn);
+            return Err(io_errno(e));
+        }
         self.chown_new(&p, &bn.entry, req);
+        if let Some(m) = mode {
+            Self::set_new_mode(p.dir_fd()?, OsStr::new(&bn.entry), m)?;
+        }
         let (inode, st) = self.remember(&p, name.as_bytes(), &bn.entry)?;
         Ok(self.attr(&inode, &st))
     }
@@ -813,9 +865,17 @@ impl SealFs {
                 let f = self.open_content(&inode)?;
                 return Ok((inode, st, f));
             }
-            Err(e) => return Err(io_errno(e)),
+            Err(e) => {
+                Self::undo_sidecar(&pinode, &bn);
+                return Err(io_errno(e));
+            }
         };
         self.chown_new(&pinode, &bn.entry, req);
+        if let Err(e) = Self::set_new_mode(pinode.dir_fd()?, entry, mode) {
+            let _ = sys::unlinkat(pinode.dir_fd()?, entry, false);
+            Self::remove_sidecar(&pinode, &bn);
+            return Err(e);
+        }
         let ctx = EncryptionContext {
             parent_dir_id: pdir.id,
             name: name.as_bytes(),
@@ -913,6 +973,98 @@ impl SealFs {
         }
     }
 
+    /// The steps of a rename after the checks: re-bind the key of a file or
+    /// directory to its new context, then the backing rename (removing the
+    /// records of a replaced empty directory `target_dir` just before it).
+    fn rename_entry(
+        &self,
+        (p, src, old_ctx): (&Inode, &BackingName, &EncryptionContext<'_>),
+        (np, dst, new_ctx): (&Inode, &BackingName, &EncryptionContext<'_>),
+        kind: Kind,
+        noreplace: bool,
+        target_dir: Option<OwnedFd>,
+    ) -> FsResult<()> {
+        let pfd = p.dir_fd()?;
+        let npfd = np.dir_fd()?;
+        let rename_flags = if noreplace { libc::RENAME_NOREPLACE } else { 0 };
+        let backing_rename = || -> FsResult<()> {
+            if let Some(t) = &target_dir {
+                Self::remove_dir_records(t.as_fd());
+            }
+            sys::renameat2(
+                pfd,
+                OsStr::new(&src.entry),
+                npfd,
+                OsStr::new(&dst.entry),
+                rename_flags,
+            )
+            .map_err(io_errno)
+        };
+        match kind {
+            Kind::File => {
+                let f = sys::openat(
+                    pfd,
+                    OsStr::new(&src.entry),
+                    libc::O_RDWR | libc::O_NOFOLLOW,
+                    0,
+                )
+                .map_err(io_errno)?;
+                let f = File::from(f);
+                let rec = self
+                    .vol
+                    .begin_rebind_file(&f, old_ctx, new_ctx)
+                    .map_err(|e| {
+                        tracing::warn!("rename: cannot re-bind file header: {e}");
+                        errno_of(&e)
+                    })?;
+                backing_rename()?;
+                // The old slot may only go once the new name is durable: a
+                // power loss must not leave the file at its old name with a
+                // header that opens only under the new one.
+                match sys::fsync_dir(npfd) {
+                    Ok(()) => {
+                        if let Err(e) = self.vol.finish_rebind_file(&f, rec) {
+                            tracing::warn!("rename: old header slot not cleared: {e}");
+                        }
+                    }
+                    Err(e) => tracing::warn!("rename: directory not synced, old slot kept: {e}"),
+                }
+            }
+            Kind::Dir => {
+                let dfd = sys::openat(
+                    pfd,
+                    OsStr::new(&src.entry),
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                    0,
+                )
+                .map_err(io_errno)?;
+                let d = self
+                    .vol
+                    .load_dir(dfd.as_fd(), old_ctx)
+                    .map_err(|e| errno_of(&e))?;
+                self.vol
+                    .begin_rebind_dir(dfd.as_fd(), &d, old_ctx, new_ctx)
+                    .map_err(|e| errno_of(&e))?;
+                backing_rename()?;
+                // As for files: the durable drop of the old slot must not
+                // reach the disk before the rename does (the whole subtree
+                // would be lost with it).
+                match sys::fsync_dir(npfd) {
+                    Ok(()) => {
+                        if let Err(e) = self.vol.finish_rebind_dir(dfd.as_fd(), &d, new_ctx) {
+                            tracing::warn!("rename: old directory slot not cleared: {e}");
+                        }
+                    }
+                    Err(e) => tracing::warn!("rename: directory not synced, old slot kept: {e}"),
+                }
+            }
+            _ => {
+                backing_rename()?;
+            }
+        }
+        Ok(())
+    }
+
     fn do_rename(
         &self,
         parent: INodeNo,
@@ -960,6 +1112,10 @@ impl SealFs {
             .ok(),
             _ => None,
         };
+        // An empty directory being replaced: its records go just before the
+        // backing rename (which needs it empty), after every step that can
+        // fail for lack of space, so a failed rename leaves it intact.
+        let mut target_dir: Option<OwnedFd> = None;
         if let Some(t) = &target {
             if noreplace {
                 return Err(Errno::EEXIST);
@@ -977,7 +1133,7 @@ impl SealFs {
                     if !Self::is_backing_dir_empty(tfd.as_fd())? {
                         return Err(Errno::ENOTEMPTY);
                     }
-                    Self::remove_dir_records(tfd.as_fd());
+                    target_dir = Some(tfd);
                 }
                 (Kind::Dir, _) => return Err(Errno::ENOTDIR),
                 (_, Kind::Dir) => return Err(Errno::EISDIR),
@@ -985,89 +1141,16 @@ impl SealFs {
             }
         }
         Self::write_sidecar(&np, &dst)?;
-        let rename_flags = if noreplace { libc::RENAME_NOREPLACE } else { 0 };
-        match kind {
-            Kind::File => {
-                let f = sys::openat(
-                    pfd,
-                    OsStr::new(&src.entry),
-                    libc::O_RDWR | libc::O_NOFOLLOW,
-                    0,
-                )
-                .map_err(io_errno)?;
-                let f = File::from(f);
-                let rec = self
-                    .vol
-                    .begin_rebind_file(&f, &old_ctx, &new_ctx)
-                    .map_err(|e| {
-                        tracing::warn!("rename: cannot re-bind file header: {e}");
-                        errno_of(&e)
-                    })?;
-                sys::renameat2(
-                    pfd,
-                    OsStr::new(&src.entry),
-                    npfd,
-                    OsStr::new(&dst.entry),
-                    rename_flags,
-                )
-                .map_err(io_errno)?;
-                // The old slot may only go once the new name is durable: a
-                // power loss must not leave the file at its old name with a
-                // header that opens only under the new one.
-                match sys::fsync_dir(npfd) {
-                    Ok(()) => {
-                        if let Err(e) = self.vol.finish_rebind_file(&f, rec) {
-                            tracing::warn!("rename: old header slot not cleared: {e}");
-                        }
-                    }
-                    Err(e) => tracing::warn!("rename: directory not synced, old slot kept: {e}"),
-                }
-            }
-            Kind::Dir => {
-                let dfd = sys::openat(
-                    pfd,
-                    OsStr::new(&src.entry),
-                    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                    0,
-                )
-                .map_err(io_errno)?;
-                let d = self
-                    .vol
-                    .load_dir(dfd.as_fd(), &old_ctx)
-                    .map_err(|e| errno_of(&e))?;
-                self.vol
-                    .begin_rebind_dir(dfd.as_fd(), &d, &old_ctx, &new_ctx)
-                    .map_err(|e| errno_of(&e))?;
-                sys::renameat2(
-                    pfd,
-                    OsStr::new(&src.entry),
-                    npfd,
-                    OsStr::new(&dst.entry),
-                    rename_flags,
-                )
-                .map_err(io_errno)?;
-                // As for files: the durable drop of the old slot must not
-                // reach the disk before the rename does (the whole subtree
-                // would be lost with it).
-                match sys::fsync_dir(npfd) {
-                    Ok(()) => {
-                        if let Err(e) = self.vol.finish_rebind_dir(dfd.as_fd(), &d, &new_ctx) {
-                            tracing::warn!("rename: old directory slot not cleared: {e}");
-                        }
-                    }
-                    Err(e) => tracing::warn!("rename: directory not synced, old slot kept: {e}"),
-                }
-            }
-            _ => {
-                sys::renameat2(
-                    pfd,
-                    OsStr::new(&src.entry),
-                    npfd,
-                    OsStr::new(&dst.entry),
-                    rename_flags,
-                )
-                .map_err(io_errno)?;
-            }
+        let r = self.rename_entry(
+            (&p, &src, &old_ctx),
+            (&np, &dst, &new_ctx),
+            kind,
+            noreplace,
+            target_dir,
+        );
+        if let Err(e) = r {
+            Self::undo_sidecar(&np, &dst);
+            return Err(e);
         }
         if !(p.ino == np.ino
             && src.sidecar.as_ref().map(|s| &s.0) == dst.sidecar.as_ref().map(|s| &s.0))
@@ -1291,7 +1374,7 @@ impl fuser::Filesystem for SealFs {
                 Self::close_content(&inode);
                 return Ok(self.attr(&inode, &st));
             }
-            self.create_node(req, parent, name, |dir, entry| {
+            self.create_node(req, parent, name, Some(mode), |dir, entry| {
                 sys::mknodat(dir, entry, mode, rdev as u64)
             })
         })();
@@ -1319,7 +1402,10 @@ impl fuser::Filesystem for SealFs {
             let bn = Self::backing_name(&d, name)?;
             Self::write_sidecar(&p, &bn)?;
             let entry = OsStr::new(&bn.entry);
-            sys::mkdirat(p.dir_fd()?, entry, (mode & !umask & 0o7777) | 0o700).map_err(io_errno)?;
+            if let Err(e) = sys::mkdirat(p.dir_fd()?, entry, (mode & !umask & 0o7777) | 0o700) {
+                Self::undo_sidecar(&p, &bn);
+                return Err(io_errno(e));
+            }
             let (inode, st) = self.remember(&p, name.as_bytes(), &bn.entry)?;
             let dfd = inode.dir_fd()?;
             let ctx = EncryptionContext {
@@ -1339,10 +1425,13 @@ impl fuser::Filesystem for SealFs {
                     return Err(errno_of(&e));
                 }
             }
-            if (mode & !umask & 0o700) != 0o700 {
-                let _ = sys::fchmodat(dfd, OsStr::new(""), mode & !umask & 0o7777);
-            }
             self.chown_new(&p, &bn.entry, req);
+            if let Err(e) = Self::set_new_mode(p.dir_fd()?, entry, mode & !umask) {
+                tracing::warn!(
+                    ino = inode.ino,
+                    "cannot set the mode of a new directory: {e:?}"
+                );
+            }
             let st = sys::fstatat(dfd, OsStr::new("")).unwrap_or(st);
             Ok(self.attr(&inode, &st))
         })();
@@ -1434,7 +1523,7 @@ impl fuser::Filesystem for SealFs {
                 .names
                 .seal_symlink_target(target.as_os_str().as_bytes())
                 .map_err(|_| Errno::ENAMETOOLONG)?;
-            self.create_node(req, parent, link_name, |dir, entry| {
+            self.create_node(req, parent, link_name, None, |dir, entry| {
                 sys::symlinkat(OsStr::new(&sealed), dir, entry)
             })
         })();

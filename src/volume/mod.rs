@@ -203,6 +203,9 @@ impl Volume {
         secret: &UnlockSecret,
         params: Argon2Params,
     ) -> Result<(), VolumeError> {
+        if matches!(secret, UnlockSecret::Passphrase(_)) {
+            params.check()?;
+        }
         if !is_empty_dir(cipherdir)? {
             return Err(VolumeError::NotEmpty(cipherdir.to_path_buf()));
         }
@@ -357,6 +360,9 @@ impl Volume {
         secret: &UnlockSecret,
         params: Argon2Params,
     ) -> Result<(), VolumeError> {
+        if matches!(secret, UnlockSecret::Passphrase(_)) {
+            params.check()?;
+        }
         let (src, salt) = self.update_keyring(|k| k.change_secret(secret, params))?;
         let mut c = self.config.write();
         let mut next = c.clone();
@@ -598,16 +604,24 @@ impl Volume {
         let bytes = rec.encode();
         for name in names {
             let tmp = format!("{name}.tmp");
-            let fd = sys::openat(
-                dir,
-                OsStr::new(&tmp),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW,
-                0o600,
-            )?;
-            let f = File::from(fd);
-            sys::write_all_at(&f, &bytes, 0)?;
-            f.sync_data()?;
-            sys::renameat2(dir, OsStr::new(&tmp), dir, OsStr::new(name), 0)?;
+            let replaced = (|| {
+                let fd = sys::openat(
+                    dir,
+                    OsStr::new(&tmp),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW,
+                    0o600,
+                )?;
+                let f = File::from(fd);
+                sys::write_all_at(&f, &bytes, 0)?;
+                f.sync_data()?;
+                sys::renameat2(dir, OsStr::new(&tmp), dir, OsStr::new(name), 0)
+            })();
+            if let Err(e) = replaced {
+                // E.g. ENOSPC: the record in place is untouched; do not leave
+                // a partial temporary file taking space.
+                let _ = sys::unlinkat(dir, OsStr::new(&tmp), false);
+                return Err(e.into());
+            }
         }
         sys::fsync_dir(dir)?;
         Ok(())
@@ -649,17 +663,40 @@ impl Volume {
     /// Writes the sidecar of a long name (the full encoded name) into the
     /// backing directory `dir`, before the entry itself is created. A short
     /// name has no sidecar and nothing is written.
+    ///
+    /// A sidecar that is already there with the right content (the same name
+    /// always has the same sidecar, e.g. a rename onto an existing long name)
+    /// is left alone; otherwise it is written to a temporary file and renamed
+    /// into place, so a failed write (a full disk) never truncates the
+    /// sidecar of an existing entry.
     pub fn write_name_sidecar(dir: BorrowedFd<'_>, bn: &BackingName) -> io::Result<()> {
-        if let Some((side, full)) = &bn.sidecar {
+        use std::os::unix::fs::FileExt;
+        let Some((side, full)) = &bn.sidecar else {
+            return Ok(());
+        };
+        if let Ok(fd) = sys::openat(dir, OsStr::new(side), libc::O_RDONLY | libc::O_NOFOLLOW, 0) {
+            let mut buf = vec![0u8; full.len() + 1];
+            if File::from(fd).read_at(&mut buf, 0).ok() == Some(full.len())
+                && &buf[..full.len()] == full.as_bytes()
+            {
+                return Ok(());
+            }
+        }
+        let tmp = format!("{side}.tmp");
+        let r = (|| {
             let fd = sys::openat(
                 dir,
-                OsStr::new(side),
+                OsStr::new(&tmp),
                 libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW,
                 0o600,
             )?;
             sys::write_all_at(&File::from(fd), full.as_bytes(), 0)?;
+            sys::renameat2(dir, OsStr::new(&tmp), dir, OsStr::new(side), 0)
+        })();
+        if r.is_err() {
+            let _ = sys::unlinkat(dir, OsStr::new(&tmp), false);
         }
-        Ok(())
+        r
     }
 
     /// Removes the sidecar of a long name (best effort: after the entry is gone).

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Makes a frozen format fixture: a small volume with a known passphrase that
+# every later sealfs must keep mounting and reading byte-exact
+# (tests/fixtures.rs). Run once per format version, as root (it mounts):
+#   bash contrib/make-fixture.sh tests/fixtures/v1 [SEALFS_BINARY]
+# It refuses an existing directory: a format change adds a fixture, never
+# edits one.
+#
+# Contents: files of 0, 1, 4095, 4096, 4097, 128 KiB+5 and 1 MiB+3 bytes; a
+# 255-byte name and a 200-byte one (long-name sidecars); non-ASCII and
+# spaced names; nested directories; symlinks (relative, absolute, dangling,
+# a long target); and two master key versions in use (files written before
+# and after a rotation, and a file renamed after it, which re-wraps it).
+set -euo pipefail
+out="${1:?usage: make-fixture.sh OUTDIR [SEALFS_BINARY]}"
+bin="${2:-$(dirname "$0")/../target/debug/sealfs}"
+[ ! -e "$out" ] || { echo "make-fixture: $out exists; a fixture is never edited" >&2; exit 1; }
+mkdir -p "$out"
+work="$(mktemp -d)"
+cleanup() { fusermount3 -u "$work/mnt" 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+mkdir "$work/mnt"
+printf 'sealfs frozen fixture v1\n' > "$out/passphrase"
+pass="$out/passphrase"
+"$bin" init "$out/cipher" --passfile "$pass" --kdf-memory-kib 8192 --kdf-iterations 1
+
+"$bin" mount "$out/cipher" "$work/mnt" --passfile "$pass"
+python3 - "$work/mnt" <<'PY'
+import os, random, sys
+m = sys.argv[1]
+rng = random.Random(20261122)
+def data(n):
+    return bytes(rng.getrandbits(8) for _ in range(n))
+os.makedirs(f"{m}/sizes")
+for n in [0, 1, 4095, 4096, 4097, 128 * 1024 + 5, (1 << 20) + 3]:
+    with open(f"{m}/sizes/{n}.bin", "wb") as f:
+        f.write(data(n))
+os.makedirs(f"{m}/a/b/c/d")
+with open(f"{m}/a/b/c/d/deep.txt", "wb") as f:
+    f.write(b"five levels down\n")
+with open(f"{m}/a/" + "n" * 255, "wb") as f:
+    f.write(b"a name of 255 bytes\n")
+with open(f"{m}/a/b/" + "m" * 200, "wb") as f:
+    f.write(data(5000))
+os.makedirs(f"{m}/" + "D" * 255)
+with open(f"{m}/" + "D" * 255 + "/inside", "wb") as f:
+    f.write(b"in a directory with a 255-byte name\n")
+with open(f"{m}/ünïcödé ✓ name.txt", "wb") as f:
+    f.write("ünïcödé\n".encode())
+with open(f"{m}/with space", "wb") as f:
+    f.write(b" ")
+os.makedirs(f"{m}/empty-dir")
+os.symlink("sizes/4096.bin", f"{m}/rel-link")
+os.symlink("/etc/hostname", f"{m}/abs-link")
+os.symlink("does/not/exist", f"{m}/a/dangling")
+os.symlink("x/" * 1000 + "end", f"{m}/a/long-target")
+os.symlink("b/c", f"{m}/a/dir-link")
+PY
+"$bin" unmount "$work/mnt"
+# The daemon releases the volume's lock a moment after the unmount.
+for _ in $(seq 50); do
+    "$bin" rotate "$out/cipher" --passfile "$pass" 2>/dev/null && break
+    sleep 0.2
+done
+"$bin" mount "$out/cipher" "$work/mnt" --passfile "$pass"
+python3 - "$work/mnt" <<'PY'
+import os, sys
+m = sys.argv[1]
+os.makedirs(f"{m}/after-rotation")
+with open(f"{m}/after-rotation/new.txt", "wb") as f:
+    f.write(b"written under key version 2\n" * 300)
+# A rename re-binds (re-wraps) the file under the primary version.
+os.rename(f"{m}/sizes/4097.bin", f"{m}/after-rotation/4097-renamed.bin")
+os.rename(f"{m}/a/b/c", f"{m}/a/b/c-renamed")
+PY
+# The manifest: every entry with its type and content hash or target.
+python3 - "$work/mnt" > "$out/manifest.jsonl" <<'PY'
+import hashlib, json, os, sys
+m = sys.argv[1]
+rows = []
+for dirpath, dirnames, filenames in os.walk(m):
+    for name in dirnames + filenames:
+        p = os.path.join(dirpath, name)
+        rel = os.path.relpath(p, m)
+        if os.path.islink(p):
+            rows.append({"path": rel, "type": "symlink", "target": os.readlink(p)})
+        elif os.path.isdir(p):
+            rows.append({"path": rel, "type": "dir"})
+        else:
+            b = open(p, "rb").read()
+            rows.append({"path": rel, "type": "file", "size": len(b),
+                         "sha256": hashlib.sha256(b).hexdigest()})
+for r in sorted(rows, key=lambda r: r["path"]):
+    print(json.dumps(r, ensure_ascii=False))
+PY
+"$bin" unmount "$work/mnt"
+for _ in $(seq 50); do
+    "$bin" info "$out/cipher" --passfile "$pass" --json > "$work/info.json" 2>/dev/null && break
+    sleep 0.2
+done
+python3 - "$work/info.json" > "$out/key-versions.json" <<'PY'
+import json, sys
+print(json.dumps(json.load(open(sys.argv[1])), indent=1, sort_keys=True))
+PY
+rm -f "$out/cipher/sealfs.lock"
+# Pin the cipher files (tests/fixtures.rs recomputes the same fingerprint).
+python3 - "$out/cipher" > "$out/cipher.sha256" <<'PY'
+import hashlib, os, sys
+root = sys.argv[1]
+lines = []
+for dp, dns, fns in os.walk(root):
+    for n in dns + fns:
+        p = os.path.join(dp, n)
+        rel = os.path.relpath(p, root)
+        if os.path.islink(p):
+            lines.append(f"l {rel} {os.readlink(p)}")
+        elif os.path.isdir(p):
+            lines.append(f"d {rel}")
+        elif rel != "sealfs.lock":
+            lines.append(f"f {rel} {hashlib.sha256(open(p, 'rb').read()).hexdigest()}")
+lines.sort()
+print(hashlib.sha256(("\n".join(lines) + "\n").encode()).hexdigest())
+PY
+du -sh "$out"
+echo "make-fixture: wrote $out"

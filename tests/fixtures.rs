@@ -1,0 +1,174 @@
+//! Frozen format fixtures: every volume under tests/fixtures/<version>/ was
+//! made once by contrib/make-fixture.sh and committed; every later sealfs
+//! must mount it (a copy, read-only) and read every file byte-exact, every
+//! symlink and directory as recorded in its manifest, with the same key
+//! versions in use. A format change adds a fixture, never edits one: the
+//! cipher files are pinned by `cipher.sha256`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use sha2::{Digest, Sha256};
+
+fn fixtures() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut v: Vec<PathBuf> = fs::read_dir(&dir)
+        .expect("tests/fixtures")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("cipher").is_dir())
+        .collect();
+    v.sort();
+    assert!(!v.is_empty(), "no fixture under {}", dir.display());
+    v
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// One line per entry of the cipher tree (type, path, content hash or
+/// symlink target), sorted: what `cipher.sha256` pins.
+fn cipher_fingerprint(cipher: &Path) -> String {
+    let mut lines = Vec::new();
+    walk(cipher, &mut |p, md| {
+        let rel = p.strip_prefix(cipher).unwrap().display().to_string();
+        if md.file_type().is_symlink() {
+            lines.push(format!("l {rel} {}", fs::read_link(p).unwrap().display()));
+        } else if md.is_dir() {
+            lines.push(format!("d {rel}"));
+        } else if rel != "sealfs.lock" {
+            lines.push(format!(
+                "f {rel} {}",
+                hex(&Sha256::digest(fs::read(p).unwrap()))
+            ));
+        }
+    });
+    lines.sort();
+    lines.join("\n") + "\n"
+}
+
+/// What the plaintext view holds: path → (type, size, sha256 or target).
+fn plaintext_view(mnt: &Path) -> BTreeMap<String, serde_json::Value> {
+    let mut out = BTreeMap::new();
+    walk(mnt, &mut |p, md| {
+        let rel = p.strip_prefix(mnt).unwrap().to_str().unwrap().to_string();
+        let v = if md.file_type().is_symlink() {
+            serde_json::json!({"path": rel, "type": "symlink",
+                "target": fs::read_link(p).unwrap().to_str().unwrap()})
+        } else if md.is_dir() {
+            serde_json::json!({"path": rel, "type": "dir"})
+        } else {
+            let b = fs::read(p).unwrap_or_else(|e| panic!("read {rel}: {e}"));
+            assert_eq!(
+                md.len(),
+                b.len() as u64,
+                "{rel}: stat size differs from content"
+            );
+            serde_json::json!({"path": rel, "type": "file", "size": b.len(),
+                "sha256": hex(&Sha256::digest(&b))})
+        };
+        out.insert(rel, v);
+    });
+    out
+}
+
+#[test]
+fn frozen_fixtures_mount_and_read_byte_exact() {
+    for fixture in fixtures() {
+        let name = fixture.file_name().unwrap().to_string_lossy().into_owned();
+        let cipher_src = fixture.join("cipher");
+        let pinned = fs::read_to_string(fixture.join("cipher.sha256"))
+            .unwrap_or_else(|e| panic!("{name}: cipher.sha256: {e}"));
+        let got = hex(&Sha256::digest(cipher_fingerprint(&cipher_src)));
+        assert_eq!(
+            got,
+            pinned.trim(),
+            "fixture {name} was edited: a format change adds a fixture, never edits one"
+        );
+
+        // Work on a copy: a mount (even read-only) must not touch the fixture.
+        let tmp = tempfile::Builder::new()
+            .prefix("sealfs-fixture.")
+            .tempdir()
+            .unwrap();
+        let base = tmp.path().canonicalize().unwrap();
+        let cipher = base.join("cipher");
+        let mnt = base.join("mnt");
+        fs::create_dir(&mnt).unwrap();
+        run_ok(Command::new("cp").arg("-a").arg(&cipher_src).arg(&cipher));
+        let pass = fixture.join("passphrase");
+
+        let m = Mounted::start(
+            &cipher,
+            &mnt,
+            &pass,
+            &["--read-only"],
+            &base.join("daemon.log"),
+        );
+        let view = plaintext_view(&mnt);
+        m.unmount();
+        let manifest: BTreeMap<String, serde_json::Value> =
+            fs::read_to_string(fixture.join("manifest.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    (v["path"].as_str().unwrap().to_string(), v)
+                })
+                .collect();
+        for (path, want) in &manifest {
+            match view.get(path) {
+                None => panic!("fixture {name}: {path} is missing"),
+                Some(got) => assert_eq!(got, want, "fixture {name}: {path}"),
+            }
+        }
+        let extra: Vec<_> = view.keys().filter(|k| !manifest.contains_key(*k)).collect();
+        assert!(
+            extra.is_empty(),
+            "fixture {name}: unexpected entries {extra:?}"
+        );
+
+        // The same key versions in use, with the same header counts.
+        let out = run_ok(
+            Command::new(bin())
+                .arg("info")
+                .arg(&cipher)
+                .arg("--passfile")
+                .arg(&pass)
+                .arg("--json"),
+        );
+        let info: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let want: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(fixture.join("key-versions.json")).unwrap())
+                .unwrap();
+        let counts = |v: &serde_json::Value| -> Vec<(u64, u64, u64)> {
+            v["versions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| {
+                    (
+                        x["version"].as_u64().unwrap(),
+                        x["files"].as_u64().unwrap(),
+                        x["dirs"].as_u64().unwrap(),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(
+            counts(&info),
+            counts(&want),
+            "fixture {name}: key versions in use"
+        );
+        assert_eq!(info["unreadable"], 0, "fixture {name}: unreadable headers");
+        assert!(
+            counts(&info).iter().filter(|(_, f, _)| *f > 0).count() >= 2,
+            "fixture {name}: two key versions should be in use"
+        );
+    }
+}

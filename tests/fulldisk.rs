@@ -1,0 +1,451 @@
+//! A full backing filesystem: CIPHERDIR on an 8 MiB tmpfs (unmounted by a
+//! guard, even when the test fails). Filling it through the mount fails with
+//! ENOSPC (at write, fsync or close: the mount uses the kernel's writeback
+//! cache, see README "Full disk"); what was stored before stays byte-exact,
+//! also after a remount; mkdir/create/rename on the full disk fail cleanly
+//! and leave both copies of every directory record valid; after freeing space
+//! everything works again.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::IntoRawFd;
+use std::os::unix::fs::{symlink, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::*;
+
+const ENOSPC: i32 = libc::ENOSPC;
+
+/// A size-limited tmpfs mounted on a directory; unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Self {
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o"])
+                .arg(format!("size={size},mode=0700"))
+                .arg("sealfs-fulldisk")
+                .arg(dir),
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let quiet = |args: &[&str]| {
+            Command::new("umount")
+                .args(args)
+                .arg(&self.0)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        };
+        if !quiet(&[]) {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            if !quiet(&[]) {
+                quiet(&["-l"]);
+            }
+        }
+    }
+}
+
+/// Relative path → content (None for a directory, Some(target) for a
+/// symlink is kept apart).
+#[derive(Default, Clone, Debug, PartialEq)]
+struct Tree {
+    files: BTreeMap<String, Vec<u8>>,
+    dirs: Vec<String>,
+    links: BTreeMap<String, String>,
+}
+
+fn errno_of(e: &io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(0)
+}
+
+/// Writes a file durably through the mount.
+fn write_durably(p: &Path, data: &[u8]) -> io::Result<()> {
+    let mut f = File::create(p)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    close_checked(f)
+}
+
+/// close(2) with its result (std's drop ignores it).
+fn close_checked(f: File) -> io::Result<()> {
+    let fd = f.into_raw_fd();
+    // SAFETY: we own fd (taken from the File).
+    if unsafe { libc::close(fd) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Every entry under `root` through the mount, as a Tree.
+fn read_tree(root: &Path) -> Tree {
+    let mut t = Tree::default();
+    walk(root, &mut |p, md| {
+        let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        if md.is_dir() {
+            t.dirs.push(rel);
+        } else if md.file_type().is_symlink() {
+            t.links.insert(
+                rel,
+                fs::read_link(p).unwrap().to_string_lossy().into_owned(),
+            );
+        } else {
+            let data = fs::read(p).unwrap_or_else(|e| panic!("read {rel}: {e}"));
+            t.files.insert(rel, data);
+        }
+    });
+    t.dirs.sort();
+    t
+}
+
+#[track_caller]
+fn assert_tree(got: &Tree, want: &Tree, what: &str) {
+    assert_eq!(got.dirs, want.dirs, "{what}: directories");
+    assert_eq!(got.links, want.links, "{what}: symlinks");
+    let gk: Vec<_> = got.files.keys().collect();
+    let wk: Vec<_> = want.files.keys().collect();
+    assert_eq!(gk, wk, "{what}: file names");
+    for (k, v) in &want.files {
+        let g = &got.files[k];
+        assert!(
+            g == v,
+            "{what}: {k}: {} bytes, want {} bytes (first difference at {:?})",
+            g.len(),
+            v.len(),
+            g.iter().zip(v).position(|(a, b)| a != b)
+        );
+    }
+}
+
+/// Every backing directory under the cipherdir.
+fn backing_dirs(cipher: &Path) -> Vec<PathBuf> {
+    let mut out = vec![cipher.to_path_buf()];
+    walk(cipher, &mut |p, md| {
+        if md.is_dir() {
+            out.push(p.to_path_buf());
+        }
+    });
+    out
+}
+
+struct Vol {
+    cipher: PathBuf,
+    mnt: PathBuf,
+    passfile: PathBuf,
+    logs: PathBuf,
+    n: u32,
+}
+
+impl Vol {
+    fn mount(&mut self, extra: &[&str]) -> Mounted {
+        self.n += 1;
+        let log = self.logs.join(format!("daemon.{}.log", self.n));
+        Mounted::start(&self.cipher, &self.mnt, &self.passfile, extra, &log)
+    }
+
+    /// Mounts read-only with only one copy of every directory record
+    /// present (`keep` = "sealfs.dir" or "sealfs.dir.bak") and returns the tree.
+    fn tree_with_only(&mut self, keep: &str) -> Tree {
+        let other = if keep == "sealfs.dir" {
+            "sealfs.dir.bak"
+        } else {
+            "sealfs.dir"
+        };
+        let hidden = "sealfs.hidden-by-test";
+        let dirs = backing_dirs(&self.cipher);
+        for d in &dirs {
+            assert!(d.join(keep).is_file(), "{} has no {keep}", d.display());
+            fs::rename(d.join(other), d.join(hidden))
+                .unwrap_or_else(|e| panic!("{} has no {other}: {e}", d.display()));
+        }
+        let m = self.mount(&["--read-only"]);
+        let t = read_tree(&self.mnt);
+        m.unmount();
+        for d in &dirs {
+            fs::rename(d.join(hidden), d.join(other)).unwrap();
+        }
+        t
+    }
+}
+
+/// Fills the backing filesystem completely from outside the mount (an
+/// ignored dotted name), so that not a single page is left.
+fn fill_backing(cipher: &Path, fillers: &mut Vec<PathBuf>) {
+    let p = cipher.join(format!("filler{}.test", fillers.len()));
+    let mut f = File::create(&p).unwrap();
+    fillers.push(p);
+    let page = vec![0x5au8; 4096];
+    loop {
+        match f.write(&page) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if errno_of(&e) == ENOSPC => break,
+            Err(e) => panic!("filling the tmpfs: {e}"),
+        }
+    }
+    let _ = f.write(&[0u8; 1]);
+}
+
+#[test]
+fn full_backing_disk_fails_cleanly_and_recovers() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: mounting a tmpfs needs root");
+        return;
+    }
+    let root = tempfile::Builder::new()
+        .prefix("sealfs-fulldisk.")
+        .tempdir()
+        .unwrap();
+    let base = root.path().canonicalize().unwrap();
+    let cipher = base.join("cipher");
+    let mnt = base.join("mnt");
+    let passfile = base.join("passfile");
+    fs::create_dir(&cipher).unwrap();
+    fs::create_dir(&mnt).unwrap();
+    fs::write(&passfile, format!("{PASSPHRASE}\n")).unwrap();
+    // Dropped after every mount below (locals drop in reverse order).
+    let _tmpfs = Tmpfs::mount(&cipher, "8m");
+    init_volume(&cipher, &passfile);
+    let mut vol = Vol {
+        cipher: cipher.clone(),
+        mnt: mnt.clone(),
+        passfile,
+        logs: base.clone(),
+        n: 0,
+    };
+
+    // 1. Files stored before the disk fills.
+    let mut want = Tree::default();
+    let m = vol.mount(&[]);
+    let mut rng = Rng::new(6);
+    fs::create_dir_all(mnt.join("keep/sub/deep")).unwrap();
+    want.dirs = vec!["keep".into(), "keep/sub".into(), "keep/sub/deep".into()];
+    let long = "L".repeat(200); // a long name: a sidecar file
+    for (i, size) in [0usize, 1, 4095, 4096, 4097, 300_000, (1 << 20) + 3]
+        .into_iter()
+        .enumerate()
+    {
+        let rel = match i % 3 {
+            0 => format!("keep/f{i}"),
+            1 => format!("keep/sub/f{i}"),
+            _ => format!("keep/sub/deep/f{i}"),
+        };
+        let data = rng.bytes(size);
+        write_durably(&mnt.join(&rel), &data).unwrap();
+        want.files.insert(rel, data);
+    }
+    let data = rng.bytes(5000);
+    write_durably(&mnt.join("keep").join(&long), &data).unwrap();
+    want.files.insert(format!("keep/{long}"), data);
+    fs::create_dir(mnt.join("keep/empty")).unwrap();
+    want.dirs.push("keep/empty".into());
+    want.dirs.sort();
+    symlink("sub/f1", mnt.join("keep/link")).unwrap();
+    want.links.insert("keep/link".into(), "sub/f1".into());
+
+    // 2. Fill the disk through the mount: the error is ENOSPC, from write(),
+    // fsync() or close().
+    let pattern = rng.bytes(256 << 10);
+    let mut f = File::create(mnt.join("big")).unwrap();
+    let mut errors = Vec::new();
+    let mut written = 0usize;
+    while written < (16 << 20) {
+        match f.write(&pattern) {
+            Ok(n) => written += n,
+            Err(e) => {
+                errors.push(("write", e));
+                break;
+            }
+        }
+    }
+    if let Err(e) = f.sync_all() {
+        errors.push(("fsync", e));
+    }
+    if let Err(e) = close_checked(f) {
+        errors.push(("close", e));
+    }
+    assert!(
+        !errors.is_empty(),
+        "filling an 8 MiB backing filesystem with 16 MiB reported no error"
+    );
+    eprintln!("filling: wrote {written} bytes; errors {errors:?}");
+    for (what, e) in &errors {
+        assert_eq!(errno_of(e), ENOSPC, "{what} failed with {e}, want ENOSPC");
+    }
+    // Make sure not a page is left, then try namespace changes.
+    let mut fillers = Vec::new();
+    fill_backing(&cipher, &mut fillers);
+    let tree_before = read_tree(&mnt);
+    assert_tree(
+        &Tree {
+            files: tree_before
+                .files
+                .clone()
+                .into_iter()
+                .filter(|(k, _)| k != "big")
+                .collect(),
+            ..tree_before.clone()
+        },
+        &want,
+        "through the mount on the full disk",
+    );
+
+    // 3. mkdir / create / rename on the full disk fail with ENOSPC (or
+    // succeed); nothing else.
+    // Each operation runs on a disk filled again (a success may free space).
+    let mut expect_ok_or_enospc = |what: &str, r: io::Result<()>| -> bool {
+        eprintln!("{what} on the full disk: {r:?}");
+        fill_backing(&cipher, &mut fillers);
+        match r {
+            Ok(()) => true,
+            Err(e) if errno_of(&e) == ENOSPC => false,
+            Err(e) => panic!("{what} on a full disk: {e}, want success or ENOSPC"),
+        }
+    };
+    if expect_ok_or_enospc("mkdir", fs::create_dir(mnt.join("newdir"))) {
+        want.dirs.push("newdir".into());
+    }
+    if expect_ok_or_enospc("mkdir nested", fs::create_dir(mnt.join("keep/sub/newdir"))) {
+        want.dirs.push("keep/sub/newdir".into());
+    }
+    if expect_ok_or_enospc("create", write_durably(&mnt.join("newfile"), b"x")) {
+        want.files.insert("newfile".into(), b"x".to_vec());
+    }
+    if expect_ok_or_enospc(
+        "create long name",
+        write_durably(&mnt.join(format!("keep/{}", "N".repeat(220))), b""),
+    ) {
+        want.files
+            .insert(format!("keep/{}", "N".repeat(220)), Vec::new());
+    }
+    // Onto an existing long name (its sidecar must survive a failure) and
+    // onto an existing empty directory (its records must survive a failure).
+    if expect_ok_or_enospc(
+        "rename onto a long name",
+        fs::rename(mnt.join("keep/f3"), mnt.join("keep").join(&long)),
+    ) {
+        let v = want.files.remove("keep/f3").unwrap();
+        want.files.insert(format!("keep/{long}"), v);
+    }
+    if expect_ok_or_enospc(
+        "rename onto an empty directory",
+        fs::rename(mnt.join("keep/sub/deep"), mnt.join("keep/empty")),
+    ) {
+        let rename = |s: &String| s.replacen("keep/sub/deep", "keep/empty", 1);
+        want.dirs.retain(|d| d != "keep/sub/deep");
+        want.files = want
+            .files
+            .into_iter()
+            .map(|(k, v)| (rename(&k), v))
+            .collect();
+    }
+    if expect_ok_or_enospc(
+        "rename directory",
+        fs::rename(mnt.join("keep/sub"), mnt.join("keep/moved")),
+    ) {
+        let rename = |s: &String| s.replacen("keep/sub", "keep/moved", 1);
+        want.dirs = want.dirs.iter().map(rename).collect();
+        want.files = want
+            .files
+            .into_iter()
+            .map(|(k, v)| (rename(&k), v))
+            .collect();
+    }
+    if expect_ok_or_enospc(
+        "rename file",
+        fs::rename(mnt.join("keep/f0"), mnt.join("keep/f0-renamed")),
+    ) {
+        let v = want.files.remove("keep/f0").unwrap();
+        want.files.insert("keep/f0-renamed".into(), v);
+    }
+    want.dirs.sort();
+    // A failed record replacement leaves no temporary file behind.
+    let mut leftovers = Vec::new();
+    walk(&cipher, &mut |p, _| {
+        let s = p.to_string_lossy();
+        // A temporary record, or a long name's sidecar without its entry.
+        let orphan_sidecar = s
+            .strip_suffix(".name")
+            .is_some_and(|entry| fs::symlink_metadata(entry).is_err());
+        if s.ends_with(".tmp") || orphan_sidecar {
+            leftovers.push(p.to_path_buf());
+        }
+    });
+    assert!(
+        leftovers.is_empty(),
+        "left behind on the full disk: {leftovers:?}"
+    );
+    let big_len = fs::metadata(mnt.join("big")).map(|m| m.len()).unwrap_or(0);
+    m.unmount();
+
+    // 4. After a remount: everything stored is byte-exact; the big file holds
+    // a prefix of what was written, readable to its end.
+    let m = vol.mount(&[]);
+    let mut got = read_tree(&mnt);
+    let big = got.files.remove("big").expect("big is still listed");
+    assert!(big.len() as u64 <= big_len, "big grew over a remount");
+    for (i, c) in big.chunks(pattern.len()).enumerate() {
+        assert!(
+            c == &pattern[..c.len()],
+            "big: stored content differs in its record {i}"
+        );
+    }
+    assert_tree(&got, &want, "after a remount");
+    m.unmount();
+
+    // 5. Both copies of every directory record are valid on their own.
+    for keep in ["sealfs.dir", "sealfs.dir.bak"] {
+        let mut t = vol.tree_with_only(keep);
+        t.files.remove("big");
+        assert_tree(&t, &want, &format!("with only {keep}"));
+    }
+
+    // 6. Free space (rm through the mount) and everything works again.
+    for f in &fillers {
+        fs::remove_file(f).unwrap();
+    }
+    let m = vol.mount(&[]);
+    fs::remove_file(mnt.join("big")).unwrap();
+    fs::create_dir(mnt.join("after")).unwrap();
+    let data = rng.bytes(3 << 20);
+    write_durably(&mnt.join("after/file"), &data).unwrap();
+    let mut f = OpenOptions::new()
+        .append(true)
+        .custom_flags(0)
+        .open(mnt.join("after/file"))
+        .unwrap();
+    f.write_all(b"appended").unwrap();
+    f.sync_all().unwrap();
+    close_checked(f).unwrap();
+    let mut full = data;
+    full.extend_from_slice(b"appended");
+    fs::rename(mnt.join("after"), mnt.join("after-renamed")).unwrap();
+    want.dirs.push("after-renamed".into());
+    want.dirs.sort();
+    want.files.insert("after-renamed/file".into(), full);
+    assert_tree(&read_tree(&mnt), &want, "after freeing space");
+    m.unmount();
+    let m = vol.mount(&[]);
+    assert_tree(&read_tree(&mnt), &want, "after freeing space and a remount");
+    m.unmount();
+    for keep in ["sealfs.dir", "sealfs.dir.bak"] {
+        assert_tree(
+            &vol.tree_with_only(keep),
+            &want,
+            &format!("at the end, with only {keep}"),
+        );
+    }
+}
