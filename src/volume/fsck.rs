@@ -1504,13 +1504,7 @@ impl Checker<'_> {
                     0,
                 )?);
                 let staged = vol.begin_rebind_file(&f, old, &new)?;
-                sys::renameat2(
-                    parent,
-                    entry,
-                    lf,
-                    OsStr::new(&bn.entry),
-                    libc::RENAME_NOREPLACE,
-                )?;
+                rename_noreplace(parent, entry, lf, &bn.entry)?;
                 // The new name is durable before the old slot goes.
                 sys::fsync_dir(lf)?;
                 vol.finish_rebind_file(&f, staged)?;
@@ -1525,24 +1519,12 @@ impl Checker<'_> {
                 )?;
                 let d = vol.load_dir(fd.as_fd(), old)?;
                 vol.begin_rebind_dir(fd.as_fd(), &d, old, &new)?;
-                sys::renameat2(
-                    parent,
-                    entry,
-                    lf,
-                    OsStr::new(&bn.entry),
-                    libc::RENAME_NOREPLACE,
-                )?;
+                rename_noreplace(parent, entry, lf, &bn.entry)?;
                 sys::fsync_dir(lf)?;
                 vol.finish_rebind_dir(fd.as_fd(), &d, &new)?;
             }
             Kind::Symlink | Kind::Other => {
-                sys::renameat2(
-                    parent,
-                    entry,
-                    lf,
-                    OsStr::new(&bn.entry),
-                    libc::RENAME_NOREPLACE,
-                )?;
+                rename_noreplace(parent, entry, lf, &bn.entry)?;
             }
         }
         sys::fsync_dir(lf)?;
@@ -1557,13 +1539,7 @@ impl Checker<'_> {
         let (new_name, bn) = self.free_name(want.as_bytes())?;
         let (lf, _) = self.lost_found()?;
         Volume::write_name_sidecar(lf, &bn)?;
-        sys::renameat2(
-            parent,
-            OsStr::new(&o.entry),
-            lf,
-            OsStr::new(&bn.entry),
-            libc::RENAME_NOREPLACE,
-        )?;
+        rename_noreplace(parent, OsStr::new(&o.entry), lf, &bn.entry)?;
         sys::fsync_dir(lf)?;
         sys::fsync_dir(parent)?;
         self.remove_sidecar_of(parent, &o.entry);
@@ -1658,6 +1634,16 @@ impl Checker<'_> {
         let rel = lost_found_rel(self, entry);
         self.check_entry(lf.as_fd(), entry, kind, &ctx, &path, &rel);
     }
+}
+
+/// Renames `entry` of `parent` to `to` in `lf`, never over an existing name.
+fn rename_noreplace(
+    parent: BorrowedFd<'_>,
+    entry: &OsStr,
+    lf: BorrowedFd<'_>,
+    to: &str,
+) -> std::io::Result<()> {
+    sys::renameat2(parent, entry, lf, OsStr::new(to), libc::RENAME_NOREPLACE)
 }
 
 fn lost_found_rel(c: &Checker<'_>, entry: &str) -> PathBuf {
