@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+mod cmd_policy;
+
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use zeroize::Zeroizing;
 
@@ -29,6 +31,8 @@ mod exit {
     pub const FSCK_PROBLEMS: u8 = 4;
     /// fsck: could not run (wrong secret, not a volume, mounted, I/O).
     pub const FSCK_FAILED: u8 = 8;
+    /// audit verify/export: the chain is broken (a record missing, edited or reordered).
+    pub const AUDIT_BROKEN: u8 = 3;
 }
 
 #[derive(Parser)]
@@ -175,6 +179,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Verify or export a volume's audit log offline.
+    #[command(subcommand)]
+    Audit(cmd_policy::AuditCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(
         after_help = "Examples:\n  sealfs completions bash > /etc/bash_completion.d/sealfs\n  sealfs completions zsh > \"${fpath[1]}/_sealfs\"\n  sealfs completions fish > ~/.config/fish/completions/sealfs.fish"
@@ -221,6 +228,10 @@ struct MountArgs {
     /// $XDG_RUNTIME_DIR/sealfs/… otherwise).
     #[arg(long, value_name = "PATH")]
     ctl_socket: Option<PathBuf>,
+    /// Do not keep an audit log of key uses (the default keeps one in
+    /// CIPHERDIR/sealfs.audit; without it grants still work, unrecorded).
+    #[arg(long)]
+    no_audit: bool,
     /// Unmount once no file or directory is open and no request came for
     /// DURATION (30s, 15m, 2h, 1d). A busy mount point (a shell's working
     /// directory in it) is retried until it can be unmounted.
@@ -299,6 +310,12 @@ enum CtlCommand {
         /// The version.
         version: u32,
     },
+    /// Grants: delegated, revocable access for other local users.
+    #[command(subcommand)]
+    Grant(cmd_policy::GrantCommand),
+    /// The audit log of key uses.
+    #[command(subcommand)]
+    Audit(cmd_policy::AuditCtlCommand),
 }
 
 struct CliError {
@@ -650,7 +667,37 @@ fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
     // thread started with SIGTERM unblocked would take the signal's default
     // action (kill the daemon, leaving a dead mount) instead of unmounting.
     block_termination_signals();
-    let fs = match SealFs::new(vol.clone()) {
+    // SAFETY: geteuid has no failure mode.
+    let owner = unsafe { libc::geteuid() };
+    let grants = match sealfs::volume::grants::GrantStore::open(vol.clone()) {
+        Ok(g) => Arc::new(g),
+        Err(e) => {
+            return Err(fail(
+                &mut ready_pipe,
+                format!("cannot open the grant store: {e}"),
+            ))
+        }
+    };
+    let audit = if a.no_audit {
+        None
+    } else {
+        match sealfs::volume::audit::AuditLog::open(
+            vol.clone(),
+            sealfs::volume::audit::DEFAULT_SEGMENT_BYTES,
+        ) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                return Err(fail(
+                    &mut ready_pipe,
+                    format!(
+                        "cannot open the audit log: {e} (mount with --no-audit to go without one)"
+                    ),
+                ))
+            }
+        }
+    };
+    let policy = Arc::new(sealfs::fs::access::Policy::new(owner, Some(grants), audit));
+    let fs = match SealFs::new(vol.clone(), policy.clone()) {
         Ok(f) => f,
         Err(e) => {
             return Err(fail(
@@ -669,9 +716,14 @@ fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
     unmount_on_signal(session.unmount_callable());
     sealfs::fs::raise_readahead(&canonical_mp, 1024);
     cache.set_notifier(session.notifier());
-    // SAFETY: geteuid has no failure mode.
-    let owner = unsafe { libc::geteuid() };
-    let ctl_ctx = ctl::ControlContext::new(vol, cache, canonical_mp.clone(), owner);
+    let ctl_ctx = ctl::ControlContext::new(
+        vol,
+        cache,
+        canonical_mp.clone(),
+        owner,
+        policy,
+        opts.allow_other,
+    );
     let _server = match ctl::serve(&socket, ctl_ctx.clone()) {
         Ok(s) => s,
         Err(e) => {
@@ -684,6 +736,7 @@ fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
         }
     };
     ctl::spawn_scheduler(&ctl_ctx);
+    ctl::spawn_grant_expiry(&ctl_ctx);
     if let Some(idle) = a.idle {
         unmount_when_idle(activity, idle, canonical_mp.clone());
     }
@@ -870,6 +923,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             };
             cmd_fsck(target, &secret, salvage, json)
         }
+        Command::Audit(c) => cmd_policy::cmd_audit(&c),
         Command::Completions(CompletionsArgs { shell }) => {
             restore_sigpipe();
             clap_complete::generate(
@@ -1311,6 +1365,8 @@ fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
                 )
             });
         }
+        CtlCommand::Grant(g) => return cmd_policy::cmd_grant(&socket, a.json, g),
+        CtlCommand::Audit(c) => return cmd_policy::cmd_audit_ctl(&socket, a.json, c),
         CtlCommand::CancelDeletion { version } => {
             let v = ctl_call(
                 &socket,

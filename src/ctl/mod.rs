@@ -25,10 +25,15 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::format::audit::{AuditRecord, Principal};
 use crate::format::config::{hex, parse_duration};
+use crate::format::grants::{self as gfmt, Grant, Grantee, OpSet};
 use crate::format::keyring::KeyState;
+use crate::fs::access::{read_proc, Event, Policy};
 use crate::fs::CacheControl;
 use crate::keyring::now_secs;
+use crate::volume::audit::verify_log;
+use crate::volume::grants::GrantStoreError;
 use crate::volume::walk::{Census, RewrapProgress};
 use crate::volume::{Volume, VolumeError};
 use protocol::{error_line, ok_line, parse_request, ErrorCode, Op, Request, MAX_LINE};
@@ -63,15 +68,23 @@ pub struct ControlContext {
     census: Mutex<Option<Census>>,
     mountpoint: PathBuf,
     owner_uid: u32,
+    policy: Arc<Policy>,
+    /// Socket mode 0666 (with allow_other) so grantees can retire their grants.
+    shared_socket: bool,
 }
 
 impl ControlContext {
     /// A context for the mount of `vol` at `mountpoint`, administered by `owner_uid` and root.
+    /// `policy` holds the grants and audit log the frontend uses; with
+    /// `shared_socket` (mounts with allow_other) any local user may connect,
+    /// though only to retire their own grants.
     pub fn new(
         vol: Arc<Volume>,
         cache: CacheControl,
         mountpoint: PathBuf,
         owner_uid: u32,
+        policy: Arc<Policy>,
+        shared_socket: bool,
     ) -> Arc<Self> {
         Arc::new(ControlContext {
             vol,
@@ -80,6 +93,8 @@ impl ControlContext {
             census: Mutex::new(None),
             mountpoint,
             owner_uid,
+            policy,
+            shared_socket,
         })
     }
 }
@@ -104,7 +119,26 @@ impl Drop for ConnectionSlot {
     }
 }
 
-fn peer_uid(s: &UnixStream) -> Option<u32> {
+/// The credentials of a socket peer at connect time.
+#[derive(Debug, Clone, Copy)]
+struct Peer {
+    uid: u32,
+    gid: u32,
+    pid: u32,
+}
+
+impl Peer {
+    fn principal(self) -> Principal {
+        Principal {
+            uid: self.uid,
+            gid: self.gid,
+            pid: self.pid,
+            comm: read_proc(self.pid).0,
+        }
+    }
+}
+
+fn peer_cred(s: &UnixStream) -> Option<Peer> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: 0,
@@ -121,7 +155,11 @@ fn peer_uid(s: &UnixStream) -> Option<u32> {
             &mut len,
         )
     };
-    (r == 0).then_some(cred.uid)
+    (r == 0).then_some(Peer {
+        uid: cred.uid,
+        gid: cred.gid,
+        pid: cred.pid as u32,
+    })
 }
 
 /// Binds the socket at `path` (mode 0600) and serves it on a thread.
@@ -157,7 +195,8 @@ pub fn serve(path: &Path, ctx: Arc<ControlContext>) -> std::io::Result<ControlSe
     // SAFETY: restores the previous umask.
     unsafe { libc::umask(old) };
     let listener = bound?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let mode = if ctx.shared_socket { 0o666 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("sealfs-ctl".into())
@@ -198,7 +237,7 @@ pub fn serve(path: &Path, ctx: Arc<ControlContext>) -> std::io::Result<ControlSe
 fn serve_connection(stream: UnixStream, ctx: &ControlContext) {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-    let uid = peer_uid(&stream);
+    let peer = peer_cred(&stream);
     let Ok(mut out) = stream.try_clone() else {
         return;
     };
@@ -232,19 +271,45 @@ fn serve_connection(stream: UnixStream, ctx: &ControlContext) {
         if line.iter().all(|b| b.is_ascii_whitespace()) {
             continue;
         }
-        let reply = match parse_request(&line) {
-            Err(e) => error_line(&e.id, e.code, &e.message),
-            Ok(req) => match uid {
-                Some(u) if u == 0 || u == ctx.owner_uid => match handle(ctx, &req) {
+        let reply = match (parse_request(&line), peer) {
+            (Err(e), _) => error_line(&e.id, e.code, &e.message),
+            (Ok(req), Some(p)) if p.uid == 0 || p.uid == ctx.owner_uid => {
+                if let Op::AuditExport { .. } = &req.op {
+                    match export_audit(ctx, &req.op, &mut out) {
+                        Ok(v) => ok_line(&req.id, v),
+                        Err((code, msg)) => error_line(&req.id, code, &msg),
+                    }
+                } else {
+                    match handle(ctx, &req, p) {
+                        Ok(v) => ok_line(&req.id, v),
+                        Err((code, msg)) => error_line(&req.id, code, &msg),
+                    }
+                }
+            }
+            // Anyone may retire a grant they hold, with its token.
+            (Ok(req), Some(p)) if matches!(req.op, Op::GrantRetire { .. }) => {
+                match handle(ctx, &req, p) {
                     Ok(v) => ok_line(&req.id, v),
                     Err((code, msg)) => error_line(&req.id, code, &msg),
-                },
-                _ => error_line(
+                }
+            }
+            (Ok(req), p) => {
+                if let Some(p) = p {
+                    let _ = ctx.policy.record_principal(
+                        p.principal(),
+                        Event {
+                            outcome: "denied",
+                            error: Some("not the mount owner or root".into()),
+                            ..Event::ok("control", None)
+                        },
+                    );
+                }
+                error_line(
                     &req.id,
                     ErrorCode::Forbidden,
-                    "only the mount owner and root may use this socket",
-                ),
-            },
+                    "only the mount owner and root may use this socket (others may only retire their own grants)",
+                )
+            }
         };
         if writeln!(out, "{reply}").is_err() {
             return;
@@ -312,6 +377,11 @@ fn status(ctx: &ControlContext) -> Value {
         "next_rotation": ctx.vol.next_rotation(),
         "rewrap": ctx.rewrap.report(),
         "census": census,
+        "grants": ctx.policy.grant_store().map(|g| g.list(None, None).len()),
+        "audit": ctx.policy.audit_log().map(|a| {
+            let (segment, next_seq, key_version) = a.position();
+            json!({"segment": segment, "records": next_seq - 1, "key_version": key_version})
+        }),
     })
 }
 
@@ -321,13 +391,322 @@ fn run_census(ctx: &ControlContext) -> Result<Census, (ErrorCode, String)> {
     Ok(c)
 }
 
-fn handle(ctx: &ControlContext, req: &Request) -> Handled {
+/// Records a control operation before it runs (fail-closed: no record, no operation).
+fn audit_control(
+    ctx: &ControlContext,
+    peer: Peer,
+    op: &str,
+    key_version: Option<u32>,
+    detail: Option<String>,
+) -> Result<(), (ErrorCode, String)> {
+    ctx.policy
+        .record_principal(
+            peer.principal(),
+            Event {
+                key_version,
+                detail,
+                ..Event::ok(op, None)
+            },
+        )
+        .map_err(|e| {
+            (
+                ErrorCode::AuditFailed,
+                format!("the audit record could not be written ({e:?}); operation refused"),
+            )
+        })
+}
+
+fn grant_json(g: &Grant) -> Value {
+    json!({
+        "grant_id": g.id,
+        "name": g.name,
+        "grantee": g.grantee.display(),
+        "ops": g.ops.names(),
+        "path_prefix": g.path_prefix,
+        "created": gfmt::format_utc(g.created),
+        "expires": g.expires.map(gfmt::format_utc),
+        "created_by": g.created_by,
+    })
+}
+
+fn grant_err(e: GrantStoreError) -> (ErrorCode, String) {
+    let code = match &e {
+        GrantStoreError::Grant(_) => ErrorCode::Invalid,
+        GrantStoreError::NotFound(_) => ErrorCode::NotFound,
+        GrantStoreError::NotGrantee => ErrorCode::Forbidden,
+        _ => ErrorCode::Internal,
+    };
+    (code, e.to_string())
+}
+
+fn grants_of(
+    ctx: &ControlContext,
+) -> Result<&Arc<crate::volume::grants::GrantStore>, (ErrorCode, String)> {
+    ctx.policy
+        .grant_store()
+        .ok_or((ErrorCode::Invalid, "this mount has no grant store".into()))
+}
+
+/// Re-seals what is sealed under the primary version after a rotation
+/// (grant store) and moves the audit log to a segment under it.
+fn follow_rotation(ctx: &ControlContext) {
+    if let Some(g) = ctx.policy.grant_store() {
+        if let Err(e) = g.reseal() {
+            tracing::warn!("cannot re-seal the grant store under the new key version: {e}");
+        }
+    }
+    if let Some(a) = ctx.policy.audit_log() {
+        if let Err(e) = a.follow_primary() {
+            tracing::warn!("cannot start an audit segment under the new key version: {e}");
+        }
+    }
+}
+
+fn handle_grant(ctx: &ControlContext, op: &Op, peer: Peer) -> Handled {
+    let store = grants_of(ctx)?;
+    match op {
+        Op::GrantCreate {
+            grantee,
+            ops,
+            path_prefix,
+            expires,
+            name,
+        } => {
+            let bad = |e: gfmt::GrantError| (ErrorCode::Invalid, e.to_string());
+            let grantee = Grantee::parse(grantee).map_err(bad)?;
+            let ops = OpSet::parse(ops).map_err(bad)?;
+            gfmt::check_prefix(path_prefix).map_err(bad)?;
+            let expires = expires
+                .as_deref()
+                .map(|e| gfmt::parse_expiry(e, now_secs()))
+                .transpose()
+                .map_err(bad)?;
+            audit_control(
+                ctx,
+                peer,
+                "grant_create",
+                None,
+                Some(format!(
+                    "{} {} {}{}",
+                    grantee.display(),
+                    ops.names().join(","),
+                    path_prefix,
+                    expires
+                        .map(|e| format!(" until {}", gfmt::format_utc(e)))
+                        .unwrap_or_default()
+                )),
+            )?;
+            let (g, token) = store
+                .create(grantee, ops, path_prefix, expires, name.clone(), peer.uid)
+                .map_err(grant_err)?;
+            let _ = ctx.policy.record_principal(
+                peer.principal(),
+                Event {
+                    grant: Some(&g.id),
+                    ..Event::ok("grant_created", None)
+                },
+            );
+            let mut v = grant_json(&g);
+            v["grant_token"] = json!(token);
+            Ok(v)
+        }
+        Op::GrantList {
+            grantee,
+            path_prefix,
+        } => {
+            let grantee = grantee
+                .as_deref()
+                .map(Grantee::parse)
+                .transpose()
+                .map_err(|e| (ErrorCode::Invalid, e.to_string()))?;
+            let list = store.list(grantee, path_prefix.as_deref());
+            Ok(json!({"grants": list.iter().map(grant_json).collect::<Vec<_>>()}))
+        }
+        Op::GrantRetire { token } => {
+            let admin = peer.uid == 0 || peer.uid == ctx.owner_uid;
+            let mut gids = read_proc(peer.pid).1;
+            gids.push(peer.gid);
+            audit_control(ctx, peer, "grant_retire", None, None)?;
+            let g = store
+                .retire(&token.0, peer.uid, &gids, admin)
+                .map_err(grant_err)?;
+            let _ = ctx.policy.record_principal(
+                peer.principal(),
+                Event {
+                    grant: Some(&g.id),
+                    ..Event::ok("grant_retired", None)
+                },
+            );
+            ctx.cache.invalidate_file_data();
+            Ok(json!({"retired": g.id}))
+        }
+        Op::GrantRevoke { grant_id } => {
+            audit_control(ctx, peer, "grant_revoke", None, Some(grant_id.clone()))?;
+            let r = store.revoke(grant_id);
+            // Drop whatever the kernel cached, revoked or not stored.
+            ctx.cache.invalidate_file_data();
+            let g = r.map_err(grant_err)?;
+            let _ = ctx.policy.record_principal(
+                peer.principal(),
+                Event {
+                    grant: Some(&g.id),
+                    ..Event::ok("grant_revoked", None)
+                },
+            );
+            Ok(json!({"revoked": g.id}))
+        }
+        _ => Err((ErrorCode::Internal, "not a grant operation".into())),
+    }
+}
+
+/// A time filter: an absolute UTC time/date, or a duration before now.
+fn parse_time_filter(s: &str) -> Result<u64, (ErrorCode, String)> {
+    let now = now_secs();
+    if let Ok(d) = parse_duration(s) {
+        return Ok(now.saturating_sub(d) * 1000);
+    }
+    gfmt::parse_expiry(s, now)
+        .map(|t| t * 1000)
+        .map_err(|e| (ErrorCode::Invalid, e.to_string()))
+}
+
+/// A filter over audit records (the `audit export` arguments).
+pub struct AuditFilter {
+    since_ms: Option<u64>,
+    until_ms: Option<u64>,
+    principal: Option<(String, u32)>,
+    path_prefix: Option<String>,
+    op: Option<String>,
+}
+
+impl AuditFilter {
+    /// Parses the filter arguments (as in the `audit_export` op).
+    pub fn parse(
+        since: Option<&str>,
+        until: Option<&str>,
+        principal: Option<&str>,
+        path_prefix: Option<&str>,
+        op: Option<&str>,
+    ) -> Result<AuditFilter, String> {
+        let principal = principal
+            .map(|p| {
+                let (k, n) = p
+                    .split_once(':')
+                    .ok_or_else(|| format!("principal '{p}' must be uid:N, gid:N or pid:N"))?;
+                let n: u32 = n
+                    .parse()
+                    .map_err(|_| format!("principal '{p}' must be uid:N, gid:N or pid:N"))?;
+                match k {
+                    "uid" | "gid" | "pid" => Ok((k.to_string(), n)),
+                    _ => Err(format!("principal '{p}' must be uid:N, gid:N or pid:N")),
+                }
+            })
+            .transpose()?;
+        if let Some(p) = path_prefix {
+            gfmt::check_prefix(p).map_err(|e| e.to_string())?;
+        }
+        Ok(AuditFilter {
+            since_ms: since.map(parse_time_filter).transpose().map_err(|e| e.1)?,
+            until_ms: until.map(parse_time_filter).transpose().map_err(|e| e.1)?,
+            principal,
+            path_prefix: path_prefix.map(str::to_string),
+            op: op.map(str::to_string),
+        })
+    }
+
+    /// Whether `r` passes.
+    pub fn matches(&self, r: &AuditRecord) -> bool {
+        self.since_ms.is_none_or(|t| r.time_ms >= t)
+            && self.until_ms.is_none_or(|t| r.time_ms < t)
+            && self.op.as_ref().is_none_or(|o| &r.op == o)
+            && self
+                .principal
+                .as_ref()
+                .is_none_or(|(k, n)| match k.as_str() {
+                    "uid" => r.principal.uid == *n,
+                    "gid" => r.principal.gid == *n,
+                    _ => r.principal.pid == *n,
+                })
+            && self.path_prefix.as_ref().is_none_or(|p| {
+                r.path
+                    .as_ref()
+                    .is_some_and(|x| gfmt::is_within(x.as_bytes(), p.as_bytes()))
+            })
+    }
+}
+
+/// One audit record as exported (JSON line).
+pub fn record_json(r: &AuditRecord) -> Value {
+    let mut v = json!(r);
+    v["time"] = json!(format!(
+        "{}.{:03}Z",
+        gfmt::format_utc(r.time_ms / 1000).trim_end_matches('Z'),
+        r.time_ms % 1000
+    ));
+    v
+}
+
+fn export_audit(ctx: &ControlContext, op: &Op, out: &mut dyn Write) -> Handled {
+    let Op::AuditExport {
+        since,
+        until,
+        principal,
+        path_prefix,
+        operation,
+    } = op
+    else {
+        return Err((ErrorCode::Internal, "not an export".into()));
+    };
+    let filter = AuditFilter::parse(
+        since.as_deref(),
+        until.as_deref(),
+        principal.as_deref(),
+        path_prefix.as_deref(),
+        operation.as_deref(),
+    )
+    .map_err(|e| (ErrorCode::Invalid, e))?;
+    if let Some(a) = ctx.policy.audit_log() {
+        let _ = a.sync();
+    }
+    let mut n = 0u64;
+    let mut write_err = None;
+    let report = verify_log(&ctx.vol, &mut |r| {
+        if write_err.is_none() && filter.matches(r) {
+            if let Err(e) = writeln!(out, "{}", json!({"record": record_json(r)})) {
+                write_err = Some(e);
+            }
+            n += 1;
+        }
+    })
+    .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+    if let Some(e) = write_err {
+        return Err((ErrorCode::Internal, e.to_string()));
+    }
+    Ok(json!({"exported": n, "verify": report}))
+}
+
+fn handle(ctx: &ControlContext, req: &Request, peer: Peer) -> Handled {
     let vol = &ctx.vol;
     match &req.op {
         Op::Status => Ok(status(ctx)),
+        Op::GrantCreate { .. }
+        | Op::GrantList { .. }
+        | Op::GrantRetire { .. }
+        | Op::GrantRevoke { .. } => handle_grant(ctx, &req.op, peer),
+        Op::AuditExport { .. } => Err((ErrorCode::Invalid, "audit_export streams".into())),
+        Op::AuditVerify => {
+            if let Some(a) = ctx.policy.audit_log() {
+                let _ = a.sync();
+            }
+            let report =
+                verify_log(vol, &mut |_| {}).map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+            Ok(json!(report))
+        }
         Op::Rotate => {
+            audit_control(ctx, peer, "rotate", None, None)?;
             let v = vol.update_keyring(|k| k.rotate()).map_err(vol_err)?;
             tracing::info!("key rotated: version {v} is primary");
+            follow_rotation(ctx);
             Ok(json!({"primary": v}))
         }
         Op::Rewrap => {
@@ -359,6 +738,7 @@ fn handle(ctx: &ControlContext, req: &Request) -> Handled {
             Ok(json!(report))
         }
         Op::Disable => {
+            audit_control(ctx, peer, "disable", None, None)?;
             // Write back and drop cached pages first (while writes still work),
             // then refuse every further key use.
             ctx.cache.invalidate_file_data();
@@ -371,6 +751,7 @@ fn handle(ctx: &ControlContext, req: &Request) -> Handled {
             Ok(json!({"disabled": true}))
         }
         Op::Enable => {
+            audit_control(ctx, peer, "enable", None, None)?;
             vol.update_keyring(|k| {
                 k.set_disabled(false);
                 Ok(())
@@ -495,6 +876,35 @@ fn handle(ctx: &ControlContext, req: &Request) -> Handled {
             Ok(json!({"version": version, "state": "retired"}))
         }
     }
+}
+
+/// Ends grants when their expiry passes (at most a second late; handles
+/// check the expiry themselves on every use, so this only records the end,
+/// stores it, and drops cached data).
+pub fn spawn_grant_expiry(ctx: &Arc<ControlContext>) {
+    let weak = Arc::downgrade(ctx);
+    let _ = std::thread::Builder::new()
+        .name("sealfs-grants".into())
+        .spawn(move || loop {
+            let Some(ctx) = weak.upgrade() else { return };
+            if let Some(store) = ctx.policy.grant_store() {
+                let expired = store.expire_due(now_secs());
+                for g in &expired {
+                    let _ = ctx.policy.record_principal(
+                        crate::volume::audit::AuditLog::daemon_record().principal,
+                        Event {
+                            grant: Some(&g.id),
+                            ..Event::ok("grant_expired", None)
+                        },
+                    );
+                }
+                if !expired.is_empty() {
+                    ctx.cache.invalidate_file_data();
+                }
+            }
+            drop(ctx);
+            std::thread::sleep(Duration::from_millis(500));
+        });
 }
 
 /// Runs due schedules (automatic rotation, key destruction) now and then

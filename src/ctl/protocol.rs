@@ -33,6 +33,10 @@ pub enum ErrorCode {
     ReadOnly,
     /// The operation failed inside the daemon.
     Internal,
+    /// No such grant.
+    NotFound,
+    /// The audit record could not be written, so the operation was refused.
+    AuditFailed,
 }
 
 impl ErrorCode {
@@ -48,6 +52,8 @@ impl ErrorCode {
             ErrorCode::Invalid => "invalid",
             ErrorCode::ReadOnly => "read_only",
             ErrorCode::Internal => "internal",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::AuditFailed => "audit_failed",
         }
     }
 }
@@ -107,6 +113,71 @@ pub enum Op {
         /// The version.
         version: u32,
     },
+    /// Give another local user or group access to a path prefix.
+    GrantCreate {
+        /// `uid:N` or `gid:N`.
+        grantee: String,
+        /// Operations: read, write, list, create, delete, rename, all.
+        ops: Vec<String>,
+        /// Canonical plaintext path prefix (`/projects/x`).
+        path_prefix: String,
+        /// Expiry: RFC 3339 UTC time, date, or duration from now.
+        #[serde(default)]
+        expires: Option<String>,
+        /// A label.
+        #[serde(default)]
+        name: Option<String>,
+    },
+    /// The live grants, optionally filtered.
+    GrantList {
+        /// Only this grantee (`uid:N` / `gid:N`).
+        #[serde(default)]
+        grantee: Option<String>,
+        /// Only grants whose prefix contains or lies under this path.
+        #[serde(default)]
+        path_prefix: Option<String>,
+    },
+    /// End a grant with its token (the grantee may do this).
+    GrantRetire {
+        /// The grant token returned at creation.
+        token: GrantToken,
+    },
+    /// End a grant by id (owner).
+    GrantRevoke {
+        /// The grant id.
+        grant_id: String,
+    },
+    /// Stream audit records as JSON lines, then a summary response.
+    AuditExport {
+        /// Only records at or after this time (RFC 3339 UTC, date, or a duration ago).
+        #[serde(default)]
+        since: Option<String>,
+        /// Only records before this time.
+        #[serde(default)]
+        until: Option<String>,
+        /// Only this principal: `uid:N`, `gid:N` or `pid:N`.
+        #[serde(default)]
+        principal: Option<String>,
+        /// Only records whose path lies under this prefix.
+        #[serde(default)]
+        path_prefix: Option<String>,
+        /// Only this operation (JSON field `operation`).
+        #[serde(default)]
+        operation: Option<String>,
+    },
+    /// Verify the audit chain now.
+    AuditVerify,
+}
+
+/// A grant token: a bearer credential, never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct GrantToken(pub String);
+
+impl std::fmt::Debug for GrantToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GrantToken(<redacted>)")
+    }
 }
 
 /// A parsed request.

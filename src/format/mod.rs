@@ -5,8 +5,10 @@
 //! Must never: perform I/O. The volume layer reads and writes what these
 //! functions produce.
 
+pub mod audit;
 pub mod chunk;
 pub mod config;
+pub mod grants;
 pub mod header;
 pub mod keyring;
 pub mod layout;

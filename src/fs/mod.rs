@@ -13,6 +13,8 @@
 //! (rename, unlink, rmdir) take the namespace lock exclusively, lookups and
 //! creates take it shared, reads and writes not at all.
 
+pub mod access;
+
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -31,13 +33,16 @@ use fuser::{
 };
 use parking_lot::{Mutex, RwLock};
 
+use crate::format::grants::{Access, GrantOp};
 use crate::format::header::EncryptionContext;
 use crate::format::layout::{chunk_data_offset, chunks_touched, ciphertext_size, plaintext_size};
 use crate::format::names::{BackingName, MAX_NAME};
 use crate::volume::content::{SealedFile, SCRATCH_MAX};
+use crate::volume::grants::{op_for_open, LiveGrant};
 use crate::volume::release::ReleaseQueue;
 use crate::volume::sys::{self, TimeSpec};
 use crate::volume::{Directory, Volume, VolumeError, DIR_RECORD, DIR_RECORD_BACKUP};
+use access::{Caller, Event, Policy};
 
 /// How long the kernel may cache attributes and entries. sealfs is the only
 /// writer of its cipher directory while mounted, so caching is safe; one
@@ -198,7 +203,8 @@ struct Table {
 }
 
 enum Handle {
-    File(Arc<Inode>, Arc<RwLock<SealedFile>>),
+    /// An open file, and the grant it was opened through (None: the owner).
+    File(Arc<Inode>, Arc<RwLock<SealedFile>>, Option<Arc<LiveGrant>>),
     Dir(Arc<Inode>, Vec<Listed>),
 }
 
@@ -298,11 +304,13 @@ pub struct SealFs {
     activity: Arc<Activity>,
     /// Unlinked backing files, freed off the request path.
     released: ReleaseQueue,
+    /// Who may use which keys, and the audit trail.
+    policy: Arc<Policy>,
 }
 
 impl SealFs {
     /// Prepares the frontend: opens the root and checks its directory record.
-    pub fn new(vol: Arc<Volume>) -> Result<Self, VolumeError> {
+    pub fn new(vol: Arc<Volume>, policy: Arc<Policy>) -> Result<Self, VolumeError> {
         let root_fd = sys::openat(
             File::open("/")?.as_fd(),
             vol.cipherdir().canonicalize()?.as_os_str(),
@@ -347,7 +355,53 @@ impl SealFs {
             daemon_is_root: unsafe { libc::geteuid() } == 0,
             activity: Arc::new(Activity::new()),
             released: ReleaseQueue::new(),
+            policy,
         })
+    }
+
+    /// The plaintext path of `inode`: its encryption context as a path,
+    /// canonical (no `..`, no symlinks: the kernel resolves those through
+    /// lookups, each checked on its own).
+    fn path_of(inode: &Inode) -> Vec<u8> {
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        let mut cur = {
+            let l = inode.loc.lock();
+            if l.parent.is_some() {
+                names.push(l.name.clone());
+            }
+            l.parent.clone()
+        };
+        while let Some(p) = cur {
+            let l = p.loc.lock();
+            if l.parent.is_some() {
+                names.push(l.name.clone());
+            }
+            cur = l.parent.clone();
+        }
+        if names.is_empty() {
+            return b"/".to_vec();
+        }
+        let mut out = Vec::new();
+        for n in names.iter().rev() {
+            out.push(b'/');
+            out.extend_from_slice(n);
+        }
+        out
+    }
+
+    /// The path of `name` in directory `parent`.
+    fn child_path(parent: &Inode, name: &[u8]) -> Vec<u8> {
+        let mut p = Self::path_of(parent);
+        if p != b"/" {
+            p.push(b'/');
+        }
+        p.extend_from_slice(name);
+        p
+    }
+
+    /// Whether paths are needed for the audit log.
+    fn audit_paths(&self) -> bool {
+        self.policy.audited()
     }
 
     /// Use of the mount, shared with whoever watches for idleness.
@@ -752,12 +806,39 @@ impl SealFs {
         self.handles.lock().get(&fh.0).cloned().ok_or(Errno::EBADF)
     }
 
-    fn content_of(&self, fh: FileHandle) -> FsResult<Arc<RwLock<SealedFile>>> {
+    /// The content of an open file handle, if the grant it was opened
+    /// through (if any) still stands.
+    fn content_of(&self, req: &Request, fh: FileHandle) -> FsResult<Arc<RwLock<SealedFile>>> {
         self.check_enabled()?;
         match &*self.file_handle(fh)? {
-            Handle::File(_, f) => Ok(f.clone()),
+            Handle::File(inode, f, grant) => {
+                if let Some(g) = grant {
+                    self.policy
+                        .check_handle(Caller::of(req), g, "use_handle", || Self::path_of(inode))?;
+                }
+                Ok(f.clone())
+            }
             Handle::Dir(..) => Err(Errno::EISDIR),
         }
+    }
+
+    /// Records an integrity failure seen on an open file.
+    fn record_integrity(&self, req: &Request, fh: FileHandle, e: &VolumeError) {
+        if !self.audit_paths() {
+            return;
+        }
+        let path = match self.file_handle(fh).as_deref() {
+            Ok(Handle::File(inode, ..)) => Some(Self::path_of(inode)),
+            _ => None,
+        };
+        let _ = self.policy.record(
+            Caller::of(req),
+            Event {
+                outcome: "error",
+                error: Some(e.to_string()),
+                ..Event::ok("integrity_failure", path.as_deref())
+            },
+        );
     }
 
     fn check_writable(&self) -> FsResult<()> {
@@ -822,6 +903,12 @@ impl SealFs {
         self.check_writable()?;
         let _ns = self.vol.namespace().read();
         let p = self.inode(parent)?;
+        self.policy.authorize(
+            Caller::of(req),
+            || Self::child_path(&p, name.as_bytes()),
+            Access::Op(GrantOp::Create),
+            "create",
+        )?;
         let d = self.dir_of(&p)?;
         let bn = Self::backing_name(&d, name)?;
         Self::write_sidecar(&p, &bn)?;
@@ -844,10 +931,22 @@ impl SealFs {
         name: &OsStr,
         mode: u32,
         flags: i32,
-    ) -> FsResult<(Arc<Inode>, libc::stat, Arc<RwLock<SealedFile>>)> {
+    ) -> FsResult<(
+        Arc<Inode>,
+        libc::stat,
+        Arc<RwLock<SealedFile>>,
+        Option<Arc<LiveGrant>>,
+    )> {
         self.check_writable()?;
+        let caller = Caller::of(req);
         let _ns = self.vol.namespace().read();
         let pinode = self.inode(parent)?;
+        let grant = self.policy.authorize(
+            caller,
+            || Self::child_path(&pinode, name.as_bytes()),
+            Access::Op(GrantOp::Create),
+            "generate_data_key",
+        )?;
         let pdir = self.dir_of(&pinode)?;
         let bn = Self::backing_name(&pdir, name)?;
         Self::write_sidecar(&pinode, &bn)?;
@@ -862,8 +961,21 @@ impl SealFs {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
                 drop(_ns);
                 let (inode, st) = self.remember(&pinode, name.as_bytes(), &bn.entry)?;
+                let grant = self.policy.authorize(
+                    caller,
+                    || Self::path_of(&inode),
+                    Access::Op(op_for_open(flags)),
+                    "encrypt",
+                )?;
                 let f = self.open_content(&inode)?;
-                return Ok((inode, st, f));
+                let version = f.read().key_version();
+                if let Err(e) =
+                    self.record_open(caller, &inode, "encrypt", version, grant.as_deref())
+                {
+                    Self::close_content(&inode);
+                    return Err(e);
+                }
+                return Ok((inode, st, f, grant));
             }
             Err(e) => {
                 Self::undo_sidecar(&pinode, &bn);
@@ -888,6 +1000,23 @@ impl SealFs {
                 return Err(errno_of(&e));
             }
         };
+        if self.audit_paths() {
+            let path = Self::child_path(&pinode, name.as_bytes());
+            let r = self.policy.record(
+                caller,
+                Event {
+                    key_version: Some(sealed.key_version()),
+                    grant: grant.as_ref().map(|g| g.id.as_str()),
+                    ..Event::ok("generate_data_key", Some(&path))
+                },
+            );
+            if let Err(e) = r {
+                // Fail-closed: no record, no new file.
+                let _ = sys::unlinkat(pinode.dir_fd()?, entry, false);
+                Self::remove_sidecar(&pinode, &bn);
+                return Err(e);
+            }
+        }
         let (inode, st) = self.remember(&pinode, name.as_bytes(), &bn.entry)?;
         let f = Arc::new(RwLock::new(sealed));
         {
@@ -895,7 +1024,7 @@ impl SealFs {
             match os.file.clone() {
                 Some(existing) => {
                     os.count += 1;
-                    return Ok((inode.clone(), st, existing));
+                    return Ok((inode.clone(), st, existing, grant));
                 }
                 None => {
                     os.count = 1;
@@ -903,7 +1032,30 @@ impl SealFs {
                 }
             }
         }
-        Ok((inode, st, f))
+        Ok((inode, st, f, grant))
+    }
+
+    /// Records the opening of a file's data key (fail-closed: Err refuses the open).
+    fn record_open(
+        &self,
+        caller: Caller,
+        inode: &Inode,
+        op: &str,
+        key_version: u32,
+        grant: Option<&LiveGrant>,
+    ) -> FsResult<()> {
+        if !self.audit_paths() {
+            return Ok(());
+        }
+        let path = Self::path_of(inode);
+        self.policy.record(
+            caller,
+            Event {
+                key_version: (key_version != 0).then_some(key_version),
+                grant: grant.map(|g| g.id.as_str()),
+                ..Event::ok(op, Some(&path))
+            },
+        )
     }
 
     fn list_dir(&self, inode: &Arc<Inode>) -> FsResult<Vec<Listed>> {
@@ -1257,13 +1409,24 @@ impl fuser::Filesystem for SealFs {
 
     fn destroy(&mut self) {
         self.records.flush_all();
+        if let Some(log) = self.policy.audit_log() {
+            if let Err(e) = log.sync() {
+                tracing::warn!("audit log sync at unmount failed: {e}");
+            }
+        }
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.activity.touch();
         let r = (|| {
             let _ns = self.vol.namespace().read();
             let p = self.inode(parent)?;
+            self.policy.authorize(
+                Caller::of(req),
+                || Self::child_path(&p, name.as_bytes()),
+                Access::Lookup,
+                "lookup",
+            )?;
             let d = self.dir_of(&p)?;
             let bn = Self::backing_name(&d, name)?;
             let (inode, st) = self.remember(&p, name.as_bytes(), &bn.entry)?;
@@ -1283,9 +1446,18 @@ impl fuser::Filesystem for SealFs {
         self.unref(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.activity.touch();
-        match self.inode(ino).and_then(|i| self.stat_inode(&i)) {
+        let r = self.inode(ino).and_then(|i| {
+            self.policy.authorize(
+                Caller::of(req),
+                || Self::path_of(&i),
+                Access::Lookup,
+                "getattr",
+            )?;
+            self.stat_inode(&i)
+        });
+        match r {
             Ok(a) => reply.attr(&TTL, &a),
             Err(e) => reply.error(e),
         }
@@ -1293,7 +1465,7 @@ impl fuser::Filesystem for SealFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -1313,6 +1485,12 @@ impl fuser::Filesystem for SealFs {
         let r = (|| {
             self.check_writable()?;
             let inode = self.inode(ino)?;
+            self.policy.authorize(
+                Caller::of(req),
+                || Self::path_of(&inode),
+                Access::Op(GrantOp::Write),
+                "setattr",
+            )?;
             if let Some(m) = mode {
                 if inode.kind != Kind::Symlink {
                     self.with_backing(&inode, |d, n| sys::fchmodat(d, n, m & 0o7777))?;
@@ -1325,7 +1503,7 @@ impl fuser::Filesystem for SealFs {
                 if inode.kind != Kind::File {
                     return Err(Errno::EISDIR);
                 }
-                match fh.map(|h| self.content_of(h)) {
+                match fh.map(|h| self.content_of(req, h)) {
                     Some(Ok(c)) => c.write().set_len(sz).map_err(|e| errno_of(&e))?,
                     _ => {
                         let c = self.open_content(&inode)?;
@@ -1347,9 +1525,18 @@ impl fuser::Filesystem for SealFs {
         }
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         self.activity.touch();
-        match self.inode(ino).and_then(|i| self.symlink_target(&i)) {
+        let r = self.inode(ino).and_then(|i| {
+            self.policy.authorize(
+                Caller::of(req),
+                || Self::path_of(&i),
+                Access::Op(GrantOp::Read),
+                "readlink",
+            )?;
+            self.symlink_target(&i)
+        });
+        match r {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(e),
         }
@@ -1369,7 +1556,7 @@ impl fuser::Filesystem for SealFs {
         let r = (|| {
             let mode = mode & !umask;
             if mode & libc::S_IFMT == libc::S_IFREG || mode & libc::S_IFMT == 0 {
-                let (inode, st, _) =
+                let (inode, st, _, _) =
                     self.create_file(req, parent, name, mode & 0o7777, libc::O_EXCL)?;
                 Self::close_content(&inode);
                 return Ok(self.attr(&inode, &st));
@@ -1396,8 +1583,15 @@ impl fuser::Filesystem for SealFs {
         self.activity.touch();
         let r = (|| {
             self.check_writable()?;
+            let caller = Caller::of(req);
             let _ns = self.vol.namespace().read();
             let p = self.inode(parent)?;
+            let grant = self.policy.authorize(
+                caller,
+                || Self::child_path(&p, name.as_bytes()),
+                Access::Op(GrantOp::Create),
+                "generate_data_key",
+            )?;
             let d = self.dir_of(&p)?;
             let bn = Self::backing_name(&d, name)?;
             Self::write_sidecar(&p, &bn)?;
@@ -1412,6 +1606,27 @@ impl fuser::Filesystem for SealFs {
                 parent_dir_id: d.id,
                 name: name.as_bytes(),
             };
+            let recorded = if self.audit_paths() {
+                let path = Self::child_path(&p, name.as_bytes());
+                self.policy.record(
+                    caller,
+                    Event {
+                        key_version: Some(self.vol.keyring().read().primary()),
+                        grant: grant.as_ref().map(|g| g.id.as_str()),
+                        detail: Some("directory".into()),
+                        ..Event::ok("generate_data_key", Some(&path))
+                    },
+                )
+            } else {
+                Ok(())
+            };
+            if let Err(e) = recorded {
+                // Fail-closed: no record, no new directory.
+                Self::remove_dir_records(dfd);
+                let _ = sys::unlinkat(p.dir_fd()?, entry, true);
+                Self::remove_sidecar(&p, &bn);
+                return Err(e);
+            }
             match self.vol.init_dir(dfd, &ctx) {
                 Ok(dir) => {
                     *inode.dir.write() = Some(Arc::new(dir));
@@ -1441,12 +1656,18 @@ impl fuser::Filesystem for SealFs {
         }
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.activity.touch();
         let r = (|| {
             self.check_writable()?;
             let _ns = self.vol.namespace().write();
             let p = self.inode(parent)?;
+            self.policy.authorize(
+                Caller::of(req),
+                || Self::child_path(&p, name.as_bytes()),
+                Access::Op(GrantOp::Delete),
+                "delete",
+            )?;
             let d = self.dir_of(&p)?;
             let bn = Self::backing_name(&d, name)?;
             let pfd = p.dir_fd()?;
@@ -1472,12 +1693,18 @@ impl fuser::Filesystem for SealFs {
         }
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.activity.touch();
         let r = (|| {
             self.check_writable()?;
             let _ns = self.vol.namespace().write();
             let p = self.inode(parent)?;
+            self.policy.authorize(
+                Caller::of(req),
+                || Self::child_path(&p, name.as_bytes()),
+                Access::Op(GrantOp::Delete),
+                "delete",
+            )?;
             let d = self.dir_of(&p)?;
             let bn = Self::backing_name(&d, name)?;
             let entry = OsStr::new(&bn.entry);
@@ -1535,7 +1762,7 @@ impl fuser::Filesystem for SealFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -1544,7 +1771,48 @@ impl fuser::Filesystem for SealFs {
         reply: ReplyEmpty,
     ) {
         self.activity.touch();
-        match self.do_rename(parent, name, newparent, newname, flags) {
+        let r = (|| {
+            let caller = Caller::of(req);
+            let (p, np) = (self.inode(parent)?, self.inode(newparent)?);
+            let needs_paths = self.audit_paths() || !self.policy.is_owner(caller.uid);
+            let (from, to) = if needs_paths {
+                let _ns = self.vol.namespace().read();
+                (
+                    Self::child_path(&p, name.as_bytes()),
+                    Self::child_path(&np, newname.as_bytes()),
+                )
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            // Both ends must lie in a prefix with the rename operation: no
+            // moving data out of (or into) a grant's reach.
+            let rename = Access::Op(GrantOp::Rename);
+            let grant = self
+                .policy
+                .authorize(caller, || from.clone(), rename, "re_encrypt")?;
+            self.policy
+                .authorize(caller, || to.clone(), rename, "re_encrypt")?;
+            let event = |outcome, error| Event {
+                key_version: Some(self.vol.keyring().read().primary()),
+                grant: grant.as_ref().map(|g| g.id.as_str()),
+                outcome,
+                error,
+                detail: Some(format!("from {}", String::from_utf8_lossy(&from))),
+                ..Event::ok("re_encrypt", Some(&to))
+            };
+            // Recorded before (fail-closed); a failure is recorded after.
+            self.policy.record(caller, event("ok", None))?;
+            let r = self.do_rename(parent, name, newparent, newname, flags);
+            if let Err(e) = r {
+                if e != Errno::ENOENT && e != Errno::EEXIST && e != Errno::ENOTEMPTY {
+                    let _ = self
+                        .policy
+                        .record(caller, event("error", Some(format!("{e:?}"))));
+                }
+            }
+            r
+        })();
+        match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -1563,8 +1831,9 @@ impl fuser::Filesystem for SealFs {
         reply.error(Errno::EPERM);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.activity.touch();
+        let caller = Caller::of(req);
         let r = (|| {
             let inode = self.inode(ino)?;
             if inode.kind != Kind::File {
@@ -1577,18 +1846,60 @@ impl fuser::Filesystem for SealFs {
             if self.vol.read_only() && flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
                 return Err(Errno::EROFS);
             }
-            let f = self.open_content(&inode)?;
-            Ok(self.new_handle(Handle::File(inode, f)))
+            let gop = op_for_open(flags.0);
+            let op = if gop == GrantOp::Read {
+                "decrypt"
+            } else {
+                "encrypt"
+            };
+            let grant =
+                self.policy
+                    .authorize(caller, || Self::path_of(&inode), Access::Op(gop), op)?;
+            let f = match self.open_content(&inode) {
+                Ok(f) => f,
+                Err(e) => {
+                    if self.audit_paths() {
+                        let path = Self::path_of(&inode);
+                        let _ = self.policy.record(
+                            caller,
+                            Event {
+                                grant: grant.as_ref().map(|g| g.id.as_str()),
+                                outcome: if e == Errno::EACCES {
+                                    "denied"
+                                } else {
+                                    "error"
+                                },
+                                error: Some(format!("{e:?}")),
+                                ..Event::ok(op, Some(&path))
+                            },
+                        );
+                    }
+                    return Err(e);
+                }
+            };
+            let version = f.read().key_version();
+            if let Err(e) = self.record_open(caller, &inode, op, version, grant.as_deref()) {
+                Self::close_content(&inode);
+                return Err(e);
+            }
+            // Through a grant, every read and write reaches the daemon (no
+            // page cache), so revoking the grant stops an open handle at once.
+            let flags = if grant.is_some() {
+                FopenFlags::FOPEN_DIRECT_IO
+            } else {
+                FopenFlags::FOPEN_KEEP_CACHE
+            };
+            Ok((self.new_handle(Handle::File(inode, f, grant)), flags))
         })();
         match r {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok((fh, flags)) => reply.opened(FileHandle(fh), flags),
             Err(e) => reply.error(e),
         }
     }
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -1602,7 +1913,7 @@ impl fuser::Filesystem for SealFs {
             /// Decrypted bytes of this thread's current READ (reused).
             static READ_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        let f = match self.content_of(fh) {
+        let f = match self.content_of(req, fh) {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
@@ -1614,6 +1925,7 @@ impl fuser::Filesystem for SealFs {
                 Err(e) => {
                     if e.is_integrity() {
                         tracing::warn!(fh = fh.0, offset, "integrity failure: {e}");
+                        self.record_integrity(req, fh, &e);
                     }
                     reply.error(errno_of(&e))
                 }
@@ -1623,7 +1935,7 @@ impl fuser::Filesystem for SealFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -1636,11 +1948,12 @@ impl fuser::Filesystem for SealFs {
         self.activity.touch();
         let r = self
             .check_writable()
-            .and_then(|_| self.content_of(fh))
+            .and_then(|_| self.content_of(req, fh))
             .and_then(|f| {
                 f.write().write(offset, data).map_err(|e| {
                     if e.is_integrity() {
                         tracing::warn!(fh = fh.0, offset, "integrity failure during write: {e}");
+                        self.record_integrity(req, fh, &e);
                     }
                     errno_of(&e)
                 })
@@ -1681,7 +1994,7 @@ impl fuser::Filesystem for SealFs {
         self.activity.touch();
         let h = self.remove_handle(fh);
         if let Some(h) = h {
-            if let Handle::File(inode, _) = &*h {
+            if let Handle::File(inode, ..) = &*h {
                 Self::close_content(inode);
             }
         }
@@ -1690,7 +2003,7 @@ impl fuser::Filesystem for SealFs {
 
     fn fsync(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
@@ -1698,10 +2011,10 @@ impl fuser::Filesystem for SealFs {
     ) {
         self.activity.touch();
         let r = self.file_handle(fh).and_then(|h| match &*h {
-            Handle::File(inode, _) => self.persist_records(inode),
+            Handle::File(inode, ..) => self.persist_records(inode),
             Handle::Dir(..) => Ok(()),
         });
-        let r = r.and_then(|_| self.content_of(fh)).and_then(|f| {
+        let r = r.and_then(|_| self.content_of(req, fh)).and_then(|f| {
             let g = f.read();
             let res = if datasync {
                 g.backing().sync_data()
@@ -1716,11 +2029,28 @@ impl fuser::Filesystem for SealFs {
         }
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.activity.touch();
         let r = (|| {
+            let caller = Caller::of(req);
             let inode = self.inode(ino)?;
+            let grant = self.policy.authorize(
+                caller,
+                || Self::path_of(&inode),
+                Access::Op(GrantOp::List),
+                "list",
+            )?;
             let entries = self.list_dir(&inode)?;
+            if self.audit_paths() {
+                let path = Self::path_of(&inode);
+                self.policy.record(
+                    caller,
+                    Event {
+                        grant: grant.as_ref().map(|g| g.id.as_str()),
+                        ..Event::ok("list", Some(&path))
+                    },
+                )?;
+            }
             Ok(self.new_handle(Handle::Dir(inode, entries)))
         })();
         match r {
@@ -1868,20 +2198,19 @@ impl fuser::Filesystem for SealFs {
     ) {
         self.activity.touch();
         let r = (|| {
-            let (inode, st, f) =
+            let (inode, st, f, grant) =
                 self.create_file(req, parent, name, mode & !umask & 0o7777, flags)?;
             let a = self.attr(&inode, &st);
-            let fh = self.new_handle(Handle::File(inode, f));
-            Ok((a, fh))
+            let flags = if grant.is_some() {
+                FopenFlags::FOPEN_DIRECT_IO
+            } else {
+                FopenFlags::FOPEN_KEEP_CACHE
+            };
+            let fh = self.new_handle(Handle::File(inode, f, grant));
+            Ok((a, fh, flags))
         })();
         match r {
-            Ok((a, fh)) => reply.created(
-                &TTL,
-                &a,
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+            Ok((a, fh, flags)) => reply.created(&TTL, &a, Generation(0), FileHandle(fh), flags),
             Err(e) => reply.error(e),
         }
     }
@@ -1927,7 +2256,7 @@ impl fuser::Filesystem for SealFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -1941,7 +2270,7 @@ impl fuser::Filesystem for SealFs {
             if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
                 return Err(Errno::EOPNOTSUPP);
             }
-            let f = self.content_of(fh)?;
+            let f = self.content_of(req, fh)?;
             let mut g = f.write();
             let end = offset.checked_add(length).ok_or(Errno::EFBIG)?;
             if let Some((first, _)) = chunks_touched(offset, length) {

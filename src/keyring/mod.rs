@@ -495,6 +495,16 @@ impl Keyring {
         Ok((kek_src, salt))
     }
 
+    /// The master key of `version` unless it is destroyed: for deriving the
+    /// audit-log and grant-store keys (never for wrapping data keys).
+    pub(crate) fn master_key(&self, version: u32) -> Option<&SecretKey> {
+        self.body
+            .versions
+            .iter()
+            .find(|v| v.version == version && v.state != KeyState::Destroyed)
+            .map(|v| &v.key)
+    }
+
     /// The wrapping cipher for `kind` records under `version`, if that version
     /// exists and is enabled.
     pub fn wrapper(&self, version: u32, kind: RecordKind) -> Option<SealingKey> {

@@ -37,6 +37,8 @@ pub struct SealedFile {
     file: File,
     chunks: ChunkCipher,
     size: u64,
+    /// Master key version whose wrapping of the data key was used (0: unknown).
+    key_version: u32,
 }
 
 fn last_chunk(size: u64) -> Option<ChunkIndex> {
@@ -46,7 +48,23 @@ fn last_chunk(size: u64) -> Option<ChunkIndex> {
 impl SealedFile {
     /// Wraps an open backing file whose header was already verified.
     pub fn new(file: File, chunks: ChunkCipher, size: u64) -> Self {
-        SealedFile { file, chunks, size }
+        SealedFile {
+            file,
+            chunks,
+            size,
+            key_version: 0,
+        }
+    }
+
+    /// Records which master key version unwrapped (or wrapped) the data key.
+    pub fn with_key_version(mut self, v: u32) -> Self {
+        self.key_version = v;
+        self
+    }
+
+    /// The master key version of the data key's wrapping in use (for audit).
+    pub fn key_version(&self) -> u32 {
+        self.key_version
     }
 
     /// Plaintext size.

@@ -56,6 +56,8 @@ use crate::format::names::{
     LONG_NAME_SIDECAR_SUFFIX,
 };
 use crate::keyring::{write_file_durably, UnlockSecret, KEYRING_BACKUP, KEYRING_FILE};
+use crate::volume::audit::AUDIT_DIR;
+use crate::volume::grants::GRANTS_FILE;
 use crate::volume::{
     kdf_config, sys, Directory, Volume, VolumeError, DIR_RECORD, DIR_RECORD_BACKUP, LOCK_FILE,
 };
@@ -865,7 +867,13 @@ impl Checker<'_> {
                 || (at_root
                     && matches!(
                         entry.as_str(),
-                        CONFIG_FILE | KEYRING_FILE | KEYRING_BACKUP | LOCK_FILE | "lost+found"
+                        CONFIG_FILE
+                            | KEYRING_FILE
+                            | KEYRING_BACKUP
+                            | LOCK_FILE
+                            | AUDIT_DIR
+                            | GRANTS_FILE
+                            | "lost+found"
                     ));
             if known_internal {
                 continue;

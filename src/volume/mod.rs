@@ -9,8 +9,10 @@
 //! inode/path bookkeeping.
 //! Must never: know about FUSE, or log names, keys or content.
 
+pub mod audit;
 pub mod content;
 pub mod fsck;
+pub mod grants;
 pub mod release;
 pub mod sys;
 pub mod walk;
@@ -723,7 +725,7 @@ impl Volume {
         let mut block = vec![0u8; META_BLOCK as usize];
         block[..RECORD_LEN].copy_from_slice(&rec.encode());
         sys::write_all_at(&file, &block, 0)?;
-        Ok(SealedFile::new(file, ChunkCipher::new(&data_key, id), 0))
+        Ok(SealedFile::new(file, ChunkCipher::new(&data_key, id), 0).with_key_version(v))
     }
 
     /// Opens the content of an existing file bound to `ctx`.
@@ -736,8 +738,14 @@ impl Volume {
         let size = plaintext_size(csize).map_err(|_| VolumeError::Truncated)?;
         let mut buf = [0u8; RECORD_LEN];
         sys::read_exact_at(&file, &mut buf, 0).map_err(VolumeError::short_read)?;
-        let (rec, key, _) = self.open_record(RecordKind::File, &buf, ctx)?;
-        Ok(SealedFile::new(file, ChunkCipher::new(&key, rec.id), size))
+        let (rec, key, slot) = self.open_record(RecordKind::File, &buf, ctx)?;
+        let version = rec
+            .slots
+            .get(slot)
+            .copied()
+            .flatten()
+            .map_or(0, |s| s.key_version);
+        Ok(SealedFile::new(file, ChunkCipher::new(&key, rec.id), size).with_key_version(version))
     }
 
     /// Step 1 of a file rename: adds a slot bound to `new` beside the one

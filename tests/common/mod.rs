@@ -124,7 +124,7 @@ pub fn sealfs_pids_mentioning(needle: &Path) -> Vec<i32> {
     pids
 }
 
-fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     loop {
         if cond() {

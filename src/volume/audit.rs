@@ -1,0 +1,444 @@
+//! The audit log on disk: `sealfs.audit/NNNNNNNN.log` segments in CIPHERDIR
+//! (format in [`crate::format::audit`], docs/FORMAT.md §9).
+//!
+//! Owns: appending records (one `write` each, rolled back on a short write,
+//! so a failed append leaves no partial record and the caller refuses the
+//! operation: fail-closed), rolling to a new segment by size and after a
+//! rotation, recovering the chain at open (a record torn by a crash is cut
+//! off and the cut itself recorded), syncing in the background, and reading
+//! all segments back for verification and export.
+//! Must never: write a record that is not chained, reuse a sequence number,
+//! or let a failed append look like a success.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::format::audit::{
+    self as afmt, AuditKeys, AuditRecord, ChainReport, Principal, RecordStep, SegmentHeader,
+    MAC_LEN, SEGMENT_HEADER_LEN,
+};
+use crate::volume::Volume;
+
+/// The audit folder in CIPHERDIR.
+pub const AUDIT_DIR: &str = "sealfs.audit";
+/// Default size at which a new segment starts.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 8 << 20;
+/// How often appended records are made durable.
+const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Errors of the audit log.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// Reading or writing the log failed.
+    #[error("audit log I/O: {0}")]
+    Io(#[from] io::Error),
+    /// The key version a segment needs is destroyed or unknown.
+    #[error("audit log: no usable key for master key version {0}")]
+    NoKey(u32),
+    /// Randomness failure.
+    #[error(transparent)]
+    Crypto(#[from] crate::crypto::CryptoError),
+}
+
+impl AuditError {
+    /// The errno an operation refused for want of an audit record gets.
+    pub fn errno(&self) -> i32 {
+        match self {
+            AuditError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            _ => libc::EIO,
+        }
+    }
+}
+
+fn segment_name(n: u64) -> String {
+    format!("{n:08}.log")
+}
+
+/// Segment numbers present in `dir`, ascending.
+fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut out = Vec::new();
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for ent in rd {
+        let name = ent?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(num) = name.strip_suffix(".log") {
+            if num.len() == 8 && num.bytes().all(|b| b.is_ascii_digit()) {
+                if let Ok(n) = num.parse() {
+                    out.push(n);
+                }
+            }
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Reads every segment of the log in `cipherdir`: (number, bytes).
+pub fn read_segments(cipherdir: &Path) -> io::Result<Vec<(u64, Vec<u8>)>> {
+    let dir = cipherdir.join(AUDIT_DIR);
+    list_segments(&dir)?
+        .into_iter()
+        .map(|n| fs::read(dir.join(segment_name(n))).map(|b| (n, b)))
+        .collect()
+}
+
+/// Audit keys per master key version, derived once.
+struct KeyCache {
+    vol: Arc<Volume>,
+    keys: Mutex<HashMap<u32, Arc<AuditKeys>>>,
+}
+
+impl KeyCache {
+    fn get(&self, version: u32) -> Option<Arc<AuditKeys>> {
+        if let Some(k) = self.keys.lock().get(&version) {
+            return Some(k.clone());
+        }
+        let kr = self.vol.keyring().read();
+        let k = Arc::new(AuditKeys::derive(
+            kr.master_key(version)?,
+            &self.vol.volume_id(),
+        ));
+        self.keys.lock().insert(version, k.clone());
+        Some(k)
+    }
+}
+
+/// Verifies the whole log of `vol` (offline or live); each good record goes to `on_record`.
+pub fn verify_log(
+    vol: &Arc<Volume>,
+    on_record: &mut dyn FnMut(&AuditRecord),
+) -> io::Result<ChainReport> {
+    let segs = read_segments(vol.cipherdir())?;
+    let cache = KeyCache {
+        vol: vol.clone(),
+        keys: Mutex::new(HashMap::new()),
+    };
+    Ok(afmt::verify_chain(
+        segs.iter().map(|(n, b)| (*n, b.as_slice())),
+        &vol.volume_id(),
+        &mut |v| cache.get(v),
+        on_record,
+    ))
+}
+
+struct Writer {
+    file: Arc<File>,
+    segment: u64,
+    key_version: u32,
+    keys: Arc<AuditKeys>,
+    /// Bytes in the current segment.
+    len: u64,
+    next_seq: u64,
+    chain: [u8; MAC_LEN],
+}
+
+/// The open audit log of a mounted volume.
+pub struct AuditLog {
+    dir: PathBuf,
+    keys: KeyCache,
+    writer: Mutex<Writer>,
+    segment_bytes: u64,
+    dirty: AtomicBool,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl AuditLog {
+    /// Opens (creating if needed) the log of `vol` and recovers its chain.
+    /// `on_recovery` lists what recovery did (also recorded in the log).
+    pub fn open(vol: Arc<Volume>, segment_bytes: u64) -> Result<Arc<AuditLog>, AuditError> {
+        let dir = vol.cipherdir().join(AUDIT_DIR);
+        match fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => sync_dir(vol.cipherdir())?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e.into()),
+        }
+        let keys = KeyCache {
+            vol: vol.clone(),
+            keys: Mutex::new(HashMap::new()),
+        };
+        let mut notes = Vec::new();
+        let segments = list_segments(&dir)?;
+        let writer = match segments.last() {
+            None => Self::new_segment(&dir, &keys, &vol, 1, 1, [0; MAC_LEN])?,
+            Some(&last) => Self::resume(&dir, &keys, &vol, last, &mut notes)?,
+        };
+        let log = Arc::new(AuditLog {
+            dir,
+            keys,
+            writer: Mutex::new(writer),
+            segment_bytes: segment_bytes.max(64 * 1024),
+            dirty: AtomicBool::new(false),
+        });
+        for n in notes {
+            tracing::warn!("audit log: {n}");
+            log.append(AuditRecord {
+                op: "audit_recovered".into(),
+                outcome: "ok".into(),
+                detail: Some(n),
+                ..Self::daemon_record()
+            })?;
+        }
+        log.sync()?;
+        Self::spawn_syncer(Arc::downgrade(&log));
+        Ok(log)
+    }
+
+    /// A record template for events the daemon itself causes.
+    pub fn daemon_record() -> AuditRecord {
+        // SAFETY: getuid/getgid/getpid have no failure modes.
+        let (uid, gid, pid) = unsafe { (libc::geteuid(), libc::getegid(), libc::getpid()) };
+        AuditRecord {
+            seq: 0,
+            time_ms: 0,
+            principal: Principal {
+                uid,
+                gid,
+                pid: pid as u32,
+                comm: Some("sealfs".into()),
+            },
+            op: String::new(),
+            key_version: None,
+            path: None,
+            grant: None,
+            outcome: "ok".into(),
+            error: None,
+            detail: None,
+        }
+    }
+
+    fn new_segment(
+        dir: &Path,
+        keys: &KeyCache,
+        vol: &Volume,
+        segment: u64,
+        first_seq: u64,
+        prev_mac: [u8; MAC_LEN],
+    ) -> Result<Writer, AuditError> {
+        let key_version = vol.keyring().read().primary();
+        let k = keys
+            .get(key_version)
+            .ok_or(AuditError::NoKey(key_version))?;
+        let header = SegmentHeader {
+            key_version,
+            volume_id: vol.volume_id(),
+            segment,
+            first_seq,
+            created_ms: now_ms(),
+            prev_mac,
+        };
+        let (bytes, chain) = afmt::encode_header(&header, &k);
+        let path = dir.join(segment_name(segment));
+        let mut f = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        if let Err(e) = f.write_all(&bytes).and_then(|_| f.sync_all()) {
+            drop(f);
+            let _ = fs::remove_file(&path);
+            return Err(e.into());
+        }
+        sync_dir(dir)?;
+        Ok(Writer {
+            file: Arc::new(f),
+            segment,
+            key_version,
+            keys: k,
+            len: bytes.len() as u64,
+            next_seq: first_seq,
+            chain,
+        })
+    }
+
+    /// Continues the last segment: walks its records to the end of the
+    /// chain. A torn last record is cut off; a segment that does not verify
+    /// is left as it is (verify reports it) and a new one starts.
+    fn resume(
+        dir: &Path,
+        keys: &KeyCache,
+        vol: &Volume,
+        last: u64,
+        notes: &mut Vec<String>,
+    ) -> Result<Writer, AuditError> {
+        let path = dir.join(segment_name(last));
+        let bytes = fs::read(&path)?;
+        let header = afmt::parse_header(&bytes).ok();
+        let k = header.and_then(|h| keys.get(h.key_version));
+        let (Some(header), Some(k)) = (header, k) else {
+            notes.push(format!(
+                "segment {last} has an unreadable header or its key version is destroyed; starting segment {}",
+                last + 1
+            ));
+            return Self::new_segment(dir, keys, vol, last + 1, 1, [0; MAC_LEN]);
+        };
+        let mut chain = match afmt::check_header(&bytes, &k) {
+            Ok(c) => c,
+            Err(e) => {
+                notes.push(format!(
+                    "segment {last}: {e}; starting segment {}",
+                    last + 1
+                ));
+                return Self::new_segment(dir, keys, vol, last + 1, header.first_seq, [0; MAC_LEN]);
+            }
+        };
+        let mut off = SEGMENT_HEADER_LEN;
+        let mut next_seq = header.first_seq;
+        loop {
+            match afmt::decode_record(&bytes[off..], &chain, &k) {
+                Ok(RecordStep::End) => break,
+                Ok(RecordStep::Record(rec, len, mac)) if rec.seq == next_seq => {
+                    chain = mac;
+                    next_seq += 1;
+                    off += len;
+                }
+                Ok(RecordStep::Torn(left)) => {
+                    let f = OpenOptions::new().write(true).open(&path)?;
+                    f.set_len(off as u64)?;
+                    f.sync_all()?;
+                    notes.push(format!(
+                        "dropped {left} bytes of a record torn by a crash at the end of segment {last}"
+                    ));
+                    break;
+                }
+                Ok(RecordStep::Record(..)) | Err(_) => {
+                    notes.push(format!(
+                        "segment {last} does not verify after record {}; starting segment {}",
+                        next_seq.saturating_sub(1),
+                        last + 1
+                    ));
+                    return Self::new_segment(dir, keys, vol, last + 1, next_seq, chain);
+                }
+            }
+        }
+        let file = OpenOptions::new().append(true).open(&path)?;
+        Ok(Writer {
+            file: Arc::new(file),
+            segment: last,
+            key_version: header.key_version,
+            keys: k,
+            len: off as u64,
+            next_seq,
+            chain,
+        })
+    }
+
+    /// Appends `rec` (its `seq` and `time_ms` are filled in). On error
+    /// nothing was appended and the operation it describes must be refused.
+    pub fn append(&self, mut rec: AuditRecord) -> Result<u64, AuditError> {
+        let mut w = self.writer.lock();
+        rec.seq = w.next_seq;
+        rec.time_ms = now_ms();
+        let (bytes, mac) = afmt::encode_record(&rec, &w.chain, &w.keys)?;
+        if let Err(e) = (&*w.file).write_all(&bytes) {
+            // Cut off whatever part of the record reached the file.
+            if let Err(t) = w.file.set_len(w.len) {
+                tracing::error!("audit log: cannot cut off a partial record: {t}");
+            }
+            return Err(e.into());
+        }
+        w.len += bytes.len() as u64;
+        w.chain = mac;
+        w.next_seq += 1;
+        self.dirty.store(true, Ordering::Release);
+        let seq = rec.seq;
+        if w.len >= self.segment_bytes {
+            if let Err(e) = self.roll(&mut w) {
+                tracing::warn!("audit log: cannot start a new segment (will retry): {e}");
+            }
+        }
+        Ok(seq)
+    }
+
+    fn roll(&self, w: &mut Writer) -> Result<(), AuditError> {
+        w.file.sync_data()?;
+        let next = Self::new_segment(
+            &self.dir,
+            &self.keys,
+            &self.keys.vol,
+            w.segment + 1,
+            w.next_seq,
+            w.chain,
+        )?;
+        *w = next;
+        Ok(())
+    }
+
+    /// Starts a new segment under the primary key version if the current
+    /// one uses another (after a rotation), so destroying old versions
+    /// later only affects old segments.
+    pub fn follow_primary(&self) -> Result<(), AuditError> {
+        let primary = self.keys.vol.keyring().read().primary();
+        let mut w = self.writer.lock();
+        if w.key_version != primary {
+            self.roll(&mut w)?;
+        }
+        Ok(())
+    }
+
+    /// Makes every appended record durable.
+    pub fn sync(&self) -> io::Result<()> {
+        if self.dirty.swap(false, Ordering::AcqRel) {
+            let f = self.writer.lock().file.clone();
+            if let Err(e) = f.sync_data() {
+                self.dirty.store(true, Ordering::Release);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// (segment, next sequence number, key version) for status.
+    pub fn position(&self) -> (u64, u64, u32) {
+        let w = self.writer.lock();
+        (w.segment, w.next_seq, w.key_version)
+    }
+
+    fn spawn_syncer(weak: Weak<AuditLog>) {
+        let _ = std::thread::Builder::new()
+            .name("sealfs-audit".into())
+            .spawn(move || loop {
+                std::thread::sleep(SYNC_INTERVAL);
+                let Some(log) = weak.upgrade() else { return };
+                if let Err(e) = log.sync() {
+                    tracing::warn!("audit log sync failed: {e}");
+                }
+            });
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        let _ = self.sync();
+    }
+}

@@ -1,0 +1,348 @@
+//! The live grant store of a mounted volume, persisted sealed in
+//! `sealfs.grants` (format in [`crate::format::grants`]).
+//!
+//! Owns: the grants in memory, their durable storage (written with
+//! write-new, fsync, rename, fsync dir under the primary master key
+//! version), grant tokens (generated here, shown once, only their hash
+//! kept), and the [`LiveGrant`] flags that open handles check on every
+//! read and write so a revocation or expiry takes effect at once.
+//! Must never: keep or log a token, or persist a change it reports as failed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::crypto::fill_random;
+use crate::format::config::hex;
+use crate::format::grants::{
+    self as gfmt, Access, Decision, Grant, GrantError, GrantOp, Grantee, OpSet,
+};
+use crate::keyring::{now_secs, write_file_durably};
+use crate::volume::Volume;
+
+/// The store file in CIPHERDIR.
+pub const GRANTS_FILE: &str = "sealfs.grants";
+
+/// Errors of the grant store.
+#[derive(Debug, thiserror::Error)]
+pub enum GrantStoreError {
+    /// Bad arguments or a damaged store.
+    #[error(transparent)]
+    Grant(#[from] GrantError),
+    /// No such grant (or the token matches none).
+    #[error("no live grant {0}")]
+    NotFound(String),
+    /// The caller may not retire this grant.
+    #[error("this grant is not yours to retire")]
+    NotGrantee,
+    /// Storing failed; the change was not made.
+    #[error("cannot store grants: {0}")]
+    Io(#[from] std::io::Error),
+    /// No usable key to seal the store.
+    #[error("the primary master key version is not usable")]
+    NoKey,
+    /// Randomness failure.
+    #[error(transparent)]
+    Crypto(#[from] crate::crypto::CryptoError),
+}
+
+/// The revocation flag of one grant, held by the handles opened through it.
+#[derive(Debug)]
+pub struct LiveGrant {
+    /// Grant id.
+    pub id: String,
+    ended: AtomicBool,
+    expires: Option<u64>,
+}
+
+impl LiveGrant {
+    /// Whether the grant still allows access at `now` (seconds).
+    pub fn usable(&self, now: u64) -> bool {
+        !self.ended.load(Ordering::Acquire) && self.expires.is_none_or(|e| now < e)
+    }
+}
+
+struct State {
+    grants: Vec<Grant>,
+    live: HashMap<String, Arc<LiveGrant>>,
+    generation: u64,
+}
+
+/// How a grant ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// By its grantee, with the token.
+    Retired,
+    /// By the owner.
+    Revoked,
+    /// Its expiry passed.
+    Expired,
+}
+
+/// The grants of one mounted volume.
+pub struct GrantStore {
+    vol: Arc<Volume>,
+    state: RwLock<State>,
+    /// Serializes changes with their store.
+    change: Mutex<()>,
+}
+
+impl std::fmt::Debug for GrantStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrantStore")
+            .field("grants", &self.state.read().grants.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn live_of(g: &Grant) -> Arc<LiveGrant> {
+    Arc::new(LiveGrant {
+        id: g.id.clone(),
+        ended: AtomicBool::new(false),
+        expires: g.expires,
+    })
+}
+
+/// Reads the store of `vol` (empty if there is none).
+pub fn load_grants(vol: &Volume) -> Result<(Vec<Grant>, u64), GrantStoreError> {
+    let bytes = match std::fs::read(vol.cipherdir().join(GRANTS_FILE)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) => return Err(e.into()),
+    };
+    let (version, generation) = gfmt::store_header(&bytes)?;
+    let kr = vol.keyring().read();
+    let master = kr
+        .master_key(version)
+        .ok_or(GrantError::Store("sealed under a destroyed key version"))?;
+    Ok((
+        gfmt::open_store(&bytes, master, &vol.volume_id())?,
+        generation,
+    ))
+}
+
+impl GrantStore {
+    /// Loads the store of `vol`.
+    pub fn open(vol: Arc<Volume>) -> Result<GrantStore, GrantStoreError> {
+        let (grants, generation) = load_grants(&vol)?;
+        let live = grants.iter().map(|g| (g.id.clone(), live_of(g))).collect();
+        Ok(GrantStore {
+            vol,
+            state: RwLock::new(State {
+                grants,
+                live,
+                generation,
+            }),
+            change: Mutex::new(()),
+        })
+    }
+
+    fn persist(&self, grants: &[Grant], generation: u64) -> Result<(), GrantStoreError> {
+        let bytes = {
+            let kr = self.vol.keyring().read();
+            let primary = kr.primary();
+            let master = kr.master_key(primary).ok_or(GrantStoreError::NoKey)?;
+            gfmt::seal_store(grants, generation, primary, master, &self.vol.volume_id())?
+        };
+        write_file_durably(self.vol.cipherdir(), GRANTS_FILE, &bytes)?;
+        Ok(())
+    }
+
+    /// Applies `change` to a copy of the grants, stores it, then publishes it.
+    fn update<T>(
+        &self,
+        change: impl FnOnce(&mut Vec<Grant>) -> Result<T, GrantStoreError>,
+    ) -> Result<T, GrantStoreError> {
+        let _c = self.change.lock();
+        let (mut grants, generation) = {
+            let s = self.state.read();
+            (s.grants.clone(), s.generation + 1)
+        };
+        let out = change(&mut grants)?;
+        self.persist(&grants, generation)?;
+        let mut s = self.state.write();
+        let live = grants
+            .iter()
+            .map(|g| {
+                let l = s.live.get(&g.id).cloned().unwrap_or_else(|| live_of(g));
+                (g.id.clone(), l)
+            })
+            .collect();
+        s.grants = grants;
+        s.live = live;
+        s.generation = generation;
+        Ok(out)
+    }
+
+    /// Creates a grant; returns it and its token (shown once).
+    pub fn create(
+        &self,
+        grantee: Grantee,
+        ops: OpSet,
+        path_prefix: &str,
+        expires: Option<u64>,
+        name: Option<String>,
+        created_by: u32,
+    ) -> Result<(Grant, String), GrantStoreError> {
+        gfmt::check_prefix(path_prefix)?;
+        let now = now_secs();
+        if expires.is_some_and(|e| e <= now) {
+            return Err(GrantError::Invalid("the expiry is in the past".into()).into());
+        }
+        let mut id = [0u8; 8];
+        fill_random(&mut id)?;
+        let mut tok = [0u8; 32];
+        fill_random(&mut tok)?;
+        let token = format!("sgt_{}", hex(&tok));
+        let grant = Grant {
+            id: format!("g-{}", hex(&id)),
+            name,
+            grantee,
+            ops,
+            path_prefix: path_prefix.to_string(),
+            created: now,
+            expires,
+            token_sha256: gfmt::token_digest(&token),
+            created_by,
+        };
+        let g = grant.clone();
+        self.update(move |gs| {
+            gs.push(g);
+            Ok(())
+        })?;
+        Ok((grant, token))
+    }
+
+    /// The live grants, optionally only those of `grantee` or whose prefix
+    /// is within / contains `path`.
+    pub fn list(&self, grantee: Option<Grantee>, path: Option<&str>) -> Vec<Grant> {
+        self.state
+            .read()
+            .grants
+            .iter()
+            .filter(|g| grantee.is_none_or(|x| x == g.grantee))
+            .filter(|g| {
+                path.is_none_or(|p| {
+                    gfmt::is_within(p.as_bytes(), g.path_prefix.as_bytes())
+                        || gfmt::is_within(g.path_prefix.as_bytes(), p.as_bytes())
+                })
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Ends the grant `id` (owner).
+    pub fn revoke(&self, id: &str) -> Result<Grant, GrantStoreError> {
+        let live = self.state.read().live.get(id).cloned();
+        let r = self.update(|gs| {
+            let i = gs
+                .iter()
+                .position(|g| g.id == id)
+                .ok_or_else(|| GrantStoreError::NotFound(id.to_string()))?;
+            Ok(gs.remove(i))
+        });
+        // Even if the change could not be stored, the grant stops working
+        // for this mount at once (the error says it was not stored).
+        if let Some(l) = live {
+            l.ended.store(true, Ordering::Release);
+        }
+        r
+    }
+
+    /// Ends the grant whose token is `token`, for a caller with `uid` and
+    /// groups `gids` (the grantee) or an administrator.
+    pub fn retire(
+        &self,
+        token: &str,
+        uid: u32,
+        gids: &[u32],
+        admin: bool,
+    ) -> Result<Grant, GrantStoreError> {
+        let digest = gfmt::token_digest(token);
+        let found = self
+            .state
+            .read()
+            .grants
+            .iter()
+            .find(|g| g.token_sha256 == digest)
+            .cloned()
+            .ok_or_else(|| GrantStoreError::NotFound("for this token".into()))?;
+        if !admin && !found.grantee.matches(uid, gids) {
+            return Err(GrantStoreError::NotGrantee);
+        }
+        self.revoke(&found.id)
+    }
+
+    /// Removes grants whose expiry passed; returns them.
+    pub fn expire_due(&self, now: u64) -> Vec<Grant> {
+        let due: Vec<String> = self
+            .state
+            .read()
+            .grants
+            .iter()
+            .filter(|g| g.expires.is_some_and(|e| now >= e))
+            .map(|g| g.id.clone())
+            .collect();
+        let mut out = Vec::new();
+        for id in due {
+            match self.revoke(&id) {
+                Ok(g) => out.push(g),
+                Err(e) => {
+                    // Still unusable: LiveGrant::usable checks the expiry itself.
+                    tracing::warn!("cannot store the expiry of grant {id}: {e}");
+                }
+            }
+        }
+        out
+    }
+
+    /// The earliest expiry of a live grant.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.state
+            .read()
+            .grants
+            .iter()
+            .filter_map(|g| g.expires)
+            .min()
+    }
+
+    /// Re-seals the store under the primary key version (after a rotation).
+    pub fn reseal(&self) -> Result<(), GrantStoreError> {
+        if self.state.read().grants.is_empty() && !self.vol.cipherdir().join(GRANTS_FILE).exists() {
+            return Ok(());
+        }
+        self.update(|_| Ok(()))
+    }
+
+    /// Whether any grant exists (a fast "deny" for strangers otherwise).
+    pub fn is_empty(&self) -> bool {
+        self.state.read().grants.is_empty()
+    }
+
+    /// Decides `access` at `path` for a principal; on success, the live
+    /// grant that allowed it.
+    pub fn decide(
+        &self,
+        uid: u32,
+        gids: &[u32],
+        path: &[u8],
+        access: Access,
+    ) -> Option<Arc<LiveGrant>> {
+        let s = self.state.read();
+        match gfmt::decide(&s.grants, uid, gids, path, access, now_secs()) {
+            Decision::Granted(id) => s.live.get(&id).filter(|l| l.usable(now_secs())).cloned(),
+            Decision::Denied => None,
+        }
+    }
+}
+
+/// The grant operation a FUSE open with `flags` needs.
+pub fn op_for_open(flags: i32) -> GrantOp {
+    if flags & libc::O_ACCMODE == libc::O_RDONLY && flags & libc::O_TRUNC == 0 {
+        GrantOp::Read
+    } else {
+        GrantOp::Write
+    }
+}
