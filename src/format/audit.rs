@@ -341,11 +341,10 @@ pub fn verify_chain<'a>(
 ) -> ChainReport {
     let mut report = ChainReport::default();
     let mut prev_end: Option<[u8; MAC_LEN]> = None;
-    let mut expected_seg = 1u64;
     let mut expected_seq = 1u64;
     let segments: Vec<(u64, &[u8])> = segments.into_iter().collect();
     let n = segments.len();
-    for (i, (number, bytes)) in segments.into_iter().enumerate() {
+    for (expected_seg, (i, (number, bytes))) in (1u64..).zip(segments.into_iter().enumerate()) {
         let brk = |offset: u64, expected_seq: u64, reason: String| ChainBreak {
             segment: number,
             offset,
@@ -465,7 +464,6 @@ pub fn verify_chain<'a>(
             }
         }
         prev_end = Some(chain);
-        expected_seg += 1;
     }
     report
 }

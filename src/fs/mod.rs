@@ -183,6 +183,15 @@ impl RecordFlusher {
     }
 }
 
+/// A file made (or opened) by create: its inode, backing stat, shared
+/// content, and the grant that allowed it (None: the owner).
+type CreatedFile = (
+    Arc<Inode>,
+    libc::stat,
+    Arc<RwLock<SealedFile>>,
+    Option<Arc<LiveGrant>>,
+);
+
 /// One entry of a directory listing taken at opendir.
 struct Listed {
     ino: u64,
@@ -931,12 +940,7 @@ impl SealFs {
         name: &OsStr,
         mode: u32,
         flags: i32,
-    ) -> FsResult<(
-        Arc<Inode>,
-        libc::stat,
-        Arc<RwLock<SealedFile>>,
-        Option<Arc<LiveGrant>>,
-    )> {
+    ) -> FsResult<CreatedFile> {
         self.check_writable()?;
         let caller = Caller::of(req);
         let _ns = self.vol.namespace().read();
