@@ -529,7 +529,17 @@ fn handle_grant(ctx: &ControlContext, op: &Op, peer: Peer) -> Handled {
             audit_control(ctx, peer, "grant_retire", None, None)?;
             let g = store
                 .retire(&token.0, peer.uid, &gids, admin)
-                .map_err(grant_err)?;
+                .map_err(|e| {
+                    let _ = ctx.policy.record_principal(
+                        peer.principal(),
+                        Event {
+                            outcome: "denied",
+                            error: Some(e.to_string()),
+                            ..Event::ok("grant_retire", None)
+                        },
+                    );
+                    grant_err(e)
+                })?;
             let _ = ctx.policy.record_principal(
                 peer.principal(),
                 Event {
@@ -545,7 +555,17 @@ fn handle_grant(ctx: &ControlContext, op: &Op, peer: Peer) -> Handled {
             let r = store.revoke(grant_id);
             // Drop whatever the kernel cached, revoked or not stored.
             ctx.cache.invalidate_file_data();
-            let g = r.map_err(grant_err)?;
+            let g = r.map_err(|e| {
+                let _ = ctx.policy.record_principal(
+                    peer.principal(),
+                    Event {
+                        outcome: "error",
+                        error: Some(e.to_string()),
+                        ..Event::ok("grant_revoke", None)
+                    },
+                );
+                grant_err(e)
+            })?;
             let _ = ctx.policy.record_principal(
                 peer.principal(),
                 Event {
