@@ -6,6 +6,8 @@
 #   --runs N      repeat every workload N times and report the median (3)
 #   --quick       SIZE=256m, RUNTIME=5s, NFILES=2000 and 1 run (unless
 #                 --runs is also given): a smoke test, not a measurement
+#   --audit-off   also measure sealfs mounted with --no-audit (adds a
+#                 column and an "audit on/off" ratio: the cost of the log)
 #   --only FS     benchmark only FS (sealfs or gocryptfs); the plain
 #                 backing directory is always measured as the reference
 #   -h, --help    this text
@@ -52,11 +54,13 @@ runs=3
 runs_given=0
 quick=0
 only=
+audit_off=0
 while [[ $# -gt 0 ]]; do
     case $1 in
         --runs) [[ $# -ge 2 ]] || usage 2; runs=$2; runs_given=1; shift 2 ;;
         --runs=*) runs=${1#--runs=}; runs_given=1; shift ;;
         --quick) quick=1; shift ;;
+        --audit-off) audit_off=1; shift ;;
         --only) [[ $# -ge 2 ]] || usage 2; only=$2; shift 2 ;;
         --only=*) only=${1#--only=}; shift ;;
         -h|--help) usage 0 ;;
@@ -97,6 +101,9 @@ case $only in
         command -v gocryptfs > /dev/null || die "gocryptfs is not installed (apt-get install gocryptfs)"
         fss=(gocryptfs) ;;
 esac
+if [[ $audit_off == 1 && " ${fss[*]} " == *" sealfs "* ]]; then
+    fss=(sealfs sealfs-noaudit "${fss[@]:1}")
+fi
 fss+=(plain)
 if [[ ${#fss[@]} -gt 1 ]]; then
     command -v fusermount3 > /dev/null || die "fusermount3 is not installed (apt-get install fuse3)"
@@ -177,7 +184,7 @@ reap_daemons() {
 unmount_fs() {  # FS MNT
     local fs=$1 mnt=$2 i
     if is_mounted "$mnt"; then
-        if [[ $fs == sealfs ]]; then
+        if [[ $fs == sealfs* ]]; then
             "$sealfs_bin" unmount "$mnt" >> "$results/daemon.log" 2>&1 </dev/null || true
         fi
         # fusermount3 fails with EBUSY while something still has a file
@@ -262,13 +269,15 @@ setup_fs() {
             mkdir -p "$dir/plain"
             work=$dir/plain
             return 0 ;;
-        sealfs)
+        sealfs|sealfs-noaudit)
             mkdir -p "$cipher" "$mnt"
             echo "== $fs init/mount $cipher" >> "$dlog"
             "$sealfs_bin" init "$cipher" --passfile "$passfile" >> "$dlog" 2>&1 </dev/null ||
                 { log "sealfs init failed (see $dlog)"; return 1; }
             mounted[$mnt]=$fs
-            "$sealfs_bin" mount "$cipher" "$mnt" --passfile "$passfile" >> "$dlog" 2>&1 </dev/null ||
+            local extra=()
+            [[ $fs == sealfs-noaudit ]] && extra=(--no-audit)
+            "$sealfs_bin" mount "$cipher" "$mnt" --passfile "$passfile" "${extra[@]}" >> "$dlog" 2>&1 </dev/null ||
                 { log "sealfs mount failed (see $dlog)"; return 1; } ;;
         gocryptfs)
             mkdir -p "$cipher" "$mnt"
@@ -463,7 +472,8 @@ rows = [
     ("delete", "small files: delete (s)", "lo"),
     ("untar", "untar source tree (s)", "lo"),
 ]
-cols = ["sealfs", "gocryptfs", "plain"]
+audit_cmp = "sealfs-noaudit" in present
+cols = ["sealfs"] + (["sealfs-noaudit"] if audit_cmp else []) + ["gocryptfs", "plain"]
 
 def median(fs, work):
     v = vals.get((fs, work))
@@ -484,16 +494,24 @@ def cell(fs, work, kind):
         return "%.2f" % m
     return "%.1f" % m if m < 100 else "%.0f" % m
 
-print("| workload | sealfs | gocryptfs | %s | sealfs/gocryptfs |" % plain_name)
-print("|---|---:|---:|---:|---:|")
+head = ["workload"] + [("sealfs --no-audit" if c == "sealfs-noaudit" else
+                         plain_name if c == "plain" else c) for c in cols]
+head += ["sealfs/gocryptfs"] + (["audit on/off"] if audit_cmp else [])
+print("| " + " | ".join(head) + " |")
+print("|---|" + "---:|" * (len(head) - 1))
+
+def ratio(a, b, kind):
+    # > 1 always means a is faster
+    if kind == "ok" or not a or not b:
+        return "-"
+    return "%.2f" % (a / b if kind == "hi" else b / a)
+
 for work, label, kind in rows:
-    ratio = "-"
-    s, g = median("sealfs", work), median("gocryptfs", work)
-    if kind != "ok" and s and g:
-        # > 1 always means sealfs is faster
-        ratio = "%.2f" % (s / g if kind == "hi" else g / s)
+    extra = [ratio(median("sealfs", work), median("gocryptfs", work), kind)]
+    if audit_cmp:
+        extra.append(ratio(median("sealfs", work), median("sealfs-noaudit", work), kind))
     print("| %s | %s |" % (label, " | ".join(
-        [cell(fs, work, kind) for fs in cols] + [ratio])))
+        [cell(fs, work, kind) for fs in cols] + extra)))
 print()
 print("Median of %d run%s; throughput and IOPS: higher is better; "
       "seconds: lower is better; ratio > 1 means sealfs is faster."

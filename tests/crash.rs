@@ -21,7 +21,9 @@
 //!   nothing; only a write in flight may leave mixed or unreadable content;
 //! * the keyring and config load (the mount and fsck open them), and fsck
 //!   reports at most the paths of the operation in flight (plus leftover
-//!   temp files, which salvage removes).
+//!   temp files, which salvage removes);
+//! * the audit log verifies offline (`sealfs audit verify`) after every
+//!   kill and never loses a record (its count never goes down).
 //!
 //! What counts as durable (see README, "Crash safety"): the daemon writes
 //! to the backing files when the kernel hands it the data; with the
@@ -654,6 +656,7 @@ fn sigkill_at_random_moments_loses_nothing_that_was_not_in_flight() {
     model.lock().unwrap().dirs.insert(String::new());
     let mut rounds_with_problems = 0u64;
     let mut salvage_actions = 0u64;
+    let mut audit_records = 0u64;
     let mut fsck_reported = 0u64;
     let mut ops = 0u64;
     let mut in_flight_at_kill: BTreeMap<String, u64> = BTreeMap::new();
@@ -811,6 +814,28 @@ fn sigkill_at_random_moments_loses_nothing_that_was_not_in_flight() {
             }
             assert!(matches!(code, Some(0) | Some(4)), "{what}: {after}");
         }
+        // The audit chain survives the kill: every record before it verifies
+        // (a record torn by the kill would be reported, not a break).
+        let out = sealfs(&[
+            "audit".as_ref(),
+            "verify".as_ref(),
+            fx.cipher.as_os_str(),
+            "--passfile".as_ref(),
+            fx.passfile.as_os_str(),
+            "--json".as_ref(),
+        ]);
+        let audit: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        assert!(
+            out.status.success() && audit["first_break"].is_null(),
+            "{what}: audit verify after the kill: {audit} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let records = audit["records"].as_u64().unwrap_or(0);
+        assert!(
+            records >= audit_records,
+            "{what}: the audit log shrank from {audit_records} to {records} records"
+        );
+        audit_records = records;
         ops = m.ops_done;
         drop(m);
     }

@@ -1,6 +1,7 @@
 //! POSIX conformance: runs pjdfstest (crates.io `pjdfstest`, the Rust
 //! rewrite of the POSIX filesystem test suite) against a live mount, as root
-//! with `-o allow_other` (its cases switch to the users `nobody` and `tests`).
+//! with `-o allow_other` (its cases switch to the users `nobody` and `tests`,
+//! who get a grant of every operation on `/`).
 //!
 //! Fails on any failed case that is not listed in
 //! `tests/pjdfstest-expected-failures`, and on any listed case that passes,
@@ -124,7 +125,26 @@ fn pjdfstest_conformance() {
     let mut fx = Fixture::new();
     // The cases switch to unprivileged users, who must reach the mount.
     fs::set_permissions(fx.root.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    fx.mount_with(&["-o", "allow_other"]);
+    fx.mount_ctl_with(&["-o", "allow_other"]);
+    // Other users reach a sealfs mount only through grants: give both
+    // every operation on the whole volume (file modes still apply).
+    for user in ["nobody", "tests"] {
+        let id = Command::new("id").args(["-u", user]).output().unwrap();
+        let uid = String::from_utf8_lossy(&id.stdout).trim().to_string();
+        let out = Command::new(common::bin())
+            .arg("ctl")
+            .arg("--socket")
+            .arg(&fx.ctl_socket)
+            .args(["grant", "create", "--grantee", &format!("uid:{uid}")])
+            .args(["--ops", "all", "--path-prefix", "/"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "grant for {user}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let config = fx.scratch.join("pjdfstest.toml");
     fs::write(&config, CONFIG).unwrap();
     let outfile = fx.scratch.join("pjdfstest.out");

@@ -733,6 +733,11 @@ fn handle(ctx: &ControlContext, req: &Request, peer: Peer) -> Handled {
             if vol.read_only() {
                 return Err((ErrorCode::ReadOnly, "read-only mount".into()));
             }
+            if ctx.rewrap.running.load(Ordering::Acquire) {
+                return Err((ErrorCode::Busy, "a rewrap is already running".into()));
+            }
+            let primary = vol.keyring().read().primary();
+            audit_control(ctx, peer, "rewrap", Some(primary), None)?;
             if ctx.rewrap.running.swap(true, Ordering::AcqRel) {
                 return Err((ErrorCode::Busy, "a rewrap is already running".into()));
             }
@@ -784,6 +789,13 @@ fn handle(ctx: &ControlContext, req: &Request, peer: Peer) -> Handled {
             if let Some(p) = &period {
                 parse_duration(p).map_err(|e| (ErrorCode::Invalid, e))?;
             }
+            audit_control(
+                ctx,
+                peer,
+                "set_rotation_period",
+                None,
+                Some(period.clone().unwrap_or_else(|| "off".into())),
+            )?;
             vol.set_rotation_period(period).map_err(vol_err)?;
             Ok(
                 json!({"rotation_period": vol.config().rotation_period, "next_rotation": vol.next_rotation()}),
@@ -827,6 +839,13 @@ fn handle(ctx: &ControlContext, req: &Request, peer: Peer) -> Handled {
                     format!("{still} headers still use versions below {min_version}; run rewrap first (or force)"),
                 ));
             }
+            audit_control(
+                ctx,
+                peer,
+                "retire_key_versions",
+                None,
+                Some(format!("below {min_version}")),
+            )?;
             let retired = vol
                 .update_keyring(|k| k.retire_below(*min_version))
                 .map_err(vol_err)?;
@@ -835,6 +854,7 @@ fn handle(ctx: &ControlContext, req: &Request, peer: Peer) -> Handled {
             )
         }
         Op::Untrim { version } => {
+            audit_control(ctx, peer, "enable_key_version", Some(*version), None)?;
             vol.update_keyring(|k| k.unretire(*version))
                 .map_err(vol_err)?;
             Ok(json!({"enabled": version}))
@@ -884,6 +904,13 @@ fn handle(ctx: &ControlContext, req: &Request, peer: Peer) -> Handled {
                     json!({"version": version, "would_orphan": orphans, "confirmed": false}),
                 );
             }
+            audit_control(
+                ctx,
+                peer,
+                "schedule_key_deletion",
+                Some(*version),
+                Some(format!("due {}", gfmt::format_utc(due))),
+            )?;
             vol.update_keyring(|k| k.schedule_deletion(*version, due))
                 .map_err(vol_err)?;
             Ok(
@@ -891,6 +918,7 @@ fn handle(ctx: &ControlContext, req: &Request, peer: Peer) -> Handled {
             )
         }
         Op::CancelDeletion { version } => {
+            audit_control(ctx, peer, "cancel_key_deletion", Some(*version), None)?;
             vol.update_keyring(|k| k.cancel_deletion(*version))
                 .map_err(vol_err)?;
             Ok(json!({"version": version, "state": "retired"}))

@@ -48,19 +48,24 @@ impl Caller {
     }
 }
 
+/// What is known about one process, each part read when first needed.
 #[derive(Clone)]
 struct ProcInfo {
     at: Instant,
-    comm: Option<String>,
-    groups: Vec<u32>,
+    comm: Option<Option<String>>,
+    groups: Option<Vec<u32>>,
 }
 
-/// Reads the command name and supplementary groups of `pid`.
-pub fn read_proc(pid: u32) -> (Option<String>, Vec<u32>) {
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+/// The command name of `pid` (`/proc/PID/comm`).
+pub fn read_comm(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .ok()
-        .map(|s| s.trim_end().to_string());
-    let groups = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map(|s| s.trim_end().to_string())
+}
+
+/// The supplementary groups of `pid` (`/proc/PID/status`).
+pub fn read_groups(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
@@ -69,8 +74,12 @@ pub fn read_proc(pid: u32) -> (Option<String>, Vec<u32>) {
                     .collect()
             })
         })
-        .unwrap_or_default();
-    (comm, groups)
+        .unwrap_or_default()
+}
+
+/// The command name and supplementary groups of `pid`.
+pub fn read_proc(pid: u32) -> (Option<String>, Vec<u32>) {
+    (read_comm(pid), read_groups(pid))
 }
 
 /// The key policy and audit trail of one mount.
@@ -158,18 +167,18 @@ impl Policy {
         self.grants.as_ref()
     }
 
-    fn proc_info(&self, pid: u32) -> ProcInfo {
-        if let Some(p) = self.procs.lock().get(&pid) {
-            if p.at.elapsed() < PROC_TTL {
-                return p.clone();
-            }
-        }
-        let (comm, groups) = read_proc(pid);
-        let info = ProcInfo {
-            at: Instant::now(),
-            comm,
-            groups,
+    /// The cached entry of `pid` with `fill` applied to it (which reads
+    /// whatever part is still missing).
+    fn proc_info(&self, pid: u32, fill: impl FnOnce(&mut ProcInfo)) -> ProcInfo {
+        let mut info = match self.procs.lock().get(&pid) {
+            Some(p) if p.at.elapsed() < PROC_TTL => p.clone(),
+            _ => ProcInfo {
+                at: Instant::now(),
+                comm: None,
+                groups: None,
+            },
         };
+        fill(&mut info);
         let mut procs = self.procs.lock();
         if procs.len() >= PROC_CACHE_MAX {
             procs.retain(|_, p| p.at.elapsed() < PROC_TTL);
@@ -190,7 +199,13 @@ impl Policy {
             comm: if c.pid == 0 {
                 None
             } else {
-                self.proc_info(c.pid).comm
+                self.proc_info(c.pid, |p| {
+                    if p.comm.is_none() {
+                        p.comm = Some(read_comm(c.pid));
+                    }
+                })
+                .comm
+                .flatten()
             },
         }
     }
@@ -200,7 +215,13 @@ impl Policy {
         let mut g = if c.pid == 0 {
             Vec::new()
         } else {
-            self.proc_info(c.pid).groups
+            self.proc_info(c.pid, |p| {
+                if p.groups.is_none() {
+                    p.groups = Some(read_groups(c.pid));
+                }
+            })
+            .groups
+            .unwrap_or_default()
         };
         g.push(c.gid);
         g

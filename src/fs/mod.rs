@@ -1489,7 +1489,7 @@ impl fuser::Filesystem for SealFs {
         let r = (|| {
             self.check_writable()?;
             let inode = self.inode(ino)?;
-            self.policy.authorize(
+            let grant = self.policy.authorize(
                 Caller::of(req),
                 || Self::path_of(&inode),
                 Access::Op(GrantOp::Write),
@@ -1511,6 +1511,17 @@ impl fuser::Filesystem for SealFs {
                     Some(Ok(c)) => c.write().set_len(sz).map_err(|e| errno_of(&e))?,
                     _ => {
                         let c = self.open_content(&inode)?;
+                        let version = c.read().key_version();
+                        if let Err(e) = self.record_open(
+                            Caller::of(req),
+                            &inode,
+                            "encrypt",
+                            version,
+                            grant.as_deref(),
+                        ) {
+                            Self::close_content(&inode);
+                            return Err(e);
+                        }
                         let r = c.write().set_len(sz).map_err(|e| errno_of(&e));
                         Self::close_content(&inode);
                         r?;

@@ -33,6 +33,11 @@ pub const AUDIT_DIR: &str = "sealfs.audit";
 pub const DEFAULT_SEGMENT_BYTES: u64 = 8 << 20;
 /// How often appended records are made durable.
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Disk space reserved ahead of the end of the current segment
+/// (`fallocate` with `KEEP_SIZE`), so that a disk filled by file content
+/// still leaves room for a few thousand records: the volume stays usable
+/// (and every use recorded) until the reserve runs out too.
+const RESERVE_STEP: u64 = 512 * 1024;
 
 /// Errors of the audit log.
 #[derive(Debug, thiserror::Error)]
@@ -140,8 +145,27 @@ struct Writer {
     keys: Arc<AuditKeys>,
     /// Bytes in the current segment.
     len: u64,
+    /// Bytes of the current segment with disk space reserved.
+    reserved: u64,
     next_seq: u64,
     chain: [u8; MAC_LEN],
+}
+
+impl Writer {
+    /// Reserves disk space up to [`RESERVE_STEP`] past the end (best
+    /// effort: on a full disk the remaining reserve is used up first).
+    fn reserve(&mut self) {
+        let want = self.len + RESERVE_STEP;
+        match crate::volume::sys::fallocate(
+            &self.file,
+            libc::FALLOC_FL_KEEP_SIZE,
+            self.len,
+            RESERVE_STEP,
+        ) {
+            Ok(()) => self.reserved = want,
+            Err(e) => tracing::debug!("audit log: cannot reserve space: {e}"),
+        }
+    }
 }
 
 /// The open audit log of a mounted volume.
@@ -270,15 +294,18 @@ impl AuditLog {
             return Err(e.into());
         }
         sync_dir(dir)?;
-        Ok(Writer {
+        let mut w = Writer {
             file: Arc::new(f),
             segment,
             key_version,
             keys: k,
             len: bytes.len() as u64,
+            reserved: 0,
             next_seq: first_seq,
             chain,
-        })
+        };
+        w.reserve();
+        Ok(w)
     }
 
     /// Continues the last segment: walks its records to the end of the
@@ -342,15 +369,18 @@ impl AuditLog {
             }
         }
         let file = OpenOptions::new().append(true).open(&path)?;
-        Ok(Writer {
+        let mut w = Writer {
             file: Arc::new(file),
             segment: last,
             key_version: header.key_version,
             keys: k,
             len: off as u64,
+            reserved: 0,
             next_seq,
             chain,
-        })
+        };
+        w.reserve();
+        Ok(w)
     }
 
     /// Appends `rec` (its `seq` and `time_ms` are filled in). On error
@@ -368,6 +398,9 @@ impl AuditLog {
             return Err(e.into());
         }
         w.len += bytes.len() as u64;
+        if w.reserved < w.len + RESERVE_STEP / 4 {
+            w.reserve();
+        }
         w.chain = mac;
         w.next_seq += 1;
         self.dirty.store(true, Ordering::Release);
