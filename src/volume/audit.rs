@@ -282,17 +282,24 @@ impl AuditLog {
             prev_mac,
         };
         let (bytes, chain) = afmt::encode_header(&header, &k);
+        // Made whole under a temporary name, then linked in: a crash never
+        // leaves a segment without its complete header.
         let path = dir.join(segment_name(segment));
-        let mut f = OpenOptions::new()
-            .append(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)?;
-        if let Err(e) = f.write_all(&bytes).and_then(|_| f.sync_all()) {
-            drop(f);
-            let _ = fs::remove_file(&path);
-            return Err(e.into());
-        }
+        let tmp = dir.join(format!("{}.tmp", segment_name(segment)));
+        let _ = fs::remove_file(&tmp);
+        let made = (|| -> io::Result<File> {
+            let mut f = OpenOptions::new()
+                .append(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            fs::hard_link(&tmp, &path)?;
+            Ok(f)
+        })();
+        let _ = fs::remove_file(&tmp);
+        let f = made?;
         sync_dir(dir)?;
         let mut w = Writer {
             file: Arc::new(f),
