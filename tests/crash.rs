@@ -5,8 +5,8 @@
 //! foreground (`sealfs mount -f`, a child of this test), checks it against
 //! the model kept in this process (outside the mount), and runs a workload
 //! thread (create/overwrite, append, write at an offset, truncate, rename of
-//! files and directories, mkdir/rmdir, unlink, `sealfs ctl rotate` and
-//! `sealfs ctl rewrap --background`) while the main thread sleeps a random
+//! files and directories, mkdir/rmdir, unlink, `sealfs ctl rotate`,
+//! `sealfs ctl rewrap --background`, `sealfs ctl grant create/revoke`) while the main thread sleeps a random
 //! time and then SIGKILLs the daemon, detaches the dead mount
 //! (`fusermount3 -uz`), runs `sealfs fsck --json` offline, remounts, and
 //! checks:
@@ -22,6 +22,8 @@
 //! * the keyring and config load (the mount and fsck open them), and fsck
 //!   reports at most the paths of the operation in flight (plus leftover
 //!   temp files, which salvage removes);
+//! * the live grants are exactly those created and not revoked, apart
+//!   from the grant operation in flight (its old or its new state);
 //! * the audit log verifies offline (`sealfs audit verify`) after every
 //!   kill and never loses a record (its count never goes down).
 //!
@@ -87,6 +89,14 @@ enum Pending {
     },
     Rotate,
     Rewrap,
+    /// `sealfs ctl grant create` for a prefix.
+    GrantCreate {
+        prefix: String,
+    },
+    /// `sealfs ctl grant revoke`.
+    GrantRevoke {
+        id: String,
+    },
 }
 
 impl std::fmt::Debug for Pending {
@@ -106,6 +116,8 @@ impl std::fmt::Debug for Pending {
             Pending::Rmdir { path } => write!(f, "Rmdir {path}"),
             Pending::Rotate => write!(f, "Rotate"),
             Pending::Rewrap => write!(f, "Rewrap"),
+            Pending::GrantCreate { prefix } => write!(f, "GrantCreate {prefix}"),
+            Pending::GrantRevoke { id } => write!(f, "GrantRevoke {id}"),
         }
     }
 }
@@ -118,7 +130,10 @@ impl Pending {
             | Pending::Mkdir { path }
             | Pending::Rmdir { path } => vec![path],
             Pending::RenameFile { from, to } | Pending::RenameDir { from, to } => vec![from, to],
-            Pending::Rotate | Pending::Rewrap => vec![],
+            Pending::Rotate
+            | Pending::Rewrap
+            | Pending::GrantCreate { .. }
+            | Pending::GrantRevoke { .. } => vec![],
         }
     }
 }
@@ -133,6 +148,8 @@ struct Model {
     /// never touched again, allowed in fsck's report.
     poisoned: BTreeSet<String>,
     pending: Option<Pending>,
+    /// Live grants: id → path prefix.
+    grants: BTreeMap<String, String>,
     ops_done: u64,
     /// In-flight entries the kill left unreadable (allowed).
     torn: u64,
@@ -305,7 +322,15 @@ impl Workload {
             83..=91 if !files.is_empty() => Pending::Unlink {
                 path: pick(rng, &files),
             },
-            92..=95 => Pending::Rotate,
+            92..=93 => Pending::Rotate,
+            94..=95 => match m.grants.keys().nth(rng.below(4) as usize) {
+                Some(id) if m.grants.len() >= 3 || rng.below(2) == 0 => {
+                    Pending::GrantRevoke { id: id.clone() }
+                }
+                _ => Pending::GrantCreate {
+                    prefix: format!("/g{}", rng.below(1000)),
+                },
+            },
             96..=99 => Pending::Rewrap,
             _ => return None,
         };
@@ -417,6 +442,27 @@ impl Workload {
             Pending::Rmdir { path } => {
                 fs::remove_dir(self.abs(path))?;
                 self.model.lock().unwrap().dirs.remove(path);
+            }
+            Pending::GrantCreate { prefix } => {
+                let v = ctl_json(
+                    &self.sock,
+                    &[
+                        "grant",
+                        "create",
+                        "--grantee",
+                        "uid:4242",
+                        "--ops",
+                        "read",
+                        "--path-prefix",
+                        prefix,
+                    ],
+                )?;
+                let id = v["grant_id"].as_str().unwrap_or("").to_string();
+                self.model.lock().unwrap().grants.insert(id, prefix.clone());
+            }
+            Pending::GrantRevoke { id } => {
+                ctl_json(&self.sock, &["grant", "revoke", id])?;
+                self.model.lock().unwrap().grants.remove(id);
             }
             Pending::Rotate | Pending::Rewrap => {
                 let args: &[&str] = if matches!(op, Pending::Rotate) {
@@ -579,8 +625,67 @@ fn resolve(m: &mut Model, mnt: &Path, what: &str) {
                 }
             }
         }
-        Pending::Rotate | Pending::Rewrap => {}
+        Pending::Rotate
+        | Pending::Rewrap
+        | Pending::GrantCreate { .. }
+        | Pending::GrantRevoke { .. } => {}
     }
+}
+
+/// `sealfs ctl --socket SOCK --json ARGS`: the result, or the error.
+fn ctl_json(sock: &Path, args: &[&str]) -> io::Result<Value> {
+    let mut all: Vec<&OsStr> = vec![
+        "ctl".as_ref(),
+        "--socket".as_ref(),
+        sock.as_os_str(),
+        "--json".as_ref(),
+    ];
+    all.extend(args.iter().map(OsStr::new));
+    let out = sealfs(&all);
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "sealfs ctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    serde_json::from_slice(&out.stdout).map_err(io::Error::other)
+}
+
+/// Checks the live grants after a remount: exactly the model's, apart from
+/// the grant operation in flight at the kill (its old or its new state).
+fn resolve_grants(m: &mut Model, sock: &Path, what: &str) {
+    let v =
+        ctl_json(sock, &["grant", "list"]).unwrap_or_else(|e| panic!("{what}: grant list: {e}"));
+    let live: BTreeMap<String, String> = v["grants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["grant_id"].as_str().unwrap().to_string(),
+                g["path_prefix"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    match &m.pending {
+        Some(Pending::GrantCreate { prefix }) => {
+            let new: Vec<String> = live
+                .keys()
+                .filter(|id| !m.grants.contains_key(*id))
+                .cloned()
+                .collect();
+            assert!(new.len() <= 1, "{what}: grants appeared: {new:?}");
+            if let Some(id) = new.first() {
+                assert_eq!(&live[id], prefix, "{what}: grant {id} has another prefix");
+                m.grants.insert(id.clone(), prefix.clone());
+            }
+        }
+        Some(Pending::GrantRevoke { id }) if !live.contains_key(id) => {
+            m.grants.remove(id);
+        }
+        _ => {}
+    }
+    assert_eq!(live, m.grants, "{what}: live grants differ from the model");
 }
 
 /// The completed operations that touched what is now at `path`, newest
@@ -666,6 +771,7 @@ fn sigkill_at_random_moments_loses_nothing_that_was_not_in_flight() {
         fx.mount_ctl();
         {
             let mut m = model.lock().unwrap();
+            resolve_grants(&mut m, &fx.ctl_socket, &what);
             resolve(&mut m, &fx.mnt, &what);
             verify(&m, &fx.mnt, &what);
         }
@@ -682,7 +788,7 @@ fn sigkill_at_random_moments_loses_nothing_that_was_not_in_flight() {
         // Half the kills come at a random moment (mostly inside writes, the
         // bulk of the work); the other half aim at one kind of operation:
         // wait until one is in flight, then kill 0-3 ms into it.
-        const AIMS: [&str; 7] = [
+        const AIMS: [&str; 8] = [
             "RenameFile",
             "RenameDir",
             "Mkdir",
@@ -690,6 +796,7 @@ fn sigkill_at_random_moments_loses_nothing_that_was_not_in_flight() {
             "Unlink",
             "Rotate",
             "Rewrap",
+            "Grant",
         ];
         let aim = (rng.below(2) == 0).then(|| AIMS[rng.below(AIMS.len() as u64) as usize]);
         match aim {
@@ -843,6 +950,7 @@ fn sigkill_at_random_moments_loses_nothing_that_was_not_in_flight() {
     fx.mount_ctl();
     {
         let mut m = model.lock().unwrap();
+        resolve_grants(&mut m, &fx.ctl_socket, "final");
         resolve(&mut m, &fx.mnt, "final");
         verify(&m, &fx.mnt, "final");
         eprintln!(
