@@ -241,7 +241,7 @@ struct CtlArgs {
     #[arg(long, value_name = "PATH", conflicts_with = "mount")]
     socket: Option<PathBuf>,
     /// Print the daemon's JSON result instead of a summary.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
     cmd: CtlCommand,
@@ -261,6 +261,12 @@ enum CtlCommand {
     },
     /// Count headers per key version (full scan).
     Census,
+    /// Counters in the Prometheus text format (operations, bytes, latency,
+    /// integrity failures, denied attempts, key uses, open files).
+    #[command(
+        after_help = "Examples:\n  sealfs ctl --mount ~/vault metrics\n  sealfs ctl --mount ~/vault metrics | grep sealfs_integrity_failures_total\n  sealfs ctl --mount ~/vault metrics > /var/lib/node_exporter/textfile/sealfs.prom   # node_exporter textfile collector"
+    )]
+    Metrics,
     /// Refuse all file I/O with EACCES until enabled.
     Disable,
     /// Allow file I/O again.
@@ -1228,6 +1234,10 @@ fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
                     "some headers could not be re-wrapped (see the daemon log)",
                 ));
             }
+        }
+        CtlCommand::Metrics => {
+            let v = ctl_call(&socket, json!({"op": "metrics"}))?;
+            print(&v, &|v| print!("{}", v["text"].as_str().unwrap_or("")));
         }
         CtlCommand::Census => {
             let v = ctl_call(&socket, json!({"op": "census"}))?;

@@ -239,11 +239,14 @@ fn serve_connection(stream: UnixStream, ctx: &ControlContext) {
                     Ok(v) => ok_line(&req.id, v),
                     Err((code, msg)) => error_line(&req.id, code, &msg),
                 },
-                _ => error_line(
-                    &req.id,
-                    ErrorCode::Forbidden,
-                    "only the mount owner and root may use this socket",
-                ),
+                _ => {
+                    crate::metrics::denied(crate::metrics::Denial::ControlPeer);
+                    error_line(
+                        &req.id,
+                        ErrorCode::Forbidden,
+                        "only the mount owner and root may use this socket",
+                    )
+                }
             },
         };
         if writeln!(out, "{reply}").is_err() {
@@ -325,6 +328,7 @@ fn handle(ctx: &ControlContext, req: &Request) -> Handled {
     let vol = &ctx.vol;
     match &req.op {
         Op::Status => Ok(status(ctx)),
+        Op::Metrics => Ok(json!({"text": crate::metrics::render_volume(vol)})),
         Op::Rotate => {
             let v = vol.update_keyring(|k| k.rotate()).map_err(vol_err)?;
             tracing::info!("key rotated: version {v} is primary");

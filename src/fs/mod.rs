@@ -48,6 +48,9 @@ const ROOT: u64 = 1;
 type FsResult<T> = Result<T, Errno>;
 
 fn errno_of(e: &VolumeError) -> Errno {
+    if e.is_integrity() {
+        crate::metrics::integrity_failure();
+    }
     Errno::from_i32(e.errno())
 }
 
@@ -366,6 +369,7 @@ impl SealFs {
     /// EACCES while the key is disabled: no key use at all.
     fn check_enabled(&self) -> FsResult<()> {
         if self.vol.is_disabled() {
+            crate::metrics::denied(crate::metrics::Denial::KeyDisabled);
             Err(Errno::EACCES)
         } else {
             Ok(())
@@ -730,6 +734,7 @@ impl SealFs {
     }
 
     fn new_handle(&self, h: Handle) -> u64 {
+        crate::metrics::handle_opened(matches!(h, Handle::File(..)));
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let mut handles = self.handles.lock();
         handles.insert(fh, Arc::new(h));
@@ -742,6 +747,9 @@ impl SealFs {
     fn remove_handle(&self, fh: FileHandle) -> Option<Arc<Handle>> {
         let mut handles = self.handles.lock();
         let h = handles.remove(&fh.0);
+        if let Some(h) = &h {
+            crate::metrics::handle_closed(matches!(**h, Handle::File(..)));
+        }
         self.activity
             .open
             .store(handles.len() as u64, Ordering::Relaxed);
@@ -1261,6 +1269,7 @@ impl fuser::Filesystem for SealFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Lookup);
         let r = (|| {
             let _ns = self.vol.namespace().read();
             let p = self.inode(parent)?;
@@ -1285,6 +1294,7 @@ impl fuser::Filesystem for SealFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Getattr);
         match self.inode(ino).and_then(|i| self.stat_inode(&i)) {
             Ok(a) => reply.attr(&TTL, &a),
             Err(e) => reply.error(e),
@@ -1310,6 +1320,7 @@ impl fuser::Filesystem for SealFs {
         reply: ReplyAttr,
     ) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Setattr);
         let r = (|| {
             self.check_writable()?;
             let inode = self.inode(ino)?;
@@ -1349,6 +1360,7 @@ impl fuser::Filesystem for SealFs {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Readlink);
         match self.inode(ino).and_then(|i| self.symlink_target(&i)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(e),
@@ -1366,6 +1378,7 @@ impl fuser::Filesystem for SealFs {
         reply: ReplyEntry,
     ) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Mknod);
         let r = (|| {
             let mode = mode & !umask;
             if mode & libc::S_IFMT == libc::S_IFREG || mode & libc::S_IFMT == 0 {
@@ -1394,6 +1407,7 @@ impl fuser::Filesystem for SealFs {
         reply: ReplyEntry,
     ) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Mkdir);
         let r = (|| {
             self.check_writable()?;
             let _ns = self.vol.namespace().read();
@@ -1443,6 +1457,7 @@ impl fuser::Filesystem for SealFs {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Unlink);
         let r = (|| {
             self.check_writable()?;
             let _ns = self.vol.namespace().write();
@@ -1474,6 +1489,7 @@ impl fuser::Filesystem for SealFs {
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Rmdir);
         let r = (|| {
             self.check_writable()?;
             let _ns = self.vol.namespace().write();
@@ -1514,6 +1530,7 @@ impl fuser::Filesystem for SealFs {
         reply: ReplyEntry,
     ) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Symlink);
         let r = (|| {
             // Symlink targets are sealed under the root directory's key, not
             // the parent's, so a symlink moves between directories by a
@@ -1544,6 +1561,7 @@ impl fuser::Filesystem for SealFs {
         reply: ReplyEmpty,
     ) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Rename);
         match self.do_rename(parent, name, newparent, newname, flags) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -1565,6 +1583,7 @@ impl fuser::Filesystem for SealFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Open);
         let r = (|| {
             let inode = self.inode(ino)?;
             if inode.kind != Kind::File {
@@ -1598,6 +1617,7 @@ impl fuser::Filesystem for SealFs {
         reply: ReplyData,
     ) {
         self.activity.touch();
+        let _timed = crate::metrics::timed_read();
         thread_local! {
             /// Decrypted bytes of this thread's current READ (reused).
             static READ_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -1610,7 +1630,10 @@ impl fuser::Filesystem for SealFs {
         READ_SCRATCH.with_borrow_mut(|buf| {
             let r = f.read().read_into(offset, size, buf);
             match r {
-                Ok(range) => reply.data(&buf[range]),
+                Ok(range) => {
+                    crate::metrics::read_bytes(range.len());
+                    reply.data(&buf[range])
+                }
                 Err(e) => {
                     if e.is_integrity() {
                         tracing::warn!(fh = fh.0, offset, "integrity failure: {e}");
@@ -1634,6 +1657,7 @@ impl fuser::Filesystem for SealFs {
         reply: ReplyWrite,
     ) {
         self.activity.touch();
+        let _timed = crate::metrics::timed_write();
         let r = self
             .check_writable()
             .and_then(|_| self.content_of(fh))
@@ -1646,7 +1670,10 @@ impl fuser::Filesystem for SealFs {
                 })
             });
         match r {
-            Ok(()) => reply.written(data.len() as u32),
+            Ok(()) => {
+                crate::metrics::write_bytes(data.len());
+                reply.written(data.len() as u32)
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -1679,6 +1706,7 @@ impl fuser::Filesystem for SealFs {
         reply: ReplyEmpty,
     ) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Release);
         let h = self.remove_handle(fh);
         if let Some(h) = h {
             if let Handle::File(inode, _) = &*h {
@@ -1697,6 +1725,7 @@ impl fuser::Filesystem for SealFs {
         reply: ReplyEmpty,
     ) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Fsync);
         let r = self.file_handle(fh).and_then(|h| match &*h {
             Handle::File(inode, _) => self.persist_records(inode),
             Handle::Dir(..) => Ok(()),
@@ -1718,6 +1747,7 @@ impl fuser::Filesystem for SealFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Opendir);
         let r = (|| {
             let inode = self.inode(ino)?;
             let entries = self.list_dir(&inode)?;
@@ -1738,6 +1768,7 @@ impl fuser::Filesystem for SealFs {
         mut reply: ReplyDirectory,
     ) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Readdir);
         let h = match self.file_handle(fh) {
             Ok(h) => h,
             Err(e) => return reply.error(e),
@@ -1764,6 +1795,7 @@ impl fuser::Filesystem for SealFs {
         mut reply: fuser::ReplyDirectoryPlus,
     ) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Readdir);
         let h = match self.file_handle(fh) {
             Ok(h) => h,
             Err(e) => return reply.error(e),
@@ -1835,6 +1867,7 @@ impl fuser::Filesystem for SealFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        crate::metrics::op(crate::metrics::Op::Statfs);
         // Space of just-deleted files counts as free once they are closed.
         self.released.drain();
         let root = self.inodes.read().nodes.get(&ROOT).cloned();
@@ -1867,6 +1900,7 @@ impl fuser::Filesystem for SealFs {
         reply: ReplyCreate,
     ) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Create);
         let r = (|| {
             let (inode, st, f) =
                 self.create_file(req, parent, name, mode & !umask & 0o7777, flags)?;
@@ -1936,6 +1970,7 @@ impl fuser::Filesystem for SealFs {
         reply: ReplyEmpty,
     ) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Fallocate);
         let r = (|| {
             self.check_writable()?;
             if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
