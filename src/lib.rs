@@ -20,6 +20,7 @@ pub mod fuzz;
 pub mod hardening;
 pub mod keyring;
 pub mod metrics;
+pub mod transfer;
 pub mod vault;
 pub mod volume;
 
