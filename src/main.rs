@@ -264,7 +264,8 @@ struct MountArgs {
     /// Request-serving threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
-    /// Write the daemon's log here (default: discarded once daemonized).
+    /// Write the daemon's log here (default: stderr with -f, else syslog
+    /// or journald through /dev/log).
     #[arg(long, value_name = "FILE")]
     log_file: Option<PathBuf>,
     /// Control socket path (default: /run/sealfs/mnt-HASH.sock for root,
@@ -442,12 +443,35 @@ fn read_secret(a: &SecretArgs, confirm: bool) -> Result<UnlockSecret, CliError> 
     UnlockSecret::from_passphrase_line(p1.as_bytes()).map_err(secret_err)
 }
 
+/// Where the log goes: stderr (commands, a foreground mount), a file
+/// (`--log-file`), or syslog/journald (a daemonized mount without
+/// `--log-file`).
 fn init_logging(to_file: Option<&Path>) {
+    init_logging_as(to_file, false)
+}
+
+fn init_logging_as(to_file: Option<&Path>, daemon: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SEALFS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fuser=error"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);
+    if daemon && to_file.is_none() {
+        // SEALFS_SYSLOG_SOCKET points elsewhere (tests, unusual systems).
+        let path = std::env::var_os("SEALFS_SYSLOG_SOCKET")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(sealfs::logging::DEV_LOG));
+        // Without a syslog socket, stderr (/dev/null once detached).
+        if let Ok(sys) = sealfs::logging::Syslog::connect(&path, "sealfs") {
+            let _ = b
+                .with_ansi(false)
+                .without_time()
+                .with_level(false)
+                .with_writer(sys)
+                .try_init();
+            return;
+        }
+    }
     match to_file.and_then(|p| {
         std::fs::OpenOptions::new()
             .create(true)
@@ -687,7 +711,7 @@ fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
         unsafe { libc::setsid() };
         ready_pipe = Some(std::fs::File::from(w));
     }
-    init_logging(a.log_file.as_deref());
+    init_logging_as(a.log_file.as_deref(), !a.foreground);
     if let Err(e) = core_dumps {
         tracing::warn!("cannot disable core dumps: {e}");
     }
@@ -740,6 +764,12 @@ fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
         }
     };
     ctl::spawn_scheduler(&ctl_ctx);
+    tracing::info!(
+        "mounted {} on {}; control socket {}",
+        cipherdir.display(),
+        canonical_mp.display(),
+        socket.display()
+    );
     if let Some(idle) = a.idle {
         unmount_when_idle(activity, idle, canonical_mp.clone());
     }
