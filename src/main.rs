@@ -78,6 +78,9 @@ enum Command {
         /// Argon2id passes (default 3).
         #[arg(long, default_value_t = Argon2Params::DEFAULT.iterations)]
         kdf_iterations: u32,
+        /// Print the new volume's id and paths as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Unlock CIPHERDIR and mount its plaintext view on MOUNTPOINT.
     #[command(
@@ -129,6 +132,9 @@ enum Command {
         cipherdir: PathBuf,
         #[command(flatten)]
         secret: SecretArgs,
+        /// Print the new primary version as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Re-wrap every header of an unmounted volume under the primary key version.
     #[command(
@@ -839,6 +845,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             secret,
             kdf_memory_kib,
             kdf_iterations,
+            json,
         } => {
             init_logging(None);
             if Volume::looks_like_volume(&cipherdir) {
@@ -854,7 +861,16 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 parallelism: Argon2Params::DEFAULT.parallelism,
             };
             Volume::create(&cipherdir, &s, params)?;
-            eprintln!("sealfs: created volume in {}", cipherdir.display());
+            if json {
+                let cfg = Volume::read_config(&cipherdir)?;
+                let dir = cipherdir.canonicalize().unwrap_or(cipherdir);
+                println!(
+                    "{}",
+                    serde_json::json!({"cipherdir": dir, "volume_id": cfg.volume_id, "format_version": cfg.format_version, "primary": 1})
+                );
+            } else {
+                eprintln!("sealfs: created volume in {}", cipherdir.display());
+            }
             Ok(())
         }
         Command::Mount(a) => {
@@ -893,11 +909,19 @@ fn run(cli: Cli) -> Result<(), CliError> {
             eprintln!("sealfs: unlock secret changed (keyring re-sealed; no file data touched)");
             Ok(())
         }
-        Command::Rotate { cipherdir, secret } => {
+        Command::Rotate {
+            cipherdir,
+            secret,
+            json,
+        } => {
             init_logging(None);
             let vol = open_offline(&cipherdir, &secret)?;
             let v = vol.update_keyring(|k| k.rotate())?;
-            eprintln!("sealfs: key version {v} is now primary");
+            if json {
+                println!("{}", serde_json::json!({"primary": v}));
+            } else {
+                eprintln!("sealfs: key version {v} is now primary");
+            }
             Ok(())
         }
         Command::Rewrap {

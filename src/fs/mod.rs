@@ -613,7 +613,7 @@ impl SealFs {
             if s >= 0 {
                 UNIX_EPOCH + Duration::new(s as u64, n as u32)
             } else {
-                UNIX_EPOCH - Duration::from_secs(s.unsigned_abs())
+                UNIX_EPOCH - Duration::from_secs(s.unsigned_abs()) + Duration::from_nanos(n as u64)
             }
         };
         let size = match inode.kind {
