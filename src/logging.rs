@@ -41,6 +41,9 @@ impl Syslog {
     pub fn connect(path: &Path, ident: &str) -> io::Result<Syslog> {
         let s = UnixDatagram::unbound()?;
         s.connect(path)?;
+        // A full queue (a slow or stopped log daemon) drops the line
+        // instead of stopping the thread that logs it.
+        s.set_nonblocking(true)?;
         Ok(Syslog {
             path: path.to_path_buf(),
             ident: ident.to_string(),
@@ -52,13 +55,16 @@ impl Syslog {
         let line = format_line(FACILITY * 8 + severity, &self.ident, text);
         let mut g = self.sock.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = g.as_ref() {
-            if s.send(&line).is_ok() {
-                return;
+            match s.send(&line) {
+                Ok(_) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return, // dropped
+                Err(_) => {}
             }
         }
         // Reconnect once (journald or rsyslog restarted).
         *g = UnixDatagram::unbound()
             .and_then(|s| s.connect(&self.path).map(|()| s))
+            .and_then(|s| s.set_nonblocking(true).map(|()| s))
             .ok();
         if let Some(s) = g.as_ref() {
             let _ = s.send(&line);
@@ -177,6 +183,20 @@ mod tests {
         assert_eq!(&s[10..11], " ", "{s}");
         let long = format_line(30, "x", &vec![b'a'; MAX_LINE * 2]);
         assert_eq!(long.len(), MAX_LINE);
+    }
+
+    #[test]
+    fn a_full_queue_drops_lines_instead_of_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.sock");
+        let _server = UnixDatagram::bind(&path).unwrap(); // never reads
+        let log = Syslog::connect(&path, "sealfs-test").unwrap();
+        let start = std::time::Instant::now();
+        for _ in 0..10_000 {
+            let mut w = log.make_writer();
+            w.write_all(&[b'x'; 1000]).unwrap();
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(10));
     }
 
     #[test]
