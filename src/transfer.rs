@@ -27,8 +27,8 @@
 //! links), which the report notes.
 //!
 //! Owns: the walk, the worker pool, skip and temp-file rules, the report.
-//! Must never: log or report file contents or keys (paths are the user's
-//! own plaintext and appear in the report).
+//! Must never: log names, contents or keys (paths appear only in the
+//! report handed back to the caller).
 
 use std::ffi::OsString;
 use std::fs::{self, File};
@@ -191,7 +191,6 @@ impl<'a> Shared<'a> {
 
     fn problem(&self, kind: ProblemKind, rel: &Path, message: impl Into<String>) {
         let message = message.into();
-        tracing::debug!(path = %rel.display(), "not transferred: {message}");
         self.problems
             .lock()
             .unwrap_or_else(|p| p.into_inner())
