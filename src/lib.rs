@@ -19,6 +19,9 @@ pub mod fs;
 pub mod fuzz;
 pub mod hardening;
 pub mod keyring;
+pub mod logging;
+pub mod metrics;
+pub mod transfer;
 pub mod vault;
 pub mod volume;
 

@@ -25,6 +25,9 @@ mod exit {
     pub const MOUNTPOINT: u8 = 10;
     pub const WRONG_SECRET: u8 = 12;
     pub const BAD_VOLUME: u8 = 23;
+    /// import/export: done, but some entries were not transferred (each
+    /// one is reported). Same number as [`AUDIT_BROKEN`]: "finished incomplete".
+    pub const PARTIAL: u8 = 3;
     /// fsck, as fsck(8): problems found and all of them repaired.
     pub const FSCK_REPAIRED: u8 = 1;
     /// fsck: problems found and (some) left unrepaired.
@@ -42,7 +45,7 @@ mod exit {
     about = "An encrypted folder with built-in key management (FUSE)"
 )]
 #[command(
-    after_help = "Examples:\n  sealfs init ~/vault.enc --passfile ~/.vault-pass\n  sealfs mount ~/vault.enc ~/vault --passfile ~/.vault-pass\n  sealfs unmount ~/vault\n\nExit codes: 0 success, 1 other error, 2 usage, 10 mount point problem,\n12 wrong passphrase or key file, 23 CIPHERDIR is not a usable volume\n(sealfs fsck uses fsck(8)'s codes: see 'sealfs fsck --help').\n\n'sealfs COMMAND --help' shows each command's options and examples."
+    after_help = "Examples:\n  sealfs init ~/vault.enc --passfile ~/.vault-pass\n  sealfs mount ~/vault.enc ~/vault --passfile ~/.vault-pass\n  sealfs unmount ~/vault\n\nExit codes: 0 success, 1 other error, 2 usage, 3 import/export finished but\nsome entries were not transferred, 10 mount point problem,\n12 wrong passphrase or key file, 23 CIPHERDIR is not a usable volume\n(sealfs fsck uses fsck(8)'s codes: see 'sealfs fsck --help').\n\n'sealfs COMMAND --help' shows each command's options and examples."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -79,6 +82,9 @@ enum Command {
         /// Argon2id passes (default 3).
         #[arg(long, default_value_t = Argon2Params::DEFAULT.iterations)]
         kdf_iterations: u32,
+        /// Print the new volume's id and paths as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Unlock CIPHERDIR and mount its plaintext view on MOUNTPOINT.
     #[command(
@@ -130,6 +136,9 @@ enum Command {
         cipherdir: PathBuf,
         #[command(flatten)]
         secret: SecretArgs,
+        /// Print the new primary version as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Re-wrap every header of an unmounted volume under the primary key version.
     #[command(
@@ -140,6 +149,9 @@ enum Command {
         cipherdir: PathBuf,
         #[command(flatten)]
         secret: SecretArgs,
+        /// Print the result as JSON (done, rewrapped, failed, …).
+        #[arg(long)]
+        json: bool,
     },
     /// Show a volume's key versions and header counts (read-only; works beside a mount).
     #[command(
@@ -182,6 +194,40 @@ enum Command {
     /// Verify or export a volume's audit log offline.
     #[command(subcommand)]
     Audit(cmd_policy::AuditCommand),
+    /// Encrypt an existing directory tree into a volume, without mounting.
+    #[command(
+        after_help = "Examples:\n  sealfs import ~/photos ~/photos.enc                      # creates the volume, asks for a passphrase twice\n  sealfs import ~/photos ~/photos.enc --passfile ~/.vault-pass\n  sealfs import ~/photos ~/photos.enc --passfile P --json | jq .problems\n\nPLAINDIR's content lands in the volume's root. CIPHERDIR is created (as by\n'sealfs init', with the same secret options) when it does not exist or is an\nempty directory; an existing volume must not be mounted. Files are copied by\nseveral threads; modes, access and modification times, symlinks and empty\ndirectories are kept (owners too, as root). Each file is written to a temp\nfile and renamed into place once complete, so an interrupted import can simply\nbe run again: files already there with the same size and mtime are skipped.\nFIFOs, sockets and devices are not copied (reported); a file with several\nhard links is copied once per name. A progress bar is drawn on a terminal.\n\nExit codes: 0 everything copied, 3 some entries not copied (listed), 1 error,\n12 wrong passphrase or key file, 23 CIPHERDIR is not a sealfs volume."
+    )]
+    Import {
+        /// The plain directory tree to encrypt.
+        plaindir: PathBuf,
+        /// The volume's cipher directory (created when absent or empty).
+        cipherdir: PathBuf,
+        #[command(flatten)]
+        secret: SecretArgs,
+        /// Argon2id memory cost in KiB, when the volume is created.
+        #[arg(long, default_value_t = Argon2Params::DEFAULT.memory_kib)]
+        kdf_memory_kib: u32,
+        /// Argon2id passes, when the volume is created.
+        #[arg(long, default_value_t = Argon2Params::DEFAULT.iterations)]
+        kdf_iterations: u32,
+        #[command(flatten)]
+        transfer: TransferArgs,
+    },
+    /// Decrypt a whole volume into a plain directory tree, without mounting.
+    #[command(
+        after_help = "Examples:\n  sealfs export ~/photos.enc ~/photos-restored --passfile ~/.vault-pass\n  sealfs export ~/photos.enc /mnt/usb/photos --passfile P --json\n\nPLAINDIR is created if absent; entries already in it that the volume does not\nhave are left alone. Modes, times and symlinks are kept (owners too, as root).\nEach file is written to a temp file and renamed into place; a re-run skips\nfiles already there with the same size and mtime. Works beside a mount (read\nonly), but a file written meanwhile may be copied half-old, half-new: unmount\nor stop writers for a consistent copy.\n\nExit codes: 0 everything copied, 3 some entries not copied (listed), 1 error,\n12 wrong passphrase or key file, 23 CIPHERDIR is not a sealfs volume."
+    )]
+    Export {
+        /// The volume's cipher directory.
+        cipherdir: PathBuf,
+        /// Where the plaintext tree goes (created if absent).
+        plaindir: PathBuf,
+        #[command(flatten)]
+        secret: SecretArgs,
+        #[command(flatten)]
+        transfer: TransferArgs,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(
         after_help = "Examples:\n  sealfs completions bash > /etc/bash_completion.d/sealfs\n  sealfs completions zsh > \"${fpath[1]}/_sealfs\"\n  sealfs completions fish > ~/.config/fish/completions/sealfs.fish"
@@ -193,6 +239,16 @@ enum Command {
         /// Output directory (created if absent); its old sealfs*.1 pages are replaced.
         dir: PathBuf,
     },
+}
+
+#[derive(Args)]
+struct TransferArgs {
+    /// Files copied in parallel (default: the number of cores, 2 to 8).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    threads: Option<u16>,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -221,7 +277,8 @@ struct MountArgs {
     /// Request-serving threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
-    /// Write the daemon's log here (default: discarded once daemonized).
+    /// Write the daemon's log here (default: stderr with -f, else syslog
+    /// or journald through /dev/log).
     #[arg(long, value_name = "FILE")]
     log_file: Option<PathBuf>,
     /// Control socket path (default: /run/sealfs/mnt-HASH.sock for root,
@@ -252,7 +309,7 @@ struct CtlArgs {
     #[arg(long, value_name = "PATH", conflicts_with = "mount")]
     socket: Option<PathBuf>,
     /// Print the daemon's JSON result instead of a summary.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
     cmd: CtlCommand,
@@ -272,6 +329,12 @@ enum CtlCommand {
     },
     /// Count headers per key version (full scan).
     Census,
+    /// Counters in the Prometheus text format (operations, bytes, latency,
+    /// integrity failures, denied attempts, key uses, open files).
+    #[command(
+        after_help = "Examples:\n  sealfs ctl --mount ~/vault metrics\n  sealfs ctl --mount ~/vault metrics | grep sealfs_integrity_failures_total\n  sealfs ctl --mount ~/vault metrics > /var/lib/node_exporter/textfile/sealfs.prom   # node_exporter textfile collector"
+    )]
+    Metrics,
     /// Refuse all file I/O with EACCES until enabled.
     Disable,
     /// Allow file I/O again.
@@ -403,12 +466,35 @@ fn read_secret(a: &SecretArgs, confirm: bool) -> Result<UnlockSecret, CliError> 
     UnlockSecret::from_passphrase_line(p1.as_bytes()).map_err(secret_err)
 }
 
+/// Where the log goes: stderr (commands, a foreground mount), a file
+/// (`--log-file`), or syslog/journald (a daemonized mount without
+/// `--log-file`).
 fn init_logging(to_file: Option<&Path>) {
+    init_logging_as(to_file, false)
+}
+
+fn init_logging_as(to_file: Option<&Path>, daemon: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SEALFS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fuser=error"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);
+    if daemon && to_file.is_none() {
+        // SEALFS_SYSLOG_SOCKET points elsewhere (tests, unusual systems).
+        let path = std::env::var_os("SEALFS_SYSLOG_SOCKET")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(sealfs::logging::DEV_LOG));
+        // Without a syslog socket, stderr (/dev/null once detached).
+        if let Ok(sys) = sealfs::logging::Syslog::connect(&path, "sealfs") {
+            let _ = b
+                .with_ansi(false)
+                .without_time()
+                .with_level(false)
+                .with_writer(sys)
+                .try_init();
+            return;
+        }
+    }
     match to_file.and_then(|p| {
         std::fs::OpenOptions::new()
             .create(true)
@@ -648,7 +734,7 @@ fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
         unsafe { libc::setsid() };
         ready_pipe = Some(std::fs::File::from(w));
     }
-    init_logging(a.log_file.as_deref());
+    init_logging_as(a.log_file.as_deref(), !a.foreground);
     if let Err(e) = core_dumps {
         tracing::warn!("cannot disable core dumps: {e}");
     }
@@ -737,6 +823,12 @@ fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
     };
     ctl::spawn_scheduler(&ctl_ctx);
     ctl::spawn_grant_expiry(&ctl_ctx);
+    tracing::info!(
+        "mounted {} on {}; control socket {}",
+        cipherdir.display(),
+        canonical_mp.display(),
+        socket.display()
+    );
     if let Some(idle) = a.idle {
         unmount_when_idle(activity, idle, canonical_mp.clone());
     }
@@ -806,6 +898,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             secret,
             kdf_memory_kib,
             kdf_iterations,
+            json,
         } => {
             init_logging(None);
             if Volume::looks_like_volume(&cipherdir) {
@@ -821,7 +914,16 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 parallelism: Argon2Params::DEFAULT.parallelism,
             };
             Volume::create(&cipherdir, &s, params)?;
-            eprintln!("sealfs: created volume in {}", cipherdir.display());
+            if json {
+                let cfg = Volume::read_config(&cipherdir)?;
+                let dir = cipherdir.canonicalize().unwrap_or(cipherdir);
+                println!(
+                    "{}",
+                    serde_json::json!({"cipherdir": dir, "volume_id": cfg.volume_id, "format_version": cfg.format_version, "primary": 1})
+                );
+            } else {
+                eprintln!("sealfs: created volume in {}", cipherdir.display());
+            }
             Ok(())
         }
         Command::Mount(a) => {
@@ -860,36 +962,51 @@ fn run(cli: Cli) -> Result<(), CliError> {
             eprintln!("sealfs: unlock secret changed (keyring re-sealed; no file data touched)");
             Ok(())
         }
-        Command::Rotate { cipherdir, secret } => {
+        Command::Rotate {
+            cipherdir,
+            secret,
+            json,
+        } => {
             init_logging(None);
             let vol = open_offline(&cipherdir, &secret)?;
             let v = vol.update_keyring(|k| k.rotate())?;
-            eprintln!("sealfs: key version {v} is now primary");
+            if json {
+                println!("{}", serde_json::json!({"primary": v}));
+            } else {
+                eprintln!("sealfs: key version {v} is now primary");
+            }
             Ok(())
         }
-        Command::Rewrap { cipherdir, secret } => {
+        Command::Rewrap {
+            cipherdir,
+            secret,
+            json,
+        } => {
             init_logging(None);
-            let vol = Arc::new(open_offline(&cipherdir, &secret)?);
-            let progress = Arc::new(sealfs::volume::walk::RewrapProgress::default());
-            let bar = progress_bar();
-            let job = {
-                let (vol, progress) = (vol.clone(), progress.clone());
-                std::thread::spawn(move || vol.rewrap_all(&progress))
-            };
-            while !job.is_finished() {
-                let r = progress.report();
-                bar.set_length(r.total.max(1));
-                bar.set_position(r.done);
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            bar.finish_and_clear();
-            job.join()
-                .map_err(|_| CliError::new(exit::ERROR, "rewrap thread panicked"))??;
+            let vol = open_offline(&cipherdir, &secret)?;
+            let progress = sealfs::volume::walk::RewrapProgress::default();
+            with_progress(
+                progress_bar_for(BarKind::Headers),
+                || vol.rewrap_all(&progress),
+                |bar| {
+                    let r = progress.report();
+                    bar.set_length(r.total.max(1));
+                    bar.set_position(r.done);
+                },
+            )??;
             let r = progress.report();
-            eprintln!(
-                "sealfs: rewrap done: {} visited, {} re-wrapped, {} failed",
-                r.done, r.rewrapped, r.failed
-            );
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_value(&r)
+                        .map_err(|e| CliError::new(exit::ERROR, e.to_string()))?
+                );
+            } else {
+                eprintln!(
+                    "sealfs: rewrap done: {} visited, {} re-wrapped, {} failed",
+                    r.done, r.rewrapped, r.failed
+                );
+            }
             if r.failed > 0 {
                 return Err(CliError::new(
                     exit::ERROR,
@@ -924,6 +1041,33 @@ fn run(cli: Cli) -> Result<(), CliError> {
             cmd_fsck(target, &secret, salvage, json)
         }
         Command::Audit(c) => cmd_policy::cmd_audit(&c),
+        Command::Import {
+            plaindir,
+            cipherdir,
+            secret,
+            kdf_memory_kib,
+            kdf_iterations,
+            transfer,
+        } => {
+            init_logging(None);
+            restore_sigpipe();
+            let params = Argon2Params {
+                memory_kib: kdf_memory_kib,
+                iterations: kdf_iterations,
+                parallelism: Argon2Params::DEFAULT.parallelism,
+            };
+            cmd_import(&plaindir, &cipherdir, &secret, params, &transfer)
+        }
+        Command::Export {
+            cipherdir,
+            plaindir,
+            secret,
+            transfer,
+        } => {
+            init_logging(None);
+            restore_sigpipe();
+            cmd_export(&cipherdir, &plaindir, &secret, &transfer)
+        }
         Command::Completions(CompletionsArgs { shell }) => {
             restore_sigpipe();
             clap_complete::generate(
@@ -1053,35 +1197,18 @@ fn cmd_fsck(
             check_is_volume(&cipherdir).map_err(could_not_run)?;
             let s = read_secret(secret, false).map_err(could_not_run)?;
             raise_fd_limit(); // one descriptor per directory level of the walk
-            let progress = Arc::new(FsckProgress::default());
-            let job = {
-                let progress = progress.clone();
-                std::thread::spawn(move || {
-                    fsck(&cipherdir, &s, &FsckOptions { salvage }, &progress)
-                })
-            };
-            let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-                let b = indicatif::ProgressBar::new(1);
-                if let Ok(style) = indicatif::ProgressStyle::with_template(
-                    "{bar:40} {bytes}/{total_bytes} ciphertext checked ({bytes_per_sec}, eta {eta})",
-                ) {
-                    b.set_style(style);
-                }
-                b
-            } else {
-                indicatif::ProgressBar::hidden()
-            };
-            while !job.is_finished() {
-                use std::sync::atomic::Ordering::Relaxed;
-                bar.set_length(progress.total_bytes.load(Relaxed).max(1));
-                bar.set_position(progress.done_bytes.load(Relaxed));
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            bar.finish_and_clear();
-            let report = job
-                .join()
-                .map_err(|_| CliError::new(exit::FSCK_FAILED, "fsck thread panicked"))?
-                .map_err(|e| could_not_run(CliError::from(e)))?;
+            let progress = FsckProgress::default();
+            let report = with_progress(
+                progress_bar_for(BarKind::Checked),
+                || fsck(&cipherdir, &s, &FsckOptions { salvage }, &progress),
+                |bar| {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    bar.set_length(progress.total_bytes.load(Relaxed).max(1));
+                    bar.set_position(progress.done_bytes.load(Relaxed));
+                },
+            )
+            .map_err(|e| CliError::new(exit::FSCK_FAILED, e.msg))?
+            .map_err(|e| could_not_run(CliError::from(e)))?;
             serde_json::to_value(&report)
                 .map_err(|e| CliError::new(exit::FSCK_FAILED, e.to_string()))?
         }
@@ -1147,18 +1274,224 @@ fn cmd_fsck(
     }
 }
 
-fn progress_bar() -> indicatif::ProgressBar {
-    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        let b = indicatif::ProgressBar::new(1);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} headers ({per_sec}, eta {eta})",
-        ) {
-            b.set_style(style);
+impl From<sealfs::VaultError> for CliError {
+    fn from(e: sealfs::VaultError) -> Self {
+        match e {
+            sealfs::VaultError::Volume(v) => v.into(),
+            other => CliError::new(exit::ERROR, other.to_string()),
         }
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
     }
+}
+
+impl From<sealfs::transfer::TransferError> for CliError {
+    fn from(e: sealfs::transfer::TransferError) -> Self {
+        match e {
+            sealfs::transfer::TransferError::Vault(v) => v.into(),
+            other => CliError::new(exit::ERROR, other.to_string()),
+        }
+    }
+}
+
+/// What a progress bar counts.
+enum BarKind {
+    /// Files and bytes of an import or export.
+    Transfer,
+    /// Headers visited by a rewrap.
+    Headers,
+    /// Ciphertext bytes checked by fsck.
+    Checked,
+}
+
+/// The progress bar of long commands: drawn on stderr when it is a
+/// terminal, hidden otherwise (scripts, logs, pipes).
+fn progress_bar_for(kind: BarKind) -> indicatif::ProgressBar {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let template = match kind {
+        BarKind::Transfer => "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
+        BarKind::Headers => "[{bar:40}] {pos}/{len} headers ({per_sec}, eta {eta})",
+        BarKind::Checked => {
+            "[{bar:40}] {bytes}/{total_bytes} ciphertext checked ({bytes_per_sec}, eta {eta})"
+        }
+    };
+    let b = indicatif::ProgressBar::new(1);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        b.set_style(style.progress_chars("=> "));
+    }
+    b
+}
+
+/// Runs `job` on a thread of its own while `tick` updates `bar` every
+/// 100 ms; clears the bar when the job is done.
+fn with_progress<T: Send>(
+    bar: indicatif::ProgressBar,
+    job: impl FnOnce() -> T + Send,
+    tick: impl Fn(&indicatif::ProgressBar),
+) -> Result<T, CliError> {
+    std::thread::scope(|s| {
+        let h = s.spawn(job);
+        while !h.is_finished() {
+            tick(&bar);
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        tick(&bar);
+        bar.finish_and_clear();
+        h.join()
+            .map_err(|_| CliError::new(exit::ERROR, "worker thread panicked"))
+    })
+}
+
+fn transfer_tick(p: &sealfs::transfer::Progress) -> impl Fn(&indicatif::ProgressBar) + '_ {
+    use std::sync::atomic::Ordering::Relaxed;
+    move |bar| {
+        let (fd, ft) = (p.files_done.load(Relaxed), p.files_total.load(Relaxed));
+        if p.scanned.load(Relaxed) {
+            bar.set_message(format!("files {fd}/{ft}"));
+        } else {
+            bar.set_message(format!("scanning: {ft} files"));
+        }
+        bar.set_length(p.bytes_total.load(Relaxed).max(1));
+        bar.set_position(p.bytes_done.load(Relaxed));
+    }
+}
+
+fn transfer_options(a: &TransferArgs) -> sealfs::transfer::Options {
+    let mut o = sealfs::transfer::Options::default();
+    if let Some(n) = a.threads {
+        o.threads = n as usize;
+    }
+    o
+}
+
+/// Prints a transfer's report (problems on stderr, the summary on stdout,
+/// or the JSON object) and picks the exit code.
+fn finish_transfer(
+    verb: &str,
+    report: &sealfs::transfer::Report,
+    json: bool,
+    extra: serde_json::Value,
+) -> Result<(), CliError> {
+    if json {
+        let mut v =
+            serde_json::to_value(report).map_err(|e| CliError::new(exit::ERROR, e.to_string()))?;
+        if let (Some(o), serde_json::Value::Object(x)) = (v.as_object_mut(), extra) {
+            o.extend(x);
+        }
+        println!("{v}");
+    } else {
+        for p in &report.problems {
+            eprintln!("sealfs: not {verb}: {}: {}", p.path.display(), p.message);
+        }
+        if report.hard_linked > 0 {
+            eprintln!(
+                "sealfs: note: {} file(s) had more than one hard link; sealfs has no hard links, so each name got its own copy",
+                report.hard_linked
+            );
+        }
+        println!(
+            "{verb} {} files ({} bytes), {} symlinks, {} new directories; {} files and {} symlinks already up to date; {} not {verb}{} in {}",
+            report.files_copied,
+            report.bytes_copied,
+            report.symlinks,
+            report.directories_created,
+            report.files_unchanged,
+            report.symlinks_unchanged,
+            report.problems.len(),
+            if report.leftovers_removed > 0 {
+                format!("; {} temp files of an interrupted run removed", report.leftovers_removed)
+            } else {
+                String::new()
+            },
+            sealfs::transfer::human_duration(std::time::Duration::from_secs_f64(report.seconds)),
+        );
+    }
+    if report.problems.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::new(
+            exit::PARTIAL,
+            format!(
+                "{} entries were not {verb} (listed above)",
+                report.problems.len()
+            ),
+        ))
+    }
+}
+
+fn cmd_import(
+    plaindir: &Path,
+    cipherdir: &Path,
+    secret: &SecretArgs,
+    params: Argon2Params,
+    a: &TransferArgs,
+) -> Result<(), CliError> {
+    if !plaindir.is_dir() {
+        return Err(CliError::new(
+            exit::ERROR,
+            format!("PLAINDIR {} is not a directory", plaindir.display()),
+        ));
+    }
+    let exists = cipherdir.exists();
+    let empty = exists
+        && std::fs::read_dir(cipherdir)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+    let created = if Volume::looks_like_volume(cipherdir) {
+        false
+    } else if !exists || empty {
+        true
+    } else {
+        return Err(CliError::new(
+            exit::BAD_VOLUME,
+            format!(
+                "{} is not a sealfs volume (no sealfs.toml) and not empty; give a new or empty directory to create one",
+                cipherdir.display()
+            ),
+        ));
+    };
+    let s = read_secret(secret, created)?;
+    if created {
+        Volume::create(cipherdir, &s, params)?;
+        if !a.json {
+            eprintln!("sealfs: created volume in {}", cipherdir.display());
+        }
+    }
+    let vault = sealfs::Vault::open(cipherdir, &s)?;
+    drop(s);
+    let progress = sealfs::transfer::Progress::default();
+    let opts = transfer_options(a);
+    let report = with_progress(
+        progress_bar_for(BarKind::Transfer),
+        || sealfs::transfer::import(plaindir, &vault, &opts, &progress),
+        transfer_tick(&progress),
+    )??;
+    finish_transfer(
+        "imported",
+        &report,
+        a.json,
+        serde_json::json!({"created_volume": created}),
+    )
+}
+
+fn cmd_export(
+    cipherdir: &Path,
+    plaindir: &Path,
+    secret: &SecretArgs,
+    a: &TransferArgs,
+) -> Result<(), CliError> {
+    check_is_volume(cipherdir)?;
+    let s = read_secret(secret, false)?;
+    let vault = sealfs::Vault::open_read_only(cipherdir, &s)?;
+    drop(s);
+    let progress = sealfs::transfer::Progress::default();
+    let opts = transfer_options(a);
+    let report = with_progress(
+        progress_bar_for(BarKind::Transfer),
+        || sealfs::transfer::export(&vault, plaindir, &opts, &progress),
+        transfer_tick(&progress),
+    )??;
+    finish_transfer("exported", &report, a.json, serde_json::json!({}))
 }
 
 fn ctl_call(socket: &Path, op: serde_json::Value) -> Result<serde_json::Value, CliError> {
@@ -1258,7 +1591,7 @@ fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
                 print(&v, &|_| println!("rewrap started"));
                 return Ok(());
             }
-            let bar = progress_bar();
+            let bar = progress_bar_for(BarKind::Headers);
             let last = loop {
                 std::thread::sleep(std::time::Duration::from_millis(200));
                 let s = ctl_call(&socket, json!({"op": "status"}))?;
@@ -1282,6 +1615,10 @@ fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
                     "some headers could not be re-wrapped (see the daemon log)",
                 ));
             }
+        }
+        CtlCommand::Metrics => {
+            let v = ctl_call(&socket, json!({"op": "metrics"}))?;
+            print(&v, &|v| print!("{}", v["text"].as_str().unwrap_or("")));
         }
         CtlCommand::Census => {
             let v = ctl_call(&socket, json!({"op": "census"}))?;

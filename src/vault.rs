@@ -41,10 +41,13 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::format::header::EncryptionContext;
 use crate::format::keyring::KeyState;
 use crate::format::layout::{plaintext_size, CHUNK_SIZE};
+use crate::format::names::BackingName;
 use crate::keyring::UnlockSecret;
 use crate::volume::content::SealedFile;
 use crate::volume::{sys, Directory, Volume, VolumeError};
@@ -64,6 +67,9 @@ pub enum VaultError {
     /// The target is not a regular file.
     #[error("{0}: not a regular file")]
     NotAFile(PathBuf),
+    /// The target is not a symbolic link.
+    #[error("{0}: not a symbolic link")]
+    NotASymlink(PathBuf),
     /// The target exists already.
     #[error("{0}: already exists")]
     AlreadyExists(PathBuf),
@@ -127,6 +133,65 @@ pub struct Entry {
     /// Plaintext size of a regular file (0 for other kinds).
     pub size: u64,
 }
+
+/// Attributes of an entry ([`Vault::metadata`], [`Vault::list_dir_metadata`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metadata {
+    /// What it is.
+    pub kind: EntryKind,
+    /// Permission bits (`0o7777`; 0o777 for a symlink).
+    pub mode: u32,
+    /// Plaintext size of a regular file, target length of a symlink, the
+    /// backing size of anything else.
+    pub size: u64,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Last access.
+    pub accessed: SystemTime,
+    /// Last modification of the content.
+    pub modified: SystemTime,
+}
+
+fn time_of(secs: i64, nsec: i64) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + Duration::from_nanos(nsec as u64)
+    }
+}
+
+fn timespec_of(t: SystemTime) -> sys::TimeSpec {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => sys::TimeSpec::At(d.as_secs() as i64, d.subsec_nanos() as i64),
+        Err(e) => {
+            // Before 1970: whole seconds down, then the nanoseconds up.
+            let d = e.duration();
+            let mut secs = -(d.as_secs() as i64);
+            let mut nsec = d.subsec_nanos() as i64;
+            if nsec > 0 {
+                secs -= 1;
+                nsec = 1_000_000_000 - nsec;
+            }
+            sys::TimeSpec::At(secs, nsec)
+        }
+    }
+}
+
+fn kind_of_mode(mode: libc::mode_t) -> EntryKind {
+    match mode & libc::S_IFMT {
+        libc::S_IFREG => EntryKind::File,
+        libc::S_IFDIR => EntryKind::Dir,
+        libc::S_IFLNK => EntryKind::Symlink,
+        _ => EntryKind::Other,
+    }
+}
+
+/// Backing name prefix of a file [`Vault::create_staged`] is writing; a
+/// leftover one (an interrupted run) is removed by
+/// [`Vault::remove_staged_leftovers`], or by `fsck --salvage` (a `*.tmp`).
+pub const STAGED_PREFIX: &str = "sealfs-staged-";
 
 /// One master key version, without its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -380,13 +445,7 @@ impl Vault {
             }
             Err(e) => return Err(path_err(e, path)),
         };
-        Ok(FileWriter {
-            file,
-            parent: parent.fd,
-            pos: 0,
-            buf: Vec::with_capacity(WRITE_BUFFER),
-            failed: false,
-        })
+        Ok(FileWriter::new(file, parent.fd))
     }
 
     /// Writes `data` as the whole content of the file at `path` (created or
@@ -453,6 +512,269 @@ impl Vault {
         }
         // An existing non-directory on the way shows up here.
         self.dir_at(&comps).map(|_| ())
+    }
+
+    /// The parent of `path`, its backing name there, and the plaintext name.
+    fn locate<'p>(&self, path: &'p Path) -> Result<(OpenDir, BackingName, &'p OsStr), VaultError> {
+        let (parent, name) = self.parent_of(path)?;
+        let bn = parent
+            .dir
+            .names
+            .encrypt_name(name.as_bytes())
+            .map_err(VolumeError::from)?;
+        Ok((parent, bn, name))
+    }
+
+    fn metadata_of(
+        &self,
+        st: &libc::stat,
+        symlink_target: impl FnOnce() -> Result<u64, VaultError>,
+    ) -> Result<Metadata, VaultError> {
+        let kind = kind_of_mode(st.st_mode);
+        let size = match kind {
+            EntryKind::File => {
+                plaintext_size(st.st_size as u64).map_err(|_| VolumeError::Truncated)?
+            }
+            EntryKind::Symlink => symlink_target()?,
+            _ => st.st_size as u64,
+        };
+        Ok(Metadata {
+            kind,
+            mode: if kind == EntryKind::Symlink {
+                0o777
+            } else {
+                st.st_mode & 0o7777
+            },
+            size,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            accessed: time_of(st.st_atime, st.st_atime_nsec),
+            modified: time_of(st.st_mtime, st.st_mtime_nsec),
+        })
+    }
+
+    /// The attributes of the entry at `path` ("" or "/" for the root),
+    /// without following a symlink.
+    pub fn metadata(&self, path: &Path) -> Result<Metadata, VaultError> {
+        if components(path)?.is_empty() {
+            let root = self.root()?;
+            let st = sys::fstatat(root.fd.as_fd(), OsStr::new("")).map_err(VolumeError::from)?;
+            return self.metadata_of(&st, || Ok(0));
+        }
+        let (parent, bn, _) = self.locate(path)?;
+        let entry = OsStr::new(&bn.entry);
+        let st = sys::fstatat(parent.fd.as_fd(), entry).map_err(|e| path_err(e, path))?;
+        self.metadata_of(&st, || {
+            Ok(self.open_link(parent.fd.as_fd(), entry, path)?.len() as u64)
+        })
+    }
+
+    /// The entries of directory `path` with their attributes, sorted by name.
+    pub fn list_dir_metadata(&self, path: &Path) -> Result<Vec<(OsString, Metadata)>, VaultError> {
+        let d = self.dir_at(&components(path)?)?;
+        let mut out = Vec::new();
+        for e in self.vol.list_dir(d.fd.as_fd(), &d.dir)? {
+            let entry = OsStr::new(&e.entry);
+            let name = OsString::from_vec(e.name);
+            let st = match sys::fstatat(d.fd.as_fd(), entry) {
+                Ok(st) => st,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) => return Err(VolumeError::from(e).into()),
+            };
+            let full = path.join(&name);
+            let md = self.metadata_of(&st, || {
+                Ok(self.open_link(d.fd.as_fd(), entry, &full)?.len() as u64)
+            })?;
+            out.push((name, md));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    fn open_link(
+        &self,
+        dir: BorrowedFd<'_>,
+        entry: &OsStr,
+        path: &Path,
+    ) -> Result<Vec<u8>, VaultError> {
+        let stored = sys::readlinkat(dir, entry).map_err(|e| path_err(e, path))?;
+        // Symlink targets are sealed under the root directory's key.
+        Ok(self
+            .root()?
+            .dir
+            .names
+            .open_symlink_target(&stored)
+            .map_err(VolumeError::from)?)
+    }
+
+    /// The target of the symlink at `path`.
+    pub fn read_link(&self, path: &Path) -> Result<PathBuf, VaultError> {
+        self.check_enabled()?;
+        let (parent, bn, _) = self.locate(path)?;
+        let entry = OsStr::new(&bn.entry);
+        let st = sys::fstatat(parent.fd.as_fd(), entry).map_err(|e| path_err(e, path))?;
+        if !is_kind(&st, libc::S_IFLNK) {
+            return Err(VaultError::NotASymlink(path.to_path_buf()));
+        }
+        Ok(PathBuf::from(OsString::from_vec(self.open_link(
+            parent.fd.as_fd(),
+            entry,
+            path,
+        )?)))
+    }
+
+    /// Creates a symlink at `link` pointing to `target` (stored encrypted).
+    /// Its parent must exist and `link` must not.
+    pub fn symlink(&self, target: &Path, link: &Path) -> Result<(), VaultError> {
+        self.check_writable()?;
+        let sealed = self
+            .root()?
+            .dir
+            .names
+            .seal_symlink_target(target.as_os_str().as_bytes())
+            .map_err(VolumeError::from)?;
+        let (parent, bn, _) = self.locate(link)?;
+        let _ns = self.vol.namespace().read();
+        let pfd = parent.fd.as_fd();
+        Volume::write_name_sidecar(pfd, &bn).map_err(VolumeError::from)?;
+        if let Err(e) = sys::symlinkat(OsStr::new(&sealed), pfd, OsStr::new(&bn.entry)) {
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                Volume::remove_name_sidecar(pfd, &bn);
+            }
+            return Err(path_err(e, link));
+        }
+        sys::fsync_dir(pfd).map_err(VolumeError::from)?;
+        Ok(())
+    }
+
+    /// Removes the file or symlink (or other non-directory) at `path`.
+    pub fn remove_file(&self, path: &Path) -> Result<(), VaultError> {
+        self.check_writable()?;
+        let (parent, bn, _) = self.locate(path)?;
+        let _ns = self.vol.namespace().write();
+        let pfd = parent.fd.as_fd();
+        let st = sys::fstatat(pfd, OsStr::new(&bn.entry)).map_err(|e| path_err(e, path))?;
+        if is_kind(&st, libc::S_IFDIR) {
+            return Err(VaultError::NotAFile(path.to_path_buf()));
+        }
+        sys::unlinkat(pfd, OsStr::new(&bn.entry), false).map_err(|e| path_err(e, path))?;
+        Volume::remove_name_sidecar(pfd, &bn);
+        Ok(())
+    }
+
+    /// Runs `f` on the backing object of `path` (the root for "" or "/").
+    fn on_backing(
+        &self,
+        path: &Path,
+        f: impl FnOnce(BorrowedFd<'_>, &OsStr, &libc::stat) -> io::Result<()>,
+    ) -> Result<(), VaultError> {
+        self.check_writable()?;
+        if components(path)?.is_empty() {
+            let root = self.root()?;
+            let st = sys::fstatat(root.fd.as_fd(), OsStr::new("")).map_err(VolumeError::from)?;
+            return f(root.fd.as_fd(), OsStr::new(""), &st).map_err(|e| path_err(e, path));
+        }
+        let (parent, bn, _) = self.locate(path)?;
+        let entry = OsStr::new(&bn.entry);
+        let st = sys::fstatat(parent.fd.as_fd(), entry).map_err(|e| path_err(e, path))?;
+        f(parent.fd.as_fd(), entry, &st).map_err(|e| path_err(e, path))
+    }
+
+    /// Sets the permission bits (`0o7777`) of the entry at `path`; a symlink
+    /// has none (nothing is done).
+    pub fn set_permissions(&self, path: &Path, mode: u32) -> Result<(), VaultError> {
+        self.on_backing(path, |d, n, st| {
+            if is_kind(st, libc::S_IFLNK) {
+                return Ok(());
+            }
+            sys::fchmodat(d, n, mode & 0o7777)
+        })
+    }
+
+    /// Sets the access and modification times of the entry at `path` (of
+    /// a symlink itself, not its target).
+    pub fn set_times(
+        &self,
+        path: &Path,
+        accessed: SystemTime,
+        modified: SystemTime,
+    ) -> Result<(), VaultError> {
+        self.on_backing(path, |d, n, _| {
+            sys::utimensat(d, n, timespec_of(accessed), timespec_of(modified))
+        })
+    }
+
+    /// Changes the owner and/or group of the entry at `path` (not following
+    /// a symlink). Needs the privileges chown(2) needs.
+    pub fn set_owner(
+        &self,
+        path: &Path,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> Result<(), VaultError> {
+        self.on_backing(path, |d, n, _| sys::fchownat(d, n, uid, gid))
+    }
+
+    /// Like [`Vault::create`], but the content goes to a hidden temp file
+    /// (already bound to `path`), which [`FileWriter::finish`] renames over
+    /// `path` in one step (replacing a file or symlink there). Until then,
+    /// `path` keeps its old state; dropping the writer unfinished removes
+    /// the temp file. The new file has mode 0600 unless
+    /// [`FileWriter::set_permissions`] says otherwise.
+    pub fn create_staged(&self, path: &Path) -> Result<FileWriter, VaultError> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        self.check_writable()?;
+        let (parent, bn, name) = self.locate(path)?;
+        let _ns = self.vol.namespace().read();
+        let temp = format!(
+            "{STAGED_PREFIX}{}-{}.tmp",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let pfd = parent.fd.as_fd();
+        let fd = sys::openat(
+            pfd,
+            OsStr::new(&temp),
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+            0o600,
+        )
+        .map_err(|e| path_err(e, path))?;
+        let ctx = EncryptionContext {
+            parent_dir_id: parent.dir.id,
+            name: name.as_bytes(),
+        };
+        let file = match self.vol.init_file(File::from(fd), &ctx) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = sys::unlinkat(pfd, OsStr::new(&temp), false);
+                return Err(e.into());
+            }
+        };
+        let mut w = FileWriter::new(file, parent.fd);
+        w.staged = Some(Staged {
+            temp,
+            target: bn,
+            path: path.to_path_buf(),
+        });
+        Ok(w)
+    }
+
+    /// Removes the temp files an interrupted [`Vault::create_staged`] left
+    /// in directory `path`; returns how many. Call it only while no writer
+    /// of this process is open there.
+    pub fn remove_staged_leftovers(&self, path: &Path) -> Result<usize, VaultError> {
+        self.check_writable()?;
+        let d = self.dir_at(&components(path)?)?;
+        let mut n = 0;
+        for e in std::fs::read_dir(sys::proc_path(d.fd.as_fd())).map_err(VolumeError::from)? {
+            let name = e.map_err(VolumeError::from)?.file_name();
+            let s = name.to_string_lossy();
+            if s.starts_with(STAGED_PREFIX) && s.ends_with(".tmp") {
+                sys::unlinkat(d.fd.as_fd(), &name, false).map_err(VolumeError::from)?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// The master key versions, oldest first.
@@ -557,9 +879,67 @@ pub struct FileWriter {
     pos: u64,
     buf: Vec<u8>,
     failed: bool,
+    mode: Option<u32>,
+    owner: Option<(Option<u32>, Option<u32>)>,
+    times: Option<(SystemTime, SystemTime)>,
+    staged: Option<Staged>,
+}
+
+/// Where a staged writer's temp file goes on [`FileWriter::finish`].
+#[derive(Debug)]
+struct Staged {
+    temp: String,
+    target: BackingName,
+    path: PathBuf,
 }
 
 impl FileWriter {
+    fn new(file: SealedFile, parent: OwnedFd) -> Self {
+        FileWriter {
+            file,
+            parent,
+            pos: 0,
+            buf: Vec::with_capacity(WRITE_BUFFER),
+            failed: false,
+            mode: None,
+            owner: None,
+            times: None,
+            staged: None,
+        }
+    }
+
+    /// Permission bits (`0o7777`) the file gets in [`FileWriter::finish`].
+    pub fn set_permissions(&mut self, mode: u32) {
+        self.mode = Some(mode & 0o7777);
+    }
+
+    /// Owner and group the file gets in [`FileWriter::finish`] (needs the
+    /// privileges chown(2) needs).
+    pub fn set_owner(&mut self, uid: Option<u32>, gid: Option<u32>) {
+        self.owner = Some((uid, gid));
+    }
+
+    /// Access and modification times the file gets in
+    /// [`FileWriter::finish`], after its last write.
+    pub fn set_times(&mut self, accessed: SystemTime, modified: SystemTime) {
+        self.times = Some((accessed, modified));
+    }
+
+    fn apply_attributes(&self) -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let f = self.file.backing();
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::fchown(f, uid, gid)?;
+        }
+        if let Some(m) = self.mode {
+            f.set_permissions(std::fs::Permissions::from_mode(m))?;
+        }
+        if let Some((a, m)) = self.times {
+            f.set_times(std::fs::FileTimes::new().set_accessed(a).set_modified(m))?;
+        }
+        Ok(())
+    }
+
     fn flush_buffer(&mut self) -> Result<(), VolumeError> {
         if self.buf.is_empty() {
             return Ok(());
@@ -573,10 +953,35 @@ impl FileWriter {
         Ok(())
     }
 
-    /// Flushes, then syncs the file's data and its directory entry.
+    /// Flushes, applies the attributes set on the writer, syncs the file
+    /// and its directory entry; a staged writer's file replaces its target
+    /// path (after the sync, so a crash leaves the old or the whole new
+    /// file there).
     pub fn finish(mut self) -> Result<(), VaultError> {
         self.flush_buffer()?;
-        self.file.backing().sync_data().map_err(VolumeError::from)?;
+        self.apply_attributes().map_err(VolumeError::from)?;
+        if let Some(st) = self.staged.take() {
+            let pfd = self.parent.as_fd();
+            let r = (|| {
+                self.file.backing().sync_all().map_err(VolumeError::from)?;
+                Volume::write_name_sidecar(pfd, &st.target).map_err(VolumeError::from)?;
+                sys::renameat2(
+                    pfd,
+                    OsStr::new(&st.temp),
+                    pfd,
+                    OsStr::new(&st.target.entry),
+                    0,
+                )
+                .map_err(|e| path_err(e, &st.path))
+            })();
+            if let Err(e) = r {
+                let _ = sys::unlinkat(pfd, OsStr::new(&st.temp), false);
+                self.failed = true;
+                return Err(e);
+            }
+        } else {
+            self.file.backing().sync_data().map_err(VolumeError::from)?;
+        }
         sys::fsync_dir(self.parent_fd()).map_err(VolumeError::from)?;
         Ok(())
     }
@@ -607,7 +1012,10 @@ impl Write for FileWriter {
 
 impl Drop for FileWriter {
     fn drop(&mut self) {
-        if !self.failed {
+        if let Some(st) = self.staged.take() {
+            // Unfinished: the target keeps its old state.
+            let _ = sys::unlinkat(self.parent.as_fd(), OsStr::new(&st.temp), false);
+        } else if !self.failed {
             let _ = self.flush_buffer();
         }
     }

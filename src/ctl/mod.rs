@@ -294,6 +294,7 @@ fn serve_connection(stream: UnixStream, ctx: &ControlContext) {
                 }
             }
             (Ok(req), p) => {
+                crate::metrics::denied(crate::metrics::Denial::ControlPeer);
                 if let Some(p) = p {
                     let _ = ctx.policy.record_principal(
                         p.principal(),
@@ -722,6 +723,7 @@ fn handle(ctx: &ControlContext, req: &Request, peer: Peer) -> Handled {
                 verify_log(vol, &mut |_| {}).map_err(|e| (ErrorCode::Internal, e.to_string()))?;
             Ok(json!(report))
         }
+        Op::Metrics => Ok(json!({"text": crate::metrics::render_volume(vol)})),
         Op::Rotate => {
             audit_control(ctx, peer, "rotate", None, None)?;
             let v = vol.update_keyring(|k| k.rotate()).map_err(vol_err)?;

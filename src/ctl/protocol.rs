@@ -73,6 +73,8 @@ pub enum Op {
     Census,
     /// Check the mounted volume (check only, like `sealfs fsck`): the report.
     Fsck,
+    /// Counters in the Prometheus text format: `{"text": …}`.
+    Metrics,
     /// Refuse all file I/O with EACCES until enabled.
     Disable,
     /// Undo disable.

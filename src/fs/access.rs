@@ -291,6 +291,7 @@ impl Policy {
         match granted {
             Some(g) => Ok(Some(g)),
             None => {
+                crate::metrics::denied(crate::metrics::Denial::Grant);
                 let what = match access {
                     Access::Lookup => "look up".to_string(),
                     Access::Op(o) => o.name().to_string(),
@@ -320,6 +321,7 @@ impl Policy {
         if g.usable(crate::keyring::now_secs()) {
             return Ok(());
         }
+        crate::metrics::denied(crate::metrics::Denial::Grant);
         let path = path();
         let _ = self.record(
             c,

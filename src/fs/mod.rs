@@ -53,6 +53,9 @@ const ROOT: u64 = 1;
 type FsResult<T> = Result<T, Errno>;
 
 fn errno_of(e: &VolumeError) -> Errno {
+    if e.is_integrity() {
+        crate::metrics::integrity_failure();
+    }
     Errno::from_i32(e.errno())
 }
 
@@ -429,6 +432,7 @@ impl SealFs {
     /// EACCES while the key is disabled: no key use at all.
     fn check_enabled(&self) -> FsResult<()> {
         if self.vol.is_disabled() {
+            crate::metrics::denied(crate::metrics::Denial::KeyDisabled);
             Err(Errno::EACCES)
         } else {
             Ok(())
@@ -672,7 +676,7 @@ impl SealFs {
             if s >= 0 {
                 UNIX_EPOCH + Duration::new(s as u64, n as u32)
             } else {
-                UNIX_EPOCH - Duration::from_secs(s.unsigned_abs())
+                UNIX_EPOCH - Duration::from_secs(s.unsigned_abs()) + Duration::from_nanos(n as u64)
             }
         };
         let size = match inode.kind {
@@ -793,6 +797,7 @@ impl SealFs {
     }
 
     fn new_handle(&self, h: Handle) -> u64 {
+        crate::metrics::handle_opened(matches!(h, Handle::File(..)));
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let mut handles = self.handles.lock();
         handles.insert(fh, Arc::new(h));
@@ -805,6 +810,9 @@ impl SealFs {
     fn remove_handle(&self, fh: FileHandle) -> Option<Arc<Handle>> {
         let mut handles = self.handles.lock();
         let h = handles.remove(&fh.0);
+        if let Some(h) = &h {
+            crate::metrics::handle_closed(matches!(**h, Handle::File(..)));
+        }
         self.activity
             .open
             .store(handles.len() as u64, Ordering::Relaxed);
@@ -1422,6 +1430,7 @@ impl fuser::Filesystem for SealFs {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Lookup);
         let r = (|| {
             let _ns = self.vol.namespace().read();
             let p = self.inode(parent)?;
@@ -1452,6 +1461,7 @@ impl fuser::Filesystem for SealFs {
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Getattr);
         let r = self.inode(ino).and_then(|i| {
             self.policy.authorize(
                 Caller::of(req),
@@ -1486,6 +1496,7 @@ impl fuser::Filesystem for SealFs {
         reply: ReplyAttr,
     ) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Setattr);
         let r = (|| {
             self.check_writable()?;
             let inode = self.inode(ino)?;
@@ -1542,6 +1553,7 @@ impl fuser::Filesystem for SealFs {
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Readlink);
         let r = self.inode(ino).and_then(|i| {
             self.policy.authorize(
                 Caller::of(req),
@@ -1568,6 +1580,7 @@ impl fuser::Filesystem for SealFs {
         reply: ReplyEntry,
     ) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Mknod);
         let r = (|| {
             let mode = mode & !umask;
             if mode & libc::S_IFMT == libc::S_IFREG || mode & libc::S_IFMT == 0 {
@@ -1596,6 +1609,7 @@ impl fuser::Filesystem for SealFs {
         reply: ReplyEntry,
     ) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Mkdir);
         let r = (|| {
             self.check_writable()?;
             let caller = Caller::of(req);
@@ -1673,6 +1687,7 @@ impl fuser::Filesystem for SealFs {
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Unlink);
         let r = (|| {
             self.check_writable()?;
             let _ns = self.vol.namespace().write();
@@ -1710,6 +1725,7 @@ impl fuser::Filesystem for SealFs {
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Rmdir);
         let r = (|| {
             self.check_writable()?;
             let _ns = self.vol.namespace().write();
@@ -1756,6 +1772,7 @@ impl fuser::Filesystem for SealFs {
         reply: ReplyEntry,
     ) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Symlink);
         let r = (|| {
             // Symlink targets are sealed under the root directory's key, not
             // the parent's, so a symlink moves between directories by a
@@ -1786,6 +1803,7 @@ impl fuser::Filesystem for SealFs {
         reply: ReplyEmpty,
     ) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Rename);
         let r = (|| {
             let caller = Caller::of(req);
             let (p, np) = (self.inode(parent)?, self.inode(newparent)?);
@@ -1848,6 +1866,7 @@ impl fuser::Filesystem for SealFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Open);
         let caller = Caller::of(req);
         let r = (|| {
             let inode = self.inode(ino)?;
@@ -1924,6 +1943,7 @@ impl fuser::Filesystem for SealFs {
         reply: ReplyData,
     ) {
         self.activity.touch();
+        let _timed = crate::metrics::timed_read();
         thread_local! {
             /// Decrypted bytes of this thread's current READ (reused).
             static READ_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -1936,7 +1956,10 @@ impl fuser::Filesystem for SealFs {
         READ_SCRATCH.with_borrow_mut(|buf| {
             let r = f.read().read_into(offset, size, buf);
             match r {
-                Ok(range) => reply.data(&buf[range]),
+                Ok(range) => {
+                    crate::metrics::read_bytes(range.len());
+                    reply.data(&buf[range])
+                }
                 Err(e) => {
                     if e.is_integrity() {
                         tracing::warn!(fh = fh.0, offset, "integrity failure: {e}");
@@ -1961,6 +1984,7 @@ impl fuser::Filesystem for SealFs {
         reply: ReplyWrite,
     ) {
         self.activity.touch();
+        let _timed = crate::metrics::timed_write();
         let r = self
             .check_writable()
             .and_then(|_| self.content_of(req, fh))
@@ -1974,7 +1998,10 @@ impl fuser::Filesystem for SealFs {
                 })
             });
         match r {
-            Ok(()) => reply.written(data.len() as u32),
+            Ok(()) => {
+                crate::metrics::write_bytes(data.len());
+                reply.written(data.len() as u32)
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -2007,6 +2034,7 @@ impl fuser::Filesystem for SealFs {
         reply: ReplyEmpty,
     ) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Release);
         let h = self.remove_handle(fh);
         if let Some(h) = h {
             if let Handle::File(inode, ..) = &*h {
@@ -2025,6 +2053,7 @@ impl fuser::Filesystem for SealFs {
         reply: ReplyEmpty,
     ) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Fsync);
         let r = self.file_handle(fh).and_then(|h| match &*h {
             Handle::File(inode, ..) => self.persist_records(inode),
             Handle::Dir(..) => Ok(()),
@@ -2046,6 +2075,7 @@ impl fuser::Filesystem for SealFs {
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Opendir);
         let r = (|| {
             let caller = Caller::of(req);
             let inode = self.inode(ino)?;
@@ -2083,6 +2113,7 @@ impl fuser::Filesystem for SealFs {
         mut reply: ReplyDirectory,
     ) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Readdir);
         let h = match self.file_handle(fh) {
             Ok(h) => h,
             Err(e) => return reply.error(e),
@@ -2109,6 +2140,7 @@ impl fuser::Filesystem for SealFs {
         mut reply: fuser::ReplyDirectoryPlus,
     ) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Readdir);
         let h = match self.file_handle(fh) {
             Ok(h) => h,
             Err(e) => return reply.error(e),
@@ -2180,6 +2212,7 @@ impl fuser::Filesystem for SealFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        crate::metrics::op(crate::metrics::Op::Statfs);
         // Space of just-deleted files counts as free once they are closed.
         self.released.drain();
         let root = self.inodes.read().nodes.get(&ROOT).cloned();
@@ -2212,6 +2245,7 @@ impl fuser::Filesystem for SealFs {
         reply: ReplyCreate,
     ) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Create);
         let r = (|| {
             let (inode, st, f, grant) =
                 self.create_file(req, parent, name, mode & !umask & 0o7777, flags)?;
@@ -2280,6 +2314,7 @@ impl fuser::Filesystem for SealFs {
         reply: ReplyEmpty,
     ) {
         self.activity.touch();
+        crate::metrics::op(crate::metrics::Op::Fallocate);
         let r = (|| {
             self.check_writable()?;
             if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {

@@ -478,6 +478,9 @@ impl Volume {
         let rec = SealedRecord::decode(kind, bytes)?;
         let kr = self.keyring.read();
         let (key, slot) = rec.open(&self.volume_id, ctx, &|v| kr.wrapper(v, kind))?;
+        if let Some(s) = &rec.slots[slot] {
+            crate::metrics::key_use(crate::metrics::KeyUse::Unwrap, s.key_version);
+        }
         Ok((rec, key, slot))
     }
 
@@ -488,6 +491,7 @@ impl Volume {
         let kr = self.keyring.read();
         let v = kr.primary();
         let w = kr.wrapper(v, kind).ok_or(VolumeError::KeyUnavailable)?;
+        crate::metrics::key_use(crate::metrics::KeyUse::Wrap, v);
         Ok((v, w))
     }
 
