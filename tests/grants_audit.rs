@@ -698,3 +698,68 @@ fn a_full_disk_for_the_audit_log_refuses_the_operation() {
     assert!(v["first_break"].is_null(), "{v}");
     f.unmount();
 }
+
+/// The non-dotted entries of a backing directory (encrypted names).
+fn backing_entries(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().contains('.'))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn integrity_failures_are_recorded() {
+    let mut f = Fixture::new();
+    f.mount_ctl();
+    fs::create_dir(f.p("d")).unwrap();
+    fs::write(f.p("d/one"), vec![1u8; 10_000]).unwrap();
+    fs::write(f.p("d/two"), vec![2u8; 10_000]).unwrap();
+    f.unmount();
+    let dirs = backing_entries(&f.cipher);
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let files = backing_entries(&dirs[0]);
+    assert_eq!(files.len(), 2, "{files:?}");
+    // Swap the two ciphertexts (each is bound to its own name) ...
+    let tmp = dirs[0].join("swap.tmp");
+    fs::rename(&files[0], &tmp).unwrap();
+    fs::rename(&files[1], &files[0]).unwrap();
+    fs::rename(&tmp, &files[1]).unwrap();
+    f.mount_ctl();
+    for name in ["d/one", "d/two"] {
+        let e = fs::read(f.p(name)).expect_err("a moved ciphertext opened");
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    }
+    let recs = export(&f, &["--op", "integrity_failure"]);
+    for path in ["/d/one", "/d/two"] {
+        assert!(
+            recs.iter()
+                .any(|r| r["path"] == path && r["outcome"] == "error"),
+            "no integrity record for {path}: {recs:?}"
+        );
+    }
+    // ... and a tampered chunk: the read fails and is recorded.
+    fs::write(f.p("d/three"), vec![3u8; 10_000]).unwrap();
+    f.unmount();
+    let before: Vec<PathBuf> = files.clone();
+    let three: Vec<PathBuf> = backing_entries(&dirs[0])
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    assert_eq!(three.len(), 1);
+    let mut bytes = fs::read(&three[0]).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    fs::write(&three[0], &bytes).unwrap();
+    f.mount_ctl();
+    assert!(fs::read(f.p("d/three")).is_err(), "tampered chunk read");
+    let recs = export(
+        &f,
+        &["--op", "integrity_failure", "--path-prefix", "/d/three"],
+    );
+    assert!(!recs.is_empty(), "tampered chunk not recorded");
+    let v = ctl(&f, &["audit", "verify"]);
+    assert!(v["first_break"].is_null(), "{v}");
+}

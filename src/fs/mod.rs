@@ -186,6 +186,22 @@ impl RecordFlusher {
     }
 }
 
+/// Why a file's content could not be opened.
+struct OpenFailure {
+    errno: Errno,
+    /// The integrity failure (tampered or moved ciphertext), if that was it.
+    integrity: Option<String>,
+}
+
+impl From<Errno> for OpenFailure {
+    fn from(errno: Errno) -> Self {
+        OpenFailure {
+            errno,
+            integrity: None,
+        }
+    }
+}
+
 /// A file made (or opened) by create: its inode, backing stat, shared
 /// content, and the grant that allowed it (None: the owner).
 type CreatedFile = (
@@ -721,6 +737,12 @@ impl SealFs {
 
     /// Opens (or shares) the content of a file inode.
     fn open_content(&self, inode: &Arc<Inode>) -> FsResult<Arc<RwLock<SealedFile>>> {
+        self.open_content_why(inode).map_err(|f| f.errno)
+    }
+
+    /// Like [`SealFs::open_content`], saying whether a failure was an
+    /// integrity failure (for the audit log).
+    fn open_content_why(&self, inode: &Arc<Inode>) -> Result<Arc<RwLock<SealedFile>>, OpenFailure> {
         self.check_enabled()?;
         // The header is opened with the inode's current (parent, name): a
         // rename must not change it in between (the rename drops the old
@@ -749,7 +771,10 @@ impl SealFs {
         };
         let sealed = self.vol.open_file(file, &ctx).map_err(|e| {
             tracing::warn!(ino = inode.ino, "cannot open file: {e}");
-            errno_of(&e)
+            OpenFailure {
+                errno: errno_of(&e),
+                integrity: e.is_integrity().then(|| e.to_string()),
+            }
         })?;
         let f = Arc::new(RwLock::new(sealed));
         st.count = 1;
@@ -1889,26 +1914,30 @@ impl fuser::Filesystem for SealFs {
             let grant =
                 self.policy
                     .authorize(caller, || Self::path_of(&inode), Access::Op(gop), op)?;
-            let f = match self.open_content(&inode) {
+            let f = match self.open_content_why(&inode) {
                 Ok(f) => f,
-                Err(e) => {
+                Err(OpenFailure { errno, integrity }) => {
                     if self.audit_paths() {
                         let path = Self::path_of(&inode);
+                        let (op, error) = match integrity {
+                            Some(why) => ("integrity_failure", why),
+                            None => (op, format!("{errno:?}")),
+                        };
                         let _ = self.policy.record(
                             caller,
                             Event {
                                 grant: grant.as_ref().map(|g| g.id.as_str()),
-                                outcome: if e == Errno::EACCES {
+                                outcome: if errno == Errno::EACCES {
                                     "denied"
                                 } else {
                                     "error"
                                 },
-                                error: Some(format!("{e:?}")),
+                                error: Some(error),
                                 ..Event::ok(op, Some(&path))
                             },
                         );
                     }
-                    return Err(e);
+                    return Err(errno);
                 }
             };
             let version = f.read().key_version();
