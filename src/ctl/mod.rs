@@ -463,6 +463,31 @@ fn follow_rotation(ctx: &ControlContext) {
     }
 }
 
+/// Records how ending a grant went: `ended` with the grant id on success,
+/// `op` with `failure` as outcome and the reason otherwise.
+fn record_grant_end(
+    ctx: &ControlContext,
+    peer: Peer,
+    op: &str,
+    ended: &str,
+    failure: &str,
+    r: Result<Grant, GrantStoreError>,
+) -> Result<Grant, (ErrorCode, String)> {
+    let event = match &r {
+        Ok(g) => Event {
+            grant: Some(&g.id),
+            ..Event::ok(ended, None)
+        },
+        Err(e) => Event {
+            outcome: failure,
+            error: Some(e.to_string()),
+            ..Event::ok(op, None)
+        },
+    };
+    let _ = ctx.policy.record_principal(peer.principal(), event);
+    r.map_err(grant_err)
+}
+
 fn handle_grant(ctx: &ControlContext, op: &Op, peer: Peer) -> Handled {
     let store = grants_of(ctx)?;
     match op {
@@ -528,26 +553,8 @@ fn handle_grant(ctx: &ControlContext, op: &Op, peer: Peer) -> Handled {
             let mut gids = read_proc(peer.pid).1;
             gids.push(peer.gid);
             audit_control(ctx, peer, "grant_retire", None, None)?;
-            let g = store
-                .retire(&token.0, peer.uid, &gids, admin)
-                .map_err(|e| {
-                    let _ = ctx.policy.record_principal(
-                        peer.principal(),
-                        Event {
-                            outcome: "denied",
-                            error: Some(e.to_string()),
-                            ..Event::ok("grant_retire", None)
-                        },
-                    );
-                    grant_err(e)
-                })?;
-            let _ = ctx.policy.record_principal(
-                peer.principal(),
-                Event {
-                    grant: Some(&g.id),
-                    ..Event::ok("grant_retired", None)
-                },
-            );
+            let r = store.retire(&token.0, peer.uid, &gids, admin);
+            let g = record_grant_end(ctx, peer, "grant_retire", "grant_retired", "denied", r)?;
             ctx.cache.invalidate_file_data();
             Ok(json!({"retired": g.id}))
         }
@@ -556,24 +563,7 @@ fn handle_grant(ctx: &ControlContext, op: &Op, peer: Peer) -> Handled {
             let r = store.revoke(grant_id);
             // Drop whatever the kernel cached, revoked or not stored.
             ctx.cache.invalidate_file_data();
-            let g = r.map_err(|e| {
-                let _ = ctx.policy.record_principal(
-                    peer.principal(),
-                    Event {
-                        outcome: "error",
-                        error: Some(e.to_string()),
-                        ..Event::ok("grant_revoke", None)
-                    },
-                );
-                grant_err(e)
-            })?;
-            let _ = ctx.policy.record_principal(
-                peer.principal(),
-                Event {
-                    grant: Some(&g.id),
-                    ..Event::ok("grant_revoked", None)
-                },
-            );
+            let g = record_grant_end(ctx, peer, "grant_revoke", "grant_revoked", "error", r)?;
             Ok(json!({"revoked": g.id}))
         }
         _ => Err((ErrorCode::Internal, "not a grant operation".into())),

@@ -427,6 +427,23 @@ impl SealFs {
         p
     }
 
+    /// [`Policy::authorize`] for the entry `name` in directory `parent`.
+    fn authorize_child(
+        &self,
+        req: &Request,
+        parent: &Inode,
+        name: &OsStr,
+        access: Access,
+        op: &str,
+    ) -> FsResult<Option<Arc<LiveGrant>>> {
+        self.policy.authorize(
+            Caller::of(req),
+            || Self::child_path(parent, name.as_bytes()),
+            access,
+            op,
+        )
+    }
+
     /// Whether paths are needed for the audit log.
     fn audit_paths(&self) -> bool {
         self.policy.audited()
@@ -945,12 +962,7 @@ impl SealFs {
         self.check_writable()?;
         let _ns = self.vol.namespace().read();
         let p = self.inode(parent)?;
-        self.policy.authorize(
-            Caller::of(req),
-            || Self::child_path(&p, name.as_bytes()),
-            Access::Op(GrantOp::Create),
-            "create",
-        )?;
+        self.authorize_child(req, &p, name, Access::Op(GrantOp::Create), "create")?;
         let d = self.dir_of(&p)?;
         let bn = Self::backing_name(&d, name)?;
         Self::write_sidecar(&p, &bn)?;
@@ -978,9 +990,10 @@ impl SealFs {
         let caller = Caller::of(req);
         let _ns = self.vol.namespace().read();
         let pinode = self.inode(parent)?;
-        let grant = self.policy.authorize(
-            caller,
-            || Self::child_path(&pinode, name.as_bytes()),
+        let grant = self.authorize_child(
+            req,
+            &pinode,
+            name,
             Access::Op(GrantOp::Create),
             "generate_data_key",
         )?;
@@ -1459,12 +1472,7 @@ impl fuser::Filesystem for SealFs {
         let r = (|| {
             let _ns = self.vol.namespace().read();
             let p = self.inode(parent)?;
-            self.policy.authorize(
-                Caller::of(req),
-                || Self::child_path(&p, name.as_bytes()),
-                Access::Lookup,
-                "lookup",
-            )?;
+            self.authorize_child(req, &p, name, Access::Lookup, "lookup")?;
             let d = self.dir_of(&p)?;
             let bn = Self::backing_name(&d, name)?;
             let (inode, st) = self.remember(&p, name.as_bytes(), &bn.entry)?;
@@ -1640,9 +1648,10 @@ impl fuser::Filesystem for SealFs {
             let caller = Caller::of(req);
             let _ns = self.vol.namespace().read();
             let p = self.inode(parent)?;
-            let grant = self.policy.authorize(
-                caller,
-                || Self::child_path(&p, name.as_bytes()),
+            let grant = self.authorize_child(
+                req,
+                &p,
+                name,
                 Access::Op(GrantOp::Create),
                 "generate_data_key",
             )?;
@@ -1717,12 +1726,7 @@ impl fuser::Filesystem for SealFs {
             self.check_writable()?;
             let _ns = self.vol.namespace().write();
             let p = self.inode(parent)?;
-            self.policy.authorize(
-                Caller::of(req),
-                || Self::child_path(&p, name.as_bytes()),
-                Access::Op(GrantOp::Delete),
-                "delete",
-            )?;
+            self.authorize_child(req, &p, name, Access::Op(GrantOp::Delete), "delete")?;
             let d = self.dir_of(&p)?;
             let bn = Self::backing_name(&d, name)?;
             let pfd = p.dir_fd()?;
@@ -1755,12 +1759,7 @@ impl fuser::Filesystem for SealFs {
             self.check_writable()?;
             let _ns = self.vol.namespace().write();
             let p = self.inode(parent)?;
-            self.policy.authorize(
-                Caller::of(req),
-                || Self::child_path(&p, name.as_bytes()),
-                Access::Op(GrantOp::Delete),
-                "delete",
-            )?;
+            self.authorize_child(req, &p, name, Access::Op(GrantOp::Delete), "delete")?;
             let d = self.dir_of(&p)?;
             let bn = Self::backing_name(&d, name)?;
             let entry = OsStr::new(&bn.entry);
