@@ -47,8 +47,11 @@ pub(crate) enum GrantCommand {
         path_prefix: Option<String>,
     },
     /// End a grant with its token (the grantee may run this on their own).
+    #[command(
+        after_help = "Examples:\n  sealfs ctl --socket /run/sealfs/mnt-HASH.sock grant retire - < token.txt   # token not in ps or shell history\n  sealfs ctl --mount ~/vault grant retire sgt_9ef1…"
+    )]
     Retire {
-        /// The grant token printed at creation.
+        /// The grant token printed at creation, or `-` to read it from stdin.
         token: String,
     },
     /// End a grant by id (mount owner).
@@ -230,6 +233,15 @@ pub(crate) fn cmd_grant(socket: &Path, json_out: bool, cmd: &GrantCommand) -> Re
             v
         }
         GrantCommand::Retire { token } => {
+            let token = if token == "-" {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).map_err(|e| {
+                    CliError::new(exit::ERROR, format!("cannot read the token: {e}"))
+                })?;
+                line.trim().to_string()
+            } else {
+                token.clone()
+            };
             ctl_call(socket, json!({"op": "grant_retire", "token": token}))?
         }
         GrantCommand::Revoke { grant_id } => {

@@ -386,7 +386,25 @@ fn the_grantee_retires_its_own_grant_and_nobody_else_can() {
         ok_as(GRANTEE, &["cat", s(&f.p("projects/x/f"))]),
         "project data\n"
     );
-    let o = ctl_out(&f, GRANTEE, &["grant", "retire", &token]);
+    // The token from stdin (kept out of ps and shell history).
+    let tokfile = f.scratch.join("token");
+    fs::write(&tokfile, format!("{token}\n")).unwrap();
+    fs::set_permissions(&f.scratch, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&tokfile, fs::Permissions::from_mode(0o644)).unwrap();
+    let o = Command::new("setpriv")
+        .args([
+            "--reuid=1001",
+            "--regid=1001",
+            "--clear-groups",
+            bin(),
+            "ctl",
+        ])
+        .arg("--socket")
+        .arg(&f.ctl_socket)
+        .args(["grant", "retire", "-"])
+        .stdin(fs::File::open(&tokfile).unwrap())
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     denied_as(GRANTEE, &["cat", s(&f.p("projects/x/f"))]);
     let recs = export(&f, &["--op", "grant_retired"]);
