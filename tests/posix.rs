@@ -576,6 +576,50 @@ fn unlink_removes_file_and_its_ciphertext() {
     assert_eq!(raw_readdir(&fx.mnt), names(&[".", ".."]));
 }
 
+/// An open file whose name is gone keeps working through its descriptor
+/// (fstat, fchmod, futimens), and never touches a new file that took its
+/// name.
+#[test]
+fn open_unlinked_file_keeps_its_own_attributes() {
+    let fx = Fixture::mounted();
+    let p = fx.p("name");
+    fs::write(&p, b"first").unwrap();
+    let old = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    fs::remove_file(&p).unwrap();
+    let st = old.metadata().expect("fstat of an open, unlinked file");
+    assert_eq!((st.len(), st.nlink()), (5, 0));
+
+    fs::write(&p, b"second file").unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+    old.set_permissions(fs::Permissions::from_mode(0o640))
+        .expect("fchmod of an open, unlinked file");
+    let times = [
+        libc::timespec {
+            tv_sec: 1_000_000_000,
+            tv_nsec: 0,
+        },
+        libc::timespec {
+            tv_sec: 1_000_000_000,
+            tv_nsec: 0,
+        },
+    ];
+    // SAFETY: valid fd and a two-element timespec array.
+    let r = unsafe { libc::futimens(old.as_raw_fd(), times.as_ptr()) };
+    assert_eq!(r, 0, "futimens: errno {}", errno());
+    // Past the attribute timeout, so that both stats come from the daemon.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let st = old.metadata().unwrap();
+    assert_eq!(st.mode() & 0o7777, 0o640);
+    assert_eq!((st.mtime(), st.len()), (1_000_000_000, 5));
+    let new = fs::metadata(&p).unwrap();
+    assert_eq!(new.mode() & 0o7777, 0o600, "fchmod reached the new file");
+    assert_ne!(new.mtime(), 1_000_000_000, "futimens reached the new file");
+    assert_eq!(new.len(), 11);
+    let mut s = String::new();
+    (&old).read_to_string(&mut s).unwrap();
+    assert_eq!(s, "first");
+    assert_eq!(read_all(&p), b"second file");
+}
 /// Free bytes of the filesystem under `p`, as statvfs reports them.
 fn free_bytes(p: &Path) -> u64 {
     let c = cpath(p);

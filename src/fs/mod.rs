@@ -99,6 +99,10 @@ struct Location {
     name: Vec<u8>,
     /// Backing entry name in the parent's backing directory.
     entry: String,
+    /// The name was removed (unlink, or replaced by a rename) while the
+    /// kernel still knows the node: `entry` may name another object by now,
+    /// so the node is reached only through its open backing fd, if any.
+    unlinked: bool,
 }
 
 struct OpenState {
@@ -357,6 +361,7 @@ impl SealFs {
                 parent: None,
                 name: Vec::new(),
                 entry: String::new(),
+                unlinked: false,
             }),
             dir: RwLock::new(Some(Arc::new(root_dir))),
             record_pending: AtomicBool::new(false),
@@ -494,10 +499,18 @@ impl SealFs {
             return f(fd.as_fd(), OsStr::new("")).map_err(io_errno);
         }
         let _ns = self.vol.namespace().read_recursive();
-        let (parent, entry) = {
+        let (parent, entry, unlinked) = {
             let l = inode.loc.lock();
-            (l.parent.clone(), l.entry.clone())
+            (l.parent.clone(), l.entry.clone(), l.unlinked)
         };
+        if unlinked {
+            // An open file lives on through its fd (fstat, fchmod and
+            // futimens on an open, unlinked file must work); anything else
+            // is gone, and its old entry name may be another file's now.
+            let file = inode.open.lock().file.clone().ok_or(Errno::ENOENT)?;
+            let file = file.read();
+            return f(file.backing().as_fd(), OsStr::new("")).map_err(io_errno);
+        }
         let parent = parent.ok_or(Errno::EIO)?;
         f(parent.dir_fd()?, OsStr::new(&entry)).map_err(io_errno)
     }
@@ -515,7 +528,15 @@ impl SealFs {
     }
 
     fn drop_backing(&self, backing: u64) {
-        self.inodes.write().by_backing.remove(&backing);
+        let node = {
+            let mut t = self.inodes.write();
+            t.by_backing
+                .remove(&backing)
+                .and_then(|id| t.nodes.get(&id).cloned())
+        };
+        if let Some(n) = node {
+            n.loc.lock().unlinked = true;
+        }
     }
 
     fn inode(&self, ino: INodeNo) -> FsResult<Arc<Inode>> {
@@ -558,6 +579,9 @@ impl SealFs {
     fn parent_and_name(&self, inode: &Inode) -> FsResult<(Arc<Directory>, Vec<u8>)> {
         let (parent, name) = {
             let l = inode.loc.lock();
+            if l.unlinked {
+                return Err(Errno::ENOENT);
+            }
             (l.parent.clone(), l.name.clone())
         };
         let parent = parent.ok_or(Errno::EIO)?;
@@ -621,6 +645,7 @@ impl SealFs {
                     parent: Some(parent.clone()),
                     name: name.to_vec(),
                     entry: entry.to_string(),
+                    unlinked: false,
                 };
             }
         };
@@ -668,6 +693,7 @@ impl SealFs {
                 parent: Some(parent.clone()),
                 name: name.to_vec(),
                 entry: entry.to_string(),
+                unlinked: false,
             }),
             dir: RwLock::new(None),
             record_pending: AtomicBool::new(false),
@@ -734,10 +760,11 @@ impl SealFs {
             crtime: ts(st.st_ctime, st.st_ctime_nsec),
             kind: file_type(st.st_mode),
             perm: (st.st_mode & 0o7777) as u16,
+            // 0 for an open file whose name is gone; hard links are refused.
             nlink: if inode.kind == Kind::Dir {
                 st.st_nlink as u32
             } else {
-                1
+                (st.st_nlink as u32).min(1)
             },
             uid: st.st_uid,
             gid: st.st_gid,
@@ -1381,6 +1408,7 @@ impl SealFs {
                 parent: Some(np.clone()),
                 name: newname.as_bytes().to_vec(),
                 entry: dst.entry.clone(),
+                unlinked: false,
             };
         }
         Ok(())
