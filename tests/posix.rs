@@ -760,6 +760,96 @@ fn readdir_lists_exactly_the_entries() {
     }
 }
 
+/// The inode number readdir(3) gives for `name` in `dir`.
+fn listed_ino(dir: &Path, name: &[u8]) -> Option<u64> {
+    let c = cpath(dir);
+    let mut found = None;
+    // SAFETY: as in raw_readdir.
+    unsafe {
+        let d = libc::opendir(c.as_ptr());
+        assert!(!d.is_null(), "opendir {}: errno {}", dir.display(), errno());
+        loop {
+            let e = libc::readdir(d);
+            if e.is_null() {
+                break;
+            }
+            if CStr::from_ptr((*e).d_name.as_ptr()).to_bytes() == name {
+                found = Some((*e).d_ino);
+            }
+        }
+        libc::closedir(d);
+    }
+    found
+}
+
+/// Listings are kept per directory version: every change through the mount
+/// (many within one clock tick) shows in the next listing, `..` follows a
+/// move to another parent, and a change made in the cipher dir underneath
+/// shows too.
+#[test]
+fn listing_follows_every_change() {
+    let mut fx = Fixture::mounted();
+    let d = fx.p("d");
+    fs::create_dir(&d).unwrap();
+    let mut want = names(&[".", ".."]);
+    let add = |want: &mut BTreeSet<Vec<u8>>, n: &str| want.insert(n.as_bytes().to_vec());
+    for i in 0..100 {
+        let (a, b) = (format!("a{i}"), format!("b{i}"));
+        fs::write(d.join(&a), b"x").unwrap();
+        add(&mut want, &a);
+        assert_eq!(raw_readdir(&d), want, "after create {i}");
+        fs::rename(d.join(&a), d.join(&b)).unwrap();
+        want.remove(a.as_bytes());
+        add(&mut want, &b);
+        assert_eq!(raw_readdir(&d), want, "after rename {i}");
+        if i % 2 == 0 {
+            fs::remove_file(d.join(&b)).unwrap();
+            want.remove(b.as_bytes());
+            assert_eq!(raw_readdir(&d), want, "after unlink {i}");
+        }
+    }
+    fs::create_dir(d.join("sub")).unwrap();
+    add(&mut want, "sub");
+    std::os::unix::fs::symlink("b1", d.join("link")).unwrap();
+    add(&mut want, "link");
+    assert_eq!(raw_readdir(&d), want, "after mkdir and symlink");
+    fs::rename(d.join("b1"), fx.p("moved-out")).unwrap();
+    want.remove(&b"b1"[..]);
+    assert_eq!(raw_readdir(&d), want, "after a move to another directory");
+    fs::rename(fx.p("moved-out"), d.join("moved-in")).unwrap();
+    add(&mut want, "moved-in");
+    assert_eq!(raw_readdir(&d), want, "after a move into it");
+    fs::remove_dir(d.join("sub")).unwrap();
+    want.remove(&b"sub"[..]);
+    assert_eq!(raw_readdir(&d), want, "after rmdir");
+
+    // `..` of a directory moved to another parent.
+    fs::create_dir_all(fx.p("p1/child")).unwrap();
+    fs::create_dir(fx.p("p2")).unwrap();
+    let p1 = fs::metadata(fx.p("p1")).unwrap().ino();
+    assert_eq!(listed_ino(&fx.p("p1/child"), b".."), Some(p1));
+    fs::rename(fx.p("p1/child"), fx.p("p2/child")).unwrap();
+    let p2 = fs::metadata(fx.p("p2")).unwrap().ino();
+    assert_eq!(listed_ino(&fx.p("p2/child"), b".."), Some(p2));
+
+    // Changes made in the cipher dir underneath the mount show in the next
+    // listing (the backing directory's times changed): a ciphertext moved
+    // out of it, then back.
+    let added = fx.new_backing_files(|fx| fs::write(fx.p("d/ext"), b"x").unwrap());
+    assert_eq!(added.len(), 1, "one backing file per short name: {added:?}");
+    let aside = fx.cipher.parent().unwrap().join("held-aside");
+    // Past one clock tick each, for kernels without fine-grained timestamps.
+    let tick = || std::thread::sleep(std::time::Duration::from_millis(20));
+    tick();
+    fs::rename(&added[0], &aside).unwrap();
+    assert_eq!(raw_readdir(&d), want, "after a removal underneath");
+    tick();
+    fs::rename(&aside, &added[0]).unwrap();
+    add(&mut want, "ext");
+    assert_eq!(raw_readdir(&d), want, "after an addition underneath");
+    assert_eq!(read_all(&d.join("ext")), b"x");
+}
+
 #[test]
 fn symlinks_round_trip() {
     let mut fx = Fixture::mounted();

@@ -126,6 +126,36 @@ struct Inode {
     /// A directory whose record is written but not yet synced (see [`RecordFlusher`]).
     record_pending: AtomicBool,
     open: Mutex<OpenState>,
+    /// Of a directory: bumped after every change of its entries made
+    /// through this mount (see [`SealFs::dir_changed`]).
+    changes: AtomicU64,
+    /// Of a directory: its decrypted listing while unchanged.
+    listing: Mutex<Option<CachedListing>>,
+}
+
+/// Directories with more entries than this are listed afresh on every
+/// opendir instead of being kept (bounds the daemon's memory).
+const LISTING_CACHE_MAX: usize = 16_384;
+
+/// What a cached listing is valid for: no change through the mount since,
+/// the same parent (for `..`), and the same backing directory times, size
+/// and link count (a change made underneath the mount; on kernels with
+/// fine-grained timestamps, 6.13 and later, every such change shows).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct ListingStamp {
+    changes: u64,
+    parent: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    size: i64,
+    nlink: u64,
+}
+
+/// A directory's decrypted listing (names decrypted once per directory
+/// version, not once per opendir).
+struct CachedListing {
+    stamp: ListingStamp,
+    entries: Arc<Vec<Listed>>,
 }
 
 impl Inode {
@@ -237,7 +267,7 @@ struct Table {
 enum Handle {
     /// An open file, and the grant it was opened through (None: the owner).
     File(Arc<Inode>, Arc<RwLock<SealedFile>>, Option<Arc<LiveGrant>>),
-    Dir(Arc<Inode>, Vec<Listed>),
+    Dir(Arc<Inode>, Arc<Vec<Listed>>),
 }
 
 /// A handle on the kernel's caches of this mount, for the control plane:
@@ -369,6 +399,8 @@ impl SealFs {
                 count: 0,
                 file: None,
             }),
+            changes: AtomicU64::new(0),
+            listing: Mutex::new(None),
         });
         let mut table = Table::default();
         table.nodes.insert(ROOT, root);
@@ -701,6 +733,8 @@ impl SealFs {
                 count: 0,
                 file: None,
             }),
+            changes: AtomicU64::new(0),
+            listing: Mutex::new(None),
         });
         table.nodes.insert(ino, inode.clone());
         table.by_backing.insert(st.st_ino, ino);
@@ -1135,8 +1169,22 @@ impl SealFs {
         )
     }
 
-    fn list_dir(&self, inode: &Arc<Inode>) -> FsResult<Vec<Listed>> {
+    /// Marks the entries of directory `ino` changed (after the change, so
+    /// that a listing taken meanwhile is not kept: its stamp is older).
+    fn dir_changed(&self, ino: INodeNo) {
+        if let Ok(i) = self.inode(ino) {
+            i.changes.fetch_add(1, Ordering::AcqRel);
+            *i.listing.lock() = None;
+        }
+    }
+
+    /// The entries of a directory, `.` and `..` first: the cached listing
+    /// when the directory is unchanged, else freshly read and decrypted.
+    fn list_dir(&self, inode: &Arc<Inode>) -> FsResult<Arc<Vec<Listed>>> {
         let dir = self.dir_of(inode)?;
+        // Read before the listing: a change that lands while it is read
+        // bumps the counter past this stamp.
+        let changes = inode.changes.load(Ordering::Acquire);
         let parent_ino = inode
             .loc
             .lock()
@@ -1144,6 +1192,20 @@ impl SealFs {
             .as_ref()
             .map(|p| p.ino)
             .unwrap_or(ROOT);
+        let st = sys::fstatat(inode.dir_fd()?, OsStr::new("")).map_err(io_errno)?;
+        let stamp = ListingStamp {
+            changes,
+            parent: parent_ino,
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+            ctime: (st.st_ctime, st.st_ctime_nsec),
+            size: st.st_size,
+            nlink: st.st_nlink,
+        };
+        if let Some(c) = inode.listing.lock().as_ref() {
+            if c.stamp == stamp {
+                return Ok(c.entries.clone());
+            }
+        }
         let mut out = vec![
             Listed {
                 ino: inode.ino,
@@ -1180,6 +1242,11 @@ impl SealFs {
                 entry: Some(e.entry),
             });
         }
+        let out = Arc::new(out);
+        *inode.listing.lock() = (out.len() <= LISTING_CACHE_MAX).then(|| CachedListing {
+            stamp,
+            entries: out.clone(),
+        });
         Ok(out)
     }
 
@@ -1654,6 +1721,7 @@ impl fuser::Filesystem for SealFs {
                 sys::mknodat(dir, entry, mode, rdev as u64)
             })
         })();
+        self.dir_changed(parent);
         match r {
             Ok(a) => reply.entry(&TTL, &a, Generation(0)),
             Err(e) => reply.error(e),
@@ -1741,6 +1809,7 @@ impl fuser::Filesystem for SealFs {
             let st = sys::fstatat(dfd, OsStr::new("")).unwrap_or(st);
             Ok(self.attr(&inode, &st))
         })();
+        self.dir_changed(parent);
         match r {
             Ok(a) => reply.entry(&TTL, &a, Generation(0)),
             Err(e) => reply.error(e),
@@ -1774,6 +1843,7 @@ impl fuser::Filesystem for SealFs {
             self.release_unlinked(vfd, &victim);
             Ok(())
         })();
+        self.dir_changed(parent);
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -1809,6 +1879,7 @@ impl fuser::Filesystem for SealFs {
             Self::remove_sidecar(&p, &bn);
             Ok(())
         })();
+        self.dir_changed(parent);
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -1838,6 +1909,7 @@ impl fuser::Filesystem for SealFs {
                 sys::symlinkat(OsStr::new(&sealed), dir, entry)
             })
         })();
+        self.dir_changed(parent);
         match r {
             Ok(a) => reply.entry(&TTL, &a, Generation(0)),
             Err(e) => reply.error(e),
@@ -1897,6 +1969,10 @@ impl fuser::Filesystem for SealFs {
             }
             r
         })();
+        self.dir_changed(parent);
+        if newparent != parent {
+            self.dir_changed(newparent);
+        }
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -2152,6 +2228,10 @@ impl fuser::Filesystem for SealFs {
                     },
                 )?;
             }
+            // No FOPEN_CACHE_DIR: entries served from the kernel's readdir
+            // cache come without attributes, so `ls -l` would then cost a
+            // LOOKUP per entry instead of one READDIRPLUS; the listing is
+            // cached here instead (see list_dir).
             Ok(self.new_handle(Handle::Dir(inode, entries)))
         })();
         match r {
@@ -2314,6 +2394,7 @@ impl fuser::Filesystem for SealFs {
             let fh = self.new_handle(Handle::File(inode, f, grant));
             Ok((a, fh, flags))
         })();
+        self.dir_changed(parent);
         match r {
             Ok((a, fh, flags)) => reply.created(&TTL, &a, Generation(0), FileHandle(fh), flags),
             Err(e) => reply.error(e),
