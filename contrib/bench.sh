@@ -312,7 +312,7 @@ teardown_fs() {  # FS DIR
 # --- measuring -----------------------------------------------------------------
 # Workloads, in table order: name, unit, how to read the fio JSON.
 workloads=(seq-write seq-read randread-4k randread-4k-qd16 randwrite-4k
-           parallel-2jobs verify create read delete untar)
+           mixed-randrw parallel-2jobs verify create read delete untar)
 
 record() {  # RUN FS WORKLOAD VALUE
     printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$tsv"
@@ -321,6 +321,7 @@ record() {  # RUN FS WORKLOAD VALUE
 # fio_value JSON METRIC: print one number from fio's JSON output.
 #   write_mib / read_mib: bandwidth summed over jobs, MiB/s
 #   write_iops / read_iops: IOPS summed over jobs
+#   rw_iops: read plus write IOPS summed over jobs
 #   verify: 1 if every job finished without error, else 0
 fio_value() {
     python3 - "$1" "$2" <<'EOF'
@@ -333,7 +334,9 @@ if metric == "verify":
     print(1 if jobs and all(j["error"] == 0 for j in jobs) else 0)
 else:
     ddir, kind = metric.split("_")
-    if kind == "mib":
+    if ddir == "rw":
+        print("%.0f" % sum(j["read"]["iops"] + j["write"]["iops"] for j in jobs))
+    elif kind == "mib":
         print("%.1f" % (sum(j[ddir]["bw_bytes"] for j in jobs) / 1048576.0))
     else:
         print("%.0f" % sum(j[ddir]["iops"] for j in jobs))
@@ -395,6 +398,10 @@ bench_one() {  # RUN FS
     sync
     run_fio "$run" "$fs" "$work" randwrite-4k write_iops
     rm -f -- "$work/randfile"
+
+    sync
+    run_fio "$run" "$fs" "$work" mixed-randrw rw_iops
+    rm -f -- "$work"/mixed-randrw.*
 
     sync
     run_fio "$run" "$fs" "$work" parallel-2jobs write_mib
@@ -465,6 +472,7 @@ rows = [
     ("randread-4k", "rand read 4k qd1 (IOPS)", "hi"),
     ("randread-4k-qd16", "rand read 4k qd16 libaio (IOPS)", "hi"),
     ("randwrite-4k", "rand write 4k + fsync (IOPS)", "hi"),
+    ("mixed-randrw", "mixed 70/30 rand r/w 4k, 2 jobs (IOPS)", "hi"),
     ("parallel-2jobs", "2 seq writers 1M (MiB/s)", "hi"),
     ("verify", "fio verify crc32c", "ok"),
     ("create", "small files: create (s)", "lo"),
