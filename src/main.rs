@@ -274,9 +274,10 @@ struct MountArgs {
     /// Mount read-only.
     #[arg(long)]
     read_only: bool,
-    /// Request-serving threads.
-    #[arg(long, default_value_t = 2)]
-    threads: usize,
+    /// Request-serving threads (default: twice the cores, 4 to 16, so that
+    /// a thread waiting on the disk or in fsync holds up no other request).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: Option<u16>,
     /// Write the daemon's log here (default: stderr with -f, else syslog
     /// or journald through /dev/log).
     #[arg(long, value_name = "FILE")]
@@ -640,13 +641,22 @@ fn check_mountpoint(mp: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Request-serving threads when `--threads` is not given.
+fn default_request_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (2 * cores).clamp(4, 16)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
     let (cipherdir, mountpoint) = (a.cipherdir.as_path(), a.mountpoint.as_path());
     let mut opts = MountOptions {
         allow_other: false,
         read_only: a.read_only,
-        threads: a.threads,
+        threads: a
+            .threads
+            .map(usize::from)
+            .unwrap_or_else(default_request_threads),
     };
     for o in a
         .options
