@@ -550,17 +550,56 @@ fn block_termination_signals() {
 }
 
 /// Starts the thread that waits for SIGINT/SIGTERM/SIGHUP and unmounts.
-fn unmount_on_signal(mut unmounter: fuser::SessionUnmounter) {
+/// A termination signal always ends the mount: when it is busy (a file or
+/// a working directory open in it, if only for the moment a forked child
+/// holds a copy of an fd), the unmount is retried for a second and then
+/// done lazily, as `umount -l` does; the session ends when the last user
+/// is gone. Before, a busy mount made the daemon ignore the signal.
+fn unmount_on_signal(mut unmounter: fuser::SessionUnmounter, mp: PathBuf) {
     std::thread::spawn(move || {
         let set = termination_signals();
         let mut sig = 0;
         // SAFETY: valid pointers; the signals are blocked in every thread.
         unsafe { libc::sigwait(&set, &mut sig) };
         tracing::info!("signal {sig}: unmounting");
-        if let Err(e) = unmounter.unmount() {
-            tracing::warn!("unmount failed: {e}");
+        let Err(e) = unmounter.unmount() else { return };
+        tracing::info!("unmount failed ({e}); retrying");
+        for _ in 0..10 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            match unmount_not_lazily(&mp) {
+                Ok(()) => return,
+                // Gone already (someone else unmounted it).
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
+                Err(_) => {}
+            }
+        }
+        tracing::warn!("mount point still busy: detaching it lazily");
+        if let Err(e) = unmount_lazily(&mp) {
+            tracing::warn!("lazy unmount failed: {e}");
         }
     });
+}
+
+/// umount2(MNT_DETACH) as root; `fusermount3 -u -z` otherwise.
+fn unmount_lazily(mp: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(mp.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: valid C string; umount2 has no memory effects.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(());
+    }
+    let st = std::process::Command::new("fusermount3")
+        .args(["-u", "-z", "-q"])
+        .arg(mp)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("fusermount3 -u -z: {st}")))
+    }
 }
 
 /// Starts the thread of `--idle`: once the mount has been unused for `idle`,
@@ -809,7 +848,7 @@ fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
         Ok(s) => s,
         Err(e) => return Err(fail(&mut ready_pipe, format!("mount failed: {e}"))),
     };
-    unmount_on_signal(session.unmount_callable());
+    unmount_on_signal(session.unmount_callable(), canonical_mp.clone());
     sealfs::fs::raise_readahead(&canonical_mp, 1024);
     cache.set_notifier(session.notifier());
     let ctl_ctx = ctl::ControlContext::new(

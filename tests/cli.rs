@@ -135,7 +135,7 @@ fn foreground_daemon_unmounts_on_sigterm_and_sigint() {
             if start.elapsed() > TIMEOUT {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("foreground daemon ignored signal {sig}");
+                panic!("foreground daemon ignored signal {sig}: {}", guard.log());
             }
             std::thread::sleep(Duration::from_millis(10));
         };
@@ -149,6 +149,66 @@ fn foreground_daemon_unmounts_on_sigterm_and_sigint() {
         );
         guard.unmount();
     }
+}
+
+/// A termination signal ends even a busy mount: with a file held open in
+/// it, the daemon detaches the mount lazily (it disappears from the mount
+/// table at once), the open file stays readable, and the daemon exits 0
+/// once the file is closed. A busy mount used to make it ignore the signal.
+#[test]
+fn sigterm_detaches_a_busy_mount_and_exits_when_it_is_released() {
+    let fx = Fixture::new();
+    let log = fx.scratch.join("fg.log");
+    let mut child = Command::new(bin())
+        .arg("mount")
+        .arg(&fx.cipher)
+        .arg(&fx.mnt)
+        .arg("--passfile")
+        .arg(&fx.passfile)
+        .arg("-f")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let guard = Mounted::adopt_daemon(&fx.cipher, &fx.mnt, &log);
+    assert!(
+        wait_until(TIMEOUT, || is_mounted(&fx.mnt)),
+        "mount did not appear: {}",
+        guard.log()
+    );
+    fs::write(fx.p("held"), b"still readable").unwrap();
+    let mut held = fs::File::open(fx.p("held")).unwrap();
+    // SAFETY: signalling the child we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(
+        wait_until(TIMEOUT, || !is_mounted(&fx.mnt)),
+        "the busy mount was not detached after SIGTERM: {}",
+        guard.log()
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the daemon must serve the open file until it is closed"
+    );
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut held, &mut s).unwrap();
+    assert_eq!(s, "still readable");
+    drop(held);
+    let mut status = None;
+    assert!(
+        wait_until(TIMEOUT, || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        }),
+        "the daemon did not exit once the detached mount was released: {}",
+        guard.log()
+    );
+    assert!(
+        status.unwrap().success(),
+        "exit {status:?}: {}",
+        guard.log()
+    );
+    guard.unmount();
 }
 
 #[test]
