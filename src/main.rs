@@ -549,6 +549,11 @@ fn block_termination_signals() {
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 }
 
+/// Set when the daemon itself unmounts (signal, `--idle`): the kernel may
+/// then end the session with ECONNABORTED instead of ENODEV (seen after a
+/// lazy unmount), which is the normal end, not an error.
+static UNMOUNT_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Starts the thread that waits for SIGINT/SIGTERM/SIGHUP and unmounts.
 /// A termination signal always ends the mount: when it is busy (a file or
 /// a working directory open in it, if only for the moment a forked child
@@ -562,6 +567,7 @@ fn unmount_on_signal(mut unmounter: fuser::SessionUnmounter, mp: PathBuf) {
         // SAFETY: valid pointers; the signals are blocked in every thread.
         unsafe { libc::sigwait(&set, &mut sig) };
         tracing::info!("signal {sig}: unmounting");
+        UNMOUNT_REQUESTED.store(true, std::sync::atomic::Ordering::SeqCst);
         let Err(e) = unmounter.unmount() else { return };
         tracing::info!("unmount failed ({e}); retrying");
         for _ in 0..10 {
@@ -614,6 +620,7 @@ fn unmount_when_idle(activity: Arc<sealfs::fs::Activity>, idle: std::time::Durat
             if !activity.idle_for(idle) {
                 continue;
             }
+            UNMOUNT_REQUESTED.store(true, std::sync::atomic::Ordering::SeqCst);
             match unmount_not_lazily(&mp) {
                 Ok(()) => {
                     tracing::info!("unused for {idle:?}: unmounted");
@@ -904,9 +911,16 @@ fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
             socket.display()
         );
     }
-    session
-        .run()
-        .map_err(|e| CliError::new(exit::ERROR, format!("session ended with error: {e}")))
+    match session.run() {
+        Err(e)
+            if e.raw_os_error() == Some(libc::ECONNABORTED)
+                && UNMOUNT_REQUESTED.load(std::sync::atomic::Ordering::SeqCst) =>
+        {
+            tracing::info!("session ended after unmount ({e})");
+            Ok(())
+        }
+        r => r.map_err(|e| CliError::new(exit::ERROR, format!("session ended with error: {e}"))),
+    }
 }
 
 fn cmd_unmount(mp: &Path) -> Result<(), CliError> {
