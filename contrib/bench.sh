@@ -152,7 +152,7 @@ our_pids() {
         pid=${p#/proc/}
         [[ $pid == "$$" || $pid == "$BASHPID" ]] && continue
         args=()
-        mapfile -d '' args < "$p/cmdline" 2> /dev/null || continue
+        mapfile -d '' args 2> /dev/null < "$p/cmdline" || continue
         [[ "${args[*]:-}" == *"$scratch/"* ]] && echo "$pid"
     done
     return 0
@@ -166,7 +166,7 @@ reap_daemons() {
         local left=()
         for pid in "${pids[@]}"; do
             local args=()
-            mapfile -d '' args < "/proc/$pid/cmdline" 2> /dev/null || continue
+            mapfile -d '' args 2> /dev/null < "/proc/$pid/cmdline" || continue
             [[ "${args[*]:-}" == *"$pattern"* ]] && left+=("$pid")
         done
         [[ ${#left[@]} -eq 0 ]] && return 0
