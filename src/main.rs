@@ -1372,10 +1372,14 @@ fn progress_bar_for(kind: BarKind) -> indicatif::ProgressBar {
         return indicatif::ProgressBar::hidden();
     }
     let template = match kind {
-        BarKind::Transfer => "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
-        BarKind::Headers => "[{bar:40}] {pos}/{len} headers ({per_sec}, eta {eta})",
+        // wide_bar takes what the terminal's width leaves, so a line never
+        // wraps (a wrapped line leaves a trail of old frames behind).
+        BarKind::Transfer => {
+            "{msg} [{wide_bar}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})"
+        }
+        BarKind::Headers => "[{wide_bar}] {pos}/{len} headers ({per_sec}, eta {eta})",
         BarKind::Checked => {
-            "[{bar:40}] {bytes}/{total_bytes} ciphertext checked ({bytes_per_sec}, eta {eta})"
+            "[{wide_bar}] {bytes}/{total_bytes} checked ({bytes_per_sec}, eta {eta})"
         }
     };
     let b = indicatif::ProgressBar::new(1);
@@ -1408,14 +1412,17 @@ fn with_progress<T: Send>(
 fn transfer_tick(p: &sealfs::transfer::Progress) -> impl Fn(&indicatif::ProgressBar) + '_ {
     use std::sync::atomic::Ordering::Relaxed;
     move |bar| {
+        // Every setter may redraw: counts first, the message (which names
+        // them) last, so no frame mixes this tick's files with the last
+        // tick's bytes.
         let (fd, ft) = (p.files_done.load(Relaxed), p.files_total.load(Relaxed));
+        bar.set_length(p.bytes_total.load(Relaxed).max(1));
+        bar.set_position(p.bytes_done.load(Relaxed));
         if p.scanned.load(Relaxed) {
             bar.set_message(format!("files {fd}/{ft}"));
         } else {
             bar.set_message(format!("scanning: {ft} files"));
         }
-        bar.set_length(p.bytes_total.load(Relaxed).max(1));
-        bar.set_position(p.bytes_done.load(Relaxed));
     }
 }
 

@@ -4,7 +4,8 @@
 //! lstat); what import wrote reads back the same through a mount; a re-run
 //! changes nothing; an interrupted run never leaves a half file under its
 //! final name and its leftovers are cleaned by the next run; special files
-//! and hard links are reported; the exit codes.
+//! and hard links are reported; the exit codes; the progress bar is drawn
+//! on a terminal, fits its width, and never goes into a pipe.
 
 mod common;
 
@@ -624,4 +625,88 @@ fn exit_codes_of_import_and_export() {
     let r = json_of(&o);
     assert_eq!(r["problems"][0]["path"], "f", "{r}");
     assert_eq!(r["problems"][0]["kind"], "failed", "{r}");
+}
+
+/// `script` (util-linux) runs a command on a pseudo-terminal and copies
+/// what it draws to stdout.
+fn on_a_terminal(args: &[&OsStr]) -> Option<Output> {
+    let quote = |a: &OsStr| format!("'{}'", a.to_string_lossy().replace('\'', r"'\''"));
+    let cmd: Vec<String> = std::iter::once(OsStr::new(bin()))
+        .chain(args.iter().copied())
+        .map(quote)
+        .collect();
+    Command::new("script")
+        .args(["-qec", &cmd.join(" "), "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .ok()
+}
+
+#[test]
+fn progress_bar_is_drawn_on_a_terminal_and_never_into_a_pipe() {
+    let root = tempfile::tempdir().unwrap();
+    let base = root.path().canonicalize().unwrap();
+    let src = base.join("src");
+    fs::create_dir(&src).unwrap();
+    // Enough to take several of the bar's 100 ms ticks.
+    let block: Vec<u8> = (0..256 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
+    for i in 0..200 {
+        fs::write(src.join(format!("f{i:03}")), &block).unwrap();
+    }
+    let pass = base.join("pass");
+    fs::write(&pass, format!("{PASSPHRASE}\n")).unwrap();
+
+    let cipher = base.join("tty.enc");
+    let mut args: Vec<&OsStr> = vec![
+        "import".as_ref(),
+        src.as_os_str(),
+        cipher.as_os_str(),
+        "--passfile".as_ref(),
+        pass.as_os_str(),
+    ];
+    args.extend(FAST_KDF.iter().map(OsStr::new));
+    let Some(o) = on_a_terminal(&args) else {
+        eprintln!("SKIP: script (util-linux) is not installed");
+        return;
+    };
+    let screen = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "import on a terminal failed: {screen}");
+    // Frames: the files counter, a bar, byte counts, rate and ETA, each
+    // frame drawn over the last (carriage return, erase line).
+    assert!(
+        screen.contains("files ") && screen.contains("/200 ["),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("=") && screen.contains("MiB/s, eta "),
+        "{screen}"
+    );
+    assert!(screen.contains("\r\x1b[2K"), "{screen}");
+    assert!(screen.contains("imported 200 files"), "{screen}");
+    // The bar fits the terminal: no frame longer than its width (script's
+    // terminal is 80 columns when it has none to copy).
+    for frame in screen.split(['\r', '\n']) {
+        let visible = frame.trim_start_matches("\x1b[2K");
+        if visible.contains(" eta ") {
+            assert!(
+                visible.chars().count() <= 80,
+                "frame of {} columns: {visible:?}",
+                visible.chars().count()
+            );
+        }
+    }
+
+    // Into a pipe (stderr captured): the summary only, no frames.
+    let o = import(&src, &base.join("pipe.enc"), &pass, &[]);
+    assert_code(&o, 0, "import into a pipe");
+    let err = stderr(&o);
+    assert!(
+        !err.contains('\r') && !err.contains(" eta ") && !err.contains('\x1b'),
+        "{err:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("imported 200 files"),
+        "{:?}",
+        o
+    );
 }
