@@ -38,7 +38,12 @@ fn json_of(o: &Output) -> serde_json::Value {
     })
 }
 
-fn import(src: &Path, cipher: &Path, pass: &Path, extra: &[&str]) -> Output {
+fn import_args<'a>(
+    src: &'a Path,
+    cipher: &'a Path,
+    pass: &'a Path,
+    extra: &'a [&'a str],
+) -> Vec<&'a OsStr> {
     let mut a: Vec<&OsStr> = vec![
         "import".as_ref(),
         src.as_os_str(),
@@ -48,7 +53,11 @@ fn import(src: &Path, cipher: &Path, pass: &Path, extra: &[&str]) -> Output {
     ];
     a.extend(FAST_KDF.iter().map(OsStr::new));
     a.extend(extra.iter().map(OsStr::new));
-    run(&a)
+    a
+}
+
+fn import(src: &Path, cipher: &Path, pass: &Path, extra: &[&str]) -> Output {
+    run(&import_args(src, cipher, pass, extra))
 }
 
 fn export(cipher: &Path, dst: &Path, pass: &Path, extra: &[&str]) -> Output {
@@ -657,15 +666,7 @@ fn progress_bar_is_drawn_on_a_terminal_and_never_into_a_pipe() {
     fs::write(&pass, format!("{PASSPHRASE}\n")).unwrap();
 
     let cipher = base.join("tty.enc");
-    let mut args: Vec<&OsStr> = vec![
-        "import".as_ref(),
-        src.as_os_str(),
-        cipher.as_os_str(),
-        "--passfile".as_ref(),
-        pass.as_os_str(),
-    ];
-    args.extend(FAST_KDF.iter().map(OsStr::new));
-    let Some(o) = on_a_terminal(&args) else {
+    let Some(o) = on_a_terminal(&import_args(&src, &cipher, &pass, &[])) else {
         eprintln!("SKIP: script (util-linux) is not installed");
         return;
     };
