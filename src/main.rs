@@ -1412,9 +1412,9 @@ fn with_progress<T: Send>(
 fn transfer_tick(p: &sealfs::transfer::Progress) -> impl Fn(&indicatif::ProgressBar) + '_ {
     use std::sync::atomic::Ordering::Relaxed;
     move |bar| {
-        // Every setter may redraw: counts first, the message (which names
-        // them) last, so no frame mixes this tick's files with the last
-        // tick's bytes.
+        // Every setter may redraw. The byte counts go first: a frame drawn
+        // between setters then pairs new bytes with the message of the
+        // last tick (100 ms old), not a new file count with stale bytes.
         let (fd, ft) = (p.files_done.load(Relaxed), p.files_total.load(Relaxed));
         bar.set_length(p.bytes_total.load(Relaxed).max(1));
         bar.set_position(p.bytes_done.load(Relaxed));
