@@ -14,44 +14,23 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{force_unmount, wait_until};
+use common::{force_unmount, have_tool, mount_points, pids_whose_cmdline, wait_until};
 
-fn installed(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-/// Mount points listed in /proc/self/mounts under `dir`.
+/// Mount points under `dir`.
 fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let prefix = dir.as_os_str().as_bytes();
-    fs::read_to_string("/proc/self/mounts")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(1))
-        .filter(|m| m.as_bytes().starts_with(prefix))
-        .map(PathBuf::from)
+    mount_points()
+        .into_iter()
+        .filter(|m| m.starts_with(dir))
         .collect()
 }
 
 /// Live processes (any program) whose command line mentions `dir`.
 fn pids_mentioning(dir: &Path) -> Vec<i32> {
     let needle = dir.as_os_str().as_bytes();
-    let me = std::process::id() as i32;
-    let mut pids = Vec::new();
-    for ent in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = ent.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let cmdline = fs::read(ent.path().join("cmdline")).unwrap_or_default();
-        if pid != me && cmdline.windows(needle.len()).any(|w| w == needle) {
-            pids.push(pid);
-        }
-    }
-    pids
+    pids_whose_cmdline(|args| {
+        args.iter()
+            .any(|a| a.windows(needle.len()).any(|w| w == needle))
+    })
 }
 
 /// Unmounts whatever the script may have left under its scratch directory
@@ -78,7 +57,7 @@ fn is_number(cell: &str) -> bool {
 
 #[test]
 fn bench_script_prints_a_full_table_and_leaves_nothing_behind() {
-    if !installed("fio") || !installed("python3") {
+    if !have_tool("fio") || !have_tool("python3") {
         eprintln!("SKIP: fio or python3 not installed (contrib/setup.sh installs them)");
         return;
     }
@@ -116,7 +95,7 @@ fn bench_script_prints_a_full_table_and_leaves_nothing_behind() {
         "bash errors from bench.sh:\n{stderr}"
     );
 
-    let gocryptfs = installed("gocryptfs");
+    let gocryptfs = have_tool("gocryptfs");
     let table: Vec<Vec<&str>> = stdout
         .lines()
         .filter(|l| l.starts_with('|') && !l.starts_with("|---"))

@@ -58,15 +58,19 @@ pub fn init_volume(cipher: &Path, passfile: &Path) {
     );
 }
 
+/// The mount points listed in /proc/mounts, unescaped.
+pub fn mount_points() -> Vec<PathBuf> {
+    let mounts = fs::read("/proc/mounts").expect("read /proc/mounts");
+    mounts
+        .split(|&b| b == b'\n')
+        .filter_map(|line| line.split(|&b| b == b' ').nth(1))
+        .map(|f| PathBuf::from(OsStr::from_bytes(&unescape_mount_field(f))))
+        .collect()
+}
+
 /// Whether `mnt` is a mount point according to /proc/mounts.
 pub fn is_mounted(mnt: &Path) -> bool {
-    let want = mnt.as_os_str().as_bytes();
-    let mounts = fs::read("/proc/mounts").expect("read /proc/mounts");
-    mounts.split(|&b| b == b'\n').any(|line| {
-        let mut f = line.split(|&b| b == b' ');
-        f.next();
-        f.next().map(unescape_mount_field).as_deref() == Some(want)
-    })
+    mount_points().iter().any(|m| m == mnt)
 }
 
 fn unescape_mount_field(f: &[u8]) -> Vec<u8> {
@@ -86,10 +90,10 @@ fn unescape_mount_field(f: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Pids of live (non-zombie) processes whose command line mentions `needle`
-/// and whose argv[0] ends in `sealfs`.
-pub fn sealfs_pids_mentioning(needle: &Path) -> Vec<i32> {
-    let needle = needle.as_os_str().as_bytes();
+/// Pids of live (non-zombie) processes, other than this one, whose
+/// command line (arguments split at NUL) satisfies `matches`.
+pub fn pids_whose_cmdline(mut matches: impl FnMut(&[&[u8]]) -> bool) -> Vec<i32> {
+    let me = std::process::id() as i32;
     let mut pids = Vec::new();
     let Ok(rd) = fs::read_dir("/proc") else {
         return pids;
@@ -101,27 +105,33 @@ pub fn sealfs_pids_mentioning(needle: &Path) -> Vec<i32> {
         let Ok(cmdline) = fs::read(ent.path().join("cmdline")) else {
             continue;
         };
-        if cmdline.is_empty() {
-            continue; // zombie or kernel thread
+        if pid == me || cmdline.is_empty() {
+            continue; // ourselves, a zombie or a kernel thread
         }
-        let mut args = cmdline.split(|&b| b == 0);
-        let argv0 = args.next().unwrap_or(b"");
-        if !argv0.ends_with(b"sealfs") {
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        if !matches(&args) {
             continue;
         }
-        if args.any(|a| a == needle) {
-            // A zombie keeps no cmdline, but be explicit about the state too.
-            let state = fs::read_to_string(ent.path().join("stat")).unwrap_or_default();
-            let zombie = state
-                .rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-                .unwrap_or(false);
-            if !zombie {
-                pids.push(pid);
-            }
+        // A zombie keeps no cmdline, but be explicit about the state too.
+        let state = fs::read_to_string(ent.path().join("stat")).unwrap_or_default();
+        let zombie = state
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            .unwrap_or(false);
+        if !zombie {
+            pids.push(pid);
         }
     }
     pids
+}
+
+/// Pids of live (non-zombie) processes whose command line mentions `needle`
+/// and whose argv[0] ends in `sealfs`.
+pub fn sealfs_pids_mentioning(needle: &Path) -> Vec<i32> {
+    let needle = needle.as_os_str().as_bytes();
+    pids_whose_cmdline(|args| {
+        args.first().is_some_and(|a0| a0.ends_with(b"sealfs")) && args[1..].contains(&needle)
+    })
 }
 
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
