@@ -378,18 +378,13 @@ impl Vault {
         if !is_kind(&st, libc::S_IFREG) {
             return Err(VaultError::NotAFile(path.to_path_buf()));
         }
-        let fd = sys::openat(
-            parent.fd.as_fd(),
-            entry,
-            libc::O_RDONLY | libc::O_NOFOLLOW,
-            0,
-        )
-        .map_err(|e| path_err(e, path))?;
+        let fd = sys::open_regular(parent.fd.as_fd(), entry, libc::O_RDONLY)
+            .map_err(|e| path_err(e, path))?;
         let ctx = EncryptionContext {
             parent_dir_id: parent.dir.id,
             name: name.as_bytes(),
         };
-        let file = self.vol.open_file(File::from(fd), &ctx)?;
+        let file = self.vol.open_file(fd, &ctx)?;
         Ok(FileReader { file, pos: 0 })
     }
 
@@ -418,9 +413,9 @@ impl Vault {
         };
         let file = match sys::fstatat(pfd, entry) {
             Ok(st) if is_kind(&st, libc::S_IFREG) => {
-                let fd = sys::openat(pfd, entry, libc::O_RDWR | libc::O_NOFOLLOW, 0)
-                    .map_err(|e| path_err(e, path))?;
-                let mut f = self.vol.open_file(File::from(fd), &ctx)?;
+                let fd =
+                    sys::open_regular(pfd, entry, libc::O_RDWR).map_err(|e| path_err(e, path))?;
+                let mut f = self.vol.open_file(fd, &ctx)?;
                 f.set_len(0)?;
                 f
             }

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
+use std::os::fd::BorrowedFd;
 use std::path::Path;
 
 use zeroize::Zeroizing;
@@ -23,11 +23,15 @@ use crate::format::keyring::{
     self as kfmt, KekSource, KeyState, KeyringBody, KeyringFormatError, KeyringHeader,
     MasterKeyVersion,
 };
+use crate::volume::sys;
 
 /// Keyring file name in CIPHERDIR.
 pub const KEYRING_FILE: &str = "sealfs.keyring";
 /// Its second copy.
 pub const KEYRING_BACKUP: &str = "sealfs.keyring.bak";
+/// File mode of both copies: the keyring is an offline guessing target for
+/// a passphrase, so no other local user may read it.
+pub const KEYRING_MODE: u32 = 0o600;
 
 /// Errors of the keyring layer.
 #[derive(Debug, thiserror::Error)]
@@ -250,8 +254,8 @@ impl Keyring {
 
     /// Loads and unlocks the keyring of `cipherdir`, falling back to the backup
     /// copy if the primary one is missing or damaged (not if the secret is wrong).
-    pub fn load(cipherdir: &Path, secret: &UnlockSecret) -> Result<Self, KeyringError> {
-        let primary = fs::read(cipherdir.join(KEYRING_FILE));
+    pub fn load(cipherdir: BorrowedFd<'_>, secret: &UnlockSecret) -> Result<Self, KeyringError> {
+        let primary = read_copy(cipherdir, KEYRING_FILE);
         let first_err = match primary {
             Ok(bytes) => match Self::unlock(&bytes, secret) {
                 Ok(k) => return Ok(k),
@@ -259,18 +263,21 @@ impl Keyring {
             },
             Err(e) => KeyringError::Io(e),
         };
-        match fs::read(cipherdir.join(KEYRING_BACKUP)) {
+        match read_copy(cipherdir, KEYRING_BACKUP) {
             Ok(bytes) => Self::unlock(&bytes, secret).map_err(|_| first_err),
+            // A refused object at the backup's name says more than a
+            // missing or damaged primary copy.
+            Err(e) if sys::WrongKind::is(&e) => Err(KeyringError::Io(e)),
             Err(_) => Err(first_err),
         }
     }
 
     /// Writes both copies durably (each: temp file, fsync, rename, fsync dir).
-    pub fn store(&mut self, cipherdir: &Path) -> Result<(), KeyringError> {
+    pub fn store(&mut self, cipherdir: BorrowedFd<'_>) -> Result<(), KeyringError> {
         self.header.generation = self.header.generation.wrapping_add(1);
         let bytes = kfmt::seal(&self.body, &self.header, &self.kek)?;
         for name in [KEYRING_FILE, KEYRING_BACKUP] {
-            write_file_durably(cipherdir, name, &bytes)?;
+            sys::write_durably(cipherdir, name, &bytes, KEYRING_MODE)?;
         }
         Ok(())
     }
@@ -294,8 +301,8 @@ impl Keyring {
     /// that is missing, damaged, or of another generation (a crash between
     /// the two writes of [`Keyring::store`]) is rewritten from the one that
     /// matches. Returns whether anything was rewritten.
-    pub fn resync_copies(&self, cipherdir: &Path) -> Result<bool, KeyringError> {
-        let read = |n: &str| fs::read(cipherdir.join(n)).ok();
+    pub fn resync_copies(&self, cipherdir: BorrowedFd<'_>) -> Result<bool, KeyringError> {
+        let read = |n: &str| read_copy(cipherdir, n).ok();
         let copies = [read(KEYRING_FILE), read(KEYRING_BACKUP)];
         let matches = |b: &Option<Vec<u8>>| {
             b.as_deref()
@@ -308,7 +315,7 @@ impl Keyring {
             [false, true] => (1, KEYRING_FILE),
         };
         let bytes = copies[good].as_deref().expect("a matching copy was read");
-        write_file_durably(cipherdir, bad, bytes)?;
+        sys::write_durably(cipherdir, bad, bytes, KEYRING_MODE)?;
         Ok(true)
     }
 
@@ -520,24 +527,20 @@ impl Keyring {
 
 /// Writes `name` in `dir` so that after a crash either the old or the new
 /// content is there: write a temp file, fsync it, rename over, fsync the dir.
-pub fn write_file_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, dir.join(name))?;
-    fs::File::open(dir)?.sync_all()
+/// Reads one stored copy of the keyring (never through a symlink, never a
+/// FIFO or device planted at its name).
+pub fn read_copy(cipherdir: BorrowedFd<'_>, name: &str) -> std::io::Result<Vec<u8>> {
+    sys::read_regular(cipherdir, std::ffi::OsStr::new(name))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::{AsFd, OwnedFd};
+
+    fn dirfd(d: &tempfile::TempDir) -> OwnedFd {
+        sys::open_dir_path(d.path()).unwrap()
+    }
 
     fn pw(s: &str) -> UnlockSecret {
         UnlockSecret::Passphrase(Zeroizing::new(s.as_bytes().to_vec()))
@@ -552,18 +555,18 @@ mod tests {
     fn store_load_and_fallback() {
         let d = tempfile::tempdir().unwrap();
         let (mut k, _) = Keyring::create([1; 16], &pw("secret"), P).unwrap();
-        k.store(d.path()).unwrap();
-        let back = Keyring::load(d.path(), &pw("secret")).unwrap();
+        k.store(dirfd(&d).as_fd()).unwrap();
+        let back = Keyring::load(dirfd(&d).as_fd(), &pw("secret")).unwrap();
         assert_eq!(back.primary(), 1);
         assert!(back.wrapper(1, RecordKind::File).is_some());
         assert!(back.wrapper(2, RecordKind::File).is_none());
         assert!(matches!(
-            Keyring::load(d.path(), &pw("wrong")),
+            Keyring::load(dirfd(&d).as_fd(), &pw("wrong")),
             Err(KeyringError::Format(KeyringFormatError::Unlock))
         ));
         // a damaged primary falls back to the backup
         fs::write(d.path().join(KEYRING_FILE), b"garbage").unwrap();
-        assert!(Keyring::load(d.path(), &pw("secret")).is_ok());
+        assert!(Keyring::load(dirfd(&d).as_fd(), &pw("secret")).is_ok());
         let dbg = format!("{back:?} {:?}", pw("secret"));
         assert!(!dbg.contains("secret"));
     }
@@ -586,8 +589,8 @@ mod tests {
         k.schedule_deletion(1, 100).unwrap();
         assert!(k.destroy_due(99).is_empty());
         k.set_disabled(true);
-        k.store(d.path()).unwrap();
-        let mut back = Keyring::load(d.path(), &pw("secret")).unwrap();
+        k.store(dirfd(&d).as_fd()).unwrap();
+        let mut back = Keyring::load(dirfd(&d).as_fd(), &pw("secret")).unwrap();
         assert!(back.disabled());
         assert_eq!(back.versions()[0].state, KeyState::PendingDeletion);
         assert_eq!(back.destroy_due(100), vec![1]);
@@ -602,9 +605,9 @@ mod tests {
         let (mut k, _) = Keyring::create([1; 16], &pw("old"), P).unwrap();
         let key1 = k.versions()[0].key.expose().to_owned();
         k.change_secret(&pw("new"), P).unwrap();
-        k.store(d.path()).unwrap();
-        assert!(Keyring::load(d.path(), &pw("old")).is_err());
-        let back = Keyring::load(d.path(), &pw("new")).unwrap();
+        k.store(dirfd(&d).as_fd()).unwrap();
+        assert!(Keyring::load(dirfd(&d).as_fd(), &pw("old")).is_err());
+        let back = Keyring::load(dirfd(&d).as_fd(), &pw("new")).unwrap();
         assert_eq!(back.versions()[0].key.expose(), &key1);
     }
 

@@ -11,10 +11,10 @@
 //! or let a failed append look like a success.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -25,7 +25,7 @@ use crate::format::audit::{
     self as afmt, AuditKeys, AuditRecord, ChainReport, Principal, RecordStep, SegmentHeader,
     MAC_LEN, SEGMENT_HEADER_LEN,
 };
-use crate::volume::Volume;
+use crate::volume::{sys, Volume};
 
 /// The audit folder in CIPHERDIR.
 pub const AUDIT_DIR: &str = "sealfs.audit";
@@ -67,14 +67,10 @@ fn segment_name(n: u64) -> String {
     format!("{n:08}.log")
 }
 
-/// Segment numbers present in `dir`, ascending.
-fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
+/// Segment numbers present in the audit folder `dir`, ascending.
+fn list_segments(dir: BorrowedFd<'_>) -> io::Result<Vec<u64>> {
     let mut out = Vec::new();
-    let rd = match fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e),
-    };
+    let rd = std::fs::read_dir(sys::proc_path(dir))?;
     for ent in rd {
         let name = ent?.file_name();
         let Some(name) = name.to_str() else { continue };
@@ -90,12 +86,26 @@ fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(out)
 }
 
-/// Reads every segment of the log in `cipherdir`: (number, bytes).
-pub fn read_segments(cipherdir: &Path) -> io::Result<Vec<(u64, Vec<u8>)>> {
-    let dir = cipherdir.join(AUDIT_DIR);
-    list_segments(&dir)?
+/// Opens the audit folder of the cipher directory `root` (never through a
+/// symlink; anything but a directory at its name is refused). `None` when
+/// there is no log.
+fn open_audit_dir(root: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+    match sys::open_subdir(root, OsStr::new(AUDIT_DIR)) {
+        Ok(d) => Ok(Some(d)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads every segment of the log in the cipher directory `root`:
+/// (number, bytes).
+pub fn read_segments(root: BorrowedFd<'_>) -> io::Result<Vec<(u64, Vec<u8>)>> {
+    let Some(dir) = open_audit_dir(root)? else {
+        return Ok(Vec::new());
+    };
+    list_segments(dir.as_fd())?
         .into_iter()
-        .map(|n| fs::read(dir.join(segment_name(n))).map(|b| (n, b)))
+        .map(|n| sys::read_regular(dir.as_fd(), OsStr::new(&segment_name(n))).map(|b| (n, b)))
         .collect()
 }
 
@@ -125,7 +135,7 @@ pub fn verify_log(
     vol: &Arc<Volume>,
     on_record: &mut dyn FnMut(&AuditRecord),
 ) -> io::Result<ChainReport> {
-    let segs = read_segments(vol.cipherdir())?;
+    let segs = read_segments(vol.root())?;
     let cache = KeyCache {
         vol: vol.clone(),
         keys: Mutex::new(HashMap::new()),
@@ -170,7 +180,7 @@ impl Writer {
 
 /// The open audit log of a mounted volume.
 pub struct AuditLog {
-    dir: PathBuf,
+    dir: OwnedFd,
     keys: KeyCache,
     writer: Mutex<Writer>,
     segment_bytes: u64,
@@ -193,29 +203,30 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 impl AuditLog {
     /// Opens (creating if needed) the log of `vol` and recovers its chain.
     /// `on_recovery` lists what recovery did (also recorded in the log).
     pub fn open(vol: Arc<Volume>, segment_bytes: u64) -> Result<Arc<AuditLog>, AuditError> {
-        let dir = vol.cipherdir().join(AUDIT_DIR);
-        match fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => sync_dir(vol.cipherdir())?,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e.into()),
-        }
+        let dir = match open_audit_dir(vol.root())? {
+            Some(d) => d,
+            None => {
+                match sys::mkdirat(vol.root(), OsStr::new(AUDIT_DIR), 0o700) {
+                    Ok(()) => sys::fsync_dir(vol.root())?,
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e.into()),
+                }
+                sys::open_subdir(vol.root(), OsStr::new(AUDIT_DIR))?
+            }
+        };
         let keys = KeyCache {
             vol: vol.clone(),
             keys: Mutex::new(HashMap::new()),
         };
         let mut notes = Vec::new();
-        let segments = list_segments(&dir)?;
+        let segments = list_segments(dir.as_fd())?;
         let writer = match segments.last() {
-            None => Self::new_segment(&dir, &keys, &vol, 1, 1, [0; MAC_LEN])?,
-            Some(&last) => Self::resume(&dir, &keys, &vol, last, &mut notes)?,
+            None => Self::new_segment(dir.as_fd(), &keys, &vol, 1, 1, [0; MAC_LEN])?,
+            Some(&last) => Self::resume(dir.as_fd(), &keys, &vol, last, &mut notes)?,
         };
         let log = Arc::new(AuditLog {
             dir,
@@ -262,7 +273,7 @@ impl AuditLog {
     }
 
     fn new_segment(
-        dir: &Path,
+        dir: BorrowedFd<'_>,
         keys: &KeyCache,
         vol: &Volume,
         segment: u64,
@@ -284,23 +295,25 @@ impl AuditLog {
         let (bytes, chain) = afmt::encode_header(&header, &k);
         // Made whole under a temporary name, then linked in: a crash never
         // leaves a segment without its complete header.
-        let path = dir.join(segment_name(segment));
-        let tmp = dir.join(format!("{}.tmp", segment_name(segment)));
-        let _ = fs::remove_file(&tmp);
+        let name = segment_name(segment);
+        let tmp = format!("{name}.tmp");
+        let (name, tmp) = (OsStr::new(&name), OsStr::new(&tmp));
+        sys::remove_stale_regular(dir, tmp)?;
         let made = (|| -> io::Result<File> {
-            let mut f = OpenOptions::new()
-                .append(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
+            // O_APPEND: a record cut off after a failed write leaves the
+            // next one at the (new) end, never after a gap.
+            let flags =
+                libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+            let mut f = File::from(sys::openat(dir, tmp, flags, 0o600)?);
             f.write_all(&bytes)?;
             f.sync_all()?;
-            fs::hard_link(&tmp, &path)?;
+            // Fails (EEXIST) rather than replace anything at the name.
+            sys::linkat(dir, tmp, dir, name)?;
             Ok(f)
         })();
-        let _ = fs::remove_file(&tmp);
+        let _ = sys::unlinkat(dir, tmp, false);
         let f = made?;
-        sync_dir(dir)?;
+        sys::fsync_dir(dir)?;
         let mut w = Writer {
             file: Arc::new(f),
             segment,
@@ -319,14 +332,15 @@ impl AuditLog {
     /// chain. A torn last record is cut off; a segment that does not verify
     /// is left as it is (verify reports it) and a new one starts.
     fn resume(
-        dir: &Path,
+        dir: BorrowedFd<'_>,
         keys: &KeyCache,
         vol: &Volume,
         last: u64,
         notes: &mut Vec<String>,
     ) -> Result<Writer, AuditError> {
-        let path = dir.join(segment_name(last));
-        let bytes = fs::read(&path)?;
+        let name = segment_name(last);
+        let name = OsStr::new(&name);
+        let bytes = sys::read_regular(dir, name)?;
         let header = afmt::parse_header(&bytes).ok();
         let k = header.and_then(|h| keys.get(h.key_version));
         let (Some(header), Some(k)) = (header, k) else {
@@ -357,7 +371,7 @@ impl AuditLog {
                     off += len;
                 }
                 Ok(RecordStep::Torn(left)) => {
-                    let f = OpenOptions::new().write(true).open(&path)?;
+                    let f = sys::open_regular(dir, name, libc::O_WRONLY)?;
                     f.set_len(off as u64)?;
                     f.sync_all()?;
                     notes.push(format!(
@@ -375,7 +389,7 @@ impl AuditLog {
                 }
             }
         }
-        let file = OpenOptions::new().append(true).open(&path)?;
+        let file = sys::open_regular(dir, name, libc::O_WRONLY | libc::O_APPEND)?;
         let mut w = Writer {
             file: Arc::new(file),
             segment: last,
@@ -423,7 +437,7 @@ impl AuditLog {
     fn roll(&self, w: &mut Writer) -> Result<(), AuditError> {
         w.file.sync_data()?;
         let next = Self::new_segment(
-            &self.dir,
+            self.dir.as_fd(),
             &self.keys,
             &self.keys.vol,
             w.segment + 1,

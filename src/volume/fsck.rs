@@ -55,7 +55,7 @@ use crate::format::names::{
     classify_entry, long_entry_name, EntryClass, NameCipher, LONG_NAME_PREFIX,
     LONG_NAME_SIDECAR_SUFFIX,
 };
-use crate::keyring::{write_file_durably, UnlockSecret, KEYRING_BACKUP, KEYRING_FILE};
+use crate::keyring::{read_copy, UnlockSecret, KEYRING_BACKUP, KEYRING_FILE, KEYRING_MODE};
 use crate::volume::audit::AUDIT_DIR;
 use crate::volume::grants::GRANTS_FILE;
 use crate::volume::{
@@ -377,9 +377,10 @@ fn fsck_on_this_thread(
         ) if Volume::looks_like_volume(cipherdir) => {
             // Rebuild from the keyring's authenticated header (opening the
             // volume below verifies it with the secret).
+            let root = sys::open_dir_path(cipherdir)?;
             let header = [KEYRING_FILE, KEYRING_BACKUP]
                 .iter()
-                .filter_map(|n| std::fs::read(cipherdir.join(n)).ok())
+                .filter_map(|n| read_copy(root.as_fd(), n).ok())
                 .find_map(|b| parse_header(&b).ok());
             let Some(h) = header else { return Err(e) };
             pre.push(Problem {
@@ -401,8 +402,9 @@ fn fsck_on_this_thread(
         Err(e) => return Err(e),
     };
     let kdf_on_disk = config.kdf.clone();
+    let root = sys::open_dir_path(cipherdir)?;
     let keyrings_before = [KEYRING_FILE, KEYRING_BACKUP].map(|n| {
-        std::fs::read(cipherdir.join(n)).map_err(|e| match e.kind() {
+        read_copy(root.as_fd(), n).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => "missing".to_string(),
             _ => e.to_string(),
         })
@@ -541,7 +543,7 @@ impl Volume {
         });
         c.settled(|c| {
             let now = [KEYRING_FILE, KEYRING_BACKUP]
-                .map(|n| std::fs::read(c.vol.cipherdir().join(n)).map_err(|e| e.to_string()));
+                .map(|n| read_copy(c.vol.root(), n).map_err(|e| e.to_string()));
             c.check_keyring(now);
         });
         let root_fd = c.root.try_clone()?;
@@ -640,7 +642,7 @@ impl Checker<'_> {
     /// (`before`: their bytes, or why they could not be read): a writable
     /// open already re-syncs them (see [`crate::keyring::Keyring::resync_copies`]).
     fn check_keyring(&mut self, before: [Result<Vec<u8>, String>; 2]) {
-        let dir = self.vol.cipherdir().to_path_buf();
+        let dir = self.vol.root();
         let kr = self.vol.keyring().read().clone();
         let copies: Vec<(&str, KeyringCopy)> = [KEYRING_FILE, KEYRING_BACKUP]
             .into_iter()
@@ -669,10 +671,10 @@ impl Checker<'_> {
             let i = self.problem(ProblemKind::Keyring, None, Path::new(name), msg);
             if self.salvage {
                 let r = match &good {
-                    Some((bytes, _)) => match std::fs::read(dir.join(name)) {
+                    Some((bytes, _)) => match read_copy(dir, name) {
                         // Opening the volume writable already rewrote it.
                         Ok(now) if now == *bytes => Ok(()),
-                        _ => write_file_durably(&dir, name, bytes),
+                        _ => sys::write_durably(dir, name, bytes, KEYRING_MODE),
                     },
                     None => Err(io::Error::other("no good copy")),
                 };
@@ -1073,13 +1075,8 @@ impl Checker<'_> {
         path: &[u8],
         rel: &Path,
     ) {
-        let file = match sys::openat(
-            parent,
-            OsStr::new(entry),
-            libc::O_RDONLY | libc::O_NOFOLLOW,
-            0,
-        ) {
-            Ok(fd) => File::from(fd),
+        let file = match sys::open_regular(parent, OsStr::new(entry), libc::O_RDONLY) {
+            Ok(f) => f,
             Err(e) if self.vanished(&e) => return,
             Err(e) => {
                 self.problem(ProblemKind::Io, Some(path), rel, format!("open: {e}"));
@@ -1459,19 +1456,13 @@ impl Checker<'_> {
         ctx: &EncryptionContext<'_>,
     ) -> bool {
         match o.kind {
-            Kind::File => sys::openat(
-                parent,
-                OsStr::new(&o.entry),
-                libc::O_RDONLY | libc::O_NOFOLLOW,
-                0,
-            )
-            .ok()
-            .map(File::from)
-            .is_some_and(|f| {
-                let mut buf = [0u8; RECORD_LEN];
-                sys::read_exact_at(&f, &mut buf, 0).is_ok()
-                    && self.vol.open_record(RecordKind::File, &buf, ctx).is_ok()
-            }),
+            Kind::File => sys::open_regular(parent, OsStr::new(&o.entry), libc::O_RDONLY)
+                .ok()
+                .is_some_and(|f| {
+                    let mut buf = [0u8; RECORD_LEN];
+                    sys::read_exact_at(&f, &mut buf, 0).is_ok()
+                        && self.vol.open_record(RecordKind::File, &buf, ctx).is_ok()
+                }),
             Kind::Dir => sys::openat(
                 parent,
                 OsStr::new(&o.entry),
@@ -1505,12 +1496,7 @@ impl Checker<'_> {
         Volume::write_name_sidecar(lf, &bn)?;
         match o.kind {
             Kind::File => {
-                let f = File::from(sys::openat(
-                    parent,
-                    entry,
-                    libc::O_RDWR | libc::O_NOFOLLOW,
-                    0,
-                )?);
+                let f = sys::open_regular(parent, entry, libc::O_RDWR)?;
                 let staged = vol.begin_rebind_file(&f, old, &new)?;
                 rename_noreplace(parent, entry, lf, &bn.entry)?;
                 // The new name is durable before the old slot goes.
@@ -1558,12 +1544,7 @@ impl Checker<'_> {
     /// `raw-…` in lost+found (temp name, fsync, rename, fsync), then
     /// removes the orphan.
     fn copy_raw(&mut self, parent: BorrowedFd<'_>, o: &Orphan) -> Result<Moved, VolumeError> {
-        let src = File::from(sys::openat(
-            parent,
-            OsStr::new(&o.entry),
-            libc::O_RDONLY | libc::O_NOFOLLOW,
-            0,
-        )?);
+        let src = sys::open_regular(parent, OsStr::new(&o.entry), libc::O_RDONLY)?;
         let want = format!("raw-{}", short(&o.entry));
         let (new_name, bn) = self.free_name(want.as_bytes())?;
         let vol = self.vol;
@@ -1573,10 +1554,11 @@ impl Checker<'_> {
             name: &new_name,
         };
         let tmp = format!("salvage-{}.tmp", std::process::id());
+        sys::remove_stale_regular(lf, OsStr::new(&tmp))?;
         let fd = sys::openat(
             lf,
             OsStr::new(&tmp),
-            libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW,
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
             0o600,
         )?;
         let result = (|| {

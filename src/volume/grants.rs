@@ -19,11 +19,15 @@ use crate::format::config::hex;
 use crate::format::grants::{
     self as gfmt, Access, Decision, Grant, GrantError, GrantOp, Grantee, OpSet,
 };
-use crate::keyring::{now_secs, write_file_durably};
+use crate::keyring::now_secs;
+use crate::volume::sys;
 use crate::volume::Volume;
+use std::ffi::OsStr;
 
 /// The store file in CIPHERDIR.
 pub const GRANTS_FILE: &str = "sealfs.grants";
+/// File mode of the grant store.
+pub const GRANTS_MODE: u32 = 0o600;
 
 /// Errors of the grant store.
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +111,7 @@ fn live_of(g: &Grant) -> Arc<LiveGrant> {
 
 /// Reads the store of `vol` (empty if there is none).
 pub fn load_grants(vol: &Volume) -> Result<(Vec<Grant>, u64), GrantStoreError> {
-    let bytes = match std::fs::read(vol.cipherdir().join(GRANTS_FILE)) {
+    let bytes = match sys::read_regular(vol.root(), OsStr::new(GRANTS_FILE)) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
         Err(e) => return Err(e.into()),
@@ -146,7 +150,7 @@ impl GrantStore {
             let master = kr.master_key(primary).ok_or(GrantStoreError::NoKey)?;
             gfmt::seal_store(grants, generation, primary, master, &self.vol.volume_id())?
         };
-        write_file_durably(self.vol.cipherdir(), GRANTS_FILE, &bytes)?;
+        sys::write_durably(self.vol.root(), GRANTS_FILE, &bytes, GRANTS_MODE)?;
         Ok(())
     }
 
@@ -310,7 +314,9 @@ impl GrantStore {
 
     /// Re-seals the store under the primary key version (after a rotation).
     pub fn reseal(&self) -> Result<(), GrantStoreError> {
-        if self.state.read().grants.is_empty() && !self.vol.cipherdir().join(GRANTS_FILE).exists() {
+        if self.state.read().grants.is_empty()
+            && sys::fstatat(self.vol.root(), OsStr::new(GRANTS_FILE)).is_err()
+        {
             return Ok(());
         }
         self.update(|_| Ok(()))

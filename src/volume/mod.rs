@@ -151,6 +151,9 @@ pub fn kdf_config(src: KekSource, salt: [u8; 16]) -> KdfConfig {
 #[derive(Debug)]
 pub struct Volume {
     cipherdir: PathBuf,
+    /// The cipher directory, opened once: sealfs's own files in it are
+    /// reached through this fd with `*at` calls, never by path.
+    root: std::os::fd::OwnedFd,
     config: RwLock<VolumeConfig>,
     volume_id: [u8; 16],
     keyring: RwLock<Keyring>,
@@ -170,15 +173,12 @@ pub struct Volume {
 
 /// Lock file in CIPHERDIR.
 pub const LOCK_FILE: &str = "sealfs.lock";
+/// File mode of `sealfs.toml` (no secret, but nobody else's business).
+pub const CONFIG_MODE: u32 = 0o600;
 
-fn lock_volume(cipherdir: &Path) -> Result<File, VolumeError> {
+fn lock_volume(cipherdir: &Path, root: BorrowedFd<'_>) -> Result<File, VolumeError> {
     use std::os::fd::AsRawFd;
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(cipherdir.join(LOCK_FILE))?;
+    let f = sys::open_or_create_regular(root, OsStr::new(LOCK_FILE), 0o600)?;
     // SAFETY: valid fd; flock has no memory effects.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let e = io::Error::last_os_error();
@@ -212,22 +212,22 @@ impl Volume {
             return Err(VolumeError::NotEmpty(cipherdir.to_path_buf()));
         }
         fs::create_dir_all(cipherdir)?;
+        let root = sys::open_dir_path(cipherdir)?;
         let volume_id = random_id()?;
         let (mut keyring, salt) = Keyring::create(volume_id, secret, params)?;
         let kdf = kdf_config(keyring.kek_source(), salt);
         let config = VolumeConfig::new(volume_id, kdf);
-        keyring.store(cipherdir)?;
-        let vol = Volume::assemble(cipherdir, config.clone(), volume_id, keyring, false);
-        let root = File::open(cipherdir)?;
+        keyring.store(root.as_fd())?;
+        let vol = Volume::assemble(cipherdir, root, config.clone(), volume_id, keyring, false);
         let root_key = SecretKey::generate()?;
         vol.write_dir_record(
-            root.as_fd(),
+            vol.root(),
             random_id()?,
             &root_key,
             &EncryptionContext::ROOT,
             true,
         )?;
-        crate::keyring::write_file_durably(cipherdir, CONFIG_FILE, config.to_toml().as_bytes())?;
+        vol.store_config(&config)?;
         Ok(())
     }
 
@@ -243,16 +243,26 @@ impl Volume {
 
     /// Reads and parses `sealfs.toml`.
     pub fn read_config(cipherdir: &Path) -> Result<VolumeConfig, VolumeError> {
-        let text = match fs::read_to_string(cipherdir.join(CONFIG_FILE)) {
-            Ok(t) => t,
+        let root = match sys::open_dir_path(cipherdir) {
+            Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(VolumeError::NotAVolume(cipherdir.to_path_buf()))
             }
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                return Err(ConfigError::Parse("not UTF-8 text".into()).into())
+            Err(e) => return Err(e.into()),
+        };
+        Self::read_config_at(cipherdir, root.as_fd())
+    }
+
+    fn read_config_at(cipherdir: &Path, root: BorrowedFd<'_>) -> Result<VolumeConfig, VolumeError> {
+        let bytes = match sys::read_regular(root, OsStr::new(CONFIG_FILE)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(VolumeError::NotAVolume(cipherdir.to_path_buf()))
             }
             Err(e) => return Err(e.into()),
         };
+        let text =
+            String::from_utf8(bytes).map_err(|_| ConfigError::Parse("not UTF-8 text".into()))?;
         Ok(VolumeConfig::parse(&text)?)
     }
 
@@ -267,18 +277,19 @@ impl Volume {
         lock: bool,
     ) -> Result<Self, VolumeError> {
         let volume_id = config.volume_id_bytes()?;
+        let root = sys::open_dir_path(cipherdir)?;
         let lock = if lock {
-            Some(lock_volume(cipherdir)?)
+            Some(lock_volume(cipherdir, root.as_fd())?)
         } else {
             None
         };
-        let keyring = Keyring::load(cipherdir, secret)?;
+        let keyring = Keyring::load(root.as_fd(), secret)?;
         if keyring.volume_id() != volume_id {
             return Err(KeyringError::VolumeMismatch.into());
         }
         // A crash between the two keyring writes leaves one copy stale; the
         // second copy is only a safety net while it matches.
-        if !read_only && keyring.resync_copies(cipherdir)? {
+        if !read_only && keyring.resync_copies(root.as_fd())? {
             tracing::warn!(
                 "one keyring copy was missing, damaged or stale; rewritten from the other"
             );
@@ -294,20 +305,22 @@ impl Volume {
             );
             config.kdf = kdf_now;
             if !read_only {
-                crate::keyring::write_file_durably(
-                    cipherdir,
+                sys::write_durably(
+                    root.as_fd(),
                     CONFIG_FILE,
                     config.to_toml().as_bytes(),
+                    CONFIG_MODE,
                 )?;
             }
         }
-        let mut vol = Volume::assemble(cipherdir, config, volume_id, keyring, read_only);
+        let mut vol = Volume::assemble(cipherdir, root, config, volume_id, keyring, read_only);
         vol._lock = lock;
         Ok(vol)
     }
 
     fn assemble(
         cipherdir: &Path,
+        root: std::os::fd::OwnedFd,
         config: VolumeConfig,
         volume_id: [u8; 16],
         keyring: Keyring,
@@ -315,6 +328,7 @@ impl Volume {
     ) -> Self {
         Volume {
             cipherdir: cipherdir.to_path_buf(),
+            root,
             config: RwLock::new(config),
             volume_id,
             disabled: std::sync::atomic::AtomicBool::new(keyring.disabled()),
@@ -348,7 +362,7 @@ impl Volume {
         let _one_at_a_time = self.keyring_store.lock();
         let mut next = self.keyring.read().clone();
         let out = change(&mut next)?;
-        next.store(&self.cipherdir)?;
+        next.store(self.root())?;
         self.disabled
             .store(next.disabled(), std::sync::atomic::Ordering::Release);
         *self.keyring.write() = next;
@@ -377,24 +391,34 @@ impl Volume {
     /// Writes a new config durably (e.g. a changed rotation period).
     pub fn store_config(&self, config: &VolumeConfig) -> Result<(), VolumeError> {
         self.check_writable()?;
-        crate::keyring::write_file_durably(
-            &self.cipherdir,
+        sys::write_durably(
+            self.root(),
             CONFIG_FILE,
             config.to_toml().as_bytes(),
+            CONFIG_MODE,
         )?;
         Ok(())
     }
 
     /// Whether `cipherdir` holds a volume's files (used to print good errors).
     pub fn looks_like_volume(cipherdir: &Path) -> bool {
-        cipherdir.join(CONFIG_FILE).exists()
-            || cipherdir.join(KEYRING_FILE).exists()
-            || cipherdir.join(KEYRING_BACKUP).exists()
+        let Ok(root) = sys::open_dir_path(cipherdir) else {
+            return false;
+        };
+        [CONFIG_FILE, KEYRING_FILE, KEYRING_BACKUP]
+            .iter()
+            .any(|n| sys::fstatat(root.as_fd(), OsStr::new(n)).is_ok())
     }
 
     /// The cipher directory.
     pub fn cipherdir(&self) -> &Path {
         &self.cipherdir
+    }
+
+    /// The cipher directory's fd: reach sealfs's own files in it with the
+    /// `*at` helpers of [`sys`], never through [`Volume::cipherdir`]'s path.
+    pub fn root(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
     }
 
     /// The config.
@@ -544,8 +568,7 @@ impl Volume {
     /// Makes both copies of a directory's record durable.
     pub fn persist_dir_record(&self, dir: BorrowedFd<'_>) -> Result<(), VolumeError> {
         for name in [DIR_RECORD, DIR_RECORD_BACKUP] {
-            let fd = sys::openat(dir, OsStr::new(name), libc::O_RDONLY | libc::O_NOFOLLOW, 0)?;
-            File::from(fd).sync_data()?;
+            sys::open_regular(dir, OsStr::new(name), libc::O_RDONLY)?.sync_data()?;
         }
         Ok(())
     }
@@ -556,8 +579,7 @@ impl Volume {
         name: &str,
         ctx: &EncryptionContext<'_>,
     ) -> Result<(SealedRecord, SecretKey, usize), VolumeError> {
-        let fd = sys::openat(dir, OsStr::new(name), libc::O_RDONLY | libc::O_NOFOLLOW, 0)?;
-        let f = File::from(fd);
+        let f = sys::open_regular(dir, OsStr::new(name), libc::O_RDONLY)?;
         let mut buf = [0u8; RECORD_LEN];
         sys::read_exact_at(&f, &mut buf, 0).map_err(VolumeError::short_read)?;
         self.open_record(RecordKind::Dir, &buf, ctx)
@@ -610,14 +632,9 @@ impl Volume {
         let bytes = rec.encode();
         for name in names {
             let tmp = format!("{name}.tmp");
+            sys::remove_stale_regular(dir, OsStr::new(&tmp))?;
             let replaced = (|| {
-                let fd = sys::openat(
-                    dir,
-                    OsStr::new(&tmp),
-                    libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW,
-                    0o600,
-                )?;
-                let f = File::from(fd);
+                let f = sys::create_new_regular(dir, OsStr::new(&tmp), 0o600)?;
                 sys::write_all_at(&f, &bytes, 0)?;
                 f.sync_data()?;
                 sys::renameat2(dir, OsStr::new(&tmp), dir, OsStr::new(name), 0)
@@ -680,23 +697,19 @@ impl Volume {
         let Some((side, full)) = &bn.sidecar else {
             return Ok(());
         };
-        if let Ok(fd) = sys::openat(dir, OsStr::new(side), libc::O_RDONLY | libc::O_NOFOLLOW, 0) {
+        if let Ok(f) = sys::open_regular(dir, OsStr::new(side), libc::O_RDONLY) {
             let mut buf = vec![0u8; full.len() + 1];
-            if File::from(fd).read_at(&mut buf, 0).ok() == Some(full.len())
+            if f.read_at(&mut buf, 0).ok() == Some(full.len())
                 && &buf[..full.len()] == full.as_bytes()
             {
                 return Ok(());
             }
         }
         let tmp = format!("{side}.tmp");
+        sys::remove_stale_regular(dir, OsStr::new(&tmp))?;
         let r = (|| {
-            let fd = sys::openat(
-                dir,
-                OsStr::new(&tmp),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW,
-                0o600,
-            )?;
-            sys::write_all_at(&File::from(fd), full.as_bytes(), 0)?;
+            let f = sys::create_new_regular(dir, OsStr::new(&tmp), 0o600)?;
+            sys::write_all_at(&f, full.as_bytes(), 0)?;
             sys::renameat2(dir, OsStr::new(&tmp), dir, OsStr::new(side), 0)
         })();
         if r.is_err() {

@@ -6,7 +6,7 @@
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 
@@ -101,6 +101,28 @@ pub fn renameat2(
             to_dir.as_raw_fd(),
             b.as_ptr(),
             flags,
+        )
+    })
+    .map(|_| ())
+}
+
+/// `linkat(2)` without following a symlink at `from`.
+pub fn linkat(
+    from_dir: BorrowedFd<'_>,
+    from: &OsStr,
+    to_dir: BorrowedFd<'_>,
+    to: &OsStr,
+) -> io::Result<()> {
+    let a = cstr(from)?;
+    let b = cstr(to)?;
+    // SAFETY: valid C strings and fds.
+    check(unsafe {
+        libc::linkat(
+            from_dir.as_raw_fd(),
+            a.as_ptr(),
+            to_dir.as_raw_fd(),
+            b.as_ptr(),
+            0,
         )
     })
     .map(|_| ())
@@ -271,4 +293,204 @@ pub fn fdatasync(f: &File) -> io::Result<()> {
 /// fsync of a directory given as an `O_PATH` fd.
 pub fn fsync_dir(dir: BorrowedFd<'_>) -> io::Result<()> {
     reopen(dir, libc::O_RDONLY | libc::O_DIRECTORY)?.sync_all()
+}
+
+// ------------------------------------------------------------ sealfs's own files
+//
+// Everything in the cipher directory is attacker-controlled input. sealfs's
+// own files there (config, keyring copies, lock, grants, audit segments,
+// directory records, their temp files) are reached only through a directory
+// fd, never through a path that could cross a planted symlink; a name that
+// holds something other than what sealfs keeps there is refused, never
+// followed, opened or blocked on.
+
+/// What kind of object `mode` (an `st_mode`) is, in words.
+pub fn kind_name(mode: libc::mode_t) -> &'static str {
+    match mode & libc::S_IFMT {
+        libc::S_IFREG => "regular file",
+        libc::S_IFDIR => "directory",
+        libc::S_IFLNK => "symbolic link",
+        libc::S_IFIFO => "FIFO",
+        libc::S_IFSOCK => "socket",
+        libc::S_IFCHR => "character device",
+        libc::S_IFBLK => "block device",
+        _ => "file of unknown type",
+    }
+}
+
+/// A name in the cipher directory where sealfs keeps one of its own files
+/// holds another kind of object (a planted symlink, a FIFO, …).
+#[derive(Debug)]
+pub struct WrongKind {
+    /// The name, relative to the directory it was looked up in.
+    pub name: String,
+    /// What was found there.
+    pub found: &'static str,
+    /// What sealfs keeps there.
+    pub expected: &'static str,
+}
+
+impl std::fmt::Display for WrongKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} in the cipher directory is a {} where sealfs keeps a {}; sealfs never follows, \
+             opens or replaces it. Move it away (it was not made by sealfs) and try again; \
+             'sealfs fsck --salvage' rebuilds sealfs's own files from their second copies",
+            self.name, self.found, self.expected
+        )
+    }
+}
+
+impl std::error::Error for WrongKind {}
+
+impl WrongKind {
+    /// Whether `e` is (or wraps) a [`WrongKind`] refusal.
+    pub fn is(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|i| i.is::<WrongKind>())
+    }
+}
+
+fn wrong_kind(name: &OsStr, found: libc::mode_t, expected: &'static str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        WrongKind {
+            name: name.to_string_lossy().into_owned(),
+            found: kind_name(found),
+            expected,
+        },
+    )
+}
+
+/// `fstat(2)`.
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    fstatat(fd, OsStr::new(""))
+}
+
+/// Opens the existing regular file `name` in `dir` with `flags` (no
+/// `O_CREAT`), without following a symlink and without opening anything
+/// else: the name is first pinned with `O_PATH | O_NOFOLLOW` (which opens
+/// nothing), checked to be a regular file, and only then reopened with the
+/// real access mode, so a FIFO or device planted there is never opened and
+/// a swap between the check and the open cannot redirect it.
+pub fn open_regular(dir: BorrowedFd<'_>, name: &OsStr, flags: i32) -> io::Result<File> {
+    let pinned = openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+    let st = fstat(pinned.as_fd())?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(wrong_kind(name, st.st_mode, "regular file"));
+    }
+    reopen(
+        pinned.as_fd(),
+        flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC),
+    )
+}
+
+/// Reads the whole regular file `name` in `dir` (see [`open_regular`]).
+pub fn read_regular(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = open_regular(dir, name, libc::O_RDONLY)?;
+    let mut out = Vec::new();
+    f.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// Opens the regular file `name` in `dir` read-write, creating it (empty,
+/// with `mode`) when absent. Never follows a symlink or opens another kind
+/// of object at `name`.
+pub fn open_or_create_regular(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<File> {
+    loop {
+        match open_regular(dir, name, libc::O_RDWR) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            other => return other,
+        }
+        let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+        match openat(dir, name, flags, mode) {
+            Ok(fd) => return Ok(File::from(fd)),
+            // Made by someone else in between: look again.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Opens the subdirectory `name` of `dir` without following a symlink;
+/// anything else than a directory there is refused as [`WrongKind`].
+pub fn open_subdir(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
+    match openat(
+        dir,
+        name,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    ) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+            let st = fstatat(dir, name)?;
+            Err(wrong_kind(name, st.st_mode, "directory"))
+        }
+        other => other,
+    }
+}
+
+/// Opens the directory at `path` (the cipher directory itself, as the user
+/// named it) for `*at` calls.
+pub fn open_dir_path(path: &std::path::Path) -> io::Result<OwnedFd> {
+    let c = cstr(path.as_os_str())?;
+    // SAFETY: valid C string; the returned fd is owned by us.
+    let fd = check(unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: fd was just returned by open.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Fails with [`WrongKind`] when `name` exists in `dir` and is not a
+/// regular file; absent is fine.
+pub fn check_regular_or_absent(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    match fstatat(dir, name) {
+        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => Ok(()),
+        Ok(st) => Err(wrong_kind(name, st.st_mode, "regular file")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes a leftover regular file `name` from `dir` (a temp file of an
+/// interrupted write); absent is fine, any other kind of object is refused.
+pub fn remove_stale_regular(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    check_regular_or_absent(dir, name)?;
+    match unlinkat(dir, name, false) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Creates the new regular file `name` in `dir` (`O_EXCL`: never an
+/// existing object, never through a symlink).
+pub fn create_new_regular(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<File> {
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+    openat(dir, name, flags, mode).map(File::from)
+}
+
+/// Replaces the regular file `name` in `dir` with `bytes`, durably and
+/// atomically: a fresh temp file `NAME.tmp` (a stale one is removed first;
+/// `O_EXCL`, `mode`), written and fsynced, renamed over `name`, and the
+/// directory fsynced. At every instant `name` holds the old or the new
+/// content. A `name` or temp name that holds anything but a regular file is
+/// refused ([`WrongKind`]) and left as it is.
+pub fn write_durably(dir: BorrowedFd<'_>, name: &str, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let name = OsStr::new(name);
+    check_regular_or_absent(dir, name)?;
+    let mut tmp = name.to_os_string();
+    tmp.push(".tmp");
+    remove_stale_regular(dir, &tmp)?;
+    let f = create_new_regular(dir, &tmp, mode)?;
+    let written = write_all_at(&f, bytes, 0).and_then(|()| f.sync_all());
+    drop(f);
+    if let Err(e) = written.and_then(|()| renameat2(dir, &tmp, dir, name, 0)) {
+        let _ = unlinkat(dir, &tmp, false);
+        return Err(e);
+    }
+    fsync_dir(dir)
 }

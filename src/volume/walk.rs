@@ -373,17 +373,12 @@ impl Volume {
         entry: &str,
         ctx: &EncryptionContext<'_>,
     ) -> Result<bool, VolumeError> {
-        let fd = match sys::openat(
-            parent,
-            OsStr::new(entry),
-            libc::O_RDWR | libc::O_NOFOLLOW,
-            0,
-        ) {
+        let fd = match sys::open_regular(parent, OsStr::new(entry), libc::O_RDWR) {
             Ok(fd) => fd,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(false), // renamed or removed meanwhile
             Err(e) => return Err(e.into()),
         };
-        let file = File::from(fd);
+        let file = fd;
         let mut buf = [0u8; RECORD_LEN];
         sys::read_exact_at(&file, &mut buf, 0).map_err(VolumeError::short_read)?;
         let primary = self.keyring().read().primary();
@@ -403,12 +398,7 @@ impl Volume {
     ) -> Result<bool, VolumeError> {
         let primary = self.keyring().read().primary();
         let mut buf = [0u8; RECORD_LEN];
-        let f = File::from(sys::openat(
-            fd,
-            OsStr::new(DIR_RECORD),
-            libc::O_RDONLY | libc::O_NOFOLLOW,
-            0,
-        )?);
+        let f = sys::open_regular(fd, OsStr::new(DIR_RECORD), libc::O_RDONLY)?;
         sys::read_exact_at(&f, &mut buf, 0).map_err(VolumeError::short_read)?;
         let rec = SealedRecord::decode(RecordKind::Dir, &buf)?;
         if rec.slots.iter().flatten().all(|s| s.key_version == primary) {
@@ -497,12 +487,7 @@ impl Volume {
                             .into_iter()
                             .find(|n| sys::fstatat(fd, OsStr::new(n)).is_ok())
                             .unwrap_or(DIR_RECORD);
-                        let f = File::from(sys::openat(
-                            fd,
-                            OsStr::new(name),
-                            libc::O_RDONLY | libc::O_NOFOLLOW,
-                            0,
-                        )?);
+                        let f = sys::open_regular(fd, OsStr::new(name), libc::O_RDONLY)?;
                         sys::read_exact_at(&f, &mut buf, 0).map_err(VolumeError::short_read)?;
                         tally(RecordKind::Dir, &buf, &ctx, path);
                     }
@@ -512,12 +497,7 @@ impl Volume {
                         ctx,
                         path,
                     } => {
-                        let f = File::from(sys::openat(
-                            parent,
-                            OsStr::new(entry),
-                            libc::O_RDONLY | libc::O_NOFOLLOW,
-                            0,
-                        )?);
+                        let f = sys::open_regular(parent, OsStr::new(entry), libc::O_RDONLY)?;
                         match sys::read_exact_at(&f, &mut buf, 0) {
                             Ok(()) => tally(RecordKind::File, &buf, &ctx, path),
                             Err(_) => tally(RecordKind::File, &[], &ctx, path),
