@@ -13,6 +13,7 @@
 //! sealing; this layer only frames the bytes).
 
 pub mod pkcs11;
+pub mod transit;
 
 use std::fmt;
 use std::path::PathBuf;
