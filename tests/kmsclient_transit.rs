@@ -364,3 +364,40 @@ fn token_from_file_and_env() {
     .unwrap_err();
     assert!(matches!(err, TransitError::Credentials(_)), "{err:?}");
 }
+
+#[test]
+fn https_with_a_ca_file() {
+    let Some(bao) = OpenBao::start_tls() else {
+        return;
+    };
+    assert!(bao.addr().starts_with("https://"));
+    let mut cfg = TransitConfig::new(bao.addr(), "kek", token(bao.root_token()));
+    cfg.ca_file = bao.ca_file().map(Into::into);
+    let c = TransitClient::connect(cfg).unwrap();
+    c.create_key().unwrap();
+    let ct = c.encrypt(&KEK, CTX).unwrap();
+    assert_eq!(&c.decrypt(&ct, CTX).unwrap()[..], &KEK);
+
+    // Without the CA the server is not trusted: a TLS error, at once.
+    let c = client(&bao, "kek", bao.root_token());
+    let start = Instant::now();
+    let err = c.decrypt(&ct, CTX).unwrap_err();
+    assert!(matches!(err, TransitError::Tls { .. }), "{err:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(err.to_string().contains("ca_file"), "{err}");
+
+    // A CA file that holds no certificate is a configuration error.
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("ca.pem");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    let mut cfg = TransitConfig::new(bao.addr(), "kek", token(bao.root_token()));
+    cfg.ca_file = Some(junk);
+    assert!(matches!(
+        TransitClient::connect(cfg),
+        Err(TransitError::Config(_))
+    ));
+}

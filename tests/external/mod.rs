@@ -187,7 +187,7 @@ impl Drop for SoftHsm {
 /// `contrib/setup.sh` links it), or `bao` on PATH.
 pub fn bao_binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("SEALFS_BAO") {
-        return Some(p.into());
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
     }
     let local = PathBuf::from("/usr/local/bin/bao");
     if local.is_file() {
@@ -216,6 +216,7 @@ pub struct OpenBao {
     bin: PathBuf,
     addr: String,
     root_token: String,
+    ca_file: Option<PathBuf>,
     home: TempDir,
 }
 
@@ -223,6 +224,16 @@ impl OpenBao {
     /// Starts a server and waits until `/v1/sys/health` answers 200, or
     /// `None` (printed) where `bao` is not installed.
     pub fn start() -> Option<OpenBao> {
+        Self::start_with(false)
+    }
+
+    /// Like [`Self::start`], serving https with a CA and certificate the
+    /// server generates (`-dev-tls`); see [`Self::ca_file`].
+    pub fn start_tls() -> Option<OpenBao> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Option<OpenBao> {
         let bin = match bao_binary() {
             Some(b) => b,
             None => {
@@ -237,7 +248,10 @@ impl OpenBao {
         let mut last_log = String::new();
         for _attempt in 0..3 {
             let port = free_port_pair();
-            let addr = format!("http://127.0.0.1:{port}");
+            let scheme = if tls { "https" } else { "http" };
+            let addr = format!("{scheme}://127.0.0.1:{port}");
+            let tls_dir = home.path().join(format!("tls-{port}"));
+            std::fs::create_dir_all(&tls_dir).expect("dir for the dev TLS files");
             let log_path = home.path().join(format!("server-{port}.log"));
             let log = std::fs::File::create(&log_path).expect("server log file");
             let mut cmd = Command::new(&bin);
@@ -248,6 +262,14 @@ impl OpenBao {
                 &format!("-dev-root-token-id={root_token}"),
                 &format!("-dev-listen-address=127.0.0.1:{port}"),
             ])
+            .args(if tls {
+                vec![
+                    "-dev-tls".to_owned(),
+                    format!("-dev-tls-cert-dir={}", tls_dir.display()),
+                ]
+            } else {
+                vec![]
+            })
             .env("HOME", home.path())
             .env_remove("BAO_ADDR")
             .env_remove("VAULT_ADDR")
@@ -270,6 +292,7 @@ impl OpenBao {
                 bin: bin.clone(),
                 addr,
                 root_token: root_token.clone(),
+                ca_file: tls.then(|| tls_dir.join("vault-ca.pem")),
                 home,
             };
             if bao.wait_healthy(Duration::from_secs(20)) {
@@ -284,11 +307,6 @@ impl OpenBao {
     }
 
     fn wait_healthy(&mut self, limit: Duration) -> bool {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_millis(500)))
-            .http_status_as_error(false)
-            .build()
-            .into();
         let url = format!("{}/v1/sys/health", self.addr);
         let start = Instant::now();
         while start.elapsed() < limit {
@@ -297,6 +315,28 @@ impl OpenBao {
                     return false; // exited (port taken?)
                 }
             }
+            let mut config = ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_millis(500)))
+                .http_status_as_error(false);
+            if let Some(ca) = &self.ca_file {
+                // Written by the server shortly after it starts.
+                let Ok(pem) = std::fs::read(ca) else {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                };
+                let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+                    .filter_map(|i| match i {
+                        Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                        _ => None,
+                    })
+                    .collect();
+                config = config.tls_config(
+                    ureq::tls::TlsConfig::builder()
+                        .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+                        .build(),
+                );
+            }
+            let agent: ureq::Agent = config.build().into();
             if let Ok(r) = agent.get(&url).call() {
                 if r.status() == 200 {
                     return true;
@@ -317,6 +357,11 @@ impl OpenBao {
         &self.root_token
     }
 
+    /// The CA certificate of a [`Self::start_tls`] server.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
+    }
+
     /// Runs `bao ARGS…` as root against this server; panics on failure and
     /// returns stdout.
     pub fn bao(&self, args: &[&str]) -> String {
@@ -329,6 +374,7 @@ impl OpenBao {
             .args(args)
             .env("BAO_ADDR", &self.addr)
             .env("BAO_TOKEN", &self.root_token)
+            .envs(self.ca_file.iter().map(|ca| ("BAO_CACERT", ca)))
             .env("HOME", self.home.path())
             .env_remove("VAULT_ADDR")
             .env_remove("VAULT_TOKEN")
