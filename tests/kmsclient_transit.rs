@@ -169,6 +169,31 @@ fn soft_deleted_key_is_disabled() {
     ));
     bao.bao(&["write", "-f", "transit/keys/kek/soft-delete-restore"]);
     assert_eq!(&c.decrypt(&ct, CTX).unwrap()[..], &KEK);
+    // A deleted key is gone: KeyNotFound.
+    bao.bao(&["write", "transit/keys/kek/config", "deletion_allowed=true"]);
+    bao.bao(&["delete", "transit/keys/kek"]);
+    let err = c.decrypt(&ct, CTX).unwrap_err();
+    assert!(matches!(err, TransitError::KeyNotFound { .. }), "{err:?}");
+}
+
+#[test]
+fn sealed_server_is_retried_then_a_server_error() {
+    let Some((bao, c)) = server_with_key() else {
+        return;
+    };
+    let ct = c.encrypt(&KEK, CTX).unwrap();
+    bao.bao(&["operator", "seal"]);
+    let start = Instant::now();
+    let err = c.decrypt(&ct, CTX).unwrap_err();
+    let took = start.elapsed();
+    assert!(
+        matches!(err, TransitError::Server { status: 503, .. }),
+        "{err:?}"
+    );
+    // Retried: 3 backoffs of 100, 200, 400 ms, within the 5 s budget.
+    assert!(took >= Duration::from_millis(700), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    println!("transit: sealed server answered 503 for {took:?}: {err}");
 }
 
 #[test]
