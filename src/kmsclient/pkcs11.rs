@@ -336,37 +336,17 @@ impl fmt::Debug for Pkcs11Uri {
 }
 
 impl Pkcs11Uri {
+    /// The URI's token attributes alone, for messages.
     fn token_selector(&self) -> String {
-        let attrs = [
-            ("token", &self.token),
-            ("serial", &self.serial),
-            ("manufacturer", &self.manufacturer),
-            ("model", &self.model),
-        ];
-        let parts: Vec<String> = attrs
-            .iter()
-            .filter_map(|(n, v)| v.as_ref().map(|v| format!("{n}={v:?}")))
-            .chain(self.slot_id.map(|i| format!("slot-id={i}")))
-            .collect();
-        if parts.is_empty() {
-            "any token".into()
-        } else {
-            parts.join(", ")
-        }
+        let only_token = Pkcs11Uri {
+            object: None,
+            id: None,
+            module_path: None,
+            pin: None,
+            ..self.clone()
+        };
+        only_token.to_string()
     }
-
-    fn key_selector(&self) -> String {
-        match (&self.object, &self.id) {
-            (Some(o), Some(id)) => format!("object={o:?}, id={}", hex(id)),
-            (Some(o), None) => format!("object={o:?}"),
-            (None, Some(id)) => format!("id={}", hex(id)),
-            (None, None) => "no key (the URI has neither object= nor id=)".into(),
-        }
-    }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|c| format!("{c:02x}")).collect()
 }
 
 // ---------------------------------------------------------------- errors
@@ -447,7 +427,7 @@ pub enum Pkcs11Error {
         reason: &'static str,
     },
     /// Random bytes for the IV could not be had from the OS.
-    #[error("the operating system's random generator failed: {0}")]
+    #[error("the operating system's random generator failed ({0}); retry")]
     Random(String),
     /// Any other PKCS#11 failure (function: code).
     #[error("PKCS#11 call failed ({0}); see the token's logs")]
@@ -495,8 +475,11 @@ struct ModuleRef {
     ctx: Pkcs11,
 }
 
-fn registry() -> &'static Mutex<HashMap<PathBuf, (Pkcs11, usize)>> {
-    static R: OnceLock<Mutex<HashMap<PathBuf, (Pkcs11, usize)>>> = OnceLock::new();
+/// Loaded modules: context, users, whether this registry initialised it.
+type Registry = HashMap<PathBuf, (Pkcs11, usize, bool)>;
+
+fn registry() -> &'static Mutex<Registry> {
+    static R: OnceLock<Mutex<Registry>> = OnceLock::new();
     R.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
@@ -510,7 +493,7 @@ impl ModuleRef {
             .canonicalize()
             .map_err(|e| unavailable(format!("not found ({e})")))?;
         let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((ctx, n)) = reg.get_mut(&canon) {
+        if let Some((ctx, n, _)) = reg.get_mut(&canon) {
             *n += 1;
             return Ok(ModuleRef {
                 path: canon,
@@ -518,13 +501,14 @@ impl ModuleRef {
             });
         }
         let ctx = Pkcs11::new(&canon).map_err(|e| unavailable(format!("cannot load it ({e})")))?;
-        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-            Ok(()) => {}
-            // Another library in this process initialised it: share it.
-            Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        let owned = match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) => true,
+            // Another library in this process initialised it: share it,
+            // and leave finalizing to that library.
+            Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => false,
             Err(e) => return Err(unavailable(format!("C_Initialize failed ({e})"))),
-        }
-        reg.insert(canon.clone(), (ctx.clone(), 1));
+        };
+        reg.insert(canon.clone(), (ctx.clone(), 1, owned));
         Ok(ModuleRef { path: canon, ctx })
     }
 }
@@ -533,14 +517,14 @@ impl Drop for ModuleRef {
     fn drop(&mut self) {
         let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
         let last = match reg.get_mut(&self.path) {
-            Some((_, n)) => {
+            Some((_, n, _)) => {
                 *n -= 1;
                 *n == 0
             }
             None => false,
         };
         if last {
-            if let Some((ctx, _)) = reg.remove(&self.path) {
+            if let Some((ctx, _, true)) = reg.remove(&self.path) {
                 let _ = ctx.finalize();
             }
         }
@@ -670,7 +654,7 @@ impl Pkcs11Token {
             id: id.map(Into::into),
             ..Default::default()
         }
-        .key_selector();
+        .to_string();
         match found.len() {
             0 => Err(Pkcs11Error::KeyNotFound {
                 token: self.label.clone(),
@@ -760,7 +744,7 @@ impl Pkcs11Token {
     fn key(&self) -> Result<ObjectHandle, Pkcs11Error> {
         self.key.ok_or_else(|| Pkcs11Error::KeyNotFound {
             token: self.label.clone(),
-            selector: "no key (the URI has neither object= nor id=)".into(),
+            selector: "(the URI names none: add object= or id=)".into(),
         })
     }
 

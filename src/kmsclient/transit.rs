@@ -298,6 +298,8 @@ enum Attempt {
         reason: String,
     },
     Server(u16, String),
+    /// The TLS handshake failed: retrying will not help.
+    Tls(String),
 }
 
 /// A blocking client for one Transit key (and a KV v2 mount).
@@ -388,12 +390,19 @@ impl TransitClient {
                 secret_id,
             } => {
                 valid_name("AppRole mount", mount)?;
+                #[derive(serde::Serialize)]
+                struct Login<'a> {
+                    role_id: &'a str,
+                    secret_id: &'a str,
+                }
+                let (role_id, secret_id) = (role_id.resolve()?, secret_id.resolve()?);
+                let login = Login {
+                    role_id: &role_id,
+                    secret_id: &secret_id,
+                };
                 let body = Zeroizing::new(
-                    serde_json::to_vec(&json!({
-                        "role_id": role_id.resolve()?.as_str(),
-                        "secret_id": secret_id.resolve()?.as_str(),
-                    }))
-                    .map_err(|e| TransitError::Protocol(e.to_string()))?,
+                    serde_json::to_vec(&login)
+                        .map_err(|e| TransitError::Protocol(e.to_string()))?,
                 );
                 let path = format!("auth/{mount}/login");
                 let v = client.call("POST", &path, Some(&body), true, Op::Login)?;
@@ -501,12 +510,7 @@ impl TransitClient {
                     return Ok(v)
                 }
                 Attempt::Done(status, v) => return Err(self.map_status(status, &v, path, op)),
-                Attempt::NoConnection(reason) if reason.starts_with("TLS:") => {
-                    return Err(TransitError::Tls {
-                        addr,
-                        reason: reason[4..].trim().to_owned(),
-                    })
-                }
+                Attempt::Tls(reason) => return Err(TransitError::Tls { addr, reason }),
                 Attempt::NoConnection(reason) => (
                     true,
                     TransitError::Unreachable {
@@ -607,10 +611,18 @@ impl TransitClient {
     /// `context` (non-empty; the key must be derived, see
     /// [`check_key`](Self::check_key)). Returns `vault:vN:…`.
     pub fn encrypt(&self, plaintext: &[u8], context: &[u8]) -> Result<String, TransitError> {
+        #[derive(serde::Serialize)]
+        struct Request<'a> {
+            plaintext: &'a str,
+            context: &'a str,
+        }
         let pt = Zeroizing::new(B64.encode(plaintext));
+        let request = Request {
+            plaintext: &pt,
+            context: &B64.encode(context),
+        };
         let body = Zeroizing::new(
-            serde_json::to_vec(&json!({"plaintext": pt.as_str(), "context": B64.encode(context)}))
-                .map_err(|e| TransitError::Protocol(e.to_string()))?,
+            serde_json::to_vec(&request).map_err(|e| TransitError::Protocol(e.to_string()))?,
         );
         let v = self.call(
             "POST",
@@ -800,8 +812,8 @@ fn classify(e: ureq::Error) -> Attempt {
         ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => {
             Attempt::NoConnection(e.to_string())
         }
-        ureq::Error::Tls(m) => Attempt::NoConnection(format!("TLS: {m}")),
-        ureq::Error::Rustls(ref r) => Attempt::NoConnection(format!("TLS: {r}")),
+        ureq::Error::Tls(m) => Attempt::Tls(m.to_owned()),
+        ureq::Error::Rustls(r) => Attempt::Tls(r.to_string()),
         ureq::Error::Io(io) => match io.kind() {
             K::ConnectionRefused
             | K::AddrNotAvailable
@@ -812,7 +824,7 @@ fn classify(e: ureq::Error) -> Attempt {
                 reason: io.to_string(),
             },
             K::InvalidData if io.to_string().contains("certificate") => {
-                Attempt::NoConnection(format!("TLS: {io}"))
+                Attempt::Tls(io.to_string())
             }
             _ => Attempt::Lost {
                 timeout: false,
