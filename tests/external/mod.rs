@@ -210,7 +210,9 @@ fn free_port_pair() -> u16 {
 }
 
 /// An OpenBao dev server (in memory, unsealed) on a free loopback port with
-/// Transit enabled at `transit/` and KV v2 at `secret/`. Killed on drop.
+/// Transit enabled at `transit/` and KV v2 at `secret/`. Killed on drop,
+/// and by the kernel when the thread that started it ends (so start it in
+/// the test's own thread, not in a helper thread that exits early).
 pub struct OpenBao {
     child: Option<Child>,
     bin: PathBuf,
