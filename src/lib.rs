@@ -19,6 +19,7 @@ pub mod fs;
 pub mod fuzz;
 pub mod hardening;
 pub mod keyring;
+pub mod kmsclient;
 pub mod logging;
 pub mod metrics;
 pub mod transfer;
