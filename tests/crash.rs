@@ -821,7 +821,7 @@ fn sigkill_at_random_moments_loses_nothing_that_was_not_in_flight() {
         killed.store(true, Ordering::SeqCst);
         fx.kill_daemon();
         if let Some(err) = worker.join().expect("workload thread") {
-            panic!("{what}: {err}");
+            panic!("{what}: {err}\ndaemon log:\n{}", fx.last_log());
         }
         // Offline fsck: reports at most what was in flight.
         let out = sealfs(&[

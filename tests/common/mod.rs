@@ -519,6 +519,13 @@ impl Fixture {
         self.mounted.as_ref().map(|m| m.log()).unwrap_or_default()
     }
 
+    /// The log of the most recent mount, also after it ended (a killed
+    /// daemon's last words).
+    pub fn last_log(&self) -> String {
+        fs::read_to_string(self.root.path().join(format!("daemon.{}.log", self.logs)))
+            .unwrap_or_default()
+    }
+
     /// Every path under the cipherdir (relative), sorted.
     pub fn cipher_listing(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
