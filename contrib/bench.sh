@@ -1,35 +1,58 @@
 #!/usr/bin/env bash
-# bench.sh - benchmark sealfs against gocryptfs and the plain backing disk.
+# bench.sh - benchmark sealfs against gocryptfs, securefs and the plain disk.
 #
-# Usage: contrib/bench.sh [--runs N] [--quick] [--only sealfs|gocryptfs]
+# Usage: contrib/bench.sh [--runs N] [--quick] [--audit-off] [--requests]
+#                         [--only sealfs|gocryptfs|securefs]
 #
 #   --runs N      repeat every workload N times and report the median (3)
 #   --quick       SIZE=256m, RUNTIME=5s, NFILES=2000 and 1 run (unless
 #                 --runs is also given): a smoke test, not a measurement
 #   --audit-off   also measure sealfs mounted with --no-audit (adds a
 #                 column and an "audit on/off" ratio: the cost of the log)
-#   --only FS     benchmark only FS (sealfs or gocryptfs); the plain
-#                 backing directory is always measured as the reference
+#   --requests    after the timed runs, count the FUSE requests (per
+#                 opcode) and daemon syscalls per file of the small-file
+#                 workload with contrib/fuse-requests.sh, in separate,
+#                 untimed volumes (tracing perturbs timings, so counts and
+#                 timings never come from the same run)
+#   --only FS     benchmark only FS (sealfs, gocryptfs or securefs); the
+#                 plain backing directory is always measured as the
+#                 reference
 #   -h, --help    this text
 #
 # Filesystems: sealfs (built with "cargo build --release" from this
-# repository, or $SEALFS_BIN if set), gocryptfs if it is installed, and the
-# plain scratch directory (normally ext4) underneath both.  All three live
-# on the same disk, in a scratch directory /var/tmp/sealfs-bench.XXXX
-# ($BENCH_DIR instead of /var/tmp).  Each run makes a fresh volume with a
-# passfile, mounts it, runs the fio jobs in contrib/fio/ and
+# repository, or $SEALFS_BIN if set), gocryptfs and securefs (lite format)
+# when installed (apt packages gocryptfs and securefs; a column says "n/a"
+# otherwise), and the plain scratch directory (normally ext4) underneath
+# them.  All live on the same disk, in a scratch directory
+# /var/tmp/sealfs-bench.XXXX ($BENCH_DIR instead of /var/tmp).  Each run
+# makes a fresh volume with a passfile, mounts it with the program's
+# default options, runs the fio jobs in contrib/fio/ and
 # contrib/smallfiles.sh, and unmounts it.  Runs are interleaved (run 1:
-# sealfs, gocryptfs, plain; run 2: ...) so that background noise hits every
-# filesystem alike.  The page cache is dropped (sync; echo 3 >
+# sealfs, gocryptfs, securefs, plain; run 2: ...) so that background noise
+# hits every filesystem alike.  The page cache is dropped (sync; echo 3 >
 # /proc/sys/vm/drop_caches) before each read workload, which needs root.
 #
-# Output: one markdown table on stdout with the median of the runs; progress
-# goes to stderr.  Raw fio JSON, logs and every single result are kept in
-# /var/tmp/sealfs-bench-results.DATE ($BENCH_RESULTS to choose).
+# Space: right before and after the small-file create phase and the untar
+# phase, "du -sk --apparent-size" and "du -sk" (allocated blocks) of the
+# cipher directory (of the plain directory for the plain disk, after a
+# statfs so that deferred deletes are done); the difference is what the
+# tree costs on disk, audit log and per-directory files included.
+#
+# Output: one markdown table on stdout with the median of the runs (plus a
+# table of the space against the plaintext, and with --requests the
+# request counts); progress goes to stderr.  Columns: each filesystem,
+# the best peer of the row (the faster or smaller of gocryptfs and
+# securefs, by the row's direction), sealfs/best peer and sealfs/plain;
+# a ratio > 1 always means sealfs is better.  Raw fio JSON, logs and every
+# single result are kept in /var/tmp/sealfs-bench-results.DATE
+# ($BENCH_RESULTS to choose).
 #
 # Environment overrides: SIZE (1g), RUNTIME (15s), NFILES (10000),
 # NTARFILES (3000), FIO_TIMEOUT (1800 seconds per fio job), SEALFS_BIN,
-# BENCH_DIR, BENCH_RESULTS.  Needs fio, python3, fusermount3 (fuse3).
+# BENCH_DIR, BENCH_RESULTS; RANDSIZE and VERIFYSIZE replace the fixed
+# sizes of the random-I/O files (256m) and of the verify files (64m) in
+# copies of the job files (for smoke tests); REQUESTS_NFILES (2000) is the
+# NFILES of --requests.  Needs fio, python3, fusermount3 (fuse3).
 #
 # Everything that gets mounted is unmounted on exit (also on error or
 # Ctrl-C), and any daemon still running on the scratch directory is
@@ -39,15 +62,15 @@ set -euo pipefail
 export LC_ALL=C
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(cd "$here/.." && pwd)
 fiodir=$here/fio
+prog=bench.sh
+# shellcheck source=contrib/bench-lib.sh
+. "$here/bench-lib.sh"
 
 usage() {
     sed -n '2,/^$/s/^# \{0,1\}//p' "$0"
     exit "${1:-0}"
 }
-die() { echo "bench.sh: $*" >&2; exit 1; }
-log() { echo "bench.sh: $*" >&2; }
 
 # --- arguments ---------------------------------------------------------------
 runs=3
@@ -55,12 +78,14 @@ runs_given=0
 quick=0
 only=
 audit_off=0
+requests=0
 while [[ $# -gt 0 ]]; do
     case $1 in
         --runs) [[ $# -ge 2 ]] || usage 2; runs=$2; runs_given=1; shift 2 ;;
         --runs=*) runs=${1#--runs=}; runs_given=1; shift ;;
         --quick) quick=1; shift ;;
         --audit-off) audit_off=1; shift ;;
+        --requests) requests=1; shift ;;
         --only) [[ $# -ge 2 ]] || usage 2; only=$2; shift 2 ;;
         --only=*) only=${1#--only=}; shift ;;
         -h|--help) usage 0 ;;
@@ -69,8 +94,8 @@ while [[ $# -gt 0 ]]; do
 done
 [[ $runs =~ ^[1-9][0-9]*$ ]] || die "--runs needs a positive integer"
 case $only in
-    ''|sealfs|gocryptfs|plain|ext4) ;;
-    *) die "--only must be sealfs or gocryptfs" ;;
+    ''|sealfs|gocryptfs|securefs|plain|ext4) ;;
+    *) die "--only must be sealfs, gocryptfs or securefs" ;;
 esac
 
 if [[ $quick == 1 ]]; then
@@ -91,15 +116,17 @@ fss=()
 case $only in
     '')
         fss=(sealfs)
-        if command -v gocryptfs > /dev/null; then
-            fss+=(gocryptfs)
-        else
-            log "gocryptfs is not installed; measuring sealfs and the plain directory only"
-        fi ;;
+        for peer in gocryptfs securefs; do
+            if fs_installed "$peer"; then
+                fss+=("$peer")
+            else
+                log "$peer is not installed (apt-get install $peer); its column says n/a"
+            fi
+        done ;;
     sealfs) fss=(sealfs) ;;
-    gocryptfs)
-        command -v gocryptfs > /dev/null || die "gocryptfs is not installed (apt-get install gocryptfs)"
-        fss=(gocryptfs) ;;
+    gocryptfs|securefs)
+        fs_installed "$only" || die "$only is not installed (apt-get install $only)"
+        fss=("$only") ;;
 esac
 if [[ $audit_off == 1 && " ${fss[*]} " == *" sealfs "* ]]; then
     fss=(sealfs sealfs-noaudit "${fss[@]:1}")
@@ -109,22 +136,13 @@ if [[ ${#fss[@]} -gt 1 ]]; then
     command -v fusermount3 > /dev/null || die "fusermount3 is not installed (apt-get install fuse3)"
 fi
 
-can_drop=1
-if ! [[ -w /proc/sys/vm/drop_caches ]]; then
-    can_drop=0
+if [[ $can_drop == 0 ]]; then
     log "WARNING: cannot write /proc/sys/vm/drop_caches (run as root); read numbers will be cache-warm"
 fi
 
 sealfs_bin=
 if [[ " ${fss[*]} " == *" sealfs "* ]]; then
-    if [[ -n ${SEALFS_BIN:-} ]]; then
-        sealfs_bin=$SEALFS_BIN
-    else
-        log "building sealfs (cargo build --release)"
-        (cd "$repo" && cargo build --release >&2) || die "cargo build --release failed"
-        sealfs_bin=${CARGO_TARGET_DIR:-$repo/target}/release/sealfs
-    fi
-    [[ -x $sealfs_bin ]] || die "no sealfs binary at $sealfs_bin"
+    find_sealfs
 fi
 
 # --- scratch space, results, cleanup -------------------------------------------
@@ -133,186 +151,47 @@ scratch=$(mktemp -d "$parent/sealfs-bench.XXXX")
 [[ $scratch != *[[:space:]]* ]] || die "scratch path must not contain whitespace"
 results=${BENCH_RESULTS:-$parent/sealfs-bench-results.$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$results"
+logdir=$results
 tsv=$results/results.tsv
 : > "$tsv"
-
-declare -A mounted=()   # mountpoint -> filesystem name, while mounted
-
-is_mounted() {  # MNT: listed in the mount table? (no stat, works on dead FUSE)
-    awk -v m="$1" '$2 == m { found = 1 } END { exit !found }' /proc/self/mounts
-}
-
-# PIDs of processes other than this script whose command line mentions the
-# scratch directory: the FUSE daemons we started (and any child of ours that
-# an interrupt left behind).  The scratch path is unique to this run, so
-# this never matches anything we did not start.
-our_pids() {
-    local p pid args
-    for p in /proc/[0-9]*; do
-        pid=${p#/proc/}
-        [[ $pid == "$$" || $pid == "$BASHPID" ]] && continue
-        args=()
-        mapfile -d '' args 2> /dev/null < "$p/cmdline" || continue
-        [[ "${args[*]:-}" == *"$scratch/"* ]] && echo "$pid"
-    done
-    return 0
-}
-
-# Wait up to ~10 s for the daemons matching PATTERN to exit, then kill them.
-reap_daemons() {
-    local pattern=$1 pids=() pid i
-    for ((i = 0; i < 50; i++)); do
-        mapfile -t pids < <(our_pids)
-        local left=()
-        for pid in "${pids[@]}"; do
-            local args=()
-            mapfile -d '' args 2> /dev/null < "/proc/$pid/cmdline" || continue
-            [[ "${args[*]:-}" == *"$pattern"* ]] && left+=("$pid")
-        done
-        [[ ${#left[@]} -eq 0 ]] && return 0
-        if [[ $i -eq 25 ]]; then
-            log "WARNING: daemon(s) ${left[*]} still running after unmount; sending SIGTERM"
-            kill -TERM "${left[@]}" 2> /dev/null || true
-        elif [[ $i -eq 49 ]]; then
-            log "WARNING: killing daemon(s) ${left[*]}"
-            kill -KILL "${left[@]}" 2> /dev/null || true
-        fi
-        sleep 0.2
-    done
-}
-
-unmount_fs() {  # FS MNT
-    local fs=$1 mnt=$2 i
-    if is_mounted "$mnt"; then
-        if [[ $fs == sealfs* ]]; then
-            "$sealfs_bin" unmount "$mnt" >> "$results/daemon.log" 2>&1 </dev/null || true
-        fi
-        # fusermount3 fails with EBUSY while something still has a file
-        # open in there; give it a few seconds.
-        for ((i = 0; i < 20; i++)); do
-            is_mounted "$mnt" || break
-            fusermount3 -u "$mnt" >> "$results/daemon.log" 2>&1 || sleep 0.5
-        done
-        if is_mounted "$mnt"; then
-            log "WARNING: $mnt is busy; detaching it lazily"
-            fusermount3 -u -z "$mnt" >> "$results/daemon.log" 2>&1 || true
-        fi
-    fi
-    unset 'mounted[$mnt]'
-}
-
-# Long-running steps run in the background and the script waits for them:
-# a signal then interrupts "wait" at once and the INT/TERM trap runs right
-# away.  (A foreground child that catches SIGINT itself, like fio, or that
-# sits in its own process group, like timeout, would make bash skip the
-# trap and carry on with the next job.)
-child=
-run_bg() {
-    local rc=0
-    "$@" &
-    child=$!
-    wait "$child" || rc=$?
-    child=
-    return "$rc"
-}
-
-cleanup() {
-    local rc=$? mnt i
-    set +e
-    trap - EXIT INT TERM
-    if [[ -n $child ]]; then
-        # timeout(1) passes the signal on to the whole job it runs.
-        kill -TERM "$child" 2> /dev/null
-        for ((i = 0; i < 50; i++)); do
-            kill -0 "$child" 2> /dev/null || break
-            sleep 0.2
-        done
-        kill -KILL "$child" 2> /dev/null
-        wait "$child" 2> /dev/null
-    fi
-    for mnt in "${!mounted[@]}"; do
-        unmount_fs "${mounted[$mnt]}" "$mnt"
-    done
-    # Anything that still runs on our scratch dir is ours: stop it.
-    reap_daemons "$scratch/"
-    if grep -q -F " $scratch/" /proc/self/mounts; then
-        log "WARNING: something is still mounted under $scratch; not deleting it"
-    else
-        rm -rf -- "$scratch"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
+trap bench_cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-drop_caches() {
-    sync
-    if [[ $can_drop == 1 ]]; then
-        echo 3 > /proc/sys/vm/drop_caches
-    fi
-}
-
-# --- filesystems -------------------------------------------------------------
 passfile=$scratch/passfile
-(umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$passfile" && echo >> "$passfile")
+make_passfile
 
-# setup_fs FS DIR: create a volume in DIR and mount it; sets $work to the
-# directory the workloads run in.  (Not called in a subshell, so that the
-# mounted[] bookkeeping for the cleanup trap sticks.)
-work=
-setup_fs() {
-    local fs=$1 dir=$2
-    local cipher=$dir/cipher mnt=$dir/mnt dlog=$results/daemon.log
-    case $fs in
-        plain)
-            mkdir -p "$dir/plain"
-            work=$dir/plain
-            return 0 ;;
-        sealfs|sealfs-noaudit)
-            mkdir -p "$cipher" "$mnt"
-            echo "== $fs init/mount $cipher" >> "$dlog"
-            "$sealfs_bin" init "$cipher" --passfile "$passfile" >> "$dlog" 2>&1 </dev/null ||
-                { log "sealfs init failed (see $dlog)"; return 1; }
-            mounted[$mnt]=$fs
-            local extra=()
-            [[ $fs == sealfs-noaudit ]] && extra=(--no-audit)
-            "$sealfs_bin" mount "$cipher" "$mnt" --passfile "$passfile" "${extra[@]}" >> "$dlog" 2>&1 </dev/null ||
-                { log "sealfs mount failed (see $dlog)"; return 1; } ;;
-        gocryptfs)
-            mkdir -p "$cipher" "$mnt"
-            echo "== $fs init/mount $cipher" >> "$dlog"
-            gocryptfs -init -passfile "$passfile" -q "$cipher" >> "$dlog" 2>&1 </dev/null ||
-                { log "gocryptfs -init failed (see $dlog)"; return 1; }
-            mounted[$mnt]=$fs
-            gocryptfs -passfile "$passfile" -q "$cipher" "$mnt" >> "$dlog" 2>&1 </dev/null ||
-                { log "gocryptfs mount failed (see $dlog)"; return 1; } ;;
-    esac
-    local i
-    for ((i = 0; i < 50; i++)); do
-        is_mounted "$mnt" && { work=$mnt; return 0; }
-        sleep 0.2
+# Smaller fixed-size files for smoke tests: edited copies of the job files.
+if [[ -n ${RANDSIZE:-} || -n ${VERIFYSIZE:-} ]]; then
+    mkdir "$scratch/fio"
+    for job in "$fiodir"/*.fio; do
+        sed -e "s/^size=256m\$/size=${RANDSIZE:-256m}/" \
+            -e "s/^size=64m\$/size=${VERIFYSIZE:-64m}/" "$job" > "$scratch/fio/${job##*/}"
     done
-    log "$fs: $mnt did not show up in /proc/self/mounts"
-    return 1
-}
+    fiodir=$scratch/fio
+fi
 
-teardown_fs() {  # FS DIR
-    local fs=$1 dir=$2
-    if [[ $fs != plain ]]; then
-        unmount_fs "$fs" "$dir/mnt"
-        reap_daemons "$dir/"
-    fi
-    if grep -q -F " $dir/" /proc/self/mounts; then
-        die "$dir/mnt is still mounted"
-    fi
-    rm -rf -- "$dir"
-}
+# The SMALLFILES_HOOK of the timed runs: before and after the create and
+# untar phases, "PHASE begin|end APPARENT BLOCKS" (KiB) of $SPACE_DIR into
+# $SPACE_OUT, after a statfs of $SPACE_MNT (sealfs frees unlinked files in
+# the background and makes statfs wait for that).
+space_hook=$scratch/space-hook
+cat > "$space_hook" <<'EOF'
+#!/usr/bin/env bash
+set -euo pipefail
+case $2 in create|untar) ;; *) exit 0 ;; esac
+stat -f -- "$SPACE_MNT" > /dev/null
+printf '%s %s %s %s\n' "$2" "$1" \
+    "$(du -sk --apparent-size -- "$SPACE_DIR" | cut -f1)" \
+    "$(du -sk -- "$SPACE_DIR" | cut -f1)" >> "$SPACE_OUT"
+EOF
+chmod +x "$space_hook"
 
 # --- measuring -----------------------------------------------------------------
 # Workloads, in table order: name, unit, how to read the fio JSON.
 workloads=(seq-write seq-read randread-4k randread-4k-qd16 randwrite-4k
-           mixed-randrw parallel-2jobs verify create read delete untar)
+           mixed-randrw parallel-2jobs verify create read delete untar
+           space-small-app space-small-blk space-untar-app space-untar-blk)
 
 record() {  # RUN FS WORKLOAD VALUE
     printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$tsv"
@@ -412,7 +291,10 @@ bench_one() {  # RUN FS
 
     local phase secs seen=()
     local sflog=$results/run$run/$fs/smallfiles.log
-    if DROP_CACHES=$can_drop run_bg timeout -k 30 "$fio_timeout" \
+    local spacelog=$results/run$run/$fs/space.txt
+    : > "$spacelog"
+    if DROP_CACHES=$can_drop SMALLFILES_HOOK=$space_hook SPACE_MNT=$work \
+            SPACE_DIR=$cipher SPACE_OUT=$spacelog run_bg timeout -k 30 "$fio_timeout" \
             "$here/smallfiles.sh" "$work" > "$sflog" 2>&1 </dev/null; then
         :
     else
@@ -430,16 +312,36 @@ bench_one() {  # RUN FS
         [[ " ${seen[*]:-} " == *" $w "* ]] || record "$run" "$fs" "$w" NA
     done
 
+    # Space: what each phase added to the cipher (or plain) directory.
+    local short app blk
+    for phase in create untar; do
+        short=$phase
+        [[ $phase == create ]] && short=small
+        read -r app blk < <(awk -v p="$phase" '
+            $1 == p && $2 == "begin" { a0 = $3; b0 = $4; got++ }
+            $1 == p && $2 == "end" { a1 = $3; b1 = $4; got++ }
+            END { if (got == 2) print a1 - a0, b1 - b0; else print "NA NA" }' "$spacelog")
+        log "  space after $phase: apparent $app KiB, blocks $blk KiB"
+        record "$run" "$fs" "space-$short-app" "$app"
+        record "$run" "$fs" "space-$short-blk" "$blk"
+    done
+
     teardown_fs "$fs" "$dir"
 }
 
 plain_type=$(findmnt -n -o FSTYPE -T "$scratch" 2> /dev/null || echo plain)
+# Peers that this machine lacks: their column says n/a.
+missing=()
+for peer in gocryptfs securefs; do
+    fs_installed "$peer" || missing+=("$peer")
+done
 {
     echo "sealfs bench $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "kernel $(uname -r), $(nproc) CPUs, scratch $scratch ($plain_type)"
     fio --version
-    command -v gocryptfs > /dev/null && gocryptfs -version
-    [[ -n $sealfs_bin ]] && echo "sealfs $(git -C "$repo" rev-parse --short HEAD 2> /dev/null || echo '?') $sealfs_bin"
+    for fs in "${fss[@]}"; do
+        fs_version "$fs"
+    done
     echo "SIZE=$SIZE RUNTIME=$RUNTIME NFILES=$NFILES NTARFILES=$NTARFILES runs=$runs"
 } > "$results/environment.txt" 2>&1
 log "results and logs: $results"
@@ -452,11 +354,12 @@ for ((run = 1; run <= runs; run++)); do
 done
 
 # --- report --------------------------------------------------------------------
-python3 - "$tsv" "$plain_type" "$runs" <<'EOF' | tee "$results/table.md"
+python3 - "$tsv" "$plain_type" "$runs" "${missing[*]:-}" <<'EOF' | tee "$results/table.md"
 import statistics, sys
 from collections import defaultdict
 
 tsv, plain_name, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+missing = set(sys.argv[4].split())
 vals = defaultdict(list)
 present = set()
 for line in open(tsv):
@@ -465,7 +368,8 @@ for line in open(tsv):
     if value != "NA":
         vals[fs, work].append(float(value))
 
-# name, label, kind: "hi" = higher is better, "lo" = seconds, "ok" = pass/fail
+# name, label, kind: "hi" = higher is better, "lo" = seconds or KiB,
+# "ok" = pass/fail
 rows = [
     ("seq-write", "seq write 1M (MiB/s)", "hi"),
     ("seq-read", "seq read 1M, cold (MiB/s)", "hi"),
@@ -479,15 +383,31 @@ rows = [
     ("read", "small files: read, cold (s)", "lo"),
     ("delete", "small files: delete (s)", "lo"),
     ("untar", "untar source tree (s)", "lo"),
+    ("space-small-app", "space, small files: apparent (KiB)", "lo"),
+    ("space-small-blk", "space, small files: blocks (KiB)", "lo"),
+    ("space-untar-app", "space, untar tree: apparent (KiB)", "lo"),
+    ("space-untar-blk", "space, untar tree: blocks (KiB)", "lo"),
 ]
+direction = {"hi": "higher", "lo": "lower", "ok": "-"}
+peers = ["gocryptfs", "securefs"]
 audit_cmp = "sealfs-noaudit" in present
-cols = ["sealfs"] + (["sealfs-noaudit"] if audit_cmp else []) + ["gocryptfs", "plain"]
+cols = (["sealfs"] + (["sealfs-noaudit"] if audit_cmp else []) + peers
+        + ["plain"])
 
 def median(fs, work):
     v = vals.get((fs, work))
     return statistics.median(v) if v else None
 
+def fmt(m, kind, work):
+    if work.startswith("space-"):
+        return "%.0f" % m
+    if kind == "lo":
+        return "%.2f" % m
+    return "%.1f" % m if m < 100 else "%.0f" % m
+
 def cell(fs, work, kind):
+    if fs in missing:
+        return "n/a"
     if fs not in present:
         return "-"
     if kind == "ok":
@@ -498,31 +418,98 @@ def cell(fs, work, kind):
     m = median(fs, work)
     if m is None:
         return "ERR"
-    if kind == "lo":
-        return "%.2f" % m
-    return "%.1f" % m if m < 100 else "%.0f" % m
-
-head = ["workload"] + [("sealfs --no-audit" if c == "sealfs-noaudit" else
-                         plain_name if c == "plain" else c) for c in cols]
-head += ["sealfs/gocryptfs"] + (["audit on/off"] if audit_cmp else [])
-print("| " + " | ".join(head) + " |")
-print("|---|" + "---:|" * (len(head) - 1))
+    return fmt(m, kind, work)
 
 def ratio(a, b, kind):
-    # > 1 always means a is faster
+    # > 1 always means a is better (faster, or smaller on disk)
     if kind == "ok" or not a or not b:
         return "-"
     return "%.2f" % (a / b if kind == "hi" else b / a)
 
+def best_peer(work, kind):
+    best = None
+    for p in peers:
+        m = median(p, work)
+        if m is None or kind == "ok" or (m == 0 and kind == "hi"):
+            continue
+        if best is None or (m > best[1] if kind == "hi" else m < best[1]):
+            best = (p, m)
+    return best
+
+head = ["workload", "better"] + [
+    ("sealfs --no-audit" if c == "sealfs-noaudit" else
+     plain_name if c == "plain" else c) for c in cols]
+head += ["best peer", "sealfs/best peer", "sealfs/%s" % plain_name]
+head += ["audit on/off"] if audit_cmp else []
+print("| " + " | ".join(head) + " |")
+print("|---|---|" + "---:|" * (len(cols)) + "---|" + "---:|" * (len(head) - len(cols) - 3))
+
 for work, label, kind in rows:
-    extra = [ratio(median("sealfs", work), median("gocryptfs", work), kind)]
+    s = median("sealfs", work)
+    bp = best_peer(work, kind)
+    extra = [bp[0] if bp else "-",
+             ratio(s, bp[1], kind) if bp else "-",
+             ratio(s, median("plain", work), kind)]
     if audit_cmp:
-        extra.append(ratio(median("sealfs", work), median("sealfs-noaudit", work), kind))
-    print("| %s | %s |" % (label, " | ".join(
+        extra.append(ratio(s, median("sealfs-noaudit", work), kind))
+    print("| %s | %s | %s |" % (label, direction[kind], " | ".join(
         [cell(fs, work, kind) for fs in cols] + extra)))
 print()
-print("Median of %d run%s; throughput and IOPS: higher is better; "
-      "seconds: lower is better; ratio > 1 means sealfs is faster."
-      % (runs, "" if runs == 1 else "s"))
+print("Median of %d run%s; better: higher for throughput and IOPS, lower "
+      "for seconds and KiB; a ratio > 1 means sealfs is better (faster, or "
+      "smaller on disk), against the best peer of the row (the better of "
+      "gocryptfs and securefs) and against plain %s%s. Space: what the "
+      "phase added to the cipher directory (du -sk --apparent-size, du -sk)."
+      % (runs, "" if runs == 1 else "s", plain_name,
+         "; n/a: not installed" if missing else ""))
+
+# Space against the plaintext: each cipher directory over the plain one.
+space = [("space-small-app", "small files, apparent"),
+         ("space-small-blk", "small files, blocks"),
+         ("space-untar-app", "untar tree, apparent"),
+         ("space-untar-blk", "untar tree, blocks")]
+scols = [c for c in cols if c != "plain"]
+print()
+print("| space / plaintext | " + " | ".join(
+    "sealfs --no-audit" if c == "sealfs-noaudit" else c for c in scols)
+    + " | %s (KiB) |" % plain_name)
+print("|---|" + "---:|" * (len(scols) + 1))
+for work, label in space:
+    p = median("plain", work)
+    cells = []
+    for c in scols:
+        m = median(c, work)
+        if c in missing:
+            cells.append("n/a")
+        elif m is None or not p:
+            cells.append("-")
+        else:
+            cells.append("%.2f" % (m / p))
+    print("| %s | %s | %s |" % (label, " | ".join(cells),
+                                "%.0f" % p if p else "-"))
+print()
+print("Cipher directory growth divided by the plaintext's on %s "
+      "(1.00 = no overhead)." % plain_name)
 EOF
+
+if [[ $requests == 1 ]]; then
+    req_fss=()
+    for fs in sealfs gocryptfs securefs; do
+        if [[ " ${fss[*]} " == *" $fs "* ]]; then
+            req_fss+=("$fs")
+        fi
+    done
+    if [[ ${#req_fss[@]} -gt 0 ]]; then
+        log "counting FUSE requests per file (contrib/fuse-requests.sh ${req_fss[*]})"
+        if SEALFS_BIN=$sealfs_bin BENCH_DIR=$parent REQUESTS_RESULTS=$results/requests \
+                run_bg "$here/fuse-requests.sh" "${req_fss[@]}" \
+                > "$results/requests.md" < /dev/null; then
+            { echo; cat "$results/requests.md"; } | tee -a "$results/table.md"
+        else
+            log "WARNING: contrib/fuse-requests.sh failed (see $results/requests)"
+            printf '\nFUSE request counts: contrib/fuse-requests.sh failed\n' |
+                tee -a "$results/table.md"
+        fi
+    fi
+fi
 log "done; raw results in $results"

@@ -18,6 +18,11 @@
 #                    /proc/sys/vm/drop_caches): auto = if we can (root),
 #                    1 = required, 0 = never (the caller handles it)
 #   TARBALL_CACHE=/tmp  where the generated tarball is kept between runs
+#   SMALLFILES_HOOK  a program run as "HOOK begin PHASE" right before and
+#                    "HOOK end PHASE" right after each timed phase (outside
+#                    the timing); a failure stops the script.  bench.sh
+#                    uses it to measure the space a phase left on disk,
+#                    fuse-requests.sh to mark the phases in a kernel trace.
 #
 # "sync" is the global sync(1): for a FUSE filesystem it is what also
 # flushes the backing filesystem underneath, so every filesystem pays for
@@ -48,6 +53,12 @@ tarcache=${TARBALL_CACHE:-/tmp}
 for v in "$nfiles" "$ndirs" "$ntarfiles"; do
     [[ $v =~ ^[1-9][0-9]*$ ]] || { echo "smallfiles.sh: bad count '$v'" >&2; exit 2; }
 done
+
+hook() {
+    if [[ -n ${SMALLFILES_HOOK:-} ]]; then
+        "$SMALLFILES_HOOK" "$@"
+    fi
+}
 
 # Seconds since the epoch with microseconds, without forking.
 now() { printf '%s' "$EPOCHREALTIME"; }
@@ -129,6 +140,7 @@ tarball="$tarcache/sealfs-bench-tree-v1-$ntarfiles.tar"
 # --- create -------------------------------------------------------------
 mkdir "$base"
 sync
+hook begin create
 t0=$(now)
 for ((d = 0; d < ndirs; d++)); do
     mkdir "$base/d$d"
@@ -139,22 +151,27 @@ for ((i = 0; i < nfiles; i++)); do
 done
 sync
 t1=$(now)
+hook end create
 echo "create $(elapsed "$t0" "$t1")"
 
 # --- read ---------------------------------------------------------------
 drop_caches
+hook begin read
 t0=$(now)
 # find lists every directory; cat gets the files in large batches.
 find "$base" -type f -exec cat -- {} + > /dev/null
 t1=$(now)
+hook end read
 echo "read $(elapsed "$t0" "$t1")"
 
 # --- delete -------------------------------------------------------------
 sync
+hook begin delete
 t0=$(now)
 rm -rf -- "$base"
 sync
 t1=$(now)
+hook end delete
 echo "delete $(elapsed "$t0" "$t1")"
 
 # --- untar --------------------------------------------------------------
@@ -163,8 +180,10 @@ echo "delete $(elapsed "$t0" "$t1")"
 cat -- "$tarball" > /dev/null
 mkdir "$untar"
 sync
+hook begin untar
 t0=$(now)
 tar -xf "$tarball" -C "$untar"
 sync
 t1=$(now)
+hook end untar
 echo "untar $(elapsed "$t0" "$t1")"
