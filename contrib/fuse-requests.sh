@@ -128,8 +128,9 @@ stop_tracing() {
     done
     readers=()
     for inst in "${instances[@]}"; do
-        # Events must be off before an instance can go.
+        # Events off first: an instance with enabled events may not go.
         echo > "$inst/set_event" 2> /dev/null
+        echo > "$inst/set_event_pid" 2> /dev/null
         rmdir "$inst" 2> /dev/null || log "WARNING: could not remove the tracefs instance $inst"
     done
     instances=()
@@ -172,13 +173,12 @@ conn_id() {
         /proc/self/mountinfo
 }
 
-new_instance() {  # NAME: make a tracefs instance, print its path
-    local inst=$tracefs/instances/$1
+new_instance() {  # NAME: make a tracefs instance; sets $inst to its path
+    inst=$tracefs/instances/$1
     mkdir "$inst"
     instances+=("$inst")
     echo 0 > "$inst/tracing_on"
     echo 16384 > "$inst/buffer_size_kb"
-    echo "$inst"
 }
 
 count_one() {  # FS
@@ -199,9 +199,11 @@ count_one() {  # FS
     done
     echo "$fs conn=$conn daemons=${daemons[*]} tids=${tids[*]}" >> "$out/ids.txt"
 
-    local fuse_inst sys_inst ev
-    fuse_inst=$(new_instance "sealfs-requests.$$.$fs.fuse")
-    sys_inst=$(new_instance "sealfs-requests.$$.$fs.sys")
+    local fuse_inst sys_inst ev inst
+    new_instance "sealfs-requests.$$.$fs.fuse"
+    fuse_inst=$inst
+    new_instance "sealfs-requests.$$.$fs.sys"
+    sys_inst=$inst
     echo "connection == $conn" > "$fuse_inst/events/fuse/fuse_request_send/filter"
     echo 1 > "$fuse_inst/events/fuse/fuse_request_send/enable"
     echo "${tids[*]}" > "$sys_inst/set_event_pid"
@@ -225,7 +227,7 @@ count_one() {  # FS
 
     # A last marker: once the readers have written it out, everything
     # before it has been read (trace_pipe merges the CPUs in time order).
-    local inst i lost=0
+    local i lost=0
     for inst in "$fuse_inst" "$sys_inst"; do
         echo "sealfs-requests done" > "$inst/trace_marker"
     done
