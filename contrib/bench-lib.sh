@@ -39,7 +39,9 @@ fs_installed() {
 fs_version() {
     case $1 in
         sealfs|sealfs-noaudit)
-            echo "sealfs $(git -C "$lib_repo" rev-parse --short HEAD 2> /dev/null || echo '?') $sealfs_bin" ;;
+            # With $SEALFS_BIN the checkout need not be what was built.
+            echo "$("$sealfs_bin" --version 2> /dev/null || echo sealfs) $sealfs_bin" \
+                "(${SEALFS_BIN:+SEALFS_BIN; }checkout $(git -C "$lib_repo" rev-parse --short HEAD 2> /dev/null || echo '?'))" ;;
         gocryptfs) gocryptfs -version 2> /dev/null | head -n 1 ;;
         securefs)
             # securefs 0.x prints no version of its own ("GIT-NOTFOUND")
