@@ -1,6 +1,6 @@
 //! `sealfs ctl grant …`, `sealfs ctl audit …` and the offline `sealfs audit
 //! …` commands: argument parsing and output only; the daemon and
-//! [`sealfs::volume::audit`] do the work.
+//! [`sealfs::policy::audit`] do the work.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 
 use sealfs::ctl::{self, record_json, AuditFilter};
-use sealfs::volume::audit::verify_log;
+use sealfs::policy::audit::verify_log;
 use sealfs::volume::Volume;
 
 use super::{check_is_volume, ctl_call, exit, read_secret, CliError, SecretArgs};

@@ -22,6 +22,7 @@ pub mod keyring;
 pub mod kmsclient;
 pub mod logging;
 pub mod metrics;
+pub mod policy;
 pub mod transfer;
 pub mod vault;
 pub mod volume;

@@ -811,7 +811,7 @@ fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
     block_termination_signals();
     // SAFETY: geteuid has no failure mode.
     let owner = unsafe { libc::geteuid() };
-    let grants = match sealfs::volume::grants::GrantStore::open(vol.clone()) {
+    let grants = match sealfs::policy::grants::GrantStore::open(vol.clone()) {
         Ok(g) => Arc::new(g),
         Err(e) => {
             return Err(fail(
@@ -823,9 +823,9 @@ fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
     let audit = if a.no_audit {
         None
     } else {
-        match sealfs::volume::audit::AuditLog::open(
+        match sealfs::policy::audit::AuditLog::open(
             vol.clone(),
-            sealfs::volume::audit::DEFAULT_SEGMENT_BYTES,
+            sealfs::policy::audit::DEFAULT_SEGMENT_BYTES,
         ) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -838,7 +838,11 @@ fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
             }
         }
     };
-    let policy = Arc::new(sealfs::fs::access::Policy::new(owner, Some(grants), audit));
+    let policy = Arc::new(sealfs::policy::AccessControl::new(
+        owner,
+        Some(grants),
+        audit,
+    ));
     let fs = match SealFs::new(vol.clone(), policy.clone()) {
         Ok(f) => f,
         Err(e) => {

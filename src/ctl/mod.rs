@@ -29,11 +29,11 @@ use crate::format::audit::{AuditRecord, Principal};
 use crate::format::config::{hex, parse_duration};
 use crate::format::grants::{self as gfmt, Grant, Grantee, OpSet};
 use crate::format::keyring::KeyState;
-use crate::fs::access::{read_proc, Event, Policy};
 use crate::fs::CacheControl;
 use crate::keyring::now_secs;
-use crate::volume::audit::verify_log;
-use crate::volume::grants::GrantStoreError;
+use crate::policy::audit::verify_log;
+use crate::policy::grants::GrantStoreError;
+use crate::policy::{read_proc, AccessControl, Event};
 use crate::volume::walk::{Census, RewrapProgress};
 use crate::volume::{Volume, VolumeError};
 use protocol::{error_line, ok_line, parse_request, ErrorCode, Op, Request, MAX_LINE};
@@ -68,7 +68,7 @@ pub struct ControlContext {
     census: Mutex<Option<Census>>,
     mountpoint: PathBuf,
     owner_uid: u32,
-    policy: Arc<Policy>,
+    policy: Arc<AccessControl>,
     /// Socket mode 0666 (with allow_other) so grantees can retire their grants.
     shared_socket: bool,
 }
@@ -83,7 +83,7 @@ impl ControlContext {
         cache: CacheControl,
         mountpoint: PathBuf,
         owner_uid: u32,
-        policy: Arc<Policy>,
+        policy: Arc<AccessControl>,
         shared_socket: bool,
     ) -> Arc<Self> {
         Arc::new(ControlContext {
@@ -442,7 +442,7 @@ fn grant_err(e: GrantStoreError) -> (ErrorCode, String) {
 
 fn grants_of(
     ctx: &ControlContext,
-) -> Result<&Arc<crate::volume::grants::GrantStore>, (ErrorCode, String)> {
+) -> Result<&Arc<crate::policy::grants::GrantStore>, (ErrorCode, String)> {
     ctx.policy
         .grant_store()
         .ok_or((ErrorCode::Invalid, "this mount has no grant store".into()))
@@ -931,7 +931,7 @@ pub fn spawn_grant_expiry(ctx: &Arc<ControlContext>) {
                 let expired = store.expire_due(now_secs());
                 for g in &expired {
                     let _ = ctx.policy.record_principal(
-                        crate::volume::audit::AuditLog::daemon_record().principal,
+                        crate::policy::audit::AuditLog::daemon_record().principal,
                         Event {
                             grant: Some(&g.id),
                             ..Event::ok("grant_expired", None)

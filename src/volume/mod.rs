@@ -9,10 +9,8 @@
 //! inode/path bookkeeping.
 //! Must never: know about FUSE, or log names, keys or content.
 
-pub mod audit;
 pub mod content;
 pub mod fsck;
-pub mod grants;
 pub mod release;
 pub mod sys;
 pub mod walk;

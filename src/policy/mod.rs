@@ -1,98 +1,42 @@
-//! Access policy at the FUSE edge: who is asking (uid, groups and command
-//! of the requesting process), whether the mount owner's key policy lets
-//! them (owner and root always; anyone else only through a live grant), and
-//! the audit record of every key use and every denial.
+//! Access control of a mount: who may use the volume's keys (the mount
+//! owner and root always; anyone else only through a live grant), and the
+//! audit trail of every key use and every denial.
 //!
-//! Owns: the caller identity cache (`/proc/PID/status` and `comm`, kept for
-//! a moment so a busy process is not re-read per request), the decision
-//! call into [`GrantStore`], and turning events into [`AuditRecord`]s.
+//! Owns: [`AccessControl`] (the decision call into [`GrantStore`] and
+//! turning events into [`AuditRecord`]s), and, in its submodules, the grant
+//! store ([`grants`]), the audit log on disk ([`audit`]) and the requester
+//! cache ([`requester`]).
 //! Must never: allow a non-owner without a grant, report success for an
-//! operation whose audit record could not be written (fail-closed), or log
-//! a path (paths go only into the sealed audit log).
+//! operation whose audit record could not be written (fail-closed), log a
+//! path (paths go only into the sealed audit log), or know about the FUSE
+//! layer or the control socket (both call in here).
 
-use std::collections::HashMap;
+pub mod audit;
+pub mod grants;
+pub mod requester;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use fuser::{Errno, Request};
-use parking_lot::Mutex;
+use fuser::Errno;
 
 use crate::format::audit::{AuditRecord, Principal};
 use crate::format::grants::{Access, GrantOp};
-use crate::volume::audit::AuditLog;
-use crate::volume::grants::{GrantStore, LiveGrant};
+use audit::AuditLog;
+use grants::{GrantStore, LiveGrant};
+pub use requester::{read_comm, read_groups, read_proc, Caller, Requesters};
 
-/// How long a process's command name and groups are reused.
-const PROC_TTL: Duration = Duration::from_secs(2);
-const PROC_CACHE_MAX: usize = 4096;
-
-/// The requester of one FUSE request.
-#[derive(Debug, Clone, Copy)]
-pub struct Caller {
-    /// User id.
-    pub uid: u32,
-    /// Primary group id.
-    pub gid: u32,
-    /// Process id.
-    pub pid: u32,
-}
-
-impl Caller {
-    /// The caller of a FUSE request.
-    pub fn of(req: &Request) -> Caller {
-        Caller {
-            uid: req.uid(),
-            gid: req.gid(),
-            pid: req.pid(),
-        }
-    }
-}
-
-/// What is known about one process, each part read when first needed.
-#[derive(Clone)]
-struct ProcInfo {
-    at: Instant,
-    comm: Option<Option<String>>,
-    groups: Option<Vec<u32>>,
-}
-
-/// The command name of `pid` (`/proc/PID/comm`).
-pub fn read_comm(pid: u32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|s| s.trim_end().to_string())
-}
-
-/// The supplementary groups of `pid` (`/proc/PID/status`).
-pub fn read_groups(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
-                g.split_whitespace()
-                    .filter_map(|x| x.parse().ok())
-                    .collect()
-            })
-        })
-        .unwrap_or_default()
-}
-
-/// The command name and supplementary groups of `pid`.
-pub fn read_proc(pid: u32) -> (Option<String>, Vec<u32>) {
-    (read_comm(pid), read_groups(pid))
-}
-
-/// The key policy and audit trail of one mount.
-pub struct Policy {
+/// The access control of one mount: the owner's key policy (who may use
+/// the keys, through which grant) and the audit trail of each decision.
+pub struct AccessControl {
     owner_uid: u32,
     grants: Option<Arc<GrantStore>>,
     audit: Option<Arc<AuditLog>>,
-    procs: Mutex<HashMap<u32, ProcInfo>>,
+    requesters: Requesters,
 }
 
-impl std::fmt::Debug for Policy {
+impl std::fmt::Debug for AccessControl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Policy")
+        f.debug_struct("AccessControl")
             .field("owner_uid", &self.owner_uid)
             .field("audit", &self.audit.is_some())
             .finish_non_exhaustive()
@@ -132,18 +76,19 @@ impl<'a> Event<'a> {
     }
 }
 
-impl Policy {
-    /// A policy for a mount owned by `owner_uid`, with its grants and audit log.
+impl AccessControl {
+    /// The access control of a mount owned by `owner_uid`, with its grants
+    /// and audit log.
     pub fn new(
         owner_uid: u32,
         grants: Option<Arc<GrantStore>>,
         audit: Option<Arc<AuditLog>>,
     ) -> Self {
-        Policy {
+        AccessControl {
             owner_uid,
             grants,
             audit,
-            procs: Mutex::new(HashMap::new()),
+            requesters: Requesters::new(),
         }
     }
 
@@ -167,64 +112,9 @@ impl Policy {
         self.grants.as_ref()
     }
 
-    /// The cached entry of `pid` with `fill` applied to it (which reads
-    /// whatever part is still missing).
-    fn proc_info(&self, pid: u32, fill: impl FnOnce(&mut ProcInfo)) -> ProcInfo {
-        let mut info = match self.procs.lock().get(&pid) {
-            Some(p) if p.at.elapsed() < PROC_TTL => p.clone(),
-            _ => ProcInfo {
-                at: Instant::now(),
-                comm: None,
-                groups: None,
-            },
-        };
-        fill(&mut info);
-        let mut procs = self.procs.lock();
-        if procs.len() >= PROC_CACHE_MAX {
-            procs.retain(|_, p| p.at.elapsed() < PROC_TTL);
-            if procs.len() >= PROC_CACHE_MAX {
-                procs.clear();
-            }
-        }
-        procs.insert(pid, info.clone());
-        info
-    }
-
     /// The audit principal of a caller.
     pub fn principal(&self, c: Caller) -> Principal {
-        Principal {
-            uid: c.uid,
-            gid: c.gid,
-            pid: c.pid,
-            comm: if c.pid == 0 {
-                None
-            } else {
-                self.proc_info(c.pid, |p| {
-                    if p.comm.is_none() {
-                        p.comm = Some(read_comm(c.pid));
-                    }
-                })
-                .comm
-                .flatten()
-            },
-        }
-    }
-
-    /// The caller's groups: primary and supplementary.
-    fn groups(&self, c: Caller) -> Vec<u32> {
-        let mut g = if c.pid == 0 {
-            Vec::new()
-        } else {
-            self.proc_info(c.pid, |p| {
-                if p.groups.is_none() {
-                    p.groups = Some(read_groups(c.pid));
-                }
-            })
-            .groups
-            .unwrap_or_default()
-        };
-        g.push(c.gid);
-        g
+        self.requesters.principal(c)
     }
 
     /// Appends an audit record for `e` by `c`. Err means the operation must
@@ -236,7 +126,7 @@ impl Policy {
         self.record_as(log, self.principal(c), e)
     }
 
-    /// Like [`Policy::record`] for a principal that is not a FUSE caller.
+    /// Like [`AccessControl::record`] for a principal that is not a FUSE caller.
     pub fn record_principal(&self, p: Principal, e: Event<'_>) -> Result<(), Errno> {
         let Some(log) = &self.audit else {
             return Ok(());
@@ -285,7 +175,7 @@ impl Policy {
             if g.is_empty() {
                 None
             } else {
-                g.decide(c.uid, &self.groups(c), &path, access)
+                g.decide(c.uid, &self.requesters.groups(c), &path, access)
             }
         });
         match granted {
