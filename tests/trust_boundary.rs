@@ -150,7 +150,8 @@ fn sub_backing(cipher: &Path) -> PathBuf {
         .unwrap()
         .map(|e| e.unwrap())
         .find(|e| {
-            e.file_type().unwrap().is_dir() && !e.file_name().to_string_lossy().starts_with("sealfs")
+            e.file_type().unwrap().is_dir()
+                && !e.file_name().to_string_lossy().starts_with("sealfs")
         })
         .expect("backing directory of /sub")
         .path()
@@ -341,12 +342,18 @@ fn exercise(base: &Path, cipher: &Path, passfile: &Path) -> Vec<String> {
     assert!(!is_mounted(&mnt), "a mount was left behind");
 
     let steps: Vec<(&str, Vec<&OsStr>)> = vec![
-        ("info", vec!["info".as_ref(), c, "--passfile".as_ref(), pass]),
+        (
+            "info",
+            vec!["info".as_ref(), c, "--passfile".as_ref(), pass],
+        ),
         (
             "offline rotate",
             vec!["rotate".as_ref(), c, "--passfile".as_ref(), pass],
         ),
-        ("fsck", vec!["fsck".as_ref(), c, "--passfile".as_ref(), pass]),
+        (
+            "fsck",
+            vec!["fsck".as_ref(), c, "--passfile".as_ref(), pass],
+        ),
         (
             "fsck --salvage",
             vec![
@@ -398,7 +405,13 @@ fn template(base: &Path) -> (PathBuf, PathBuf) {
     fs::create_dir(fx.p("sub")).unwrap();
     fs::write(fx.p("sub/file.txt"), b"content").unwrap();
     let sock = fx.ctl_socket.clone();
-    run_ok(Command::new(bin()).arg("ctl").arg("--socket").arg(&sock).arg("rotate"));
+    run_ok(
+        Command::new(bin())
+            .arg("ctl")
+            .arg("--socket")
+            .arg(&sock)
+            .arg("rotate"),
+    );
     run_ok(
         Command::new(bin())
             .arg("ctl")
@@ -505,11 +518,7 @@ fn keyring_temp_and_lock_symlinks_are_refused_with_a_clear_message() {
         };
         let _ = fs::remove_file(cipher.join(name));
         std::os::unix::fs::symlink(target, cipher.join(name)).unwrap();
-        let out = mount_expect_failure(
-            &cipher,
-            &mnt,
-            &["--passfile".as_ref(), pass.as_os_str()],
-        );
+        let out = mount_expect_failure(&cipher, &mnt, &["--passfile".as_ref(), pass.as_os_str()]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             err.contains(name) && err.contains("symbolic link"),
