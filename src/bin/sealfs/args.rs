@@ -1,0 +1,459 @@
+//! The command line: every command, argument and help text (clap). What
+//! each command does is in the module named after it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use sealfs::crypto::Argon2Params;
+
+#[derive(Parser)]
+#[command(
+    name = "sealfs",
+    version,
+    about = "An encrypted folder with built-in key management (FUSE)"
+)]
+#[command(
+    after_help = "Examples:\n  sealfs init ~/vault.enc --passfile ~/.vault-pass\n  sealfs mount ~/vault.enc ~/vault --passfile ~/.vault-pass\n  sealfs unmount ~/vault\n\nExit codes: 0 success, 1 other error, 2 usage, 3 import/export finished but\nsome entries were not transferred, 10 mount point problem,\n12 wrong passphrase or key file, 23 CIPHERDIR is not a usable volume\n(sealfs fsck uses fsck(8)'s codes: see 'sealfs fsck --help').\n\n'sealfs COMMAND --help' shows each command's options and examples."
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) cmd: Command,
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct SecretArgs {
+    /// Read the passphrase from the first line of FILE.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["extpass", "key_file"])]
+    pub(crate) passfile: Option<PathBuf>,
+    /// Run CMD (with sh -c) and read the passphrase from its first output line.
+    #[arg(long, value_name = "CMD", conflicts_with = "key_file")]
+    pub(crate) extpass: Option<String>,
+    /// Unlock with a 32-byte key file instead of a passphrase.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Create a new volume in an empty CIPHERDIR.
+    #[command(
+        after_help = "Examples:\n  sealfs init ~/vault.enc                      # asks for a passphrase twice\n  sealfs init ~/vault.enc --passfile ~/.vault-pass\n  head -c 32 /dev/urandom > vault.key && sealfs init ~/vault.enc --key-file vault.key"
+    )]
+    Init {
+        /// Directory that will hold the encrypted files (created if absent).
+        cipherdir: PathBuf,
+        #[command(flatten)]
+        secret: SecretArgs,
+        /// Argon2id memory cost in KiB (default 262144 = 256 MiB).
+        #[arg(long, default_value_t = Argon2Params::DEFAULT.memory_kib)]
+        kdf_memory_kib: u32,
+        /// Argon2id passes (default 3).
+        #[arg(long, default_value_t = Argon2Params::DEFAULT.iterations)]
+        kdf_iterations: u32,
+        /// Print the new volume's id and paths as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Unlock CIPHERDIR and mount its plaintext view on MOUNTPOINT.
+    #[command(
+        after_help = "Examples:\n  sealfs mount ~/vault.enc ~/vault --passfile ~/.vault-pass\n  sealfs mount ~/vault.enc ~/vault --extpass 'pass show vault' -o allow_other\n  sealfs mount ~/vault.enc ~/vault --key-file vault.key -f     # stay in front, Ctrl-C unmounts\n  mount -t fuse.sealfs ~/vault.enc ~/vault -o passfile=/root/.vault-pass   # via contrib/mount.sealfs"
+    )]
+    Mount(MountArgs),
+    /// Unmount a sealfs mount.
+    #[command(
+        after_help = "Example:\n  sealfs unmount ~/vault          # same as: fusermount3 -u ~/vault"
+    )]
+    Unmount {
+        /// The mount point.
+        mountpoint: PathBuf,
+    },
+    /// Talk to a mounted volume's control socket (key management).
+    #[command(
+        after_help = "Examples:\n  sealfs ctl --mount ~/vault status\n  sealfs ctl --mount ~/vault rotate && sealfs ctl --mount ~/vault rewrap\n  sealfs ctl --mount ~/vault rotation-period 90d\n  sealfs ctl --socket /run/sealfs/mnt-1234.sock --json status"
+    )]
+    Ctl(CtlArgs),
+    /// Change the unlock secret of an unmounted volume (re-seals the keyring only).
+    #[command(
+        after_help = "Examples:\n  sealfs passwd ~/vault.enc                                   # asks on the terminal\n  sealfs passwd ~/vault.enc --passfile old.txt --new-passfile new.txt\n  sealfs passwd ~/vault.enc --passfile old.txt --new-key-file vault.key"
+    )]
+    Passwd {
+        /// The volume's cipher directory.
+        cipherdir: PathBuf,
+        /// The current secret.
+        #[command(flatten)]
+        secret: SecretArgs,
+        /// Read the new passphrase from the first line of FILE.
+        #[arg(long, value_name = "FILE", conflicts_with = "new_key_file")]
+        new_passfile: Option<PathBuf>,
+        /// Switch to a 32-byte key file.
+        #[arg(long, value_name = "FILE")]
+        new_key_file: Option<PathBuf>,
+        /// Argon2id memory cost in KiB for a new passphrase.
+        #[arg(long, default_value_t = Argon2Params::DEFAULT.memory_kib)]
+        kdf_memory_kib: u32,
+        /// Argon2id passes for a new passphrase.
+        #[arg(long, default_value_t = Argon2Params::DEFAULT.iterations)]
+        kdf_iterations: u32,
+    },
+    /// Rotate the master key of an unmounted volume.
+    #[command(
+        after_help = "Example (unmounted; on a mount use 'sealfs ctl --mount MNT rotate'):\n  sealfs rotate ~/vault.enc --passfile ~/.vault-pass"
+    )]
+    Rotate {
+        /// The volume's cipher directory.
+        cipherdir: PathBuf,
+        #[command(flatten)]
+        secret: SecretArgs,
+        /// Print the new primary version as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-wrap every header of an unmounted volume under the primary key version.
+    #[command(
+        after_help = "Example (unmounted; on a mount use 'sealfs ctl --mount MNT rewrap'):\n  sealfs rotate ~/vault.enc --passfile P && sealfs rewrap ~/vault.enc --passfile P"
+    )]
+    Rewrap {
+        /// The volume's cipher directory.
+        cipherdir: PathBuf,
+        #[command(flatten)]
+        secret: SecretArgs,
+        /// Print the result as JSON (done, rewrapped, failed, …).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a volume's key versions and header counts (read-only; works beside a mount).
+    #[command(
+        after_help = "Examples:\n  sealfs info ~/vault.enc --passfile ~/.vault-pass\n  sealfs info ~/vault.enc --passfile ~/.vault-pass --json | jq .versions"
+    )]
+    Info {
+        /// The volume's cipher directory.
+        cipherdir: PathBuf,
+        #[command(flatten)]
+        secret: SecretArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a volume offline: config, keyring, every directory record, name, header and chunk.
+    #[command(
+        after_help = "Examples:\n  sealfs fsck ~/vault.enc --passfile ~/.vault-pass\n  sealfs fsck ~/vault.enc --passfile ~/.vault-pass --salvage\n  sealfs fsck ~/vault.enc --passfile ~/.vault-pass --json | jq '.problems[].path'\n  sealfs fsck --mount ~/vault                  # a mounted volume, check only\n\nCIPHERDIR must not be mounted; --mount checks a mounted volume through its control\nsocket instead (check only).\n\n--salvage makes damaged files readable again where possible: bad chunks are\nreplaced by zeros (each reported with its byte range), a damaged directory record\nor keyring copy is restored from its second copy, and ciphertext no directory\naccounts for moves to /lost+found. Healthy files are never written.\n\nExit codes (as fsck(8)): 0 no problem, 1 problems found and all repaired,\n4 problems found and left (or not repaired: run with --salvage), 8 fsck could not\nrun (wrong passphrase or key file, not a volume, mounted, I/O error), 2 usage."
+    )]
+    Fsck {
+        /// The volume's cipher directory (not mounted).
+        #[arg(required_unless_present_any = ["mount", "socket"], conflicts_with_all = ["mount", "socket"])]
+        cipherdir: Option<PathBuf>,
+        #[command(flatten)]
+        secret: SecretArgs,
+        /// Check a mounted volume instead, through its control socket (check
+        /// only; the daemon holds the key, no secret is asked).
+        #[arg(long, value_name = "MOUNTPOINT", conflicts_with_all = ["salvage", "socket"])]
+        mount: Option<PathBuf>,
+        /// Like --mount, with the control socket's path.
+        #[arg(long, value_name = "PATH", conflicts_with = "salvage")]
+        socket: Option<PathBuf>,
+        /// Repair what can be repaired (bad chunks become zeros, second copies restore
+        /// first ones, orphans go to /lost+found).
+        #[arg(long)]
+        salvage: bool,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify or export a volume's audit log offline.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Encrypt an existing directory tree into a volume, without mounting.
+    #[command(
+        after_help = "Examples:\n  sealfs import ~/photos ~/photos.enc                      # creates the volume, asks for a passphrase twice\n  sealfs import ~/photos ~/photos.enc --passfile ~/.vault-pass\n  sealfs import ~/photos ~/photos.enc --passfile P --json | jq .problems\n\nPLAINDIR's content lands in the volume's root. CIPHERDIR is created (as by\n'sealfs init', with the same secret options) when it does not exist or is an\nempty directory; an existing volume must not be mounted. Files are copied by\nseveral threads; modes, access and modification times, symlinks and empty\ndirectories are kept (owners too, as root). Each file is written to a temp\nfile and renamed into place once complete, so an interrupted import can simply\nbe run again: files already there with the same size and mtime are skipped.\nFIFOs, sockets and devices are not copied (reported); a file with several\nhard links is copied once per name. A progress bar is drawn on a terminal.\n\nExit codes: 0 everything copied, 3 some entries not copied (listed), 1 error,\n12 wrong passphrase or key file, 23 CIPHERDIR is not a sealfs volume."
+    )]
+    Import {
+        /// The plain directory tree to encrypt.
+        plaindir: PathBuf,
+        /// The volume's cipher directory (created when absent or empty).
+        cipherdir: PathBuf,
+        #[command(flatten)]
+        secret: SecretArgs,
+        /// Argon2id memory cost in KiB, when the volume is created.
+        #[arg(long, default_value_t = Argon2Params::DEFAULT.memory_kib)]
+        kdf_memory_kib: u32,
+        /// Argon2id passes, when the volume is created.
+        #[arg(long, default_value_t = Argon2Params::DEFAULT.iterations)]
+        kdf_iterations: u32,
+        #[command(flatten)]
+        transfer: TransferArgs,
+    },
+    /// Decrypt a whole volume into a plain directory tree, without mounting.
+    #[command(
+        after_help = "Examples:\n  sealfs export ~/photos.enc ~/photos-restored --passfile ~/.vault-pass\n  sealfs export ~/photos.enc /mnt/usb/photos --passfile P --json\n\nPLAINDIR is created if absent; entries already in it that the volume does not\nhave are left alone. Modes, times and symlinks are kept (owners too, as root).\nEach file is written to a temp file and renamed into place; a re-run skips\nfiles already there with the same size and mtime. Works beside a mount (read\nonly), but a file written meanwhile may be copied half-old, half-new: unmount\nor stop writers for a consistent copy.\n\nExit codes: 0 everything copied, 3 some entries not copied (listed), 1 error,\n12 wrong passphrase or key file, 23 CIPHERDIR is not a sealfs volume."
+    )]
+    Export {
+        /// The volume's cipher directory.
+        cipherdir: PathBuf,
+        /// Where the plaintext tree goes (created if absent).
+        plaindir: PathBuf,
+        #[command(flatten)]
+        secret: SecretArgs,
+        #[command(flatten)]
+        transfer: TransferArgs,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(
+        after_help = "Examples:\n  sealfs completions bash > /etc/bash_completion.d/sealfs\n  sealfs completions zsh > \"${fpath[1]}/_sealfs\"\n  sealfs completions fish > ~/.config/fish/completions/sealfs.fish"
+    )]
+    Completions(CompletionsArgs),
+    /// Write the man pages (sealfs.1, sealfs-mount.1, …) into DIR (used for contrib/man).
+    #[command(hide = true)]
+    Man {
+        /// Output directory (created if absent); its old sealfs*.1 pages are replaced.
+        dir: PathBuf,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct TransferArgs {
+    /// Files copied in parallel (default: the number of cores, 2 to 8).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub(crate) threads: Option<u16>,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct CompletionsArgs {
+    /// The shell.
+    pub(crate) shell: clap_complete::Shell,
+}
+
+#[derive(Args)]
+pub(crate) struct MountArgs {
+    /// The volume's cipher directory.
+    pub(crate) cipherdir: PathBuf,
+    /// An empty directory to mount on.
+    pub(crate) mountpoint: PathBuf,
+    #[command(flatten)]
+    pub(crate) secret: SecretArgs,
+    /// Stay in the foreground (SIGINT/SIGTERM unmount).
+    #[arg(short = 'f', long)]
+    pub(crate) foreground: bool,
+    /// Mount options: allow_other, ro (comma separated).
+    #[arg(short = 'o', value_name = "OPTS")]
+    pub(crate) options: Option<String>,
+    /// Mount read-only.
+    #[arg(long)]
+    pub(crate) read_only: bool,
+    /// Request-serving threads (default: twice the cores, 4 to 16, so that
+    /// a thread waiting on the disk or in fsync holds up no other request).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub(crate) threads: Option<u16>,
+    /// Write the daemon's log here (default: stderr with -f, else syslog
+    /// or journald through /dev/log).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) log_file: Option<PathBuf>,
+    /// Control socket path (default: /run/sealfs/mnt-HASH.sock for root,
+    /// $XDG_RUNTIME_DIR/sealfs/… otherwise).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) ctl_socket: Option<PathBuf>,
+    /// Do not keep an audit log of key uses (the default keeps one in
+    /// CIPHERDIR/sealfs.audit; without it grants still work, unrecorded).
+    #[arg(long)]
+    pub(crate) no_audit: bool,
+    /// Unmount once no file or directory is open and no request came for
+    /// DURATION (30s, 15m, 2h, 1d). A busy mount point (a shell's working
+    /// directory in it) is retried until it can be unmounted.
+    #[arg(long, value_name = "DURATION", value_parser = parse_idle)]
+    pub(crate) idle: Option<std::time::Duration>,
+}
+
+pub(crate) fn parse_idle(s: &str) -> Result<std::time::Duration, String> {
+    sealfs::format::config::parse_duration(s).map(std::time::Duration::from_secs)
+}
+
+#[derive(Args)]
+pub(crate) struct CtlArgs {
+    /// The mount point (its default socket is used).
+    #[arg(long, value_name = "MOUNTPOINT", required_unless_present = "socket")]
+    pub(crate) mount: Option<PathBuf>,
+    /// The control socket.
+    #[arg(long, value_name = "PATH", conflicts_with = "mount")]
+    pub(crate) socket: Option<PathBuf>,
+    /// Print the daemon's JSON result instead of a summary.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    #[command(subcommand)]
+    pub(crate) cmd: CtlCommand,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum CtlCommand {
+    /// Volume, key versions, schedule, rewrap progress.
+    Status,
+    /// Make a new master key version primary.
+    Rotate,
+    /// Re-wrap every header under the primary version (waits with a progress bar).
+    Rewrap {
+        /// Start it and return.
+        #[arg(long)]
+        background: bool,
+    },
+    /// Count headers per key version (full scan).
+    Census,
+    /// Counters in the Prometheus text format (operations, bytes, latency,
+    /// integrity failures, denied attempts, key uses, open files).
+    #[command(
+        after_help = "Examples:\n  sealfs ctl --mount ~/vault metrics\n  sealfs ctl --mount ~/vault metrics | grep sealfs_integrity_failures_total\n  sealfs ctl --mount ~/vault metrics > /var/lib/node_exporter/textfile/sealfs.prom   # node_exporter textfile collector"
+    )]
+    Metrics,
+    /// Refuse all file I/O with EACCES until enabled.
+    Disable,
+    /// Allow file I/O again.
+    Enable,
+    /// Set automatic rotation ("90d", "12h", …) or "off".
+    RotationPeriod {
+        /// The period.
+        period: String,
+    },
+    /// Retire every version below MIN (they stop decrypting).
+    Trim {
+        /// Minimum decryption version.
+        min_version: u32,
+        /// Retire even if headers still use those versions (they stop opening).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Re-enable a retired version.
+    Untrim {
+        /// The version.
+        version: u32,
+    },
+    /// Schedule a retired version's destruction (crypto-shredding).
+    ScheduleDeletion {
+        /// The version.
+        version: u32,
+        /// Waiting period.
+        #[arg(long, default_value = "7d")]
+        wait: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Cancel a scheduled destruction.
+    CancelDeletion {
+        /// The version.
+        version: u32,
+    },
+    /// Grants: delegated, revocable access for other local users.
+    #[command(subcommand)]
+    Grant(GrantCommand),
+    /// The audit log of key uses.
+    #[command(subcommand)]
+    Audit(AuditCtlCommand),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum GrantCommand {
+    /// Give a local user or group access to a path prefix; prints the grant id and token.
+    #[command(
+        after_help = "Examples:\n  sealfs ctl --mount ~/vault grant create --grantee uid:1001 --ops read,list --path-prefix /projects/x\n  sealfs ctl --mount ~/vault grant create --grantee gid:100 --ops all --path-prefix /shared --expires 2026-12-31T00:00Z --name team\n  sealfs ctl --mount ~/vault grant create --grantee uid:1001 --ops read --path-prefix /tmp-share --expires 2h\n\nOperations: read (open for reading, readlink), write (open for writing, truncate,\nchmod, utimes), list (readdir), create (files, dirs, symlinks), delete, rename (both\nends inside the prefix), all. Any grant lets its grantee look up names inside its\nprefix and the directories leading to it. The mount needs -o allow_other for other\nusers to reach it at all."
+    )]
+    Create {
+        /// `uid:N` or `gid:N`.
+        #[arg(long)]
+        grantee: String,
+        /// Comma-separated operations.
+        #[arg(long, value_delimiter = ',', required = true)]
+        ops: Vec<String>,
+        /// Canonical path inside the mount (`/` for everything).
+        #[arg(long)]
+        path_prefix: String,
+        /// Expiry: UTC time (2026-12-31T00:00Z), date, or duration from now (12h, 7d).
+        #[arg(long)]
+        expires: Option<String>,
+        /// A label shown in listings.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List live grants.
+    List {
+        /// Only this grantee (`uid:N` / `gid:N`).
+        #[arg(long)]
+        grantee: Option<String>,
+        /// Only grants whose prefix contains or lies under this path.
+        #[arg(long)]
+        path_prefix: Option<String>,
+    },
+    /// End a grant with its token (the grantee may run this on their own).
+    #[command(
+        after_help = "Examples:\n  sealfs ctl --socket /run/sealfs/mnt-HASH.sock grant retire - < token.txt   # token not in ps or shell history\n  sealfs ctl --mount ~/vault grant retire sgt_9ef1…"
+    )]
+    Retire {
+        /// The grant token printed at creation, or `-` to read it from stdin.
+        token: String,
+    },
+    /// End a grant by id (mount owner).
+    Revoke {
+        /// The grant id (g-…).
+        grant_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AuditCtlCommand {
+    /// Stream audit records as JSON lines (filters combine).
+    #[command(
+        after_help = "Examples:\n  sealfs ctl --mount ~/vault audit export --since 1h\n  sealfs ctl --mount ~/vault audit export --principal uid:1001 --op decrypt\n  sealfs ctl --mount ~/vault audit export --path-prefix /projects/x --since 2026-11-01 --until 2026-12-01"
+    )]
+    Export(ExportFilter),
+    /// Verify the audit chain of the mounted volume.
+    Verify,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct ExportFilter {
+    /// Records at or after this time (UTC time, date, or a duration ago like 1h).
+    #[arg(long)]
+    pub(crate) since: Option<String>,
+    /// Records before this time.
+    #[arg(long)]
+    pub(crate) until: Option<String>,
+    /// Only this principal: uid:N, gid:N or pid:N.
+    #[arg(long)]
+    pub(crate) principal: Option<String>,
+    /// Only records whose path lies under this prefix.
+    #[arg(long)]
+    pub(crate) path_prefix: Option<String>,
+    /// Only this operation (decrypt, encrypt, generate_data_key, re_encrypt, list,
+    /// lookup, rotate, grant_created, …).
+    #[arg(long)]
+    pub(crate) op: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Verify the audit log's chain offline (needs the volume's secret).
+    #[command(
+        after_help = "Examples:\n  sealfs audit verify ~/vault.enc --passfile ~/.vault-pass\n  sealfs audit verify ~/vault.enc --passfile ~/.vault-pass --json\n\nExit codes: 0 the chain verifies, 3 a record is missing, edited or out of order\n(the first bad record is reported), 12 wrong secret, 23 not a volume, 1 other errors.\nAn incomplete last record (a crash while appending) is reported but is not a break."
+    )]
+    Verify {
+        /// The volume's cipher directory (may be mounted).
+        cipherdir: PathBuf,
+        #[command(flatten)]
+        secret: SecretArgs,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export verified audit records as JSON lines, offline.
+    #[command(
+        after_help = "Example:\n  sealfs audit export ~/vault.enc --passfile ~/.vault-pass --since 2026-11-01 > audit.jsonl\n\nOnly records up to the first break in the chain are exported (exit 3 then)."
+    )]
+    Export {
+        /// The volume's cipher directory (may be mounted).
+        cipherdir: PathBuf,
+        #[command(flatten)]
+        secret: SecretArgs,
+        #[command(flatten)]
+        filter: ExportFilter,
+    },
+}

@@ -1,0 +1,119 @@
+//! `sealfs fsck`: check (and salvage) a volume offline, or check a mounted
+//! one through its control socket; prints the report, exits as fsck(8).
+
+use std::path::PathBuf;
+
+use crate::args::SecretArgs;
+use crate::ctl::ctl_call;
+use crate::error::{exit, CliError};
+use crate::mount::raise_fd_limit;
+use crate::progress::{progress_bar_for, with_progress, BarKind};
+use crate::secret::{check_is_volume, read_secret};
+
+/// What `sealfs fsck` checks: a cipher directory, or a mounted volume
+/// through its control socket.
+pub(crate) enum FsckTarget {
+    Offline(PathBuf),
+    Socket(PathBuf),
+}
+
+pub(crate) fn cmd_fsck(
+    target: FsckTarget,
+    secret: &SecretArgs,
+    salvage: bool,
+    json: bool,
+) -> Result<(), CliError> {
+    use sealfs::volume::fsck::{fsck, FsckOptions, FsckProgress};
+    let could_not_run = |e: CliError| {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"error": e.msg, "exit_code": exit::FSCK_FAILED})
+            );
+        }
+        CliError::new(exit::FSCK_FAILED, e.msg)
+    };
+    let report: serde_json::Value = match target {
+        FsckTarget::Socket(socket) => {
+            ctl_call(&socket, serde_json::json!({"op": "fsck"})).map_err(could_not_run)?
+        }
+        FsckTarget::Offline(cipherdir) => {
+            check_is_volume(&cipherdir).map_err(could_not_run)?;
+            let s = read_secret(secret, false).map_err(could_not_run)?;
+            raise_fd_limit(); // one descriptor per directory level of the walk
+            let progress = FsckProgress::default();
+            let report = with_progress(
+                progress_bar_for(BarKind::Checked),
+                || fsck(&cipherdir, &s, &FsckOptions { salvage }, &progress),
+                |bar| {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    bar.set_length(progress.total_bytes.load(Relaxed).max(1));
+                    bar.set_position(progress.done_bytes.load(Relaxed));
+                },
+            )
+            .map_err(|e| CliError::new(exit::FSCK_FAILED, e.msg))?
+            .map_err(|e| could_not_run(CliError::from(e)))?;
+            serde_json::to_value(&report)
+                .map_err(|e| CliError::new(exit::FSCK_FAILED, e.to_string()))?
+        }
+    };
+    let problems = report["problems"].as_array().cloned().unwrap_or_default();
+    if json {
+        println!("{report}");
+    } else {
+        for p in &problems {
+            let backing = p["backing"].as_str().unwrap_or("?");
+            let place = match p["path"].as_str() {
+                Some(path) => format!("{path} [{backing}]"),
+                None => format!("[{backing}]"),
+            };
+            println!(
+                "{}: {place}: {}",
+                p["kind"].as_str().unwrap_or("?"),
+                p["message"].as_str().unwrap_or("")
+            );
+            let action = p["action"].as_str();
+            match (p["repair"].as_str(), action) {
+                (Some("repaired"), Some(a)) => println!("  repaired: {a}"),
+                (Some("unrepairable"), Some(a)) => println!("  not repairable: {a}"),
+                (Some("failed"), Some(a)) => println!("  {a}"),
+                _ => {}
+            }
+        }
+        let st = &report["stats"];
+        let repaired = problems
+            .iter()
+            .filter(|p| p["repair"] == "repaired")
+            .count();
+        println!(
+            "checked {} directories, {} files ({} chunks, {} bytes), {} symlinks, {} other: {} problem(s){}",
+            st["directories"],
+            st["files"],
+            st["chunks"],
+            st["bytes"],
+            st["symlinks"],
+            st["other"],
+            problems.len(),
+            if salvage {
+                format!(", {repaired} repaired")
+            } else if problems.is_empty() {
+                String::new()
+            } else {
+                " (run with --salvage to repair)".into()
+            }
+        );
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else if problems.iter().all(|p| p["repair"] == "repaired") {
+        Err(CliError::new(
+            exit::FSCK_REPAIRED,
+            "problems found; all repaired",
+        ))
+    } else {
+        Err(CliError::new(
+            exit::FSCK_PROBLEMS,
+            "problems found and left unrepaired",
+        ))
+    }
+}

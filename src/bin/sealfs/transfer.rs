@@ -1,0 +1,167 @@
+//! `sealfs import` and `sealfs export`: a plain tree into a volume and
+//! back, without mounting ([`sealfs::transfer`] does the copying).
+
+use std::path::Path;
+
+use sealfs::crypto::Argon2Params;
+use sealfs::volume::Volume;
+
+use crate::args::{SecretArgs, TransferArgs};
+use crate::error::{exit, CliError};
+use crate::progress::{progress_bar_for, with_progress, BarKind};
+use crate::secret::{check_is_volume, read_secret};
+
+fn transfer_tick(p: &sealfs::transfer::Progress) -> impl Fn(&indicatif::ProgressBar) + '_ {
+    use std::sync::atomic::Ordering::Relaxed;
+    move |bar| {
+        // Every setter may redraw. The byte counts go first: a frame drawn
+        // between setters then pairs new bytes with the message of the
+        // last tick (100 ms old), not a new file count with stale bytes.
+        let (fd, ft) = (p.files_done.load(Relaxed), p.files_total.load(Relaxed));
+        bar.set_length(p.bytes_total.load(Relaxed).max(1));
+        bar.set_position(p.bytes_done.load(Relaxed));
+        if p.scanned.load(Relaxed) {
+            bar.set_message(format!("files {fd}/{ft}"));
+        } else {
+            bar.set_message(format!("scanning: {ft} files"));
+        }
+    }
+}
+
+fn transfer_options(a: &TransferArgs) -> sealfs::transfer::Options {
+    let mut o = sealfs::transfer::Options::default();
+    if let Some(n) = a.threads {
+        o.threads = n as usize;
+    }
+    o
+}
+
+/// Prints a transfer's report (problems on stderr, the summary on stdout,
+/// or the JSON object) and picks the exit code.
+fn finish_transfer(
+    verb: &str,
+    report: &sealfs::transfer::Report,
+    json: bool,
+    extra: serde_json::Value,
+) -> Result<(), CliError> {
+    if json {
+        let mut v =
+            serde_json::to_value(report).map_err(|e| CliError::new(exit::ERROR, e.to_string()))?;
+        if let (Some(o), serde_json::Value::Object(x)) = (v.as_object_mut(), extra) {
+            o.extend(x);
+        }
+        println!("{v}");
+    } else {
+        for p in &report.problems {
+            eprintln!("sealfs: not {verb}: {}: {}", p.path.display(), p.message);
+        }
+        if report.hard_linked > 0 {
+            eprintln!(
+                "sealfs: note: {} file(s) had more than one hard link; sealfs has no hard links, so each name got its own copy",
+                report.hard_linked
+            );
+        }
+        println!(
+            "{verb} {} files ({} bytes), {} symlinks, {} new directories; {} files and {} symlinks already up to date; {} not {verb}{} in {}",
+            report.files_copied,
+            report.bytes_copied,
+            report.symlinks,
+            report.directories_created,
+            report.files_unchanged,
+            report.symlinks_unchanged,
+            report.problems.len(),
+            if report.leftovers_removed > 0 {
+                format!("; {} temp files of an interrupted run removed", report.leftovers_removed)
+            } else {
+                String::new()
+            },
+            sealfs::transfer::human_duration(std::time::Duration::from_secs_f64(report.seconds)),
+        );
+    }
+    if report.problems.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::new(
+            exit::PARTIAL,
+            format!(
+                "{} entries were not {verb} (listed above)",
+                report.problems.len()
+            ),
+        ))
+    }
+}
+
+pub(crate) fn cmd_import(
+    plaindir: &Path,
+    cipherdir: &Path,
+    secret: &SecretArgs,
+    params: Argon2Params,
+    a: &TransferArgs,
+) -> Result<(), CliError> {
+    if !plaindir.is_dir() {
+        return Err(CliError::new(
+            exit::ERROR,
+            format!("PLAINDIR {} is not a directory", plaindir.display()),
+        ));
+    }
+    let exists = cipherdir.exists();
+    let empty = exists
+        && std::fs::read_dir(cipherdir)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+    let created = if Volume::looks_like_volume(cipherdir) {
+        false
+    } else if !exists || empty {
+        true
+    } else {
+        return Err(CliError::new(
+            exit::BAD_VOLUME,
+            format!(
+                "{} is not a sealfs volume (no sealfs.toml) and not empty; give a new or empty directory to create one",
+                cipherdir.display()
+            ),
+        ));
+    };
+    let s = read_secret(secret, created)?;
+    if created {
+        Volume::create(cipherdir, &s, params)?;
+        if !a.json {
+            eprintln!("sealfs: created volume in {}", cipherdir.display());
+        }
+    }
+    let vault = sealfs::Vault::open(cipherdir, &s)?;
+    drop(s);
+    let progress = sealfs::transfer::Progress::default();
+    let opts = transfer_options(a);
+    let report = with_progress(
+        progress_bar_for(BarKind::Transfer),
+        || sealfs::transfer::import(plaindir, &vault, &opts, &progress),
+        transfer_tick(&progress),
+    )??;
+    finish_transfer(
+        "imported",
+        &report,
+        a.json,
+        serde_json::json!({"created_volume": created}),
+    )
+}
+
+pub(crate) fn cmd_export(
+    cipherdir: &Path,
+    plaindir: &Path,
+    secret: &SecretArgs,
+    a: &TransferArgs,
+) -> Result<(), CliError> {
+    check_is_volume(cipherdir)?;
+    let s = read_secret(secret, false)?;
+    let vault = sealfs::Vault::open_read_only(cipherdir, &s)?;
+    drop(s);
+    let progress = sealfs::transfer::Progress::default();
+    let opts = transfer_options(a);
+    let report = with_progress(
+        progress_bar_for(BarKind::Transfer),
+        || sealfs::transfer::export(&vault, plaindir, &opts, &progress),
+        transfer_tick(&progress),
+    )??;
+    finish_transfer("exported", &report, a.json, serde_json::json!({}))
+}
