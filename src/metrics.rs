@@ -367,57 +367,6 @@ impl Metrics {
     }
 }
 
-/// [`METRICS`] plus the state of `vol`'s keyring (key versions by state,
-/// primary version, disabled flag), as served by the control op `metrics`.
-pub fn render_volume(vol: &crate::volume::Volume) -> String {
-    use crate::format::keyring::KeyState;
-    let mut o = String::new();
-    let (primary, disabled, states) = {
-        let kr = vol.keyring().read();
-        let mut states = [0u64; 4];
-        for v in kr.versions() {
-            let i = match v.state {
-                KeyState::Enabled => 0,
-                KeyState::Retired => 1,
-                KeyState::PendingDeletion => 2,
-                KeyState::Destroyed => 3,
-            };
-            states[i] += 1;
-        }
-        (kr.primary(), kr.disabled(), states)
-    };
-    let _ = writeln!(
-        o,
-        "# HELP sealfs_key_primary_version The master key version new keys are wrapped under."
-    );
-    let _ = writeln!(o, "# TYPE sealfs_key_primary_version gauge");
-    let _ = writeln!(o, "sealfs_key_primary_version {primary}");
-    let _ = writeln!(
-        o,
-        "# HELP sealfs_key_disabled 1 while the key is disabled (all file I/O refused)."
-    );
-    let _ = writeln!(o, "# TYPE sealfs_key_disabled gauge");
-    let _ = writeln!(o, "sealfs_key_disabled {}", u8::from(disabled));
-    let _ = writeln!(
-        o,
-        "# HELP sealfs_key_versions Master key versions, by lifecycle state."
-    );
-    let _ = writeln!(o, "# TYPE sealfs_key_versions gauge");
-    for (i, name) in ["enabled", "retired", "pending_deletion", "destroyed"]
-        .iter()
-        .enumerate()
-    {
-        let _ = writeln!(o, "sealfs_key_versions{{state=\"{name}\"}} {}", states[i]);
-    }
-    let _ = writeln!(
-        o,
-        "# HELP sealfs_read_only 1 if the volume is mounted read-only."
-    );
-    let _ = writeln!(o, "# TYPE sealfs_read_only gauge");
-    let _ = writeln!(o, "sealfs_read_only {}", u8::from(vol.read_only()));
-    METRICS.render(&o)
-}
-
 /// Counts one `op` request (for a request without a timed body).
 #[inline]
 pub fn op(op: Op) {
