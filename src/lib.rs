@@ -14,11 +14,13 @@
 
 pub mod crypto;
 pub mod ctl;
+pub mod daemon;
 pub mod format;
 pub mod fs;
 pub mod fuzz;
 pub mod hardening;
 pub mod keyring;
+pub mod kms;
 pub mod kmsclient;
 pub mod logging;
 pub mod metrics;

@@ -29,8 +29,8 @@ use crate::format::audit::{AuditRecord, Principal};
 use crate::format::config::{hex, parse_duration};
 use crate::format::grants::{self as gfmt, Grant, Grantee, OpSet};
 use crate::format::keyring::KeyState;
-use crate::fs::CacheControl;
 use crate::keyring::now_secs;
+use crate::kms::{self, KeyError, KeyService, MountHooks, OnMount};
 use crate::policy::audit::verify_log;
 use crate::policy::grants::GrantStoreError;
 use crate::policy::{read_proc, AccessControl, Event};
@@ -63,7 +63,7 @@ pub fn default_socket_path(mountpoint: &Path) -> PathBuf {
 /// Everything a request handler may touch.
 pub struct ControlContext {
     vol: Arc<Volume>,
-    cache: CacheControl,
+    hooks: Arc<dyn MountHooks>,
     rewrap: Arc<RewrapProgress>,
     census: Mutex<Option<Census>>,
     mountpoint: PathBuf,
@@ -80,7 +80,7 @@ impl ControlContext {
     /// though only to retire their own grants.
     pub fn new(
         vol: Arc<Volume>,
-        cache: CacheControl,
+        hooks: Arc<dyn MountHooks>,
         mountpoint: PathBuf,
         owner_uid: u32,
         policy: Arc<AccessControl>,
@@ -88,7 +88,7 @@ impl ControlContext {
     ) -> Arc<Self> {
         Arc::new(ControlContext {
             vol,
-            cache,
+            hooks,
             rewrap: Arc::new(RewrapProgress::default()),
             census: Mutex::new(None),
             mountpoint,
@@ -321,13 +321,7 @@ fn serve_connection(stream: UnixStream, ctx: &ControlContext) {
 type Handled = Result<Value, (ErrorCode, String)>;
 
 fn vol_err(e: VolumeError) -> (ErrorCode, String) {
-    let code = match &e {
-        VolumeError::ReadOnly => ErrorCode::ReadOnly,
-        VolumeError::Keyring(crate::keyring::KeyringError::Lifecycle(_))
-        | VolumeError::Config(_) => ErrorCode::Invalid,
-        _ => ErrorCode::Internal,
-    };
-    (code, e.to_string())
+    (vol_err_ref(&e), e.to_string())
 }
 
 fn state_name(s: KeyState) -> &'static str {
@@ -342,19 +336,19 @@ fn state_name(s: KeyState) -> &'static str {
 fn status(ctx: &ControlContext) -> Value {
     let cfg = ctx.vol.config();
     let census = ctx.census.lock().clone();
-    let kr = ctx.vol.keyring().read();
-    let versions: Vec<Value> = kr
-        .versions()
+    let keys = KeyService::offline(&ctx.vol).status();
+    let versions: Vec<Value> = keys
+        .versions
         .iter()
         .map(|v| {
             let mut o = json!({
                 "version": v.version,
                 "state": state_name(v.state),
                 "created": v.created,
-                "primary": v.version == kr.primary(),
+                "primary": v.primary,
             });
-            if v.state == KeyState::PendingDeletion {
-                o["deletion_due"] = json!(v.deletion_due);
+            if let Some(due) = v.deletion_due {
+                o["deletion_due"] = json!(due);
             }
             if let Some(c) = &census {
                 o["files"] = json!(c.files.get(&v.version).copied().unwrap_or(0));
@@ -363,19 +357,17 @@ fn status(ctx: &ControlContext) -> Value {
             o
         })
         .collect();
-    let primary = kr.primary();
-    drop(kr);
     json!({
         "volume_id": cfg.volume_id,
         "format_version": cfg.format_version,
         "cipherdir": std::fs::canonicalize(ctx.vol.cipherdir()).unwrap_or_else(|_| ctx.vol.cipherdir().to_path_buf()),
         "mountpoint": ctx.mountpoint,
         "read_only": ctx.vol.read_only(),
-        "disabled": ctx.vol.is_disabled(),
-        "primary": primary,
+        "disabled": keys.disabled,
+        "primary": keys.primary,
         "versions": versions,
-        "rotation_period": cfg.rotation_period,
-        "next_rotation": ctx.vol.next_rotation(),
+        "rotation_period": keys.rotation_period,
+        "next_rotation": keys.next_rotation,
         "rewrap": ctx.rewrap.report(),
         "census": census,
         "grants": ctx.policy.grant_store().map(|g| g.list(None, None).len()),
@@ -437,12 +429,6 @@ fn render_metrics(vol: &Volume) -> String {
     crate::metrics::METRICS.render(&o)
 }
 
-fn run_census(ctx: &ControlContext) -> Result<Census, (ErrorCode, String)> {
-    let c = ctx.vol.census().map_err(vol_err)?;
-    *ctx.census.lock() = Some(c.clone());
-    Ok(c)
-}
-
 /// Records a control operation before it runs (fail-closed: no record, no operation).
 fn audit_control(
     ctx: &ControlContext,
@@ -497,21 +483,6 @@ fn grants_of(
     ctx.policy
         .grant_store()
         .ok_or((ErrorCode::Invalid, "this mount has no grant store".into()))
-}
-
-/// Re-seals what is sealed under the primary version after a rotation
-/// (grant store) and moves the audit log to a segment under it.
-fn follow_rotation(ctx: &ControlContext) {
-    if let Some(g) = ctx.policy.grant_store() {
-        if let Err(e) = g.reseal() {
-            tracing::warn!("cannot re-seal the grant store under the new key version: {e}");
-        }
-    }
-    if let Some(a) = ctx.policy.audit_log() {
-        if let Err(e) = a.follow_primary() {
-            tracing::warn!("cannot start an audit segment under the new key version: {e}");
-        }
-    }
 }
 
 /// Records how ending a grant went: `ended` with the grant id on success,
@@ -606,14 +577,14 @@ fn handle_grant(ctx: &ControlContext, op: &Op, peer: Peer) -> Handled {
             audit_control(ctx, peer, "grant_retire", None, None)?;
             let r = store.retire(&token.0, peer.uid, &gids, admin);
             let g = record_grant_end(ctx, peer, "grant_retire", "grant_retired", "denied", r)?;
-            ctx.cache.invalidate_file_data();
+            ctx.hooks.drop_cached_file_data();
             Ok(json!({"retired": g.id}))
         }
         Op::GrantRevoke { grant_id } => {
             audit_control(ctx, peer, "grant_revoke", None, Some(grant_id.clone()))?;
             let r = store.revoke(grant_id);
             // Drop whatever the kernel cached, revoked or not stored.
-            ctx.cache.invalidate_file_data();
+            ctx.hooks.drop_cached_file_data();
             let g = record_grant_end(ctx, peer, "grant_revoke", "grant_revoked", "error", r)?;
             Ok(json!({"revoked": g.id}))
         }
@@ -747,6 +718,39 @@ fn export_audit(ctx: &ControlContext, op: &Op, out: &mut dyn Write) -> Handled {
     Ok(json!({"exported": n, "verify": report}))
 }
 
+fn key_err(e: KeyError) -> (ErrorCode, String) {
+    let code = match &e {
+        KeyError::Invalid(_) => ErrorCode::Invalid,
+        KeyError::ReadOnlyMount => ErrorCode::ReadOnly,
+        KeyError::Busy(_) => ErrorCode::Busy,
+        KeyError::AuditFailed(_) => ErrorCode::AuditFailed,
+        KeyError::Volume(v) => vol_err_ref(v),
+    };
+    (code, e.to_string())
+}
+
+fn vol_err_ref(e: &VolumeError) -> ErrorCode {
+    match e {
+        VolumeError::ReadOnly => ErrorCode::ReadOnly,
+        VolumeError::Keyring(crate::keyring::KeyringError::Lifecycle(_))
+        | VolumeError::Config(_) => ErrorCode::Invalid,
+        _ => ErrorCode::Internal,
+    }
+}
+
+/// The key service for a request by `peer`.
+fn keys<'a>(ctx: &'a ControlContext, peer: Peer) -> KeyService<'a> {
+    KeyService::on_mount(
+        &ctx.vol,
+        OnMount {
+            access: &ctx.policy,
+            actor: peer.principal(),
+            hooks: &*ctx.hooks,
+            last_census: &ctx.census,
+        },
+    )
+}
+
 fn handle(ctx: &ControlContext, req: &Request, peer: Peer) -> Handled {
     let vol = &ctx.vol;
     match &req.op {
@@ -766,140 +770,45 @@ fn handle(ctx: &ControlContext, req: &Request, peer: Peer) -> Handled {
         }
         Op::Metrics => Ok(json!({"text": render_metrics(vol)})),
         Op::Rotate => {
-            audit_control(ctx, peer, "rotate", None, None)?;
-            let v = vol.update_keyring(|k| k.rotate()).map_err(vol_err)?;
-            tracing::info!("key rotated: version {v} is primary");
-            follow_rotation(ctx);
+            let v = keys(ctx, peer).rotate().map_err(key_err)?;
             Ok(json!({"primary": v}))
         }
         Op::Rewrap => {
-            if vol.read_only() {
-                return Err((ErrorCode::ReadOnly, "read-only mount".into()));
-            }
-            if ctx.rewrap.running.load(Ordering::Acquire) {
-                return Err((ErrorCode::Busy, "a rewrap is already running".into()));
-            }
-            let primary = vol.keyring().read().primary();
-            audit_control(ctx, peer, "rewrap", Some(primary), None)?;
-            if ctx.rewrap.running.swap(true, Ordering::AcqRel) {
-                return Err((ErrorCode::Busy, "a rewrap is already running".into()));
-            }
-            ctx.rewrap.reset();
-            let primary = vol.keyring().read().primary();
-            let vol = vol.clone();
-            let progress = ctx.rewrap.clone();
-            std::thread::Builder::new()
-                .name("sealfs-rewrap".into())
-                .spawn(move || {
-                    if let Err(e) = vol.rewrap_all(&progress) {
-                        tracing::warn!("rewrap failed: {e}");
-                        progress.running.store(false, Ordering::Release);
-                    }
-                })
+            let primary = keys(ctx, peer).begin_rewrap(&ctx.rewrap).map_err(key_err)?;
+            kms::spawn_rewrap(vol.clone(), ctx.rewrap.clone())
                 .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
             Ok(json!({"started": true, "primary": primary}))
         }
-        Op::Census => Ok(json!(run_census(ctx)?)),
+        Op::Census => Ok(json!(keys(ctx, peer).census().map_err(key_err)?)),
         Op::Fsck => {
             let progress = crate::volume::fsck::FsckProgress::default();
             let report = vol.check_live(&progress).map_err(vol_err)?;
             Ok(json!(report))
         }
         Op::Disable => {
-            audit_control(ctx, peer, "disable", None, None)?;
-            // Write back and drop cached pages first (while writes still work),
-            // then refuse every further key use.
-            ctx.cache.invalidate_file_data();
-            vol.update_keyring(|k| {
-                k.set_disabled(true);
-                Ok(())
-            })
-            .map_err(vol_err)?;
-            ctx.cache.invalidate_file_data();
+            keys(ctx, peer).disable().map_err(key_err)?;
             Ok(json!({"disabled": true}))
         }
         Op::Enable => {
-            audit_control(ctx, peer, "enable", None, None)?;
-            vol.update_keyring(|k| {
-                k.set_disabled(false);
-                Ok(())
-            })
-            .map_err(vol_err)?;
+            keys(ctx, peer).enable().map_err(key_err)?;
             Ok(json!({"disabled": false}))
         }
         Op::SetRotationPeriod { period } => {
-            let period = period.clone().filter(|p| p != "off");
-            if let Some(p) = &period {
-                parse_duration(p).map_err(|e| (ErrorCode::Invalid, e))?;
-            }
-            audit_control(
-                ctx,
-                peer,
-                "set_rotation_period",
-                None,
-                Some(period.clone().unwrap_or_else(|| "off".into())),
-            )?;
-            vol.set_rotation_period(period).map_err(vol_err)?;
-            Ok(
-                json!({"rotation_period": vol.config().rotation_period, "next_rotation": vol.next_rotation()}),
-            )
+            let s = keys(ctx, peer)
+                .set_rotation_period(period.as_deref())
+                .map_err(key_err)?;
+            Ok(json!({"rotation_period": s.rotation_period, "next_rotation": s.next_rotation}))
         }
         Op::Trim { min_version, force } => {
-            // Like Vault's min_decryption_version, but checked first: a header
-            // still under a retired version stops opening, so that takes
-            // `force`. Directory records (the root's above all) are re-wrapped
-            // first in any case: a retired version must never cut off the
-            // namespace, or the volume would not even mount for an untrim.
-            let primary = vol.keyring().read().primary();
-            if *min_version > primary {
-                return Err((
-                    ErrorCode::Invalid,
-                    format!("cannot retire the primary version {primary} (minimum {min_version} is above it)"),
-                ));
-            }
-            if vol.read_only() {
-                return Err((ErrorCode::ReadOnly, "read-only mount".into()));
-            }
-            let (dirs_rewrapped, dirs_failed) = vol.rewrap_dir_records().map_err(vol_err)?;
-            if dirs_failed > 0 {
-                return Err((
-                    ErrorCode::Invalid,
-                    format!("{dirs_failed} directory records could not be re-wrapped to the primary version; nothing retired"),
-                ));
-            }
-            let census = run_census(ctx)?;
-            let still: u64 = census
-                .files
-                .iter()
-                .chain(census.dirs.iter())
-                .chain(census.unreadable_by_version.iter())
-                .filter(|(v, _)| **v < *min_version)
-                .map(|(_, n)| *n)
-                .sum();
-            if still > 0 && !force {
-                return Err((
-                    ErrorCode::Invalid,
-                    format!("{still} headers still use versions below {min_version}; run rewrap first (or force)"),
-                ));
-            }
-            audit_control(
-                ctx,
-                peer,
-                "retire_key_versions",
-                None,
-                Some(format!("below {min_version}")),
-            )?;
-            let retired = vol
-                .update_keyring(|k| k.retire_below(*min_version))
-                .map_err(vol_err)?;
+            let t = keys(ctx, peer)
+                .trim(*min_version, *force)
+                .map_err(key_err)?;
             Ok(
-                json!({"retired": retired, "directory_records_rewrapped": dirs_rewrapped, "headers_left_unreadable": still}),
+                json!({"retired": t.retired, "directory_records_rewrapped": t.directory_records_rewrapped, "headers_left_unreadable": t.headers_left_unreadable}),
             )
         }
         Op::Untrim { version } => {
-            audit_control(ctx, peer, "enable_key_version", Some(*version), None)?;
-            vol.update_keyring(|k| k.unretire(*version))
-                .map_err(vol_err)?;
+            keys(ctx, peer).untrim(*version).map_err(key_err)?;
             Ok(json!({"enabled": version}))
         }
         Op::ScheduleDeletion {
@@ -907,63 +816,20 @@ fn handle(ctx: &ControlContext, req: &Request, peer: Peer) -> Handled {
             wait,
             confirm,
         } => {
-            let wait = wait.clone().unwrap_or_else(|| "7d".into());
-            let secs = parse_duration(&wait).map_err(|e| (ErrorCode::Invalid, e))?;
-            let due = now_secs().checked_add(secs).ok_or_else(|| {
-                (
-                    ErrorCode::Invalid,
-                    format!("waiting period {wait} is too long"),
-                )
-            })?;
-            let state = vol
-                .keyring()
-                .read()
-                .versions()
-                .iter()
-                .find(|v| v.version == *version)
-                .map(|v| v.state);
-            match state {
-                None => return Err((ErrorCode::Invalid, format!("no key version {version}"))),
-                Some(KeyState::Retired) => {}
-                Some(_) => {
-                    return Err((
-                        ErrorCode::Invalid,
-                        format!(
-                        "version {version} must be retired (trim) before its deletion is scheduled"
-                    ),
-                    ))
+            let p = keys(ctx, peer)
+                .schedule_deletion(*version, wait.as_deref(), *confirm)
+                .map_err(key_err)?;
+            Ok(match p.deletion_due {
+                None => {
+                    json!({"version": p.version, "would_orphan": p.would_orphan, "confirmed": false})
                 }
-            }
-            let census = run_census(ctx)?;
-            let orphans = census.files.get(version).copied().unwrap_or(0)
-                + census.dirs.get(version).copied().unwrap_or(0)
-                + census
-                    .unreadable_by_version
-                    .get(version)
-                    .copied()
-                    .unwrap_or(0);
-            if !confirm {
-                return Ok(
-                    json!({"version": version, "would_orphan": orphans, "confirmed": false}),
-                );
-            }
-            audit_control(
-                ctx,
-                peer,
-                "schedule_key_deletion",
-                Some(*version),
-                Some(format!("due {}", gfmt::format_utc(due))),
-            )?;
-            vol.update_keyring(|k| k.schedule_deletion(*version, due))
-                .map_err(vol_err)?;
-            Ok(
-                json!({"version": version, "deletion_due": due, "would_orphan": orphans, "confirmed": true}),
-            )
+                Some(due) => {
+                    json!({"version": p.version, "deletion_due": due, "would_orphan": p.would_orphan, "confirmed": true})
+                }
+            })
         }
         Op::CancelDeletion { version } => {
-            audit_control(ctx, peer, "cancel_key_deletion", Some(*version), None)?;
-            vol.update_keyring(|k| k.cancel_deletion(*version))
-                .map_err(vol_err)?;
+            keys(ctx, peer).cancel_deletion(*version).map_err(key_err)?;
             Ok(json!({"version": version, "state": "retired"}))
         }
     }
@@ -990,7 +856,7 @@ pub fn spawn_grant_expiry(ctx: &Arc<ControlContext>) {
                     );
                 }
                 if !expired.is_empty() {
-                    ctx.cache.invalidate_file_data();
+                    ctx.hooks.drop_cached_file_data();
                 }
             }
             drop(ctx);
@@ -1006,7 +872,7 @@ pub fn spawn_scheduler(ctx: &Arc<ControlContext>) {
         .name("sealfs-schedule".into())
         .spawn(move || loop {
             let Some(ctx) = weak.upgrade() else { return };
-            match ctx.vol.run_schedules(now_secs()) {
+            match KeyService::offline(&ctx.vol).run_schedules(now_secs()) {
                 Ok(done) => {
                     for d in done {
                         tracing::info!("schedule: {d}");

@@ -424,56 +424,19 @@ impl Volume {
         self.config.read().clone()
     }
 
-    /// Sets (or with `None` turns off) automatic rotation, stored in the config.
-    pub fn set_rotation_period(&self, period: Option<String>) -> Result<(), VolumeError> {
-        if let Some(p) = &period {
-            crate::format::config::parse_duration(p).map_err(ConfigError::Invalid)?;
-        }
+    /// Applies `change` to a copy of the config, stores the copy durably,
+    /// and only then makes it current (like [`Volume::update_keyring`]).
+    /// What may change is [`crate::kms`]'s business (the rotation period).
+    pub fn update_config<T>(
+        &self,
+        change: impl FnOnce(&mut VolumeConfig) -> Result<T, ConfigError>,
+    ) -> Result<T, VolumeError> {
         let mut c = self.config.write();
         let mut next = c.clone();
-        next.rotation_period = period;
+        let out = change(&mut next)?;
         self.store_config(&next)?;
         *c = next;
-        Ok(())
-    }
-
-    /// When the next automatic rotation is due (seconds since the epoch), if on.
-    pub fn next_rotation(&self) -> Option<u64> {
-        let period = self.config.read().rotation_period.clone()?;
-        let secs = crate::format::config::parse_duration(&period).ok()?;
-        let kr = self.keyring.read();
-        let created = kr
-            .versions()
-            .iter()
-            .find(|v| v.version == kr.primary())?
-            .created;
-        Some(created.saturating_add(secs))
-    }
-
-    /// Runs what is due at `now`: automatic rotation and the destruction of
-    /// versions whose deletion waiting period is over. Returns what it did.
-    pub fn run_schedules(&self, now: u64) -> Result<Vec<String>, VolumeError> {
-        let mut done = Vec::new();
-        if self.read_only {
-            return Ok(done);
-        }
-        if self.next_rotation().is_some_and(|due| due <= now) {
-            let v = self.update_keyring(|k| k.rotate())?;
-            done.push(format!("rotated: version {v} is primary"));
-        }
-        let due = {
-            let kr = self.keyring.read();
-            kr.versions().iter().any(|v| {
-                v.state == crate::format::keyring::KeyState::PendingDeletion
-                    && v.deletion_due <= now
-            })
-        };
-        if due {
-            for v in self.update_keyring(|k| Ok(k.destroy_due(now)))? {
-                done.push(format!("destroyed key version {v}"));
-            }
-        }
-        Ok(done)
+        Ok(out)
     }
 
     /// Read-only mount?

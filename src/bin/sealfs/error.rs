@@ -77,3 +77,12 @@ impl From<sealfs::transfer::TransferError> for CliError {
         }
     }
 }
+
+impl From<sealfs::kms::KeyError> for CliError {
+    fn from(e: sealfs::kms::KeyError) -> Self {
+        match e {
+            sealfs::kms::KeyError::Volume(v) => v.into(),
+            other => CliError::new(exit::ERROR, other.to_string()),
+        }
+    }
+}

@@ -364,7 +364,7 @@ pub(crate) fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
     cache.set_notifier(session.notifier());
     let ctl_ctx = ctl::ControlContext::new(
         vol,
-        cache,
+        Arc::new(cache),
         canonical_mp.clone(),
         owner,
         policy,

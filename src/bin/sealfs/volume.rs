@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use sealfs::crypto::Argon2Params;
+use sealfs::kms::KeyService;
 use sealfs::volume::Volume;
 
 use crate::args::SecretArgs;
@@ -64,7 +65,7 @@ pub(crate) fn cmd_passwd(
         key_file: new_key_file,
     };
     let new = read_secret(&new_args, true)?;
-    vol.change_secret(&new, params)?;
+    KeyService::offline(&vol).change_secret(&new, params)?;
     eprintln!("sealfs: unlock secret changed (keyring re-sealed; no file data touched)");
     Ok(())
 }
@@ -75,7 +76,7 @@ pub(crate) fn cmd_rotate(
     json: bool,
 ) -> Result<(), CliError> {
     let vol = open_offline(cipherdir, secret)?;
-    let v = vol.update_keyring(|k| k.rotate())?;
+    let v = KeyService::offline(&vol).rotate()?;
     if json {
         println!("{}", serde_json::json!({"primary": v}));
     } else {

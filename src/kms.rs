@@ -1,0 +1,531 @@
+//! Key policy: the one place that decides what may happen to a volume's
+//! master key versions, and in which order (KMS RotateKey, DisableKey,
+//! ScheduleKeyDeletion, …). The control socket's handlers, the offline
+//! command line and the library ([`crate::Vault`]) all call [`KeyService`],
+//! so a rule written here holds everywhere.
+//!
+//! Vocabulary. *Trim* retires every enabled version below the *minimum
+//! decryption version* (`min_version`); *untrim* re-enables one retired
+//! version. A retired version can be *scheduled for deletion* after a
+//! waiting period (and the deletion *cancelled* until then); the schedule
+//! destroys it when due. *Disable* refuses all file I/O until *enable*.
+//!
+//! Owns: the lifecycle rules and their order (checks, then the audit record,
+//! then the keyring change, then what follows it: the grant store re-sealed
+//! and the audit log moved to a segment under a new primary, the kernel's
+//! cached pages dropped on disable), the rotation period (parsed and stored
+//! in `sealfs.toml`), the schedules (automatic rotation, destruction of due
+//! versions) and the census a trim or a deletion needs.
+//! Must never: touch the keyring or config except through
+//! [`Volume::update_keyring`] / [`Volume::update_config`] (durable before
+//! current), change anything whose audit record could not be written
+//! (fail-closed), know about FUSE or the socket (a mount hands in its
+//! [`MountHooks`]), or put key material in a result or an error.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::crypto::Argon2Params;
+use crate::format::audit::Principal;
+use crate::format::config::parse_duration;
+use crate::format::grants::format_utc;
+use crate::format::keyring::KeyState;
+use crate::keyring::{now_secs, UnlockSecret};
+use crate::policy::{AccessControl, Event};
+use crate::volume::walk::{Census, RewrapProgress, RewrapReport};
+use crate::volume::{Volume, VolumeError};
+
+/// The waiting period of a deletion when none is given.
+pub const DEFAULT_DELETION_WAIT: &str = "7d";
+
+/// What a mount does when key policy changes under it. The FUSE layer
+/// implements it (the daemon wires it up); key policy never sees FUSE.
+pub trait MountHooks: Send + Sync {
+    /// Writes back and drops the kernel's cached data of every open or
+    /// known file, so the next read reaches the daemon (and its checks).
+    fn drop_cached_file_data(&self);
+}
+
+/// Errors of [`KeyService`]. Messages are the control protocol's (docs/CONTROL.md §5).
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// Arguments or the key state do not allow it (a lifecycle rule).
+    #[error("{0}")]
+    Invalid(String),
+    /// A change was asked of a read-only mount.
+    #[error("read-only mount")]
+    ReadOnlyMount,
+    /// Something is already running (a rewrap).
+    #[error("{0}")]
+    Busy(String),
+    /// The audit record of the operation could not be written, so it was not done.
+    #[error("the audit record could not be written ({0}); operation refused")]
+    AuditFailed(String),
+    /// The volume layer failed (a lifecycle refusal of the keyring, I/O, …).
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+}
+
+/// One master key version, without its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionInfo {
+    /// Version number, from 1.
+    pub version: u32,
+    /// Lifecycle state.
+    pub state: KeyState,
+    /// Creation time, seconds since the Unix epoch.
+    pub created: u64,
+    /// Whether new data keys are wrapped under it.
+    pub primary: bool,
+    /// When a `PendingDeletion` version is destroyed (seconds since the epoch).
+    pub deletion_due: Option<u64>,
+}
+
+/// The key state of a volume ([`KeyService::status`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyStatus {
+    /// The version that wraps new keys.
+    pub primary: u32,
+    /// All file I/O is refused.
+    pub disabled: bool,
+    /// Every version, oldest first.
+    pub versions: Vec<VersionInfo>,
+    /// Automatic rotation period ("90d"), if on.
+    pub rotation_period: Option<String>,
+    /// When the next automatic rotation is due, if on.
+    pub next_rotation: Option<u64>,
+}
+
+/// The rotation schedule after [`KeyService::set_rotation_period`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationSchedule {
+    /// The period, if automatic rotation is on.
+    pub rotation_period: Option<String>,
+    /// When the next rotation is due, if on.
+    pub next_rotation: Option<u64>,
+}
+
+/// What [`KeyService::trim`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trimmed {
+    /// The versions this call retired (empty if none were enabled below the minimum).
+    pub retired: Vec<u32>,
+    /// Directory records re-wrapped to the primary version first.
+    pub directory_records_rewrapped: u64,
+    /// Headers a forced trim left under a retired version (unreadable until untrim).
+    pub headers_left_unreadable: u64,
+}
+
+/// What [`KeyService::schedule_deletion`] found, and did when confirmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletionPlan {
+    /// The version.
+    pub version: u32,
+    /// Headers and directory records that open (or would) only under it.
+    pub would_orphan: u64,
+    /// When it will be destroyed: only when confirmed.
+    pub deletion_due: Option<u64>,
+    /// Whether the deletion was scheduled (false: a dry run).
+    pub confirmed: bool,
+}
+
+/// What runs a key operation on a mount brings along: who asks (their
+/// audit principal), the mount's access control (audit log, grant store),
+/// its [`MountHooks`], and where the last census is kept for `status`.
+pub struct OnMount<'a> {
+    /// The mount's grants and audit log.
+    pub access: &'a AccessControl,
+    /// Who asks (recorded with every change).
+    pub actor: Principal,
+    /// What the mount does when policy changes (cache invalidation).
+    pub hooks: &'a dyn MountHooks,
+    /// The last census of this mount, updated by every census run here.
+    pub last_census: &'a Mutex<Option<Census>>,
+}
+
+/// Key policy over one volume. See the [module docs](self).
+///
+/// Offline (the command line on an unmounted volume, the library) there is
+/// no audit log or grant store to keep in step: [`KeyService::offline`].
+/// On a mount, [`KeyService::on_mount`] records every change in the audit
+/// log first and re-seals what a rotation concerns.
+pub struct KeyService<'a> {
+    vol: &'a Volume,
+    mount: Option<OnMount<'a>>,
+}
+
+impl<'a> KeyService<'a> {
+    /// Key policy over an unmounted volume (nothing is audited: the audit
+    /// log records what happens through a mount).
+    pub fn offline(vol: &'a Volume) -> Self {
+        KeyService { vol, mount: None }
+    }
+
+    /// Key policy over a mounted volume, on behalf of `mount.actor`.
+    pub fn on_mount(vol: &'a Volume, mount: OnMount<'a>) -> Self {
+        KeyService {
+            vol,
+            mount: Some(mount),
+        }
+    }
+
+    /// Records `op` before it runs (fail-closed: no record, no operation).
+    fn audit(
+        &self,
+        op: &str,
+        key_version: Option<u32>,
+        detail: Option<String>,
+    ) -> Result<(), KeyError> {
+        let Some(m) = &self.mount else { return Ok(()) };
+        m.access
+            .record_principal(
+                m.actor.clone(),
+                Event {
+                    key_version,
+                    detail,
+                    ..Event::ok(op, None)
+                },
+            )
+            .map_err(|e| KeyError::AuditFailed(format!("{e:?}")))
+    }
+
+    fn drop_cached_file_data(&self) {
+        if let Some(m) = &self.mount {
+            m.hooks.drop_cached_file_data();
+        }
+    }
+
+    /// Re-seals what is sealed under the primary version after a rotation
+    /// (grant store) and moves the audit log to a segment under it.
+    fn follow_rotation(&self) {
+        let Some(m) = &self.mount else { return };
+        if let Some(g) = m.access.grant_store() {
+            if let Err(e) = g.reseal() {
+                tracing::warn!("cannot re-seal the grant store under the new key version: {e}");
+            }
+        }
+        if let Some(a) = m.access.audit_log() {
+            if let Err(e) = a.follow_primary() {
+                tracing::warn!("cannot start an audit segment under the new key version: {e}");
+            }
+        }
+    }
+
+    /// The primary version, every version's state, and the rotation schedule.
+    pub fn status(&self) -> KeyStatus {
+        let cfg = self.vol.config();
+        let kr = self.vol.keyring().read();
+        let versions = kr
+            .versions()
+            .iter()
+            .map(|v| VersionInfo {
+                version: v.version,
+                state: v.state,
+                created: v.created,
+                primary: v.version == kr.primary(),
+                deletion_due: (v.state == KeyState::PendingDeletion).then_some(v.deletion_due),
+            })
+            .collect();
+        let primary = kr.primary();
+        drop(kr);
+        KeyStatus {
+            primary,
+            disabled: self.vol.is_disabled(),
+            versions,
+            rotation_period: cfg.rotation_period,
+            next_rotation: self.next_rotation(),
+        }
+    }
+
+    /// Counts the headers and directory records under each version (a full
+    /// scan); on a mount the result is kept for `status`.
+    pub fn census(&self) -> Result<Census, KeyError> {
+        let c = self.vol.census()?;
+        if let Some(m) = &self.mount {
+            *m.last_census.lock() = Some(c.clone());
+        }
+        Ok(c)
+    }
+
+    /// Makes a new master key version primary (RotateKeyOnDemand). Existing
+    /// headers keep their version until a rewrap.
+    pub fn rotate(&self) -> Result<u32, KeyError> {
+        self.audit("rotate", None, None)?;
+        let v = self.vol.update_keyring(|k| k.rotate())?;
+        if self.mount.is_some() {
+            tracing::info!("key rotated: version {v} is primary");
+        }
+        self.follow_rotation();
+        Ok(v)
+    }
+
+    /// Re-wraps every header and directory record under the primary version,
+    /// here and now (`progress` shows how far it got).
+    pub fn rewrap(&self, progress: &RewrapProgress) -> Result<RewrapReport, KeyError> {
+        let primary = self.vol.keyring().read().primary();
+        self.audit("rewrap", Some(primary), None)?;
+        self.vol.rewrap_all(progress)?;
+        Ok(progress.report())
+    }
+
+    /// Checks that a rewrap may start and records it; marks `progress`
+    /// running. Returns the version it targets. The caller runs the walk
+    /// (e.g. [`spawn_rewrap`]).
+    pub fn begin_rewrap(&self, progress: &RewrapProgress) -> Result<u32, KeyError> {
+        const BUSY: &str = "a rewrap is already running";
+        if self.vol.read_only() {
+            return Err(KeyError::ReadOnlyMount);
+        }
+        if progress.running.load(Ordering::Acquire) {
+            return Err(KeyError::Busy(BUSY.into()));
+        }
+        let primary = self.vol.keyring().read().primary();
+        self.audit("rewrap", Some(primary), None)?;
+        if progress.running.swap(true, Ordering::AcqRel) {
+            return Err(KeyError::Busy(BUSY.into()));
+        }
+        progress.reset();
+        Ok(self.vol.keyring().read().primary())
+    }
+
+    /// Refuses all file I/O with EACCES until [`KeyService::enable`]
+    /// (DisableKey). On a mount the kernel's cached pages are written back
+    /// and dropped first (while writes still work) and again after.
+    pub fn disable(&self) -> Result<(), KeyError> {
+        self.audit("disable", None, None)?;
+        self.drop_cached_file_data();
+        self.vol.update_keyring(|k| {
+            k.set_disabled(true);
+            Ok(())
+        })?;
+        self.drop_cached_file_data();
+        Ok(())
+    }
+
+    /// Allows file I/O again (EnableKey).
+    pub fn enable(&self) -> Result<(), KeyError> {
+        self.audit("enable", None, None)?;
+        self.vol.update_keyring(|k| {
+            k.set_disabled(false);
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Sets the automatic rotation period ("90d", "12h", …) or, with `None`
+    /// or `"off"`, turns automatic rotation off; stored in `sealfs.toml`.
+    pub fn set_rotation_period(&self, period: Option<&str>) -> Result<RotationSchedule, KeyError> {
+        let period = period.filter(|p| *p != "off").map(str::to_string);
+        if let Some(p) = &period {
+            parse_duration(p).map_err(KeyError::Invalid)?;
+        }
+        self.audit(
+            "set_rotation_period",
+            None,
+            Some(period.clone().unwrap_or_else(|| "off".into())),
+        )?;
+        self.vol.update_config(|c| {
+            c.rotation_period = period;
+            Ok(())
+        })?;
+        Ok(RotationSchedule {
+            rotation_period: self.vol.config().rotation_period,
+            next_rotation: self.next_rotation(),
+        })
+    }
+
+    /// When the next automatic rotation is due (seconds since the epoch):
+    /// the primary version's creation plus the period, if one is set.
+    pub fn next_rotation(&self) -> Option<u64> {
+        let period = self.vol.config().rotation_period?;
+        let secs = parse_duration(&period).ok()?;
+        let kr = self.vol.keyring().read();
+        let created = kr
+            .versions()
+            .iter()
+            .find(|v| v.version == kr.primary())?
+            .created;
+        Some(created.saturating_add(secs))
+    }
+
+    /// Trims: retires every enabled version below `min_version` (the
+    /// minimum decryption version; it may not exceed the primary).
+    ///
+    /// Every directory record is first re-wrapped to the primary version (a
+    /// retired version must never cut off the namespace, or the volume
+    /// would not even mount for an untrim); if one cannot be, nothing is
+    /// retired. Then a census: while a header still uses a version below
+    /// `min_version` the trim is refused, unless `force` (those headers then
+    /// stay unreadable until [`KeyService::untrim`]).
+    pub fn trim(&self, min_version: u32, force: bool) -> Result<Trimmed, KeyError> {
+        let primary = self.vol.keyring().read().primary();
+        if min_version > primary {
+            return Err(KeyError::Invalid(format!(
+                "cannot retire the primary version {primary} (minimum {min_version} is above it)"
+            )));
+        }
+        if self.vol.read_only() {
+            return Err(KeyError::ReadOnlyMount);
+        }
+        let (dirs_rewrapped, dirs_failed) = self.vol.rewrap_dir_records()?;
+        if dirs_failed > 0 {
+            return Err(KeyError::Invalid(format!(
+                "{dirs_failed} directory records could not be re-wrapped to the primary version; nothing retired"
+            )));
+        }
+        let census = self.census()?;
+        let still: u64 = census
+            .files
+            .iter()
+            .chain(census.dirs.iter())
+            .chain(census.unreadable_by_version.iter())
+            .filter(|(v, _)| **v < min_version)
+            .map(|(_, n)| *n)
+            .sum();
+        if still > 0 && !force {
+            return Err(KeyError::Invalid(format!(
+                "{still} headers still use versions below {min_version}; run rewrap first (or force)"
+            )));
+        }
+        self.audit(
+            "retire_key_versions",
+            None,
+            Some(format!("below {min_version}")),
+        )?;
+        let retired = self.vol.update_keyring(|k| k.retire_below(min_version))?;
+        Ok(Trimmed {
+            retired,
+            directory_records_rewrapped: dirs_rewrapped,
+            headers_left_unreadable: still,
+        })
+    }
+
+    /// Untrims: re-enables a retired version.
+    pub fn untrim(&self, version: u32) -> Result<(), KeyError> {
+        self.audit("enable_key_version", Some(version), None)?;
+        self.vol.update_keyring(|k| k.unretire(version))?;
+        Ok(())
+    }
+
+    /// Schedules the destruction (crypto-shredding) of a retired version
+    /// after `wait` ([`DEFAULT_DELETION_WAIT`] if `None`). A census first
+    /// counts what would become unreadable; without `confirm` nothing
+    /// changes (a dry run).
+    pub fn schedule_deletion(
+        &self,
+        version: u32,
+        wait: Option<&str>,
+        confirm: bool,
+    ) -> Result<DeletionPlan, KeyError> {
+        let wait = wait.unwrap_or(DEFAULT_DELETION_WAIT);
+        let secs = parse_duration(wait).map_err(KeyError::Invalid)?;
+        let due = now_secs()
+            .checked_add(secs)
+            .ok_or_else(|| KeyError::Invalid(format!("waiting period {wait} is too long")))?;
+        let state = self
+            .vol
+            .keyring()
+            .read()
+            .versions()
+            .iter()
+            .find(|v| v.version == version)
+            .map(|v| v.state);
+        match state {
+            None => return Err(KeyError::Invalid(format!("no key version {version}"))),
+            Some(KeyState::Retired) => {}
+            Some(_) => {
+                return Err(KeyError::Invalid(format!(
+                    "version {version} must be retired (trim) before its deletion is scheduled"
+                )))
+            }
+        }
+        let census = self.census()?;
+        let would_orphan = census.files.get(&version).copied().unwrap_or(0)
+            + census.dirs.get(&version).copied().unwrap_or(0)
+            + census
+                .unreadable_by_version
+                .get(&version)
+                .copied()
+                .unwrap_or(0);
+        if !confirm {
+            return Ok(DeletionPlan {
+                version,
+                would_orphan,
+                deletion_due: None,
+                confirmed: false,
+            });
+        }
+        self.audit(
+            "schedule_key_deletion",
+            Some(version),
+            Some(format!("due {}", format_utc(due))),
+        )?;
+        self.vol
+            .update_keyring(|k| k.schedule_deletion(version, due))?;
+        Ok(DeletionPlan {
+            version,
+            would_orphan,
+            deletion_due: Some(due),
+            confirmed: true,
+        })
+    }
+
+    /// Cancels a scheduled destruction: the version is retired again.
+    pub fn cancel_deletion(&self, version: u32) -> Result<(), KeyError> {
+        self.audit("cancel_key_deletion", Some(version), None)?;
+        self.vol.update_keyring(|k| k.cancel_deletion(version))?;
+        Ok(())
+    }
+
+    /// Runs what is due at `now`: automatic rotation, and the destruction
+    /// of versions whose waiting period is over. Returns what it did, in
+    /// words. A read-only volume runs nothing.
+    pub fn run_schedules(&self, now: u64) -> Result<Vec<String>, KeyError> {
+        let mut done = Vec::new();
+        if self.vol.read_only() {
+            return Ok(done);
+        }
+        if self.next_rotation().is_some_and(|due| due <= now) {
+            let v = self.vol.update_keyring(|k| k.rotate())?;
+            done.push(format!("rotated: version {v} is primary"));
+        }
+        let due = {
+            let kr = self.vol.keyring().read();
+            kr.versions()
+                .iter()
+                .any(|v| v.state == KeyState::PendingDeletion && v.deletion_due <= now)
+        };
+        if due {
+            for v in self.vol.update_keyring(|k| Ok(k.destroy_due(now)))? {
+                done.push(format!("destroyed key version {v}"));
+            }
+        }
+        Ok(done)
+    }
+
+    /// Changes the unlock secret (re-seals the keyring under it; no file
+    /// data is touched).
+    pub fn change_secret(
+        &self,
+        secret: &UnlockSecret,
+        params: Argon2Params,
+    ) -> Result<(), KeyError> {
+        Ok(self.vol.change_secret(secret, params)?)
+    }
+}
+
+/// Runs a rewrap that [`KeyService::begin_rewrap`] admitted, on a thread
+/// of its own (the control plane must not block on the walk).
+pub fn spawn_rewrap(vol: Arc<Volume>, progress: Arc<RewrapProgress>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("sealfs-rewrap".into())
+        .spawn(move || {
+            if let Err(e) = vol.rewrap_all(&progress) {
+                tracing::warn!("rewrap failed: {e}");
+                progress.running.store(false, Ordering::Release);
+            }
+        })
+        .map(|_| ())
+}
