@@ -12,6 +12,7 @@
 //! layer or the control socket (both call in here).
 
 pub mod audit;
+pub mod filter;
 pub mod grants;
 pub mod requester;
 

@@ -2,18 +2,20 @@
 //! …` commands: arguments in, report out; [`sealfs::policy::audit`] does
 //! the work.
 
+use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use serde_json::{json, Value};
-
-use sealfs::ctl::{self, record_json, AuditFilter};
+use sealfs::ctl::client::{self, CallError};
+use sealfs::ctl::protocol::{ExportSummary, ExportedRecord, Op, Request, VerifyResult};
 use sealfs::policy::audit::verify_log;
+use sealfs::policy::filter::AuditFilter;
 use sealfs::volume::Volume;
 
 use crate::args::{AuditCommand, AuditCtlCommand, ExportFilter, SecretArgs};
 use crate::ctl::ctl_call;
 use crate::error::{exit, CliError};
+use crate::print_json;
 use crate::secret::{check_is_volume, read_secret};
 
 impl ExportFilter {
@@ -29,34 +31,31 @@ impl ExportFilter {
     }
 }
 
-fn print_break(report: &Value) {
-    if let Some(b) = report.get("first_break").filter(|b| !b.is_null()) {
+fn print_break(report: &VerifyResult) {
+    if let Some(b) = &report.first_break {
         eprintln!(
             "sealfs: audit chain broken in segment {} at byte {} (expected record {}): {}",
-            b["segment"],
-            b["offset"],
-            b["expected_seq"],
-            b["reason"].as_str().unwrap_or("?")
+            b.segment, b.offset, b.expected_seq, b.reason
         );
     }
 }
 
-fn verify_summary(report: &Value) -> Result<(), CliError> {
+fn verify_summary(report: &VerifyResult) -> Result<(), CliError> {
     println!(
         "audit log: {} segment(s), {} record(s) verified, last record {}",
-        report["segments"], report["records"], report["last_seq"]
+        report.segments, report.records, report.last_seq
     );
-    if report["torn_tail_bytes"].as_u64().unwrap_or(0) > 0 {
+    if report.torn_tail_bytes > 0 {
         println!(
             "note: the last record is incomplete ({} bytes; a crash while appending) and was not counted",
-            report["torn_tail_bytes"]
+            report.torn_tail_bytes
         );
     }
     broken(report)
 }
 
-fn broken(report: &Value) -> Result<(), CliError> {
-    if report.get("first_break").is_some_and(|b| !b.is_null()) {
+fn broken(report: &VerifyResult) -> Result<(), CliError> {
+    if report.first_break.is_some() {
         print_break(report);
         return Err(CliError::new(
             exit::AUDIT_BROKEN,
@@ -66,6 +65,15 @@ fn broken(report: &Value) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Prints the report as JSON (`--json`) or as a summary; exit 3 if broken.
+fn report_verify(report: &VerifyResult, json: bool) -> Result<(), CliError> {
+    if json {
+        print_json(report)?;
+        return broken(report);
+    }
+    verify_summary(report)
+}
+
 pub(crate) fn cmd_audit_ctl(
     socket: &Path,
     json_out: bool,
@@ -73,41 +81,46 @@ pub(crate) fn cmd_audit_ctl(
 ) -> Result<(), CliError> {
     match cmd {
         AuditCtlCommand::Verify => {
-            let v = ctl_call(socket, json!({"op": "audit_verify"}))?;
-            if json_out {
-                println!("{v}");
-                return broken(&v);
-            }
-            verify_summary(&v)
+            let v: VerifyResult = ctl_call(socket, Op::AuditVerify)?;
+            report_verify(&v, json_out)
         }
         AuditCtlCommand::Export(f) => {
             f.to_filter()?; // argument errors before connecting
-            let op = json!({"op": "audit_export", "since": f.since, "until": f.until,
-                            "principal": f.principal, "path_prefix": f.path_prefix,
-                            "operation": f.op});
-            use std::io::Write;
+            let op = Op::AuditExport {
+                since: f.since.clone(),
+                until: f.until.clone(),
+                principal: f.principal.clone(),
+                path_prefix: f.path_prefix.clone(),
+                operation: f.op.clone(),
+            };
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             let mut write_failed = false;
-            let r = ctl::client::call_stream(socket, op, &mut |line| {
-                if !write_failed && writeln!(out, "{}", line["record"]).is_err() {
+            let r = client::call_stream::<ExportSummary>(socket, &Request::new(op), &mut |line| {
+                if !write_failed && write_record(&mut out, &line.record).is_err() {
                     write_failed = true;
                 }
             });
             let _ = out.flush();
             match r {
-                Ok(Ok(v)) => broken(&v["verify"]),
-                Ok(Err(e)) => Err(CliError::new(
+                Ok(summary) => broken(&summary.verify),
+                Err(CallError::Remote(e)) => Err(CliError::new(
                     exit::ERROR,
                     format!("{} ({})", e.message, e.code),
                 )),
-                Err(e) => Err(CliError::new(
+                Err(CallError::Io(e)) => Err(CliError::new(
                     exit::ERROR,
                     format!("cannot reach the control socket {}: {e}", socket.display()),
                 )),
             }
         }
     }
+}
+
+/// One exported record as a JSON line.
+fn write_record(out: &mut impl Write, r: &ExportedRecord) -> std::io::Result<()> {
+    let v = serde_json::to_value(r).map_err(std::io::Error::other)?;
+    writeln!(out, "{v}")
 }
 
 fn open_for_audit(cipherdir: &Path, secret: &SecretArgs) -> Result<Arc<Volume>, CliError> {
@@ -127,12 +140,7 @@ pub(crate) fn cmd_audit(cmd: &AuditCommand) -> Result<(), CliError> {
             let report = verify_log(&vol, &mut |_| {}).map_err(|e| {
                 CliError::new(exit::ERROR, format!("cannot read the audit log: {e}"))
             })?;
-            let v = json!(report);
-            if *json {
-                println!("{v}");
-                return broken(&v);
-            }
-            verify_summary(&v)
+            report_verify(&VerifyResult::from(&report), *json)
         }
         AuditCommand::Export {
             cipherdir,
@@ -141,18 +149,20 @@ pub(crate) fn cmd_audit(cmd: &AuditCommand) -> Result<(), CliError> {
         } => {
             let f = filter.to_filter()?;
             let vol = open_for_audit(cipherdir, secret)?;
-            use std::io::Write;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             let mut write_failed = false;
             let report = verify_log(&vol, &mut |r| {
-                if !write_failed && f.matches(r) && writeln!(out, "{}", record_json(r)).is_err() {
+                if !write_failed
+                    && f.matches(r)
+                    && write_record(&mut out, &ExportedRecord::from(r)).is_err()
+                {
                     write_failed = true;
                 }
             })
             .map_err(|e| CliError::new(exit::ERROR, format!("cannot read the audit log: {e}")))?;
             let _ = out.flush();
-            broken(&json!(report))
+            broken(&VerifyResult::from(&report))
         }
     }
 }

@@ -1,200 +1,221 @@
 //! `sealfs ctl …`: key management of a mounted volume through its control
-//! socket; prints a summary of each response (or, with `--json`, the result).
+//! socket; prints a summary of each response (or, with `--json`, the
+//! result). Requests and results are the typed ones of
+//! [`sealfs::ctl::protocol`].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
 
 use sealfs::ctl;
+use sealfs::ctl::client::CallError;
+use sealfs::ctl::protocol::{
+    CancelDeletionResult, CensusResult, DisabledResult, MetricsResult, Op, Request, RewrapStarted,
+    RotateResult, RotationPeriodResult, ScheduleDeletionResult, StatusResult, TrimResult,
+    UntrimResult,
+};
 
 use crate::args::{CtlArgs, CtlCommand};
 use crate::error::{exit, CliError};
+use crate::print_json;
 use crate::progress::{progress_bar_for, BarKind};
 
-pub(crate) fn ctl_call(
-    socket: &Path,
-    op: serde_json::Value,
-) -> Result<serde_json::Value, CliError> {
-    match ctl::client::call(socket, op) {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(CliError::new(
-            exit::ERROR,
-            format!("{} ({})", e.message, e.code),
-        )),
-        Err(e) => Err(CliError::new(
+/// The error of a failed call, as `sealfs ctl` reports it.
+pub(crate) fn call_error(socket: &Path, e: CallError) -> CliError {
+    match e {
+        CallError::Remote(e) => CliError::new(exit::ERROR, format!("{} ({})", e.message, e.code)),
+        CallError::Io(e) => CliError::new(
             exit::ERROR,
             format!(
                 "cannot reach the control socket {}: {e} (is the volume mounted?)",
                 socket.display()
             ),
-        )),
+        ),
     }
+}
+
+/// Sends `op` and returns its typed result.
+pub(crate) fn ctl_call<R: DeserializeOwned>(socket: &Path, op: Op) -> Result<R, CliError> {
+    ctl::client::call(socket, &Request::new(op)).map_err(|e| call_error(socket, e))
 }
 
 fn fmt_time(secs: u64) -> String {
     format!("{secs} (unix time)")
 }
 
-pub(crate) fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
-    use serde_json::json;
-    let socket = match (&a.socket, &a.mount) {
-        (Some(s), _) => s.clone(),
-        (None, Some(m)) => ctl::default_socket_path(
-            &m.canonicalize()
-                .map_err(|e| CliError::new(exit::MOUNTPOINT, format!("{}: {e}", m.display())))?,
+/// The socket `--socket` names, or the default one of the mount `--mount` names.
+fn socket_of(a: &CtlArgs) -> Result<PathBuf, CliError> {
+    match (&a.socket, &a.mount) {
+        (Some(s), _) => Ok(s.clone()),
+        (None, Some(m)) => Ok(ctl::default_socket_path(&m.canonicalize().map_err(
+            |e| CliError::new(exit::MOUNTPOINT, format!("{}: {e}", m.display())),
+        )?)),
+        (None, None) => Err(CliError::new(
+            exit::ERROR,
+            "give --mount MOUNTPOINT or --socket PATH",
+        )),
+    }
+}
+
+/// Prints `v` as JSON with `--json`, else its summary.
+fn show<T: serde::Serialize>(json: bool, v: &T, human: impl FnOnce(&T)) -> Result<(), CliError> {
+    if json {
+        print_json(v)
+    } else {
+        human(v);
+        Ok(())
+    }
+}
+
+fn print_schedule(rotation_period: &Option<String>, next_rotation: Option<u64>) {
+    match rotation_period {
+        Some(p) => println!(
+            "rotation every {p}, next due {}",
+            fmt_time(next_rotation.unwrap_or(0))
         ),
-        (None, None) => {
-            return Err(CliError::new(
-                exit::ERROR,
-                "give --mount MOUNTPOINT or --socket PATH",
-            ))
-        }
-    };
-    let print = |v: &serde_json::Value, human: &dyn Fn(&serde_json::Value)| {
-        if a.json {
-            println!("{v}");
-        } else {
-            human(v);
-        }
-    };
+        None => println!("automatic rotation off"),
+    }
+}
+
+fn print_status(s: &StatusResult) {
+    println!(
+        "volume {} at {}{}",
+        s.volume_id,
+        s.mountpoint.display(),
+        if s.disabled { " — KEY DISABLED" } else { "" }
+    );
+    println!("primary key version {}", s.primary);
+    for k in &s.versions {
+        let counts = match (k.files, k.dirs) {
+            (Some(f), Some(d)) => format!(" files {f} dirs {d}"),
+            _ => String::new(),
+        };
+        println!(
+            "  v{} {:<17} created {}{}",
+            k.version,
+            k.state.as_str(),
+            fmt_time(k.created),
+            counts
+        );
+    }
+    print_schedule(&s.rotation_period, s.next_rotation);
+    if s.rewrap.running {
+        println!("rewrap running: {}/{}", s.rewrap.done, s.rewrap.total);
+    }
+}
+
+/// JSON text of `v` (as the daemon wrote it), for summaries that quote it.
+fn json_text<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v).map_or_else(|_| "?".into(), |v| v.to_string())
+}
+
+pub(crate) fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
+    let socket = socket_of(a)?;
+    let json = a.json;
     match &a.cmd {
         CtlCommand::Status => {
-            let v = ctl_call(&socket, json!({"op": "status"}))?;
-            print(&v, &|v| {
-                println!(
-                    "volume {} at {}{}",
-                    v["volume_id"].as_str().unwrap_or("?"),
-                    v["mountpoint"].as_str().unwrap_or("?"),
-                    if v["disabled"] == true {
-                        " — KEY DISABLED"
-                    } else {
-                        ""
-                    }
-                );
-                println!("primary key version {}", v["primary"]);
-                for k in v["versions"].as_array().into_iter().flatten() {
-                    let counts = if k.get("files").is_some() {
-                        format!(" files {} dirs {}", k["files"], k["dirs"])
-                    } else {
-                        String::new()
-                    };
-                    println!(
-                        "  v{:<4} {:<17} created {}{}",
-                        k["version"],
-                        k["state"].as_str().unwrap_or(""),
-                        fmt_time(k["created"].as_u64().unwrap_or(0)),
-                        counts
-                    );
-                }
-                match v["rotation_period"].as_str() {
-                    Some(p) => println!(
-                        "rotation every {p}, next due {}",
-                        fmt_time(v["next_rotation"].as_u64().unwrap_or(0))
-                    ),
-                    None => println!("automatic rotation off"),
-                }
-                let r = &v["rewrap"];
-                if r["running"] == true {
-                    println!("rewrap running: {}/{}", r["done"], r["total"]);
-                }
-            });
+            let s: StatusResult = ctl_call(&socket, Op::Status)?;
+            show(json, &s, print_status)
         }
         CtlCommand::Rotate => {
-            let v = ctl_call(&socket, json!({"op": "rotate"}))?;
-            print(&v, &|v| {
-                println!("key version {} is now primary", v["primary"])
-            });
+            let r: RotateResult = ctl_call(&socket, Op::Rotate)?;
+            show(json, &r, |r| {
+                println!("key version {} is now primary", r.primary)
+            })
         }
         CtlCommand::Rewrap { background } => {
-            let v = ctl_call(&socket, json!({"op": "rewrap"}))?;
+            let started: RewrapStarted = ctl_call(&socket, Op::Rewrap)?;
             if *background {
-                print(&v, &|_| println!("rewrap started"));
-                return Ok(());
+                return show(json, &started, |_| println!("rewrap started"));
             }
             let bar = progress_bar_for(BarKind::Headers);
             let last = loop {
                 std::thread::sleep(std::time::Duration::from_millis(200));
-                let s = ctl_call(&socket, json!({"op": "status"}))?;
-                let r = s["rewrap"].clone();
-                bar.set_length(r["total"].as_u64().unwrap_or(0).max(1));
-                bar.set_position(r["done"].as_u64().unwrap_or(0));
-                if r["running"] != true {
+                let s: StatusResult = ctl_call(&socket, Op::Status)?;
+                let r = s.rewrap;
+                bar.set_length(r.total.max(1));
+                bar.set_position(r.done);
+                if !r.running {
                     break r;
                 }
             };
             bar.finish_and_clear();
-            print(&last, &|r| {
+            show(json, &last, |r| {
                 println!(
                     "rewrap done: {} visited, {} re-wrapped, {} failed",
-                    r["done"], r["rewrapped"], r["failed"]
+                    r.done, r.rewrapped, r.failed
                 )
-            });
-            if last["failed"].as_u64().unwrap_or(0) > 0 {
+            })?;
+            if last.failed > 0 {
                 return Err(CliError::new(
                     exit::ERROR,
                     "some headers could not be re-wrapped (see the daemon log)",
                 ));
             }
+            Ok(())
         }
         CtlCommand::Metrics => {
-            let v = ctl_call(&socket, json!({"op": "metrics"}))?;
-            print(&v, &|v| print!("{}", v["text"].as_str().unwrap_or("")));
+            let m: MetricsResult = ctl_call(&socket, Op::Metrics)?;
+            show(json, &m, |m| print!("{}", m.text))
         }
         CtlCommand::Census => {
-            let v = ctl_call(&socket, json!({"op": "census"}))?;
-            print(&v, &|v| {
+            let c: CensusResult = ctl_call(&socket, Op::Census)?;
+            show(json, &c, |c| {
                 println!(
                     "files per version {}, dirs per version {}, unreadable {}",
-                    v["files"], v["dirs"], v["unreadable"]
+                    json_text(&c.files),
+                    json_text(&c.dirs),
+                    c.unreadable
                 )
-            });
+            })
         }
         CtlCommand::Disable => {
-            let v = ctl_call(&socket, json!({"op": "disable"}))?;
-            print(&v, &|_| {
+            let d: DisabledResult = ctl_call(&socket, Op::Disable)?;
+            show(json, &d, |_| {
                 println!("key disabled: file I/O now fails with EACCES")
-            });
+            })
         }
         CtlCommand::Enable => {
-            let v = ctl_call(&socket, json!({"op": "enable"}))?;
-            print(&v, &|_| println!("key enabled"));
+            let d: DisabledResult = ctl_call(&socket, Op::Enable)?;
+            show(json, &d, |_| println!("key enabled"))
         }
         CtlCommand::RotationPeriod { period } => {
-            let p = if period == "off" {
-                serde_json::Value::Null
-            } else {
-                json!(period)
-            };
-            let v = ctl_call(&socket, json!({"op": "set_rotation_period", "period": p}))?;
-            print(&v, &|v| match v["rotation_period"].as_str() {
-                Some(p) => println!(
-                    "rotation every {p}, next due {}",
-                    fmt_time(v["next_rotation"].as_u64().unwrap_or(0))
-                ),
-                None => println!("automatic rotation off"),
-            });
+            let period = (period != "off").then(|| period.clone());
+            let r: RotationPeriodResult = ctl_call(&socket, Op::SetRotationPeriod { period })?;
+            show(json, &r, |r| {
+                print_schedule(&r.rotation_period, r.next_rotation)
+            })
         }
         CtlCommand::Trim { min_version, force } => {
-            let v = ctl_call(
+            let t: TrimResult = ctl_call(
                 &socket,
-                json!({"op": "trim", "min_version": min_version, "force": force}),
+                Op::Trim {
+                    min_version: *min_version,
+                    force: *force,
+                },
             )?;
-            print(&v, &|v| {
-                println!("retired versions {}", v["retired"]);
-                let left = v["headers_left_unreadable"].as_u64().unwrap_or(0);
-                if left > 0 {
-                    println!("{left} headers stay unreadable until `untrim`");
+            show(json, &t, |t| {
+                println!("retired versions {}", json_text(&t.retired));
+                if t.headers_left_unreadable > 0 {
+                    println!(
+                        "{} headers stay unreadable until `untrim`",
+                        t.headers_left_unreadable
+                    );
                 }
-            });
+            })
         }
         CtlCommand::Untrim { version } => {
-            let v = ctl_call(&socket, json!({"op": "untrim", "version": version}))?;
-            print(&v, &|_| println!("version {version} enabled again"));
+            let u: UntrimResult = ctl_call(&socket, Op::Untrim { version: *version })?;
+            show(json, &u, |_| println!("version {version} enabled again"))
         }
         CtlCommand::ScheduleDeletion { version, wait, yes } => {
-            let dry = ctl_call(
-                &socket,
-                json!({"op": "schedule_deletion", "version": version, "wait": wait, "confirm": false}),
-            )?;
-            let orphans = dry["would_orphan"].as_u64().unwrap_or(0);
+            let request = |confirm| Op::ScheduleDeletion {
+                version: *version,
+                wait: Some(wait.clone()),
+                confirm,
+            };
+            let dry: ScheduleDeletionResult = ctl_call(&socket, request(false))?;
+            let orphans = dry.would_orphan;
             if !yes {
                 if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
                     return Err(CliError::new(exit::ERROR, format!("destroying version {version} would make {orphans} headers unreadable; pass --yes to confirm")));
@@ -208,29 +229,23 @@ pub(crate) fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
                     return Err(CliError::new(exit::ERROR, "not confirmed; nothing changed"));
                 }
             }
-            let v = ctl_call(
-                &socket,
-                json!({"op": "schedule_deletion", "version": version, "wait": wait, "confirm": true}),
-            )?;
-            print(&v, &|v| {
+            let done: ScheduleDeletionResult = ctl_call(&socket, request(true))?;
+            show(json, &done, |d| {
                 println!(
                     "version {version} will be destroyed at {} ({} headers still use it)",
-                    fmt_time(v["deletion_due"].as_u64().unwrap_or(0)),
-                    v["would_orphan"]
+                    fmt_time(d.deletion_due.unwrap_or(0)),
+                    d.would_orphan
                 )
-            });
+            })
         }
-        CtlCommand::Grant(g) => return crate::grants::cmd_grant(&socket, a.json, g),
-        CtlCommand::Audit(c) => return crate::audit::cmd_audit_ctl(&socket, a.json, c),
+        CtlCommand::Grant(g) => crate::grants::cmd_grant(&socket, json, g),
+        CtlCommand::Audit(c) => crate::audit::cmd_audit_ctl(&socket, json, c),
         CtlCommand::CancelDeletion { version } => {
-            let v = ctl_call(
-                &socket,
-                json!({"op": "cancel_deletion", "version": version}),
-            )?;
-            print(&v, &|_| {
+            let c: CancelDeletionResult =
+                ctl_call(&socket, Op::CancelDeletion { version: *version })?;
+            show(json, &c, |_| {
                 println!("deletion of version {version} cancelled; it stays retired")
-            });
+            })
         }
     }
-    Ok(())
 }

@@ -3,12 +3,24 @@
 
 use std::path::PathBuf;
 
+use serde::Serialize;
+
+use sealfs::ctl::protocol::{FsckResult, Op};
+
 use crate::args::SecretArgs;
 use crate::ctl::ctl_call;
 use crate::error::{exit, CliError};
 use crate::mount::raise_fd_limit;
+use crate::print_json;
 use crate::progress::{progress_bar_for, with_progress, BarKind};
 use crate::secret::{check_is_volume, read_secret};
+
+/// What `sealfs fsck --json` prints when it could not run.
+#[derive(Serialize)]
+struct CouldNotRun<'a> {
+    error: &'a str,
+    exit_code: u8,
+}
 
 /// What `sealfs fsck` checks: a cipher directory, or a mounted volume
 /// through its control socket.
@@ -26,17 +38,15 @@ pub(crate) fn cmd_fsck(
     use sealfs::volume::fsck::{fsck, FsckOptions, FsckProgress};
     let could_not_run = |e: CliError| {
         if json {
-            println!(
-                "{}",
-                serde_json::json!({"error": e.msg, "exit_code": exit::FSCK_FAILED})
-            );
+            let _ = print_json(&CouldNotRun {
+                error: &e.msg,
+                exit_code: exit::FSCK_FAILED,
+            });
         }
         CliError::new(exit::FSCK_FAILED, e.msg)
     };
-    let report: serde_json::Value = match target {
-        FsckTarget::Socket(socket) => {
-            ctl_call(&socket, serde_json::json!({"op": "fsck"})).map_err(could_not_run)?
-        }
+    let report: FsckResult = match target {
+        FsckTarget::Socket(socket) => ctl_call(&socket, Op::Fsck).map_err(could_not_run)?,
         FsckTarget::Offline(cipherdir) => {
             check_is_volume(&cipherdir).map_err(could_not_run)?;
             let s = read_secret(secret, false).map_err(could_not_run)?;
@@ -53,46 +63,36 @@ pub(crate) fn cmd_fsck(
             )
             .map_err(|e| CliError::new(exit::FSCK_FAILED, e.msg))?
             .map_err(|e| could_not_run(CliError::from(e)))?;
-            serde_json::to_value(&report)
-                .map_err(|e| CliError::new(exit::FSCK_FAILED, e.to_string()))?
+            FsckResult::from(&report)
         }
     };
-    let problems = report["problems"].as_array().cloned().unwrap_or_default();
+    let problems = &report.problems;
     if json {
-        println!("{report}");
+        print_json(&report).map_err(|e| CliError::new(exit::FSCK_FAILED, e.msg))?;
     } else {
-        for p in &problems {
-            let backing = p["backing"].as_str().unwrap_or("?");
-            let place = match p["path"].as_str() {
-                Some(path) => format!("{path} [{backing}]"),
-                None => format!("[{backing}]"),
+        for p in problems {
+            let place = match &p.path {
+                Some(path) => format!("{path} [{}]", p.backing),
+                None => format!("[{}]", p.backing),
             };
-            println!(
-                "{}: {place}: {}",
-                p["kind"].as_str().unwrap_or("?"),
-                p["message"].as_str().unwrap_or("")
-            );
-            let action = p["action"].as_str();
-            match (p["repair"].as_str(), action) {
-                (Some("repaired"), Some(a)) => println!("  repaired: {a}"),
-                (Some("unrepairable"), Some(a)) => println!("  not repairable: {a}"),
-                (Some("failed"), Some(a)) => println!("  {a}"),
+            println!("{}: {place}: {}", p.kind, p.message);
+            match (p.repair.as_str(), &p.action) {
+                ("repaired", Some(a)) => println!("  repaired: {a}"),
+                ("unrepairable", Some(a)) => println!("  not repairable: {a}"),
+                ("failed", Some(a)) => println!("  {a}"),
                 _ => {}
             }
         }
-        let st = &report["stats"];
-        let repaired = problems
-            .iter()
-            .filter(|p| p["repair"] == "repaired")
-            .count();
+        let st = &report.stats;
+        let repaired = problems.iter().filter(|p| p.repaired()).count();
         println!(
             "checked {} directories, {} files ({} chunks, {} bytes), {} symlinks, {} other: {} problem(s){}",
-            st["directories"],
-            st["files"],
-            st["chunks"],
-            st["bytes"],
-            st["symlinks"],
-            st["other"],
+            st.directories,
+            st.files,
+            st.chunks,
+            st.bytes,
+            st.symlinks,
+            st.other,
             problems.len(),
             if salvage {
                 format!(", {repaired} repaired")
@@ -105,7 +105,7 @@ pub(crate) fn cmd_fsck(
     }
     if problems.is_empty() {
         Ok(())
-    } else if problems.iter().all(|p| p["repair"] == "repaired") {
+    } else if problems.iter().all(|p| p.repaired()) {
         Err(CliError::new(
             exit::FSCK_REPAIRED,
             "problems found; all repaired",

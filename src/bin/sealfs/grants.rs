@@ -3,14 +3,15 @@
 
 use std::path::Path;
 
-use serde_json::json;
+use sealfs::ctl::protocol::{GrantCreated, GrantList, GrantRetired, GrantRevoked, GrantToken, Op};
 
 use crate::args::GrantCommand;
 use crate::ctl::ctl_call;
 use crate::error::{exit, CliError};
+use crate::print_json;
 
 pub(crate) fn cmd_grant(socket: &Path, json_out: bool, cmd: &GrantCommand) -> Result<(), CliError> {
-    let v = match cmd {
+    match cmd {
         GrantCommand::Create {
             grantee,
             ops,
@@ -18,57 +19,56 @@ pub(crate) fn cmd_grant(socket: &Path, json_out: bool, cmd: &GrantCommand) -> Re
             expires,
             name,
         } => {
-            let v = ctl_call(
+            let g: GrantCreated = ctl_call(
                 socket,
-                json!({"op": "grant_create", "grantee": grantee, "ops": ops,
-                       "path_prefix": path_prefix, "expires": expires, "name": name}),
+                Op::GrantCreate {
+                    grantee: grantee.clone(),
+                    ops: ops.clone(),
+                    path_prefix: path_prefix.clone(),
+                    expires: expires.clone(),
+                    name: name.clone(),
+                },
             )?;
-            if !json_out {
-                println!("grant {}", v["grant_id"].as_str().unwrap_or("?"));
-                println!("token {}", v["grant_token"].as_str().unwrap_or("?"));
-                eprintln!("(the token is shown once; the grantee retires the grant with it: sealfs ctl --socket SOCKET grant retire TOKEN)");
-                return Ok(());
+            if json_out {
+                return print_json(&g);
             }
-            v
+            println!("grant {}", g.grant.grant_id);
+            println!("token {}", g.grant_token);
+            eprintln!("(the token is shown once; the grantee retires the grant with it: sealfs ctl --socket SOCKET grant retire TOKEN)");
+            Ok(())
         }
         GrantCommand::List {
             grantee,
             path_prefix,
         } => {
-            let v = ctl_call(
+            let list: GrantList = ctl_call(
                 socket,
-                json!({"op": "grant_list", "grantee": grantee, "path_prefix": path_prefix}),
+                Op::GrantList {
+                    grantee: grantee.clone(),
+                    path_prefix: path_prefix.clone(),
+                },
             )?;
-            if !json_out {
-                let empty = Vec::new();
-                let list = v["grants"].as_array().unwrap_or(&empty);
-                if list.is_empty() {
-                    println!("no live grants");
-                }
-                for g in list {
-                    println!(
-                        "{}  {}  {}  {}  expires {}{}",
-                        g["grant_id"].as_str().unwrap_or("?"),
-                        g["grantee"].as_str().unwrap_or("?"),
-                        g["ops"]
-                            .as_array()
-                            .map(|a| a
-                                .iter()
-                                .filter_map(|x| x.as_str())
-                                .collect::<Vec<_>>()
-                                .join(","))
-                            .unwrap_or_default(),
-                        g["path_prefix"].as_str().unwrap_or("?"),
-                        g["expires"].as_str().unwrap_or("never"),
-                        g["name"]
-                            .as_str()
-                            .map(|n| format!("  ({n})"))
-                            .unwrap_or_default()
-                    );
-                }
-                return Ok(());
+            if json_out {
+                return print_json(&list);
             }
-            v
+            if list.grants.is_empty() {
+                println!("no live grants");
+            }
+            for g in &list.grants {
+                println!(
+                    "{}  {}  {}  {}  expires {}{}",
+                    g.grant_id,
+                    g.grantee,
+                    g.ops.join(","),
+                    g.path_prefix,
+                    g.expires.as_deref().unwrap_or("never"),
+                    g.name
+                        .as_deref()
+                        .map(|n| format!("  ({n})"))
+                        .unwrap_or_default()
+                );
+            }
+            Ok(())
         }
         GrantCommand::Retire { token } => {
             let token = if token == "-" {
@@ -80,18 +80,33 @@ pub(crate) fn cmd_grant(socket: &Path, json_out: bool, cmd: &GrantCommand) -> Re
             } else {
                 token.clone()
             };
-            ctl_call(socket, json!({"op": "grant_retire", "token": token}))?
+            let r: GrantRetired = ctl_call(
+                socket,
+                Op::GrantRetire {
+                    token: GrantToken(token),
+                },
+            )?;
+            if json_out {
+                return print_json(&r);
+            }
+            println!("grant {} retired", r.retired);
+            Ok(())
         }
         GrantCommand::Revoke { grant_id } => {
-            ctl_call(socket, json!({"op": "grant_revoke", "grant_id": grant_id}))?
+            let r: GrantRevoked = ctl_call(
+                socket,
+                Op::GrantRevoke {
+                    grant_id: grant_id.clone(),
+                },
+            )?;
+            if json_out {
+                return print_json(&r);
+            }
+            println!(
+                "grant {} revoked; open handles through it now fail",
+                r.revoked
+            );
+            Ok(())
         }
-    };
-    if json_out {
-        println!("{v}");
-    } else if let Some(id) = v["retired"].as_str() {
-        println!("grant {id} retired");
-    } else if let Some(id) = v["revoked"].as_str() {
-        println!("grant {id} revoked; open handles through it now fail");
     }
-    Ok(())
 }

@@ -231,3 +231,11 @@ fn write_man_pages(dir: &Path) -> std::io::Result<()> {
     }
     clap_mangen::generate_to(Cli::command(), dir)
 }
+
+/// Prints `v` as one line of JSON, keys in alphabetical order (as the
+/// daemon writes them).
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> Result<(), CliError> {
+    let v = serde_json::to_value(v).map_err(|e| CliError::new(exit::ERROR, e.to_string()))?;
+    println!("{v}");
+    Ok(())
+}

@@ -3,11 +3,15 @@
 
 use std::path::Path;
 
+use serde::Serialize;
+
 use sealfs::crypto::Argon2Params;
+use sealfs::transfer::Report;
 use sealfs::volume::Volume;
 
 use crate::args::{SecretArgs, TransferArgs};
 use crate::error::{exit, CliError};
+use crate::print_json;
 use crate::progress::{progress_bar_for, with_progress, BarKind};
 use crate::secret::{check_is_volume, read_secret};
 
@@ -36,21 +40,25 @@ fn transfer_options(a: &TransferArgs) -> sealfs::transfer::Options {
     o
 }
 
+/// What `sealfs import --json` prints: the report, and whether the volume
+/// was created.
+#[derive(Serialize)]
+struct Imported<'a> {
+    #[serde(flatten)]
+    report: &'a Report,
+    created_volume: bool,
+}
+
 /// Prints a transfer's report (problems on stderr, the summary on stdout,
-/// or the JSON object) and picks the exit code.
-fn finish_transfer(
+/// or `json_form` as the JSON object) and picks the exit code.
+fn finish_transfer<T: Serialize>(
     verb: &str,
-    report: &sealfs::transfer::Report,
+    report: &Report,
     json: bool,
-    extra: serde_json::Value,
+    json_form: &T,
 ) -> Result<(), CliError> {
     if json {
-        let mut v =
-            serde_json::to_value(report).map_err(|e| CliError::new(exit::ERROR, e.to_string()))?;
-        if let (Some(o), serde_json::Value::Object(x)) = (v.as_object_mut(), extra) {
-            o.extend(x);
-        }
-        println!("{v}");
+        print_json(json_form)?;
     } else {
         for p in &report.problems {
             eprintln!("sealfs: not {verb}: {}: {}", p.path.display(), p.message);
@@ -142,7 +150,10 @@ pub(crate) fn cmd_import(
         "imported",
         &report,
         a.json,
-        serde_json::json!({"created_volume": created}),
+        &Imported {
+            report: &report,
+            created_volume: created,
+        },
     )
 }
 
@@ -163,5 +174,5 @@ pub(crate) fn cmd_export(
         || sealfs::transfer::export(&vault, plaindir, &opts, &progress),
         transfer_tick(&progress),
     )??;
-    finish_transfer("exported", &report, a.json, serde_json::json!({}))
+    finish_transfer("exported", &report, a.json, &report)
 }

@@ -4,12 +4,17 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
+
 use sealfs::crypto::Argon2Params;
+use sealfs::ctl::protocol::{RewrapStatus, RotateResult};
 use sealfs::kms::KeyService;
+use sealfs::volume::walk::RewrapProgress;
 use sealfs::volume::Volume;
 
 use crate::args::SecretArgs;
 use crate::error::{exit, CliError};
+use crate::print_json;
 use crate::progress::{progress_bar_for, with_progress, BarKind};
 use crate::secret::{check_is_volume, open_offline, read_secret};
 
@@ -20,6 +25,15 @@ pub(crate) fn argon2_params(memory_kib: u32, iterations: u32) -> Argon2Params {
         iterations,
         parallelism: Argon2Params::DEFAULT.parallelism,
     }
+}
+
+/// What `sealfs init --json` prints.
+#[derive(Serialize)]
+struct Created {
+    cipherdir: PathBuf,
+    volume_id: String,
+    format_version: u32,
+    primary: u32,
 }
 
 pub(crate) fn cmd_init(
@@ -38,13 +52,14 @@ pub(crate) fn cmd_init(
     Volume::create(cipherdir, &s, params)?;
     if json {
         let cfg = Volume::read_config(cipherdir)?;
-        let dir = cipherdir
-            .canonicalize()
-            .unwrap_or_else(|_| cipherdir.to_path_buf());
-        println!(
-            "{}",
-            serde_json::json!({"cipherdir": dir, "volume_id": cfg.volume_id, "format_version": cfg.format_version, "primary": 1})
-        );
+        print_json(&Created {
+            cipherdir: cipherdir
+                .canonicalize()
+                .unwrap_or_else(|_| cipherdir.to_path_buf()),
+            volume_id: cfg.volume_id,
+            format_version: cfg.format_version,
+            primary: 1,
+        })?;
     } else {
         eprintln!("sealfs: created volume in {}", cipherdir.display());
     }
@@ -76,11 +91,11 @@ pub(crate) fn cmd_rotate(
     json: bool,
 ) -> Result<(), CliError> {
     let vol = open_offline(cipherdir, secret)?;
-    let v = KeyService::offline(&vol).rotate()?;
+    let primary = KeyService::offline(&vol).rotate()?;
     if json {
-        println!("{}", serde_json::json!({"primary": v}));
+        print_json(&RotateResult { primary })?;
     } else {
-        eprintln!("sealfs: key version {v} is now primary");
+        eprintln!("sealfs: key version {primary} is now primary");
     }
     Ok(())
 }
@@ -91,22 +106,18 @@ pub(crate) fn cmd_rewrap(
     json: bool,
 ) -> Result<(), CliError> {
     let vol = open_offline(cipherdir, secret)?;
-    let progress = sealfs::volume::walk::RewrapProgress::default();
-    with_progress(
+    let progress = RewrapProgress::default();
+    let r = with_progress(
         progress_bar_for(BarKind::Headers),
-        || vol.rewrap_all(&progress),
+        || KeyService::offline(&vol).rewrap(&progress),
         |bar| {
             let r = progress.report();
             bar.set_length(r.total.max(1));
             bar.set_position(r.done);
         },
     )??;
-    let r = progress.report();
     if json {
-        println!(
-            "{}",
-            serde_json::to_value(&r).map_err(|e| CliError::new(exit::ERROR, e.to_string()))?
-        );
+        print_json(&RewrapStatus::from(r.clone()))?;
     } else {
         eprintln!(
             "sealfs: rewrap done: {} visited, {} re-wrapped, {} failed",
@@ -125,40 +136,78 @@ pub(crate) fn cmd_rewrap(
     Ok(())
 }
 
+/// What `sealfs info --json` prints.
+#[derive(Serialize)]
+struct Info {
+    volume_id: String,
+    format_version: u32,
+    features: Vec<String>,
+    rotation_period: Option<String>,
+    disabled: bool,
+    primary: u32,
+    versions: Vec<InfoVersion>,
+    unreadable: u64,
+}
+
+/// One key version in [`Info`], with its header counts.
+#[derive(Serialize)]
+struct InfoVersion {
+    version: u32,
+    /// The state's Rust name in lower case (`pendingdeletion`; the control
+    /// protocol says `pending_deletion`).
+    state: String,
+    created: u64,
+    primary: bool,
+    files: u64,
+    dirs: u64,
+}
+
 pub(crate) fn cmd_info(cipherdir: &Path, secret: &SecretArgs, json: bool) -> Result<(), CliError> {
     check_is_volume(cipherdir)?;
     let vol = Volume::open(cipherdir, &read_secret(secret, false)?, true)?;
-    let census = vol.census()?;
-    let kr = vol.keyring().read();
-    let versions: Vec<serde_json::Value> = kr
-                    .versions()
-                    .iter()
-                    .map(|v| serde_json::json!({"version": v.version, "state": format!("{:?}", v.state).to_lowercase(), "created": v.created, "primary": v.version == kr.primary(), "files": census.files.get(&v.version).copied().unwrap_or(0), "dirs": census.dirs.get(&v.version).copied().unwrap_or(0)}))
-                    .collect();
+    let keys = KeyService::offline(&vol);
+    let census = keys.census()?;
+    let status = keys.status();
     let cfg = vol.config();
-    let out = serde_json::json!({"volume_id": cfg.volume_id, "format_version": cfg.format_version, "features": cfg.features, "rotation_period": cfg.rotation_period, "disabled": kr.disabled(), "primary": kr.primary(), "versions": versions, "unreadable": census.unreadable});
+    let info = Info {
+        volume_id: cfg.volume_id,
+        format_version: cfg.format_version,
+        features: cfg.features,
+        rotation_period: status.rotation_period,
+        disabled: status.disabled,
+        primary: status.primary,
+        versions: status
+            .versions
+            .iter()
+            .map(|v| InfoVersion {
+                version: v.version,
+                state: format!("{:?}", v.state).to_lowercase(),
+                created: v.created,
+                primary: v.primary,
+                files: census.files.get(&v.version).copied().unwrap_or(0),
+                dirs: census.dirs.get(&v.version).copied().unwrap_or(0),
+            })
+            .collect(),
+        unreadable: census.unreadable,
+    };
     if json {
-        println!("{out}");
-    } else {
+        return print_json(&info);
+    }
+    println!(
+        "volume {} (format {}), primary key version {}{}",
+        info.volume_id,
+        info.format_version,
+        info.primary,
+        if info.disabled { ", DISABLED" } else { "" }
+    );
+    for v in &info.versions {
         println!(
-            "volume {} (format {}), primary key version {}{}",
-            cfg.volume_id,
-            cfg.format_version,
-            kr.primary(),
-            if kr.disabled() { ", DISABLED" } else { "" }
+            "  v{} {:<17} files {} dirs {}",
+            v.version, v.state, v.files, v.dirs
         );
-        for v in versions {
-            println!(
-                "  v{:<4} {:<17} files {:<8} dirs {}",
-                v["version"],
-                v["state"].as_str().unwrap_or(""),
-                v["files"],
-                v["dirs"]
-            );
-        }
-        if census.unreadable > 0 {
-            println!("  {} headers unreadable", census.unreadable);
-        }
+    }
+    if info.unreadable > 0 {
+        println!("  {} headers unreadable", info.unreadable);
     }
     Ok(())
 }

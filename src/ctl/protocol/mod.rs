@@ -1,11 +1,24 @@
 //! The control protocol, version 1: one JSON object per line each way
-//! (docs/CONTROL.md). Pure: parses request lines and builds response lines.
+//! (docs/CONTROL.md). Pure: parses and builds request and response lines.
+//! The daemon and `sealfs ctl` speak it through the same types: [`Request`]
+//! (an [`Op`] and its arguments) one way, a [`Response`] envelope carrying
+//! one of the [`results`] types (or an error) the other.
 //!
-//! Owns: the request and error-code vocabulary and the line-length cap.
-//! Must never: touch the volume or sockets.
+//! Lines are written with their keys in alphabetical order (every line is
+//! built through a [`serde_json::Value`], whose map is sorted); clients must
+//! not depend on that.
+//!
+//! Owns: the request, response and error-code vocabulary, the envelope, and
+//! the line-length cap.
+//! Must never: touch the volume or sockets, or decide anything (the
+//! handlers and [`crate::kms`] do).
 
-use serde::Deserialize;
-use serde_json::{json, Value};
+pub mod results;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use results::*;
 
 /// Protocol version spoken here.
 pub const PROTOCOL_VERSION: u64 = 1;
@@ -13,7 +26,8 @@ pub const PROTOCOL_VERSION: u64 = 1;
 pub const MAX_LINE: usize = 64 * 1024;
 
 /// Stable error codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// Not JSON, or not an object of the expected shape.
     BadRequest,
@@ -56,11 +70,31 @@ impl ErrorCode {
             ErrorCode::AuditFailed => "audit_failed",
         }
     }
+
+    /// Every code, for [`ErrorCode::from_wire`] and tests.
+    pub const ALL: [ErrorCode; 11] = [
+        ErrorCode::BadRequest,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::UnknownOp,
+        ErrorCode::TooLarge,
+        ErrorCode::Forbidden,
+        ErrorCode::Busy,
+        ErrorCode::Invalid,
+        ErrorCode::ReadOnly,
+        ErrorCode::Internal,
+        ErrorCode::NotFound,
+        ErrorCode::AuditFailed,
+    ];
+
+    /// The code of a wire name, if this side knows it.
+    pub fn from_wire(name: &str) -> Option<ErrorCode> {
+        Self::ALL.into_iter().find(|c| c.as_str() == name)
+    }
 }
 
 /// A request's operation and arguments. Unknown extra fields are ignored,
 /// so a newer client's optional arguments do not break an older daemon.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
     /// Volume, key versions, schedule, rewrap progress, last census.
@@ -172,7 +206,7 @@ pub enum Op {
 }
 
 /// A grant token: a bearer credential, never printed by `Debug`.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct GrantToken(pub String);
 
@@ -182,13 +216,50 @@ impl std::fmt::Debug for GrantToken {
     }
 }
 
-/// A parsed request.
+/// A request: `{"v": 1, "id": …, "op": …, arguments…}` on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     /// Echoed back in the response.
     pub id: Value,
     /// What to do.
     pub op: Op,
+}
+
+impl Request {
+    /// A request for `op` with id 1 (what `sealfs ctl` sends).
+    pub fn new(op: Op) -> Self {
+        Request {
+            id: Value::from(1),
+            op,
+        }
+    }
+
+    /// The request line (without newline).
+    pub fn to_line(&self) -> String {
+        serde_json::to_value(self)
+            .expect("a request always serializes")
+            .to_string()
+    }
+}
+
+impl Serialize for Request {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut v = serde_json::to_value(&self.op).map_err(serde::ser::Error::custom)?;
+        let map = v
+            .as_object_mut()
+            .ok_or_else(|| serde::ser::Error::custom("an op serializes to an object"))?;
+        map.insert("v".into(), Value::from(PROTOCOL_VERSION));
+        map.insert("id".into(), self.id.clone());
+        v.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Request {
+    /// Accepts what [`parse_request`] accepts; its error message otherwise.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        request_of_value(v).map_err(|e| serde::de::Error::custom(e.message))
+    }
 }
 
 /// A request that could not be parsed, with the id if one was readable.
@@ -214,6 +285,12 @@ pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
     }
     let v: Value = serde_json::from_slice(line)
         .map_err(|e| err(Value::Null, ErrorCode::BadRequest, format!("not JSON: {e}")))?;
+    request_of_value(v)
+}
+
+/// Steps 3 to 7 of docs/CONTROL.md §3 on a parsed line.
+fn request_of_value(v: Value) -> Result<Request, RequestError> {
+    let err = |id: Value, code, message: String| RequestError { id, code, message };
     let Value::Object(mut map) = v else {
         return Err(err(
             Value::Null,
@@ -260,20 +337,86 @@ pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
     }
 }
 
+/// The `error` object of a failed response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireError {
+    /// A stable code ([`ErrorCode::as_str`]); kept as text, so a code a
+    /// newer daemon adds still reaches the user.
+    pub code: String,
+    /// Text for humans.
+    pub message: String,
+}
+
+/// A response line: `{"v": 1, "id": …, "ok": true, "result": {…}}` or
+/// `{"v": 1, "id": …, "ok": false, "error": {"code": …, "message": …}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// Always [`PROTOCOL_VERSION`].
+    pub v: u64,
+    /// The request's id (null if it was not readable).
+    pub id: Value,
+    /// Success?
+    pub ok: bool,
+    /// When `ok`: the op's result (one of the [`results`] types).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// When not `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<WireError>,
+}
+
+impl Response {
+    /// The line (without newline), keys in alphabetical order.
+    pub fn to_line(&self) -> String {
+        serde_json::to_value(self)
+            .expect("a response always serializes")
+            .to_string()
+    }
+}
+
+/// One line the daemon sends: a [`Response`], or (before the response of
+/// `audit_export`) one exported record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Line {
+    /// The response that ends the exchange.
+    Response(Response),
+    /// A streamed record.
+    Record(ExportedLine),
+}
+
 /// A success response line (without newline).
 pub fn ok_line(id: &Value, result: Value) -> String {
-    json!({"v": PROTOCOL_VERSION, "id": id, "ok": true, "result": result}).to_string()
+    Response {
+        v: PROTOCOL_VERSION,
+        id: id.clone(),
+        ok: true,
+        result: Some(result),
+        error: None,
+    }
+    .to_line()
 }
 
 /// An error response line (without newline).
 pub fn error_line(id: &Value, code: ErrorCode, message: &str) -> String {
-    json!({"v": PROTOCOL_VERSION, "id": id, "ok": false, "error": {"code": code.as_str(), "message": message}}).to_string()
+    Response {
+        v: PROTOCOL_VERSION,
+        id: id.clone(),
+        ok: false,
+        result: None,
+        error: Some(WireError {
+            code: code.as_str().into(),
+            message: message.into(),
+        }),
+    }
+    .to_line()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use serde_json::json;
 
     #[test]
     fn parses_ops() {
