@@ -44,12 +44,15 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::crypto::Argon2Params;
 use crate::format::header::EncryptionContext;
 use crate::format::keyring::KeyState;
 use crate::format::layout::{plaintext_size, CHUNK_SIZE};
 use crate::format::names::BackingName;
 use crate::keyring::UnlockSecret;
+use crate::kms::{DeletionPlan, KeyError, KeyService, KeyStatus, RotationSchedule, Trimmed};
 use crate::volume::content::SealedFile;
+use crate::volume::walk::{Census, RewrapProgress, RewrapReport};
 use crate::volume::{sys, Directory, Volume, VolumeError};
 
 /// Errors of [`Vault`]: a path problem, or one of the volume layer.
@@ -1013,5 +1016,94 @@ impl Drop for FileWriter {
         } else if !self.failed {
             let _ = self.flush_buffer();
         }
+    }
+}
+
+// ---------------------------------------------------------------- key management
+
+/// Key management of an unmounted volume, through [`KeyService`] (the
+/// rules `sealfs ctl` follows on a mount; nothing is audited here, as the
+/// audit log records what happens through a mount). Each method is
+/// [`Vault::keys`] and the [`KeyService`] method of the same name.
+impl Vault {
+    /// The key service of this vault's volume.
+    pub fn keys(&self) -> KeyService<'_> {
+        KeyService::offline(&self.vol)
+    }
+
+    /// The primary version, every version's state, the rotation schedule.
+    pub fn key_status(&self) -> KeyStatus {
+        self.keys().status()
+    }
+
+    /// Headers and directory records per key version (a full scan).
+    pub fn census(&self) -> Result<Census, KeyError> {
+        self.keys().census()
+    }
+
+    /// Makes a new master key version primary; returns it.
+    pub fn rotate(&self) -> Result<u32, KeyError> {
+        self.keys().rotate()
+    }
+
+    /// Re-wraps every header and directory record under the primary version.
+    pub fn rewrap(&self, progress: &RewrapProgress) -> Result<RewrapReport, KeyError> {
+        self.keys().rewrap(progress)
+    }
+
+    /// Retires every enabled version below `min_version` (see [`KeyService::trim`]).
+    pub fn trim(&self, min_version: u32, force: bool) -> Result<Trimmed, KeyError> {
+        self.keys().trim(min_version, force)
+    }
+
+    /// Re-enables a retired version.
+    pub fn untrim(&self, version: u32) -> Result<(), KeyError> {
+        self.keys().untrim(version)
+    }
+
+    /// Schedules a retired version's destruction after `wait` (7 days if
+    /// `None`); a dry run unless `confirm`.
+    pub fn schedule_deletion(
+        &self,
+        version: u32,
+        wait: Option<&str>,
+        confirm: bool,
+    ) -> Result<DeletionPlan, KeyError> {
+        self.keys().schedule_deletion(version, wait, confirm)
+    }
+
+    /// Cancels a scheduled destruction.
+    pub fn cancel_deletion(&self, version: u32) -> Result<(), KeyError> {
+        self.keys().cancel_deletion(version)
+    }
+
+    /// Disables the key: file access is refused until [`Vault::enable`].
+    pub fn disable(&self) -> Result<(), KeyError> {
+        self.keys().disable()
+    }
+
+    /// Enables the key again.
+    pub fn enable(&self) -> Result<(), KeyError> {
+        self.keys().enable()
+    }
+
+    /// Sets the automatic rotation period ("90d"), or turns it off (`None`).
+    pub fn set_rotation_period(&self, period: Option<&str>) -> Result<RotationSchedule, KeyError> {
+        self.keys().set_rotation_period(period)
+    }
+
+    /// Runs what is due at `now` (automatic rotation, due destructions), as
+    /// a mount's scheduler would.
+    pub fn run_schedules(&self, now: u64) -> Result<Vec<String>, KeyError> {
+        self.keys().run_schedules(now)
+    }
+
+    /// Changes the unlock secret (re-seals the keyring only).
+    pub fn change_secret(
+        &self,
+        secret: &UnlockSecret,
+        params: Argon2Params,
+    ) -> Result<(), KeyError> {
+        self.keys().change_secret(secret, params)
     }
 }

@@ -389,3 +389,86 @@ fn vault_reads_fail_on_tampered_content_instead_of_returning_garbage() {
     assert_eq!(io.kind(), std::io::ErrorKind::InvalidData, "{io}");
     assert!(buf.len() <= 4096, "bytes past the bad chunk were returned");
 }
+
+/// A library user manages keys as `sealfs ctl` does on a mount, through the
+/// same rules (`KeyService`): rotate, rewrap, trim (refused while a header
+/// still uses the version), schedule and cancel a deletion, disable and
+/// enable, a rotation period; a mount then sees the result.
+#[test]
+fn vault_manages_keys_with_the_rules_of_the_control_socket() {
+    use sealfs::format::keyring::KeyState;
+    use sealfs::kms::KeyError;
+    use sealfs::volume::walk::RewrapProgress;
+
+    let mut fx = Fixture::new();
+    {
+        let vault = Vault::open(&fx.cipher, &secret(&fx)).unwrap();
+        let mut w = vault.create("kept.txt".as_ref()).unwrap();
+        w.write_all(b"still here\n").unwrap();
+        w.finish().unwrap();
+
+        assert_eq!(vault.rotate().unwrap(), 2);
+        let e = vault.trim(2, false).unwrap_err();
+        assert!(
+            matches!(&e, KeyError::Invalid(m) if m.contains("headers still use versions below 2")),
+            "{e}"
+        );
+        let e = vault.trim(3, false).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("cannot retire the primary version 2"),
+            "{e}"
+        );
+        let r = vault.rewrap(&RewrapProgress::default()).unwrap();
+        assert_eq!(r.failed, 0, "{r:?}");
+        let t = vault.trim(2, false).unwrap();
+        assert_eq!(t.retired, [1]);
+        assert_eq!(vault.census().unwrap().files.get(&2), Some(&1));
+
+        let e = vault.schedule_deletion(2, None, true).unwrap_err();
+        assert!(e.to_string().contains("must be retired"), "{e}");
+        let dry = vault.schedule_deletion(1, Some("1d"), false).unwrap();
+        assert_eq!(
+            (dry.would_orphan, dry.confirmed, dry.deletion_due),
+            (0, false, None)
+        );
+        let plan = vault.schedule_deletion(1, Some("1d"), true).unwrap();
+        assert!(plan.confirmed && plan.deletion_due.is_some());
+        let status = vault.key_status();
+        assert_eq!(status.versions[0].state, KeyState::PendingDeletion);
+        assert_eq!(status.versions[0].deletion_due, plan.deletion_due);
+        // Not due yet: the schedule leaves it alone.
+        assert!(vault
+            .run_schedules(plan.deletion_due.unwrap() - 1)
+            .unwrap()
+            .is_empty());
+        vault.cancel_deletion(1).unwrap();
+        vault.untrim(1).unwrap();
+        assert_eq!(vault.key_status().versions[0].state, KeyState::Enabled);
+
+        let s = vault.set_rotation_period(Some("90d")).unwrap();
+        assert_eq!(s.rotation_period.as_deref(), Some("90d"));
+        assert!(s.next_rotation.is_some());
+        assert!(matches!(
+            vault.set_rotation_period(Some("soon")),
+            Err(KeyError::Invalid(_))
+        ));
+
+        vault.disable().unwrap();
+        assert!(vault.key_status().disabled);
+        assert!(matches!(
+            vault.read("kept.txt".as_ref()),
+            Err(VaultError::Disabled)
+        ));
+        vault.enable().unwrap();
+        assert_eq!(vault.read("kept.txt".as_ref()).unwrap(), b"still here\n");
+    }
+    // What the library did is what a mount finds.
+    fx.mount();
+    assert_eq!(fs::read(fx.p("kept.txt")).unwrap(), b"still here\n");
+    fx.unmount();
+    let vault = Vault::open_read_only(&fx.cipher, &secret(&fx)).unwrap();
+    let st = vault.key_status();
+    assert_eq!(st.primary, 2);
+    assert_eq!(st.rotation_period.as_deref(), Some("90d"));
+}
