@@ -1,17 +1,514 @@
-//! The mount daemon's composition root: wires the volume, its access
-//! control, the FUSE frontend and the control plane together.
+//! Mounting from the library: [`Mount::builder`] assembles everything a
+//! mount is (the unlocked volume, its grant store and audit log, the FUSE
+//! session, the control socket, the key schedules and grant expiry, the
+//! idle unmount) and hands back a [`MountHandle`]. `sealfs mount` is this
+//! builder plus argument parsing, daemonizing and printing.
 //!
-//! Owns: the glue between layers that must not know each other (the FUSE
-//! layer's cache control as the key service's [`MountHooks`]).
+//! ```no_run
+//! use sealfs::daemon::Mount;
+//! use sealfs::UnlockSecret;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let secret = UnlockSecret::from_passfile("/root/.vault-pass".as_ref())?;
+//! let mount = Mount::builder("/srv/vault.enc", "/mnt/vault")
+//!     .secret(secret)
+//!     .ctl_socket("/run/vault.sock")
+//!     .mount()?;
+//! std::fs::write("/mnt/vault/hello.txt", "hi")?;
+//! mount.unmount()?;
+//! # Ok(()) }
+//! ```
+//!
+//! Two steps, for a caller that forks in between (the daemon does, and a
+//! process must fork before it starts threads): [`MountBuilder::open`]
+//! checks the paths and unlocks the volume without starting any thread;
+//! [`OpenedMount::start`] does the rest.
+//!
+//! Owns: the order of assembly (what must exist before what, and which
+//! threads may start when), the mount's threads (session, timers, idle
+//! watch, signal watch) and their end, and the glue between layers that
+//! must not know each other (the FUSE layer's cache control as the key
+//! service's [`MountHooks`]).
 //! Must never: hold key policy (that is [`crate::kms`]), translate kernel
-//! requests (that is [`crate::fs`]) or parse control requests (that is
-//! [`crate::ctl`]).
+//! requests (that is [`crate::fs`]), parse control requests (that is
+//! [`crate::ctl`]), fork, or print (the binary does both).
 
-use crate::fs::CacheControl;
+mod threads;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::ctl::{self, ControlContext, ControlServer};
+use crate::fs::{fuser_config, CacheControl, MountOptions, SealFs};
+use crate::keyring::UnlockSecret;
 use crate::kms::MountHooks;
+use crate::policy::audit::{AuditLog, DEFAULT_SEGMENT_BYTES};
+use crate::policy::grants::GrantStore;
+use crate::policy::AccessControl;
+use crate::volume::{Volume, VolumeError};
+pub use threads::raise_fd_limit;
+use threads::Timers;
 
 impl MountHooks for CacheControl {
     fn drop_cached_file_data(&self) {
         self.invalidate_file_data();
+    }
+}
+
+/// Why a mount could not be made, or ended badly. The messages are
+/// `sealfs mount`'s.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// CIPHERDIR holds no volume.
+    #[error("{} is not a sealfs volume (no sealfs.toml); create one with 'sealfs init'", .0.display())]
+    NotAVolume(PathBuf),
+    /// The mount point is missing, not a directory, or not empty.
+    #[error("{0}")]
+    MountPoint(String),
+    /// The unlock secret could not be had.
+    #[error("{0}")]
+    Secret(String),
+    /// The volume could not be opened (wrong secret, damaged, in use, …).
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    /// A path could not be resolved.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// A part of the mount could not be set up (nothing is left mounted).
+    #[error("{0}")]
+    Start(String),
+    /// The FUSE session ended with an error.
+    #[error("session ended with error: {0}")]
+    Session(std::io::Error),
+}
+
+/// Where the unlock secret comes from.
+enum SecretSource {
+    Given(UnlockSecret),
+    /// Asked for only once the paths are checked (no passphrase prompt for
+    /// a mount that cannot happen).
+    Ask(Box<dyn FnOnce() -> Result<UnlockSecret, String>>),
+}
+
+/// Namespace of [`Mount::builder`].
+pub struct Mount;
+
+impl Mount {
+    /// A mount of the volume in `cipherdir` on `mountpoint` (an empty
+    /// directory), read-write, owner-only, audited, with the default number
+    /// of request threads. Set the secret with [`MountBuilder::secret`].
+    pub fn builder(cipherdir: impl Into<PathBuf>, mountpoint: impl Into<PathBuf>) -> MountBuilder {
+        MountBuilder {
+            cipherdir: cipherdir.into(),
+            mountpoint: mountpoint.into(),
+            secret: None,
+            read_only: false,
+            allow_other: false,
+            threads: None,
+            ctl_socket: None,
+            audit: true,
+            idle: None,
+            unmount_on_signal: false,
+            lock_memory: false,
+            readahead_kb: Some(1024),
+        }
+    }
+}
+
+/// The choices of one mount. See [`Mount::builder`].
+pub struct MountBuilder {
+    cipherdir: PathBuf,
+    mountpoint: PathBuf,
+    secret: Option<SecretSource>,
+    read_only: bool,
+    allow_other: bool,
+    threads: Option<usize>,
+    ctl_socket: Option<PathBuf>,
+    audit: bool,
+    idle: Option<Duration>,
+    unmount_on_signal: bool,
+    lock_memory: bool,
+    readahead_kb: Option<u32>,
+}
+
+/// Request-serving threads when none are chosen: twice the cores, 4 to 16,
+/// so that a thread waiting on the disk or in fsync holds up no other request.
+pub fn default_request_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (2 * cores).clamp(4, 16)
+}
+
+fn check_mountpoint(mp: &Path) -> Result<(), MountError> {
+    let bad =
+        |e: std::io::Error| MountError::MountPoint(format!("MOUNTPOINT {}: {e}", mp.display()));
+    let md = std::fs::metadata(mp).map_err(bad)?;
+    if !md.is_dir() {
+        return Err(MountError::MountPoint(format!(
+            "MOUNTPOINT {} is not a directory",
+            mp.display()
+        )));
+    }
+    let mut rd = std::fs::read_dir(mp).map_err(bad)?;
+    if rd.next().is_some() {
+        return Err(MountError::MountPoint(format!(
+            "MOUNTPOINT {} is not empty",
+            mp.display()
+        )));
+    }
+    Ok(())
+}
+
+impl MountBuilder {
+    /// Unlocks with `secret`.
+    pub fn secret(mut self, secret: UnlockSecret) -> Self {
+        self.secret = Some(SecretSource::Given(secret));
+        self
+    }
+
+    /// Unlocks with what `ask` returns, called once the volume and the
+    /// mount point have been checked (an error is reported as is).
+    pub fn secret_with(
+        mut self,
+        ask: impl FnOnce() -> Result<UnlockSecret, String> + 'static,
+    ) -> Self {
+        self.secret = Some(SecretSource::Ask(Box::new(ask)));
+        self
+    }
+
+    /// Mounts read-only (no change, no key operation, no schedule).
+    pub fn read_only(mut self, yes: bool) -> Self {
+        self.read_only = yes;
+        self
+    }
+
+    /// Lets other users through (grants decide what they reach; the
+    /// control socket is then mode 0666 so grantees can retire grants).
+    pub fn allow_other(mut self, yes: bool) -> Self {
+        self.allow_other = yes;
+        self
+    }
+
+    /// Request-serving threads (default [`default_request_threads`]).
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = Some(n);
+        self
+    }
+
+    /// The control socket's path (default [`ctl::default_socket_path`] of
+    /// the mount point).
+    pub fn ctl_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ctl_socket = Some(path.into());
+        self
+    }
+
+    /// Keeps the audit log of key uses (default on; without it grants
+    /// still apply, unrecorded).
+    pub fn audit(mut self, yes: bool) -> Self {
+        self.audit = yes;
+        self
+    }
+
+    /// Unmounts once nothing is open and no request came for `d`.
+    pub fn idle(mut self, d: Option<Duration>) -> Self {
+        self.idle = d;
+        self
+    }
+
+    /// Unmounts on SIGINT, SIGTERM and SIGHUP (lazily if still busy after a
+    /// second). This blocks those signals in every thread the mount starts
+    /// and in the caller's: meant for a process that serves one mount.
+    pub fn unmount_on_signal(mut self, yes: bool) -> Self {
+        self.unmount_on_signal = yes;
+        self
+    }
+
+    /// Locks the process's memory, so keys never reach swap (best effort,
+    /// process-wide; see [`crate::hardening::lock_memory`]).
+    pub fn lock_memory(mut self, yes: bool) -> Self {
+        self.lock_memory = yes;
+        self
+    }
+
+    /// The kernel's readahead for the mount in KiB (default 1024; `None`
+    /// leaves the kernel's 128).
+    pub fn readahead_kb(mut self, kb: Option<u32>) -> Self {
+        self.readahead_kb = kb;
+        self
+    }
+
+    /// Checks the volume and the mount point, gets the secret and unlocks
+    /// the volume (taking its lock when read-write). Starts no thread.
+    pub fn open(self) -> Result<OpenedMount, MountError> {
+        let cipherdir = self.cipherdir.as_path();
+        if !cipherdir.is_dir() || !Volume::looks_like_volume(cipherdir) {
+            return Err(MountError::NotAVolume(cipherdir.to_path_buf()));
+        }
+        check_mountpoint(&self.mountpoint)?;
+        let canonical_mp = self
+            .mountpoint
+            .canonicalize()
+            .map_err(|e| MountError::MountPoint(e.to_string()))?;
+        let socket = self
+            .ctl_socket
+            .clone()
+            .unwrap_or_else(|| ctl::default_socket_path(&canonical_mp));
+        let secret = match self.secret {
+            Some(SecretSource::Given(s)) => s,
+            Some(SecretSource::Ask(ask)) => ask().map_err(MountError::Secret)?,
+            None => return Err(MountError::Secret("no unlock secret given".into())),
+        };
+        let vol = Arc::new(Volume::open(cipherdir, &secret, self.read_only)?);
+        drop(secret);
+        raise_fd_limit();
+        let canonical_cd = cipherdir.canonicalize()?;
+        Ok(OpenedMount {
+            vol,
+            cipherdir: canonical_cd,
+            mountpoint: self.mountpoint,
+            canonical_mp,
+            socket,
+            options: MountOptions {
+                allow_other: self.allow_other,
+                read_only: self.read_only,
+                threads: self.threads.unwrap_or_else(default_request_threads),
+            },
+            audit: self.audit,
+            idle: self.idle,
+            unmount_on_signal: self.unmount_on_signal,
+            lock_memory: self.lock_memory,
+            readahead_kb: self.readahead_kb,
+        })
+    }
+
+    /// [`MountBuilder::open`], then [`OpenedMount::start`].
+    pub fn mount(self) -> Result<MountHandle, MountError> {
+        self.open()?.start()
+    }
+}
+
+/// An unlocked volume about to be mounted: no thread runs yet, so the
+/// process may still fork. See [`OpenedMount::start`].
+pub struct OpenedMount {
+    vol: Arc<Volume>,
+    cipherdir: PathBuf,
+    mountpoint: PathBuf,
+    canonical_mp: PathBuf,
+    socket: PathBuf,
+    options: MountOptions,
+    audit: bool,
+    idle: Option<Duration>,
+    unmount_on_signal: bool,
+    lock_memory: bool,
+    readahead_kb: Option<u32>,
+}
+
+impl OpenedMount {
+    /// The cipher directory (canonical).
+    pub fn cipherdir(&self) -> &Path {
+        &self.cipherdir
+    }
+
+    /// The mount point, as given.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Where the control socket will listen.
+    pub fn ctl_socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Mounts: opens the grant store and the audit log, starts the FUSE
+    /// session, the control socket, the key schedules, grant expiry and
+    /// the idle watch. On error nothing stays mounted.
+    pub fn start(self) -> Result<MountHandle, MountError> {
+        let start = |what: String| MountError::Start(what);
+        // Memory locks do not survive fork: taken here, in the serving process.
+        if self.lock_memory {
+            match crate::hardening::lock_memory() {
+                crate::hardening::MemoryLock::Locked => tracing::debug!("memory locked"),
+                other => tracing::debug!("memory not locked: {other:?}"),
+            }
+        }
+        // Before anything starts a thread (the grant store, the audit log's
+        // syncer, SealFs's release queue): a thread started with SIGTERM
+        // unblocked would take the signal's default action (kill the
+        // daemon, leaving a dead mount) instead of unmounting.
+        if self.unmount_on_signal {
+            threads::block_termination_signals();
+        }
+        let vol = self.vol;
+        // SAFETY: geteuid has no failure mode.
+        let owner = unsafe { libc::geteuid() };
+        let grants = GrantStore::open(vol.clone())
+            .map_err(|e| start(format!("cannot open the grant store: {e}")))?;
+        let audit = if self.audit {
+            Some(
+                AuditLog::open(vol.clone(), DEFAULT_SEGMENT_BYTES).map_err(|e| {
+                    start(format!(
+                        "cannot open the audit log: {e} (mount with --no-audit to go without one)"
+                    ))
+                })?,
+            )
+        } else {
+            None
+        };
+        let access = Arc::new(AccessControl::new(owner, Some(Arc::new(grants)), audit));
+        let fs = SealFs::new(vol.clone(), access.clone())
+            .map_err(|e| start(format!("cannot open the volume's root: {e}")))?;
+        let cache = fs.cache_control();
+        let activity = fs.activity();
+        let config = fuser_config(&self.cipherdir, &self.options);
+        let mut session = fuser::Session::new(fs, &self.mountpoint, &config)
+            .map_err(|e| start(format!("mount failed: {e}")))?;
+        let unmount_requested = Arc::new(AtomicBool::new(false));
+        let unmounter = Arc::new(parking_lot::Mutex::new(session.unmount_callable()));
+        if self.unmount_on_signal {
+            threads::unmount_on_signal(
+                unmounter.clone(),
+                self.canonical_mp.clone(),
+                unmount_requested.clone(),
+            );
+        }
+        if let Some(kb) = self.readahead_kb {
+            crate::fs::raise_readahead(&self.canonical_mp, kb);
+        }
+        cache.set_notifier(session.notifier());
+        let hooks: Arc<dyn MountHooks> = Arc::new(cache);
+        let ctl_ctx = ControlContext::new(
+            vol.clone(),
+            hooks.clone(),
+            self.canonical_mp.clone(),
+            owner,
+            access.clone(),
+            self.options.allow_other,
+        );
+        let server = match ctl::serve(&self.socket, ctl_ctx) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = unmounter.lock().unmount();
+                return Err(start(format!(
+                    "control socket {}: {e}",
+                    self.socket.display()
+                )));
+            }
+        };
+        let timers = Timers::start(vol, access, hooks);
+        tracing::info!(
+            "mounted {} on {}; control socket {}",
+            self.cipherdir.display(),
+            self.canonical_mp.display(),
+            self.socket.display()
+        );
+        let idle = self.idle.map(|idle| {
+            threads::unmount_when_idle(
+                activity,
+                idle,
+                self.canonical_mp.clone(),
+                unmount_requested.clone(),
+                timers.stopped(),
+            )
+        });
+        let session = std::thread::Builder::new()
+            .name("sealfs-session".into())
+            .spawn(move || session.run())
+            .map_err(|e| {
+                let _ = unmounter.lock().unmount();
+                start(format!("mount failed: {e}"))
+            })?;
+        Ok(MountHandle {
+            session: Some(session),
+            unmounter,
+            unmount_requested,
+            server: Some(server),
+            timers,
+            idle,
+            cipherdir: self.cipherdir,
+            mountpoint: self.mountpoint,
+            canonical_mp: self.canonical_mp,
+        })
+    }
+}
+
+/// A live mount. [`MountHandle::wait`] until it ends (someone unmounts
+/// it, a signal or `idle`), or [`MountHandle::unmount`] it; dropping the
+/// handle unmounts too.
+pub struct MountHandle {
+    session: Option<JoinHandle<std::io::Result<()>>>,
+    unmounter: Arc<parking_lot::Mutex<fuser::SessionUnmounter>>,
+    unmount_requested: Arc<AtomicBool>,
+    server: Option<ControlServer>,
+    timers: Timers,
+    idle: Option<JoinHandle<()>>,
+    cipherdir: PathBuf,
+    mountpoint: PathBuf,
+    canonical_mp: PathBuf,
+}
+
+impl MountHandle {
+    /// The cipher directory (canonical).
+    pub fn cipherdir(&self) -> &Path {
+        &self.cipherdir
+    }
+
+    /// The mount point, as given.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// The control socket (speak [`crate::ctl::protocol`] to it, e.g. with
+    /// [`crate::ctl::client::call`]).
+    pub fn ctl_socket(&self) -> &Path {
+        self.server.as_ref().map_or(Path::new(""), |s| s.path())
+    }
+
+    /// Waits until the mount ends, then stops its threads and removes the
+    /// control socket. An end the mount itself asked for (signal, idle,
+    /// [`MountHandle::unmount`]) is a normal end.
+    pub fn wait(mut self) -> Result<(), MountError> {
+        self.finish()
+    }
+
+    /// Unmounts (retrying for a second while the mount is busy, then
+    /// detaching it lazily, as `umount -l` does) and waits for the end.
+    pub fn unmount(mut self) -> Result<(), MountError> {
+        threads::end_mount(&self.unmounter, &self.canonical_mp, &self.unmount_requested);
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<(), MountError> {
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        let r = session
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the session thread panicked")));
+        self.timers.stop();
+        if let Some(idle) = self.idle.take() {
+            let _ = idle.join();
+        }
+        self.server = None;
+        match r {
+            Err(e)
+                if e.raw_os_error() == Some(libc::ECONNABORTED)
+                    && self.unmount_requested.load(Ordering::SeqCst) =>
+            {
+                tracing::info!("session ended after unmount ({e})");
+                Ok(())
+            }
+            r => r.map_err(MountError::Session),
+        }
+    }
+}
+
+impl Drop for MountHandle {
+    fn drop(&mut self) {
+        if self.session.is_some() {
+            threads::end_mount(&self.unmounter, &self.canonical_mp, &self.unmount_requested);
+            let _ = self.finish();
+        }
     }
 }

@@ -5,11 +5,15 @@
 //! Layers, from the bottom: [`crypto`] (keys, AEAD, KDF; no I/O), [`format`](mod@format)
 //! (bytes in, bytes out), [`keyring`] (unlocking and storing master key
 //! versions), [`volume`] (the cipher directory: files, directories, names),
-//! and [`fs`] (the fuser frontend that maps kernel requests onto the volume).
+//! [`policy`] (grants, the audit log, who is asking), [`kms`] (key policy:
+//! rotate, trim, disable, deletion, schedules), [`fs`] (the fuser frontend
+//! that maps kernel requests onto the volume), [`ctl`] (the control socket
+//! and its typed protocol), and [`daemon`] (a whole mount, assembled).
 //!
 //! To use a volume from a program without mounting it, start at [`Vault`]:
 //! open a cipher directory with an [`UnlockSecret`], then list, read and
-//! write files by plaintext path (see `examples/`).
+//! write files by plaintext path, and manage its keys (see `examples/`). To
+//! mount one, start at [`daemon::Mount::builder`].
 #![warn(missing_docs)]
 
 pub mod crypto;

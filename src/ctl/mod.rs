@@ -19,20 +19,16 @@ mod server;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
 use crate::format::config::hex;
-use crate::keyring::now_secs;
-use crate::kms::{KeyService, MountHooks};
-use crate::policy::{AccessControl, Event};
+use crate::kms::MountHooks;
+use crate::policy::AccessControl;
 use crate::volume::walk::{Census, RewrapProgress};
 use crate::volume::Volume;
 pub use server::{serve, ControlServer};
-
-const SCHEDULE_TICK: Duration = Duration::from_secs(5);
 
 /// The default socket path of the mount at `mountpoint` (canonical path):
 /// `/run/sealfs/` for root, `$XDG_RUNTIME_DIR/sealfs/` (or
@@ -89,54 +85,4 @@ impl ControlContext {
             shared_socket,
         })
     }
-}
-
-/// Ends grants when their expiry passes (at most a second late; handles
-/// check the expiry themselves on every use, so this only records the end,
-/// stores it, and drops cached data).
-pub fn spawn_grant_expiry(ctx: &Arc<ControlContext>) {
-    let weak = Arc::downgrade(ctx);
-    let _ = std::thread::Builder::new()
-        .name("sealfs-grants".into())
-        .spawn(move || loop {
-            let Some(ctx) = weak.upgrade() else { return };
-            if let Some(store) = ctx.access.grant_store() {
-                let expired = store.expire_due(now_secs());
-                for g in &expired {
-                    let _ = ctx.access.record_principal(
-                        crate::policy::audit::AuditLog::daemon_record().principal,
-                        Event {
-                            grant: Some(&g.id),
-                            ..Event::ok("grant_expired", None)
-                        },
-                    );
-                }
-                if !expired.is_empty() {
-                    ctx.hooks.drop_cached_file_data();
-                }
-            }
-            drop(ctx);
-            std::thread::sleep(Duration::from_millis(500));
-        });
-}
-
-/// Runs due schedules (automatic rotation, key destruction) now and then
-/// every few seconds, for as long as `ctx` lives.
-pub fn spawn_scheduler(ctx: &Arc<ControlContext>) {
-    let weak = Arc::downgrade(ctx);
-    let _ = std::thread::Builder::new()
-        .name("sealfs-schedule".into())
-        .spawn(move || loop {
-            let Some(ctx) = weak.upgrade() else { return };
-            match KeyService::offline(&ctx.vol).run_schedules(now_secs()) {
-                Ok(done) => {
-                    for d in done {
-                        tracing::info!("schedule: {d}");
-                    }
-                }
-                Err(e) => tracing::warn!("scheduled key job failed: {e}"),
-            }
-            drop(ctx);
-            std::thread::sleep(SCHEDULE_TICK);
-        });
 }

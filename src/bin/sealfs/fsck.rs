@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use sealfs::ctl::protocol::{FsckResult, Op};
+use sealfs::daemon::raise_fd_limit;
 
 use crate::args::SecretArgs;
 use crate::ctl::ctl_call;
 use crate::error::{exit, CliError};
-use crate::mount::raise_fd_limit;
 use crate::print_json;
 use crate::progress::{progress_bar_for, with_progress, BarKind};
 use crate::secret::{check_is_volume, read_secret};
