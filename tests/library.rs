@@ -472,3 +472,70 @@ fn vault_manages_keys_with_the_rules_of_the_control_socket() {
     assert_eq!(st.primary, 2);
     assert_eq!(st.rotation_period.as_deref(), Some("90d"));
 }
+
+/// `examples/mount_and_rotate` mounts with `Mount::builder()`, writes,
+/// rotates through the control socket, reads back and unmounts: afterwards
+/// nothing is mounted, no socket is left, version 2 is primary, and a
+/// remount reads both files, each under the version it was written with.
+#[test]
+fn mount_and_rotate_example_mounts_rotates_and_unmounts() {
+    let mut fx = Fixture::new();
+    let out = run_example(
+        "mount_and_rotate",
+        &[
+            fx.cipher.as_os_str(),
+            fx.mnt.as_os_str(),
+            "--passfile".as_ref(),
+            fx.passfile.as_os_str(),
+            "--ctl-socket".as_ref(),
+            fx.ctl_socket.as_os_str(),
+        ],
+        None,
+    );
+    assert_ok(&out, "mount_and_rotate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "wrote before-rotation.txt",
+        "key version 2 is now primary",
+        "read back ",
+        "primary key version 2 of 2",
+        "unmounted",
+    ] {
+        assert!(stdout.contains(line), "no '{line}' in:\n{stdout}");
+    }
+    assert!(!is_mounted(&fx.mnt), "the example left its mount behind");
+    assert!(
+        !fx.ctl_socket.exists(),
+        "the example left its socket behind"
+    );
+    assert!(
+        sealfs_pids_mentioning(&fx.cipher).is_empty(),
+        "a sealfs process still runs"
+    );
+
+    let vault = Vault::open_read_only(&fx.cipher, &secret(&fx)).unwrap();
+    assert_eq!(vault.key_status().primary, 2);
+    let by_version = vault.files_by_key_version().unwrap();
+    assert_eq!(
+        by_version.get(&Some(1)).map(Vec::as_slice),
+        Some(&[PathBuf::from("before-rotation.txt")][..]),
+        "{by_version:?}"
+    );
+    assert_eq!(
+        by_version.get(&Some(2)).map(Vec::as_slice),
+        Some(&[PathBuf::from("after-rotation.txt")][..]),
+        "{by_version:?}"
+    );
+    drop(vault);
+
+    fx.mount();
+    assert_eq!(
+        fs::read(fx.p("before-rotation.txt")).unwrap(),
+        b"written under the first key version\n"
+    );
+    assert_eq!(
+        fs::read(fx.p("after-rotation.txt")).unwrap(),
+        b"written under the new key version\n"
+    );
+    fx.unmount();
+}
