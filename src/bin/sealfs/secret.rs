@@ -60,8 +60,7 @@ pub(crate) fn read_secret(a: &SecretArgs, confirm: bool) -> Result<UnlockSecret,
     UnlockSecret::from_passphrase_line(p1.as_bytes()).map_err(secret_err)
 }
 
-/// Where the log goes: stderr (commands, a foreground mount), a file
-
+/// Refuses a CIPHERDIR without a volume (exit 23), before asking for a secret.
 pub(crate) fn check_is_volume(cipherdir: &Path) -> Result<(), CliError> {
     if !Volume::looks_like_volume(cipherdir) {
         return Err(CliError::new(
@@ -75,8 +74,7 @@ pub(crate) fn check_is_volume(cipherdir: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Writes one man page per (visible) command into `dir`, replacing the
-
+/// Opens the volume in `cipherdir` read-write (offline key commands).
 pub(crate) fn open_offline(cipherdir: &Path, secret: &SecretArgs) -> Result<Volume, CliError> {
     check_is_volume(cipherdir)?;
     let s = read_secret(secret, false)?;
