@@ -426,7 +426,7 @@ impl Volume {
 
     /// Applies `change` to a copy of the config, stores the copy durably,
     /// and only then makes it current (like [`Volume::update_keyring`]).
-    /// What may change is [`crate::kms`]'s business (the rotation period).
+    /// What may change (the rotation period) is key policy's business.
     pub fn update_config<T>(
         &self,
         change: impl FnOnce(&mut VolumeConfig) -> Result<T, ConfigError>,
