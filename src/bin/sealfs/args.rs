@@ -1,5 +1,9 @@
 //! The command line: every command, argument and help text (clap). What
 //! each command does is in the module named after it.
+//!
+//! Owns: the argument vocabulary, defaults, conflicts and help texts (the
+//! man pages in contrib/man are generated from it).
+//! Must never: act on arguments.
 
 use std::path::PathBuf;
 

@@ -1,6 +1,10 @@
 //! `sealfs ctl audit …` (through the socket) and the offline `sealfs audit
 //! …` commands: arguments in, report out; [`sealfs::policy::audit`] does
 //! the work.
+//!
+//! Owns: the audit commands' output (summary, JSON, records as JSON lines)
+//! and exit code 3 for a broken chain.
+//! Must never: read or verify the log itself.
 
 use std::io::Write;
 use std::path::Path;

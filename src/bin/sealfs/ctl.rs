@@ -2,6 +2,11 @@
 //! socket; prints a summary of each response (or, with `--json`, the
 //! result). Requests and results are the typed ones of
 //! [`sealfs::ctl::protocol`].
+//!
+//! Owns: the summaries `sealfs ctl` prints, the deletion confirmation
+//! prompt, and the rewrap progress polling.
+//! Must never: build or read JSON by hand (the protocol types do), or decide
+//! key policy (the daemon does).
 
 use std::path::{Path, PathBuf};
 

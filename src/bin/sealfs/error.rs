@@ -1,5 +1,9 @@
 //! Exit codes and the one error type of the command line: a code and a
 //! message (printed as `sealfs: MESSAGE`).
+//!
+//! Owns: the exit codes (stable, documented in the README) and which
+//! library error maps to which.
+//! Must never: print (main does).
 
 use sealfs::format::keyring::KeyringFormatError;
 use sealfs::keyring::KeyringError;

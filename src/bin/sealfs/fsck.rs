@@ -1,5 +1,8 @@
 //! `sealfs fsck`: check (and salvage) a volume offline, or check a mounted
 //! one through its control socket; prints the report, exits as fsck(8).
+//!
+//! Owns: the fsck report's human form and fsck(8)'s exit codes.
+//! Must never: check anything itself (the volume layer does).
 
 use std::path::PathBuf;
 

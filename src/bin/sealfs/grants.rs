@@ -1,5 +1,8 @@
 //! `sealfs ctl grant …`: grants to other local users, through the control
 //! socket (the daemon checks and stores them).
+//!
+//! Owns: the grant commands' output.
+//! Must never: check or store a grant (the daemon does).
 
 use std::path::Path;
 

@@ -2,6 +2,9 @@
 //! calls the library and prints. Holds no filesystem, crypto or key-policy
 //! logic of its own: each command's module says which library call does
 //! the work.
+//!
+//! Owns: the dispatch of commands, the logging setup, the man pages.
+//! Must never: grow logic a library user would need too.
 
 mod args;
 mod audit;

@@ -1,6 +1,12 @@
 //! `sealfs mount` (parse the options, unlock, daemonize, serve until
 //! unmounted: [`sealfs::daemon::Mount`] does the mounting) and `sealfs
 //! unmount`.
+//!
+//! Owns: daemonizing (fork, setsid, the ready pipe that carries `OK` or
+//! `ERR message` back to the waiting parent, stdio detached once ready),
+//! the `-o` options, and what `mount` prints.
+//! Must never: assemble a mount itself (the builder does), or fork once a
+//! thread runs.
 
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};

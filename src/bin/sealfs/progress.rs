@@ -1,5 +1,8 @@
 //! Progress bars of the long commands (import, export, rewrap, fsck):
 //! drawn on stderr when it is a terminal, hidden otherwise.
+//!
+//! Owns: the bar templates and the ticking thread.
+//! Must never: draw on a pipe or a log.
 
 use crate::error::{exit, CliError};
 

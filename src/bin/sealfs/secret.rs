@@ -1,5 +1,8 @@
 //! Reading the unlock secret (`--passfile`, `--extpass`, `--key-file`, or
 //! the terminal) and opening a volume with it.
+//!
+//! Owns: where a secret comes from and the passphrase prompt.
+//! Must never: keep a secret longer than the call that needs it, or print one.
 
 use std::path::Path;
 

@@ -1,5 +1,8 @@
 //! `sealfs import` and `sealfs export`: a plain tree into a volume and
 //! back, without mounting ([`sealfs::transfer`] does the copying).
+//!
+//! Owns: the transfer summary, its JSON and exit code 3 for a partial copy.
+//! Must never: copy anything itself.
 
 use std::path::Path;
 

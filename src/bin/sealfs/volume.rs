@@ -1,6 +1,9 @@
 //! The commands on one unmounted volume: `init`, `passwd`, `rotate`,
 //! `rewrap` and `info` (key management through [`sealfs::kms`] and the
 //! volume layer; this module only asks for secrets and prints).
+//!
+//! Owns: these commands' output and the order of their prompts.
+//! Must never: change keys except through the key service.
 
 use std::path::{Path, PathBuf};
 
