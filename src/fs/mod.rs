@@ -13,6 +13,8 @@
 //! (rename, unlink, rmdir) take the namespace lock exclusively, lookups and
 //! creates take it shared, reads and writes not at all.
 
+pub mod access;
+
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -35,12 +37,12 @@ use crate::format::grants::{Access, GrantOp};
 use crate::format::header::EncryptionContext;
 use crate::format::layout::{chunk_data_offset, chunks_touched, ciphertext_size, plaintext_size};
 use crate::format::names::{BackingName, MAX_NAME};
-use crate::policy::grants::{op_for_open, LiveGrant};
-use crate::policy::{AccessControl as Policy, Caller, Event};
 use crate::volume::content::{SealedFile, SCRATCH_MAX};
+use crate::volume::grants::{op_for_open, LiveGrant};
 use crate::volume::release::ReleaseQueue;
 use crate::volume::sys::{self, TimeSpec};
 use crate::volume::{Directory, Volume, VolumeError, DIR_RECORD, DIR_RECORD_BACKUP};
+use access::{Caller, Event, Policy};
 
 /// How long the kernel may cache attributes and entries. sealfs is the only
 /// writer of its cipher directory while mounted, so caching is safe; one

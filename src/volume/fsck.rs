@@ -56,8 +56,8 @@ use crate::format::names::{
     LONG_NAME_SIDECAR_SUFFIX,
 };
 use crate::keyring::{read_copy, UnlockSecret, KEYRING_BACKUP, KEYRING_FILE, KEYRING_MODE};
-use crate::policy::audit::AUDIT_DIR;
-use crate::policy::grants::GRANTS_FILE;
+use crate::volume::audit::AUDIT_DIR;
+use crate::volume::grants::GRANTS_FILE;
 use crate::volume::{
     kdf_config, sys, Directory, Volume, VolumeError, DIR_RECORD, DIR_RECORD_BACKUP, LOCK_FILE,
 };

@@ -9,6 +9,10 @@
 //! inode/path bookkeeping.
 //! Must never: know about FUSE, or log names, keys or content.
 
+/// Moved to [`crate::policy`]: these re-exports keep the FUSE layer's and
+/// fsck's imports working until they import from there; nothing new
+/// should use them.
+pub use crate::policy::{audit, grants};
 pub mod content;
 pub mod fsck;
 pub mod release;
