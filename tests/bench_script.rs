@@ -55,7 +55,11 @@ fn tracefs_mounts() -> Vec<String> {
 fn our_trace_instances() -> Vec<PathBuf> {
     tracefs_mounts()
         .iter()
-        .flat_map(|m| fs::read_dir(Path::new(m).join("instances")).into_iter().flatten())
+        .flat_map(|m| {
+            fs::read_dir(Path::new(m).join("instances"))
+                .into_iter()
+                .flatten()
+        })
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
@@ -235,7 +239,11 @@ fn bench_script_prints_a_full_table_and_leaves_nothing_behind() {
                 assert_eq!(row[c], "n/a", "{name} cell of {:?}:\n{stdout}", row[0]);
             }
         }
-        assert!(is_number(row[vs_plain]), "sealfs/plain of {:?}:\n{stdout}", row[0]);
+        assert!(
+            is_number(row[vs_plain]),
+            "sealfs/plain of {:?}:\n{stdout}",
+            row[0]
+        );
         // The best peer is the better of the installed peers in this row's
         // direction, and the ratio is sealfs against it, > 1 = sealfs better.
         let peers: Vec<(&str, f64)> = [("gocryptfs", goc), ("securefs", sec)]
@@ -251,7 +259,11 @@ fn bench_script_prints_a_full_table_and_leaves_nothing_behind() {
             .iter()
             .max_by(|a, b| {
                 let o = a.1.partial_cmp(&b.1).unwrap();
-                if higher { o } else { o.reverse() }
+                if higher {
+                    o
+                } else {
+                    o.reverse()
+                }
             })
             .unwrap();
         let tied = peers.iter().all(|p| p.1 == best_value);
@@ -264,8 +276,16 @@ fn bench_script_prints_a_full_table_and_leaves_nothing_behind() {
         // with the printed cells only.
         let s = number(row[sealfs]).unwrap();
         let got = number(row[vs_best]).expect("a sealfs/best peer ratio");
-        let sealfs_better = if higher { s > best_value } else { s < best_value };
-        let sealfs_worse = if higher { s < best_value } else { s > best_value };
+        let sealfs_better = if higher {
+            s > best_value
+        } else {
+            s < best_value
+        };
+        let sealfs_worse = if higher {
+            s < best_value
+        } else {
+            s > best_value
+        };
         assert!(
             !(sealfs_better && got < 1.0) && !(sealfs_worse && got > 1.0),
             "sealfs/best peer of {:?} is {got}:\n{stdout}",
@@ -311,13 +331,20 @@ fn bench_script_prints_a_full_table_and_leaves_nothing_behind() {
             .unwrap_or_else(|| panic!("no FUSE request table:\n{stdout}\n{stderr}"));
         let rhead = &req[0];
         let count = |phase: &str, request: &str, fs: &str| -> &str {
-            let c = rhead.iter().position(|h| *h == fs).expect("a column per filesystem");
+            let c = rhead
+                .iter()
+                .position(|h| *h == fs)
+                .expect("a column per filesystem");
             req.iter()
                 .find(|r| r[0] == phase && r[1] == request)
                 .map(|r| r[c])
                 .unwrap_or_else(|| panic!("no {phase} {request} row:\n{stdout}"))
         };
-        for (fs, installed) in [("sealfs", true), ("gocryptfs", gocryptfs), ("securefs", securefs)] {
+        for (fs, installed) in [
+            ("sealfs", true),
+            ("gocryptfs", gocryptfs),
+            ("securefs", securefs),
+        ] {
             if !installed {
                 assert_eq!(count("create", "CREATE", fs), "n/a", "{stdout}");
                 continue;
