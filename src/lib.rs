@@ -29,6 +29,7 @@ pub mod kmsclient;
 pub mod logging;
 pub mod metrics;
 pub mod policy;
+pub mod sys;
 pub mod transfer;
 pub mod vault;
 pub mod volume;

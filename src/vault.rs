@@ -51,9 +51,10 @@ use crate::format::layout::{plaintext_size, CHUNK_SIZE};
 use crate::format::names::BackingName;
 use crate::keyring::UnlockSecret;
 use crate::kms::{DeletionPlan, KeyError, KeyService, KeyStatus, RotationSchedule, Trimmed};
+use crate::sys;
 use crate::volume::content::SealedFile;
 use crate::volume::walk::{Census, RewrapProgress, RewrapReport};
-use crate::volume::{sys, Directory, Volume, VolumeError};
+use crate::volume::{Directory, Volume, VolumeError};
 
 /// Errors of [`Vault`]: a path problem, or one of the volume layer.
 #[derive(Debug, thiserror::Error)]

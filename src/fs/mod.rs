@@ -37,10 +37,10 @@ use crate::format::grants::{Access, GrantOp};
 use crate::format::header::EncryptionContext;
 use crate::format::layout::{chunk_data_offset, chunks_touched, ciphertext_size, plaintext_size};
 use crate::format::names::{BackingName, MAX_NAME};
+use crate::sys::{self, TimeSpec};
 use crate::volume::content::{SealedFile, SCRATCH_MAX};
 use crate::volume::grants::{op_for_open, LiveGrant};
 use crate::volume::release::ReleaseQueue;
-use crate::volume::sys::{self, TimeSpec};
 use crate::volume::{Directory, Volume, VolumeError, DIR_RECORD, DIR_RECORD_BACKUP};
 use access::{Caller, Event, Policy};
 

@@ -23,7 +23,7 @@ use crate::format::keyring::{
     self as kfmt, KekSource, KeyState, KeyringBody, KeyringFormatError, KeyringHeader,
     MasterKeyVersion,
 };
-use crate::volume::sys;
+use crate::sys;
 
 /// Keyring file name in CIPHERDIR.
 pub const KEYRING_FILE: &str = "sealfs.keyring";
@@ -196,13 +196,7 @@ impl std::fmt::Debug for Keyring {
     }
 }
 
-/// Seconds since the Unix epoch.
-pub fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use crate::sys::now_secs;
 
 impl Keyring {
     /// A new keyring with master key version 1 for a new volume.

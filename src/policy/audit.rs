@@ -25,7 +25,7 @@ use crate::format::audit::{
     self as afmt, AuditKeys, AuditRecord, ChainReport, Principal, RecordStep, SegmentHeader,
     MAC_LEN, SEGMENT_HEADER_LEN,
 };
-use crate::volume::{sys, Volume};
+use crate::{sys, volume::Volume};
 
 /// The audit folder in CIPHERDIR.
 pub const AUDIT_DIR: &str = "sealfs.audit";
@@ -166,7 +166,7 @@ impl Writer {
     /// effort: on a full disk the remaining reserve is used up first).
     fn reserve(&mut self) {
         let want = self.len + RESERVE_STEP;
-        match crate::volume::sys::fallocate(
+        match sys::fallocate(
             &self.file,
             libc::FALLOC_FL_KEEP_SIZE,
             self.len,
@@ -195,13 +195,7 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::sys::now_ms;
 
 impl AuditLog {
     /// Opens (creating if needed) the log of `vol` and recovers its chain.

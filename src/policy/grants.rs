@@ -19,8 +19,8 @@ use crate::format::config::hex;
 use crate::format::grants::{
     self as gfmt, Access, Decision, Grant, GrantError, GrantOp, Grantee, OpSet,
 };
-use crate::keyring::now_secs;
-use crate::volume::sys;
+use crate::sys;
+use crate::sys::now_secs;
 use crate::volume::Volume;
 use std::ffi::OsStr;
 

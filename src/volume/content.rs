@@ -14,7 +14,7 @@ use crate::format::layout::{
     chunk_data_offset, chunk_len, chunk_meta_offset, chunks_touched, ciphertext_size, group_runs,
     ChunkIndex, CHUNKS_PER_GROUP, CHUNK_SIZE, META_BLOCK, META_ENTRIES_OFFSET, META_ENTRY_LEN,
 };
-use crate::volume::sys::{read_exact_at, write_all_at};
+use crate::sys::{read_exact_at, write_all_at};
 use crate::volume::VolumeError;
 
 const CS: usize = CHUNK_SIZE as usize;

@@ -56,10 +56,11 @@ use crate::format::names::{
     LONG_NAME_SIDECAR_SUFFIX,
 };
 use crate::keyring::{read_copy, UnlockSecret, KEYRING_BACKUP, KEYRING_FILE, KEYRING_MODE};
+use crate::sys;
 use crate::volume::audit::AUDIT_DIR;
 use crate::volume::grants::GRANTS_FILE;
 use crate::volume::{
-    kdf_config, sys, Directory, Volume, VolumeError, DIR_RECORD, DIR_RECORD_BACKUP, LOCK_FILE,
+    kdf_config, Directory, Volume, VolumeError, DIR_RECORD, DIR_RECORD_BACKUP, LOCK_FILE,
 };
 
 /// Plaintext name of the directory salvage moves orphans into (volume root).

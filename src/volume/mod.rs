@@ -16,8 +16,11 @@ pub use crate::policy::{audit, grants};
 pub mod content;
 pub mod fsck;
 pub mod release;
-pub mod sys;
 pub mod walk;
+
+/// Moved to [`crate::sys`]; kept at this path so code written against it
+/// still compiles. New code uses `crate::sys`.
+pub use crate::sys;
 
 use std::ffi::OsStr;
 use std::fs::{self, File};

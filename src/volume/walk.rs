@@ -19,7 +19,8 @@ use serde::Serialize;
 
 use crate::format::header::{EncryptionContext, RecordKind, SealedRecord, RECORD_LEN};
 use crate::format::names::{classify_entry, long_entry_name, EntryClass, LONG_NAME_SIDECAR_SUFFIX};
-use crate::volume::{sys, Directory, Volume, VolumeError, DIR_RECORD, DIR_RECORD_BACKUP};
+use crate::sys;
+use crate::volume::{Directory, Volume, VolumeError, DIR_RECORD, DIR_RECORD_BACKUP};
 
 /// One entry of a backing directory, with its plaintext name.
 #[derive(Debug)]
@@ -508,7 +509,7 @@ impl Volume {
             },
             &mut |_| {},
         )?;
-        c.scanned_at = crate::keyring::now_secs();
+        c.scanned_at = crate::sys::now_secs();
         Ok(c)
     }
 }

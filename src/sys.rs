@@ -1,7 +1,12 @@
-//! Thin, safe wrappers over the `*at` system calls the volume layer needs.
+//! Thin, safe wrappers over the system calls sealfs needs, and the clock.
 //!
 //! Owns: turning paths relative to directory fds into libc calls and errno
-//! into `io::Error`. Must never: interpret what it reads.
+//! into `io::Error`; reaching sealfs's own files in the cipher directory
+//! without following a symlink or opening anything but a regular file
+//! ([`open_regular`], [`write_durably`], [`WrongKind`]); the wall clock
+//! ([`now_secs`], [`now_ms`]).
+//! Must never: interpret what it reads, or know about volumes, keys or FUSE
+//! (it sits below every other module that does I/O).
 
 use std::ffi::{CString, OsStr};
 use std::fs::File;
@@ -9,6 +14,22 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 fn cstr(name: &OsStr) -> io::Result<CString> {
     CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
