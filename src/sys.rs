@@ -504,7 +504,7 @@ pub fn write_durably(dir: BorrowedFd<'_>, name: &str, bytes: &[u8], mode: u32) -
     let name = OsStr::new(name);
     check_regular_or_absent(dir, name)?;
     let mut tmp = name.to_os_string();
-    tmp.push(".tmp");
+    tmp.push(crate::format::reserved::TEMP_SUFFIX);
     remove_stale_regular(dir, &tmp)?;
     let f = create_new_regular(dir, &tmp, mode)?;
     let written = write_all_at(&f, bytes, 0).and_then(|()| f.sync_all());

@@ -49,6 +49,7 @@ use crate::format::header::EncryptionContext;
 use crate::format::keyring::KeyState;
 use crate::format::layout::{plaintext_size, CHUNK_SIZE};
 use crate::format::names::BackingName;
+use crate::format::reserved;
 use crate::keyring::UnlockSecret;
 use crate::kms::{DeletionPlan, KeyError, KeyService, KeyStatus, RotationSchedule, Trimmed};
 use crate::sys;
@@ -195,7 +196,7 @@ fn kind_of_mode(mode: libc::mode_t) -> EntryKind {
 /// Backing name prefix of a file [`Vault::create_staged`] is writing; a
 /// leftover one (an interrupted run) is removed by
 /// [`Vault::remove_staged_leftovers`], or by `fsck --salvage` (a `*.tmp`).
-pub const STAGED_PREFIX: &str = "sealfs-staged-";
+pub use crate::format::reserved::STAGED_PREFIX;
 
 /// One master key version, without its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -725,11 +726,7 @@ impl Vault {
         self.check_writable()?;
         let (parent, bn, name) = self.locate(path)?;
         let _ns = self.vol.namespace().read();
-        let temp = format!(
-            "{STAGED_PREFIX}{}-{}.tmp",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let temp = reserved::staged_name(std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let pfd = parent.fd.as_fd();
         let fd = sys::openat(
             pfd,
@@ -768,7 +765,7 @@ impl Vault {
         for e in std::fs::read_dir(sys::proc_path(d.fd.as_fd())).map_err(VolumeError::from)? {
             let name = e.map_err(VolumeError::from)?.file_name();
             let s = name.to_string_lossy();
-            if s.starts_with(STAGED_PREFIX) && s.ends_with(".tmp") {
+            if reserved::is_staged(&s) {
                 sys::unlinkat(d.fd.as_fd(), &name, false).map_err(VolumeError::from)?;
                 n += 1;
             }

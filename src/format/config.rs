@@ -11,8 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::Argon2Params;
 use crate::format::layout::CHUNK_SIZE;
 
-/// Config file name in CIPHERDIR.
-pub const CONFIG_FILE: &str = "sealfs.toml";
+pub use crate::format::reserved::CONFIG_FILE;
 /// Highest volume format version this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
 /// Feature flags this build understands; a volume naming another is refused.

@@ -13,3 +13,4 @@ pub mod header;
 pub mod keyring;
 pub mod layout;
 pub mod names;
+pub mod reserved;

@@ -17,10 +17,7 @@ use crate::crypto::{random_nonce, SealingKey, SecretKey, NONCE_LEN, TAG_LEN};
 pub const MAX_BACKING_NAME: usize = 255;
 /// Longest plaintext name accepted (as on ext4).
 pub const MAX_NAME: usize = 255;
-/// Prefix of long-name entries: `sealfs.L.<base64url(sha256(full))>`.
-pub const LONG_NAME_PREFIX: &str = "sealfs.L.";
-/// Suffix of the sidecar file holding a long name's full encrypted form.
-pub const LONG_NAME_SIDECAR_SUFFIX: &str = ".name";
+pub use crate::format::reserved::{LONG_NAME_PREFIX, LONG_NAME_SIDECAR_SUFFIX};
 /// Longest symlink target accepted (its sealed, encoded form must fit PATH_MAX).
 pub const MAX_SYMLINK_TARGET: usize = 3000;
 
@@ -102,7 +99,7 @@ impl NameCipher {
             });
         }
         let entry = long_entry_name(&full);
-        let sidecar = format!("{entry}{LONG_NAME_SIDECAR_SUFFIX}");
+        let sidecar = crate::format::reserved::sidecar_name(&entry);
         Ok(BackingName {
             entry,
             sidecar: Some((sidecar, full)),
@@ -202,15 +199,10 @@ pub enum EntryClass {
 
 /// Classifies a backing entry name.
 pub fn classify_entry(name: &str) -> EntryClass {
-    if name.starts_with(LONG_NAME_PREFIX) {
-        if name.ends_with(LONG_NAME_SIDECAR_SUFFIX) {
-            EntryClass::Internal
-        } else {
-            EntryClass::Long
-        }
-    } else if name.contains('.') {
-        // base64url never contains '.', so every dotted name is ours.
+    if crate::format::reserved::is_reserved(name) {
         EntryClass::Internal
+    } else if name.starts_with(LONG_NAME_PREFIX) {
+        EntryClass::Long
     } else {
         EntryClass::Short
     }

@@ -37,6 +37,7 @@ use crate::format::grants::{Access, GrantOp};
 use crate::format::header::EncryptionContext;
 use crate::format::layout::{chunk_data_offset, chunks_touched, ciphertext_size, plaintext_size};
 use crate::format::names::{BackingName, MAX_NAME};
+use crate::format::reserved;
 use crate::sys::{self, TimeSpec};
 use crate::volume::content::{SealedFile, SCRATCH_MAX};
 use crate::volume::grants::{op_for_open, LiveGrant};
@@ -1256,7 +1257,7 @@ impl SealFs {
             let ent = ent.map_err(io_errno)?;
             let n = ent.file_name();
             let n = n.to_string_lossy();
-            if !(n == DIR_RECORD || n == DIR_RECORD_BACKUP || n.ends_with(".tmp")) {
+            if !reserved::is_empty_dir_leftover(&n) {
                 return Ok(false);
             }
         }

@@ -25,10 +25,7 @@ use crate::format::keyring::{
 };
 use crate::sys;
 
-/// Keyring file name in CIPHERDIR.
-pub const KEYRING_FILE: &str = "sealfs.keyring";
-/// Its second copy.
-pub const KEYRING_BACKUP: &str = "sealfs.keyring.bak";
+pub use crate::format::reserved::{KEYRING_BACKUP, KEYRING_FILE};
 /// File mode of both copies: the keyring is an offline guessing target for
 /// a passphrase, so no other local user may read it.
 pub const KEYRING_MODE: u32 = 0o600;

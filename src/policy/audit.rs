@@ -28,7 +28,7 @@ use crate::format::audit::{
 use crate::{sys, volume::Volume};
 
 /// The audit folder in CIPHERDIR.
-pub const AUDIT_DIR: &str = "sealfs.audit";
+pub use crate::format::reserved::AUDIT_DIR;
 /// Default size at which a new segment starts.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 8 << 20;
 /// How often appended records are made durable.

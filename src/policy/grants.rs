@@ -25,7 +25,7 @@ use crate::volume::Volume;
 use std::ffi::OsStr;
 
 /// The store file in CIPHERDIR.
-pub const GRANTS_FILE: &str = "sealfs.grants";
+pub use crate::format::reserved::GRANTS_FILE;
 /// File mode of the grant store.
 pub const GRANTS_MODE: u32 = 0o600;
 

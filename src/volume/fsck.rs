@@ -44,24 +44,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 
 use crate::format::chunk::{ChunkCipher, MetaEntry};
-use crate::format::config::{VolumeConfig, CONFIG_FILE};
+use crate::format::config::VolumeConfig;
 use crate::format::header::{EncryptionContext, HeaderError, RecordKind, SealedRecord, RECORD_LEN};
 use crate::format::keyring::{parse_header, KeyState};
 use crate::format::layout::{
     chunk_count, chunk_data_offset, chunk_len, chunk_meta_offset, ciphertext_size, group_runs,
     plaintext_size, CHUNK_SIZE, META_ENTRY_LEN,
 };
-use crate::format::names::{
-    classify_entry, long_entry_name, EntryClass, NameCipher, LONG_NAME_PREFIX,
-    LONG_NAME_SIDECAR_SUFFIX,
+use crate::format::names::{classify_entry, long_entry_name, EntryClass, NameCipher};
+use crate::format::reserved::{
+    self, Reserved, CONFIG_FILE, DIR_RECORD, DIR_RECORD_BACKUP, KEYRING_BACKUP, KEYRING_FILE,
 };
-use crate::keyring::{read_copy, UnlockSecret, KEYRING_BACKUP, KEYRING_FILE, KEYRING_MODE};
+use crate::keyring::{read_copy, UnlockSecret, KEYRING_MODE};
 use crate::sys;
-use crate::volume::audit::AUDIT_DIR;
-use crate::volume::grants::GRANTS_FILE;
-use crate::volume::{
-    kdf_config, Directory, Volume, VolumeError, DIR_RECORD, DIR_RECORD_BACKUP, LOCK_FILE,
-};
+use crate::volume::{kdf_config, Directory, Volume, VolumeError};
 
 /// Plaintext name of the directory salvage moves orphans into (volume root).
 pub const LOST_FOUND: &str = "lost+found";
@@ -747,8 +743,8 @@ impl Checker<'_> {
             _ => {
                 // Both copies gone: a leftover temp copy may still open.
                 let tmp = [
-                    format!("{DIR_RECORD}.tmp"),
-                    format!("{DIR_RECORD_BACKUP}.tmp"),
+                    reserved::temp_name(DIR_RECORD),
+                    reserved::temp_name(DIR_RECORD_BACKUP),
                 ]
                 .into_iter()
                 .find_map(|n| match self.read_copy(fd, &n, ctx) {
@@ -866,22 +862,11 @@ impl Checker<'_> {
             entries.iter().map(|(n, _)| n.clone()).collect();
         for (entry, _ino) in entries {
             let erel = rel.join(&entry);
-            let known_internal = matches!(entry.as_str(), DIR_RECORD | DIR_RECORD_BACKUP)
-                || (at_root
-                    && matches!(
-                        entry.as_str(),
-                        CONFIG_FILE
-                            | KEYRING_FILE
-                            | KEYRING_BACKUP
-                            | LOCK_FILE
-                            | AUDIT_DIR
-                            | GRANTS_FILE
-                            | "lost+found"
-                    ));
-            if known_internal {
+            let reserved = reserved::classify(&entry, at_root);
+            if reserved == Some(Reserved::Bookkeeping) {
                 continue;
             }
-            if entry.ends_with(".tmp") {
+            if reserved == Some(Reserved::Temp) {
                 if self.live {
                     continue; // a record being replaced right now
                 }
@@ -897,13 +882,8 @@ impl Checker<'_> {
                 }
                 continue;
             }
-            let encoded = match classify_entry(&entry) {
-                EntryClass::Short => Some(entry.clone()),
-                EntryClass::Internal
-                    if entry.starts_with(LONG_NAME_PREFIX)
-                        && entry.ends_with(LONG_NAME_SIDECAR_SUFFIX) =>
-                {
-                    let owner = &entry[..entry.len() - LONG_NAME_SIDECAR_SUFFIX.len()];
+            let encoded = match (reserved, classify_entry(&entry)) {
+                (Some(Reserved::Sidecar { owner }), _) => {
                     if !names.contains(owner) && !self.live {
                         let i = self.problem(
                             ProblemKind::StraySidecar,
@@ -918,9 +898,10 @@ impl Checker<'_> {
                     }
                     continue;
                 }
-                EntryClass::Internal => None,
-                EntryClass::Long => {
-                    let side = format!("{entry}{LONG_NAME_SIDECAR_SUFFIX}");
+                (Some(_), _) | (None, EntryClass::Internal) => None,
+                (None, EntryClass::Short) => Some(entry.clone()),
+                (None, EntryClass::Long) => {
+                    let side = reserved::sidecar_name(&entry);
                     match std::fs::read_to_string(sys::proc_path(fd).join(&side)) {
                         Ok(full) if long_entry_name(&full) == entry => Some(full),
                         _ => None,
@@ -1554,7 +1535,7 @@ impl Checker<'_> {
             parent_dir_id: dir.id,
             name: &new_name,
         };
-        let tmp = format!("salvage-{}.tmp", std::process::id());
+        let tmp = reserved::salvage_name(std::process::id());
         sys::remove_stale_regular(lf, OsStr::new(&tmp))?;
         let fd = sys::openat(
             lf,
@@ -1598,11 +1579,7 @@ impl Checker<'_> {
 
     fn remove_sidecar_of(&self, parent: BorrowedFd<'_>, entry: &str) {
         if classify_entry(entry) == EntryClass::Long {
-            let _ = sys::unlinkat(
-                parent,
-                OsStr::new(&format!("{entry}{LONG_NAME_SIDECAR_SUFFIX}")),
-                false,
-            );
+            let _ = sys::unlinkat(parent, OsStr::new(&reserved::sidecar_name(entry)), false);
         }
     }
 
@@ -1653,7 +1630,7 @@ fn empty_without_records(fd: BorrowedFd<'_>) -> Option<Vec<String>> {
     let mut tmps = Vec::new();
     for e in std::fs::read_dir(sys::proc_path(fd)).ok()? {
         let n = e.ok()?.file_name().into_string().ok()?;
-        if n.ends_with(".tmp") {
+        if reserved::classify(&n, false) == Some(Reserved::Temp) {
             tmps.push(n);
         } else {
             return None;

@@ -37,13 +37,12 @@ use crate::format::header::{EncryptionContext, HeaderError, RecordKind, SealedRe
 use crate::format::keyring::KekSource;
 use crate::format::layout::{plaintext_size, META_BLOCK};
 use crate::format::names::{BackingName, NameCipher, NameError};
+use crate::format::reserved;
 use crate::keyring::{Keyring, KeyringError, UnlockSecret, KEYRING_BACKUP, KEYRING_FILE};
 use content::SealedFile;
 
-/// Directory record file name inside every backing directory.
-pub const DIR_RECORD: &str = "sealfs.dir";
-/// Its second copy.
-pub const DIR_RECORD_BACKUP: &str = "sealfs.dir.bak";
+// Reserved names live in `format::reserved`; these paths are kept for users.
+pub use crate::format::reserved::{DIR_RECORD, DIR_RECORD_BACKUP, LOCK_FILE};
 
 /// Errors of the volume layer; [`VolumeError::errno`] maps them for FUSE.
 #[derive(Debug, thiserror::Error)]
@@ -176,8 +175,6 @@ pub struct Volume {
     _lock: Option<File>,
 }
 
-/// Lock file in CIPHERDIR.
-pub const LOCK_FILE: &str = "sealfs.lock";
 /// File mode of `sealfs.toml` (no secret, but nobody else's business).
 pub const CONFIG_MODE: u32 = 0o600;
 
@@ -599,7 +596,7 @@ impl Volume {
     ) -> Result<(), VolumeError> {
         let bytes = rec.encode();
         for name in names {
-            let tmp = format!("{name}.tmp");
+            let tmp = reserved::temp_name(name);
             sys::remove_stale_regular(dir, OsStr::new(&tmp))?;
             let replaced = (|| {
                 let f = sys::create_new_regular(dir, OsStr::new(&tmp), 0o600)?;
@@ -673,7 +670,7 @@ impl Volume {
                 return Ok(());
             }
         }
-        let tmp = format!("{side}.tmp");
+        let tmp = reserved::temp_name(side);
         sys::remove_stale_regular(dir, OsStr::new(&tmp))?;
         let r = (|| {
             let f = sys::create_new_regular(dir, OsStr::new(&tmp), 0o600)?;

@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use serde::Serialize;
 
 use crate::format::header::{EncryptionContext, RecordKind, SealedRecord, RECORD_LEN};
-use crate::format::names::{classify_entry, long_entry_name, EntryClass, LONG_NAME_SIDECAR_SUFFIX};
+use crate::format::names::{classify_entry, long_entry_name, EntryClass};
+use crate::format::reserved;
 use crate::sys;
 use crate::volume::{Directory, Volume, VolumeError, DIR_RECORD, DIR_RECORD_BACKUP};
 
@@ -144,11 +145,14 @@ impl Volume {
             let ent = ent?;
             let raw = ent.file_name();
             let Some(entry) = raw.to_str() else { continue };
+            if reserved::is_reserved(entry) {
+                continue;
+            }
             let encoded = match classify_entry(entry) {
                 EntryClass::Internal => continue,
                 EntryClass::Short => entry.to_string(),
                 EntryClass::Long => {
-                    let side = format!("{entry}{LONG_NAME_SIDECAR_SUFFIX}");
+                    let side = reserved::sidecar_name(entry);
                     match std::fs::read_to_string(path.join(&side)) {
                         Ok(full) if long_entry_name(&full) == entry => full,
                         _ => {
