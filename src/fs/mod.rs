@@ -35,7 +35,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::format::grants::{Access, GrantOp};
 use crate::format::header::EncryptionContext;
-use crate::format::layout::{chunk_data_offset, chunks_touched, ciphertext_size, plaintext_size};
+use crate::format::layout::plaintext_size;
 use crate::format::names::{BackingName, MAX_NAME};
 use crate::format::reserved;
 use crate::sys::{self, TimeSpec};
@@ -2459,20 +2459,9 @@ impl fuser::Filesystem for SealFs {
                 return Err(Errno::EOPNOTSUPP);
             }
             let f = self.content_of(req, fh)?;
-            let mut g = f.write();
-            let end = offset.checked_add(length).ok_or(Errno::EFBIG)?;
-            if let Some((first, _)) = chunks_touched(offset, length) {
-                let start = chunk_data_offset(first).min(ciphertext_size(g.size()));
-                let cend = ciphertext_size(end);
-                if cend > start {
-                    sys::fallocate(g.backing(), libc::FALLOC_FL_KEEP_SIZE, start, cend - start)
-                        .map_err(io_errno)?;
-                }
-            }
-            if mode & libc::FALLOC_FL_KEEP_SIZE == 0 && end > g.size() {
-                g.set_len(end).map_err(|e| errno_of(&e))?;
-            }
-            Ok(())
+            let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+            let r = f.write().allocate(offset, length, keep_size);
+            r.map_err(|e| errno_of(&e))
         })();
         match r {
             Ok(()) => reply.ok(),

@@ -3,18 +3,30 @@
 //! the final chunk carries the last-chunk flag, never-written chunks are
 //! all-zero holes, and metadata entries past the end of the file are zero.
 //!
-//! Owns: the backing file descriptor of an open file and its plaintext size.
-//! Must never: write the header (see [`crate::volume`]), or return bytes of a
-//! chunk that failed authentication.
+//! All chunk I/O goes through one group-run reader/writer ([`runs`],
+//! `SealedFile::read_run`/`write_run`): a run of chunks inside one group
+//! has its data and its (nonce, tag) entries each contiguous on disk, so a
+//! run costs one read or write of each. Reads, writes, fsck's scan and its
+//! salvage use it; this module and [`crate::format::layout`] are the only
+//! places that compute backing offsets (the header's place included: see
+//! [`read_header`]).
+//!
+//! Owns: the backing file descriptor of an open file, its plaintext size,
+//! and where every byte of it lives in the backing file.
+//! Must never: decide what a header says (see [`crate::volume`]), or return
+//! bytes of a chunk that failed authentication.
 
 use std::fs::File;
+use std::ops::RangeInclusive;
 
 use crate::format::chunk::{ChunkCipher, MetaEntry};
+use crate::format::header::RECORD_LEN;
 use crate::format::layout::{
-    chunk_data_offset, chunk_len, chunk_meta_offset, chunks_touched, ciphertext_size, group_runs,
-    ChunkIndex, CHUNKS_PER_GROUP, CHUNK_SIZE, META_BLOCK, META_ENTRIES_OFFSET, META_ENTRY_LEN,
+    chunk_count, chunk_data_offset, chunk_len, chunk_meta_offset, chunks_touched, ciphertext_size,
+    group_runs, ChunkIndex, CHUNKS_PER_GROUP, CHUNK_SIZE, META_BLOCK, META_ENTRIES_OFFSET,
+    META_ENTRY_LEN,
 };
-use crate::sys::{read_exact_at, write_all_at};
+use crate::sys::{fallocate, read_exact_at, write_all_at};
 use crate::volume::VolumeError;
 
 const CS: usize = CHUNK_SIZE as usize;
@@ -31,6 +43,115 @@ thread_local! {
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
+/// Reads the header record of a ciphertext file (the start of its first
+/// metadata block); a file too short for it is [`VolumeError::Truncated`].
+pub fn read_header(file: &File) -> Result<[u8; RECORD_LEN], VolumeError> {
+    let mut buf = [0u8; RECORD_LEN];
+    read_exact_at(file, &mut buf, 0).map_err(VolumeError::short_read)?;
+    Ok(buf)
+}
+
+/// Rewrites the header record of a ciphertext file in place (no sync).
+pub fn write_header(file: &File, record: &[u8; RECORD_LEN]) -> std::io::Result<()> {
+    write_all_at(file, record, 0)
+}
+
+/// Writes the first metadata block of a new, empty ciphertext file: its
+/// header record, then zeros (no chunk entries yet).
+pub fn write_first_block(file: &File, record: &[u8; RECORD_LEN]) -> std::io::Result<()> {
+    let mut block = vec![0u8; META_BLOCK as usize];
+    block[..RECORD_LEN].copy_from_slice(record);
+    write_all_at(file, &block, 0)
+}
+
+/// Chunks of one group, `first..=last`: their data and their metadata
+/// entries are each contiguous on disk.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    first: ChunkIndex,
+    last: ChunkIndex,
+    /// Bytes of data of the run (its last chunk may be partial).
+    data_len: usize,
+}
+
+impl Run {
+    fn chunks(&self) -> RangeInclusive<ChunkIndex> {
+        self.first..=self.last
+    }
+
+    /// Bytes of the run's metadata entries.
+    fn meta_len(&self) -> usize {
+        (self.last - self.first + 1) as usize * ML
+    }
+
+    /// Where chunk `k` of the run starts in the run's data.
+    fn data_at(&self, k: ChunkIndex) -> usize {
+        (k - self.first) as usize * CS
+    }
+
+    /// Chunk `k`'s entry in the run's metadata.
+    fn entry<'m>(&self, meta: &'m [u8], k: ChunkIndex) -> &'m MetaEntry {
+        meta[(k - self.first) as usize * ML..][..ML]
+            .try_into()
+            .expect("entry length")
+    }
+}
+
+/// The group runs covering chunks `first..=last` of a file of `size` bytes.
+fn runs(first: ChunkIndex, last: ChunkIndex, size: u64) -> impl Iterator<Item = Run> {
+    group_runs(first, last).map(move |(s, e)| Run {
+        first: s,
+        last: e,
+        data_len: (e - s) as usize * CS + chunk_len(e, size),
+    })
+}
+
+fn last_chunk(size: u64) -> Option<ChunkIndex> {
+    (size > 0).then(|| (size - 1) / CHUNK_SIZE)
+}
+
+/// One write request, in chunks.
+struct WriteSpan<'d> {
+    offset: u64,
+    data: &'d [u8],
+    first: ChunkIndex,
+    last: ChunkIndex,
+    /// Plaintext size before and after the write.
+    old_size: u64,
+    new_size: u64,
+}
+
+impl WriteSpan<'_> {
+    fn end(&self) -> u64 {
+        self.offset + self.data.len() as u64
+    }
+
+    fn chunk_count(&self) -> usize {
+        (self.last - self.first + 1) as usize
+    }
+}
+
+/// What a scan of every chunk of a file found ([`SealedFile::scan`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ChunkScan {
+    /// Chunks that fail authentication (or could not be read), ascending.
+    pub bad: Vec<ChunkIndex>,
+    /// The final chunk, if it is authentic but lacks the last flag (the
+    /// file was cut at a chunk boundary).
+    pub cut: Option<ChunkIndex>,
+    /// Chunks authenticated (tried).
+    pub checked: u64,
+}
+
+/// How [`SealedFile::reseal`] re-seals one chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reseal {
+    /// As zeros of the same length (its content is lost).
+    Zeros,
+    /// With its own (authentic) content, and the right last flag.
+    KeepContent,
+}
+
 /// An open ciphertext file with its chunk cipher and plaintext size.
 #[derive(Debug)]
 pub struct SealedFile {
@@ -39,10 +160,6 @@ pub struct SealedFile {
     size: u64,
     /// Master key version whose wrapping of the data key was used (0: unknown).
     key_version: u32,
-}
-
-fn last_chunk(size: u64) -> Option<ChunkIndex> {
-    (size > 0).then(|| (size - 1) / CHUNK_SIZE)
 }
 
 impl SealedFile {
@@ -77,6 +194,60 @@ impl SealedFile {
         &self.file
     }
 
+    // ------------------------------------------------------------ group runs
+
+    /// Reads the data of `run` into `data` (`run.data_len` bytes) and its
+    /// entries into `meta` (`run.meta_len()` bytes).
+    fn read_run(&self, run: &Run, data: &mut [u8], meta: &mut [u8]) -> Result<(), VolumeError> {
+        read_exact_at(&self.file, data, chunk_data_offset(run.first))
+            .map_err(VolumeError::short_read)?;
+        read_exact_at(&self.file, meta, chunk_meta_offset(run.first))
+            .map_err(VolumeError::short_read)
+    }
+
+    /// Writes the sealed data of `run` and its entries.
+    fn write_run(&self, run: &Run, data: &[u8], meta: &[u8]) -> Result<(), VolumeError> {
+        write_all_at(&self.file, data, chunk_data_offset(run.first))?;
+        write_all_at(&self.file, meta, chunk_meta_offset(run.first))?;
+        Ok(())
+    }
+
+    /// Reads and opens the single chunk `k` (`buf`: its length) as the
+    /// final chunk or not.
+    fn read_chunk_as(&self, k: ChunkIndex, last: bool, buf: &mut [u8]) -> Result<(), VolumeError> {
+        let run = Run {
+            first: k,
+            last: k,
+            data_len: buf.len(),
+        };
+        let mut entry = [0u8; ML];
+        self.read_run(&run, buf, &mut entry)?;
+        self.chunks.open(k, last, buf, &entry)?;
+        Ok(())
+    }
+
+    fn read_chunk(&self, k: ChunkIndex, buf: &mut [u8]) -> Result<(), VolumeError> {
+        self.read_chunk_as(k, Some(k) == last_chunk(self.size), buf)
+    }
+
+    /// Seals `buf` (chunk `k`'s plaintext, its whole length) in place and
+    /// writes it with its entry.
+    fn store_chunk(&self, k: ChunkIndex, last: bool, buf: &mut [u8]) -> Result<(), VolumeError> {
+        let entry = self.chunks.seal(k, last, buf)?;
+        let run = Run {
+            first: k,
+            last: k,
+            data_len: buf.len(),
+        };
+        self.write_run(&run, buf, &entry)
+    }
+
+    fn put_chunk(&self, k: ChunkIndex, last: bool, plain: &[u8]) -> Result<(), VolumeError> {
+        self.store_chunk(k, last, &mut plain.to_vec())
+    }
+
+    // ------------------------------------------------------------ reads
+
     /// Reads up to `len` bytes at `offset` (fewer at end of file). Fails with
     /// an integrity error if any touched chunk fails authentication.
     pub fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, VolumeError> {
@@ -110,45 +281,23 @@ impl SealedFile {
         let out = &mut buf[..span];
         let mut meta = [0u8; CHUNKS_PER_GROUP as usize * ML];
         let final_chunk = last_chunk(size);
-        for (s, e) in group_runs(first, last) {
-            let a = (s - first) as usize * CS;
-            let b = (e - first) as usize * CS + chunk_len(e, size);
-            read_exact_at(&self.file, &mut out[a..b], chunk_data_offset(s))
-                .map_err(VolumeError::short_read)?;
-            let n = (e - s + 1) as usize * ML;
-            read_exact_at(&self.file, &mut meta[..n], chunk_meta_offset(s))
-                .map_err(VolumeError::short_read)?;
-            for k in s..=e {
-                let ca = (k - first) as usize * CS;
-                let cl = chunk_len(k, size);
-                let entry: &MetaEntry = meta[(k - s) as usize * ML..][..ML]
-                    .try_into()
-                    .expect("entry");
+        for run in runs(first, last, size) {
+            let at = (run.first - first) as usize * CS;
+            let data = &mut out[at..at + run.data_len];
+            let meta = &mut meta[..run.meta_len()];
+            self.read_run(&run, data, meta)?;
+            for k in run.chunks() {
+                let a = run.data_at(k);
+                let chunk = &mut data[a..a + chunk_len(k, size)];
                 self.chunks
-                    .open(k, Some(k) == final_chunk, &mut out[ca..ca + cl], entry)?;
+                    .open(k, Some(k) == final_chunk, chunk, run.entry(meta, k))?;
             }
         }
         let skip = (offset - first * CHUNK_SIZE) as usize;
         Ok(skip..skip + (end - offset) as usize)
     }
 
-    fn read_chunk(&self, k: ChunkIndex, buf: &mut [u8]) -> Result<(), VolumeError> {
-        read_exact_at(&self.file, buf, chunk_data_offset(k)).map_err(VolumeError::short_read)?;
-        let mut entry = [0u8; ML];
-        read_exact_at(&self.file, &mut entry, chunk_meta_offset(k))
-            .map_err(VolumeError::short_read)?;
-        self.chunks
-            .open(k, Some(k) == last_chunk(self.size), buf, &entry)?;
-        Ok(())
-    }
-
-    fn put_chunk(&self, k: ChunkIndex, last: bool, plain: &[u8]) -> Result<(), VolumeError> {
-        let mut buf = plain.to_vec();
-        let entry = self.chunks.seal(k, last, &mut buf)?;
-        write_all_at(&self.file, &buf, chunk_data_offset(k))?;
-        write_all_at(&self.file, &entry, chunk_meta_offset(k))?;
-        Ok(())
-    }
+    // ------------------------------------------------------------ writes
 
     /// Writes `data` at `offset`, growing the file if needed (a gap becomes a hole).
     ///
@@ -167,10 +316,8 @@ impl SealedFile {
         let end = offset + data.len() as u64;
         let new = old.max(end);
         let (first, last) = chunks_touched(offset, data.len() as u64).expect("non-empty");
-        let old_last = last_chunk(old);
-        let new_last = last_chunk(new).expect("non-empty file");
         let mut grown_past: Option<(ChunkIndex, Vec<u8>, usize)> = None;
-        if let Some(ol) = old_last {
+        if let Some(ol) = last_chunk(old) {
             if new > old && ol < first {
                 let mut plain = vec![0u8; CS];
                 let l = chunk_len(ol, old);
@@ -181,7 +328,15 @@ impl SealedFile {
                 grown_past = Some((ol, plain, l));
             }
         }
-        if let Err(e) = self.write_chunks(offset, data, first, last, old, new, old_last, new_last) {
+        let span = WriteSpan {
+            offset,
+            data,
+            first,
+            last,
+            old_size: old,
+            new_size: new,
+        };
+        if let Err(e) = self.store(&span) {
             if new > old {
                 if let Some((ol, plain, l)) = &grown_past {
                     let _ = self.put_chunk(*ol, true, &plain[..*l]);
@@ -197,36 +352,14 @@ impl SealedFile {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn write_chunks(
-        &self,
-        offset: u64,
-        data: &[u8],
-        first: ChunkIndex,
-        last: ChunkIndex,
-        old: u64,
-        new: u64,
-        old_last: Option<ChunkIndex>,
-        new_last: ChunkIndex,
-    ) -> Result<(), VolumeError> {
-        let end = offset + data.len() as u64;
-        let n = (last - first + 1) as usize;
+    /// Seals and stores the chunks of `span`, on this thread's scratch
+    /// buffers (or fresh ones for a request bigger than any FUSE request).
+    fn store(&self, span: &WriteSpan<'_>) -> Result<(), VolumeError> {
+        let n = span.chunk_count();
         if n * CS > SCRATCH_MAX {
             // Bigger than any FUSE request: not worth keeping around.
             let (mut buf, mut entries) = (vec![0u8; n * CS], vec![0u8; n * ML]);
-            return self.seal_and_store(
-                offset,
-                data,
-                end,
-                first,
-                last,
-                old,
-                new,
-                old_last,
-                new_last,
-                &mut buf,
-                &mut entries,
-            );
+            return self.seal_and_store(span, &mut buf, &mut entries);
         }
         WRITE_SCRATCH.with_borrow_mut(|(buf, entries)| {
             if buf.len() < n * CS {
@@ -235,29 +368,31 @@ impl SealedFile {
             if entries.len() < n * ML {
                 entries.resize(n * ML, 0);
             }
-            self.seal_and_store(
-                offset, data, end, first, last, old, new, old_last, new_last, buf, entries,
-            )
+            self.seal_and_store(span, buf, entries)
         })
     }
 
-    /// The body of [`SealedFile::write_chunks`] on scratch buffers that hold
-    /// stale bytes of earlier requests.
-    #[allow(clippy::too_many_arguments)]
+    /// The body of [`SealedFile::store`] on scratch buffers that hold stale
+    /// bytes of earlier requests: each touched chunk is assembled (old
+    /// content or zeros where the write does not cover it), sealed, and
+    /// every group run written with its entries.
     fn seal_and_store(
         &self,
-        offset: u64,
-        data: &[u8],
-        end: u64,
-        first: ChunkIndex,
-        last: ChunkIndex,
-        old: u64,
-        new: u64,
-        old_last: Option<ChunkIndex>,
-        new_last: ChunkIndex,
+        span: &WriteSpan<'_>,
         buf: &mut [u8],
         entries: &mut [u8],
     ) -> Result<(), VolumeError> {
+        let WriteSpan {
+            offset,
+            data,
+            first,
+            last,
+            old_size: old,
+            new_size: new,
+        } = *span;
+        let end = span.end();
+        let old_last = last_chunk(old);
+        let new_last = last_chunk(new).expect("non-empty file");
         for k in first..=last {
             let cstart = k * CHUNK_SIZE;
             let clen = chunk_len(k, new);
@@ -271,26 +406,21 @@ impl SealedFile {
             }
             if !covers_all && cstart < old {
                 let olen = chunk_len(k, old);
-                read_exact_at(&self.file, &mut slot[..olen], chunk_data_offset(k))
-                    .map_err(VolumeError::short_read)?;
-                let mut entry = [0u8; ML];
-                read_exact_at(&self.file, &mut entry, chunk_meta_offset(k))
-                    .map_err(VolumeError::short_read)?;
-                self.chunks
-                    .open(k, Some(k) == old_last, &mut slot[..olen], &entry)?;
+                self.read_chunk_as(k, Some(k) == old_last, &mut slot[..olen])?;
             }
             slot[(w0 - cstart) as usize..(w1 - cstart) as usize]
                 .copy_from_slice(&data[(w0 - offset) as usize..(w1 - offset) as usize]);
             let e = self.chunks.seal(k, k == new_last, slot)?;
             entries[(k - first) as usize * ML..][..ML].copy_from_slice(&e);
         }
-        for (s, e) in group_runs(first, last) {
-            let a = (s - first) as usize * CS;
-            let b = (e - first) as usize * CS + chunk_len(e, new);
-            write_all_at(&self.file, &buf[a..b], chunk_data_offset(s))?;
-            let ma = (s - first) as usize * ML;
-            let mb = (e - first + 1) as usize * ML;
-            write_all_at(&self.file, &entries[ma..mb], chunk_meta_offset(s))?;
+        for run in runs(first, last, new) {
+            let at = (run.first - first) as usize * CS;
+            let mat = (run.first - first) as usize * ML;
+            self.write_run(
+                &run,
+                &buf[at..at + run.data_len],
+                &entries[mat..mat + run.meta_len()],
+            )?;
         }
         Ok(())
     }
@@ -322,9 +452,7 @@ impl SealedFile {
         self.read_chunk(nl, &mut buf)?;
         buf.truncate(keep);
         self.file.set_len(ciphertext_size(new))?;
-        let entry = self.chunks.seal(nl, true, &mut buf)?;
-        write_all_at(&self.file, &buf, chunk_data_offset(nl))?;
-        write_all_at(&self.file, &entry, chunk_meta_offset(nl))?;
+        self.store_chunk(nl, true, &mut buf)?;
         // Entries of the dropped chunks that share the final metadata block.
         let group_end = (nl / CHUNKS_PER_GROUP + 1) * CHUNKS_PER_GROUP;
         if nl + 1 < group_end {
@@ -333,6 +461,108 @@ impl SealedFile {
         }
         self.size = new;
         Ok(())
+    }
+
+    /// Reserves backing space for the plaintext range `[offset,
+    /// offset+len)` (`fallocate` with `FALLOC_FL_KEEP_SIZE` on the chunks
+    /// and metadata blocks it covers, from the current end of the
+    /// ciphertext at the earliest), then, unless `keep_size`, extends the
+    /// file to the range's end. A range past the largest offset is `EFBIG`.
+    pub fn allocate(&mut self, offset: u64, len: u64, keep_size: bool) -> Result<(), VolumeError> {
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EFBIG))?;
+        if let Some((first, _)) = chunks_touched(offset, len) {
+            let start = chunk_data_offset(first).min(ciphertext_size(self.size));
+            let cend = ciphertext_size(end);
+            if cend > start {
+                fallocate(&self.file, libc::FALLOC_FL_KEEP_SIZE, start, cend - start)?;
+            }
+        }
+        if !keep_size && end > self.size {
+            self.set_len(end)?;
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ checking
+
+    /// Authenticates every chunk of the file (one group run at a time): the
+    /// bad ones, and the final chunk if it is authentic but lacks the last
+    /// flag. A run that cannot be read counts as bad chunks.
+    pub fn scan(&self) -> ChunkScan {
+        let size = self.size;
+        let mut out = ChunkScan::default();
+        let n = chunk_count(size);
+        if n == 0 {
+            return out;
+        }
+        let last = n - 1;
+        let mut data = vec![0u8; CHUNKS_PER_GROUP as usize * CS];
+        let mut meta = vec![0u8; CHUNKS_PER_GROUP as usize * ML];
+        for run in runs(0, last, size) {
+            let (data, meta) = (&mut data[..run.data_len], &mut meta[..run.meta_len()]);
+            if self.read_run(&run, data, meta).is_err() {
+                out.bad.extend(run.chunks());
+                continue;
+            }
+            for k in run.chunks() {
+                out.checked += 1;
+                let a = run.data_at(k);
+                let chunk = &mut data[a..a + chunk_len(k, size)];
+                let entry = run.entry(meta, k);
+                if self.chunks.open(k, k == last, chunk, entry).is_ok() {
+                    continue;
+                }
+                if k == last && self.chunks.open(k, false, chunk, entry).is_ok() {
+                    out.cut = Some(k);
+                } else {
+                    out.bad.push(k);
+                }
+            }
+        }
+        out
+    }
+
+    /// Re-seals chunks in place (fsck's salvage), each with the right last
+    /// flag: as zeros, or with its own content (a cut file's final chunk,
+    /// read without the flag it lacks). Only these chunks' bytes are
+    /// written, then the file's data is synced.
+    pub fn reseal(&self, chunks: &[(ChunkIndex, Reseal)]) -> Result<(), VolumeError> {
+        let last = chunk_count(self.size).saturating_sub(1);
+        for &(k, how) in chunks {
+            let mut buf = vec![0u8; chunk_len(k, self.size)];
+            if how == Reseal::KeepContent {
+                self.read_chunk_as(k, false, &mut buf)?;
+            }
+            self.store_chunk(k, k == last, &mut buf)?;
+        }
+        self.file.sync_data()?;
+        Ok(())
+    }
+
+    /// Ciphertext bytes after the last chunk that no plaintext size maps to
+    /// (a crash while the file grew), for a backing file of `csize` bytes.
+    pub fn stray_tail(&self, csize: u64) -> u64 {
+        csize.saturating_sub(ciphertext_size(self.size))
+    }
+
+    /// The same file opened again for writing (an fsck that checked it
+    /// read-only and now salvages it).
+    pub fn reopen_writable(&self) -> std::io::Result<SealedFile> {
+        use std::os::fd::AsFd;
+        let file = crate::sys::reopen(self.file.as_fd(), libc::O_RDWR)?;
+        Ok(
+            SealedFile::new(file, self.chunks.clone(), self.size)
+                .with_key_version(self.key_version),
+        )
+    }
+
+    /// Cuts the backing file back to its last chunk (see
+    /// [`SealedFile::stray_tail`]) and syncs it.
+    pub fn trim_stray_tail(&self) -> std::io::Result<()> {
+        self.file.set_len(ciphertext_size(self.size))?;
+        self.file.sync_data()
     }
 }
 

@@ -43,27 +43,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-use crate::format::chunk::{ChunkCipher, MetaEntry};
+use crate::format::chunk::ChunkCipher;
 use crate::format::config::VolumeConfig;
-use crate::format::header::{EncryptionContext, HeaderError, RecordKind, SealedRecord, RECORD_LEN};
+use crate::format::header::{EncryptionContext, HeaderError, RecordKind, SealedRecord};
 use crate::format::keyring::{parse_header, KeyState};
-use crate::format::layout::{
-    chunk_count, chunk_data_offset, chunk_len, chunk_meta_offset, ciphertext_size, group_runs,
-    plaintext_size, CHUNK_SIZE, META_ENTRY_LEN,
-};
+use crate::format::layout::{plaintext_size, CHUNK_SIZE};
 use crate::format::names::{classify_entry, long_entry_name, EntryClass, NameCipher};
 use crate::format::reserved::{
     self, Reserved, CONFIG_FILE, DIR_RECORD, DIR_RECORD_BACKUP, KEYRING_BACKUP, KEYRING_FILE,
 };
 use crate::keyring::{read_copy, UnlockSecret, KEYRING_MODE};
 use crate::sys;
+use crate::volume::content::{self, ChunkScan, Reseal, SealedFile};
 use crate::volume::{kdf_config, Directory, Volume, VolumeError};
 
 /// Plaintext name of the directory salvage moves orphans into (volume root).
 pub const LOST_FOUND: &str = "lost+found";
-
-const ML: usize = META_ENTRY_LEN as usize;
-const CS: usize = CHUNK_SIZE as usize;
 
 /// What to do besides checking.
 #[derive(Debug, Clone, Copy, Default)]
@@ -1085,10 +1080,8 @@ impl Checker<'_> {
             self.unrepairable(i, "the file's data key is lost");
             return done(self);
         };
-        let mut buf = [0u8; RECORD_LEN];
-        let opened = sys::read_exact_at(&file, &mut buf, 0)
-            .map_err(VolumeError::short_read)
-            .and_then(|()| self.vol.open_record(RecordKind::File, &buf, ctx));
+        let opened = content::read_header(&file)
+            .and_then(|header| self.vol.open_record(RecordKind::File, &header, ctx));
         let (rec, key) = match opened {
             Ok((rec, key, _)) => (rec, key),
             Err(e) => {
@@ -1108,10 +1101,11 @@ impl Checker<'_> {
                 return done(self);
             }
         };
-        let cipher = ChunkCipher::new(&key, rec.id);
-        let (bad, cut) = self.scan_chunks(&file, &cipher, size);
+        let sealed = SealedFile::new(file, ChunkCipher::new(&key, rec.id), size);
+        let ChunkScan { bad, cut, checked } = sealed.scan();
+        self.report.stats.chunks += checked;
         self.report.stats.bytes += size;
-        let mut fixes: Vec<(u64, bool)> = Vec::new(); // (chunk, keep its content)
+        let mut fixes: Vec<(u64, Reseal)> = Vec::new();
         let mut fixed_by_rewrite: Vec<(usize, &str)> = Vec::new();
         if !bad.is_empty() {
             let ranges = chunk_ranges(&bad, size);
@@ -1135,7 +1129,7 @@ impl Checker<'_> {
                 ),
             );
             self.report.problems[i].ranges = ranges;
-            fixes.extend(bad.iter().map(|&k| (k, false)));
+            fixes.extend(bad.iter().map(|&k| (k, Reseal::Zeros)));
             fixed_by_rewrite.push((i, "bad chunks replaced by zeros"));
         }
         if let Some(k) = cut {
@@ -1146,110 +1140,35 @@ impl Checker<'_> {
                 format!("file was cut after chunk {k} (at byte {size}): what followed is lost"),
             );
             self.report.problems[i].ranges = chunk_ranges(&[k], size);
-            fixes.push((k, true));
+            fixes.push((k, Reseal::KeepContent));
             fixed_by_rewrite.push((i, "final chunk re-sealed as final (content kept)"));
         }
         if self.salvage && !fixes.is_empty() {
-            let r = self
-                .fix_chunks(&file, &cipher, size, &fixes)
+            let r = sealed
+                .reopen_writable()
+                .map_err(VolumeError::from)
+                .and_then(|w| w.reseal(&fixes))
                 .map_err(|e| e.to_string());
             for (i, what) in fixed_by_rewrite {
                 self.settle_at(i, r.clone(), what);
             }
         }
-        if csize != ciphertext_size(size) {
+        let tail = sealed.stray_tail(csize);
+        if tail > 0 {
             let i = self.problem(
                 ProblemKind::SizeTail,
                 Some(path),
                 rel,
                 format!(
-                    "{} stray ciphertext bytes after the last chunk (a crash while the file grew)",
-                    csize - ciphertext_size(size)
+                    "{tail} stray ciphertext bytes after the last chunk (a crash while the file grew)"
                 ),
             );
             if self.salvage {
-                let r = sys::reopen(file.as_fd(), libc::O_WRONLY).and_then(|f| {
-                    f.set_len(ciphertext_size(size))
-                        .and_then(|()| f.sync_data())
-                });
+                let r = sealed.reopen_writable().and_then(|w| w.trim_stray_tail());
                 self.settle_at(i, r, "trimmed to the last chunk");
             }
         }
         done(self);
-    }
-
-    /// Authenticates every chunk; returns the bad ones, and the final chunk
-    /// if it is authentic but lacks the last flag (a cut file).
-    fn scan_chunks(
-        &mut self,
-        file: &File,
-        cipher: &ChunkCipher,
-        size: u64,
-    ) -> (Vec<u64>, Option<u64>) {
-        let n = chunk_count(size);
-        let mut bad = Vec::new();
-        let mut cut = None;
-        if n == 0 {
-            return (bad, cut);
-        }
-        let last = n - 1;
-        let mut data = vec![0u8; 128 * CS];
-        let mut meta = vec![0u8; 128 * ML];
-        for (s, e) in group_runs(0, last) {
-            let dlen = (e - s) as usize * CS + chunk_len(e, size);
-            let mlen = (e - s + 1) as usize * ML;
-            let read = sys::read_exact_at(file, &mut data[..dlen], chunk_data_offset(s))
-                .and_then(|()| sys::read_exact_at(file, &mut meta[..mlen], chunk_meta_offset(s)));
-            if read.is_err() {
-                bad.extend(s..=e);
-                continue;
-            }
-            for k in s..=e {
-                self.report.stats.chunks += 1;
-                let a = (k - s) as usize * CS;
-                let chunk = &mut data[a..a + chunk_len(k, size)];
-                let entry: &MetaEntry = meta[(k - s) as usize * ML..][..ML]
-                    .try_into()
-                    .expect("entry length");
-                if cipher.open(k, k == last, chunk, entry).is_ok() {
-                    continue;
-                }
-                if k == last && cipher.open(k, false, chunk, entry).is_ok() {
-                    cut = Some(k);
-                } else {
-                    bad.push(k);
-                }
-            }
-        }
-        (bad, cut)
-    }
-
-    /// Re-seals chunks in place: zeros for a bad chunk, its own content for a
-    /// cut file's final chunk. Only these chunks' bytes are written.
-    fn fix_chunks(
-        &self,
-        file: &File,
-        cipher: &ChunkCipher,
-        size: u64,
-        fixes: &[(u64, bool)],
-    ) -> Result<(), VolumeError> {
-        let w = sys::reopen(file.as_fd(), libc::O_RDWR)?;
-        let last = chunk_count(size).saturating_sub(1);
-        for &(k, keep) in fixes {
-            let len = chunk_len(k, size);
-            let mut buf = vec![0u8; len];
-            if keep {
-                let mut entry = [0u8; ML];
-                sys::read_exact_at(&w, &mut buf, chunk_data_offset(k))?;
-                sys::read_exact_at(&w, &mut entry, chunk_meta_offset(k))?;
-                cipher.open(k, false, &mut buf, &entry)?;
-            }
-            let entry = cipher.seal(k, k == last, &mut buf)?;
-            sys::write_all_at(&w, &buf, chunk_data_offset(k))?;
-            sys::write_all_at(&w, &entry, chunk_meta_offset(k))?;
-        }
-        w.sync_data()?;
-        Ok(())
     }
 
     // ------------------------------------------------------------ orphans
@@ -1441,9 +1360,9 @@ impl Checker<'_> {
             Kind::File => sys::open_regular(parent, OsStr::new(&o.entry), libc::O_RDONLY)
                 .ok()
                 .is_some_and(|f| {
-                    let mut buf = [0u8; RECORD_LEN];
-                    sys::read_exact_at(&f, &mut buf, 0).is_ok()
-                        && self.vol.open_record(RecordKind::File, &buf, ctx).is_ok()
+                    content::read_header(&f)
+                        .and_then(|header| self.vol.open_record(RecordKind::File, &header, ctx))
+                        .is_ok()
                 }),
             Kind::Dir => sys::openat(
                 parent,

@@ -35,7 +35,7 @@ use crate::format::chunk::{ChunkCipher, ChunkError};
 use crate::format::config::{hex, ConfigError, KdfConfig, VolumeConfig, CONFIG_FILE};
 use crate::format::header::{EncryptionContext, HeaderError, RecordKind, SealedRecord, RECORD_LEN};
 use crate::format::keyring::KekSource;
-use crate::format::layout::{plaintext_size, META_BLOCK};
+use crate::format::layout::plaintext_size;
 use crate::format::names::{BackingName, NameCipher, NameError};
 use crate::format::reserved;
 use crate::keyring::{Keyring, KeyringError, UnlockSecret, KEYRING_BACKUP, KEYRING_FILE};
@@ -704,9 +704,7 @@ impl Volume {
         let id = random_id()?;
         let rec =
             SealedRecord::create(RecordKind::File, &self.volume_id, id, &data_key, v, &w, ctx)?;
-        let mut block = vec![0u8; META_BLOCK as usize];
-        block[..RECORD_LEN].copy_from_slice(&rec.encode());
-        sys::write_all_at(&file, &block, 0)?;
+        content::write_first_block(&file, &rec.encode())?;
         Ok(SealedFile::new(file, ChunkCipher::new(&data_key, id), 0).with_key_version(v))
     }
 
@@ -718,8 +716,7 @@ impl Volume {
     ) -> Result<SealedFile, VolumeError> {
         let csize = file.metadata()?.len();
         let size = plaintext_size(csize).map_err(|_| VolumeError::Truncated)?;
-        let mut buf = [0u8; RECORD_LEN];
-        sys::read_exact_at(&file, &mut buf, 0).map_err(VolumeError::short_read)?;
+        let buf = content::read_header(&file)?;
         let (rec, key, slot) = self.open_record(RecordKind::File, &buf, ctx)?;
         let version = rec
             .slots
@@ -739,14 +736,13 @@ impl Volume {
         new: &EncryptionContext<'_>,
     ) -> Result<SealedRecord, VolumeError> {
         self.check_writable()?;
-        let mut buf = [0u8; RECORD_LEN];
-        sys::read_exact_at(file, &mut buf, 0).map_err(VolumeError::short_read)?;
+        let buf = content::read_header(file)?;
         let (mut rec, key, slot) = self.open_record(RecordKind::File, &buf, old)?;
         let (v, w) = self.primary_wrapper(RecordKind::File)?;
         let fresh = rec.make_slot(&self.volume_id, &key, v, &w, new)?;
         let keep = rec.slots[slot];
         rec.slots = [keep, Some(fresh)];
-        sys::write_all_at(file, &rec.encode(), 0)?;
+        content::write_header(file, &rec.encode())?;
         file.sync_data()?;
         Ok(rec)
     }
@@ -759,7 +755,7 @@ impl Volume {
         mut rec: SealedRecord,
     ) -> Result<(), VolumeError> {
         rec.slots = [rec.slots[1], None];
-        sys::write_all_at(file, &rec.encode(), 0)?;
+        content::write_header(file, &rec.encode())?;
         Ok(())
     }
 

@@ -384,8 +384,7 @@ impl Volume {
             Err(e) => return Err(e.into()),
         };
         let file = fd;
-        let mut buf = [0u8; RECORD_LEN];
-        sys::read_exact_at(&file, &mut buf, 0).map_err(VolumeError::short_read)?;
+        let buf = super::content::read_header(&file)?;
         let primary = self.keyring().read().primary();
         let rec = SealedRecord::decode(RecordKind::File, &buf)?;
         if rec.slots.iter().flatten().all(|s| s.key_version == primary) {
@@ -503,8 +502,8 @@ impl Volume {
                         path,
                     } => {
                         let f = sys::open_regular(parent, OsStr::new(entry), libc::O_RDONLY)?;
-                        match sys::read_exact_at(&f, &mut buf, 0) {
-                            Ok(()) => tally(RecordKind::File, &buf, &ctx, path),
+                        match super::content::read_header(&f) {
+                            Ok(header) => tally(RecordKind::File, &header, &ctx, path),
                             Err(_) => tally(RecordKind::File, &[], &ctx, path),
                         }
                     }
