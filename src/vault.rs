@@ -36,7 +36,6 @@
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
-use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -52,8 +51,9 @@ use crate::format::names::BackingName;
 use crate::format::reserved;
 use crate::keyring::UnlockSecret;
 use crate::kms::{DeletionPlan, KeyError, KeyService, KeyStatus, RotationSchedule, Trimmed};
-use crate::sys;
+use crate::volume::backing::{self, TimeSpec};
 use crate::volume::content::SealedFile;
+use crate::volume::namespace;
 use crate::volume::walk::{Census, RewrapProgress, RewrapReport};
 use crate::volume::{Directory, Volume, VolumeError};
 
@@ -115,18 +115,8 @@ impl From<VaultError> for io::Error {
     }
 }
 
-/// What a directory entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EntryKind {
-    /// A regular file.
-    File,
-    /// A directory.
-    Dir,
-    /// A symbolic link.
-    Symlink,
-    /// A FIFO, socket or device node.
-    Other,
-}
+/// What a directory entry is (the volume layer's one kind type).
+pub use crate::volume::EntryKind;
 
 /// One entry of [`Vault::list_dir`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,9 +157,9 @@ fn time_of(secs: i64, nsec: i64) -> SystemTime {
     }
 }
 
-fn timespec_of(t: SystemTime) -> sys::TimeSpec {
+fn timespec_of(t: SystemTime) -> TimeSpec {
     match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => sys::TimeSpec::At(d.as_secs() as i64, d.subsec_nanos() as i64),
+        Ok(d) => TimeSpec::At(d.as_secs() as i64, d.subsec_nanos() as i64),
         Err(e) => {
             // Before 1970: whole seconds down, then the nanoseconds up.
             let d = e.duration();
@@ -179,17 +169,8 @@ fn timespec_of(t: SystemTime) -> sys::TimeSpec {
                 secs -= 1;
                 nsec = 1_000_000_000 - nsec;
             }
-            sys::TimeSpec::At(secs, nsec)
+            TimeSpec::At(secs, nsec)
         }
-    }
-}
-
-fn kind_of_mode(mode: libc::mode_t) -> EntryKind {
-    match mode & libc::S_IFMT {
-        libc::S_IFREG => EntryKind::File,
-        libc::S_IFDIR => EntryKind::Dir,
-        libc::S_IFLNK => EntryKind::Symlink,
-        _ => EntryKind::Other,
     }
 }
 
@@ -290,13 +271,8 @@ impl Vault {
             .names
             .encrypt_name(name.as_bytes())
             .map_err(VolumeError::from)?;
-        let fd = sys::openat(
-            parent.fd.as_fd(),
-            OsStr::new(&bn.entry),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-            0,
-        )
-        .map_err(|e| path_err(e, path))?;
+        let fd = backing::open_dir(parent.fd.as_fd(), OsStr::new(&bn.entry))
+            .map_err(|e| path_err(e, path))?;
         let ctx = EncryptionContext {
             parent_dir_id: parent.dir.id,
             name: name.as_bytes(),
@@ -346,14 +322,11 @@ impl Vault {
         let d = self.dir_at(&components(path)?)?;
         let mut out = Vec::new();
         for e in self.vol.list_dir(d.fd.as_fd(), &d.dir)? {
-            let kind = match e.file_type {
-                Some(t) if t.is_dir() => EntryKind::Dir,
-                Some(t) if t.is_file() => EntryKind::File,
-                Some(t) if t.is_symlink() => EntryKind::Symlink,
-                _ => EntryKind::Other,
-            };
+            let kind = e
+                .file_type
+                .map_or(EntryKind::Other, EntryKind::of_file_type);
             let size = match kind {
-                EntryKind::File => sys::fstatat(d.fd.as_fd(), OsStr::new(&e.entry))
+                EntryKind::File => backing::stat(d.fd.as_fd(), OsStr::new(&e.entry))
                     .ok()
                     .and_then(|st| plaintext_size(st.st_size as u64).ok())
                     .unwrap_or(0),
@@ -379,11 +352,11 @@ impl Vault {
             .encrypt_name(name.as_bytes())
             .map_err(VolumeError::from)?;
         let entry = OsStr::new(&bn.entry);
-        let st = sys::fstatat(parent.fd.as_fd(), entry).map_err(|e| path_err(e, path))?;
+        let st = backing::stat(parent.fd.as_fd(), entry).map_err(|e| path_err(e, path))?;
         if !is_kind(&st, libc::S_IFREG) {
             return Err(VaultError::NotAFile(path.to_path_buf()));
         }
-        let fd = sys::open_regular(parent.fd.as_fd(), entry, libc::O_RDONLY)
+        let fd = backing::open_regular(parent.fd.as_fd(), entry, libc::O_RDONLY)
             .map_err(|e| path_err(e, path))?;
         let ctx = EncryptionContext {
             parent_dir_id: parent.dir.id,
@@ -416,32 +389,21 @@ impl Vault {
             parent_dir_id: parent.dir.id,
             name: name.as_bytes(),
         };
-        let file = match sys::fstatat(pfd, entry) {
+        let file = match backing::stat(pfd, entry) {
             Ok(st) if is_kind(&st, libc::S_IFREG) => {
-                let fd =
-                    sys::open_regular(pfd, entry, libc::O_RDWR).map_err(|e| path_err(e, path))?;
+                let fd = backing::open_regular(pfd, entry, libc::O_RDWR)
+                    .map_err(|e| path_err(e, path))?;
                 let mut f = self.vol.open_file(fd, &ctx)?;
                 f.set_len(0)?;
                 f
             }
             Ok(_) => return Err(VaultError::NotAFile(path.to_path_buf())),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                Volume::write_name_sidecar(pfd, &bn).map_err(VolumeError::from)?;
-                let fd = sys::openat(
-                    pfd,
-                    entry,
-                    libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
-                    0o666,
-                )
-                .map_err(|e| path_err(e, path))?;
-                match self.vol.init_file(File::from(fd), &ctx) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        let _ = sys::unlinkat(pfd, entry, false);
-                        Volume::remove_name_sidecar(pfd, &bn);
-                        return Err(e.into());
-                    }
-                }
+                let mut new =
+                    namespace::create_file(pfd, &bn, 0o666).map_err(|e| path_err(e, path))?;
+                let f = new.seal_file(&self.vol, &ctx)?;
+                new.keep();
+                f
             }
             Err(e) => return Err(path_err(e, path)),
         };
@@ -467,36 +429,13 @@ impl Vault {
             .names
             .encrypt_name(name.as_bytes())
             .map_err(VolumeError::from)?;
-        let entry = OsStr::new(&bn.entry);
-        let pfd = parent.fd.as_fd();
-        Volume::write_name_sidecar(pfd, &bn).map_err(VolumeError::from)?;
-        sys::mkdirat(pfd, entry, 0o777).map_err(|e| path_err(e, path))?;
-        let made = (|| {
-            let fd = sys::openat(
-                pfd,
-                entry,
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                0,
-            )?;
-            let ctx = EncryptionContext {
-                parent_dir_id: parent.dir.id,
-                name: name.as_bytes(),
-            };
-            self.vol.init_dir(fd.as_fd(), &ctx)?;
-            self.vol.persist_dir_record(fd.as_fd())?;
-            sys::fsync_dir(pfd)?;
-            Ok::<_, VolumeError>(())
-        })();
-        if let Err(e) = made {
-            if let Ok(fd) = sys::openat(pfd, entry, libc::O_PATH | libc::O_DIRECTORY, 0) {
-                for n in [crate::volume::DIR_RECORD_BACKUP, crate::volume::DIR_RECORD] {
-                    let _ = sys::unlinkat(fd.as_fd(), OsStr::new(n), false);
-                }
-            }
-            let _ = sys::unlinkat(pfd, entry, true);
-            Volume::remove_name_sidecar(pfd, &bn);
-            return Err(e.into());
-        }
+        let ctx = EncryptionContext {
+            parent_dir_id: parent.dir.id,
+            name: name.as_bytes(),
+        };
+        namespace::create_dir(parent.fd.as_fd(), &bn, 0o777)
+            .map_err(|e| path_err(e, path))?
+            .finish_dir_durably(&self.vol, &ctx)?;
         Ok(())
     }
 
@@ -530,7 +469,7 @@ impl Vault {
         st: &libc::stat,
         symlink_target: impl FnOnce() -> Result<u64, VaultError>,
     ) -> Result<Metadata, VaultError> {
-        let kind = kind_of_mode(st.st_mode);
+        let kind = EntryKind::of_mode(st.st_mode);
         let size = match kind {
             EntryKind::File => {
                 plaintext_size(st.st_size as u64).map_err(|_| VolumeError::Truncated)?
@@ -558,12 +497,12 @@ impl Vault {
     pub fn metadata(&self, path: &Path) -> Result<Metadata, VaultError> {
         if components(path)?.is_empty() {
             let root = self.root()?;
-            let st = sys::fstatat(root.fd.as_fd(), OsStr::new("")).map_err(VolumeError::from)?;
+            let st = backing::stat(root.fd.as_fd(), OsStr::new("")).map_err(VolumeError::from)?;
             return self.metadata_of(&st, || Ok(0));
         }
         let (parent, bn, _) = self.locate(path)?;
         let entry = OsStr::new(&bn.entry);
-        let st = sys::fstatat(parent.fd.as_fd(), entry).map_err(|e| path_err(e, path))?;
+        let st = backing::stat(parent.fd.as_fd(), entry).map_err(|e| path_err(e, path))?;
         self.metadata_of(&st, || {
             Ok(self.open_link(parent.fd.as_fd(), entry, path)?.len() as u64)
         })
@@ -576,7 +515,7 @@ impl Vault {
         for e in self.vol.list_dir(d.fd.as_fd(), &d.dir)? {
             let entry = OsStr::new(&e.entry);
             let name = OsString::from_vec(e.name);
-            let st = match sys::fstatat(d.fd.as_fd(), entry) {
+            let st = match backing::stat(d.fd.as_fd(), entry) {
                 Ok(st) => st,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
                 Err(e) => return Err(VolumeError::from(e).into()),
@@ -597,7 +536,7 @@ impl Vault {
         entry: &OsStr,
         path: &Path,
     ) -> Result<Vec<u8>, VaultError> {
-        let stored = sys::readlinkat(dir, entry).map_err(|e| path_err(e, path))?;
+        let stored = backing::read_link(dir, entry).map_err(|e| path_err(e, path))?;
         // Symlink targets are sealed under the root directory's key.
         Ok(self
             .root()?
@@ -612,7 +551,7 @@ impl Vault {
         self.check_enabled()?;
         let (parent, bn, _) = self.locate(path)?;
         let entry = OsStr::new(&bn.entry);
-        let st = sys::fstatat(parent.fd.as_fd(), entry).map_err(|e| path_err(e, path))?;
+        let st = backing::stat(parent.fd.as_fd(), entry).map_err(|e| path_err(e, path))?;
         if !is_kind(&st, libc::S_IFLNK) {
             return Err(VaultError::NotASymlink(path.to_path_buf()));
         }
@@ -636,14 +575,8 @@ impl Vault {
         let (parent, bn, _) = self.locate(link)?;
         let _ns = self.vol.namespace().read();
         let pfd = parent.fd.as_fd();
-        Volume::write_name_sidecar(pfd, &bn).map_err(VolumeError::from)?;
-        if let Err(e) = sys::symlinkat(OsStr::new(&sealed), pfd, OsStr::new(&bn.entry)) {
-            if e.raw_os_error() != Some(libc::EEXIST) {
-                Volume::remove_name_sidecar(pfd, &bn);
-            }
-            return Err(path_err(e, link));
-        }
-        sys::fsync_dir(pfd).map_err(VolumeError::from)?;
+        namespace::create_symlink(pfd, &bn, &sealed).map_err(|e| path_err(e, link))?;
+        backing::sync_dir(pfd).map_err(VolumeError::from)?;
         Ok(())
     }
 
@@ -652,14 +585,13 @@ impl Vault {
         self.check_writable()?;
         let (parent, bn, _) = self.locate(path)?;
         let _ns = self.vol.namespace().write();
-        let pfd = parent.fd.as_fd();
-        let st = sys::fstatat(pfd, OsStr::new(&bn.entry)).map_err(|e| path_err(e, path))?;
-        if is_kind(&st, libc::S_IFDIR) {
-            return Err(VaultError::NotAFile(path.to_path_buf()));
+        match namespace::unlink(parent.fd.as_fd(), &bn) {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
+                Err(VaultError::NotAFile(path.to_path_buf()))
+            }
+            Err(e) => Err(path_err(e, path)),
         }
-        sys::unlinkat(pfd, OsStr::new(&bn.entry), false).map_err(|e| path_err(e, path))?;
-        Volume::remove_name_sidecar(pfd, &bn);
-        Ok(())
     }
 
     /// Runs `f` on the backing object of `path` (the root for "" or "/").
@@ -671,12 +603,12 @@ impl Vault {
         self.check_writable()?;
         if components(path)?.is_empty() {
             let root = self.root()?;
-            let st = sys::fstatat(root.fd.as_fd(), OsStr::new("")).map_err(VolumeError::from)?;
+            let st = backing::stat(root.fd.as_fd(), OsStr::new("")).map_err(VolumeError::from)?;
             return f(root.fd.as_fd(), OsStr::new(""), &st).map_err(|e| path_err(e, path));
         }
         let (parent, bn, _) = self.locate(path)?;
         let entry = OsStr::new(&bn.entry);
-        let st = sys::fstatat(parent.fd.as_fd(), entry).map_err(|e| path_err(e, path))?;
+        let st = backing::stat(parent.fd.as_fd(), entry).map_err(|e| path_err(e, path))?;
         f(parent.fd.as_fd(), entry, &st).map_err(|e| path_err(e, path))
     }
 
@@ -687,7 +619,7 @@ impl Vault {
             if is_kind(st, libc::S_IFLNK) {
                 return Ok(());
             }
-            sys::fchmodat(d, n, mode & 0o7777)
+            backing::set_mode(d, n, mode & 0o7777)
         })
     }
 
@@ -700,7 +632,7 @@ impl Vault {
         modified: SystemTime,
     ) -> Result<(), VaultError> {
         self.on_backing(path, |d, n, _| {
-            sys::utimensat(d, n, timespec_of(accessed), timespec_of(modified))
+            backing::set_times(d, n, timespec_of(accessed), timespec_of(modified))
         })
     }
 
@@ -712,7 +644,7 @@ impl Vault {
         uid: Option<u32>,
         gid: Option<u32>,
     ) -> Result<(), VaultError> {
-        self.on_backing(path, |d, n, _| sys::fchownat(d, n, uid, gid))
+        self.on_backing(path, |d, n, _| backing::set_owner(d, n, uid, gid))
     }
 
     /// Like [`Vault::create`], but the content goes to a hidden temp file
@@ -727,25 +659,15 @@ impl Vault {
         let (parent, bn, name) = self.locate(path)?;
         let _ns = self.vol.namespace().read();
         let temp = reserved::staged_name(std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        let pfd = parent.fd.as_fd();
-        let fd = sys::openat(
-            pfd,
-            OsStr::new(&temp),
-            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
-            0o600,
-        )
-        .map_err(|e| path_err(e, path))?;
         let ctx = EncryptionContext {
             parent_dir_id: parent.dir.id,
             name: name.as_bytes(),
         };
-        let file = match self.vol.init_file(File::from(fd), &ctx) {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = sys::unlinkat(pfd, OsStr::new(&temp), false);
-                return Err(e.into());
-            }
-        };
+        let file = namespace::create_staged(&self.vol, parent.fd.as_fd(), &temp, &ctx, 0o600)
+            .map_err(|e| match e {
+                VolumeError::Io(e) => path_err(e, path),
+                e => e.into(),
+            })?;
         let mut w = FileWriter::new(file, parent.fd);
         w.staged = Some(Staged {
             temp,
@@ -761,16 +683,7 @@ impl Vault {
     pub fn remove_staged_leftovers(&self, path: &Path) -> Result<usize, VaultError> {
         self.check_writable()?;
         let d = self.dir_at(&components(path)?)?;
-        let mut n = 0;
-        for e in std::fs::read_dir(sys::proc_path(d.fd.as_fd())).map_err(VolumeError::from)? {
-            let name = e.map_err(VolumeError::from)?.file_name();
-            let s = name.to_string_lossy();
-            if reserved::is_staged(&s) {
-                sys::unlinkat(d.fd.as_fd(), &name, false).map_err(VolumeError::from)?;
-                n += 1;
-            }
-        }
-        Ok(n)
+        Ok(namespace::remove_staged_leftovers(d.fd.as_fd()).map_err(VolumeError::from)?)
     }
 
     /// The master key versions, oldest first.
@@ -958,27 +871,22 @@ impl FileWriter {
         self.apply_attributes().map_err(VolumeError::from)?;
         if let Some(st) = self.staged.take() {
             let pfd = self.parent.as_fd();
-            let r = (|| {
-                self.file.backing().sync_all().map_err(VolumeError::from)?;
-                Volume::write_name_sidecar(pfd, &st.target).map_err(VolumeError::from)?;
-                sys::renameat2(
-                    pfd,
-                    OsStr::new(&st.temp),
-                    pfd,
-                    OsStr::new(&st.target.entry),
-                    0,
-                )
-                .map_err(|e| path_err(e, &st.path))
-            })();
+            let r = match self.file.backing().sync_all() {
+                Ok(()) => namespace::commit_staged(pfd, &st.temp, &st.target, false)
+                    .map_err(|e| path_err(e, &st.path)),
+                Err(e) => {
+                    namespace::discard_staged(pfd, &st.temp);
+                    Err(VolumeError::from(e).into())
+                }
+            };
             if let Err(e) = r {
-                let _ = sys::unlinkat(pfd, OsStr::new(&st.temp), false);
                 self.failed = true;
                 return Err(e);
             }
         } else {
             self.file.backing().sync_data().map_err(VolumeError::from)?;
         }
-        sys::fsync_dir(self.parent_fd()).map_err(VolumeError::from)?;
+        backing::sync_dir(self.parent_fd()).map_err(VolumeError::from)?;
         Ok(())
     }
 
@@ -1010,7 +918,7 @@ impl Drop for FileWriter {
     fn drop(&mut self) {
         if let Some(st) = self.staged.take() {
             // Unfinished: the target keeps its old state.
-            let _ = sys::unlinkat(self.parent.as_fd(), OsStr::new(&st.temp), false);
+            namespace::discard_staged(self.parent.as_fd(), &st.temp);
         } else if !self.failed {
             let _ = self.flush_buffer();
         }

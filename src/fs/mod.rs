@@ -17,7 +17,6 @@ pub mod access;
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
@@ -37,12 +36,12 @@ use crate::format::grants::{Access, GrantOp};
 use crate::format::header::EncryptionContext;
 use crate::format::layout::plaintext_size;
 use crate::format::names::{BackingName, MAX_NAME};
-use crate::format::reserved;
-use crate::sys::{self, TimeSpec};
+use crate::volume::backing::{self, TimeSpec};
 use crate::volume::content::{SealedFile, SCRATCH_MAX};
 use crate::volume::grants::{op_for_open, LiveGrant};
+use crate::volume::namespace::{self, RenameEnd, RenameOptions};
 use crate::volume::release::ReleaseQueue;
-use crate::volume::{Directory, Volume, VolumeError, DIR_RECORD, DIR_RECORD_BACKUP};
+use crate::volume::{Directory, EntryKind, Volume, VolumeError};
 use access::{Caller, Event, Policy};
 
 /// How long the kernel may cache attributes and entries. sealfs is the only
@@ -62,23 +61,6 @@ fn errno_of(e: &VolumeError) -> Errno {
 
 fn io_errno(e: std::io::Error) -> Errno {
     Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Dir,
-    File,
-    Symlink,
-    Other,
-}
-
-fn kind_of(mode: u32) -> Kind {
-    match mode & libc::S_IFMT {
-        libc::S_IFDIR => Kind::Dir,
-        libc::S_IFREG => Kind::File,
-        libc::S_IFLNK => Kind::Symlink,
-        _ => Kind::Other,
-    }
 }
 
 fn file_type(mode: u32) -> FileType {
@@ -119,7 +101,7 @@ struct Inode {
     /// FUSE node id (the backing inode number unless that is taken).
     ino: u64,
     backing_ino: u64,
-    kind: Kind,
+    kind: EntryKind,
     dir_fd: Option<OwnedFd>,
     nlookup: AtomicU64,
     loc: Mutex<Location>,
@@ -295,7 +277,7 @@ impl CacheControl {
             .read()
             .nodes
             .values()
-            .filter(|i| i.kind == Kind::File)
+            .filter(|i| i.kind == EntryKind::File)
             .map(|i| i.ino)
             .collect();
         for ino in files {
@@ -374,18 +356,13 @@ pub struct SealFs {
 impl SealFs {
     /// Prepares the frontend: opens the root and checks its directory record.
     pub fn new(vol: Arc<Volume>, policy: Arc<Policy>) -> Result<Self, VolumeError> {
-        let root_fd = sys::openat(
-            File::open("/")?.as_fd(),
-            vol.cipherdir().canonicalize()?.as_os_str(),
-            libc::O_PATH | libc::O_DIRECTORY,
-            0,
-        )?;
-        let st = sys::fstatat(root_fd.as_fd(), OsStr::new(""))?;
+        let root_fd = vol.root_fd()?;
+        let st = backing::stat(root_fd.as_fd(), OsStr::new(""))?;
         let root_dir = vol.load_dir(root_fd.as_fd(), &EncryptionContext::ROOT)?;
         let root = Arc::new(Inode {
             ino: ROOT,
             backing_ino: st.st_ino,
-            kind: Kind::Dir,
+            kind: EntryKind::Dir,
             dir_fd: Some(root_fd),
             nlookup: AtomicU64::new(1),
             loc: Mutex::new(Location {
@@ -554,7 +531,7 @@ impl SealFs {
     /// release queue when it was the last name of a regular file (freeing
     /// its blocks is the slow part); anything else is closed at once.
     fn release_unlinked(&self, fd: OwnedFd, st: &libc::stat) {
-        if kind_of(st.st_mode) == Kind::File && st.st_nlink <= 1 {
+        if EntryKind::of_mode(st.st_mode) == EntryKind::File && st.st_nlink <= 1 {
             self.released
                 .release(fd, (st.st_blocks as u64).saturating_mul(512));
         }
@@ -584,7 +561,7 @@ impl SealFs {
     /// The unlocked directory of a directory inode (loaded once, then cached).
     fn dir_of(&self, inode: &Arc<Inode>) -> FsResult<Arc<Directory>> {
         self.check_enabled()?;
-        if inode.kind != Kind::Dir {
+        if inode.kind != EntryKind::Dir {
             return Err(Errno::ENOTDIR);
         }
         if let Some(d) = inode.dir.read().as_ref() {
@@ -630,31 +607,6 @@ impl SealFs {
             .map_err(|e| errno_of(&e.into()))
     }
 
-    fn write_sidecar(parent: &Inode, bn: &BackingName) -> FsResult<()> {
-        Volume::write_name_sidecar(parent.dir_fd()?, bn).map_err(io_errno)
-    }
-
-    /// After a failed create or rename: removes the sidecar written for it,
-    /// unless an entry of that name exists (then the sidecar is its own).
-    fn undo_sidecar(parent: &Inode, bn: &BackingName) {
-        if bn.sidecar.is_none() {
-            return;
-        }
-        if let Ok(fd) = parent.dir_fd() {
-            if let Err(e) = sys::fstatat(fd, OsStr::new(&bn.entry)) {
-                if e.raw_os_error() == Some(libc::ENOENT) {
-                    Volume::remove_name_sidecar(fd, bn);
-                }
-            }
-        }
-    }
-
-    fn remove_sidecar(parent: &Inode, bn: &BackingName) {
-        if let Ok(fd) = parent.dir_fd() {
-            Volume::remove_name_sidecar(fd, bn);
-        }
-    }
-
     /// Finds or adds the inode for `entry` in `parent`, counting one lookup.
     fn remember(
         &self,
@@ -663,8 +615,8 @@ impl SealFs {
         entry: &str,
     ) -> FsResult<(Arc<Inode>, libc::stat)> {
         let pfd = parent.dir_fd()?;
-        let st = sys::fstatat(pfd, OsStr::new(entry)).map_err(io_errno)?;
-        let kind = kind_of(st.st_mode);
+        let st = backing::stat(pfd, OsStr::new(entry)).map_err(io_errno)?;
+        let kind = EntryKind::of_mode(st.st_mode);
         let reuse = |t: &Table| -> Option<Arc<Inode>> {
             let id = t.by_backing.get(&st.st_ino)?;
             let n = t.nodes.get(id)?;
@@ -686,15 +638,9 @@ impl SealFs {
             relink(&n);
             return Ok((n, st));
         }
-        let dir_fd = if kind == Kind::Dir {
-            let fd = sys::openat(
-                pfd,
-                OsStr::new(entry),
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                0,
-            )
-            .map_err(io_errno)?;
-            if sys::fstatat(fd.as_fd(), OsStr::new(""))
+        let dir_fd = if kind == EntryKind::Dir {
+            let fd = backing::open_dir(pfd, OsStr::new(entry)).map_err(io_errno)?;
+            if backing::stat(fd.as_fd(), OsStr::new(""))
                 .map_err(io_errno)?
                 .st_ino
                 != st.st_ino
@@ -755,7 +701,7 @@ impl SealFs {
     }
 
     fn symlink_target(&self, inode: &Inode) -> FsResult<Vec<u8>> {
-        let stored = self.with_backing(inode, sys::readlinkat)?;
+        let stored = self.with_backing(inode, backing::read_link)?;
         self.root_dir()?
             .names
             .open_symlink_target(&stored)
@@ -774,11 +720,11 @@ impl SealFs {
             }
         };
         let size = match inode.kind {
-            Kind::File => match inode.open.lock().file.as_ref() {
+            EntryKind::File => match inode.open.lock().file.as_ref() {
                 Some(f) => f.read().size(),
                 None => plaintext_size(st.st_size as u64).unwrap_or(0),
             },
-            Kind::Symlink => self
+            EntryKind::Symlink => self
                 .symlink_target(inode)
                 .map(|t| t.len() as u64)
                 .unwrap_or(0),
@@ -796,7 +742,7 @@ impl SealFs {
             kind: file_type(st.st_mode),
             perm: (st.st_mode & 0o7777) as u16,
             // 0 for an open file whose name is gone; hard links are refused.
-            nlink: if inode.kind == Kind::Dir {
+            nlink: if inode.kind == EntryKind::Dir {
                 st.st_nlink as u32
             } else {
                 (st.st_nlink as u32).min(1)
@@ -810,7 +756,7 @@ impl SealFs {
     }
 
     fn stat_inode(&self, inode: &Inode) -> FsResult<FileAttr> {
-        let st = self.with_backing(inode, sys::fstatat)?;
+        let st = self.with_backing(inode, backing::stat)?;
         Ok(self.attr(inode, &st))
     }
 
@@ -834,16 +780,8 @@ impl SealFs {
             return Ok(f);
         }
         let (pdir, name) = self.parent_and_name(inode)?;
-        let flags = if self.vol.read_only() {
-            libc::O_RDONLY
-        } else {
-            libc::O_RDWR
-        };
-        let file = self
-            .with_backing(inode, |dir, name| {
-                sys::openat(dir, name, flags | libc::O_NOFOLLOW, 0)
-            })
-            .map(File::from)?;
+        let writable = !self.vol.read_only();
+        let file = self.with_backing(inode, |dir, name| backing::open_file(dir, name, writable))?;
         let ctx = EncryptionContext {
             parent_dir_id: pdir.id,
             name: &name,
@@ -981,9 +919,7 @@ impl SealFs {
                 .dir_fd()
                 .map_err(|_| std::io::Error::from_raw_os_error(libc::ENOTDIR))
                 .and_then(|fd| {
-                    let sgid = sys::fstatat(fd, OsStr::new(""))?.st_mode & libc::S_ISGID != 0;
-                    let gid = if sgid { None } else { Some(req.gid()) };
-                    sys::fchownat(fd, OsStr::new(entry), Some(req.uid()), gid)
+                    namespace::give_new_entry(fd, OsStr::new(entry), req.uid(), req.gid())
                 });
             if let Err(e) = r {
                 tracing::warn!("chown of new entry failed: {e}");
@@ -992,23 +928,10 @@ impl SealFs {
     }
 
     /// Gives a new entry exactly the permission bits the caller asked for
-    /// (`mode` with the caller's umask already applied): the backing
-    /// `open`/`mkdir`/`mknod` also applied the daemon's own umask. A new
-    /// directory keeps the set-group-ID bit inherited from its parent.
-    /// Call after [`Self::chown_new`], since a chown clears set-ID bits.
+    /// (see [`namespace::set_new_mode`]). Call after [`Self::chown_new`],
+    /// since a chown clears set-ID bits.
     fn set_new_mode(dir: std::os::fd::BorrowedFd<'_>, entry: &OsStr, mode: u32) -> FsResult<()> {
-        let st = sys::fstatat(dir, entry).map_err(io_errno)?;
-        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
-            return Ok(());
-        }
-        let mut want = mode & 0o7777;
-        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-            want |= st.st_mode & libc::S_ISGID;
-        }
-        if st.st_mode & 0o7777 != want {
-            sys::fchmodat(dir, entry, want).map_err(io_errno)?;
-        }
-        Ok(())
+        namespace::set_new_mode(dir, entry, mode).map_err(io_errno)
     }
 
     /// Creates a keyless node (FIFO, socket, device, symlink) with `make`
@@ -1019,7 +942,7 @@ impl SealFs {
         parent: INodeNo,
         name: &OsStr,
         mode: Option<u32>,
-        make: impl FnOnce(std::os::fd::BorrowedFd<'_>, &OsStr) -> std::io::Result<()>,
+        make: impl FnOnce(std::os::fd::BorrowedFd<'_>, &BackingName) -> std::io::Result<()>,
     ) -> FsResult<FileAttr> {
         self.check_writable()?;
         let _ns = self.vol.namespace().read();
@@ -1027,11 +950,7 @@ impl SealFs {
         self.authorize_child(req, &p, name, Access::Op(GrantOp::Create), "create")?;
         let d = self.dir_of(&p)?;
         let bn = Self::backing_name(&d, name)?;
-        Self::write_sidecar(&p, &bn)?;
-        if let Err(e) = make(p.dir_fd()?, OsStr::new(&bn.entry)) {
-            Self::undo_sidecar(&p, &bn);
-            return Err(io_errno(e));
-        }
+        make(p.dir_fd()?, &bn).map_err(io_errno)?;
         self.chown_new(&p, &bn.entry, req);
         if let Some(m) = mode {
             Self::set_new_mode(p.dir_fd()?, OsStr::new(&bn.entry), m)?;
@@ -1061,15 +980,10 @@ impl SealFs {
         )?;
         let pdir = self.dir_of(&pinode)?;
         let bn = Self::backing_name(&pdir, name)?;
-        Self::write_sidecar(&pinode, &bn)?;
-        let entry = OsStr::new(&bn.entry);
-        let fd = match sys::openat(
-            pinode.dir_fd()?,
-            entry,
-            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
-            mode & 0o7777,
-        ) {
-            Ok(fd) => fd,
+        let pfd = pinode.dir_fd()?;
+        // Removed again (with its sidecar) unless kept at the end.
+        let mut new = match namespace::create_file(pfd, &bn, mode & 0o7777) {
+            Ok(new) => new,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
                 drop(_ns);
                 let (inode, st) = self.remember(&pinode, name.as_bytes(), &bn.entry)?;
@@ -1089,46 +1003,28 @@ impl SealFs {
                 }
                 return Ok((inode, st, f, grant));
             }
-            Err(e) => {
-                Self::undo_sidecar(&pinode, &bn);
-                return Err(io_errno(e));
-            }
+            Err(e) => return Err(io_errno(e)),
         };
         self.chown_new(&pinode, &bn.entry, req);
-        if let Err(e) = Self::set_new_mode(pinode.dir_fd()?, entry, mode) {
-            let _ = sys::unlinkat(pinode.dir_fd()?, entry, false);
-            Self::remove_sidecar(&pinode, &bn);
-            return Err(e);
-        }
+        Self::set_new_mode(pfd, new.entry(), mode)?;
         let ctx = EncryptionContext {
             parent_dir_id: pdir.id,
             name: name.as_bytes(),
         };
-        let sealed = match self.vol.init_file(File::from(fd), &ctx) {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = sys::unlinkat(pinode.dir_fd()?, entry, false);
-                Self::remove_sidecar(&pinode, &bn);
-                return Err(errno_of(&e));
-            }
-        };
+        let sealed = new.seal_file(&self.vol, &ctx).map_err(|e| errno_of(&e))?;
         if self.audit_paths() {
             let path = Self::child_path(&pinode, name.as_bytes());
-            let r = self.policy.record(
+            // Fail-closed: no record, no new file.
+            self.policy.record(
                 caller,
                 Event {
                     key_version: Some(sealed.key_version()),
                     grant: grant.as_ref().map(|g| g.id.as_str()),
                     ..Event::ok("generate_data_key", Some(&path))
                 },
-            );
-            if let Err(e) = r {
-                // Fail-closed: no record, no new file.
-                let _ = sys::unlinkat(pinode.dir_fd()?, entry, false);
-                Self::remove_sidecar(&pinode, &bn);
-                return Err(e);
-            }
+            )?;
         }
+        new.keep();
         let (inode, st) = self.remember(&pinode, name.as_bytes(), &bn.entry)?;
         let f = Arc::new(RwLock::new(sealed));
         {
@@ -1193,7 +1089,7 @@ impl SealFs {
             .as_ref()
             .map(|p| p.ino)
             .unwrap_or(ROOT);
-        let st = sys::fstatat(inode.dir_fd()?, OsStr::new("")).map_err(io_errno)?;
+        let st = backing::stat(inode.dir_fd()?, OsStr::new("")).map_err(io_errno)?;
         let stamp = ListingStamp {
             changes,
             parent: parent_ino,
@@ -1251,117 +1147,6 @@ impl SealFs {
         Ok(out)
     }
 
-    fn is_backing_dir_empty(dir_fd: std::os::fd::BorrowedFd<'_>) -> FsResult<bool> {
-        let rd = std::fs::read_dir(sys::proc_path(dir_fd)).map_err(io_errno)?;
-        for ent in rd {
-            let ent = ent.map_err(io_errno)?;
-            let n = ent.file_name();
-            let n = n.to_string_lossy();
-            if !reserved::is_empty_dir_leftover(&n) {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
-
-    fn remove_dir_records(dir_fd: std::os::fd::BorrowedFd<'_>) {
-        for n in [DIR_RECORD_BACKUP, DIR_RECORD] {
-            let _ = sys::unlinkat(dir_fd, OsStr::new(n), false);
-        }
-    }
-
-    /// The steps of a rename after the checks: re-bind the key of a file or
-    /// directory to its new context, then the backing rename (removing the
-    /// records of a replaced empty directory `target_dir` just before it).
-    fn rename_entry(
-        &self,
-        (p, src, old_ctx): (&Inode, &BackingName, &EncryptionContext<'_>),
-        (np, dst, new_ctx): (&Inode, &BackingName, &EncryptionContext<'_>),
-        kind: Kind,
-        noreplace: bool,
-        target_dir: Option<OwnedFd>,
-    ) -> FsResult<()> {
-        let pfd = p.dir_fd()?;
-        let npfd = np.dir_fd()?;
-        let rename_flags = if noreplace { libc::RENAME_NOREPLACE } else { 0 };
-        let backing_rename = || -> FsResult<()> {
-            if let Some(t) = &target_dir {
-                Self::remove_dir_records(t.as_fd());
-            }
-            sys::renameat2(
-                pfd,
-                OsStr::new(&src.entry),
-                npfd,
-                OsStr::new(&dst.entry),
-                rename_flags,
-            )
-            .map_err(io_errno)
-        };
-        match kind {
-            Kind::File => {
-                let f = sys::openat(
-                    pfd,
-                    OsStr::new(&src.entry),
-                    libc::O_RDWR | libc::O_NOFOLLOW,
-                    0,
-                )
-                .map_err(io_errno)?;
-                let f = File::from(f);
-                let rec = self
-                    .vol
-                    .begin_rebind_file(&f, old_ctx, new_ctx)
-                    .map_err(|e| {
-                        tracing::warn!("rename: cannot re-bind file header: {e}");
-                        errno_of(&e)
-                    })?;
-                backing_rename()?;
-                // The old slot may only go once the new name is durable: a
-                // power loss must not leave the file at its old name with a
-                // header that opens only under the new one.
-                match sys::fsync_dir(npfd) {
-                    Ok(()) => {
-                        if let Err(e) = self.vol.finish_rebind_file(&f, rec) {
-                            tracing::warn!("rename: old header slot not cleared: {e}");
-                        }
-                    }
-                    Err(e) => tracing::warn!("rename: directory not synced, old slot kept: {e}"),
-                }
-            }
-            Kind::Dir => {
-                let dfd = sys::openat(
-                    pfd,
-                    OsStr::new(&src.entry),
-                    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                    0,
-                )
-                .map_err(io_errno)?;
-                let d = self
-                    .vol
-                    .load_dir(dfd.as_fd(), old_ctx)
-                    .map_err(|e| errno_of(&e))?;
-                self.vol
-                    .begin_rebind_dir(dfd.as_fd(), &d, old_ctx, new_ctx)
-                    .map_err(|e| errno_of(&e))?;
-                backing_rename()?;
-                // As for files: the durable drop of the old slot must not
-                // reach the disk before the rename does (the whole subtree
-                // would be lost with it).
-                match sys::fsync_dir(npfd) {
-                    Ok(()) => {
-                        if let Err(e) = self.vol.finish_rebind_dir(dfd.as_fd(), &d, new_ctx) {
-                            tracing::warn!("rename: old directory slot not cleared: {e}");
-                        }
-                    }
-                    Err(e) => tracing::warn!("rename: directory not synced, old slot kept: {e}"),
-                }
-            }
-            _ => {
-                backing_rename()?;
-            }
-        }
-        Ok(())
-    }
-
     fn do_rename(
         &self,
         parent: INodeNo,
@@ -1381,10 +1166,6 @@ impl SealFs {
         let npdir = self.dir_of(&np)?;
         let src = Self::backing_name(&pdir, name)?;
         let dst = Self::backing_name(&npdir, newname)?;
-        let pfd = p.dir_fd()?;
-        let npfd = np.dir_fd()?;
-        let st = sys::fstatat(pfd, OsStr::new(&src.entry)).map_err(io_errno)?;
-        let kind = kind_of(st.st_mode);
         let old_ctx = EncryptionContext {
             parent_dir_id: pdir.id,
             name: name.as_bytes(),
@@ -1393,75 +1174,38 @@ impl SealFs {
             parent_dir_id: npdir.id,
             name: newname.as_bytes(),
         };
-        if src.entry == dst.entry && p.ino == np.ino {
-            return Ok(());
-        }
-        let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
-        let target = sys::fstatat(npfd, OsStr::new(&dst.entry)).ok();
-        // A replaced file is freed in the background, like an unlink.
-        let target_fd = match &target {
-            Some(t) if kind_of(t.st_mode) == Kind::File && t.st_ino != st.st_ino => sys::openat(
-                npfd,
-                OsStr::new(&dst.entry),
-                libc::O_PATH | libc::O_NOFOLLOW,
-                0,
-            )
-            .ok(),
-            _ => None,
+        let renamed = namespace::rename(
+            &self.vol,
+            RenameEnd {
+                dir: p.dir_fd()?,
+                name: &src,
+                ctx: &old_ctx,
+            },
+            RenameEnd {
+                dir: np.dir_fd()?,
+                name: &dst,
+                ctx: &new_ctx,
+            },
+            RenameOptions {
+                same_dir: p.ino == np.ino,
+                noreplace: flags.contains(RenameFlags::RENAME_NOREPLACE),
+                durable: false,
+            },
+        )
+        .map_err(|e| errno_of(&e))?;
+        let Some(renamed) = renamed else {
+            return Ok(()); // onto itself
         };
-        // An empty directory being replaced: its records go just before the
-        // backing rename (which needs it empty), after every step that can
-        // fail for lack of space, so a failed rename leaves it intact.
-        let mut target_dir: Option<OwnedFd> = None;
-        if let Some(t) = &target {
-            if noreplace {
-                return Err(Errno::EEXIST);
+        let st = renamed.moved;
+        if let Some(t) = renamed.replaced {
+            // A replaced target's backing inode may be recycled from now on;
+            // a replaced file is freed in the background, like an unlink.
+            if t.st.st_ino != st.st_ino {
+                self.drop_backing(t.st.st_ino);
             }
-            let tkind = kind_of(t.st_mode);
-            match (kind, tkind) {
-                (Kind::Dir, Kind::Dir) => {
-                    let tfd = sys::openat(
-                        npfd,
-                        OsStr::new(&dst.entry),
-                        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                        0,
-                    )
-                    .map_err(io_errno)?;
-                    if !Self::is_backing_dir_empty(tfd.as_fd())? {
-                        return Err(Errno::ENOTEMPTY);
-                    }
-                    target_dir = Some(tfd);
-                }
-                (Kind::Dir, _) => return Err(Errno::ENOTDIR),
-                (_, Kind::Dir) => return Err(Errno::EISDIR),
-                _ => {}
+            if let Some(fd) = t.fd {
+                self.release_unlinked(fd, &t.st);
             }
-        }
-        Self::write_sidecar(&np, &dst)?;
-        let r = self.rename_entry(
-            (&p, &src, &old_ctx),
-            (&np, &dst, &new_ctx),
-            kind,
-            noreplace,
-            target_dir,
-        );
-        if let Err(e) = r {
-            Self::undo_sidecar(&np, &dst);
-            return Err(e);
-        }
-        if !(p.ino == np.ino
-            && src.sidecar.as_ref().map(|s| &s.0) == dst.sidecar.as_ref().map(|s| &s.0))
-        {
-            Self::remove_sidecar(&p, &src);
-        }
-        // A replaced target's backing inode may be recycled from now on.
-        if let Some(t) = &target {
-            if t.st_ino != st.st_ino {
-                self.drop_backing(t.st_ino);
-            }
-        }
-        if let (Some(fd), Some(t)) = (target_fd, &target) {
-            self.release_unlinked(fd, t);
         }
         // Update the moved inode's location (its encryption context).
         let moved_inode = {
@@ -1636,15 +1380,15 @@ impl fuser::Filesystem for SealFs {
                 "setattr",
             )?;
             if let Some(m) = mode {
-                if inode.kind != Kind::Symlink {
-                    self.with_backing(&inode, |d, n| sys::fchmodat(d, n, m & 0o7777))?;
+                if inode.kind != EntryKind::Symlink {
+                    self.with_backing(&inode, |d, n| backing::set_mode(d, n, m & 0o7777))?;
                 }
             }
             if uid.is_some() || gid.is_some() {
-                self.with_backing(&inode, |d, n| sys::fchownat(d, n, uid, gid))?;
+                self.with_backing(&inode, |d, n| backing::set_owner(d, n, uid, gid))?;
             }
             if let Some(sz) = size {
-                if inode.kind != Kind::File {
+                if inode.kind != EntryKind::File {
                     return Err(Errno::EISDIR);
                 }
                 match fh.map(|h| self.content_of(req, h)) {
@@ -1670,7 +1414,7 @@ impl fuser::Filesystem for SealFs {
             }
             if atime.is_some() || mtime.is_some() {
                 let (a, m) = (time_spec(atime), time_spec(mtime));
-                self.with_backing(&inode, |d, n| sys::utimensat(d, n, a, m))?;
+                self.with_backing(&inode, |d, n| backing::set_times(d, n, a, m))?;
             }
             self.stat_inode(&inode)
         })();
@@ -1718,8 +1462,8 @@ impl fuser::Filesystem for SealFs {
                 Self::close_content(&inode);
                 return Ok(self.attr(&inode, &st));
             }
-            self.create_node(req, parent, name, Some(mode), |dir, entry| {
-                sys::mknodat(dir, entry, mode, rdev as u64)
+            self.create_node(req, parent, name, Some(mode), |dir, bn| {
+                namespace::create_special(dir, bn, mode, rdev as u64)
             })
         })();
         self.dir_changed(parent);
@@ -1754,20 +1498,33 @@ impl fuser::Filesystem for SealFs {
             )?;
             let d = self.dir_of(&p)?;
             let bn = Self::backing_name(&d, name)?;
-            Self::write_sidecar(&p, &bn)?;
-            let entry = OsStr::new(&bn.entry);
-            if let Err(e) = sys::mkdirat(p.dir_fd()?, entry, (mode & !umask & 0o7777) | 0o700) {
-                Self::undo_sidecar(&p, &bn);
-                return Err(io_errno(e));
-            }
-            let (inode, st) = self.remember(&p, name.as_bytes(), &bn.entry)?;
-            let dfd = inode.dir_fd()?;
+            let pfd = p.dir_fd()?;
+            // Removed again (records, entry, sidecar) unless kept below.
+            let new = namespace::create_dir(pfd, &bn, (mode & !umask & 0o7777) | 0o700)
+                .map_err(io_errno)?;
+            // If the new entry cannot be looked up, it is left as it is (it
+            // may not be this mount's any more).
+            let (inode, st) = match self.remember(&p, name.as_bytes(), &bn.entry) {
+                Ok(found) => found,
+                Err(e) => {
+                    new.keep();
+                    return Err(e);
+                }
+            };
+            let dfd = match inode.dir_fd() {
+                Ok(fd) => fd,
+                Err(e) => {
+                    new.keep();
+                    return Err(e);
+                }
+            };
             let ctx = EncryptionContext {
                 parent_dir_id: d.id,
                 name: name.as_bytes(),
             };
-            let recorded = if self.audit_paths() {
+            if self.audit_paths() {
                 let path = Self::child_path(&p, name.as_bytes());
+                // Fail-closed: no record, no new directory.
                 self.policy.record(
                     caller,
                     Event {
@@ -1776,38 +1533,23 @@ impl fuser::Filesystem for SealFs {
                         detail: Some("directory".into()),
                         ..Event::ok("generate_data_key", Some(&path))
                     },
-                )
-            } else {
-                Ok(())
-            };
-            if let Err(e) = recorded {
-                // Fail-closed: no record, no new directory.
-                Self::remove_dir_records(dfd);
-                let _ = sys::unlinkat(p.dir_fd()?, entry, true);
-                Self::remove_sidecar(&p, &bn);
-                return Err(e);
+                )?;
             }
-            match self.vol.init_dir(dfd, &ctx) {
-                Ok(dir) => {
-                    *inode.dir.write() = Some(Arc::new(dir));
-                    inode.record_pending.store(true, Ordering::Release);
-                    self.records.pending.lock().push(inode.clone());
-                }
-                Err(e) => {
-                    Self::remove_dir_records(dfd);
-                    let _ = sys::unlinkat(p.dir_fd()?, entry, true);
-                    Self::remove_sidecar(&p, &bn);
-                    return Err(errno_of(&e));
-                }
-            }
+            let dir = new
+                .init_dir(&self.vol, dfd, &ctx)
+                .map_err(|e| errno_of(&e))?;
+            new.keep();
+            *inode.dir.write() = Some(Arc::new(dir));
+            inode.record_pending.store(true, Ordering::Release);
+            self.records.pending.lock().push(inode.clone());
             self.chown_new(&p, &bn.entry, req);
-            if let Err(e) = Self::set_new_mode(p.dir_fd()?, entry, mode & !umask) {
+            if let Err(e) = Self::set_new_mode(pfd, OsStr::new(&bn.entry), mode & !umask) {
                 tracing::warn!(
                     ino = inode.ino,
                     "cannot set the mode of a new directory: {e:?}"
                 );
             }
-            let st = sys::fstatat(dfd, OsStr::new("")).unwrap_or(st);
+            let st = backing::stat(dfd, OsStr::new("")).unwrap_or(st);
             Ok(self.attr(&inode, &st))
         })();
         self.dir_changed(parent);
@@ -1827,21 +1569,11 @@ impl fuser::Filesystem for SealFs {
             self.authorize_child(req, &p, name, Access::Op(GrantOp::Delete), "delete")?;
             let d = self.dir_of(&p)?;
             let bn = Self::backing_name(&d, name)?;
-            let pfd = p.dir_fd()?;
-            // Held across the unlink so that freeing the file's blocks
-            // happens when this fd is closed, in the background.
-            let vfd = sys::openat(
-                pfd,
-                OsStr::new(&bn.entry),
-                libc::O_PATH | libc::O_NOFOLLOW,
-                0,
-            )
-            .map_err(io_errno)?;
-            let victim = sys::fstatat(vfd.as_fd(), OsStr::new("")).map_err(io_errno)?;
-            sys::unlinkat(pfd, OsStr::new(&bn.entry), false).map_err(io_errno)?;
-            self.drop_backing(victim.st_ino);
-            Self::remove_sidecar(&p, &bn);
-            self.release_unlinked(vfd, &victim);
+            // The removed file stays pinned, so that freeing its blocks
+            // happens when the pin is closed, in the background.
+            let removed = namespace::unlink(p.dir_fd()?, &bn).map_err(io_errno)?;
+            self.drop_backing(removed.st.st_ino);
+            self.release_unlinked(removed.fd, &removed.st);
             Ok(())
         })();
         self.dir_changed(parent);
@@ -1861,23 +1593,8 @@ impl fuser::Filesystem for SealFs {
             self.authorize_child(req, &p, name, Access::Op(GrantOp::Delete), "delete")?;
             let d = self.dir_of(&p)?;
             let bn = Self::backing_name(&d, name)?;
-            let entry = OsStr::new(&bn.entry);
-            let pfd = p.dir_fd()?;
-            let dfd = sys::openat(
-                pfd,
-                entry,
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                0,
-            )
-            .map_err(io_errno)?;
-            if !Self::is_backing_dir_empty(dfd.as_fd())? {
-                return Err(Errno::ENOTEMPTY);
-            }
-            let victim = sys::fstatat(dfd.as_fd(), OsStr::new("")).map_err(io_errno)?;
-            Self::remove_dir_records(dfd.as_fd());
-            sys::unlinkat(pfd, entry, true).map_err(io_errno)?;
-            self.drop_backing(victim.st_ino);
-            Self::remove_sidecar(&p, &bn);
+            let removed = namespace::rmdir(p.dir_fd()?, &bn).map_err(io_errno)?;
+            self.drop_backing(removed.st_ino);
             Ok(())
         })();
         self.dir_changed(parent);
@@ -1906,8 +1623,8 @@ impl fuser::Filesystem for SealFs {
                 .names
                 .seal_symlink_target(target.as_os_str().as_bytes())
                 .map_err(|_| Errno::ENAMETOOLONG)?;
-            self.create_node(req, parent, link_name, None, |dir, entry| {
-                sys::symlinkat(OsStr::new(&sealed), dir, entry)
+            self.create_node(req, parent, link_name, None, |dir, bn| {
+                namespace::create_symlink(dir, bn, &sealed)
             })
         })();
         self.dir_changed(parent);
@@ -1999,8 +1716,8 @@ impl fuser::Filesystem for SealFs {
         let caller = Caller::of(req);
         let r = (|| {
             let inode = self.inode(ino)?;
-            if inode.kind != Kind::File {
-                return Err(if inode.kind == Kind::Dir {
+            if inode.kind != EntryKind::File {
+                return Err(if inode.kind == EntryKind::Dir {
                     Errno::EISDIR
                 } else {
                     Errno::EACCES
@@ -2340,7 +2057,7 @@ impl fuser::Filesystem for SealFs {
         self.activity.touch();
         let r = self.inode(ino).and_then(|i| {
             self.persist_records(&i)?;
-            sys::fsync_dir(i.dir_fd()?).map_err(io_errno)
+            backing::sync_dir(i.dir_fd()?).map_err(io_errno)
         });
         match r {
             Ok(()) => reply.ok(),
@@ -2355,7 +2072,7 @@ impl fuser::Filesystem for SealFs {
         let root = self.inodes.read().nodes.get(&ROOT).cloned();
         let r = root
             .ok_or(Errno::EIO)
-            .and_then(|r| sys::fstatvfs(r.dir_fd()?).map_err(io_errno));
+            .and_then(|r| backing::space(r.dir_fd()?).map_err(io_errno));
         match r {
             Ok(s) => reply.statfs(
                 s.f_blocks,

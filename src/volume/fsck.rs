@@ -34,7 +34,6 @@
 //! plaintext content into a problem.
 
 use std::ffi::OsStr;
-use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::DirEntryExt;
@@ -54,7 +53,9 @@ use crate::format::reserved::{
 };
 use crate::keyring::{read_copy, UnlockSecret, KEYRING_MODE};
 use crate::sys;
+use crate::volume::backing::{self, EntryKind};
 use crate::volume::content::{self, ChunkScan, Reseal, SealedFile};
+use crate::volume::namespace::{self, RenameEnd, RenameOptions};
 use crate::volume::{kdf_config, Directory, Volume, VolumeError};
 
 /// Plaintext name of the directory salvage moves orphans into (volume root).
@@ -267,23 +268,6 @@ enum RecordCopy {
     Bad(VolumeError),
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Dir,
-    File,
-    Symlink,
-    Other,
-}
-
-fn kind_of(st: &libc::stat) -> Kind {
-    match st.st_mode & libc::S_IFMT {
-        libc::S_IFDIR => Kind::Dir,
-        libc::S_IFREG => Kind::File,
-        libc::S_IFLNK => Kind::Symlink,
-        _ => Kind::Other,
-    }
-}
-
 /// A backing entry no directory record accounts for.
 struct Orphan {
     /// Backing path of its directory, relative to CIPHERDIR.
@@ -294,13 +278,13 @@ struct Orphan {
     entry: String,
     /// The full encoded name, if there is one to try.
     encoded: Option<String>,
-    kind: Kind,
+    kind: EntryKind,
     why: String,
 }
 
 /// Where an orphan went in lost+found: its new plaintext name, and its
 /// backing entry and kind if it should be checked there.
-type Moved = (Vec<u8>, Option<(String, Kind)>);
+type Moved = (Vec<u8>, Option<(String, EntryKind)>);
 
 /// A keyring copy's bytes and generation, or why it is unusable.
 type KeyringCopy = Result<(Vec<u8>, u32), String>;
@@ -911,7 +895,7 @@ impl Checker<'_> {
                     continue;
                 }
             };
-            let kind = kind_of(&st);
+            let kind = EntryKind::of_mode(st.st_mode);
             let name = match encoded.as_deref().map(|e| dir.names.decrypt_name(e)) {
                 Some(Ok(n)) => n,
                 other => {
@@ -947,13 +931,13 @@ impl Checker<'_> {
         &mut self,
         parent: BorrowedFd<'_>,
         entry: &str,
-        kind: Kind,
+        kind: EntryKind,
         ctx: &EncryptionContext<'_>,
         path: &[u8],
         rel: &Path,
     ) {
         match kind {
-            Kind::Dir => {
+            EntryKind::Dir => {
                 self.report.stats.directories += 1;
                 let child = match sys::openat(
                     parent,
@@ -987,14 +971,12 @@ impl Checker<'_> {
                         "empty directory without its record (a crash during mkdir or rmdir)",
                     );
                     if self.salvage {
-                        let r = (|| {
-                            for t in &tmps {
-                                sys::unlinkat(child.as_fd(), OsStr::new(t), false)?;
-                            }
-                            sys::unlinkat(parent, OsStr::new(entry), true)?;
-                            self.remove_sidecar_of(parent, entry);
-                            sys::fsync_dir(parent)
-                        })();
+                        drop(child);
+                        let r = namespace::remove_half_made_dir(
+                            parent,
+                            &namespace::existing_entry(entry, None),
+                            &tmps,
+                        );
                         self.settle_at(i, r, "removed (it held nothing)");
                     }
                     return;
@@ -1007,14 +989,14 @@ impl Checker<'_> {
                     self.walk_dir(child.as_fd(), &d, path, rel);
                 }
             }
-            Kind::File => {
+            EntryKind::File => {
                 self.report.stats.files += 1;
                 self.settled(|c| {
                     let _ns = c.vol.namespace().read_recursive();
                     c.check_file(parent, entry, ctx, path, rel)
                 });
             }
-            Kind::Symlink => {
+            EntryKind::Symlink => {
                 self.report.stats.symlinks += 1;
                 let target = sys::readlinkat(parent, OsStr::new(entry));
                 if matches!(&target, Err(e) if self.vanished(e)) {
@@ -1038,7 +1020,7 @@ impl Checker<'_> {
                     );
                 }
             }
-            Kind::Other => self.report.stats.other += 1,
+            EntryKind::Other => self.report.stats.other += 1,
         }
     }
 
@@ -1183,28 +1165,13 @@ impl Checker<'_> {
                 parent_dir_id: root.id,
                 name,
             };
-            let entry = OsStr::new(&bn.entry);
-            let open = |fd| {
-                sys::openat(
-                    fd,
-                    entry,
-                    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                    0,
-                )
-            };
-            let (fd, dir) = match open(rfd) {
+            let (fd, dir) = match backing::open_dir(rfd, OsStr::new(&bn.entry)) {
                 Ok(fd) => {
                     let d = self.vol.load_dir(fd.as_fd(), &ctx)?;
                     (fd, d)
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    Volume::write_name_sidecar(rfd, &bn)?;
-                    sys::mkdirat(rfd, entry, 0o700)?;
-                    let fd = open(rfd)?;
-                    let d = self.vol.init_dir(fd.as_fd(), &ctx)?;
-                    self.vol.persist_dir_record(fd.as_fd())?;
-                    sys::fsync_dir(rfd)?;
-                    (fd, d)
+                    namespace::create_dir(rfd, &bn, 0o700)?.finish_dir_durably(self.vol, &ctx)?
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -1326,8 +1293,8 @@ impl Checker<'_> {
                     };
                     self.move_recognised(parent.as_fd(), &o, &old, name)
                 }
-                _ if o.kind == Kind::File => self.copy_raw(parent.as_fd(), &o),
-                _ if o.kind == Kind::Dir => {
+                _ if o.kind == EntryKind::File => self.copy_raw(parent.as_fd(), &o),
+                _ if o.kind == EntryKind::Dir => {
                     self.unrepairable(
                         i,
                         "a directory whose record does not open: its names are lost; left in place",
@@ -1357,14 +1324,14 @@ impl Checker<'_> {
         ctx: &EncryptionContext<'_>,
     ) -> bool {
         match o.kind {
-            Kind::File => sys::open_regular(parent, OsStr::new(&o.entry), libc::O_RDONLY)
+            EntryKind::File => sys::open_regular(parent, OsStr::new(&o.entry), libc::O_RDONLY)
                 .ok()
                 .is_some_and(|f| {
                     content::read_header(&f)
                         .and_then(|header| self.vol.open_record(RecordKind::File, &header, ctx))
                         .is_ok()
                 }),
-            Kind::Dir => sys::openat(
+            EntryKind::Dir => sys::openat(
                 parent,
                 OsStr::new(&o.entry),
                 libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
@@ -1372,13 +1339,13 @@ impl Checker<'_> {
             )
             .ok()
             .is_some_and(|fd| self.vol.load_dir(fd.as_fd(), ctx).is_ok()),
-            Kind::Symlink | Kind::Other => true,
+            EntryKind::Symlink | EntryKind::Other => true,
         }
     }
 
     /// Moves a recognised orphan into lost+found under its own name,
-    /// re-binding its key (two-slot rename). Returns its new name, and its
-    /// backing entry and kind to check there.
+    /// re-binding its key (the rename of docs/FORMAT.md §6, made durable).
+    /// Returns its new name, and its backing entry and kind to check there.
     fn move_recognised(
         &mut self,
         parent: BorrowedFd<'_>,
@@ -1386,66 +1353,60 @@ impl Checker<'_> {
         old: &EncryptionContext<'_>,
         name: &[u8],
     ) -> Result<Moved, VolumeError> {
-        let (new_name, bn) = self.free_name(name)?;
+        self.move_to_lost_found(parent, o, Some(old), name)
+    }
+
+    /// Moves a symlink or special file (no key) into lost+found as `orphan-…`.
+    fn move_keyless(&mut self, parent: BorrowedFd<'_>, o: &Orphan) -> Result<Moved, VolumeError> {
+        let want = format!("orphan-{}", short(&o.entry));
+        self.move_to_lost_found(parent, o, None, want.as_bytes())
+    }
+
+    /// Renames the orphan `o` of `parent` into lost+found, under a free
+    /// name based on `want`; `old` is the context its key opens under
+    /// (`None` for a keyless node).
+    fn move_to_lost_found(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        o: &Orphan,
+        old: Option<&EncryptionContext<'_>>,
+        want: &[u8],
+    ) -> Result<Moved, VolumeError> {
+        let (new_name, bn) = self.free_name(want)?;
         let vol = self.vol;
         let (lf, dir) = self.lost_found()?;
         let new = EncryptionContext {
             parent_dir_id: dir.id,
             name: &new_name,
         };
-        let entry = OsStr::new(&o.entry);
-        Volume::write_name_sidecar(lf, &bn)?;
-        match o.kind {
-            Kind::File => {
-                let f = sys::open_regular(parent, entry, libc::O_RDWR)?;
-                let staged = vol.begin_rebind_file(&f, old, &new)?;
-                rename_noreplace(parent, entry, lf, &bn.entry)?;
-                // The new name is durable before the old slot goes.
-                sys::fsync_dir(lf)?;
-                vol.finish_rebind_file(&f, staged)?;
-                f.sync_data()?;
-            }
-            Kind::Dir => {
-                let fd = sys::openat(
-                    parent,
-                    entry,
-                    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                    0,
-                )?;
-                let d = vol.load_dir(fd.as_fd(), old)?;
-                vol.begin_rebind_dir(fd.as_fd(), &d, old, &new)?;
-                rename_noreplace(parent, entry, lf, &bn.entry)?;
-                sys::fsync_dir(lf)?;
-                vol.finish_rebind_dir(fd.as_fd(), &d, &new)?;
-            }
-            Kind::Symlink | Kind::Other => {
-                rename_noreplace(parent, entry, lf, &bn.entry)?;
-            }
-        }
-        sys::fsync_dir(lf)?;
-        sys::fsync_dir(parent)?;
-        self.remove_sidecar_of(parent, &o.entry);
-        Ok((new_name, Some((bn.entry, o.kind))))
-    }
-
-    /// Moves a symlink or special file (no key) into lost+found as `orphan-…`.
-    fn move_keyless(&mut self, parent: BorrowedFd<'_>, o: &Orphan) -> Result<Moved, VolumeError> {
-        let want = format!("orphan-{}", short(&o.entry));
-        let (new_name, bn) = self.free_name(want.as_bytes())?;
-        let (lf, _) = self.lost_found()?;
-        Volume::write_name_sidecar(lf, &bn)?;
-        rename_noreplace(parent, OsStr::new(&o.entry), lf, &bn.entry)?;
-        sys::fsync_dir(lf)?;
-        sys::fsync_dir(parent)?;
-        self.remove_sidecar_of(parent, &o.entry);
+        let src = namespace::existing_entry(&o.entry, o.encoded.as_deref());
+        namespace::rename(
+            vol,
+            RenameEnd {
+                dir: parent,
+                name: &src,
+                // A keyless node has no key to re-bind.
+                ctx: old.unwrap_or(&new),
+            },
+            RenameEnd {
+                dir: lf,
+                name: &bn,
+                ctx: &new,
+            },
+            RenameOptions {
+                same_dir: false,
+                noreplace: true,
+                durable: true,
+            },
+        )?;
         Ok((new_name, Some((bn.entry, o.kind))))
     }
 
     /// Stores an unrecognised file's raw bytes as a new sealfs file
-    /// `raw-…` in lost+found (temp name, fsync, rename, fsync), then
-    /// removes the orphan.
+    /// `raw-…` in lost+found (staged under a temp name, synced, renamed in
+    /// place, fsync), then removes the orphan.
     fn copy_raw(&mut self, parent: BorrowedFd<'_>, o: &Orphan) -> Result<Moved, VolumeError> {
-        let src = sys::open_regular(parent, OsStr::new(&o.entry), libc::O_RDONLY)?;
+        let src = backing::open_regular(parent, OsStr::new(&o.entry), libc::O_RDONLY)?;
         let want = format!("raw-{}", short(&o.entry));
         let (new_name, bn) = self.free_name(want.as_bytes())?;
         let vol = self.vol;
@@ -1456,14 +1417,8 @@ impl Checker<'_> {
         };
         let tmp = reserved::salvage_name(std::process::id());
         sys::remove_stale_regular(lf, OsStr::new(&tmp))?;
-        let fd = sys::openat(
-            lf,
-            OsStr::new(&tmp),
-            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
-            0o600,
-        )?;
+        let mut sealed = namespace::create_staged(vol, lf, &tmp, &ctx, 0o600)?;
         let result = (|| {
-            let mut sealed = vol.init_file(File::from(fd), &ctx)?;
             let mut buf = vec![0u8; 1 << 20];
             let mut off = 0u64;
             loop {
@@ -1475,35 +1430,22 @@ impl Checker<'_> {
                 off += n as u64;
             }
             sealed.backing().sync_all()?;
-            Volume::write_name_sidecar(lf, &bn)?;
-            sys::renameat2(
-                lf,
-                OsStr::new(&tmp),
-                lf,
-                OsStr::new(&bn.entry),
-                libc::RENAME_NOREPLACE,
-            )?;
-            sys::fsync_dir(lf)?;
-            sys::unlinkat(parent, OsStr::new(&o.entry), false)?;
-            sys::fsync_dir(parent)?;
+            namespace::commit_staged(lf, &tmp, &bn, true)?;
+            backing::sync_dir(lf)?;
+            let orphan = namespace::existing_entry(&o.entry, o.encoded.as_deref());
+            namespace::unlink(parent, &orphan)?;
+            backing::sync_dir(parent)?;
             Ok::<_, VolumeError>(())
         })();
         if result.is_err() {
-            let _ = sys::unlinkat(lf, OsStr::new(&tmp), false);
+            namespace::discard_staged(lf, &tmp);
         }
         result?;
-        self.remove_sidecar_of(parent, &o.entry);
         Ok((new_name, None))
     }
 
-    fn remove_sidecar_of(&self, parent: BorrowedFd<'_>, entry: &str) {
-        if classify_entry(entry) == EntryClass::Long {
-            let _ = sys::unlinkat(parent, OsStr::new(&reserved::sidecar_name(entry)), false);
-        }
-    }
-
     /// Checks (and salvages) an entry just moved into lost+found.
-    fn check_moved(&mut self, name: &[u8], entry: &str, kind: Kind) {
+    fn check_moved(&mut self, name: &[u8], entry: &str, kind: EntryKind) {
         let Ok((lf, dir)) = self.lost_found() else {
             return;
         };
@@ -1521,16 +1463,6 @@ impl Checker<'_> {
         let rel = lost_found_rel(self, entry);
         self.check_entry(lf.as_fd(), entry, kind, &ctx, &path, &rel);
     }
-}
-
-/// Renames `entry` of `parent` to `to` in `lf`, never over an existing name.
-fn rename_noreplace(
-    parent: BorrowedFd<'_>,
-    entry: &OsStr,
-    lf: BorrowedFd<'_>,
-    to: &str,
-) -> std::io::Result<()> {
-    sys::renameat2(parent, entry, lf, OsStr::new(to), libc::RENAME_NOREPLACE)
 }
 
 fn lost_found_rel(c: &Checker<'_>, entry: &str) -> PathBuf {

@@ -13,8 +13,10 @@
 /// fsck's imports working until they import from there; nothing new
 /// should use them.
 pub use crate::policy::{audit, grants};
+pub mod backing;
 pub mod content;
 pub mod fsck;
+pub mod namespace;
 pub mod release;
 pub mod walk;
 
@@ -36,9 +38,10 @@ use crate::format::config::{hex, ConfigError, KdfConfig, VolumeConfig, CONFIG_FI
 use crate::format::header::{EncryptionContext, HeaderError, RecordKind, SealedRecord, RECORD_LEN};
 use crate::format::keyring::KekSource;
 use crate::format::layout::plaintext_size;
-use crate::format::names::{BackingName, NameCipher, NameError};
+use crate::format::names::{NameCipher, NameError};
 use crate::format::reserved;
 use crate::keyring::{Keyring, KeyringError, UnlockSecret, KEYRING_BACKUP, KEYRING_FILE};
+pub use backing::EntryKind;
 use content::SealedFile;
 
 // Reserved names live in `format::reserved`; these paths are kept for users.
@@ -417,6 +420,18 @@ impl Volume {
         &self.cipherdir
     }
 
+    /// An `O_PATH` descriptor of the cipher directory (the root's backing
+    /// directory), opened through the fd held since the volume was opened
+    /// (not through its path again).
+    pub fn root_fd(&self) -> Result<std::os::fd::OwnedFd, VolumeError> {
+        Ok(sys::openat(
+            self.root(),
+            OsStr::new("."),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )?)
+    }
+
     /// The cipher directory's fd: reach sealfs's own files in it with the
     /// `*at` helpers of [`sys`], never through [`Volume::cipherdir`]'s path.
     pub fn root(&self) -> BorrowedFd<'_> {
@@ -646,48 +661,6 @@ impl Volume {
         let (v, w) = self.primary_wrapper(RecordKind::Dir)?;
         let rec = SealedRecord::create(RecordKind::Dir, &self.volume_id, d.id, &d.key, v, &w, new)?;
         self.replace_dir_record(dir, &[DIR_RECORD, DIR_RECORD_BACKUP], &rec)
-    }
-
-    /// Writes the sidecar of a long name (the full encoded name) into the
-    /// backing directory `dir`, before the entry itself is created. A short
-    /// name has no sidecar and nothing is written.
-    ///
-    /// A sidecar that is already there with the right content (the same name
-    /// always has the same sidecar, e.g. a rename onto an existing long name)
-    /// is left alone; otherwise it is written to a temporary file and renamed
-    /// into place, so a failed write (a full disk) never truncates the
-    /// sidecar of an existing entry.
-    pub fn write_name_sidecar(dir: BorrowedFd<'_>, bn: &BackingName) -> io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        let Some((side, full)) = &bn.sidecar else {
-            return Ok(());
-        };
-        if let Ok(f) = sys::open_regular(dir, OsStr::new(side), libc::O_RDONLY) {
-            let mut buf = vec![0u8; full.len() + 1];
-            if f.read_at(&mut buf, 0).ok() == Some(full.len())
-                && &buf[..full.len()] == full.as_bytes()
-            {
-                return Ok(());
-            }
-        }
-        let tmp = reserved::temp_name(side);
-        sys::remove_stale_regular(dir, OsStr::new(&tmp))?;
-        let r = (|| {
-            let f = sys::create_new_regular(dir, OsStr::new(&tmp), 0o600)?;
-            sys::write_all_at(&f, full.as_bytes(), 0)?;
-            sys::renameat2(dir, OsStr::new(&tmp), dir, OsStr::new(side), 0)
-        })();
-        if r.is_err() {
-            let _ = sys::unlinkat(dir, OsStr::new(&tmp), false);
-        }
-        r
-    }
-
-    /// Removes the sidecar of a long name (best effort: after the entry is gone).
-    pub fn remove_name_sidecar(dir: BorrowedFd<'_>, bn: &BackingName) {
-        if let Some((side, _)) = &bn.sidecar {
-            let _ = sys::unlinkat(dir, OsStr::new(side), false);
-        }
     }
 
     // ---------------------------------------------------------------- files

@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::DirEntryExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -173,17 +172,6 @@ impl Volume {
             }
         }
         Ok(out)
-    }
-
-    /// An `O_PATH` descriptor of the cipher directory (the root's backing directory).
-    pub fn root_fd(&self) -> Result<OwnedFd, VolumeError> {
-        let root = File::open(self.cipherdir())?;
-        Ok(sys::openat(
-            root.as_fd(),
-            OsStr::new("."),
-            libc::O_PATH | libc::O_DIRECTORY,
-            0,
-        )?)
     }
 
     /// Visits the root record, then depth-first every directory record and
