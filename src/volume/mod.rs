@@ -14,10 +14,12 @@
 /// should use them.
 pub use crate::policy::{audit, grants};
 pub mod backing;
+pub mod census;
 pub mod content;
 pub mod fsck;
 pub mod namespace;
 pub mod release;
+pub mod rewrap;
 pub mod walk;
 
 /// Moved to [`crate::sys`]; kept at this path so code written against it
@@ -193,6 +195,18 @@ fn lock_volume(cipherdir: &Path, root: BorrowedFd<'_>) -> Result<File, VolumeErr
         return Err(e.into());
     }
     Ok(f)
+}
+
+/// The sealed bytes of the record copy `name` (`sealfs.dir` or its second
+/// copy, or a temp copy) of the backing directory `dir`.
+pub(crate) fn read_record_copy(
+    dir: BorrowedFd<'_>,
+    name: &str,
+) -> Result<[u8; RECORD_LEN], VolumeError> {
+    let f = sys::open_regular(dir, OsStr::new(name), libc::O_RDONLY)?;
+    let mut buf = [0u8; RECORD_LEN];
+    sys::read_exact_at(&f, &mut buf, 0).map_err(VolumeError::short_read)?;
+    Ok(buf)
 }
 
 fn is_empty_dir(p: &Path) -> io::Result<bool> {
@@ -559,9 +573,7 @@ impl Volume {
         name: &str,
         ctx: &EncryptionContext<'_>,
     ) -> Result<(SealedRecord, SecretKey, usize), VolumeError> {
-        let f = sys::open_regular(dir, OsStr::new(name), libc::O_RDONLY)?;
-        let mut buf = [0u8; RECORD_LEN];
-        sys::read_exact_at(&f, &mut buf, 0).map_err(VolumeError::short_read)?;
+        let buf = read_record_copy(dir, name)?;
         self.open_record(RecordKind::Dir, &buf, ctx)
     }
 
