@@ -40,7 +40,7 @@ use crate::volume::backing::{self, TimeSpec};
 use crate::volume::content::{SealedFile, SCRATCH_MAX};
 use crate::volume::grants::{op_for_open, LiveGrant};
 use crate::volume::namespace::{self, RenameEnd, RenameOptions};
-use crate::volume::release::ReleaseQueue;
+use crate::volume::reclaim::ReclaimQueue;
 use crate::volume::{Directory, EntryKind, Volume, VolumeError};
 use access::{Caller, Event, Policy};
 
@@ -348,7 +348,7 @@ pub struct SealFs {
     records: Arc<RecordFlusher>,
     activity: Arc<Activity>,
     /// Unlinked backing files, freed off the request path.
-    released: ReleaseQueue,
+    reclaim: ReclaimQueue,
     /// Who may use which keys, and the audit trail.
     policy: Arc<Policy>,
 }
@@ -397,7 +397,7 @@ impl SealFs {
             next_fh: AtomicU64::new(1),
             daemon_is_root: unsafe { libc::geteuid() } == 0,
             activity: Arc::new(Activity::new()),
-            released: ReleaseQueue::new(),
+            reclaim: ReclaimQueue::new(),
             policy,
         })
     }
@@ -525,18 +525,18 @@ impl SealFs {
         f(parent.dir_fd()?, OsStr::new(&entry)).map_err(io_errno)
     }
 
-    /// Forgets the name → node link of a backing inode that an unlink or a
-    /// replacing rename just freed.
     /// Hands the fd of a backing object whose name was just removed to the
-    /// release queue when it was the last name of a regular file (freeing
+    /// reclaim queue when it was the last name of a regular file (freeing
     /// its blocks is the slow part); anything else is closed at once.
-    fn release_unlinked(&self, fd: OwnedFd, st: &libc::stat) {
+    fn reclaim_unlinked(&self, fd: OwnedFd, st: &libc::stat) {
         if EntryKind::of_mode(st.st_mode) == EntryKind::File && st.st_nlink <= 1 {
-            self.released
-                .release(fd, (st.st_blocks as u64).saturating_mul(512));
+            self.reclaim
+                .reclaim(fd, (st.st_blocks as u64).saturating_mul(512));
         }
     }
 
+    /// Forgets the name → node link of a backing inode that an unlink or a
+    /// replacing rename just freed.
     fn drop_backing(&self, backing: u64) {
         let node = {
             let mut t = self.inodes.write();
@@ -1204,7 +1204,7 @@ impl SealFs {
                 self.drop_backing(t.st.st_ino);
             }
             if let Some(fd) = t.fd {
-                self.release_unlinked(fd, &t.st);
+                self.reclaim_unlinked(fd, &t.st);
             }
         }
         // Update the moved inode's location (its encryption context).
@@ -1573,7 +1573,7 @@ impl fuser::Filesystem for SealFs {
             // happens when the pin is closed, in the background.
             let removed = namespace::unlink(p.dir_fd()?, &bn).map_err(io_errno)?;
             self.drop_backing(removed.st.st_ino);
-            self.release_unlinked(removed.fd, &removed.st);
+            self.reclaim_unlinked(removed.fd, &removed.st);
             Ok(())
         })();
         self.dir_changed(parent);
@@ -2068,7 +2068,7 @@ impl fuser::Filesystem for SealFs {
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         crate::metrics::op(crate::metrics::Op::Statfs);
         // Space of just-deleted files counts as free once they are closed.
-        self.released.drain();
+        self.reclaim.drain();
         let root = self.inodes.read().nodes.get(&ROOT).cloned();
         let r = root
             .ok_or(Errno::EIO)

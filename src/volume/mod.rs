@@ -18,7 +18,7 @@ pub mod census;
 pub mod content;
 pub mod fsck;
 pub mod namespace;
-pub mod release;
+pub mod reclaim;
 pub mod rewrap;
 pub mod walk;
 

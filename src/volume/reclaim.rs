@@ -1,4 +1,5 @@
-//! Deferred release of backing files whose last name was removed.
+//! Reclaiming the space of backing files whose last name was removed, off
+//! the request path.
 //!
 //! Owns: one background thread that closes the last fd of a backing file
 //! after an unlink or a replacing rename removed its name, so the backing
@@ -12,7 +13,7 @@
 //! only after the unlink or rename succeeded), let the backlog grow without
 //! bound (beyond [`MAX_PENDING_FILES`] files or [`MAX_PENDING_BYTES`] bytes
 //! the caller's fd is closed inline, as before), or keep freed space
-//! invisible to `statfs` (the frontend calls [`ReleaseQueue::drain`] first).
+//! invisible to `statfs` (the frontend calls [`ReclaimQueue::drain`] first).
 
 use std::os::fd::OwnedFd;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
@@ -35,27 +36,27 @@ struct Shared {
     emptied: Condvar,
 }
 
-/// A released file on its way to the closing thread.
+/// A removed file on its way to the closing thread.
 struct Pending {
     fd: OwnedFd,
     bytes: u64,
 }
 
 /// Closes unlinked backing files in the background (see the module docs).
-pub struct ReleaseQueue {
+pub struct ReclaimQueue {
     shared: Arc<Shared>,
     tx: Mutex<Option<SyncSender<Pending>>>,
     worker: Mutex<Option<JoinHandle<()>>>,
 }
 
-impl Default for ReleaseQueue {
+impl Default for ReclaimQueue {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl ReleaseQueue {
-    /// Starts the closing thread. If it cannot be started, every release
+impl ReclaimQueue {
+    /// Starts the closing thread. If it cannot be started, every reclaim
     /// is done inline.
     pub fn new() -> Self {
         let shared = Arc::new(Shared {
@@ -65,7 +66,7 @@ impl ReleaseQueue {
         let (tx, rx) = sync_channel::<Pending>(MAX_PENDING_FILES as usize);
         let s = shared.clone();
         let worker = std::thread::Builder::new()
-            .name("sealfs-release".into())
+            .name("sealfs-reclaim".into())
             .spawn(move || {
                 for p in rx {
                     drop(p.fd);
@@ -78,14 +79,14 @@ impl ReleaseQueue {
                 }
             });
         match worker {
-            Ok(w) => ReleaseQueue {
+            Ok(w) => ReclaimQueue {
                 shared,
                 tx: Mutex::new(Some(tx)),
                 worker: Mutex::new(Some(w)),
             },
             Err(e) => {
-                tracing::warn!("cannot start the release thread, unlinks free space inline: {e}");
-                ReleaseQueue {
+                tracing::warn!("cannot start the reclaim thread, unlinks free space inline: {e}");
+                ReclaimQueue {
                     shared,
                     tx: Mutex::new(None),
                     worker: Mutex::new(None),
@@ -97,7 +98,7 @@ impl ReleaseQueue {
     /// Takes the last fd of a backing file whose name is gone; `bytes` is
     /// the space it holds (`st_blocks * 512`). Closed in the background, or
     /// right here when the backlog is full.
-    pub fn release(&self, fd: OwnedFd, bytes: u64) {
+    pub fn reclaim(&self, fd: OwnedFd, bytes: u64) {
         {
             let mut b = self.lock_backlog();
             if b.files + 1 > MAX_PENDING_FILES || b.bytes.saturating_add(bytes) > MAX_PENDING_BYTES
@@ -126,7 +127,7 @@ impl ReleaseQueue {
         }
     }
 
-    /// Waits until every released file has been closed, so the backing
+    /// Waits until every handed-over file has been closed, so the backing
     /// filesystem's free-space figures include them.
     pub fn drain(&self) {
         let mut b = self.lock_backlog();
@@ -152,7 +153,7 @@ impl ReleaseQueue {
     }
 }
 
-impl Drop for ReleaseQueue {
+impl Drop for ReclaimQueue {
     fn drop(&mut self) {
         // Closing the channel ends the thread once it has closed the rest.
         self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -177,12 +178,12 @@ mod tests {
     }
 
     #[test]
-    fn released_files_are_closed_and_drain_waits_for_them() {
+    fn reclaimed_files_are_closed_and_drain_waits_for_them() {
         let dir = tempfile::tempdir().unwrap();
-        let q = ReleaseQueue::new();
+        let q = ReclaimQueue::new();
         for i in 0..50 {
             let (fd, bytes) = backing_file(dir.path(), &format!("f{i}"), 10_000);
-            q.release(fd, bytes);
+            q.reclaim(fd, bytes);
         }
         q.drain();
         assert_eq!(q.pending(), 0);
@@ -196,12 +197,12 @@ mod tests {
     }
 
     #[test]
-    fn a_release_beyond_the_byte_bound_is_done_inline() {
+    fn a_reclaim_beyond_the_byte_bound_is_done_inline() {
         let dir = tempfile::tempdir().unwrap();
-        let q = ReleaseQueue::new();
+        let q = ReclaimQueue::new();
         let (fd, _) = backing_file(dir.path(), "big", 4096);
         // Claimed size over the bound: closed inline, never queued.
-        q.release(fd, MAX_PENDING_BYTES + 1);
+        q.reclaim(fd, MAX_PENDING_BYTES + 1);
         assert_eq!(q.pending(), 0);
         let leaked = std::fs::read_dir("/proc/self/fd")
             .unwrap()
