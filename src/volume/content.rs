@@ -3,7 +3,7 @@
 //! the final chunk carries the last-chunk flag, never-written chunks are
 //! all-zero holes, and metadata entries past the end of the file are zero.
 //!
-//! All chunk I/O goes through one group-run reader/writer ([`runs`],
+//! All chunk I/O goes through one group-run reader/writer (`runs`,
 //! `SealedFile::read_run`/`write_run`): a run of chunks inside one group
 //! has its data and its (nonce, tag) entries each contiguous on disk, so a
 //! run costs one read or write of each. Reads, writes, fsck's scan and its
