@@ -1,0 +1,169 @@
+//! Open handles: a file handle holds the shared content of its inode (one
+//! [`SealedFile`] per open inode, opened once and counted) and the grant it
+//! was opened through, checked again on every use; a directory handle holds
+//! the listing taken at opendir.
+//!
+//! Owns: handle numbers, opening and closing an inode's content, and the
+//! count of open handles for idleness.
+//! Must never: re-read or re-verify a header per request.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use fuser::{Errno, FileHandle, Request};
+use parking_lot::RwLock;
+
+use crate::format::header::EncryptionContext;
+use crate::volume::backing;
+use crate::volume::content::SealedFile;
+use crate::volume::grants::LiveGrant;
+use crate::volume::VolumeError;
+
+use crate::fs::access::{Caller, Event};
+use crate::fs::inodes::Inode;
+use crate::fs::listing::Listed;
+use crate::fs::{errno_of, FsResult, SealFs};
+
+/// Why a file's content could not be opened.
+pub(super) struct OpenFailure {
+    pub(super) errno: Errno,
+    /// The integrity failure (tampered or moved ciphertext), if that was it.
+    pub(super) integrity: Option<String>,
+}
+
+impl From<Errno> for OpenFailure {
+    fn from(errno: Errno) -> Self {
+        OpenFailure {
+            errno,
+            integrity: None,
+        }
+    }
+}
+
+pub(super) enum Handle {
+    /// An open file, and the grant it was opened through (None: the owner).
+    File(Arc<Inode>, Arc<RwLock<SealedFile>>, Option<Arc<LiveGrant>>),
+    Dir(Arc<Inode>, Arc<Vec<Listed>>),
+}
+
+impl SealFs {
+    /// Opens (or shares) the content of a file inode.
+    pub(super) fn open_content(&self, inode: &Arc<Inode>) -> FsResult<Arc<RwLock<SealedFile>>> {
+        self.open_content_why(inode).map_err(|f| f.errno)
+    }
+
+    /// Like [`SealFs::open_content`], saying whether a failure was an
+    /// integrity failure (for the audit log).
+    pub(super) fn open_content_why(
+        &self,
+        inode: &Arc<Inode>,
+    ) -> Result<Arc<RwLock<SealedFile>>, OpenFailure> {
+        self.check_enabled()?;
+        // The header is opened with the inode's current (parent, name): a
+        // rename must not change it in between (the rename drops the old
+        // binding before it updates the location). Taken before the open
+        // lock, in the same order as create_file.
+        let _ns = self.vol.namespace().read_recursive();
+        let mut st = inode.open.lock();
+        if let Some(f) = st.file.clone() {
+            st.count += 1;
+            return Ok(f);
+        }
+        let (pdir, name) = self.parent_and_name(inode)?;
+        let writable = !self.vol.read_only();
+        let file = self.with_backing(inode, |dir, name| backing::open_file(dir, name, writable))?;
+        let ctx = EncryptionContext {
+            parent_dir_id: pdir.id,
+            name: &name,
+        };
+        let sealed = self.vol.open_file(file, &ctx).map_err(|e| {
+            tracing::warn!(ino = inode.ino, "cannot open file: {e}");
+            OpenFailure {
+                errno: errno_of(&e),
+                integrity: e.is_integrity().then(|| e.to_string()),
+            }
+        })?;
+        let f = Arc::new(RwLock::new(sealed));
+        st.count = 1;
+        st.file = Some(f.clone());
+        Ok(f)
+    }
+
+    /// Drops one user of an inode's content; the last one closes it.
+    pub(super) fn close_content(inode: &Inode) {
+        let mut st = inode.open.lock();
+        st.count = st.count.saturating_sub(1);
+        if st.count == 0 {
+            st.file = None;
+        }
+    }
+
+    /// Registers a handle and returns its number.
+    pub(super) fn new_handle(&self, h: Handle) -> u64 {
+        crate::metrics::handle_opened(matches!(h, Handle::File(..)));
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let mut handles = self.handles.lock();
+        handles.insert(fh, Arc::new(h));
+        self.activity
+            .open
+            .store(handles.len() as u64, Ordering::Relaxed);
+        fh
+    }
+
+    /// Takes a handle out (RELEASE, RELEASEDIR).
+    pub(super) fn remove_handle(&self, fh: FileHandle) -> Option<Arc<Handle>> {
+        let mut handles = self.handles.lock();
+        let h = handles.remove(&fh.0);
+        if let Some(h) = &h {
+            crate::metrics::handle_closed(matches!(**h, Handle::File(..)));
+        }
+        self.activity
+            .open
+            .store(handles.len() as u64, Ordering::Relaxed);
+        h
+    }
+
+    /// The handle with number `fh`.
+    pub(super) fn file_handle(&self, fh: FileHandle) -> FsResult<Arc<Handle>> {
+        self.handles.lock().get(&fh.0).cloned().ok_or(Errno::EBADF)
+    }
+
+    /// The content of an open file handle, if the grant it was opened
+    /// through (if any) still stands.
+    pub(super) fn content_of(
+        &self,
+        req: &Request,
+        fh: FileHandle,
+    ) -> FsResult<Arc<RwLock<SealedFile>>> {
+        self.check_enabled()?;
+        match &*self.file_handle(fh)? {
+            Handle::File(inode, f, grant) => {
+                if let Some(g) = grant {
+                    self.policy
+                        .check_handle(Caller::of(req), g, "use_handle", || Self::path_of(inode))?;
+                }
+                Ok(f.clone())
+            }
+            Handle::Dir(..) => Err(Errno::EISDIR),
+        }
+    }
+
+    /// Records an integrity failure seen on an open file.
+    pub(super) fn record_integrity(&self, req: &Request, fh: FileHandle, e: &VolumeError) {
+        if !self.audit_paths() {
+            return;
+        }
+        let path = match self.file_handle(fh).as_deref() {
+            Ok(Handle::File(inode, ..)) => Some(Self::path_of(inode)),
+            _ => None,
+        };
+        let _ = self.policy.record(
+            Caller::of(req),
+            Event {
+                outcome: "error",
+                error: Some(e.to_string()),
+                ..Event::ok("integrity_failure", path.as_deref())
+            },
+        );
+    }
+}

@@ -1,0 +1,360 @@
+//! Requests on open files: create, open, read, write, fsync, release,
+//! fallocate. Read and write are the hot path: no allocation (per-thread
+//! buffers), no lock but the file's own, no header read.
+//!
+//! Owns: which handle sees which content, and the audit record of opening a
+//! file's data key.
+//! Must never: read or write content except through the open
+//! [`SealedFile`] of a handle.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+use fuser::{
+    Errno, FileHandle, FopenFlags, Generation, INodeNo, OpenFlags, ReplyCreate, ReplyData,
+    ReplyEmpty, ReplyOpen, ReplyWrite, Request,
+};
+use parking_lot::RwLock;
+
+use crate::format::grants::{Access, GrantOp};
+use crate::format::header::EncryptionContext;
+use crate::volume::content::{SealedFile, SCRATCH_MAX};
+use crate::volume::grants::{op_for_open, LiveGrant};
+use crate::volume::namespace;
+use crate::volume::EntryKind;
+
+use crate::fs::access::{Caller, Event};
+use crate::fs::handles::{Handle, OpenFailure};
+use crate::fs::inodes::Inode;
+use crate::fs::{errno_of, io_errno, FsResult, SealFs, TTL};
+
+/// A file made (or opened) by create: its inode, backing stat, shared
+/// content, and the grant that allowed it (None: the owner).
+pub(in crate::fs) type CreatedFile = (
+    Arc<Inode>,
+    libc::stat,
+    Arc<RwLock<SealedFile>>,
+    Option<Arc<LiveGrant>>,
+);
+
+impl SealFs {
+    pub(in crate::fs) fn create_file(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+    ) -> FsResult<CreatedFile> {
+        self.check_writable()?;
+        let caller = Caller::of(req);
+        let _ns = self.vol.namespace().read();
+        let pinode = self.inode(parent)?;
+        let grant = self.authorize_child(
+            req,
+            &pinode,
+            name,
+            Access::Op(GrantOp::Create),
+            "generate_data_key",
+        )?;
+        let pdir = self.dir_of(&pinode)?;
+        let bn = Self::backing_name(&pdir, name)?;
+        let pfd = pinode.dir_fd()?;
+        // Removed again (with its sidecar) unless kept at the end.
+        let mut new = match namespace::create_file(pfd, &bn, mode & 0o7777) {
+            Ok(new) => new,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
+                drop(_ns);
+                let (inode, st) = self.remember(&pinode, name.as_bytes(), &bn.entry)?;
+                let grant = self.policy.authorize(
+                    caller,
+                    || Self::path_of(&inode),
+                    Access::Op(op_for_open(flags)),
+                    "encrypt",
+                )?;
+                let f = self.open_content(&inode)?;
+                let version = f.read().key_version();
+                if let Err(e) =
+                    self.record_open(caller, &inode, "encrypt", version, grant.as_deref())
+                {
+                    Self::close_content(&inode);
+                    return Err(e);
+                }
+                return Ok((inode, st, f, grant));
+            }
+            Err(e) => return Err(io_errno(e)),
+        };
+        self.chown_new(&pinode, &bn.entry, req);
+        Self::set_new_mode(pfd, new.entry(), mode)?;
+        let ctx = EncryptionContext {
+            parent_dir_id: pdir.id,
+            name: name.as_bytes(),
+        };
+        let sealed = new.seal_file(&self.vol, &ctx).map_err(|e| errno_of(&e))?;
+        if self.audit_paths() {
+            let path = Self::child_path(&pinode, name.as_bytes());
+            // Fail-closed: no record, no new file.
+            self.policy.record(
+                caller,
+                Event {
+                    key_version: Some(sealed.key_version()),
+                    grant: grant.as_ref().map(|g| g.id.as_str()),
+                    ..Event::ok("generate_data_key", Some(&path))
+                },
+            )?;
+        }
+        new.keep();
+        let (inode, st) = self.remember(&pinode, name.as_bytes(), &bn.entry)?;
+        let f = Arc::new(RwLock::new(sealed));
+        {
+            let mut os = inode.open.lock();
+            match os.file.clone() {
+                Some(existing) => {
+                    os.count += 1;
+                    return Ok((inode.clone(), st, existing, grant));
+                }
+                None => {
+                    os.count = 1;
+                    os.file = Some(f.clone());
+                }
+            }
+        }
+        Ok((inode, st, f, grant))
+    }
+}
+
+/// OPEN: the grant check, the file's content (shared with other handles),
+/// and the audit record of the data key's use (fail-closed).
+pub(in crate::fs) fn open(
+    fs: &SealFs,
+    req: &Request,
+    ino: INodeNo,
+    flags: OpenFlags,
+    reply: ReplyOpen,
+) {
+    let caller = Caller::of(req);
+    let r = (|| {
+        let inode = fs.inode(ino)?;
+        if inode.kind != EntryKind::File {
+            return Err(if inode.kind == EntryKind::Dir {
+                Errno::EISDIR
+            } else {
+                Errno::EACCES
+            });
+        }
+        if fs.vol.read_only() && flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            return Err(Errno::EROFS);
+        }
+        let gop = op_for_open(flags.0);
+        let op = if gop == GrantOp::Read {
+            "decrypt"
+        } else {
+            "encrypt"
+        };
+        let grant = fs
+            .policy
+            .authorize(caller, || SealFs::path_of(&inode), Access::Op(gop), op)?;
+        let f = match fs.open_content_why(&inode) {
+            Ok(f) => f,
+            Err(OpenFailure { errno, integrity }) => {
+                if fs.audit_paths() {
+                    let path = SealFs::path_of(&inode);
+                    let (op, error) = match integrity {
+                        Some(why) => ("integrity_failure", why),
+                        None => (op, format!("{errno:?}")),
+                    };
+                    let _ = fs.policy.record(
+                        caller,
+                        Event {
+                            grant: grant.as_ref().map(|g| g.id.as_str()),
+                            outcome: if errno == Errno::EACCES {
+                                "denied"
+                            } else {
+                                "error"
+                            },
+                            error: Some(error),
+                            ..Event::ok(op, Some(&path))
+                        },
+                    );
+                }
+                return Err(errno);
+            }
+        };
+        let version = f.read().key_version();
+        if let Err(e) = fs.record_open(caller, &inode, op, version, grant.as_deref()) {
+            SealFs::close_content(&inode);
+            return Err(e);
+        }
+        // Through a grant, every read and write reaches the daemon (no
+        // page cache), so revoking the grant stops an open handle at once.
+        let flags = if grant.is_some() {
+            FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            FopenFlags::FOPEN_KEEP_CACHE
+        };
+        Ok((fs.new_handle(Handle::File(inode, f, grant)), flags))
+    })();
+    match r {
+        Ok((fh, flags)) => reply.opened(FileHandle(fh), flags),
+        Err(e) => reply.error(e),
+    }
+}
+
+/// READ into a per-thread buffer (no allocation per request).
+pub(in crate::fs) fn read(
+    fs: &SealFs,
+    req: &Request,
+    fh: FileHandle,
+    offset: u64,
+    size: u32,
+    reply: ReplyData,
+) {
+    thread_local! {
+        /// Decrypted bytes of this thread's current READ (reused).
+        static READ_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let f = match fs.content_of(req, fh) {
+        Ok(f) => f,
+        Err(e) => return reply.error(e),
+    };
+    let size = (size as usize).min(SCRATCH_MAX);
+    READ_SCRATCH.with_borrow_mut(|buf| {
+        let r = f.read().read_into(offset, size, buf);
+        match r {
+            Ok(range) => {
+                crate::metrics::read_bytes(range.len());
+                reply.data(&buf[range])
+            }
+            Err(e) => {
+                if e.is_integrity() {
+                    tracing::warn!(fh = fh.0, offset, "integrity failure: {e}");
+                    fs.record_integrity(req, fh, &e);
+                }
+                reply.error(errno_of(&e))
+            }
+        }
+    })
+}
+
+/// WRITE through the handle's content (the file's write lock).
+pub(in crate::fs) fn write(
+    fs: &SealFs,
+    req: &Request,
+    fh: FileHandle,
+    offset: u64,
+    data: &[u8],
+    reply: ReplyWrite,
+) {
+    let r = fs
+        .check_writable()
+        .and_then(|_| fs.content_of(req, fh))
+        .and_then(|f| {
+            f.write().write(offset, data).map_err(|e| {
+                if e.is_integrity() {
+                    tracing::warn!(fh = fh.0, offset, "integrity failure during write: {e}");
+                    fs.record_integrity(req, fh, &e);
+                }
+                errno_of(&e)
+            })
+        });
+    match r {
+        Ok(()) => {
+            crate::metrics::write_bytes(data.len());
+            reply.written(data.len() as u32)
+        }
+        Err(e) => reply.error(e),
+    }
+}
+
+/// RELEASE: the handle goes; the content closes with its last handle.
+pub(in crate::fs) fn release(fs: &SealFs, fh: FileHandle, reply: ReplyEmpty) {
+    let h = fs.remove_handle(fh);
+    if let Some(h) = h {
+        if let Handle::File(inode, ..) = &*h {
+            SealFs::close_content(inode);
+        }
+    }
+    reply.ok();
+}
+
+/// FSYNC: the records of the file's directories, then the file.
+pub(in crate::fs) fn fsync(
+    fs: &SealFs,
+    req: &Request,
+    fh: FileHandle,
+    datasync: bool,
+    reply: ReplyEmpty,
+) {
+    let r = fs.file_handle(fh).and_then(|h| match &*h {
+        Handle::File(inode, ..) => fs.persist_records(inode),
+        Handle::Dir(..) => Ok(()),
+    });
+    let r = r.and_then(|_| fs.content_of(req, fh)).and_then(|f| {
+        let g = f.read();
+        let res = if datasync {
+            g.backing().sync_data()
+        } else {
+            g.backing().sync_all()
+        };
+        res.map_err(io_errno)
+    });
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
+/// CREATE (`mode` with the umask applied): a new file, open.
+pub(in crate::fs) fn create(
+    fs: &SealFs,
+    req: &Request,
+    parent: INodeNo,
+    name: &OsStr,
+    mode: u32,
+    flags: i32,
+    reply: ReplyCreate,
+) {
+    let r = (|| {
+        let (inode, st, f, grant) = fs.create_file(req, parent, name, mode & 0o7777, flags)?;
+        let a = fs.attr(&inode, &st);
+        let flags = if grant.is_some() {
+            FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            FopenFlags::FOPEN_KEEP_CACHE
+        };
+        let fh = fs.new_handle(Handle::File(inode, f, grant));
+        Ok((a, fh, flags))
+    })();
+    fs.dir_changed(parent);
+    match r {
+        Ok((a, fh, flags)) => reply.created(&TTL, &a, Generation(0), FileHandle(fh), flags),
+        Err(e) => reply.error(e),
+    }
+}
+
+/// FALLOCATE: reserves backing space (plain or `FALLOC_FL_KEEP_SIZE`).
+pub(in crate::fs) fn fallocate(
+    fs: &SealFs,
+    req: &Request,
+    fh: FileHandle,
+    offset: u64,
+    length: u64,
+    mode: i32,
+    reply: ReplyEmpty,
+) {
+    let r = (|| {
+        fs.check_writable()?;
+        if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let f = fs.content_of(req, fh)?;
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let r = f.write().allocate(offset, length, keep_size);
+        r.map_err(|e| errno_of(&e))
+    })();
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}

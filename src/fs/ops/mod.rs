@@ -1,0 +1,268 @@
+//! The request handlers behind the fuser dispatch in [`super`]: `dir`
+//! (names: lookup, create, remove, rename, list), `file` (open files:
+//! open, create, read, write, fsync, release, fallocate), and here the
+//! requests on any node (getattr, setattr, readlink) or on the mount
+//! (statfs), and the checks every handler shares: the key is enabled, the
+//! mount is writable, a grant allows the access, the audit record is
+//! written (fail-closed).
+//!
+//! Owns: translating one request into volume calls, access checks and
+//! audit records, and its reply.
+//! Must never: write a namespace step order of its own (that is
+//! `volume::namespace`), make raw system calls, or reply twice.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+use fuser::{Errno, FileHandle, INodeNo, ReplyAttr, ReplyData, ReplyStatfs, Request, TimeOrNow};
+
+use crate::format::grants::{Access, GrantOp};
+use crate::format::names::MAX_NAME;
+use crate::volume::backing;
+use crate::volume::grants::LiveGrant;
+use crate::volume::namespace;
+use crate::volume::EntryKind;
+
+use crate::fs::access::{Caller, Event};
+use crate::fs::attr::time_spec;
+use crate::fs::inodes::Inode;
+use crate::fs::{errno_of, io_errno, FsResult, SealFs, ROOT, TTL};
+
+pub(in crate::fs) mod dir;
+pub(in crate::fs) mod file;
+
+impl SealFs {
+    /// EACCES while the key is disabled: no key use at all.
+    pub(in crate::fs) fn check_enabled(&self) -> FsResult<()> {
+        if self.vol.is_disabled() {
+            crate::metrics::denied(crate::metrics::Denial::KeyDisabled);
+            Err(Errno::EACCES)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(in crate::fs) fn check_writable(&self) -> FsResult<()> {
+        if self.vol.read_only() {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// [`Policy::authorize`] for the entry `name` in directory `parent`.
+    pub(in crate::fs) fn authorize_child(
+        &self,
+        req: &Request,
+        parent: &Inode,
+        name: &OsStr,
+        access: Access,
+        op: &str,
+    ) -> FsResult<Option<Arc<LiveGrant>>> {
+        self.policy.authorize(
+            Caller::of(req),
+            || Self::child_path(parent, name.as_bytes()),
+            access,
+            op,
+        )
+    }
+
+    /// Whether paths are needed for the audit log.
+    pub(in crate::fs) fn audit_paths(&self) -> bool {
+        self.policy.audited()
+    }
+
+    /// Records the opening of a file's data key (fail-closed: Err refuses the open).
+    pub(in crate::fs) fn record_open(
+        &self,
+        caller: Caller,
+        inode: &Inode,
+        op: &str,
+        key_version: u32,
+        grant: Option<&LiveGrant>,
+    ) -> FsResult<()> {
+        if !self.audit_paths() {
+            return Ok(());
+        }
+        let path = Self::path_of(inode);
+        self.policy.record(
+            caller,
+            Event {
+                key_version: (key_version != 0).then_some(key_version),
+                grant: grant.map(|g| g.id.as_str()),
+                ..Event::ok(op, Some(&path))
+            },
+        )
+    }
+
+    /// Gives a new entry to the requesting user (when the daemon runs as
+    /// root for other users with allow_other).
+    ///
+    /// In a set-group-ID parent the entry keeps the group the backing
+    /// filesystem gave it (the parent's), as on ext4.
+    pub(in crate::fs) fn chown_new(&self, parent: &Inode, entry: &str, req: &Request) {
+        if self.daemon_is_root && (req.uid() != 0 || req.gid() != 0) {
+            let r = parent
+                .dir_fd()
+                .map_err(|_| std::io::Error::from_raw_os_error(libc::ENOTDIR))
+                .and_then(|fd| {
+                    namespace::give_new_entry(fd, OsStr::new(entry), req.uid(), req.gid())
+                });
+            if let Err(e) = r {
+                tracing::warn!("chown of new entry failed: {e}");
+            }
+        }
+    }
+
+    /// Gives a new entry exactly the permission bits the caller asked for
+    /// (see [`namespace::set_new_mode`]). Call after [`Self::chown_new`],
+    /// since a chown clears set-ID bits.
+    pub(in crate::fs) fn set_new_mode(
+        dir: std::os::fd::BorrowedFd<'_>,
+        entry: &OsStr,
+        mode: u32,
+    ) -> FsResult<()> {
+        namespace::set_new_mode(dir, entry, mode).map_err(io_errno)
+    }
+}
+
+/// GETATTR of any node.
+pub(in crate::fs) fn getattr(fs: &SealFs, req: &Request, ino: INodeNo, reply: ReplyAttr) {
+    let r = fs.inode(ino).and_then(|i| {
+        fs.policy.authorize(
+            Caller::of(req),
+            || SealFs::path_of(&i),
+            Access::Lookup,
+            "getattr",
+        )?;
+        fs.stat_inode(&i)
+    });
+    match r {
+        Ok(a) => reply.attr(&TTL, &a),
+        Err(e) => reply.error(e),
+    }
+}
+
+/// The changes a SETATTR asks for (what sealfs honours of them).
+pub(in crate::fs) struct SetAttr {
+    pub(in crate::fs) mode: Option<u32>,
+    pub(in crate::fs) uid: Option<u32>,
+    pub(in crate::fs) gid: Option<u32>,
+    pub(in crate::fs) size: Option<u64>,
+    pub(in crate::fs) atime: Option<TimeOrNow>,
+    pub(in crate::fs) mtime: Option<TimeOrNow>,
+    /// The handle the change came through, if any.
+    pub(in crate::fs) fh: Option<FileHandle>,
+}
+
+/// SETATTR: mode, owner, size and times, each as asked.
+pub(in crate::fs) fn setattr(
+    fs: &SealFs,
+    req: &Request,
+    ino: INodeNo,
+    set: SetAttr,
+    reply: ReplyAttr,
+) {
+    let SetAttr {
+        mode,
+        uid,
+        gid,
+        size,
+        atime,
+        mtime,
+        fh,
+    } = set;
+    let r = (|| {
+        fs.check_writable()?;
+        let inode = fs.inode(ino)?;
+        let grant = fs.policy.authorize(
+            Caller::of(req),
+            || SealFs::path_of(&inode),
+            Access::Op(GrantOp::Write),
+            "setattr",
+        )?;
+        if let Some(m) = mode {
+            if inode.kind != EntryKind::Symlink {
+                fs.with_backing(&inode, |d, n| backing::set_mode(d, n, m & 0o7777))?;
+            }
+        }
+        if uid.is_some() || gid.is_some() {
+            fs.with_backing(&inode, |d, n| backing::set_owner(d, n, uid, gid))?;
+        }
+        if let Some(sz) = size {
+            if inode.kind != EntryKind::File {
+                return Err(Errno::EISDIR);
+            }
+            match fh.map(|h| fs.content_of(req, h)) {
+                Some(Ok(c)) => c.write().set_len(sz).map_err(|e| errno_of(&e))?,
+                _ => {
+                    let c = fs.open_content(&inode)?;
+                    let version = c.read().key_version();
+                    if let Err(e) = fs.record_open(
+                        Caller::of(req),
+                        &inode,
+                        "encrypt",
+                        version,
+                        grant.as_deref(),
+                    ) {
+                        SealFs::close_content(&inode);
+                        return Err(e);
+                    }
+                    let r = c.write().set_len(sz).map_err(|e| errno_of(&e));
+                    SealFs::close_content(&inode);
+                    r?;
+                }
+            }
+        }
+        if atime.is_some() || mtime.is_some() {
+            let (a, m) = (time_spec(atime), time_spec(mtime));
+            fs.with_backing(&inode, |d, n| backing::set_times(d, n, a, m))?;
+        }
+        fs.stat_inode(&inode)
+    })();
+    match r {
+        Ok(a) => reply.attr(&TTL, &a),
+        Err(e) => reply.error(e),
+    }
+}
+
+/// READLINK: the symlink's target, opened under the root directory's key.
+pub(in crate::fs) fn readlink(fs: &SealFs, req: &Request, ino: INodeNo, reply: ReplyData) {
+    let r = fs.inode(ino).and_then(|i| {
+        fs.policy.authorize(
+            Caller::of(req),
+            || SealFs::path_of(&i),
+            Access::Op(GrantOp::Read),
+            "readlink",
+        )?;
+        fs.symlink_target(&i)
+    });
+    match r {
+        Ok(t) => reply.data(&t),
+        Err(e) => reply.error(e),
+    }
+}
+
+/// STATFS of the backing filesystem (after freed files are closed).
+pub(in crate::fs) fn statfs(fs: &SealFs, reply: ReplyStatfs) {
+    // Space of just-deleted files counts as free once they are closed.
+    fs.reclaim.drain();
+    let root = fs.inodes.read().nodes.get(&ROOT).cloned();
+    let r = root
+        .ok_or(Errno::EIO)
+        .and_then(|r| backing::space(r.dir_fd()?).map_err(io_errno));
+    match r {
+        Ok(s) => reply.statfs(
+            s.f_blocks,
+            s.f_bfree,
+            s.f_bavail,
+            s.f_files,
+            s.f_ffree,
+            s.f_bsize as u32,
+            MAX_NAME as u32,
+            s.f_frsize as u32,
+        ),
+        Err(e) => reply.error(e),
+    }
+}

@@ -1,0 +1,168 @@
+//! The mount as a fuser session: its configuration (mount options,
+//! request loops), the kernel capabilities asked for at init, readahead,
+//! the name in /proc/mounts; and what the daemon holds on a running mount:
+//! [`CacheControl`] (the control plane reaching the kernel's caches) and
+//! [`Activity`] (unmounting an idle mount).
+//!
+//! Owns: everything about the session that is not a request.
+//! Must never: touch the volume.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fuser::INodeNo;
+use parking_lot::RwLock;
+
+use crate::volume::EntryKind;
+
+use crate::fs::inodes::Table;
+
+/// A handle on the kernel's caches of this mount, for the control plane:
+/// disabling the key (or revoking access) must also stop the kernel from
+/// serving pages it already holds.
+#[derive(Clone)]
+pub struct CacheControl {
+    pub(super) inodes: Arc<RwLock<Table>>,
+    pub(super) notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+}
+
+impl CacheControl {
+    /// Gives the handle the session's notifier (once the session exists).
+    pub fn set_notifier(&self, n: fuser::Notifier) {
+        let _ = self.notifier.set(n);
+    }
+
+    /// Writes back and drops the kernel's cached data of every known file,
+    /// so the next read reaches the daemon.
+    pub fn invalidate_file_data(&self) {
+        let Some(n) = self.notifier.get() else { return };
+        let files: Vec<u64> = self
+            .inodes
+            .read()
+            .nodes
+            .values()
+            .filter(|i| i.kind == EntryKind::File)
+            .map(|i| i.ino)
+            .collect();
+        for ino in files {
+            if let Err(e) = n.inval_inode(INodeNo(ino), 0, 0) {
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    tracing::warn!(ino, "cache invalidation failed: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Mount-time choices that shape the frontend.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    /// Let other users through (the kernel checks modes: `default_permissions`).
+    pub allow_other: bool,
+    /// Refuse every change.
+    pub read_only: bool,
+    /// Request loops.
+    pub threads: usize,
+}
+
+/// When the mount was last used and how many files and directories are
+/// open through it, for unmounting an unused mount (`sealfs mount --idle`).
+#[derive(Debug)]
+pub struct Activity {
+    pub(super) epoch: Instant,
+    /// Milliseconds after `epoch` of the last request.
+    pub(super) last_ms: AtomicU64,
+    /// Open file and directory handles.
+    pub(super) open: AtomicU64,
+}
+
+impl Activity {
+    pub(super) fn new() -> Self {
+        Activity {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            open: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn touch(&self) {
+        self.last_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Whether nothing is open and no request came for at least `d`.
+    /// Requests that do not mean use (the kernel's `forget`, `statfs` as
+    /// `df` sends it) do not count.
+    pub fn idle_for(&self, d: Duration) -> bool {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        self.open.load(Ordering::Relaxed) == 0 && now.saturating_sub(last) >= d.as_millis() as u64
+    }
+}
+
+/// Raises the kernel's readahead for the mount at `mountpoint` to `kb` KiB
+/// (default 128 KiB), so a sequential read arrives as 1 MiB requests instead
+/// of 128 KiB ones. Reads /proc/self/mountinfo (a stat of the mount point
+/// would wait for this very daemon); needs root, else it does nothing.
+pub fn raise_readahead(mountpoint: &Path, kb: u32) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let want = mountpoint.to_string_lossy();
+    for line in info.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.len() > 4 && f[4] == want && line.contains(" - fuse") {
+            let path = format!("/sys/class/bdi/{}/read_ahead_kb", f[2]);
+            if let Err(e) = std::fs::write(&path, format!("{kb}\n")) {
+                tracing::debug!("readahead not raised ({path}): {e}");
+            }
+        }
+    }
+}
+
+/// The display name of a mount in /proc/mounts.
+pub fn fsname(cipherdir: &Path) -> String {
+    format!("sealfs:{}", cipherdir.display())
+}
+
+/// Builds the fuser configuration for a mount.
+pub fn fuser_config(cipherdir: &Path, opts: &MountOptions) -> fuser::Config {
+    let mut c = fuser::Config::default();
+    c.mount_options = vec![
+        fuser::MountOption::FSName(fsname(cipherdir)),
+        fuser::MountOption::Subtype("sealfs".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
+    ];
+    if opts.read_only {
+        c.mount_options.push(fuser::MountOption::RO);
+    }
+    c.acl = if opts.allow_other {
+        fuser::SessionACL::All
+    } else {
+        fuser::SessionACL::Owner
+    };
+    c.n_threads = Some(opts.threads.max(1));
+    c.clone_fd = opts.threads > 1;
+    c
+}
+
+/// What the mount asks of the kernel at init: the writeback cache, parallel
+/// directory operations and READDIRPLUS (where the kernel offers them),
+/// 1 MiB writes and readahead.
+pub(super) fn ask_kernel(config: &mut fuser::KernelConfig) {
+    use fuser::InitFlags;
+    let want = InitFlags::FUSE_WRITEBACK_CACHE
+        | InitFlags::FUSE_PARALLEL_DIROPS
+        | InitFlags::FUSE_DO_READDIRPLUS
+        | InitFlags::FUSE_READDIRPLUS_AUTO;
+    let want = want & config.capabilities();
+    if let Err(missing) = config.add_capabilities(want) {
+        tracing::info!("kernel lacks capabilities {missing:?}");
+    }
+    let _ = config.set_max_write(1 << 20);
+    let _ = config.set_max_readahead(1 << 20);
+}
