@@ -27,7 +27,7 @@ use crate::format::layout::{
     META_ENTRY_LEN,
 };
 use crate::sys::{fallocate, read_exact_at, write_all_at};
-use crate::volume::VolumeError;
+use crate::volume::error::VolumeError;
 
 const CS: usize = CHUNK_SIZE as usize;
 const ML: usize = META_ENTRY_LEN as usize;

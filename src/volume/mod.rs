@@ -1,12 +1,28 @@
 //! The volume: a cipher directory opened with its unlock secret.
 //!
-//! Owns: creating and opening volumes (config + keyring), directory records
-//! (`sealfs.dir` and its second copy `sealfs.dir.bak`), file headers, and
-//! re-binding a file or directory to a new encryption context on rename, with
-//! the write order of docs/FORMAT.md §6 so that a crash leaves the old or the
-//! new binding readable. Directory-relative: every call takes the backing
-//! directory's fd, so callers (the FUSE frontend, offline tools) own the
-//! inode/path bookkeeping.
+//! This module creates and opens volumes (config, keyring, the volume lock)
+//! and keeps the sealed records: directory records (`sealfs.dir` and its
+//! second copy `sealfs.dir.bak`), file headers, and re-binding either to a
+//! new encryption context with two slots (docs/FORMAT.md §6). Around it:
+//! * [`namespace`]: the step order of every namespace change (create,
+//!   mkdir, symlink, rename, unlink, rmdir), for the FUSE frontend, the
+//!   library and fsck alike;
+//! * [`content`]: one open file's chunks, through one group-run
+//!   reader/writer; [`backing`]: plain operations on one backing object,
+//!   and [`EntryKind`];
+//! * [`walk`] (listing a directory, walking the tree), [`rewrap`] and
+//!   [`census`] (volume-wide jobs over the walk), [`fsck`] (checking and
+//!   salvaging);
+//! * [`reclaim`]: freeing unlinked files off the request path;
+//! * [`grants`] and [`audit`]: the grant store and the audit log on disk.
+//!
+//! Directory-relative: every call takes the backing directory's fd, so
+//! callers (the FUSE frontend, offline tools) own the inode/path
+//! bookkeeping.
+//!
+//! Owns: what a volume is on disk besides content and names (those are
+//! [`content`] and [`crate::format::names`]), and the write order of its
+//! records.
 //! Must never: know about FUSE, or log names, keys or content.
 
 /// Moved to [`crate::policy`]: these re-exports keep the FUSE layer's and
@@ -16,6 +32,7 @@ pub use crate::policy::{audit, grants};
 pub mod backing;
 pub mod census;
 pub mod content;
+mod error;
 pub mod fsck;
 pub mod namespace;
 pub mod reclaim;
@@ -34,104 +51,21 @@ use std::path::{Path, PathBuf};
 
 use parking_lot::RwLock;
 
-use crate::crypto::{random_id, Argon2Params, CryptoError, SecretKey};
-use crate::format::chunk::{ChunkCipher, ChunkError};
+use crate::crypto::{random_id, Argon2Params, SecretKey};
+use crate::format::chunk::ChunkCipher;
 use crate::format::config::{hex, ConfigError, KdfConfig, VolumeConfig, CONFIG_FILE};
-use crate::format::header::{EncryptionContext, HeaderError, RecordKind, SealedRecord, RECORD_LEN};
+use crate::format::header::{EncryptionContext, RecordKind, SealedRecord, RECORD_LEN};
 use crate::format::keyring::KekSource;
 use crate::format::layout::plaintext_size;
-use crate::format::names::{NameCipher, NameError};
+use crate::format::names::NameCipher;
 use crate::format::reserved;
 use crate::keyring::{Keyring, KeyringError, UnlockSecret, KEYRING_BACKUP, KEYRING_FILE};
 pub use backing::EntryKind;
 use content::SealedFile;
+pub use error::VolumeError;
 
 // Reserved names live in `format::reserved`; these paths are kept for users.
 pub use crate::format::reserved::{DIR_RECORD, DIR_RECORD_BACKUP, LOCK_FILE};
-
-/// Errors of the volume layer; [`VolumeError::errno`] maps them for FUSE.
-#[derive(Debug, thiserror::Error)]
-pub enum VolumeError {
-    /// A system call failed.
-    #[error("I/O error: {0}")]
-    Io(#[from] io::Error),
-    /// A ciphertext file is shorter than its structure says (truncated).
-    #[error("ciphertext truncated")]
-    Truncated,
-    /// A header or directory record failed to decode or open.
-    #[error("integrity: {0}")]
-    Header(#[from] HeaderError),
-    /// A chunk failed authentication.
-    #[error("integrity: {0}")]
-    Chunk(#[from] ChunkError),
-    /// A name could not be encrypted or decrypted.
-    #[error("name: {0}")]
-    Name(#[from] NameError),
-    /// The config could not be used.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The keyring could not be used.
-    #[error(transparent)]
-    Keyring(#[from] KeyringError),
-    /// Randomness failure.
-    #[error(transparent)]
-    Crypto(#[from] CryptoError),
-    /// Not a sealfs volume.
-    #[error("{0} is not a sealfs volume (no {CONFIG_FILE})")]
-    NotAVolume(PathBuf),
-    /// init on a non-empty directory.
-    #[error("{0} is not empty; sealfs init needs an empty or new directory")]
-    NotEmpty(PathBuf),
-    /// Both copies of a directory record are unreadable.
-    #[error("directory metadata is missing or damaged (both copies)")]
-    DirRecordLost,
-    /// The volume is mounted read-only.
-    #[error("read-only volume")]
-    ReadOnly,
-    /// Another sealfs process has the volume open for writing.
-    #[error("{0} is in use by another sealfs process (mounted, or a key command is running): unmount it first, or use 'sealfs ctl' on the mount for key management")]
-    InUse(PathBuf),
-    /// The primary master key version is not usable for wrapping.
-    #[error("the primary master key version is not enabled")]
-    KeyUnavailable,
-}
-
-impl VolumeError {
-    pub(crate) fn short_read(e: io::Error) -> VolumeError {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
-            VolumeError::Truncated
-        } else {
-            VolumeError::Io(e)
-        }
-    }
-
-    /// The errno the FUSE frontend should answer with.
-    pub fn errno(&self) -> i32 {
-        match self {
-            VolumeError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
-            VolumeError::Name(NameError::TooLong) => libc::ENAMETOOLONG,
-            VolumeError::Name(NameError::Invalid) => libc::EINVAL,
-            VolumeError::ReadOnly => libc::EROFS,
-            VolumeError::KeyUnavailable => libc::EACCES,
-            VolumeError::Header(HeaderError::KeyVersionUnavailable(_)) => libc::EACCES,
-            _ => libc::EIO,
-        }
-    }
-
-    /// Whether this is an integrity failure (tampering, moved ciphertext, truncation).
-    pub fn is_integrity(&self) -> bool {
-        matches!(
-            self,
-            VolumeError::Truncated
-                | VolumeError::Chunk(_)
-                | VolumeError::Header(HeaderError::ContextMismatch)
-                | VolumeError::Header(HeaderError::BadMagic(_))
-                | VolumeError::Header(HeaderError::Truncated(_))
-                | VolumeError::Name(NameError::Tampered)
-                | VolumeError::DirRecordLost
-        )
-    }
-}
 
 /// An unlocked directory: its id (children bind to it) and its name cipher.
 #[derive(Debug, Clone)]

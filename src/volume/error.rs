@@ -1,0 +1,99 @@
+//! The volume layer's error type, and how it maps to an errno.
+//!
+//! Owns: [`VolumeError`] (every failure of the volume layer, from a system
+//! call to an integrity failure) and its errno mapping for the frontend.
+//! Must never: carry key material, plaintext names or content.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::crypto::CryptoError;
+use crate::format::chunk::ChunkError;
+use crate::format::config::{ConfigError, CONFIG_FILE};
+use crate::format::header::HeaderError;
+use crate::format::names::NameError;
+use crate::keyring::KeyringError;
+
+/// Errors of the volume layer; [`VolumeError::errno`] maps them for FUSE.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// A system call failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+    /// A ciphertext file is shorter than its structure says (truncated).
+    #[error("ciphertext truncated")]
+    Truncated,
+    /// A header or directory record failed to decode or open.
+    #[error("integrity: {0}")]
+    Header(#[from] HeaderError),
+    /// A chunk failed authentication.
+    #[error("integrity: {0}")]
+    Chunk(#[from] ChunkError),
+    /// A name could not be encrypted or decrypted.
+    #[error("name: {0}")]
+    Name(#[from] NameError),
+    /// The config could not be used.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The keyring could not be used.
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+    /// Randomness failure.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// Not a sealfs volume.
+    #[error("{0} is not a sealfs volume (no {CONFIG_FILE})")]
+    NotAVolume(PathBuf),
+    /// init on a non-empty directory.
+    #[error("{0} is not empty; sealfs init needs an empty or new directory")]
+    NotEmpty(PathBuf),
+    /// Both copies of a directory record are unreadable.
+    #[error("directory metadata is missing or damaged (both copies)")]
+    DirRecordLost,
+    /// The volume is mounted read-only.
+    #[error("read-only volume")]
+    ReadOnly,
+    /// Another sealfs process has the volume open for writing.
+    #[error("{0} is in use by another sealfs process (mounted, or a key command is running): unmount it first, or use 'sealfs ctl' on the mount for key management")]
+    InUse(PathBuf),
+    /// The primary master key version is not usable for wrapping.
+    #[error("the primary master key version is not enabled")]
+    KeyUnavailable,
+}
+
+impl VolumeError {
+    pub(crate) fn short_read(e: io::Error) -> VolumeError {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            VolumeError::Truncated
+        } else {
+            VolumeError::Io(e)
+        }
+    }
+
+    /// The errno the FUSE frontend should answer with.
+    pub fn errno(&self) -> i32 {
+        match self {
+            VolumeError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            VolumeError::Name(NameError::TooLong) => libc::ENAMETOOLONG,
+            VolumeError::Name(NameError::Invalid) => libc::EINVAL,
+            VolumeError::ReadOnly => libc::EROFS,
+            VolumeError::KeyUnavailable => libc::EACCES,
+            VolumeError::Header(HeaderError::KeyVersionUnavailable(_)) => libc::EACCES,
+            _ => libc::EIO,
+        }
+    }
+
+    /// Whether this is an integrity failure (tampering, moved ciphertext, truncation).
+    pub fn is_integrity(&self) -> bool {
+        matches!(
+            self,
+            VolumeError::Truncated
+                | VolumeError::Chunk(_)
+                | VolumeError::Header(HeaderError::ContextMismatch)
+                | VolumeError::Header(HeaderError::BadMagic(_))
+                | VolumeError::Header(HeaderError::Truncated(_))
+                | VolumeError::Name(NameError::Tampered)
+                | VolumeError::DirRecordLost
+        )
+    }
+}
