@@ -3,12 +3,15 @@
 //! path-bound encryption context).
 //!
 //! Layers, from the bottom: [`crypto`] (keys, AEAD, KDF; no I/O), [`format`](mod@format)
-//! (bytes in, bytes out), [`keyring`] (unlocking and storing master key
-//! versions), [`volume`] (the cipher directory: files, directories, names),
-//! [`policy`] (grants, the audit log, who is asking), [`kms`] (key policy:
-//! rotate, trim, disable, deletion, schedules), [`fs`] (the fuser frontend
-//! that maps kernel requests onto the volume), [`ctl`] (the control socket
-//! and its typed protocol), and [`daemon`] (a whole mount, assembled).
+//! (bytes in, bytes out; [`format::reserved`] names every file sealfs keeps
+//! in a cipher directory), [`sys`] (system calls, durable writes, the
+//! clock), [`keyring`] (unlocking and storing master key versions),
+//! [`volume`] (the cipher directory: records, content, namespace steps,
+//! fsck), [`policy`] (grants, the audit log, who is asking), [`kms`] (key
+//! policy: rotate, trim, disable, deletion, schedules), [`fs`] (the fuser
+//! frontend that maps kernel requests onto the volume), [`ctl`] (the
+//! control socket and its typed protocol), and [`daemon`] (a whole mount,
+//! assembled); [`vault`] and [`transfer`] use a volume without mounting it.
 //!
 //! To use a volume from a program without mounting it, start at [`Vault`]:
 //! open a cipher directory with an [`UnlockSecret`], then list, read and
