@@ -14,15 +14,15 @@ use fuser::{Errno, FileHandle, Request};
 use parking_lot::RwLock;
 
 use crate::format::header::EncryptionContext;
+use crate::policy::grants::LiveGrant;
 use crate::volume::backing;
 use crate::volume::content::SealedFile;
-use crate::volume::grants::LiveGrant;
 use crate::volume::VolumeError;
 
-use crate::fs::access::{Caller, Event};
 use crate::fs::inodes::Inode;
 use crate::fs::listing::Listed;
 use crate::fs::{errno_of, FsResult, SealFs};
+use crate::policy::{Caller, Event};
 
 /// Why a file's content could not be opened.
 pub(super) struct OpenFailure {

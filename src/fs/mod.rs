@@ -10,8 +10,8 @@
 //! per open inode), `listing` (the directory listing cache), `attr`
 //! (attributes as the kernel sees them), `records` (deferred durability of
 //! new directories' records), `session` (the fuser configuration and what
-//! the daemon holds on a running mount), and [`access`] (grants and audit
-//! records at the FUSE edge).
+//! the daemon holds on a running mount); access checks and audit records
+//! are [`crate::policy`]'s.
 //!
 //! Owns: the translation of kernel requests into volume calls, and the
 //! mapping of every error to an errno.
@@ -25,7 +25,6 @@
 //! (rename, unlink, rmdir) take the namespace lock exclusively, lookups and
 //! creates take it shared, reads and writes not at all.
 
-pub mod access;
 mod attr;
 mod handles;
 mod inodes;
@@ -50,10 +49,10 @@ use fuser::{
 use parking_lot::{Mutex, RwLock};
 
 use crate::format::header::EncryptionContext;
+use crate::policy::AccessControl;
 use crate::volume::backing;
 use crate::volume::reclaim::ReclaimQueue;
 use crate::volume::{Volume, VolumeError};
-use access::Policy;
 
 use handles::Handle;
 use inodes::Table;
@@ -97,12 +96,12 @@ pub struct SealFs {
     /// Unlinked backing files, freed off the request path.
     reclaim: ReclaimQueue,
     /// Who may use which keys, and the audit trail.
-    policy: Arc<Policy>,
+    policy: Arc<AccessControl>,
 }
 
 impl SealFs {
     /// Prepares the frontend: opens the root and checks its directory record.
-    pub fn new(vol: Arc<Volume>, policy: Arc<Policy>) -> Result<Self, VolumeError> {
+    pub fn new(vol: Arc<Volume>, policy: Arc<AccessControl>) -> Result<Self, VolumeError> {
         let root_fd = vol.root_fd()?;
         let st = backing::stat(root_fd.as_fd(), OsStr::new(""))?;
         let root_dir = vol.load_dir(root_fd.as_fd(), &EncryptionContext::ROOT)?;

@@ -13,8 +13,7 @@
 //! * [`walk`] (listing a directory, walking the tree), [`rewrap`] and
 //!   [`census`] (volume-wide jobs over the walk), [`fsck`] (checking and
 //!   salvaging);
-//! * [`reclaim`]: freeing unlinked files off the request path;
-//! * [`grants`] and [`audit`]: the grant store and the audit log on disk.
+//! * [`reclaim`]: freeing unlinked files off the request path.
 //!
 //! Directory-relative: every call takes the backing directory's fd, so
 //! callers (the FUSE frontend, offline tools) own the inode/path
@@ -25,10 +24,6 @@
 //! records.
 //! Must never: know about FUSE, or log names, keys or content.
 
-/// Moved to [`crate::policy`]: these re-exports keep the FUSE layer's and
-/// fsck's imports working until they import from there; nothing new
-/// should use them.
-pub use crate::policy::{audit, grants};
 pub mod backing;
 pub mod census;
 pub mod content;

@@ -22,11 +22,11 @@ use crate::format::names::BackingName;
 use crate::volume::backing;
 use crate::volume::namespace::{self, RenameEnd, RenameOptions};
 
-use crate::fs::access::{Caller, Event};
 use crate::fs::attr::negative_attr;
 use crate::fs::handles::Handle;
 use crate::fs::inodes::Location;
 use crate::fs::{errno_of, io_errno, FsResult, SealFs, TTL};
+use crate::policy::{Caller, Event};
 
 impl SealFs {
     /// Creates a keyless node (FIFO, socket, device, symlink) with `make`

@@ -19,15 +19,15 @@ use parking_lot::RwLock;
 
 use crate::format::grants::{Access, GrantOp};
 use crate::format::header::EncryptionContext;
+use crate::policy::grants::{op_for_open, LiveGrant};
 use crate::volume::content::{SealedFile, SCRATCH_MAX};
-use crate::volume::grants::{op_for_open, LiveGrant};
 use crate::volume::namespace;
 use crate::volume::EntryKind;
 
-use crate::fs::access::{Caller, Event};
 use crate::fs::handles::{Handle, OpenFailure};
 use crate::fs::inodes::Inode;
 use crate::fs::{errno_of, io_errno, FsResult, SealFs, TTL};
+use crate::policy::{Caller, Event};
 
 /// A file made (or opened) by create: its inode, backing stat, shared
 /// content, and the grant that allowed it (None: the owner).

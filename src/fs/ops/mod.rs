@@ -19,15 +19,15 @@ use fuser::{Errno, FileHandle, INodeNo, ReplyAttr, ReplyData, ReplyStatfs, Reque
 
 use crate::format::grants::{Access, GrantOp};
 use crate::format::names::MAX_NAME;
+use crate::policy::grants::LiveGrant;
 use crate::volume::backing;
-use crate::volume::grants::LiveGrant;
 use crate::volume::namespace;
 use crate::volume::EntryKind;
 
-use crate::fs::access::{Caller, Event};
 use crate::fs::attr::time_spec;
 use crate::fs::inodes::Inode;
 use crate::fs::{errno_of, io_errno, FsResult, SealFs, ROOT, TTL};
+use crate::policy::{Caller, Event};
 
 pub(in crate::fs) mod dir;
 pub(in crate::fs) mod file;
@@ -51,7 +51,7 @@ impl SealFs {
         }
     }
 
-    /// [`Policy::authorize`] for the entry `name` in directory `parent`.
+    /// [`AccessControl::authorize`](crate::policy::AccessControl::authorize) for the entry `name` in directory `parent`.
     pub(in crate::fs) fn authorize_child(
         &self,
         req: &Request,
