@@ -22,7 +22,18 @@ pub const KNOWN_FEATURES: &[&str] = &[
     "dir-ids-two-copies",
     "long-names",
     "path-bound-keys",
+    FEATURE_HARD_LINKS,
+    FEATURE_XATTRS,
 ];
+/// Feature: files may have several names, with a link table in block 0
+/// (docs/FORMAT.md §4.2). Without it `link(2)` is refused (EPERM).
+pub const FEATURE_HARD_LINKS: &str = "hard-links";
+/// Feature: encrypted extended attributes and POSIX ACLs (docs/FORMAT.md
+/// §9.1). Without it every xattr call is refused (EOPNOTSUPP).
+pub const FEATURE_XATTRS: &str = "xattrs";
+/// Features an existing volume may gain (`sealfs features CIPHERDIR
+/// --enable …`): nothing on disk changes until they are used.
+pub const UPGRADABLE_FEATURES: &[&str] = &[FEATURE_HARD_LINKS, FEATURE_XATTRS];
 
 /// Errors reading a config.
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +140,11 @@ impl VolumeConfig {
             parse_duration(p).map_err(|e| ConfigError::Invalid(format!("rotation_period: {e}")))?;
         }
         Ok(c)
+    }
+
+    /// Whether the volume has feature `f`.
+    pub fn has_feature(&self, f: &str) -> bool {
+        self.features.iter().any(|x| x == f)
     }
 
     /// Serializes to TOML text.

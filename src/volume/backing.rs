@@ -117,14 +117,16 @@ pub fn pin(dir: BorrowedFd<'_>, entry: &OsStr) -> io::Result<OwnedFd> {
 }
 
 /// Opens the backing file `entry` for its content: read-write, or read-only
-/// when `writable` is false; never through a symlink.
+/// when `writable` is false; never through a symlink. Reading through it
+/// leaves the backing atime alone (`O_NOATIME` where allowed): the daemon
+/// reading a header is not an access of the file.
 pub fn open_file(dir: BorrowedFd<'_>, entry: &OsStr, writable: bool) -> io::Result<File> {
     let access = if writable {
         libc::O_RDWR
     } else {
         libc::O_RDONLY
     };
-    sys::openat(dir, entry, access | libc::O_NOFOLLOW, 0).map(File::from)
+    sys::noatime(access | libc::O_NOFOLLOW, |f| sys::openat(dir, entry, f, 0)).map(File::from)
 }
 
 /// Opens the existing regular file `entry` with `flags`, refusing anything
