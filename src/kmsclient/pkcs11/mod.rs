@@ -368,6 +368,11 @@ impl Pkcs11Token {
         &self.label
     }
 
+    /// Whether a key is selected (named by the URI, or just generated).
+    pub fn has_key(&self) -> bool {
+        self.key.is_some()
+    }
+
     fn find_key(
         &self,
         label: Option<&str>,
