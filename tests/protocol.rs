@@ -148,6 +148,7 @@ fn sample_record() -> AuditRecord {
         outcome: "ok".into(),
         error: None,
         detail: None,
+        keyring_generation: None,
     }
 }
 
