@@ -182,10 +182,7 @@ impl MountBuilder {
 
     /// Unlocks with what `ask` returns, called once the volume and the
     /// mount point have been checked (an error is reported as is).
-    pub fn secret_with(
-        self,
-        ask: impl FnOnce() -> Result<UnlockSecret, String> + 'static,
-    ) -> Self {
+    pub fn secret_with(self, ask: impl FnOnce() -> Result<UnlockSecret, String> + 'static) -> Self {
         self.unlock_with(move || ask().map(|s| Unlock::new().with(s)))
     }
 

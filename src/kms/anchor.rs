@@ -137,12 +137,16 @@ pub fn check_or_refuse(vol: &Volume, accept: bool) -> Result<Option<AcceptedRoll
         return Err(KeyError::Rollback(problem));
     }
     tracing::warn!("rollback accepted: {problem}");
-    let above = [r.log_generation, r.kms_generation, Some(r.keyring_generation)]
-        .into_iter()
-        .flatten()
-        .max()
-        .unwrap_or(0)
-        .saturating_add(1);
+    let above = [
+        r.log_generation,
+        r.kms_generation,
+        Some(r.keyring_generation),
+    ]
+    .into_iter()
+    .flatten()
+    .max()
+    .unwrap_or(0)
+    .saturating_add(1);
     let mut kr = vol.keyring().write();
     kr.raise_next_generation(above);
     // The old anchor may point into a log that is gone: the acceptance's

@@ -41,7 +41,9 @@ impl KeyService<'_> {
         p: &dyn KeyProvider,
     ) -> Result<(SlotInfo, SlotInfo), KeyError> {
         let detail = format!("slot {id}");
-        self.change("keyslot_rewrap", None, Some(detail), |k| k.rewrap_slot(id, p))
+        self.change("keyslot_rewrap", None, Some(detail), |k| {
+            k.rewrap_slot(id, p)
+        })
     }
 
     /// Upgrades a layout-1 keyring in place: `sealfs.toml` announces the

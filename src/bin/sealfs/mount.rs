@@ -17,12 +17,13 @@ use sealfs::daemon::{Mount, MountError};
 use crate::args::MountArgs;
 use crate::error::{exit, CliError};
 use crate::init_logging_as;
-use crate::secret::read_secret;
+use crate::secret::read_unlock;
 
 impl From<MountError> for CliError {
     fn from(e: MountError) -> Self {
         match e {
             MountError::Volume(v) => v.into(),
+            MountError::Keys(k) => k.into(),
             MountError::NotAVolume(_) => CliError::new(exit::BAD_VOLUME, e.to_string()),
             MountError::MountPoint(_) => CliError::new(exit::MOUNTPOINT, e.to_string()),
             other => CliError::new(exit::ERROR, other.to_string()),
@@ -73,8 +74,10 @@ pub(crate) fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
     // Before any key is in memory; inherited by the daemonized child.
     let core_dumps = sealfs::hardening::disable_core_dumps();
     let secret = a.secret.clone();
+    let dir = a.cipherdir.clone();
     let opened = builder
-        .secret_with(move || read_secret(&secret, false).map_err(|e| e.msg))
+        .accept_rollback(a.secret.accept_rollback)
+        .unlock_with(move || read_unlock(&secret, &dir).map_err(|e| e.msg))
         .open()?;
     let cipherdir = opened.cipherdir().to_path_buf();
     let socket = opened.ctl_socket().to_path_buf();

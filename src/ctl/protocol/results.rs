@@ -181,12 +181,14 @@ pub struct StatusResult {
     /// The audit log's position (null with `--no-audit`).
     pub audit: Option<AuditPosition>,
     /// The keyring: layout, generation, keyslots, the slot that unlocked
-    /// the volume, and what its KMS said when last asked.
+    /// the volume, and what its KMS said when last asked (absent from
+    /// daemons before keyslots).
+    #[serde(default)]
     pub keyring: KeyringStatus,
 }
 
 /// The keyring part of `status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyringStatus {
     /// Keyring layout: 1 (no keyslots) or 2.
     pub layout: u16,

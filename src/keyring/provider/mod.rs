@@ -184,7 +184,7 @@ pub trait KeyProvider: Send + Sync {
 }
 
 /// A set of providers to try, in order: what unlocks a volume.
-pub trait Unlocker {
+pub trait Unlocker: Sync {
     /// The providers.
     fn providers(&self) -> Vec<&dyn KeyProvider>;
 }

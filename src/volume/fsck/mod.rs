@@ -53,7 +53,7 @@ use crate::format::header::EncryptionContext;
 use crate::format::keyring::{parse_header, KeyState};
 use crate::format::names::NameCipher;
 use crate::format::reserved::{CONFIG_FILE, KEYRING_BACKUP, KEYRING_FILE};
-use crate::keyring::{read_copy, UnlockSecret, KEYRING_MODE};
+use crate::keyring::{read_copy, Unlocker, KEYRING_MODE};
 use crate::sys;
 use crate::volume::{Directory, Volume, VolumeError};
 use orphans::Orphan;
@@ -149,7 +149,7 @@ struct Checker<'v> {
 /// problems it finds are in the report.
 pub fn fsck(
     cipherdir: &Path,
-    secret: &UnlockSecret,
+    secret: &dyn Unlocker,
     opts: &FsckOptions,
     progress: &FsckProgress,
 ) -> Result<FsckReport, VolumeError> {
@@ -168,7 +168,7 @@ pub fn fsck(
 
 fn fsck_on_this_thread(
     cipherdir: &Path,
-    secret: &UnlockSecret,
+    secret: &dyn Unlocker,
     opts: &FsckOptions,
     progress: &FsckProgress,
 ) -> Result<FsckReport, VolumeError> {
