@@ -157,6 +157,24 @@ impl std::fmt::Debug for Keyring {
 
 pub use crate::sys::now_secs;
 
+/// Crash-test hook: with `SEALFS_TEST_KILL_POINT=NAME` in its environment
+/// a process kills itself (SIGKILL) on reaching the point `NAME`, so a test
+/// can stop a keyring change at each of its steps (tests/keyslot_crash.rs).
+/// Unset, as always outside tests, it costs one cached lookup. Points:
+/// `keyring-change-recorded` (the change's audit record written, nothing
+/// stored), `keyring-primary-written` (one copy new, one old),
+/// `keyring-stored` (both new, the store not yet recorded),
+/// `upgrade-config-announced` and `upgrade-keyring-stored` (between the
+/// three writes of an upgrade).
+pub fn kill_point(name: &str) {
+    static POINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let point = POINT.get_or_init(|| std::env::var("SEALFS_TEST_KILL_POINT").ok());
+    if point.as_deref() == Some(name) {
+        // SAFETY: raising a signal at ourselves; SIGKILL does not return.
+        unsafe { libc::raise(libc::SIGKILL) };
+    }
+}
+
 /// A description of what was given, for [`KeyringError::NoSlot`].
 fn given(unlock: &dyn Unlocker) -> String {
     let ps = unlock.providers();
@@ -357,9 +375,10 @@ impl Keyring {
             .max(self.min_next_generation);
         self.header.set_generation(next);
         let bytes = kfmt::seal(&self.body, &self.header, &self.kek)?;
-        for name in [KEYRING_FILE, KEYRING_BACKUP] {
-            sys::write_durably(cipherdir, name, &bytes, KEYRING_MODE)?;
-        }
+        sys::write_durably(cipherdir, KEYRING_FILE, &bytes, KEYRING_MODE)?;
+        kill_point("keyring-primary-written");
+        sys::write_durably(cipherdir, KEYRING_BACKUP, &bytes, KEYRING_MODE)?;
+        kill_point("keyring-stored");
         Ok(())
     }
 

@@ -66,12 +66,14 @@ impl KeyService<'_> {
             }
             Ok(())
         })?;
+        crate::keyring::kill_point("upgrade-config-announced");
         let period = self.vol.config().rotation_period;
         let info = self.change("keyring_upgrade", None, Some("layout 1 to 2".into()), |k| {
             let info = k.upgrade(p, label)?;
             k.set_rotation_period(period)?;
             Ok(info)
         })?;
+        crate::keyring::kill_point("upgrade-keyring-stored");
         self.vol.update_config(|c| {
             c.kdf = None;
             c.rotation_period = None;

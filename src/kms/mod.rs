@@ -252,6 +252,10 @@ impl<'a> KeyService<'a> {
             let Some(log) = log else { return Ok(None) };
             self.record(log, op, key_version, detail, Some(next))
                 .map_err(|e| KeyringError::AuditRefused(e.to_string()))?;
+            // The anchor must point at records that survive a power loss.
+            log.sync()
+                .map_err(|e| KeyringError::AuditRefused(e.to_string()))?;
+            crate::keyring::kill_point("keyring-change-recorded");
             Ok(Some(log.head().into()))
         })?;
         if let Some(log) = log {
