@@ -415,6 +415,26 @@ impl OpenedMount {
             None
         };
         let access = Arc::new(AccessControl::new(owner, Some(Arc::new(grants)), audit));
+        // Before the mount is visible: the acceptance of a rollback, the
+        // slot that unlocked the volume, and the keyring stored anchored at
+        // the log's head now.
+        {
+            struct NoCache;
+            impl MountHooks for NoCache {
+                fn drop_cached_file_data(&self) {}
+            }
+            let census = parking_lot::Mutex::new(None);
+            let keys = daemon_keys(&vol, &access, &NoCache, &census);
+            if let Some(a) = &self.accepted {
+                keys.accept_rollback(a)
+                    .map_err(|e| start(format!("cannot record the accepted rollback: {e}")))?;
+            }
+            // Best effort (a full disk must not stop a mount): the anchor in
+            // place stays valid, it only covers fewer records.
+            if let Err(e) = keys.anchor_here("mount", unlocked_detail(&vol)) {
+                tracing::warn!("keyring not re-anchored at mount: {e}");
+            }
+        }
         let fs = SealFs::new(vol.clone(), access.clone())
             .map_err(|e| start(format!("cannot open the volume's root: {e}")))?;
         let cache = fs.cache_control();
@@ -436,19 +456,6 @@ impl OpenedMount {
         }
         cache.set_notifier(session.notifier());
         let hooks: Arc<dyn MountHooks> = Arc::new(cache);
-        // The acceptance of a rollback, the slot that unlocked the volume,
-        // and the keyring stored anchored at the log's head now.
-        let census = parking_lot::Mutex::new(None);
-        let keys = daemon_keys(&vol, &access, &*hooks, &census);
-        let anchored = self
-            .accepted
-            .as_ref()
-            .map_or(Ok(()), |a| keys.accept_rollback(a))
-            .and_then(|()| keys.anchor_here("mount", unlocked_detail(&vol)));
-        if let Err(e) = anchored {
-            let _ = unmounter.lock().unmount();
-            return Err(start(format!("cannot record the mount: {e}")));
-        }
         if let Some(d) = unlocked_detail(&vol) {
             tracing::info!("{d}");
         }

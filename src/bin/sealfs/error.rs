@@ -111,7 +111,7 @@ impl From<VolumeError> for CliError {
         };
         let msg = match &e {
             VolumeError::Keyring(KeyringError::Format(KeyringFormatError::Unlock)) => {
-                "wrong passphrase, key file or recovery key (nothing was changed)".to_string()
+                "wrong passphrase or key file (or recovery key); nothing was changed".to_string()
             }
             other => other.to_string(),
         };

@@ -7,11 +7,12 @@
 //!      0     8  magic "sealfs.K"
 //!      8     2  layout version = 2
 //!     10     2  slot count S (1..=32)
-//!     12     4  header length H (48 + the slots, ≤ 65536)
+//!     12     4  header length H (52 + the slots, ≤ 65536)
 //!     16    16  volume id
 //!     32     4  generation (incremented on every store)
-//!     36    12  nonce of the body
-//!     48     …  S slot entries, back to back
+//!     36     4  body length n (≤ 16 MiB)
+//!     40    12  nonce of the body
+//!     52     …  S slot entries, back to back
 //!      H     n  sealed body (same length as the plaintext body)
 //!    H+n    16  tag; AAD = bytes 0..H
 //!
@@ -30,7 +31,9 @@
 //!
 //! Every slot opens to the same 32-byte KEK. Since the header is the body's
 //! AAD, any change to the slot table (a slot added, removed or edited) is
-//! detected once the keyring is unlocked.
+//! detected once the keyring is unlocked. The body length makes a cut or
+//! extended file a malformed keyring before any secret is tried (not a
+//! "wrong passphrase").
 //!
 //! Owns: the header bytes and the rules of the slot table.
 //! Must never: interpret a slot's parameters or sealed bytes (its provider
@@ -42,7 +45,9 @@ use crate::crypto::{random_nonce, SecretKey, NONCE_LEN, TAG_LEN};
 /// The layout version field of a v2 keyring.
 pub const VERSION: u16 = 2;
 /// Fixed part of the header, before the slots.
-pub const FIXED_LEN: usize = 48;
+pub const FIXED_LEN: usize = 52;
+/// Largest sealed body accepted.
+pub const MAX_BODY: usize = 16 << 20;
 /// Most slots in one keyring.
 pub const MAX_SLOTS: usize = 32;
 /// Longest slot label.
@@ -131,9 +136,17 @@ impl V2Header {
         FIXED_LEN + self.slots.iter().map(Slot::encoded_len).sum::<usize>()
     }
 
-    /// The header bytes with `nonce` (the body's AAD).
-    pub fn encode(&self, nonce: &[u8; NONCE_LEN]) -> Result<Vec<u8>, KeyringFormatError> {
+    /// The header bytes with `nonce` and the sealed body's length (the
+    /// body's AAD).
+    pub fn encode(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        body_len: usize,
+    ) -> Result<Vec<u8>, KeyringFormatError> {
         self.check()?;
+        if body_len > MAX_BODY {
+            return Err(KeyringFormatError::Invalid("body too long".into()));
+        }
         let len = self.encoded_len();
         let mut out = Vec::with_capacity(len);
         out.extend_from_slice(MAGIC);
@@ -142,6 +155,7 @@ impl V2Header {
         out.extend_from_slice(&(len as u32).to_le_bytes());
         out.extend_from_slice(&self.volume_id);
         out.extend_from_slice(&self.generation.to_le_bytes());
+        out.extend_from_slice(&(body_len as u32).to_le_bytes());
         out.extend_from_slice(nonce);
         for s in &self.slots {
             out.extend_from_slice(&s.id.to_le_bytes());
@@ -186,6 +200,10 @@ fn parse(bytes: &[u8]) -> Result<(V2Header, usize), KeyringFormatError> {
     let mut volume_id = [0u8; 16];
     volume_id.copy_from_slice(&bytes[16..32]);
     let generation = u32_at(32);
+    let body_len = u32_at(36) as usize;
+    if body_len > MAX_BODY || bytes.len() != len + body_len + TAG_LEN {
+        return Err(KeyringFormatError::Malformed);
+    }
     let mut slots = Vec::with_capacity(count.min(MAX_SLOTS));
     let mut off = FIXED_LEN;
     for _ in 0..count.min(MAX_SLOTS + 1) {
@@ -240,8 +258,8 @@ pub fn seal(
     kek: &SecretKey,
 ) -> Result<Vec<u8>, KeyringFormatError> {
     let nonce = random_nonce()?;
-    let mut out = header.encode(&nonce)?;
     let mut plain = body::encode(body)?;
+    let mut out = header.encode(&nonce, plain.len())?;
     let tag = kek.cipher().seal_in_place(&nonce, &out, &mut plain);
     out.reserve_exact(plain.len() + TAG_LEN);
     out.extend_from_slice(&plain);
@@ -253,7 +271,7 @@ pub fn seal(
 pub fn open(bytes: &[u8], kek: &SecretKey) -> Result<KeyringBody, KeyringFormatError> {
     let (_, len) = parse(bytes)?;
     let mut nonce = [0u8; NONCE_LEN];
-    nonce.copy_from_slice(&bytes[36..48]);
+    nonce.copy_from_slice(&bytes[40..52]);
     let body_end = bytes.len() - TAG_LEN;
     let mut tag = [0u8; TAG_LEN];
     tag.copy_from_slice(&bytes[body_end..]);
@@ -327,6 +345,21 @@ mod tests {
             open(&bytes, &SecretKey::generate().unwrap()).unwrap_err(),
             KeyringFormatError::Unlock
         );
+    }
+
+    #[test]
+    fn a_cut_or_extended_file_is_malformed_before_any_secret() {
+        let (body, header, kek) = sample();
+        let bytes = seal(&body, &header, &kek).unwrap();
+        for bad in [
+            &bytes[..bytes.len() - 1],
+            &[bytes.as_slice(), b"x"].concat()[..],
+        ] {
+            assert_eq!(
+                parse_header(bad).unwrap_err(),
+                KeyringFormatError::Malformed
+            );
+        }
     }
 
     #[test]
