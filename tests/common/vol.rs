@@ -45,9 +45,15 @@ impl Vol {
 
     /// `sealfs ARGS…` with stdin from `stdin` (or /dev/null).
     pub fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        self.run_env(args, stdin, &[])
+    }
+
+    /// [`Vol::run`] with extra environment variables.
+    pub fn run_env(&self, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
         let mut c = Command::new(bin())
             .args(args)
             .env("SEALFS_LOG", "debug")
+            .envs(env.iter().copied())
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {
