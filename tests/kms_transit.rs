@@ -100,12 +100,17 @@ fn init_and_mount_through_transit() {
     let audit = v.audit_with(&k.secret());
     assert!(
         audit.iter().any(|r| r["op"] == "mount"
-            && r["detail"].as_str().unwrap().contains("(transit: transit http")),
+            && r["detail"]
+                .as_str()
+                .unwrap()
+                .contains("(transit: transit http")),
         "{audit:?}"
     );
     assert!(!format!("{audit:?}").contains(&k.token));
     // The generation is anchored in KV.
-    let kv = k.bao.bao_json(&["kv", "list", "-format=json", "secret/sealfs"]);
+    let kv = k
+        .bao
+        .bao_json(&["kv", "list", "-format=json", "secret/sealfs"]);
     assert_eq!(kv.as_array().unwrap().len(), 1, "{kv}");
 
     // Unattended: a token in BAO_TOKEN, no option.
@@ -114,7 +119,11 @@ fn init_and_mount_through_transit() {
         None,
         &[("BAO_TOKEN", &k.token)],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Mounted::adopt_daemon(&v.cipher, &v.mnt, &v.p("d.log")).unmount();
 
     // AppRole.
@@ -157,7 +166,8 @@ fn a_disabled_key_refuses_the_next_mount_while_the_running_one_keeps_working() {
     v.fails(&add, 36);
     // The recovery key still opens the volume (that is what it is for).
     v.ok(&["info", v.c(), "--recovery-key", v.p("rk").to_str().unwrap()]);
-    k.bao.bao(&["write", "-f", "transit/keys/vault/soft-delete-restore"]);
+    k.bao
+        .bao(&["write", "-f", "transit/keys/vault/soft-delete-restore"]);
     k.mount().unmount();
 }
 
@@ -192,9 +202,14 @@ fn rotated_key_rewrapped_slot_and_old_version_retired_server_side() {
     v.ok(&args);
     let list = v.ok(&["keyslot", "list", v.c()]);
     assert!(list.contains("transit/keys/vault v2"), "{list}");
-    k.bao
-        .bao(&["write", "transit/keys/vault/config", "min_decryption_version=2"]);
-    let info = k.bao.bao_json(&["read", "-format=json", "transit/keys/vault"]);
+    k.bao.bao(&[
+        "write",
+        "transit/keys/vault/config",
+        "min_decryption_version=2",
+    ]);
+    let info = k
+        .bao
+        .bao_json(&["read", "-format=json", "transit/keys/vault"]);
     assert_eq!(info["data"]["min_decryption_version"], 2);
     let m = k.mount();
     assert_eq!(fs::read(v.mnt.join("hello.txt")).unwrap(), b"hello\n");
@@ -251,14 +266,8 @@ fn a_rollback_of_the_whole_cipher_dir_is_caught_by_the_kms_anchor() {
     let recovery = ["--recovery-key", rk.to_str().unwrap()];
     // Without the KMS (the recovery key) the local anchor alone is
     // consistent: this is the limit the README states.
-    let info: serde_json::Value = serde_json::from_str(&v.ok(&[
-        "info",
-        v.c(),
-        recovery[0],
-        recovery[1],
-        "--json",
-    ]))
-    .unwrap();
+    let info: serde_json::Value =
+        serde_json::from_str(&v.ok(&["info", v.c(), recovery[0], recovery[1], "--json"])).unwrap();
     assert_eq!(info["rollback_check"], "ok", "{info}");
     // Accepted: mounts, recorded, and from then on mounts as usual.
     let mut args = k.secret().to_vec();
@@ -302,12 +311,21 @@ fn a_dead_or_silent_server_fails_the_mount_in_bounded_time() {
     );
     let took = t.elapsed();
     assert!(took < Duration::from_secs(20), "silent server: {took:?}");
-    assert!(err.contains("did not answer") || err.contains("unreachable"), "{err}");
+    assert!(
+        err.contains("did not answer") || err.contains("unreachable"),
+        "{err}"
+    );
     drop(keep);
     // Killed while a mount starts: it either mounted before the kill, or
     // fails with "unreachable" (34); never a hang.
     let mut child = std::process::Command::new(bin())
-        .args(["mount", v.c(), v.mnt.to_str().unwrap(), "--transit-token-file", &k.tok])
+        .args([
+            "mount",
+            v.c(),
+            v.mnt.to_str().unwrap(),
+            "--transit-token-file",
+            &k.tok,
+        ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -317,11 +335,17 @@ fn a_dead_or_silent_server_fails_the_mount_in_bounded_time() {
     k.bao.kill();
     let t = Instant::now();
     assert!(
-        wait_until(Duration::from_secs(20), || matches!(child.try_wait(), Ok(Some(_)))),
+        wait_until(Duration::from_secs(20), || matches!(
+            child.try_wait(),
+            Ok(Some(_))
+        )),
         "sealfs mount hung with the server gone"
     );
     let code = child.wait().unwrap().code();
-    eprintln!("mount with the server killed mid-way: exit {code:?} after {:?}", t.elapsed());
+    eprintln!(
+        "mount with the server killed mid-way: exit {code:?} after {:?}",
+        t.elapsed()
+    );
     if code == Some(0) {
         Mounted::adopt_daemon(&v.cipher, &v.mnt, &v.p("d.log")).unmount();
     } else {

@@ -374,6 +374,44 @@ mod tests {
     }
 
     #[test]
+    fn no_provider_shows_its_secret_in_debug_or_describe() {
+        use crate::kmsclient::transit::TokenSource;
+        use crate::kmsclient::SecretSource;
+        use zeroize::Zeroizing;
+        let secret = "s3cr3t-VALUE";
+        let pass = passphrase::Passphrase::new(Zeroizing::new(secret.as_bytes().to_vec()));
+        let uri: crate::kmsclient::pkcs11::Pkcs11Uri =
+            format!("pkcs11:token=t;object=k?pin-value={secret}")
+                .parse()
+                .unwrap();
+        let p11 = pkcs11::Pkcs11Provider::new(
+            uri,
+            Some(SecretSource::Value(Zeroizing::new(secret.into()))),
+        );
+        let tr = transit::TransitProvider::new(TokenSource::Token(SecretSource::Value(
+            Zeroizing::new(secret.into()),
+        )))
+        .address("http://127.0.0.1:1")
+        .key("k");
+        let rk = recovery::RecoveryKey::generate().unwrap();
+        let printed = rk.display();
+        let all: Vec<(&dyn KeyProvider, String)> = vec![
+            (&pass, format!("{pass:?}")),
+            (&p11, format!("{p11:?}")),
+            (&tr, format!("{tr:?}")),
+            (&rk, format!("{rk:?}")),
+        ];
+        for (p, dbg) in all {
+            let text = format!("{dbg} {}", p.describe());
+            assert!(!text.contains(secret), "{text}");
+            assert!(!text.contains(&printed[..9]), "{text}");
+        }
+        let mut u = Unlock::new();
+        u.push(Box::new(pass));
+        assert!(!format!("{u:?}").contains(secret));
+    }
+
+    #[test]
     fn slot_aad_binds_volume_slot_kind_and_params() {
         let c = SlotContext {
             volume_id: [1; 16],
