@@ -65,7 +65,10 @@ fn mount_latency_per_provider() {
     fs::write(v.p("rk"), out.trim()).unwrap();
     let rk = v.p("rk");
     let cases: Vec<(&str, Vec<&str>)> = vec![
-        ("passphrase (Argon2id 256 MiB, 3 passes)", vec!["--passfile", pass]),
+        (
+            "passphrase (Argon2id 256 MiB, 3 passes)",
+            vec!["--passfile", pass],
+        ),
         ("key file", vec!["--key-file", key.to_str().unwrap()]),
         ("recovery key", vec!["--recovery-key", rk.to_str().unwrap()]),
         (

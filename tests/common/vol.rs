@@ -86,6 +86,15 @@ impl Vol {
     pub fn fails(&self, args: &[&str], code: i32) -> String {
         let o = self.run(args, None);
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        if args.first() == Some(&"mount") && super::is_mounted(&self.mnt) {
+            // It mounted after all: leave nothing behind, then fail.
+            drop(Mounted::adopt_daemon(
+                &self.cipher,
+                &self.mnt,
+                &self.p("d.log"),
+            ));
+            panic!("sealfs {args:?} mounted, expected exit {code}: {err}");
+        }
         assert_eq!(o.status.code(), Some(code), "sealfs {args:?}: {err}");
         err
     }
