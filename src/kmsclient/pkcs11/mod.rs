@@ -1,7 +1,7 @@
 //! A PKCS#11 token as a root of trust: an AES-256 secret key that never
 //! leaves the token seals and opens the volume KEK.
 //!
-//! Owns: parsing `pkcs11:` URIs (RFC 7512, strict; in [`uri`]), loading a PKCS#11
+//! Owns: parsing `pkcs11:` URIs (RFC 7512, strict; in `uri.rs`), loading a PKCS#11
 //! module (once per process and path, finalized when the last user drops
 //! it), finding a token and a key, logging in with a PIN the caller
 //! supplies, generating the wrapping key, and the blob framing below.
