@@ -120,8 +120,9 @@ impl VolumeConfig {
     /// with the keyring's KDF: what `sealfs init` wrote before keyslots.
     pub fn layout1(volume_id: [u8; 16], kdf: KdfConfig) -> Self {
         let mut c = Self::new(volume_id);
-        c.features
-            .retain(|f| ![FEATURE_KEYSLOTS, FEATURE_HARD_LINKS, FEATURE_XATTRS].contains(&f.as_str()));
+        c.features.retain(|f| {
+            ![FEATURE_KEYSLOTS, FEATURE_HARD_LINKS, FEATURE_XATTRS].contains(&f.as_str())
+        });
         c.kdf = Some(kdf);
         c
     }

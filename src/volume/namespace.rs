@@ -434,6 +434,7 @@ pub fn remove_name(vol: &Volume, end: RenameEnd<'_>) -> io::Result<Removed> {
     };
     let removed = unlink(end.dir, end.name)?;
     if let Some(f) = linked {
+        crate::keyring::kill_point("unlink-linked-removed");
         if let Err(e) = vol.drop_link(&f, end.ctx) {
             tracing::warn!("unlink: link table not updated: {e}");
         }
@@ -661,7 +662,9 @@ fn move_entry(
             // 2. The backing rename, durable before step 3: a power loss
             // must not leave the file at its old name with a header that
             // opens only under the new one.
+            crate::keyring::kill_point("rename-file-rebound");
             backing_rename()?;
+            crate::keyring::kill_point("rename-file-moved");
             match sys::fsync_dir(to.dir) {
                 // 3. The old slot (or a linked file's old tag) goes.
                 Ok(()) => {
@@ -743,7 +746,11 @@ pub fn link(
             return Err(e);
         }
     };
+    crate::keyring::kill_point("link-table-stored");
     let made = sys::linkat(from.dir, src, to.dir, dst);
+    if made.is_ok() {
+        crate::keyring::kill_point("link-made");
+    }
     if made.is_err() {
         undo_name_sidecar(to.dir, to.name);
     }

@@ -210,6 +210,19 @@ impl Mounted {
         extra: &[&str],
         log: &Path,
     ) -> Self {
+        Self::start_env(cipher, mnt, secret, extra, &[], log)
+    }
+
+    /// Like [`Mounted::start_with_secret`], with extra environment
+    /// variables for the daemon (e.g. `SEALFS_TEST_KILL_POINT`).
+    pub fn start_env(
+        cipher: &Path,
+        mnt: &Path,
+        secret: &[&OsStr],
+        extra: &[&str],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Self {
         let logf = fs::File::create(log).expect("create daemon log");
         let child = Command::new(bin())
             .arg("mount")
@@ -218,6 +231,7 @@ impl Mounted {
             .args(secret)
             .arg("-f")
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(logf.try_clone().expect("dup log"))
             .stderr(logf)

@@ -457,7 +457,7 @@ pub(in crate::fs) fn link(
             return Err(Errno::EPERM);
         }
         let caller = Caller::of(req);
-        let _ns = fs.vol.namespace().write();
+        let ns = fs.vol.namespace().write();
         let inode = fs.inode(ino)?;
         if inode.kind == EntryKind::Dir {
             return Err(Errno::EPERM);
@@ -522,6 +522,8 @@ pub(in crate::fs) fn link(
             errno_of(&e)
         })?;
         let (linked, st) = fs.remember(&np, newname.as_bytes(), &dst.entry)?;
+        // A symlink's attributes read its target under the namespace lock.
+        drop(ns);
         Ok(fs.attr(&linked, &st))
     })();
     fs.dir_changed(newparent);

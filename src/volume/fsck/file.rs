@@ -13,10 +13,10 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use crate::format::chunk::ChunkCipher;
-use crate::format::header::{EncryptionContext, HeaderError, RecordKind};
+use crate::format::header::{EncryptionContext, HeaderError};
 use crate::format::layout::plaintext_size;
 use crate::volume::backing;
-use crate::volume::content::{self, ChunkScan, Reseal, SealedFile};
+use crate::volume::content::{ChunkScan, Reseal, SealedFile};
 use crate::volume::VolumeError;
 
 use super::{chunk_ranges, Checker, ProblemKind};
@@ -58,15 +58,24 @@ impl Checker<'_> {
             self.unrepairable(i, "the file's data key is lost");
             return done(self);
         };
-        let opened = content::read_header(&file)
-            .and_then(|header| self.vol.open_record(RecordKind::File, &header, ctx));
+        // A linked file opens through its link table, which must list
+        // this name (a planted backing link or a stale table does not).
+        let opened = self.vol.open_header(&file, ctx);
         let (rec, key) = match opened {
-            Ok((rec, key, _)) => (rec, key),
+            Ok(h) => (h.rec, h.key),
             Err(e) => {
                 let (kind, why) = match &e {
                     VolumeError::Header(HeaderError::ContextMismatch) => (
                         ProblemKind::ContextMismatch,
                         "the file's key is bound to another path (moved, copied or tampered)",
+                    ),
+                    VolumeError::LinkNotListed => (
+                        ProblemKind::ContextMismatch,
+                        "the file's link table does not list this name (a planted or stale link)",
+                    ),
+                    VolumeError::LinkTable(_) => (
+                        ProblemKind::Header,
+                        "the file's link table does not open: its names cannot be vouched for",
                     ),
                     VolumeError::Header(HeaderError::KeyVersionUnavailable(_)) => (
                         ProblemKind::KeyUnavailable,
