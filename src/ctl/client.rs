@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use super::protocol::{ExportedLine, Line, Request, Response};
+use super::protocol::{ExportedBreak, ExportedLine, Line, Request, Response};
 
 /// How long a call waits for its response (a census or fsck is a full scan).
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -89,12 +89,21 @@ pub fn call<R: DeserializeOwned>(socket: &Path, req: &Request) -> Result<R, Call
     result_of(r)
 }
 
+/// A line streamed before a response.
+#[derive(Debug)]
+pub enum Streamed<'a> {
+    /// An exported record.
+    Record(&'a ExportedLine),
+    /// A break of the audit chain (the records after it follow).
+    Break(&'a ExportedBreak),
+}
+
 /// Like [`call`] for operations that stream lines before their response
-/// (`audit_export`): each streamed record goes to `on_line`.
+/// (`audit_export`): each streamed record or break goes to `on_line`.
 pub fn call_stream<R: DeserializeOwned>(
     socket: &Path,
     req: &Request,
-    on_line: &mut dyn FnMut(&ExportedLine),
+    on_line: &mut dyn FnMut(Streamed<'_>),
 ) -> Result<R, CallError> {
     let mut reader = send(socket, req)?;
     loop {
@@ -107,7 +116,8 @@ pub fn call_stream<R: DeserializeOwned>(
             .into());
         }
         match serde_json::from_str(&line).map_err(bad_response)? {
-            Line::Record(r) => on_line(&r),
+            Line::Record(r) => on_line(Streamed::Record(&r)),
+            Line::Break(b) => on_line(Streamed::Break(&b)),
             Line::Response(r) => return result_of(r),
         }
     }

@@ -16,18 +16,19 @@ use serde_json::Value;
 
 use super::protocol::{
     error_line, ok_line, AuditPosition, CancelDeletionResult, CensusResult, DisabledResult,
-    ErrorCode, ExportSummary, ExportedLine, ExportedRecord, FsckResult, GrantCreated, GrantInfo,
-    GrantList, GrantRetired, GrantRevoked, MetricsResult, Op, Request, RewrapStarted, RotateResult,
-    RotationPeriodResult, ScheduleDeletionResult, StatusResult, TrimResult, UntrimResult,
-    VerifyResult, VersionState, VersionStatus,
+    ErrorCode, ExportSummary, ExportedBreak, ExportedLine, ExportedRecord, FsckResult,
+    GrantCreated, GrantInfo, GrantList, GrantRetired, GrantRevoked, MetricsResult, Op, Request,
+    RewrapStarted, RotateResult, RotationPeriodResult, ScheduleDeletionResult, StatusResult,
+    TrimResult, UntrimResult, VerifyResult, VersionState, VersionStatus,
 };
 use super::server::Peer;
 use super::ControlContext;
+use crate::format::audit::ChainEvent;
 use crate::format::grants::{self as gfmt, Grant, Grantee, OpSet};
 use crate::format::keyring::KeyState;
 use crate::keyring::{now_secs, KeyringError};
 use crate::kms::{self, KeyError, KeyService, OnMount};
-use crate::policy::audit::verify_log;
+use crate::policy::audit::{verify_log, verify_log_anchored};
 use crate::policy::filter::AuditFilter;
 use crate::policy::grants::{GrantStore, GrantStoreError};
 use crate::policy::{read_proc, Event};
@@ -458,18 +459,27 @@ fn export_audit(ctx: &ControlContext, op: &Op, out: &mut dyn Write) -> Handled {
     }
     let mut exported = 0u64;
     let mut write_err = None;
-    let report = verify_log(&ctx.vol, &mut |r| {
-        if write_err.is_none() && filter.matches(r) {
-            let line = ExportedLine {
-                record: ExportedRecord::from(r),
-            };
-            let written = serde_json::to_value(&line)
-                .map_err(std::io::Error::other)
-                .and_then(|v| writeln!(out, "{v}"));
-            if let Err(e) = written {
-                write_err = Some(e);
+    // Past a break the export goes on with the next record that verifies;
+    // each break is streamed where it happened.
+    let report = verify_log_anchored(&ctx.vol, None, &mut |e| {
+        if write_err.is_some() {
+            return;
+        }
+        let v = match e {
+            ChainEvent::Record(r) if filter.matches(r) => {
+                exported += 1;
+                serde_json::to_value(ExportedLine {
+                    record: ExportedRecord::from(r),
+                })
             }
-            exported += 1;
+            ChainEvent::Record(_) => return,
+            ChainEvent::Break(b) => serde_json::to_value(ExportedBreak { brk: b.into() }),
+        };
+        let written = v
+            .map_err(std::io::Error::other)
+            .and_then(|v| writeln!(out, "{v}"));
+        if let Err(e) = written {
+            write_err = Some(e);
         }
     })
     .map_err(|e| (ErrorCode::Internal, e.to_string()))?;

@@ -60,6 +60,9 @@ pub struct Event<'a> {
     pub error: Option<String>,
     /// Extra detail.
     pub detail: Option<String>,
+    /// The keyring generation an operation that stores the keyring stored
+    /// (docs/CONTROL.md §15): set it on every such record.
+    pub keyring_generation: Option<u64>,
 }
 
 impl<'a> Event<'a> {
@@ -73,6 +76,7 @@ impl<'a> Event<'a> {
             outcome: "ok",
             error: None,
             detail: None,
+            keyring_generation: None,
         }
     }
 }
@@ -136,18 +140,13 @@ impl AccessControl {
     }
 
     fn record_as(&self, log: &AuditLog, principal: Principal, e: Event<'_>) -> Result<(), Errno> {
-        let rec = AuditRecord {
-            seq: 0,
-            time_ms: 0,
-            principal,
-            op: e.op.to_string(),
-            key_version: e.key_version,
-            path: e.path.map(|p| String::from_utf8_lossy(p).into_owned()),
-            grant: e.grant.map(str::to_string),
-            outcome: e.outcome.to_string(),
-            error: e.error,
-            detail: e.detail,
-        };
+        let mut rec = AuditRecord::new(principal, e.op, e.outcome);
+        rec.key_version = e.key_version;
+        rec.path = e.path.map(|p| String::from_utf8_lossy(p).into_owned());
+        rec.grant = e.grant.map(str::to_string);
+        rec.error = e.error;
+        rec.detail = e.detail;
+        rec.keyring_generation = e.keyring_generation;
         log.append(rec).map(|_| ()).map_err(|err| {
             tracing::error!(
                 op = e.op,
