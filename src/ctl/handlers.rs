@@ -38,6 +38,20 @@ use crate::volume::{Volume, VolumeError};
 type Failure = (ErrorCode, String);
 type Handled = Result<Value, Failure>;
 
+/// Records a control request refused because `peer` is neither the
+/// mount owner nor root (aggregated like every denial).
+pub(super) fn deny_control(ctx: &ControlContext, peer: Peer) {
+    ctx.access.record_denial(
+        (peer.uid, peer.gid, peer.pid),
+        || peer.principal(),
+        Event {
+            outcome: "denied",
+            error: Some("not the mount owner or root".into()),
+            ..Event::ok("control", None)
+        },
+    );
+}
+
 /// Answers `req` from `peer` (already admitted): the response line.
 /// `audit_export` streams its records to `out` first.
 pub(super) fn handle(
@@ -109,6 +123,7 @@ fn dispatch(ctx: &ControlContext, op: &Op, peer: Peer) -> Handled {
         | Op::GrantRevoke { .. } => handle_grant(ctx, op, peer),
         Op::AuditExport { .. } => Err((ErrorCode::Invalid, "audit_export streams".into())),
         Op::AuditVerify => {
+            ctx.access.flush_denials();
             if let Some(a) = ctx.access.audit_log() {
                 let _ = a.sync();
             }
@@ -417,6 +432,22 @@ fn handle_grant(ctx: &ControlContext, op: &Op, peer: Peer) -> Handled {
             let admin = peer.uid == 0 || peer.uid == ctx.owner_uid;
             let mut gids = read_proc(peer.pid).1;
             gids.push(peer.gid);
+            if !admin {
+                // A stranger's wrong guess is a denial (aggregated), not
+                // two records per attempt.
+                if let Err(e) = store.retirable(&token.0, peer.uid, &gids, admin) {
+                    ctx.access.record_denial(
+                        (peer.uid, peer.gid, peer.pid),
+                        || peer.principal(),
+                        Event {
+                            outcome: "denied",
+                            error: Some(e.to_string()),
+                            ..Event::ok("grant_retire", None)
+                        },
+                    );
+                    return Err(grant_err(e));
+                }
+            }
             audit_control(ctx, peer, "grant_retire", None)?;
             let r = store.retire(&token.0, peer.uid, &gids, admin);
             let g = record_grant_end(ctx, peer, "grant_retire", "grant_retired", "denied", r)?;
@@ -454,6 +485,7 @@ fn export_audit(ctx: &ControlContext, op: &Op, out: &mut dyn Write) -> Handled {
         operation.as_deref(),
     )
     .map_err(|e| (ErrorCode::Invalid, e))?;
+    ctx.access.flush_denials();
     if let Some(a) = ctx.access.audit_log() {
         let _ = a.sync();
     }

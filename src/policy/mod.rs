@@ -4,14 +4,15 @@
 //!
 //! Owns: [`AccessControl`] (the decision call into [`GrantStore`] and
 //! turning events into [`AuditRecord`]s), and, in its submodules, the grant
-//! store ([`grants`]), the audit log on disk ([`audit`]) and the requester
-//! cache ([`requester`]).
+//! store ([`grants`]), the audit log on disk ([`audit`]), the aggregation
+//! of denials ([`denials`]), and the requester cache ([`requester`]).
 //! Must never: allow a non-owner without a grant, report success for an
 //! operation whose audit record could not be written (fail-closed), log a
 //! path (paths go only into the sealed audit log), or know about the FUSE
 //! layer or the control socket (both call in here).
 
 pub mod audit;
+pub mod denials;
 pub mod filter;
 pub mod grants;
 pub mod requester;
@@ -23,6 +24,7 @@ use fuser::Errno;
 use crate::format::audit::{AuditRecord, Principal};
 use crate::format::grants::{Access, GrantOp};
 use audit::AuditLog;
+use denials::{Denials, First};
 use grants::{GrantStore, LiveGrant};
 pub use requester::{read_comm, read_groups, read_proc, Caller, Requesters};
 
@@ -32,6 +34,7 @@ pub struct AccessControl {
     owner_uid: u32,
     grants: Option<Arc<GrantStore>>,
     audit: Option<Arc<AuditLog>>,
+    denials: Option<Arc<Denials>>,
     requesters: Requesters,
 }
 
@@ -89,10 +92,14 @@ impl AccessControl {
         grants: Option<Arc<GrantStore>>,
         audit: Option<Arc<AuditLog>>,
     ) -> Self {
+        let denials = audit
+            .as_ref()
+            .map(|log| Denials::start(log.clone(), denials::INTERVAL));
         AccessControl {
             owner_uid,
             grants,
             audit,
+            denials,
             requesters: Requesters::new(),
         }
     }
@@ -156,6 +163,37 @@ impl AccessControl {
         })
     }
 
+    /// Records a denial (`e.outcome` is "denied") by the process (`uid`,
+    /// `gid`, `pid`), aggregated ([`denials`]): the first of its (uid, op,
+    /// path prefix) in an interval is recorded with `principal()`, later
+    /// ones are counted into one summary record. Never refuses anything.
+    pub fn record_denial(
+        &self,
+        (uid, gid, pid): (u32, u32, u32),
+        principal: impl FnOnce() -> Principal,
+        e: Event<'_>,
+    ) {
+        let Some(log) = &self.audit else { return };
+        if let Some(d) = &self.denials {
+            if let First::Counted = d.note(uid, gid, pid, e.op, e.path) {
+                return;
+            }
+        }
+        let _ = self.record_as(log, principal(), e);
+    }
+
+    /// Writes the summaries of denials counted so far (before a verify or
+    /// an export, so they show every denial).
+    pub fn flush_denials(&self) {
+        if let Some(d) = &self.denials {
+            d.flush(true);
+        }
+    }
+
+    fn deny(&self, c: Caller, e: Event<'_>) {
+        self.record_denial((c.uid, c.gid, c.pid), || self.principal(c), e);
+    }
+
     /// Checks that `c` may do `access` at the path `path()` yields (only
     /// computed for non-owners). `Ok(None)`: the owner; `Ok(Some(g))`:
     /// allowed by grant `g`; `Err(EACCES)`: denied, and the denial recorded
@@ -186,7 +224,7 @@ impl AccessControl {
                     Access::Lookup => "look up".to_string(),
                     Access::Op(o) => o.name().to_string(),
                 };
-                let _ = self.record(
+                self.deny(
                     c,
                     Event {
                         outcome: "denied",
@@ -213,7 +251,7 @@ impl AccessControl {
         }
         crate::metrics::denied(crate::metrics::Denial::Grant);
         let path = path();
-        let _ = self.record(
+        self.deny(
             c,
             Event {
                 grant: Some(&g.id),

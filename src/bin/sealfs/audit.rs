@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use sealfs::ctl::client::{self, CallError, Streamed};
+use sealfs::ctl::client::{self, Streamed};
 use sealfs::ctl::protocol::{
     ChainBreakInfo, ExportSummary, ExportedRecord, Op, Request, VerifyResult,
 };
@@ -20,7 +20,7 @@ use sealfs::policy::filter::AuditFilter;
 use sealfs::volume::Volume;
 
 use crate::args::{AuditCommand, AuditCtlCommand, ExportFilter, SecretArgs};
-use crate::ctl::ctl_call;
+use crate::ctl::{call_error, ctl_call, Target};
 use crate::error::{exit, CliError};
 use crate::print_json;
 use crate::secret::{check_is_volume, read_secret};
@@ -118,7 +118,7 @@ fn report_verify(report: &VerifyResult, json: bool) -> Result<(), CliError> {
 }
 
 pub(crate) fn cmd_audit_ctl(
-    socket: &Path,
+    socket: &Target,
     json_out: bool,
     cmd: &AuditCtlCommand,
 ) -> Result<(), CliError> {
@@ -139,8 +139,12 @@ pub(crate) fn cmd_audit_ctl(
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             let mut write_failed = false;
-            let r = client::call_stream::<ExportSummary>(socket, &Request::new(op), &mut |line| {
-                match line {
+            let req = Request::new(op);
+            let r = client::call_stream_checked::<ExportSummary>(
+                &socket.socket,
+                &req,
+                &socket.check,
+                &mut |line| match line {
                     Streamed::Record(l) => {
                         if !write_failed && write_record(&mut out, &l.record).is_err() {
                             write_failed = true;
@@ -150,19 +154,12 @@ pub(crate) fn cmd_audit_ctl(
                         let _ = out.flush();
                         print_one_break(&b.brk);
                     }
-                }
-            });
+                },
+            );
             let _ = out.flush();
             match r {
                 Ok(summary) => exported_breaks(&summary.verify),
-                Err(CallError::Remote(e)) => Err(CliError::new(
-                    exit::ERROR,
-                    format!("{} ({})", e.message, e.code),
-                )),
-                Err(CallError::Io(e)) => Err(CliError::new(
-                    exit::ERROR,
-                    format!("cannot reach the control socket {}: {e}", socket.display()),
-                )),
+                Err(e) => Err(call_error(&socket.socket, e)),
             }
         }
     }
