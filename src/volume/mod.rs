@@ -13,7 +13,9 @@
 //! * [`walk`] (listing a directory, walking the tree), [`rewrap`] and
 //!   [`census`] (volume-wide jobs over the walk), [`fsck`] (checking and
 //!   salvaging);
-//! * [`reclaim`]: freeing unlinked files off the request path.
+//! * [`reclaim`]: freeing unlinked files off the request path;
+//! * [`rootattrs`]: the mount root's mode, owner and group, kept apart
+//!   from the cipher directory's own.
 //!
 //! Directory-relative: every call takes the backing directory's fd, so
 //! callers (the FUSE frontend, offline tools) own the inode/path
@@ -32,6 +34,7 @@ pub mod fsck;
 pub mod namespace;
 pub mod reclaim;
 pub mod rewrap;
+pub mod rootattrs;
 pub mod walk;
 
 /// Moved to [`crate::sys`]; kept at this path so code written against it
@@ -159,7 +162,31 @@ impl Volume {
         if !is_empty_dir(cipherdir)? {
             return Err(VolumeError::NotEmpty(cipherdir.to_path_buf()));
         }
-        fs::create_dir_all(cipherdir)?;
+        // A cipher directory made here is the owner's alone (0700); the
+        // mount root shows what a mkdir would have given it (`sealfs.root`).
+        // One that exists keeps its mode, and its root starts with it.
+        let root_attrs = match fs::metadata(cipherdir) {
+            Ok(md) => {
+                use std::os::unix::fs::MetadataExt;
+                rootattrs::RootAttrs {
+                    mode: md.mode() & 0o7777,
+                    uid: md.uid(),
+                    gid: md.gid(),
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if let Some(parent) = cipherdir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    fs::create_dir_all(parent)?;
+                }
+                use std::os::unix::fs::DirBuilderExt;
+                match fs::DirBuilder::new().mode(0o700).create(cipherdir) {
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    r => r?,
+                }
+                rootattrs::new_root_attrs()
+            }
+            Err(e) => return Err(e.into()),
+        };
         let root = sys::open_dir_path(cipherdir)?;
         let volume_id = random_id()?;
         let (mut keyring, salt) = Keyring::create(volume_id, secret, params)?;
@@ -168,13 +195,14 @@ impl Volume {
         keyring.store(root.as_fd())?;
         let vol = Volume::assemble(cipherdir, root, config.clone(), volume_id, keyring, false);
         let root_key = SecretKey::generate()?;
-        vol.write_dir_record(
+        let root_dir = vol.write_dir_record(
             vol.root(),
             random_id()?,
             &root_key,
             &EncryptionContext::ROOT,
             true,
         )?;
+        vol.store_root_attrs(&root_dir, &root_attrs)?;
         vol.store_config(&config)?;
         Ok(())
     }
@@ -346,6 +374,34 @@ impl Volume {
             CONFIG_MODE,
         )?;
         Ok(())
+    }
+
+    /// The files holding the keyring, its copy, the config and the grant
+    /// store that other users may read (group or other permission bits
+    /// set): each as a warning to show at mount. The keyring is what a
+    /// passphrase is guessed against offline; `init` and every rewrite make
+    /// them 0600, but an older volume, a copy or a restore may not.
+    pub fn loose_permissions(&self) -> Vec<String> {
+        use crate::format::reserved::GRANTS_FILE;
+        [KEYRING_FILE, KEYRING_BACKUP, CONFIG_FILE, GRANTS_FILE]
+            .iter()
+            .filter_map(|name| {
+                let st = sys::fstatat(self.root(), OsStr::new(name)).ok()?;
+                let mode = st.st_mode & 0o777;
+                (st.st_mode & libc::S_IFMT == libc::S_IFREG && mode & 0o077 != 0).then(|| {
+                    format!(
+                        "{} is mode {mode:04o}: other users can read it{}; run chmod 600 {}",
+                        self.cipherdir.join(name).display(),
+                        if name.starts_with(KEYRING_FILE) {
+                            " (and guess the passphrase against it offline)"
+                        } else {
+                            ""
+                        },
+                        self.cipherdir.join(name).display()
+                    )
+                })
+            })
+            .collect()
     }
 
     /// Whether `cipherdir` holds a volume's files (used to print good errors).

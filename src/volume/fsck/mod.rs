@@ -281,6 +281,7 @@ fn fsck_on_this_thread(
         Path::new(""),
     ) {
         c.root_dir = Some(d.clone());
+        c.check_root_attrs(&d);
         c.walk_dir(root_fd.as_fd(), &d, b"", Path::new(""));
     }
     c.handle_orphans();
@@ -363,6 +364,7 @@ impl Volume {
         });
         if let Some(d) = root {
             c.root_dir = Some(d.clone());
+            c.check_until_stable(|c| c.check_root_attrs(&d));
             c.walk_dir(root_fd.as_fd(), &d, b"", Path::new(""));
         }
         c.handle_orphans();
@@ -418,6 +420,35 @@ impl Checker<'_> {
     /// repair did, when it worked).
     fn record_repair<E: std::fmt::Display>(&mut self, i: usize, r: Result<(), E>, done: &str) {
         self.report.problems[i].record_repair(r, done);
+    }
+
+    /// `sealfs.root`, the root's presented attributes: absent is fine (a
+    /// volume made before it existed); one that does not open is reported
+    /// (the mount then shows the cipher directory's attributes), and
+    /// salvage writes it anew with a new volume's defaults.
+    fn check_root_attrs(&mut self, d: &Directory) {
+        use crate::volume::rootattrs::new_root_attrs;
+        let Err(e) = self.vol.root_attrs(d) else {
+            return;
+        };
+        let i = self.problem(
+            ProblemKind::Config,
+            None,
+            Path::new(crate::format::reserved::ROOT_ATTRS_FILE),
+            format!("the root's attributes do not open: {e}"),
+        );
+        if self.salvage {
+            let a = new_root_attrs();
+            let r = self.vol.store_root_attrs(d, &a);
+            self.record_repair(
+                i,
+                r,
+                &format!(
+                    "rewritten: the root shows mode {:o}, uid {}, gid {}",
+                    a.mode, a.uid, a.gid
+                ),
+            );
+        }
     }
 
     fn unrepairable(&mut self, i: usize, why: &str) {
