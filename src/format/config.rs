@@ -22,7 +22,11 @@ pub const KNOWN_FEATURES: &[&str] = &[
     "dir-ids-two-copies",
     "long-names",
     "path-bound-keys",
+    "padded-names",
 ];
+/// The feature flag of names padded to 16 bytes before sealing
+/// (docs/FORMAT.md §7.1); volumes without it seal names as they are.
+pub const PADDED_NAMES: &str = "padded-names";
 
 /// Errors reading a config.
 #[derive(Debug, thiserror::Error)]

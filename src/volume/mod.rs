@@ -51,11 +51,11 @@ use parking_lot::RwLock;
 
 use crate::crypto::{random_id, Argon2Params, SecretKey};
 use crate::format::chunk::ChunkCipher;
-use crate::format::config::{hex, ConfigError, KdfConfig, VolumeConfig, CONFIG_FILE};
+use crate::format::config::{hex, ConfigError, KdfConfig, VolumeConfig, CONFIG_FILE, PADDED_NAMES};
 use crate::format::header::{EncryptionContext, RecordKind, SealedRecord, RECORD_LEN};
 use crate::format::keyring::KekSource;
 use crate::format::layout::plaintext_size;
-use crate::format::names::NameCipher;
+use crate::format::names::{NameCipher, NameScheme};
 use crate::format::reserved;
 use crate::keyring::{Keyring, KeyringError, UnlockSecret, KEYRING_BACKUP, KEYRING_FILE};
 pub use backing::EntryKind;
@@ -106,6 +106,8 @@ pub struct Volume {
     namespace: RwLock<()>,
     /// Serializes keyring changes (rotate, disable, trim, …) and their store.
     keyring_store: parking_lot::Mutex<()>,
+    /// How names are sealed (the config's `padded-names` feature).
+    name_scheme: NameScheme,
     /// `sealfs.lock`, flock'ed exclusively while opened writable: one
     /// writer per volume (a mount, or an offline command), never two
     /// keyrings in memory overwriting each other.
@@ -302,7 +304,13 @@ impl Volume {
         keyring: Keyring,
         read_only: bool,
     ) -> Self {
+        let name_scheme = if config.features.iter().any(|f| f == PADDED_NAMES) {
+            NameScheme::Padded16
+        } else {
+            NameScheme::Exact
+        };
         Volume {
+            name_scheme,
             cipherdir: cipherdir.to_path_buf(),
             root,
             config: RwLock::new(config),
@@ -314,6 +322,17 @@ impl Volume {
             keyring_store: parking_lot::Mutex::new(()),
             _lock: None,
         }
+    }
+
+    /// The name cipher of the directory `id` with directory key `key`, in
+    /// this volume's name scheme.
+    pub(crate) fn name_cipher(&self, key: &SecretKey, id: [u8; 16]) -> NameCipher {
+        NameCipher::with_scheme(key, id, self.name_scheme)
+    }
+
+    /// How this volume seals names.
+    pub fn name_scheme(&self) -> NameScheme {
+        self.name_scheme
     }
 
     /// The namespace lock (see the field's doc).
@@ -526,7 +545,7 @@ impl Volume {
         }
         Ok(Directory {
             id,
-            names: NameCipher::new(key, id),
+            names: self.name_cipher(key, id),
             key: key.clone(),
         })
     }
@@ -595,7 +614,7 @@ impl Volume {
         };
         Ok(Directory {
             id: rec.id,
-            names: NameCipher::new(&key, rec.id),
+            names: self.name_cipher(&key, rec.id),
             key,
         })
     }

@@ -13,7 +13,7 @@ use std::os::unix::fs::DirEntryExt;
 use std::path::Path;
 
 use crate::format::header::{EncryptionContext, HeaderError, SealedRecord};
-use crate::format::names::{classify_entry, long_entry_name, EntryClass, NameCipher};
+use crate::format::names::{classify_entry, long_entry_name, EntryClass};
 use crate::format::reserved::{self, Reserved, DIR_RECORD, DIR_RECORD_BACKUP};
 use crate::sys;
 use crate::volume::backing::{self, EntryKind};
@@ -142,7 +142,7 @@ impl Checker<'_> {
         }
         let dir = Directory {
             id: rec.id,
-            names: NameCipher::new(&key, rec.id),
+            names: self.vol.name_cipher(&key, rec.id),
             key,
         };
         self.dirs.push(KnownDir {
