@@ -19,6 +19,8 @@ pub const MAX_BACKING_NAME: usize = 255;
 /// Longest plaintext name accepted (as on ext4).
 pub const MAX_NAME: usize = 255;
 pub use crate::format::reserved::{LONG_NAME_PREFIX, LONG_NAME_SIDECAR_SUFFIX};
+/// Longest long-name sidecar read (the longest encoding is 363 bytes).
+pub const MAX_SIDECAR: usize = 1024;
 /// Longest symlink target accepted (its sealed, encoded form must fit PATH_MAX).
 pub const MAX_SYMLINK_TARGET: usize = 3000;
 

@@ -703,7 +703,15 @@ impl Volume {
         file: File,
         ctx: &EncryptionContext<'_>,
     ) -> Result<SealedFile, VolumeError> {
-        let csize = file.metadata()?.len();
+        let md = file.metadata()?;
+        if !md.is_file() {
+            // Something else was swapped in for the file (a FIFO, a
+            // device: opened without blocking, never read).
+            return Err(VolumeError::Io(io::Error::other(
+                "the backing object is not a regular file",
+            )));
+        }
+        let csize = md.len();
         let size = plaintext_size(csize).map_err(|_| VolumeError::Truncated)?;
         let buf = content::read_header(&file)?;
         let (rec, key, slot) = self.open_record(RecordKind::File, &buf, ctx)?;
