@@ -25,6 +25,7 @@ pub const KNOWN_FEATURES: &[&str] = &[
     "long-names",
     "path-bound-keys",
     "keyslots",
+    "padded-names",
     FEATURE_HARD_LINKS,
     FEATURE_XATTRS,
 ];
@@ -37,9 +38,9 @@ pub const FEATURE_HARD_LINKS: &str = "hard-links";
 /// Feature: encrypted extended attributes and POSIX ACLs (docs/FORMAT.md
 /// §9.1). Without it every xattr call is refused (EOPNOTSUPP).
 pub const FEATURE_XATTRS: &str = "xattrs";
-/// Features an existing volume may gain (`sealfs features CIPHERDIR
-/// --enable …`): nothing on disk changes until they are used.
-pub const UPGRADABLE_FEATURES: &[&str] = &[FEATURE_HARD_LINKS, FEATURE_XATTRS];
+/// The feature flag of names padded to 16 bytes before sealing
+/// (docs/FORMAT.md §7.1); volumes without it seal names as they are.
+pub const PADDED_NAMES: &str = "padded-names";
 
 /// Errors reading a config.
 #[derive(Debug, thiserror::Error)]

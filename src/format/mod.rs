@@ -16,4 +16,5 @@ pub mod layout;
 pub mod links;
 pub mod names;
 pub mod reserved;
+pub mod rootattrs;
 pub mod xattrs;

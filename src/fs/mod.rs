@@ -108,6 +108,9 @@ pub struct SealFs {
     /// Who may use which keys, and the audit trail.
     policy: Arc<AccessControl>,
     features: Features,
+    /// The root's presented mode, owner and group (`sealfs.root`); `None`:
+    /// the cipher directory's own.
+    root_attrs: RwLock<Option<crate::volume::rootattrs::RootAttrs>>,
 }
 
 impl SealFs {
@@ -125,6 +128,16 @@ impl SealFs {
             );
         }
         let features = Features { xattrs: stored };
+        let root_attrs = match vol.root_attrs(&root_dir) {
+            Ok(a) => a,
+            // Damaged (fsck reports it): the root shows the cipher
+            // directory's own attributes, which fail closed (0700).
+            Err(e) if e.is_integrity() || matches!(e, VolumeError::Io(_)) => {
+                tracing::warn!("the root's attributes (sealfs.root) do not open: {e}; showing the cipher directory's");
+                None
+            }
+            Err(e) => return Err(e),
+        };
         let table = Table::with_root(root_fd, st.st_ino, root_dir);
         let records = Arc::new(RecordFlusher {
             vol: vol.clone(),
@@ -143,6 +156,7 @@ impl SealFs {
             reclaim: ReclaimQueue::new(),
             policy,
             features,
+            root_attrs: RwLock::new(root_attrs),
         })
     }
 

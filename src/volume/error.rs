@@ -13,6 +13,7 @@ use crate::format::config::{ConfigError, CONFIG_FILE};
 use crate::format::header::HeaderError;
 use crate::format::links::LinkTableError;
 use crate::format::names::NameError;
+use crate::format::rootattrs::RootAttrsError;
 use crate::format::xattrs::XattrError;
 use crate::keyring::KeyringError;
 
@@ -76,9 +77,12 @@ pub enum VolumeError {
     #[error("extended attribute: {0}")]
     Xattr(#[from] XattrError),
     /// The volume lacks the feature an operation needs (hard links,
-    /// extended attributes); `sealfs features --enable` adds it.
-    #[error("the volume does not have the '{0}' feature (sealfs features CIPHERDIR --enable {0})")]
+    /// extended attributes): made before it (docs/FORMAT.md §1.1).
+    #[error("the volume does not have the '{0}' feature (made before it; docs/FORMAT.md §1.1)")]
     FeatureMissing(&'static str),
+    /// `sealfs.root` (the mount root's attributes) does not open.
+    #[error("integrity: {0}")]
+    RootAttrs(#[from] RootAttrsError),
 }
 
 impl VolumeError {
@@ -127,6 +131,7 @@ impl VolumeError {
                 | VolumeError::LinkTable(LinkTableError::Tampered)
                 | VolumeError::LinkTable(LinkTableError::Malformed)
                 | VolumeError::Xattr(XattrError::Tampered)
+                | VolumeError::RootAttrs(_)
         )
     }
 }

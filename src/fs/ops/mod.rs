@@ -183,16 +183,23 @@ pub(in crate::fs) fn setattr(
             Access::Op(GrantOp::Write),
             "setattr",
         )?;
-        if let Some(m) = mode {
-            if inode.kind != EntryKind::Symlink {
-                fs.with_backing(&inode, |d, n| backing::set_mode(d, n, m & 0o7777))?;
-                // An access ACL follows the new bits (FUSE_POSIX_ACL).
-                fs.chmod_acl(req, &inode, m)?;
+        if inode.ino == ROOT {
+            // The root's mode and owner are its own, not the cipher dir's.
+            if mode.is_some() || uid.is_some() || gid.is_some() {
+                fs.change_root_attrs(&inode, mode, uid, gid)?;
             }
-        }
-        if uid.is_some() || gid.is_some() {
-            fs.with_backing(&inode, |d, n| backing::set_owner(d, n, uid, gid))?;
-            fs.kill_caps(req, &inode);
+        } else {
+            if let Some(m) = mode {
+                if inode.kind != EntryKind::Symlink {
+                    fs.with_backing(&inode, |d, n| backing::set_mode(d, n, m & 0o7777))?;
+                    // An access ACL follows the new bits (FUSE_POSIX_ACL).
+                    fs.chmod_acl(req, &inode, m)?;
+                }
+            }
+            if uid.is_some() || gid.is_some() {
+                fs.with_backing(&inode, |d, n| backing::set_owner(d, n, uid, gid))?;
+                fs.kill_caps(req, &inode);
+            }
         }
         if size.is_some() && fs.xattrs_on() && inode.kind == EntryKind::File {
             // FUSE_HANDLE_KILLPRIV_V2: a truncate by a caller without
