@@ -220,7 +220,16 @@ mod tests {
         Acl {
             entries: entries
                 .iter()
-                .map(|&(tag, perm, id)| Entry { tag, perm, id })
+                .map(|&(tag, perm, id)| Entry {
+                    tag,
+                    perm,
+                    // The xattr form has no id on the unnamed entries.
+                    id: if matches!(tag, USER | GROUP) {
+                        id
+                    } else {
+                        UNDEFINED_ID
+                    },
+                })
                 .collect(),
         }
     }
