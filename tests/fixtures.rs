@@ -267,9 +267,8 @@ fn links_and_xattrs(mnt: &Path) -> (serde_json::Value, serde_json::Value) {
             let xn = std::ffi::CString::new(x).unwrap();
             let mut v = vec![0u8; 65536];
             // SAFETY: valid C strings and buffer.
-            let r = unsafe {
-                libc::lgetxattr(c.as_ptr(), xn.as_ptr(), v.as_mut_ptr().cast(), v.len())
-            };
+            let r =
+                unsafe { libc::lgetxattr(c.as_ptr(), xn.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
             assert!(r >= 0, "getxattr {rel}");
             one.insert(
                 String::from_utf8_lossy(x).into_owned(),

@@ -2,7 +2,7 @@
 //! ReEncrypt), volume-wide, mounted or not.
 //!
 //! Owns: the order and crash safety of re-wrapping (per header: add the new
-//! slot durably, then drop the old one, see [`Volume::rewrap_file_header`];
+//! slot durably, then drop the old one, see `Volume::rewrap_file_header`;
 //! directory records are replaced atomically, docs/FORMAT.md §6.1), and its
 //! progress counters. A file with several names is visited once per name;
 //! after the first visit its header is under the primary and is skipped.
