@@ -21,7 +21,7 @@
 # symlink, an access and a default ACL), listed in OUTDIR/links.json and
 # OUTDIR/xattrs.json; git keeps no xattrs, so the backing ones (sealed
 # values, external link tables) are saved as OUTDIR/backing-xattrs.txt
-# (`getfattr -R -d -m - -e hex` in the cipher dir; `setfattr --restore`
+# (`getfattr -R -P -h -d -m - -e hex` in the cipher dir; `setfattr -h --restore`
 # puts them back) and pinned in OUTDIR/backing-xattrs.sha256.
 set -euo pipefail
 out="${1:?usage: make-fixture.sh OUTDIR [SEALFS_BINARY]}"

@@ -112,6 +112,8 @@ fn frozen_fixtures_mount_and_read_byte_exact() {
             );
             run_ok(
                 Command::new("setfattr")
+                    // Symlinks carry their own (trusted.*) attributes.
+                    .arg("-h")
                     .arg(format!(
                         "--restore={}",
                         fixture.join("backing-xattrs.txt").display()
