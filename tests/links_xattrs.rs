@@ -149,6 +149,27 @@ fn fsck_clean(fx: &Fixture) {
     );
 }
 
+/// The kinds of problems `sealfs fsck --json` (with `extra` arguments) reports.
+fn fsck_kinds(fx: &Fixture, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "fsck".as_ref(),
+        fx.cipher.as_os_str(),
+        "--passfile".as_ref(),
+        fx.passfile.as_os_str(),
+        "--json".as_ref(),
+    ];
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    let out = sealfs(&args);
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("fsck --json: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap().to_string())
+        .collect()
+}
+
 fn nlink(p: &Path) -> u64 {
     fs::symlink_metadata(p).unwrap().nlink()
 }
@@ -283,6 +304,8 @@ fn planted_link_and_tampered_table_fail_with_eio_and_audit() {
     assert_eq!(fs::read(fx.p("secret")).unwrap(), b"secret data");
     assert_eq!(fs::read(fx.p("secret2")).unwrap(), b"secret data");
     fx.unmount();
+    // fsck names the planted link too.
+    assert_eq!(fsck_kinds(&fx, &[]), ["context-mismatch"]);
     fs::remove_file(&x[0]).unwrap();
     // A tampered link table (bytes 3840..4096 of block 0).
     let mut bytes = fs::read(linked[0]).unwrap();
@@ -405,6 +428,10 @@ fn xattr_value_moved_to_another_file_or_name_fails() {
     assert!(integrity_records(&fx, "/q") >= 1, "moved xattr not audited");
     assert_eq!(fs::read(fx.p("q")).unwrap(), b"q");
     fx.unmount();
+    // fsck finds the three, salvage removes them, and the volume is clean.
+    assert_eq!(fsck_kinds(&fx, &[]), ["xattr", "xattr", "xattr"]);
+    fsck_kinds(&fx, &["--salvage"]);
+    assert_eq!(fsck_kinds(&fx, &[]), Vec::<String>::new());
 }
 
 fn getfacl(p: &Path) -> String {
