@@ -607,3 +607,45 @@ fn timestamps_are_set_per_field_to_the_nanosecond() {
         "link changed a/mtime"
     );
 }
+
+#[test]
+fn the_library_makes_links_and_xattrs_the_mount_sees() {
+    use sealfs::keyring::UnlockSecret;
+    use sealfs::vault::Vault;
+    let mut fx = Fixture::new();
+    {
+        let v = Vault::open(
+            &fx.cipher,
+            &UnlockSecret::from_passfile(&fx.passfile).unwrap(),
+        )
+        .unwrap();
+        v.create_dir_all(Path::new("d")).unwrap();
+        v.write(Path::new("d/f"), b"from the library").unwrap();
+        v.hard_link(Path::new("d/f"), Path::new("g")).unwrap();
+        v.set_xattr(Path::new("g"), "user.k", b"v1", 0).unwrap();
+        v.set_xattr(Path::new("d"), "user.dir", b"dv", 0).unwrap();
+        assert_eq!(
+            v.get_xattr(Path::new("d/f"), "user.k").unwrap().unwrap(),
+            b"v1"
+        );
+        assert_eq!(v.list_xattrs(Path::new("d/f")).unwrap(), ["user.k"]);
+    }
+    fx.mount();
+    assert_eq!(nlink(&fx.p("g")), 2);
+    assert_eq!(fs::read(fx.p("d/f")).unwrap(), b"from the library");
+    assert_eq!(xget(&fx.p("d/f"), "user.k").unwrap(), b"v1");
+    assert_eq!(xget(&fx.p("d"), "user.dir").unwrap(), b"dv");
+    xset(&fx.p("g"), "user.k2", b"v2", 0).unwrap();
+    fx.unmount();
+    let v = Vault::open(
+        &fx.cipher,
+        &UnlockSecret::from_passfile(&fx.passfile).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        v.get_xattr(Path::new("g"), "user.k2").unwrap().unwrap(),
+        b"v2"
+    );
+    v.remove_xattr(Path::new("g"), "user.k").unwrap();
+    assert_eq!(v.get_xattr(Path::new("d/f"), "user.k").unwrap(), None);
+}
