@@ -22,7 +22,10 @@
 # OUTDIR/xattrs.json; git keeps no xattrs, so the backing ones (sealed
 # values, external link tables) are saved as OUTDIR/backing-xattrs.txt
 # (`getfattr -R -P -h -d -m - -e hex` in the cipher dir; `setfattr -h --restore`
-# puts them back) and pinned in OUTDIR/backing-xattrs.sha256.
+# puts them back) and pinned in OUTDIR/backing-xattrs.sha256. git keeps no
+# hard links either: the backing link groups are listed in
+# OUTDIR/backing-links.txt (one group per line, paths relative to the cipher
+# dir, space-separated), and tests/fixtures.rs links them again.
 set -euo pipefail
 out="${1:?usage: make-fixture.sh OUTDIR [SEALFS_BINARY]}"
 bin="${2:-$(dirname "$0")/../target/debug/sealfs}"
@@ -189,6 +192,9 @@ if [ -n "${LINKS:-}" ]; then
     (cd "$out/cipher" && getfattr -R -P -h -d -m - -e hex --absolute-names .) \
         > "$out/backing-xattrs.txt"
     sha256sum < "$out/backing-xattrs.txt" | cut -d' ' -f1 > "$out/backing-xattrs.sha256"
+    (cd "$out/cipher" && find . -type f -links +1 -printf '%i %P\n') | sort |
+        awk '$1 != prev { if (NR > 1) printf "\n"; printf "%s", $2; prev = $1; next }
+             { printf " %s", $2 } END { if (NR) printf "\n" }' > "$out/backing-links.txt"
 fi
 # Pin the cipher files (tests/fixtures.rs recomputes the same fingerprint).
 python3 - "$out/cipher" > "$out/cipher.sha256" <<'PY'

@@ -101,6 +101,26 @@ fn frozen_fixtures_mount_and_read_byte_exact() {
         let mnt = base.join("mnt");
         fs::create_dir(&mnt).unwrap();
         run_ok(Command::new("cp").arg("-a").arg(&cipher_src).arg(&cipher));
+        // git keeps no hard links: a fixture with linked files lists its
+        // backing link groups, linked again here (each group's files hold
+        // the same bytes, or the list is wrong).
+        if let Ok(groups) = fs::read_to_string(fixture.join("backing-links.txt")) {
+            for group in groups.lines().filter(|l| !l.trim().is_empty()) {
+                let mut names = group.split(' ');
+                let first = cipher.join(names.next().unwrap());
+                let bytes = fs::read(&first).unwrap();
+                for other in names {
+                    let other = cipher.join(other);
+                    assert_eq!(
+                        fs::read(&other).unwrap(),
+                        bytes,
+                        "fixture {name}: backing-links.txt groups files that differ"
+                    );
+                    fs::remove_file(&other).unwrap();
+                    fs::hard_link(&first, &other).unwrap();
+                }
+            }
+        }
         // git keeps no xattrs: a fixture with sealed attributes and
         // external link tables carries its backing xattrs as a dump.
         if let Ok(dump) = fs::read(fixture.join("backing-xattrs.txt")) {
