@@ -33,6 +33,7 @@
 //! requests (that is [`crate::fs`]), parse control requests (that is
 //! [`crate::ctl`]), fork, or print (the binary does both).
 
+pub mod mounts;
 mod threads;
 
 use std::path::{Path, PathBuf};
@@ -157,6 +158,15 @@ fn check_mountpoint(mp: &Path) -> Result<(), MountError> {
             "MOUNTPOINT {} is not a directory",
             mp.display()
         )));
+    }
+    if let Some(top) = mp.canonicalize().ok().and_then(|c| mounts::top_at(&c)) {
+        if top.is_sealfs() {
+            return Err(MountError::MountPoint(format!(
+                "MOUNTPOINT {} is already a sealfs mount (of {}): unmount it first",
+                mp.display(),
+                top.cipherdir().unwrap_or_default().display()
+            )));
+        }
     }
     let mut rd = std::fs::read_dir(mp).map_err(bad)?;
     if rd.next().is_some() {
@@ -388,7 +398,7 @@ impl OpenedMount {
         if self.lock_memory {
             match crate::hardening::lock_memory() {
                 crate::hardening::MemoryLock::Locked => tracing::debug!("memory locked"),
-                other => tracing::debug!("memory not locked: {other:?}"),
+                other => tracing::warn!("{other}"),
             }
         }
         // Before anything starts a thread (the grant store, the audit log's
@@ -442,6 +452,9 @@ impl OpenedMount {
         let config = fuser_config(&self.cipherdir, &self.options);
         let mut session = fuser::Session::new(fs, &self.mountpoint, &config)
             .map_err(|e| start(format!("mount failed: {e}")))?;
+        // Crash test: a daemon that dies with the kernel mount in place
+        // (the waiting `sealfs mount` must undo it).
+        crate::keyring::kill_point("mounted");
         let unmount_requested = Arc::new(AtomicBool::new(false));
         let unmounter = Arc::new(parking_lot::Mutex::new(session.unmount_callable()));
         if self.unmount_on_signal {

@@ -250,15 +250,130 @@ fn expand_exec(line: &str, instance: &str, env: &[(&str, String)]) -> Vec<String
     out
 }
 
+/// The unit's `KEY=` value.
+fn unit_key(unit: &str, k: &str) -> String {
+    unit.lines()
+        .find_map(|l| l.strip_prefix(&format!("{k}=")))
+        .unwrap_or_else(|| panic!("unit has no {k}="))
+        .to_string()
+}
+
+/// What systemd would apply that `setpriv`/`prlimit` can emulate: the
+/// capability bounding set, no new privileges, the memlock limit.
+#[derive(Debug)]
+struct Sandbox {
+    /// `CAP_…` names kept in the bounding set.
+    caps: Vec<String>,
+    /// `LimitMEMLOCK=` in prlimit's spelling (`unlimited` or bytes).
+    memlock: String,
+    no_new_privs: bool,
+}
+
+impl Sandbox {
+    fn of_unit(unit: &str) -> Self {
+        let memlock = match unit_key(unit, "LimitMEMLOCK").as_str() {
+            "infinity" => "unlimited".to_string(),
+            v => v.to_string(),
+        };
+        Sandbox {
+            caps: unit_key(unit, "CapabilityBoundingSet")
+                .split_whitespace()
+                .map(String::from)
+                .collect(),
+            memlock,
+            no_new_privs: unit_key(unit, "NoNewPrivileges") == "yes",
+        }
+    }
+
+    /// `prlimit … setpriv … argv…` (the limit first: raising it needs
+    /// CAP_SYS_RESOURCE, which the bounding set takes away, as systemd
+    /// sets limits before it drops capabilities).
+    fn command(&self, argv: &[String]) -> Command {
+        let bounding: Vec<String> = std::iter::once("-all".to_string())
+            .chain(self.caps.iter().map(|c| {
+                format!("+{}", c.trim_start_matches("CAP_").to_ascii_lowercase())
+            }))
+            .collect();
+        let limit = format!("--memlock={0}:{0}", self.memlock);
+        // Raising a limit needs CAP_SYS_RESOURCE, which a container may
+        // lack: then the limit in force stands in (CAP_IPC_LOCK decides).
+        let can = Command::new("prlimit")
+            .args([&limit, "true"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !can {
+            println!("cannot set {limit} here: running under the limit in force");
+        }
+        let mut c = Command::new(if can { "prlimit" } else { "env" });
+        if can {
+            c.arg(limit).arg("--");
+        }
+        c.arg("setpriv");
+        if self.no_new_privs {
+            c.arg("--no-new-privs");
+        }
+        c.arg(format!("--bounding-set={}", bounding.join(",")))
+            .arg("--inh-caps=-all")
+            .args(argv);
+        c
+    }
+}
+
+/// Runs the unit's ExecStart under `sandbox` with `NOTIFY_SOCKET` set,
+/// waits for `READY=1`, checks the mount is there at that moment, then
+/// stops it as `systemctl stop` would (SIGTERM). Returns the daemon's
+/// stderr (the journal).
+fn start_as_unit(fx: &Fixture, argv: &[String], sandbox: &Sandbox) -> String {
+    let notify = fx.scratch.join("notify.sock");
+    let _ = fs::remove_file(&notify);
+    let sock = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let journal = fx.scratch.join("journal");
+    let mut child = sandbox
+        .command(argv)
+        .env("NOTIFY_SOCKET", &notify)
+        .stdin(Stdio::null())
+        .stderr(fs::File::create(&journal).unwrap())
+        .spawn()
+        .expect("run ExecStart under setpriv/prlimit");
+    let guard = Mounted::adopt_daemon(&fx.cipher, &fx.mnt, &journal);
+    let mut buf = [0u8; 4096];
+    let got = sock.recv(&mut buf);
+    let mounted_when_ready = is_mounted(&fx.mnt);
+    let msg = got
+        .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+        .unwrap_or_else(|e| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "no READY=1 within {TIMEOUT:?} ({e}); journal:\n{}",
+                fs::read_to_string(&journal).unwrap_or_default()
+            )
+        });
+    assert!(msg.lines().any(|l| l == "READY=1"), "notification: {msg:?}");
+    assert!(mounted_when_ready, "READY=1 before the mount was in place");
+    fs::write(fx.p("from-unit"), b"unit").unwrap();
+    assert_eq!(fs::read(fx.p("from-unit")).unwrap(), b"unit");
+    // systemctl stop: KillSignal to the main process.
+    // SAFETY: signalling a process this test started.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert!(
+        wait_until(TIMEOUT, || matches!(child.try_wait(), Ok(Some(_)))),
+        "SIGTERM did not stop the daemon"
+    );
+    let st = child.wait().unwrap();
+    assert!(!is_mounted(&fx.mnt), "SIGTERM did not unmount");
+    drop(guard);
+    let journal = fs::read_to_string(&journal).unwrap_or_default();
+    assert!(st.success(), "daemon exit {st}; journal:\n{journal}");
+    journal
+}
+
 #[test]
 fn systemd_unit_verifies_and_its_exec_start_mounts() {
     let unit = fs::read_to_string(contrib("systemd/sealfs@.service")).unwrap();
-    let key = |k: &str| -> String {
-        unit.lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}=")))
-            .unwrap_or_else(|| panic!("unit has no {k}="))
-            .to_string()
-    };
+    let key = |k: &str| unit_key(&unit, k);
     // A private mount namespace would hide the mount from everyone else.
     for hiding in [
         "ProtectSystem=",
@@ -274,7 +389,8 @@ fn systemd_unit_verifies_and_its_exec_start_mounts() {
             "{hiding} would put the daemon in its own mount namespace"
         );
     }
-    assert_eq!(key("Type"), "forking", "the unit must wait for the mount");
+    assert_eq!(key("Type"), "notify", "READY=1 once mounted");
+    assert_eq!(key("NotifyAccess"), "main");
     assert_eq!(key("NoNewPrivileges"), "yes");
     assert_eq!(key("KillSignal"), "SIGTERM");
 
@@ -305,8 +421,7 @@ fn systemd_unit_verifies_and_its_exec_start_mounts() {
         println!("systemd-analyze not installed: unit checked by running its ExecStart only");
     }
 
-    // What /etc/sealfs/vault.conf would hold; LogsDirectory=sealfs would
-    // make /var/log/sealfs, here a scratch directory stands in for it.
+    // What /etc/sealfs/vault.conf would hold.
     let env = [
         ("CIPHERDIR", fx.cipher.display().to_string()),
         ("MOUNTPOINT", fx.mnt.display().to_string()),
@@ -316,51 +431,102 @@ fn systemd_unit_verifies_and_its_exec_start_mounts() {
         ),
         ("SEALFS_OPTIONS", "-o allow_other".to_string()),
     ];
-    let logs = fx.scratch.join("logs");
-    fs::create_dir(&logs).unwrap();
-    let exec = exec.replace("/var/log/sealfs/", &format!("{}/", logs.display()));
     let argv = expand_exec(&exec, "vault", &env);
     assert_eq!(argv[0], bin());
-    let out = Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run ExecStart");
-    // Type=forking: the start command's exit means "ready".
-    let mounted_at_exit = is_mounted(&fx.mnt);
-    let guard = Mounted::adopt_daemon(&fx.cipher, &fx.mnt, &logs.join("vault.log"));
     assert!(
-        out.status.success(),
-        "ExecStart {argv:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        mounted_at_exit,
-        "ExecStart returned before the mount was ready"
-    );
-    let (_, opts) = mount_entry(&fx.mnt, &fx.cipher).unwrap();
-    assert!(
-        opts.contains("allow_other"),
-        "SEALFS_OPTIONS not applied: {opts}"
-    );
-    fs::write(fx.p("from-unit"), b"unit").unwrap();
-    assert!(
-        logs.join("vault.log").exists(),
-        "no log file in LogsDirectory"
+        argv.iter().any(|a| a == "--foreground" || a == "-f"),
+        "Type=notify: the daemon must stay the main process: {argv:?}"
     );
 
-    // systemctl stop: KillSignal to the daemon; it unmounts and exits.
-    let pids = sealfs_pids_mentioning(&fx.cipher);
-    assert_eq!(pids.len(), 1, "one daemon expected: {pids:?}");
-    // SAFETY: signalling a process this test started.
-    assert_eq!(unsafe { libc::kill(pids[0], libc::SIGTERM) }, 0);
-    let start = Instant::now();
-    while is_mounted(&fx.mnt) || !sealfs_pids_mentioning(&fx.cipher).is_empty() {
-        assert!(
-            start.elapsed() < TIMEOUT,
-            "SIGTERM did not unmount and stop the daemon"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    // As the unit runs it: its capabilities and LimitMEMLOCK. Memory locked.
+    let sandbox = Sandbox::of_unit(&unit);
+    assert!(sandbox.caps.iter().any(|c| c == "CAP_IPC_LOCK"), "{sandbox:?}");
+    assert_eq!(sandbox.memlock, "unlimited");
+    let journal = start_as_unit(&fx, &argv, &sandbox);
+    assert!(
+        !journal.contains("memory not locked"),
+        "under the unit's limits memory must be locked: {journal}"
+    );
+
+    // As systemd's defaults would (no CAP_IPC_LOCK, LimitMEMLOCK 8 MiB): it
+    // still mounts, and warns instead of dying in its first allocation.
+    let strict = Sandbox {
+        caps: sandbox
+            .caps
+            .iter()
+            .filter(|c| *c != "CAP_IPC_LOCK")
+            .cloned()
+            .collect(),
+        memlock: (8 << 20).to_string(),
+        no_new_privs: true,
+    };
+    let journal = start_as_unit(&fx, &argv, &strict);
+    assert!(
+        journal.contains("memory not locked") && journal.contains("CAP_IPC_LOCK"),
+        "no warning about the unlocked memory: {journal}"
+    );
+    // The mount made with the right to lock is readable after all that.
+    let mut fx = fx;
+    fx.mount();
+    assert_eq!(fs::read(fx.p("from-unit")).unwrap(), b"unit");
+    fx.unmount();
+}
+
+/// A daemonized `sealfs mount` under systemd's default limits for a root
+/// service without `CAP_IPC_LOCK` (the old daemon called mlockall because
+/// it ran as root, then died in its first allocation past 8 MiB with the
+/// kernel mount in place), and a daemon that dies right after the kernel
+/// mount: both leave no mount behind and a usable mount point.
+#[test]
+fn a_failed_start_leaves_no_dead_mount() {
+    let fx = Fixture::new();
+    let pass = fx.passfile.display().to_string();
+    let argv: Vec<String> = [
+        bin(),
+        "mount",
+        fx.cipher.to_str().unwrap(),
+        fx.mnt.to_str().unwrap(),
+        "--passfile",
+        &pass,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let strict = Sandbox {
+        caps: vec!["CAP_SYS_ADMIN".into(), "CAP_DAC_OVERRIDE".into()],
+        memlock: (8 << 20).to_string(),
+        no_new_privs: false,
+    };
+    let out = strict.command(&argv).stdin(Stdio::null()).output().unwrap();
+    let guard = Mounted::adopt_daemon(&fx.cipher, &fx.mnt, &fx.scratch.join("none"));
+    assert!(
+        out.status.success(),
+        "mount without CAP_IPC_LOCK under an 8 MiB memlock limit failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::write(fx.p("f"), b"x").unwrap();
     drop(guard);
+    assert!(!is_mounted(&fx.mnt));
+
+    // Killed right after the kernel mount (a crash the daemon cannot report).
+    let out = Command::new(bin())
+        .args(&argv[1..])
+        .env("SEALFS_TEST_KILL_POINT", "mounted")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        wait_until(TIMEOUT, || !is_mounted(&fx.mnt)),
+        "a dead mount was left behind: {err}"
+    );
+    assert!(err.contains("undone"), "{err}");
+    assert_eq!(err.matches("sealfs:").count(), 1, "printed once: {err}");
+    fs::read_dir(&fx.mnt).expect("the mount point works again");
+    // And the next mount works.
+    let mut fx = fx;
+    fx.mount();
+    assert_eq!(fs::read(fx.p("f")).unwrap(), b"x");
+    fx.unmount();
 }

@@ -39,7 +39,11 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let _ = writeln!(std::io::stderr(), "sealfs: {}", e.msg);
+            // An empty message: already reported (the daemonized mount
+            // hands its error to the waiting parent, which prints it).
+            if !e.msg.is_empty() {
+                let _ = writeln!(std::io::stderr(), "sealfs: {}", e.msg);
+            }
             ExitCode::from(e.code)
         }
     }
