@@ -290,9 +290,11 @@ impl Sandbox {
     /// sets limits before it drops capabilities).
     fn command(&self, argv: &[String]) -> Command {
         let bounding: Vec<String> = std::iter::once("-all".to_string())
-            .chain(self.caps.iter().map(|c| {
-                format!("+{}", c.trim_start_matches("CAP_").to_ascii_lowercase())
-            }))
+            .chain(
+                self.caps
+                    .iter()
+                    .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_ascii_lowercase())),
+            )
             .collect();
         let limit = format!("--memlock={0}:{0}", self.memlock);
         // Raising a limit needs CAP_SYS_RESOURCE, which a container may
@@ -440,7 +442,10 @@ fn systemd_unit_verifies_and_its_exec_start_mounts() {
 
     // As the unit runs it: its capabilities and LimitMEMLOCK. Memory locked.
     let sandbox = Sandbox::of_unit(&unit);
-    assert!(sandbox.caps.iter().any(|c| c == "CAP_IPC_LOCK"), "{sandbox:?}");
+    assert!(
+        sandbox.caps.iter().any(|c| c == "CAP_IPC_LOCK"),
+        "{sandbox:?}"
+    );
     assert_eq!(sandbox.memlock, "unlimited");
     let journal = start_as_unit(&fx, &argv, &sandbox);
     assert!(

@@ -36,7 +36,12 @@ fn main() -> ExitCode {
     // result and logs a failure.
     let _ = sealfs::hardening::disable_core_dumps();
     let cli = Cli::parse();
-    match run(cli) {
+    let dir = volume_dir(&cli.cmd);
+    let r = run(cli).map_err(|e| match &dir {
+        Some(d) => error::with_volume_hint(e, d),
+        None => e,
+    });
+    match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // An empty message: already reported (the daemonized mount
@@ -46,6 +51,21 @@ fn main() -> ExitCode {
             }
             ExitCode::from(e.code)
         }
+    }
+}
+
+/// The existing volume a command opens (for [`error::with_volume_hint`]).
+fn volume_dir(cmd: &Command) -> Option<PathBuf> {
+    match cmd {
+        Command::Mount(a) => Some(a.cipherdir.clone()),
+        Command::Passwd { cipherdir, .. }
+        | Command::Rotate { cipherdir, .. }
+        | Command::Rewrap { cipherdir, .. }
+        | Command::Info { cipherdir, .. }
+        | Command::Upgrade { cipherdir, .. }
+        | Command::Export { cipherdir, .. } => Some(cipherdir.clone()),
+        Command::Fsck { cipherdir, .. } => cipherdir.clone(),
+        _ => None,
     }
 }
 
@@ -221,7 +241,13 @@ pub(crate) fn init_logging_as(to_file: Option<&Path>, daemon: bool) {
                 .try_init();
         }
         None => {
-            let _ = b.with_writer(std::io::stderr).try_init();
+            // Colour only for a terminal (a log captured to a file or the
+            // journal carries no escape codes).
+            use std::io::IsTerminal;
+            let _ = b
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr)
+                .try_init();
         }
     }
 }

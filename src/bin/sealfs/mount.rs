@@ -57,8 +57,40 @@ fn mount_options(a: &MountArgs) -> Result<(bool, bool), CliError> {
     Ok((allow_other, read_only))
 }
 
+/// Where the daemon's log will go, checked before anything is mounted: a
+/// `--log-file` that cannot be opened fails the mount; a daemonized mount
+/// without one and without a syslog socket warns (its log would be lost).
+fn check_log_target(a: &MountArgs) -> Result<(), CliError> {
+    if let Some(p) = &a.log_file {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .map_err(|e| {
+                CliError::new(
+                    exit::ERROR,
+                    format!("cannot open the log file {}: {e}", p.display()),
+                )
+            })?;
+    } else if !a.foreground {
+        let path = std::env::var_os("SEALFS_SYSLOG_SOCKET")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| sealfs::logging::DEV_LOG.into());
+        if sealfs::logging::Syslog::connect(&path, "sealfs").is_err() {
+            eprintln!(
+                "sealfs: warning: no syslog socket at {} (no journald or syslog daemon): the \
+                 mount daemon's log will be lost; give --log-file FILE, or run it with \
+                 --foreground",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
     let (allow_other, read_only) = mount_options(a)?;
+    check_log_target(a)?;
     let mut builder = Mount::builder(&a.cipherdir, &a.mountpoint)
         .read_only(read_only)
         .allow_other(allow_other)
