@@ -400,8 +400,22 @@ pub(crate) struct MountArgs {
     pub(crate) idle: Option<std::time::Duration>,
 }
 
+/// A rotation period or none.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Period {
+    Off,
+    Every(std::time::Duration),
+}
+
+fn parse_period(s: &str) -> Result<Period, String> {
+    match s {
+        "off" => Ok(Period::Off),
+        s => crate::duration::parse(s).map(Period::Every),
+    }
+}
+
 pub(crate) fn parse_idle(s: &str) -> Result<std::time::Duration, String> {
-    sealfs::format::config::parse_duration(s).map(std::time::Duration::from_secs)
+    crate::duration::parse(s)
 }
 
 #[derive(Args)]
@@ -443,10 +457,17 @@ pub(crate) enum CtlCommand {
     Disable,
     /// Allow file I/O again.
     Enable,
-    /// Set automatic rotation ("90d", "12h", …) or "off".
+    /// Set automatic rotation ("90d", "2w", …) or "off".
+    #[command(
+        after_help = "Examples:\n  sealfs ctl --mount ~/vault rotation-period 90d\n  sealfs ctl --mount ~/vault rotation-period off\n\nThe period needs a unit (d, h, min, s, w; '90' alone is refused) and is at least\na day unless --allow-short is given."
+    )]
     RotationPeriod {
-        /// The period.
-        period: String,
+        /// The period (with a unit: 90d, 2w, 36h) or "off".
+        #[arg(value_parser = parse_period)]
+        period: Period,
+        /// Accept a period shorter than a day (tests, demos).
+        #[arg(long)]
+        allow_short: bool,
     },
     /// Retire every version below MIN (they stop decrypting).
     Trim {
@@ -465,9 +486,9 @@ pub(crate) enum CtlCommand {
     ScheduleDeletion {
         /// The version.
         version: u32,
-        /// Waiting period.
-        #[arg(long, default_value = "7d")]
-        wait: String,
+        /// Waiting period (with a unit: 7d, 36h).
+        #[arg(long, default_value = "7d", value_parser = crate::duration::parse)]
+        wait: std::time::Duration,
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,

@@ -20,7 +20,7 @@ use sealfs::ctl::protocol::{
     UntrimResult,
 };
 
-use crate::args::{CtlArgs, CtlCommand};
+use crate::args::{CtlArgs, CtlCommand, Period};
 use crate::error::{exit, CliError};
 use crate::print_json;
 use crate::progress::{progress_bar_for, BarKind};
@@ -184,8 +184,17 @@ pub(crate) fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
             let d: DisabledResult = ctl_call(&socket, Op::Enable)?;
             show(json, &d, |_| println!("key enabled"))
         }
-        CtlCommand::RotationPeriod { period } => {
-            let period = (period != "off").then(|| period.clone());
+        CtlCommand::RotationPeriod {
+            period,
+            allow_short,
+        } => {
+            let period = match period {
+                Period::Off => None,
+                Period::Every(d) => Some(crate::duration::wire(
+                    crate::duration::rotation_period(*d, *allow_short)
+                        .map_err(|e| CliError::new(exit::ERROR, e))?,
+                )),
+            };
             let r: RotationPeriodResult = ctl_call(&socket, Op::SetRotationPeriod { period })?;
             show(json, &r, |r| {
                 print_schedule(&r.rotation_period, r.next_rotation)
@@ -216,16 +225,17 @@ pub(crate) fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
         CtlCommand::ScheduleDeletion { version, wait, yes } => {
             let request = |confirm| Op::ScheduleDeletion {
                 version: *version,
-                wait: Some(wait.clone()),
+                wait: Some(crate::duration::wire(*wait)),
                 confirm,
             };
             let dry: ScheduleDeletionResult = ctl_call(&socket, request(false))?;
             let orphans = dry.would_orphan;
-            if !yes {
+            // Nothing to lose (no header uses the version): no question.
+            if !yes && orphans > 0 {
                 if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
                     return Err(CliError::new(exit::ERROR, format!("destroying version {version} would make {orphans} headers unreadable; pass --yes to confirm")));
                 }
-                eprint!("Destroying key version {version} after {wait} makes {orphans} files/dirs unreadable for good. Type 'destroy' to confirm: ");
+                eprint!("Destroying key version {version} after {} makes {orphans} files/dirs unreadable for good. Type 'destroy' to confirm: ", humantime::format_duration(*wait));
                 let mut answer = String::new();
                 std::io::stdin()
                     .read_line(&mut answer)

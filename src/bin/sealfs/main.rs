@@ -9,6 +9,7 @@
 mod args;
 mod audit;
 mod ctl;
+mod duration;
 mod error;
 mod fsck;
 mod grants;
