@@ -510,10 +510,10 @@ pub(crate) enum CtlCommand {
 pub(crate) enum GrantCommand {
     /// Give a local user or group access to a path prefix; prints the grant id and token.
     #[command(
-        after_help = "Examples:\n  sealfs ctl --mount ~/vault grant create --grantee uid:1001 --ops read,list --path-prefix /projects/x\n  sealfs ctl --mount ~/vault grant create --grantee gid:100 --ops all --path-prefix /shared --expires 2026-12-31T00:00Z --name team\n  sealfs ctl --mount ~/vault grant create --grantee uid:1001 --ops read --path-prefix /tmp-share --expires 2h\n\nOperations: read (open for reading, readlink), write (open for writing, truncate,\nchmod, utimes), list (readdir), create (files, dirs, symlinks), delete, rename (both\nends inside the prefix), all. Any grant lets its grantee look up names inside its\nprefix and the directories leading to it. The mount needs -o allow_other for other\nusers to reach it at all."
+        after_help = "Examples:\n  sealfs ctl --mount ~/vault grant create --grantee alice --ops read,list --path-prefix /projects/x\n  sealfs ctl --mount ~/vault grant create --grantee group:staff --ops read --path-prefix /shared\n  sealfs ctl --mount ~/vault grant create --grantee gid:100 --ops all --path-prefix /shared --expires 2026-12-31T00:00Z --name team\n  sealfs ctl --mount ~/vault grant create --grantee uid:1001 --ops read --path-prefix /tmp-share --expires 2h\n\nOperations: read (open for reading, readlink), write (open for writing, truncate,\nchmod, utimes), list (readdir), create (files, dirs, symlinks), delete, rename (both\nends inside the prefix), all. Any grant lets its grantee look up names inside its\nprefix and the directories leading to it. The mount needs -o allow_other for other\nusers to reach it at all."
     )]
     Create {
-        /// `uid:N` or `gid:N`.
+        /// A user name (alice), group:NAME, uid:N or gid:N.
         #[arg(long)]
         grantee: String,
         /// Comma-separated operations.
@@ -531,7 +531,7 @@ pub(crate) enum GrantCommand {
     },
     /// List live grants.
     List {
-        /// Only this grantee (`uid:N` / `gid:N`).
+        /// Only this grantee (a user name, group:NAME, uid:N, gid:N).
         #[arg(long)]
         grantee: Option<String>,
         /// Only grants whose prefix contains or lies under this path.

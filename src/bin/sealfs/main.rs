@@ -36,6 +36,10 @@ fn main() -> ExitCode {
     // info, the mount daemon): none of them dumps core. `mount` checks the
     // result and logs a failure.
     let _ = sealfs::hardening::disable_core_dumps();
+    if let Some(msg) = one_dash_long_option(std::env::args_os().skip(1)) {
+        let _ = writeln!(std::io::stderr(), "sealfs: {msg}");
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     let dir = volume_dir(&cli.cmd);
     let r = run(cli).map_err(|e| match &dir {
@@ -53,6 +57,40 @@ fn main() -> ExitCode {
             ExitCode::from(e.code)
         }
     }
+}
+
+/// gocryptfs spells long options with one dash (`-passfile`, `-config`);
+/// clap would read `-passfile` as `-p assfile` and give a misleading tip.
+/// Names the two-dash option instead.
+fn one_dash_long_option(args: impl Iterator<Item = std::ffi::OsString>) -> Option<String> {
+    fn longs(c: &clap::Command, out: &mut std::collections::BTreeSet<String>) {
+        out.extend(
+            c.get_arguments()
+                .filter_map(|a| a.get_long().map(String::from)),
+        );
+        for s in c.get_subcommands() {
+            longs(s, out);
+        }
+    }
+    let mut known = std::collections::BTreeSet::new();
+    longs(&Cli::command(), &mut known);
+    for a in args {
+        let a = a.to_string_lossy().into_owned();
+        if a == "--" {
+            break;
+        }
+        let Some(name) = a.strip_prefix('-').filter(|n| !n.starts_with('-')) else {
+            continue;
+        };
+        let name = name.split('=').next().unwrap_or(name);
+        if name.len() > 1 && known.contains(name) {
+            return Some(format!(
+                "'{a}' has one dash: sealfs spells long options with two, as in \
+                 '--{name}' (gocryptfs's '-{name}')"
+            ));
+        }
+    }
+    None
 }
 
 /// The existing volume a command opens (for [`error::with_volume_hint`]).
