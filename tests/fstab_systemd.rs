@@ -1,6 +1,6 @@
-//! fstab and systemd integration, for real: `contrib/mount.sealfs` is
-//! installed as `/sbin/mount.fuse.sealfs` (removed again, or the previous
-//! file restored, when the test ends) and util-linux `mount -t fuse.sealfs`
+//! fstab and systemd integration, for real: the binary is installed as
+//! its own mount helper `/sbin/mount.fuse.sealfs` (removed again, or the
+//! previous file restored, when the test ends) and util-linux `mount -t fuse.sealfs`
 //! and `mount -T FSTAB` mount through it; `contrib/systemd/sealfs@.service`
 //! is checked with `systemd-analyze verify` where that exists, and its
 //! ExecStart line, expanded as systemd would, mounts a volume and the
@@ -24,41 +24,47 @@ fn contrib(rel: &str) -> PathBuf {
         .join(rel)
 }
 
-/// `contrib/mount.sealfs` installed as [`HELPER`] while alive.
+/// The binary under test installed as [`HELPER`] (a symbolic link, as
+/// `contrib/install.sh` makes it: the binary is its own mount helper by
+/// the name it is run under) while alive; what was there before comes
+/// back after.
 struct InstalledHelper {
-    previous: Option<Vec<u8>>,
+    previous: Option<PathBuf>,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
 
 impl InstalledHelper {
     fn install() -> Self {
-        let previous = fs::read(HELPER).ok();
+        static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let lock = ONE.lock().unwrap_or_else(|p| p.into_inner());
+        let saved = PathBuf::from(format!("{HELPER}.sealfs-test-saved.{}", std::process::id()));
+        let previous = fs::symlink_metadata(HELPER)
+            .is_ok()
+            .then(|| fs::rename(HELPER, &saved).map(|()| saved.clone()).ok())
+            .flatten();
         let tmp = format!("{HELPER}.sealfs-test.{}", std::process::id());
-        fs::copy(contrib("mount.sealfs"), &tmp).expect("copy the helper into /sbin");
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).unwrap();
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(bin(), &tmp).expect("link the helper into /sbin");
         fs::rename(&tmp, HELPER).expect("install the helper");
-        InstalledHelper { previous }
+        InstalledHelper {
+            previous,
+            _one_at_a_time: lock,
+        }
     }
 }
 
 impl Drop for InstalledHelper {
     fn drop(&mut self) {
-        match &self.previous {
-            Some(bytes) => {
-                let _ = fs::write(HELPER, bytes);
-            }
-            None => {
-                let _ = fs::remove_file(HELPER);
-            }
+        let _ = fs::remove_file(HELPER);
+        if let Some(saved) = &self.previous {
+            let _ = fs::rename(saved, HELPER);
         }
     }
 }
 
 /// The /proc/mounts line for `mnt`: (fstype, options), after checking that
 /// it is a FUSE mount of `cipher` (the source field is the cipher dir).
-///
-/// The type shows as plain `fuse`: fuser's own mount(2) path does not pass
-/// the `subtype=sealfs` option to the kernel (only fusermount3 would), so
-/// `fuse.sealfs` appears only if that changes.
+/// The type is `fuse.sealfs` (`findmnt -t fuse.sealfs` finds it).
 fn mount_entry(mnt: &Path, cipher: &Path) -> Option<(String, String)> {
     let mounts = fs::read_to_string("/proc/mounts").unwrap();
     let want = mnt.to_str().unwrap();
@@ -72,11 +78,7 @@ fn mount_entry(mnt: &Path, cipher: &Path) -> Option<(String, String)> {
         "mount source {} is not the cipher dir",
         entry.0
     );
-    assert!(
-        entry.1 == "fuse" || entry.1 == "fuse.sealfs",
-        "not a FUSE mount: {}",
-        entry.1
-    );
+    assert_eq!(entry.1, "fuse.sealfs", "the type in /proc/mounts");
     Some((entry.1, entry.2))
 }
 
@@ -84,7 +86,6 @@ fn mount_entry(mnt: &Path, cipher: &Path) -> Option<(String, String)> {
 fn util_mount(args: &[&std::ffi::OsStr]) -> Output {
     Command::new("mount")
         .args(args)
-        .env("SEALFS_BIN", bin())
         .stdin(Stdio::null())
         .output()
         .expect("run mount(8)")
@@ -225,6 +226,97 @@ fn mount_t_fuse_sealfs_and_an_fstab_line_mount_through_the_helper() {
     assert!(!is_mounted(&fx.mnt));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("wrong passphrase"), "{err}");
+    drop(guard);
+}
+
+/// A script under the mount, executable by its mode.
+fn script_runs(fx: &Fixture) -> bool {
+    let script = fx.p("s.sh");
+    if !script.exists() {
+        fs::write(&script, "#!/bin/sh\necho ran\n").unwrap();
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    Command::new(&script)
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout == b"ran\n")
+}
+
+/// `findmnt -t fuse.sealfs` lists `mnt`.
+fn findmnt_lists(mnt: &Path) -> bool {
+    let out = Command::new("findmnt")
+        .args(["-n", "-o", "TARGET", "-t", "fuse.sealfs"])
+        .output()
+        .expect("run findmnt");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| Path::new(l.trim()) == mnt)
+}
+
+/// Issue 21.5: the kernel's generic options pass through both entry
+/// points (`sealfs mount -o` and `mount -t fuse.sealfs`); `noexec` is
+/// honoured; the type is `fuse.sealfs`; unknown options are refused.
+#[test]
+fn generic_mount_options_pass_through_both_entry_points() {
+    let mut fx = Fixture::new();
+    // Without noexec, a script runs (the baseline) and findmnt finds it.
+    fx.mount();
+    assert!(findmnt_lists(&fx.mnt), "findmnt -t fuse.sealfs");
+    assert!(script_runs(&fx), "a script on a plain mount must run");
+    fx.unmount();
+
+    // sealfs mount -o
+    fx.mount_with(&["-o", "noexec,noatime,nodiratime,nosuid,nodev"]);
+    let (_, opts) = mount_entry(&fx.mnt, &fx.cipher).unwrap();
+    for o in ["noexec", "noatime", "nodiratime", "nosuid", "nodev"] {
+        assert!(opts.split(',').any(|x| x == o), "{o} missing: {opts}");
+    }
+    assert!(!script_runs(&fx), "a script ran under -o noexec");
+    fx.unmount();
+
+    // Refused: unknown, and suid (always nosuid).
+    for (bad, says) in [
+        ("noatime,bogus", "unknown mount option 'bogus'"),
+        ("suid", "nosuid"),
+    ] {
+        let out = sealfs(&[
+            "mount".as_ref(),
+            fx.cipher.as_os_str(),
+            fx.mnt.as_os_str(),
+            "--passfile".as_ref(),
+            fx.passfile.as_os_str(),
+            "-o".as_ref(),
+            bad.as_ref(),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{bad}: {err}");
+        assert!(!is_mounted(&fx.mnt));
+    }
+
+    // mount -t fuse.sealfs through the helper.
+    let _helper = InstalledHelper::install();
+    let opts = format!("passfile={},noexec,noatime,nofail", fx.passfile.display());
+    let out = util_mount(&[
+        "-t".as_ref(),
+        "fuse.sealfs".as_ref(),
+        fx.cipher.as_os_str(),
+        fx.mnt.as_os_str(),
+        "-o".as_ref(),
+        opts.as_ref(),
+    ]);
+    let guard = Mounted::adopt_daemon(&fx.cipher, &fx.mnt, &fx.scratch.join("none"));
+    assert!(
+        out.status.success(),
+        "mount -t fuse.sealfs -o noexec: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, opts) = mount_entry(&fx.mnt, &fx.cipher).unwrap();
+    assert!(
+        opts.contains("noexec") && opts.contains("noatime"),
+        "{opts}"
+    );
+    assert!(findmnt_lists(&fx.mnt));
+    assert!(!script_runs(&fx), "a script ran under mount -o noexec");
+    util_umount(&fx);
     drop(guard);
 }
 
@@ -527,7 +619,11 @@ fn a_failed_start_leaves_no_dead_mount() {
         "a dead mount was left behind: {err}"
     );
     assert!(err.contains("undone"), "{err}");
-    assert_eq!(err.matches("sealfs:").count(), 1, "printed once: {err}");
+    let errors = err
+        .lines()
+        .filter(|l| l.starts_with("sealfs: ") && !l.starts_with("sealfs: warning"))
+        .count();
+    assert_eq!(errors, 1, "printed once: {err}");
     fs::read_dir(&fx.mnt).expect("the mount point works again");
     // And the next mount works.
     let mut fx = fx;

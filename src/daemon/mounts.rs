@@ -137,6 +137,43 @@ pub fn holders(mp: &Path) -> Vec<Holder> {
     out
 }
 
+/// Ends a mount: fuser's own handle for a mount fuser made, or an
+/// unmount of the path for one the daemon made itself
+/// ([`crate::fs::mount_directly`]), only while that path still shows this
+/// volume's mount on top (never a newer mount in its place).
+pub(crate) enum Unmounter {
+    Fuser(fuser::SessionUnmounter),
+    Direct {
+        mp: PathBuf,
+        source: OsString,
+        done: bool,
+    },
+}
+
+impl Unmounter {
+    /// Unmounts (not lazily: a busy mount is an error, EBUSY).
+    pub(crate) fn unmount(&mut self) -> std::io::Result<()> {
+        match self {
+            Unmounter::Fuser(u) => u.unmount(),
+            Unmounter::Direct { mp, source, done } => {
+                if *done || top_at(mp).is_none_or(|m| m.source != *source) {
+                    *done = true;
+                    return Ok(());
+                }
+                let c = std::ffi::CString::new(mp.as_os_str().as_bytes())
+                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+                // SAFETY: valid C string.
+                if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+                    *done = true;
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -209,7 +209,7 @@ pub(super) fn block_termination_signals() {
 /// Starts the thread that waits for SIGINT/SIGTERM/SIGHUP and then ends
 /// the mount ([`end_mount`]).
 pub(super) fn unmount_on_signal(
-    unmounter: Arc<Mutex<fuser::SessionUnmounter>>,
+    unmounter: Arc<Mutex<super::mounts::Unmounter>>,
     mp: PathBuf,
     requested: Arc<AtomicBool>,
 ) {
@@ -228,7 +228,7 @@ pub(super) fn unmount_on_signal(
 /// fd) is tried again for a second and then detached lazily, as `umount -l`
 /// does; the session ends when the last user is gone.
 pub(super) fn end_mount(
-    unmounter: &Mutex<fuser::SessionUnmounter>,
+    unmounter: &Mutex<super::mounts::Unmounter>,
     mp: &Path,
     requested: &AtomicBool,
 ) {

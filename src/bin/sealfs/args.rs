@@ -371,7 +371,9 @@ pub(crate) struct MountArgs {
     /// Stay in the foreground (SIGINT/SIGTERM unmount).
     #[arg(short = 'f', long)]
     pub(crate) foreground: bool,
-    /// Mount options: allow_other, ro (comma separated).
+    /// Mount options, comma separated: allow_other and the kernel's generic
+    /// ones (ro, noexec, noatime, nodiratime, relatime, sync, dirsync, …;
+    /// always nosuid,nodev).
     #[arg(short = 'o', value_name = "OPTS")]
     pub(crate) options: Option<String>,
     /// Mount read-only.

@@ -13,6 +13,7 @@ mod duration;
 mod error;
 mod fsck;
 mod grants;
+mod helper;
 mod keyslot;
 mod mount;
 mod progress;
@@ -36,6 +37,36 @@ fn main() -> ExitCode {
     // info, the mount daemon): none of them dumps core. `mount` checks the
     // result and logs a failure.
     let _ = sealfs::hardening::disable_core_dumps();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Run as mount(8)'s helper (`mount -t fuse.sealfs`, fstab).
+    if argv.first().is_some_and(|a| helper::invoked_as_helper(a)) {
+        let r = helper::mount_args(&argv[1..]).and_then(|(args, fake)| {
+            if fake {
+                let shown: Vec<String> = args
+                    .iter()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect();
+                eprintln!("mount.fuse.sealfs: would run: {}", shown.join(" "));
+                return Ok(());
+            }
+            let cli = Cli::try_parse_from(&args)
+                .map_err(|e| CliError::new(2, e.to_string().trim().to_string()))?;
+            let dir = volume_dir(&cli.cmd);
+            run(cli).map_err(|e| match &dir {
+                Some(d) => error::with_volume_hint(e, d),
+                None => e,
+            })
+        });
+        return match r {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                if !e.msg.is_empty() {
+                    let _ = writeln!(std::io::stderr(), "sealfs: {}", e.msg);
+                }
+                ExitCode::from(e.code)
+            }
+        };
+    }
     if let Some(msg) = one_dash_long_option(std::env::args_os().skip(1)) {
         let _ = writeln!(std::io::stderr(), "sealfs: {msg}");
         return ExitCode::from(2);

@@ -32,29 +32,58 @@ impl From<MountError> for CliError {
     }
 }
 
-/// The `-o` options: allow_other, ro, rw. Returns (allow_other, read_only).
-fn mount_options(a: &MountArgs) -> Result<(bool, bool), CliError> {
-    let (mut allow_other, mut read_only) = (false, a.read_only);
-    for o in a
-        .options
-        .as_deref()
-        .unwrap_or("")
-        .split(',')
-        .filter(|s| !s.is_empty())
-    {
+/// What `-o` gave.
+pub(crate) struct MountOpts {
+    pub(crate) allow_other: bool,
+    pub(crate) read_only: bool,
+    /// The kernel's generic options, passed through.
+    pub(crate) generic: Vec<String>,
+}
+
+/// Every name `-o` takes.
+pub(crate) fn known_options() -> String {
+    let mut names = vec!["allow_other", "default_permissions"];
+    names.extend(sealfs::fs::GENERIC_OPTIONS.iter().map(|(n, _)| *n));
+    names.join(", ")
+}
+
+/// Parses `-o` options: allow_other, default_permissions (always on) and
+/// the kernel's generic ones ([`sealfs::fs::GENERIC_OPTIONS`]); `suid` and
+/// `dev` are refused (always nosuid,nodev), anything else is unknown.
+pub(crate) fn parse_options(list: &str, mut read_only: bool) -> Result<MountOpts, CliError> {
+    let mut allow_other = false;
+    let mut generic = Vec::new();
+    for o in list.split(',').filter(|s| !s.is_empty()) {
         match o {
             "allow_other" => allow_other = true,
+            "default_permissions" => {}
             "ro" => read_only = true,
             "rw" => read_only = false,
+            "suid" | "dev" => {
+                return Err(CliError::new(
+                    exit::ERROR,
+                    format!("mount option '{o}' is refused: a sealfs mount is always nosuid,nodev"),
+                ))
+            }
+            o if sealfs::fs::GENERIC_OPTIONS.iter().any(|(n, _)| *n == o) => {
+                generic.push(o.to_string())
+            }
             other => {
                 return Err(CliError::new(
                     exit::ERROR,
-                    format!("unknown mount option '{other}' (known: allow_other, ro, rw)"),
+                    format!(
+                        "unknown mount option '{other}' (known: {})",
+                        known_options()
+                    ),
                 ))
             }
         }
     }
-    Ok((allow_other, read_only))
+    Ok(MountOpts {
+        allow_other,
+        read_only,
+        generic,
+    })
 }
 
 /// Where the daemon's log will go, checked before anything is mounted: a
@@ -89,11 +118,12 @@ fn check_log_target(a: &MountArgs) -> Result<(), CliError> {
 }
 
 pub(crate) fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
-    let (allow_other, read_only) = mount_options(a)?;
+    let o = parse_options(a.options.as_deref().unwrap_or(""), a.read_only)?;
     check_log_target(a)?;
     let mut builder = Mount::builder(&a.cipherdir, &a.mountpoint)
-        .read_only(read_only)
-        .allow_other(allow_other)
+        .read_only(o.read_only)
+        .allow_other(o.allow_other)
+        .generic_options(o.generic)
         .audit(!a.no_audit)
         .idle(a.idle)
         .unmount_on_signal(true)
