@@ -44,8 +44,10 @@ pub(crate) fn ctl_call<R: DeserializeOwned>(socket: &Path, op: Op) -> Result<R, 
     ctl::client::call(socket, &Request::new(op)).map_err(|e| call_error(socket, e))
 }
 
-fn fmt_time(secs: u64) -> String {
-    format!("{secs} (unix time)")
+/// A time as people read it: RFC 3339 UTC (`--json` keeps the epoch
+/// seconds, with this form beside them).
+pub(crate) fn fmt_time(secs: u64) -> String {
+    sealfs::format::grants::format_utc(secs)
 }
 
 /// The socket `--socket` names, or the default one of the mount `--mount` names.
@@ -95,12 +97,17 @@ fn print_status(s: &StatusResult) {
             (Some(f), Some(d)) => format!(" files {f} dirs {d}"),
             _ => String::new(),
         };
+        let due = k
+            .deletion_due
+            .map(|d| format!(", destroyed at {}", fmt_time(d)))
+            .unwrap_or_default();
         println!(
-            "  v{} {:<17} created {}{}",
+            "  v{} {:<17} created {}{}{}",
             k.version,
             k.state.as_str(),
             fmt_time(k.created),
-            counts
+            counts,
+            due
         );
     }
     print_schedule(&s.rotation_period, s.next_rotation);

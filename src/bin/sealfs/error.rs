@@ -194,8 +194,37 @@ pub(crate) fn with_volume_hint(e: CliError, cipherdir: &std::path::Path) -> CliE
             path.display(),
             cipherdir.display()
         )
+    } else if msg.contains("is in use by another sealfs process") {
+        match daemon_of(cipherdir) {
+            Some(pid) => format!(
+                "{msg} (the sealfs daemon of this volume is pid {pid}; if its mount was \
+                 detached while files were open, it ends when they close, or at once with \
+                 'kill -INT {pid}')"
+            ),
+            None => return e,
+        }
     } else {
         return e;
     };
     CliError::new(e.code, msg)
+}
+
+/// The pid of a `sealfs mount` process (other than this one) for
+/// `cipherdir`, from /proc.
+fn daemon_of(cipherdir: &std::path::Path) -> Option<u32> {
+    let want = cipherdir.canonicalize().ok()?;
+    let me = std::process::id();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+        let is_mount = args.iter().any(|a| *a == b"mount");
+        let cwd = std::fs::read_link(e.path().join("cwd")).unwrap_or_default();
+        let names_it = args.iter().any(|a| {
+            use std::os::unix::ffi::OsStrExt;
+            let p = cwd.join(std::ffi::OsStr::from_bytes(a));
+            p.canonicalize().is_ok_and(|c| c == want)
+        });
+        (pid != me && is_mount && names_it).then_some(pid)
+    })
 }

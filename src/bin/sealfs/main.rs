@@ -344,10 +344,46 @@ fn write_man_pages(dir: &Path) -> std::io::Result<()> {
     clap_mangen::generate_to(Cli::command(), dir)
 }
 
+/// The fields that hold seconds since the epoch.
+const EPOCH_FIELDS: &[&str] = &[
+    "created",
+    "deletion_due",
+    "next_rotation",
+    "expires",
+    "last_rotation",
+    "destroyed",
+];
+
+/// Beside each epoch field (seconds), its RFC 3339 UTC form as
+/// `FIELD_utc`, at any depth: scripts keep the number, people read the date.
+fn add_utc_times(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            let add: Vec<(String, String)> = m
+                .iter()
+                .filter(|(k, _)| EPOCH_FIELDS.contains(&k.as_str()))
+                .filter_map(|(k, x)| {
+                    x.as_u64()
+                        .map(|s| (format!("{k}_utc"), sealfs::format::grants::format_utc(s)))
+                })
+                .collect();
+            for x in m.values_mut() {
+                add_utc_times(x);
+            }
+            for (k, t) in add {
+                m.entry(k).or_insert(serde_json::Value::String(t));
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(add_utc_times),
+        _ => {}
+    }
+}
+
 /// Prints `v` as one line of JSON, keys in alphabetical order (as the
 /// daemon writes them).
 pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> Result<(), CliError> {
-    let v = serde_json::to_value(v).map_err(|e| CliError::new(exit::ERROR, e.to_string()))?;
+    let mut v = serde_json::to_value(v).map_err(|e| CliError::new(exit::ERROR, e.to_string()))?;
+    add_utc_times(&mut v);
     println!("{v}");
     Ok(())
 }
