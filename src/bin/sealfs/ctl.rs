@@ -50,13 +50,64 @@ pub(crate) fn fmt_time(secs: u64) -> String {
     sealfs::format::grants::format_utc(secs)
 }
 
-/// The socket `--socket` names, or the default one of the mount `--mount` names.
+/// The control socket of the sealfs mount at `m`, for whoever asks: the
+/// mount's owner (`user_id=` in /proc/mounts) made it in *their* default
+/// directory (`/run/sealfs` for root, `/run/user/UID/sealfs` or
+/// `/tmp/sealfs-UID` otherwise), named after the mount point, so a
+/// grantee finds the owner's socket (the directory lets others reach a
+/// socket whose name they know, never list it). A socket moved with
+/// `--ctl-socket` is not found this way: pass it with `--socket`.
+pub(crate) fn socket_for_mount(m: &Path) -> Result<PathBuf, CliError> {
+    let canon = m
+        .canonicalize()
+        .map_err(|e| CliError::new(exit::MOUNTPOINT, format!("{}: {e}", m.display())))?;
+    let mine = ctl::default_socket_path(&canon);
+    let Some(top) = sealfs::daemon::mounts::top_at(&canon) else {
+        return Err(CliError::new(
+            exit::MOUNTPOINT,
+            format!("{} is not mounted", m.display()),
+        ));
+    };
+    if !top.is_sealfs() {
+        return Err(CliError::new(
+            exit::MOUNTPOINT,
+            format!(
+                "{} is a {} mount, not a sealfs one",
+                m.display(),
+                top.fstype
+            ),
+        ));
+    }
+    let owner = top
+        .options
+        .split(',')
+        .find_map(|o| o.strip_prefix("user_id=")?.parse::<u32>().ok());
+    // SAFETY: geteuid has no failure mode.
+    let me = unsafe { libc::geteuid() };
+    let (Some(owner), Some(name)) = (owner.filter(|&o| o != me), mine.file_name()) else {
+        return Ok(mine);
+    };
+    let dirs: Vec<PathBuf> = if owner == 0 {
+        vec!["/run/sealfs".into()]
+    } else {
+        vec![
+            format!("/run/user/{owner}/sealfs").into(),
+            format!("/tmp/sealfs-{owner}").into(),
+        ]
+    };
+    let candidates: Vec<PathBuf> = dirs.iter().map(|d| d.join(name)).collect();
+    Ok(candidates
+        .iter()
+        .find(|p| std::fs::symlink_metadata(p).is_ok())
+        .unwrap_or(&candidates[0])
+        .clone())
+}
+
+/// The socket `--socket` names, or the one of the mount `--mount` names.
 fn socket_of(a: &CtlArgs) -> Result<PathBuf, CliError> {
     match (&a.socket, &a.mount) {
         (Some(s), _) => Ok(s.clone()),
-        (None, Some(m)) => Ok(ctl::default_socket_path(&m.canonicalize().map_err(
-            |e| CliError::new(exit::MOUNTPOINT, format!("{}: {e}", m.display())),
-        )?)),
+        (None, Some(m)) => socket_for_mount(m),
         (None, None) => Err(CliError::new(
             exit::ERROR,
             "give --mount MOUNTPOINT or --socket PATH",

@@ -212,11 +212,10 @@ fn run(cli: Cli) -> Result<(), CliError> {
             let target = match (cipherdir, mount, socket) {
                 (Some(c), _, _) => FsckTarget::Offline(c),
                 (None, _, Some(s)) => FsckTarget::Socket(s),
-                (None, Some(m), None) => FsckTarget::Socket(sealfs::ctl::default_socket_path(
-                    &m.canonicalize().map_err(|e| {
-                        CliError::new(exit::FSCK_FAILED, format!("{}: {e}", m.display()))
-                    })?,
-                )),
+                (None, Some(m), None) => FsckTarget::Socket(
+                    ctl::socket_for_mount(&m)
+                        .map_err(|e| CliError::new(exit::FSCK_FAILED, e.msg))?,
+                ),
                 (None, None, None) => unreachable!("clap requires one of them"),
             };
             fsck::cmd_fsck(target, &secret, salvage, json)
