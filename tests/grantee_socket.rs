@@ -30,7 +30,8 @@ fn a_grantee_retires_a_grant_with_mount() {
     // The grantee must be able to reach the mount point's path.
     std::fs::set_permissions(fx.root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     fx.mount_with(&["-o", "allow_other"]);
-    let (uid, gid, name) = grantee();
+    let (uid, gid, _) = grantee();
+    let by_uid = format!("uid:{uid}");
     let mnt = fx.mnt.to_str().unwrap().to_string();
     let out = Command::new(bin())
         .args([
@@ -41,7 +42,7 @@ fn a_grantee_retires_a_grant_with_mount() {
             "grant",
             "create",
             "--grantee",
-            name,
+            &by_uid,
         ])
         .args(["--ops", "read", "--path-prefix", "/"])
         .stdin(Stdio::null())
