@@ -528,6 +528,7 @@ impl OpenedMount {
             }
         };
         let timers = Timers::start(vol.clone(), access.clone(), hooks.clone());
+        crate::metrics::mark_start();
         tracing::info!(
             "mounted {} on {}; control socket {}",
             self.cipherdir.display(),

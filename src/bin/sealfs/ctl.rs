@@ -219,7 +219,25 @@ pub(crate) fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
         }
         CtlCommand::Metrics => {
             let m: MetricsResult = ctl_call(&socket, Op::Metrics)?;
-            show(json, &m, |m| print!("{}", m.text))
+            if json {
+                // One object: series (name and labels, as in the text) → value.
+                let series: serde_json::Map<String, serde_json::Value> = m
+                    .text
+                    .lines()
+                    .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                    .filter_map(|l| {
+                        let (k, v) = l.rsplit_once(' ')?;
+                        let n = match v.parse::<u64>() {
+                            Ok(i) => serde_json::json!(i),
+                            Err(_) => serde_json::json!(v.parse::<f64>().ok()?),
+                        };
+                        Some((k.to_string(), n))
+                    })
+                    .collect();
+                return print_json(&series);
+            }
+            print!("{}", m.text);
+            Ok(())
         }
         CtlCommand::Census => {
             let c: CensusResult = ctl_call(&socket, Op::Census)?;
