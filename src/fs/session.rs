@@ -111,7 +111,23 @@ pub fn mount_directly(
     let dev = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open("/dev/fuse")?;
+        .open("/dev/fuse")
+        .map_err(|e| {
+            use std::os::unix::fs::MetadataExt;
+            let how = std::fs::metadata("/dev/fuse").map_or_else(
+                |_| "it is missing: load the fuse module (modprobe fuse)".to_string(),
+                |m| {
+                    format!(
+                        "mode {:o}, owner uid {} gid {}: this user needs read and write access \
+                         to it (e.g. the group that owns it), or mount as root",
+                        m.mode() & 0o777,
+                        m.uid(),
+                        m.gid()
+                    )
+                },
+            );
+            std::io::Error::new(e.kind(), format!("cannot open /dev/fuse ({e}); {how}"))
+        })?;
     // SAFETY: getuid/getgid have no failure mode.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let mut data = format!(

@@ -135,6 +135,43 @@ fn print_schedule(rotation_period: &Option<String>, next_rotation: Option<u64>) 
     }
 }
 
+/// `n thing`/`n things`.
+pub(crate) fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// The census as a table: one row per key version.
+fn print_census(c: &CensusResult) {
+    let versions: std::collections::BTreeSet<u32> = c
+        .files
+        .keys()
+        .chain(c.dirs.keys())
+        .chain(c.unreadable_by_version.keys())
+        .copied()
+        .collect();
+    println!(
+        "{:>7}  {:>10}  {:>10}  {:>10}",
+        "version", "files", "dirs", "unreadable"
+    );
+    for v in &versions {
+        let get = |m: &std::collections::BTreeMap<u32, u64>| m.get(v).copied().unwrap_or(0);
+        println!(
+            "{:>7}  {:>10}  {:>10}  {:>10}",
+            format!("v{v}"),
+            get(&c.files),
+            get(&c.dirs),
+            get(&c.unreadable_by_version)
+        );
+    }
+    println!(
+        "{:>7}  {:>10}  {:>10}  {:>10}",
+        "total",
+        c.files.values().sum::<u64>(),
+        c.dirs.values().sum::<u64>(),
+        c.unreadable
+    );
+}
+
 fn print_status(s: &StatusResult) {
     println!(
         "volume {} at {}{}",
@@ -196,8 +233,7 @@ pub(crate) fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
                 std::thread::sleep(std::time::Duration::from_millis(200));
                 let s: StatusResult = ctl_call(&socket, Op::Status)?;
                 let r = s.rewrap;
-                bar.set_length(r.total.max(1));
-                bar.set_position(r.done);
+                crate::progress::update(&bar, r.done, r.total);
                 if !r.running {
                     break r;
                 }
@@ -241,14 +277,7 @@ pub(crate) fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
         }
         CtlCommand::Census => {
             let c: CensusResult = ctl_call(&socket, Op::Census)?;
-            show(json, &c, |c| {
-                println!(
-                    "files per version {}, dirs per version {}, unreadable {}",
-                    json_text(&c.files),
-                    json_text(&c.dirs),
-                    c.unreadable
-                )
-            })
+            show(json, &c, print_census)
         }
         CtlCommand::Disable => {
             let d: DisabledResult = ctl_call(&socket, Op::Disable)?;
@@ -309,7 +338,7 @@ pub(crate) fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
             // Nothing to lose (no header uses the version): no question.
             if !yes && orphans > 0 {
                 if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-                    return Err(CliError::new(exit::ERROR, format!("destroying version {version} would make {orphans} headers unreadable; pass --yes to confirm")));
+                    return Err(CliError::new(exit::ERROR, format!("destroying version {version} would make {} unreadable; pass --yes to confirm", plural(orphans, "header", "headers"))));
                 }
                 eprint!("Destroying key version {version} after {} makes {orphans} files/dirs unreadable for good. Type 'destroy' to confirm: ", humantime::format_duration(*wait));
                 let mut answer = String::new();
@@ -323,9 +352,10 @@ pub(crate) fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
             let done: ScheduleDeletionResult = ctl_call(&socket, request(true))?;
             show(json, &done, |d| {
                 println!(
-                    "version {version} will be destroyed at {} ({} headers still use it)",
+                    "version {version} will be destroyed at {} ({} still {} it)",
                     fmt_time(d.deletion_due.unwrap_or(0)),
-                    d.would_orphan
+                    plural(d.would_orphan, "header", "headers"),
+                    if d.would_orphan == 1 { "uses" } else { "use" }
                 )
             })
         }

@@ -73,10 +73,24 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let dir = volume_dir(&cli.cmd);
+    let json = argv
+        .iter()
+        .skip(1)
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--json");
     let r = run(cli).map_err(|e| match &dir {
         Some(d) => error::with_volume_hint(e, d),
         None => e,
     });
+    // Every --json command prints one object, a failure too.
+    if let (Err(e), true) = (&r, json) {
+        if !e.msg.is_empty() && !PRINTED_JSON.load(std::sync::atomic::Ordering::Relaxed) {
+            println!(
+                "{}",
+                serde_json::json!({"error": {"code": e.code, "message": e.msg}})
+            );
+        }
+    }
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -378,11 +392,16 @@ fn add_utc_times(v: &mut serde_json::Value) {
     }
 }
 
+/// Whether a JSON object went to stdout already (a failure with a report,
+/// such as import's partial result or fsck's problems, adds none).
+static PRINTED_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Prints `v` as one line of JSON, keys in alphabetical order (as the
 /// daemon writes them).
 pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> Result<(), CliError> {
     let mut v = serde_json::to_value(v).map_err(|e| CliError::new(exit::ERROR, e.to_string()))?;
     add_utc_times(&mut v);
+    PRINTED_JSON.store(true, std::sync::atomic::Ordering::Relaxed);
     println!("{v}");
     Ok(())
 }
