@@ -25,10 +25,14 @@ pub const KNOWN_FEATURES: &[&str] = &[
     "long-names",
     "path-bound-keys",
     "keyslots",
+    "padded-names",
 ];
 /// The feature flag of a keyring with keyslots (layout 2): a build
 /// without it refuses the volume rather than misread its keyring.
 pub const FEATURE_KEYSLOTS: &str = "keyslots";
+/// The feature flag of names padded to 16 bytes before sealing
+/// (docs/FORMAT.md §7.1); volumes without it seal names as they are.
+pub const PADDED_NAMES: &str = "padded-names";
 
 /// Errors reading a config.
 #[derive(Debug, thiserror::Error)]

@@ -14,3 +14,4 @@ pub mod keyring;
 pub mod layout;
 pub mod names;
 pub mod reserved;
+pub mod rootattrs;

@@ -100,6 +100,9 @@ pub struct SealFs {
     reclaim: ReclaimQueue,
     /// Who may use which keys, and the audit trail.
     policy: Arc<AccessControl>,
+    /// The root's presented mode, owner and group (`sealfs.root`); `None`:
+    /// the cipher directory's own.
+    root_attrs: RwLock<Option<crate::volume::rootattrs::RootAttrs>>,
 }
 
 impl SealFs {
@@ -108,6 +111,16 @@ impl SealFs {
         let root_fd = vol.root_fd()?;
         let st = backing::stat(root_fd.as_fd(), OsStr::new(""))?;
         let root_dir = vol.load_dir(root_fd.as_fd(), &EncryptionContext::ROOT)?;
+        let root_attrs = match vol.root_attrs(&root_dir) {
+            Ok(a) => a,
+            // Damaged (fsck reports it): the root shows the cipher
+            // directory's own attributes, which fail closed (0700).
+            Err(e) if e.is_integrity() || matches!(e, VolumeError::Io(_)) => {
+                tracing::warn!("the root's attributes (sealfs.root) do not open: {e}; showing the cipher directory's");
+                None
+            }
+            Err(e) => return Err(e),
+        };
         let table = Table::with_root(root_fd, st.st_ino, root_dir);
         let records = Arc::new(RecordFlusher {
             vol: vol.clone(),
@@ -125,6 +138,7 @@ impl SealFs {
             activity: Arc::new(Activity::new()),
             reclaim: ReclaimQueue::new(),
             policy,
+            root_attrs: RwLock::new(root_attrs),
         })
     }
 

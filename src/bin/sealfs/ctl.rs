@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 use sealfs::ctl;
-use sealfs::ctl::client::CallError;
+use sealfs::ctl::client::{CallError, ServerCheck};
 use sealfs::ctl::protocol::{
     CancelDeletionResult, CensusResult, DisabledResult, MetricsResult, Op, Request, RewrapStarted,
     RotateResult, RotationPeriodResult, ScheduleDeletionResult, StatusResult, TrimResult,
@@ -25,10 +25,54 @@ use crate::error::{exit, CliError};
 use crate::print_json;
 use crate::progress::{progress_bar_for, BarKind};
 
+/// A control socket and who may serve it (root or the mount owner).
+pub(crate) struct Target {
+    /// The socket's path.
+    pub(crate) socket: PathBuf,
+    /// The check of the server's `SO_PEERCRED`.
+    pub(crate) check: ServerCheck,
+}
+
+impl Target {
+    /// The socket of the mount at `mountpoint` (the mount owner's default
+    /// path: [`socket_for_mount`]); the server must be root or the user
+    /// who mounted it.
+    pub(crate) fn of_mount(mountpoint: &Path, code: u8) -> Result<Target, CliError> {
+        let mp = mountpoint
+            .canonicalize()
+            .map_err(|e| CliError::new(code, format!("{}: {e}", mountpoint.display())))?;
+        let socket = socket_for_mount(&mp, code)?;
+        let check = ServerCheck::for_mount(&mp, &socket).map_err(|e| {
+            CliError::new(
+                code,
+                format!(
+                    "cannot reach the control socket {}: {e} (is the volume mounted?)",
+                    socket.display()
+                ),
+            )
+        })?;
+        Ok(Target { socket, check })
+    }
+
+    /// The socket at `socket` (`--socket`).
+    pub(crate) fn of_socket(socket: PathBuf, code: u8) -> Result<Target, CliError> {
+        let check = ServerCheck::for_socket(&socket).map_err(|e| {
+            CliError::new(
+                code,
+                format!("cannot use the control socket {}: {e}", socket.display()),
+            )
+        })?;
+        Ok(Target { socket, check })
+    }
+}
+
 /// The error of a failed call, as `sealfs ctl` reports it.
 pub(crate) fn call_error(socket: &Path, e: CallError) -> CliError {
     match e {
         CallError::Remote(e) => CliError::new(exit::ERROR, format!("{} ({})", e.message, e.code)),
+        e @ CallError::UntrustedServer { .. } => {
+            CliError::new(exit::ERROR, format!("{}: {e}", socket.display()))
+        }
         CallError::Io(e) => CliError::new(
             exit::ERROR,
             format!(
@@ -40,8 +84,9 @@ pub(crate) fn call_error(socket: &Path, e: CallError) -> CliError {
 }
 
 /// Sends `op` and returns its typed result.
-pub(crate) fn ctl_call<R: DeserializeOwned>(socket: &Path, op: Op) -> Result<R, CliError> {
-    ctl::client::call(socket, &Request::new(op)).map_err(|e| call_error(socket, e))
+pub(crate) fn ctl_call<R: DeserializeOwned>(t: &Target, op: Op) -> Result<R, CliError> {
+    ctl::client::call_checked(&t.socket, &Request::new(op), &t.check)
+        .map_err(|e| call_error(&t.socket, e))
 }
 
 /// A time as people read it: RFC 3339 UTC (`--json` keeps the epoch
@@ -57,20 +102,20 @@ pub(crate) fn fmt_time(secs: u64) -> String {
 /// grantee finds the owner's socket (the directory lets others reach a
 /// socket whose name they know, never list it). A socket moved with
 /// `--ctl-socket` is not found this way: pass it with `--socket`.
-pub(crate) fn socket_for_mount(m: &Path) -> Result<PathBuf, CliError> {
+pub(crate) fn socket_for_mount(m: &Path, code: u8) -> Result<PathBuf, CliError> {
     let canon = m
         .canonicalize()
-        .map_err(|e| CliError::new(exit::MOUNTPOINT, format!("{}: {e}", m.display())))?;
+        .map_err(|e| CliError::new(code, format!("{}: {e}", m.display())))?;
     let mine = ctl::default_socket_path(&canon);
     let Some(top) = sealfs::daemon::mounts::top_at(&canon) else {
         return Err(CliError::new(
-            exit::MOUNTPOINT,
+            code,
             format!("{} is not mounted", m.display()),
         ));
     };
     if !top.is_sealfs() {
         return Err(CliError::new(
-            exit::MOUNTPOINT,
+            code,
             format!(
                 "{} is a {} mount, not a sealfs one",
                 m.display(),
@@ -103,11 +148,11 @@ pub(crate) fn socket_for_mount(m: &Path) -> Result<PathBuf, CliError> {
         .clone())
 }
 
-/// The socket `--socket` names, or the one of the mount `--mount` names.
-fn socket_of(a: &CtlArgs) -> Result<PathBuf, CliError> {
+/// The socket `--socket` names, or the default one of the mount `--mount` names.
+fn socket_of(a: &CtlArgs) -> Result<Target, CliError> {
     match (&a.socket, &a.mount) {
-        (Some(s), _) => Ok(s.clone()),
-        (None, Some(m)) => socket_for_mount(m),
+        (Some(s), _) => Target::of_socket(s.clone(), exit::ERROR),
+        (None, Some(m)) => Target::of_mount(m, exit::MOUNTPOINT),
         (None, None) => Err(CliError::new(
             exit::ERROR,
             "give --mount MOUNTPOINT or --socket PATH",

@@ -11,7 +11,7 @@ use sealfs::ctl::protocol::{
 };
 
 use crate::args::GrantCommand;
-use crate::ctl::ctl_call;
+use crate::ctl::{ctl_call, Target};
 use crate::error::{exit, CliError};
 use crate::print_json;
 
@@ -52,7 +52,7 @@ pub(crate) fn resolve_grantee(g: &str) -> Result<String, CliError> {
 
 /// Warns when `prefix` looks like a host path (under the mount point, or
 /// naming nothing inside the volume): grants take paths inside the volume.
-fn warn_host_path(socket: &Path, prefix: &str) {
+fn warn_host_path(socket: &Target, prefix: &str) {
     let Ok(st) = ctl_call::<StatusResult>(socket, Op::Status) else {
         return;
     };
@@ -74,7 +74,11 @@ fn warn_host_path(socket: &Path, prefix: &str) {
     }
 }
 
-pub(crate) fn cmd_grant(socket: &Path, json_out: bool, cmd: &GrantCommand) -> Result<(), CliError> {
+pub(crate) fn cmd_grant(
+    socket: &Target,
+    json_out: bool,
+    cmd: &GrantCommand,
+) -> Result<(), CliError> {
     match cmd {
         GrantCommand::Create {
             grantee,
