@@ -108,9 +108,19 @@ pub(crate) fn socket_for_mount(m: &Path, code: u8) -> Result<PathBuf, CliError> 
         .map_err(|e| CliError::new(code, format!("{}: {e}", m.display())))?;
     let mine = ctl::default_socket_path(&canon);
     let Some(top) = sealfs::daemon::mounts::top_at(&canon) else {
+        // Not a mount-point problem: nothing serves there (exit 1 for ctl,
+        // fsck's own code for fsck).
+        let code = if code == exit::FSCK_FAILED {
+            code
+        } else {
+            exit::ERROR
+        };
         return Err(CliError::new(
             code,
-            format!("{} is not mounted", m.display()),
+            format!(
+                "nothing is mounted on {}, so there is no control socket to reach (is the volume mounted?)",
+                m.display()
+            ),
         ));
     };
     if !top.is_sealfs() {
@@ -140,7 +150,10 @@ pub(crate) fn socket_for_mount(m: &Path, code: u8) -> Result<PathBuf, CliError> 
             format!("/tmp/sealfs-{owner}").into(),
         ]
     };
-    let candidates: Vec<PathBuf> = dirs.iter().map(|d| d.join(name)).collect();
+    // The owner's directories first; then the caller's own default (a
+    // socket placed there by someone else is refused by the server check).
+    let mut candidates: Vec<PathBuf> = dirs.iter().map(|d| d.join(name)).collect();
+    candidates.push(mine.clone());
     Ok(candidates
         .iter()
         .find(|p| std::fs::symlink_metadata(p).is_ok())

@@ -345,7 +345,9 @@ fn restore_sigpipe() {
 }
 
 /// Writes one man page per (visible) command into `dir`, replacing the
-/// pages a previous run wrote there.
+/// pages a previous run wrote there: the sections clap_mangen renders, the
+/// examples of `--help` in a real EXAMPLES section (what follows them in
+/// NOTES), and `sealfs VERSION` in the footer of every page.
 fn write_man_pages(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     for e in std::fs::read_dir(dir)? {
@@ -355,7 +357,75 @@ fn write_man_pages(dir: &Path) -> std::io::Result<()> {
             std::fs::remove_file(dir.join(&*name))?;
         }
     }
-    clap_mangen::generate_to(Cli::command(), dir)
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    man_page(&cmd, dir)
+}
+
+fn man_page(cmd: &clap::Command, dir: &Path) -> std::io::Result<()> {
+    for s in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        man_page(s, dir)?;
+    }
+    let after = cmd.get_after_help().map(|s| s.to_string());
+    let man = clap_mangen::Man::new(cmd.clone().after_help(None::<&str>))
+        .source(format!("sealfs {}", env!("CARGO_PKG_VERSION")))
+        .manual("sealfs manual");
+    let mut out = Vec::new();
+    man.render_title(&mut out)?;
+    man.render_name_section(&mut out)?;
+    man.render_synopsis_section(&mut out)?;
+    man.render_description_section(&mut out)?;
+    if cmd.get_arguments().any(|a| !a.is_hide_set()) {
+        man.render_options_section(&mut out)?;
+    }
+    if cmd.get_subcommands().any(|s| !s.is_hide_set()) {
+        man.render_subcommands_section(&mut out)?;
+    }
+    if let Some(text) = after {
+        let (examples, notes) = split_examples(&text);
+        if !examples.is_empty() {
+            out.extend(roff_section("EXAMPLES", &examples).as_bytes());
+        }
+        if !notes.trim().is_empty() {
+            out.extend(roff_section("NOTES", notes.trim()).as_bytes());
+        }
+    }
+    let name = cmd.get_display_name().unwrap_or(cmd.get_name());
+    std::fs::write(dir.join(format!("{name}.1")), out)
+}
+
+/// The indented lines after `Examples:` in a `--help` epilogue, and the rest.
+fn split_examples(text: &str) -> (String, String) {
+    let mut lines = text.lines().peekable();
+    let mut notes = String::new();
+    let mut examples = String::new();
+    while let Some(l) = lines.next() {
+        if l.trim() == "Examples:" {
+            while let Some(e) = lines.next_if(|e| e.starts_with("  ")) {
+                examples.push_str(e.trim_start());
+                examples.push('\n');
+            }
+        } else {
+            notes.push_str(l);
+            notes.push('\n');
+        }
+    }
+    (examples, notes)
+}
+
+/// A roff section of preformatted text (no filling, roff escapes undone).
+fn roff_section(title: &str, body: &str) -> String {
+    let mut s = format!(".SH {title}\n.nf\n");
+    for l in body.lines() {
+        let l = l.replace('\\', "\\e");
+        if l.starts_with('.') || l.starts_with('\'') {
+            s.push_str("\\&");
+        }
+        s.push_str(&l);
+        s.push('\n');
+    }
+    s.push_str(".fi\n");
+    s
 }
 
 /// The fields that hold seconds since the epoch.
