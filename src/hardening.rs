@@ -97,7 +97,7 @@ pub fn lock_memory() -> MemoryLock {
     let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } == 0;
     let unlimited = ok && lim.rlim_cur == libc::RLIM_INFINITY;
     if !unlimited && !has_ipc_lock() {
-        return MemoryLock::NotPermitted(lim.rlim_cur as u64);
+        return MemoryLock::NotPermitted(lim.rlim_cur);
     }
     // SAFETY: mlockall takes flags only.
     let r = unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT) };

@@ -260,12 +260,12 @@ fn fuse_connection(mp: &Path) -> Option<u32> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = mp.to_string_lossy();
     info.lines()
+        .rev()
         .filter(|l| l.contains(" - fuse"))
-        .filter_map(|l| {
+        .find_map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
             (f.len() > 4 && f[4] == want).then(|| f[2].split_once(':')?.1.parse().ok())?
         })
-        .last()
 }
 
 /// Ends the mount at `mp`: a busy mount (a file or a working directory
