@@ -239,7 +239,11 @@ pub(crate) fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
             socket.display()
         );
     }
-    Ok(mount.wait()?)
+    let r = mount.wait();
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    }
+    Ok(r?)
 }
 
 /// `ERR CODE MESSAGE` from the ready pipe (or nothing: the daemon died).
