@@ -241,7 +241,9 @@ fn every_command_block_in_the_readme_runs_as_written() {
 }
 
 /// `contrib/install.sh`, as the Installation section runs it, into a
-/// staging root (DESTDIR) instead of the host.
+/// staging root (DESTDIR) instead of the host; the man pages it installs
+/// have an EXAMPLES section and the version in the footer, and the unit's
+/// `man:` reference resolves (issue 21.14).
 #[test]
 fn install_script_stages_everything_it_promises() {
     let d = tempfile::tempdir().unwrap();
@@ -268,4 +270,28 @@ fn install_script_stages_everything_it_promises() {
         .join("usr/local/share/bash-completion/completions/sealfs")
         .is_file());
     assert!(r.join("etc/systemd/system/sealfs@.service").is_file());
+    // The unit's man: reference resolves among the installed pages.
+    let unit = fs::read_to_string(r.join("etc/systemd/system/sealfs@.service")).unwrap();
+    let doc = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("Documentation=man:"))
+        .expect("the unit names its man page");
+    let page = doc.replace("(1)", ".1");
+    assert!(
+        r.join("usr/local/share/man/man1").join(&page).is_file(),
+        "{page}"
+    );
+    // Pages with a real EXAMPLES section and the version in the footer.
+    let man = fs::read_to_string(r.join("usr/local/share/man/man1/sealfs-mount.1")).unwrap();
+    assert!(man.contains("\n.SH EXAMPLES\n"), "{man}");
+    assert!(!man.contains(".SH EXTRA"), "{man}");
+    let th = man.lines().find(|l| l.starts_with(".TH ")).unwrap();
+    assert!(
+        th.contains(&format!("sealfs {}", env!("CARGO_PKG_VERSION"))),
+        "{th}"
+    );
+    assert!(
+        man.contains("sealfs mount ~/vault.enc ~/vault"),
+        "examples kept: {man}"
+    );
 }
