@@ -442,7 +442,9 @@ impl SealedFile {
         // Shrinking.
         let Some(nl) = last_chunk(new) else {
             self.file.set_len(META_BLOCK)?;
-            let zeros = vec![0u8; (META_BLOCK - META_ENTRIES_OFFSET) as usize];
+            // The chunk entries only: bytes 3840..4096 of block 0 hold a
+            // linked file's link table (format::links), which outlives it.
+            let zeros = vec![0u8; CHUNKS_PER_GROUP as usize * ML];
             write_all_at(&self.file, &zeros, META_ENTRIES_OFFSET)?;
             self.size = 0;
             return Ok(());
