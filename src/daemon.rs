@@ -33,6 +33,7 @@
 //! requests (that is [`crate::fs`]), parse control requests (that is
 //! [`crate::ctl`]), fork, or print (the binary does both).
 
+pub mod mounts;
 mod threads;
 
 use std::path::{Path, PathBuf};
@@ -50,6 +51,7 @@ use crate::policy::audit::{AuditLog, DEFAULT_SEGMENT_BYTES};
 use crate::policy::grants::GrantStore;
 use crate::policy::AccessControl;
 use crate::volume::{Volume, VolumeError};
+use mounts::Unmounter;
 pub use threads::raise_fd_limit;
 use threads::Timers;
 
@@ -118,6 +120,7 @@ impl Mount {
             idle: None,
             unmount_on_signal: false,
             lock_memory: false,
+            generic: Vec::new(),
             readahead_kb: Some(1024),
             accept_rollback: false,
         }
@@ -137,6 +140,7 @@ pub struct MountBuilder {
     idle: Option<Duration>,
     unmount_on_signal: bool,
     lock_memory: bool,
+    generic: Vec<String>,
     readahead_kb: Option<u32>,
     accept_rollback: bool,
 }
@@ -157,6 +161,15 @@ fn check_mountpoint(mp: &Path) -> Result<(), MountError> {
             "MOUNTPOINT {} is not a directory",
             mp.display()
         )));
+    }
+    if let Some(top) = mp.canonicalize().ok().and_then(|c| mounts::top_at(&c)) {
+        if top.is_sealfs() {
+            return Err(MountError::MountPoint(format!(
+                "MOUNTPOINT {} is already a sealfs mount (of {}): unmount it first",
+                mp.display(),
+                top.cipherdir().unwrap_or_default().display()
+            )));
+        }
     }
     let mut rd = std::fs::read_dir(mp).map_err(bad)?;
     if rd.next().is_some() {
@@ -202,6 +215,13 @@ impl MountBuilder {
     /// Mounts read-only (no change, no key operation, no schedule).
     pub fn read_only(mut self, yes: bool) -> Self {
         self.read_only = yes;
+        self
+    }
+
+    /// The kernel's generic mount options (`noexec`, `noatime`, …: each
+    /// one of [`crate::fs::GENERIC_OPTIONS`]), passed through.
+    pub fn generic_options(mut self, opts: Vec<String>) -> Self {
+        self.generic = opts;
         self
     }
 
@@ -298,6 +318,7 @@ impl MountBuilder {
                 allow_other: self.allow_other,
                 read_only: self.read_only,
                 threads: self.threads.unwrap_or_else(default_request_threads),
+                generic: self.generic.clone(),
             },
             audit: self.audit,
             idle: self.idle,
@@ -394,7 +415,7 @@ impl OpenedMount {
         if self.lock_memory {
             match crate::hardening::lock_memory() {
                 crate::hardening::MemoryLock::Locked => tracing::debug!("memory locked"),
-                other => tracing::debug!("memory not locked: {other:?}"),
+                other => tracing::warn!("{other}"),
             }
         }
         // Before anything starts a thread (the grant store, the audit log's
@@ -446,10 +467,39 @@ impl OpenedMount {
         let cache = fs.cache_control();
         let activity = fs.activity();
         let config = fuser_config(&self.cipherdir, &self.options);
-        let mut session = fuser::Session::new(fs, &self.mountpoint, &config)
+        // As root the daemon mounts itself (type fuse.sealfs, the generic
+        // options as flags); otherwise fuser goes through fusermount3.
+        let direct = crate::fs::mount_directly(&self.cipherdir, &self.canonical_mp, &self.options)
             .map_err(|e| start(format!("mount failed: {e}")))?;
+        let (session, unmounter) = match direct {
+            Some(fd) => {
+                let unmounter = Unmounter::Direct {
+                    mp: self.canonical_mp.clone(),
+                    source: crate::fs::fsname(&self.cipherdir).into(),
+                    done: false,
+                };
+                let acl = config.acl;
+                match fuser::Session::from_fd(fs, fd, acl, config) {
+                    Ok(s) => (s, unmounter),
+                    Err(e) => {
+                        let mut u = unmounter;
+                        let _ = u.unmount();
+                        return Err(start(format!("mount failed: {e}")));
+                    }
+                }
+            }
+            None => {
+                let mut s = fuser::Session::new(fs, &self.mountpoint, &config)
+                    .map_err(|e| start(format!("mount failed: {e}")))?;
+                let u = Unmounter::Fuser(s.unmount_callable());
+                (s, u)
+            }
+        };
+        // Crash test: a daemon that dies with the kernel mount in place
+        // (the waiting `sealfs mount` must undo it).
+        crate::keyring::kill_point("mounted");
         let unmount_requested = Arc::new(AtomicBool::new(false));
-        let unmounter = Arc::new(parking_lot::Mutex::new(session.unmount_callable()));
+        let unmounter = Arc::new(parking_lot::Mutex::new(unmounter));
         if self.unmount_on_signal {
             threads::unmount_on_signal(
                 unmounter.clone(),
@@ -484,6 +534,7 @@ impl OpenedMount {
             }
         };
         let timers = Timers::start(vol.clone(), access.clone(), hooks.clone());
+        crate::metrics::mark_start();
         tracing::info!(
             "mounted {} on {}; control socket {}",
             self.cipherdir.display(),
@@ -531,7 +582,7 @@ pub struct MountHandle {
     access: Arc<AccessControl>,
     hooks: Arc<dyn MountHooks>,
     session: Option<JoinHandle<std::io::Result<()>>>,
-    unmounter: Arc<parking_lot::Mutex<fuser::SessionUnmounter>>,
+    unmounter: Arc<parking_lot::Mutex<Unmounter>>,
     unmount_requested: Arc<AtomicBool>,
     server: Option<ControlServer>,
     timers: Timers,

@@ -36,29 +36,68 @@ pub fn core_dumps_disabled() -> bool {
 pub enum MemoryLock {
     /// Every page of the process, now and later, is locked once touched.
     Locked,
-    /// Not attempted: without root the locked-memory limit is small, and
-    /// locking future allocations could make them fail.
-    NotPermitted,
+    /// Not attempted: without `CAP_IPC_LOCK` and with a finite
+    /// `RLIMIT_MEMLOCK` (the value, in bytes), locking future allocations
+    /// would make them fail once the limit is reached.
+    NotPermitted(u64),
     /// The kernel refused (the errno).
     Refused(i32),
 }
 
+impl std::fmt::Display for MemoryLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MemoryLock::Locked => f.write_str("memory locked"),
+            MemoryLock::NotPermitted(limit) => write!(
+                f,
+                "memory not locked (keys could reach swap): no CAP_IPC_LOCK and \
+                 RLIMIT_MEMLOCK is {limit} bytes; give the daemon CAP_IPC_LOCK or \
+                 an unlimited memlock limit (systemd: LimitMEMLOCK=infinity)"
+            ),
+            MemoryLock::Refused(e) => write!(
+                f,
+                "memory not locked (keys could reach swap): mlockall: {}",
+                std::io::Error::from_raw_os_error(*e)
+            ),
+        }
+    }
+}
+
+/// `CAP_IPC_LOCK`'s bit in the capability sets.
+const CAP_IPC_LOCK: u32 = 14;
+
+/// Whether `CAP_IPC_LOCK` is in this process's effective set (from
+/// /proc/self/status: the euid says nothing once a service manager has
+/// trimmed the bounding set).
+pub fn has_ipc_lock() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+}
+
 /// Locks the process's memory (`mlockall` with `MCL_CURRENT | MCL_FUTURE |
 /// MCL_ONFAULT`: pages are locked as they are touched, so nothing is
-/// pre-faulted) where that is safe: as root, or with an unlimited
-/// `RLIMIT_MEMLOCK`. Memory locks do not survive `fork`: call it in the
-/// process that serves. Best effort: the caller logs the outcome.
+/// pre-faulted) where that is safe: with `CAP_IPC_LOCK` in the effective
+/// set, or with an unlimited `RLIMIT_MEMLOCK` (not by the euid: root
+/// under a unit without the capability has the default 8 MiB limit, and
+/// every allocation past it would fail). Memory locks do not survive
+/// `fork`: call it in the process that serves. Best effort: the caller
+/// logs the outcome (its `Display` says what to change).
 pub fn lock_memory() -> MemoryLock {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit with a valid out pointer; geteuid has no failure mode.
-    let unlimited = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } == 0
-        && lim.rlim_cur == libc::RLIM_INFINITY;
-    // SAFETY: as above.
-    if !unlimited && unsafe { libc::geteuid() } != 0 {
-        return MemoryLock::NotPermitted;
+    // SAFETY: getrlimit with a valid out pointer.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } == 0;
+    let unlimited = ok && lim.rlim_cur == libc::RLIM_INFINITY;
+    if !unlimited && !has_ipc_lock() {
+        return MemoryLock::NotPermitted(lim.rlim_cur);
     }
     // SAFETY: mlockall takes flags only.
     let r = unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT) };

@@ -376,6 +376,80 @@ impl Metrics {
     }
 }
 
+/// When the mount started serving (for `sealfs_uptime_seconds`).
+static STARTED: std::sync::OnceLock<(std::time::Instant, u64)> = std::sync::OnceLock::new();
+
+/// Marks the mount's start (the daemon calls it once it is mounted).
+pub fn mark_start() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let _ = STARTED.set((std::time::Instant::now(), now));
+}
+
+impl Metrics {
+    /// [`Metrics::render`] for one volume: build information, the start
+    /// time and uptime first, and a `volume` label (the volume id) on
+    /// every series, so two mounts feeding one collector (node_exporter's
+    /// textfile directory) never give duplicate series.
+    pub fn render_for(&self, extra: &str, volume_id: &str) -> String {
+        use std::fmt::Write as _;
+        let mut head = String::new();
+        let _ = writeln!(
+            head,
+            "# HELP sealfs_build_info The sealfs build serving this mount (always 1)."
+        );
+        let _ = writeln!(head, "# TYPE sealfs_build_info gauge");
+        let _ = writeln!(
+            head,
+            "sealfs_build_info{{version=\"{}\",rustc_target_os=\"{}\",rustc_target_arch=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::OS,
+            std::env::consts::ARCH
+        );
+        if let Some((at, epoch)) = STARTED.get() {
+            let _ = writeln!(
+                head,
+                "# HELP sealfs_start_time_seconds When the mount started, in seconds since the epoch."
+            );
+            let _ = writeln!(head, "# TYPE sealfs_start_time_seconds gauge");
+            let _ = writeln!(head, "sealfs_start_time_seconds {epoch}");
+            let _ = writeln!(
+                head,
+                "# HELP sealfs_uptime_seconds How long the mount has served."
+            );
+            let _ = writeln!(head, "# TYPE sealfs_uptime_seconds gauge");
+            let _ = writeln!(head, "sealfs_uptime_seconds {}", at.elapsed().as_secs());
+        }
+        head.push_str(&self.render(extra));
+        label_every_series(&head, "volume", volume_id)
+    }
+}
+
+/// Adds `name="value"` as the first label of every sample line of a
+/// Prometheus text exposition (comments untouched).
+pub fn label_every_series(text: &str, name: &str, value: &str) -> String {
+    let value = value.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut out = String::with_capacity(text.len() + text.len() / 2);
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            out.push_str(line);
+        } else if let Some(i) = line.find('{') {
+            let rest = &line[i + 1..];
+            let sep = if rest.starts_with('}') { "" } else { "," };
+            out.push_str(&line[..=i]);
+            out.push_str(&format!("{name}=\"{value}\"{sep}"));
+            out.push_str(rest);
+        } else if let Some((series, v)) = line.split_once(' ') {
+            out.push_str(&format!("{series}{{{name}=\"{value}\"}} {v}"));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// Counts one `op` request (for a request without a timed body).
 #[inline]
 pub fn op(op: Op) {
@@ -471,6 +545,20 @@ pub fn handle_closed(file: bool) {
         &METRICS.open_dirs
     };
     g.fetch_sub(1, Relaxed);
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::*;
+
+    #[test]
+    fn every_series_gets_the_label() {
+        let t = "# TYPE a counter\na 1\nb{op=\"read\"} 2\nc{} 3\n";
+        assert_eq!(
+            label_every_series(t, "volume", "ab"),
+            "# TYPE a counter\na{volume=\"ab\"} 1\nb{volume=\"ab\",op=\"read\"} 2\nc{volume=\"ab\"} 3\n"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -766,11 +766,14 @@ fn destroy_after_partial_rewrap_orphans_only_what_is_left_under_the_version() {
     assert_eq!(state_of(&st, 1), "retired", "{st}");
     assert_eq!(state_of(&st, 2), "enabled", "{st}");
     assert!(version_entry(&st, 1).get("deletion_due").is_none(), "{st}");
-    let err = ctl_fails(
+    // A bad waiting period is a usage error (exit 2) of the command line.
+    let out = ctl_out(
         &sock,
         &["schedule-deletion", "1", "--wait", "soon", "--yes"],
     );
-    assert!(err.contains("(invalid)"), "bad waiting period: {err}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "bad waiting period: {err}");
+    assert!(err.contains("not a duration"), "bad waiting period: {err}");
 
     // Schedule, cancel, untrim: all reversible until destruction.
     let r = ctl(&sock, &["schedule-deletion", "1", "--wait", "1h", "--yes"]);
@@ -1223,10 +1226,12 @@ fn rotation_period_rotates_automatically_and_at_mount() {
     let sock = fx.ctl_socket.clone();
     fs::write(fx.p("f"), b"data").unwrap();
 
-    let err = ctl_fails(&sock, &["rotation-period", "soon"]);
-    assert!(err.contains("(invalid)"), "{err}");
+    let out = ctl_out(&sock, &["rotation-period", "soon"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("not a duration"), "{err}");
 
-    let r = ctl(&sock, &["rotation-period", "2s"]);
+    let r = ctl(&sock, &["rotation-period", "2s", "--allow-short"]);
     assert_eq!(r["rotation_period"], "2s", "{r}");
     assert!(r["next_rotation"].as_u64().is_some(), "{r}");
     // Stored sealed in the keyring (a layout-1 volume keeps it in

@@ -390,7 +390,14 @@ fn offline_changes_and_schedules_are_audited() {
     // An automatic rotation is audited on behalf of the daemon.
     let m = v.mount(&["--passfile", pass]);
     let mnt = v.mnt.to_str().unwrap();
-    v.ok(&["ctl", "--mount", mnt, "rotation-period", "2s"]);
+    v.ok(&[
+        "ctl",
+        "--mount",
+        mnt,
+        "rotation-period",
+        "2s",
+        "--allow-short",
+    ]);
     assert!(
         wait_until(std::time::Duration::from_secs(20), || {
             let st: serde_json::Value =

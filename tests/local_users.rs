@@ -316,12 +316,31 @@ fn export(f: &Fixture, args: &[&str]) -> Vec<Value> {
         .collect()
 }
 
+/// `name` as `name{reason="x"}`: its value in `metrics --json` (one
+/// object, series → value), whatever the volume label says.
 fn metric(f: &Fixture, name: &str) -> u64 {
     let v = ctl(f, &["metrics"]);
-    let text = v["text"].as_str().unwrap().to_string();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    let obj = v.as_object().expect("metrics --json is an object");
+    let (family, labels) = name.split_once('{').unwrap_or((name, "}"));
+    obj.iter()
+        .find_map(|(k, x)| {
+            let (kf, kl) = k.split_once('{').unwrap_or((k, "}"));
+            // Drop the volume label every series carries.
+            let kl =
+                kl.split_once(',').map_or(
+                    kl,
+                    |(v, rest)| {
+                        if v.starts_with("volume=") {
+                            rest
+                        } else {
+                            kl
+                        }
+                    },
+                );
+            let kl = if kl.starts_with("volume=") { "}" } else { kl };
+            (kf == family && kl == labels).then(|| x.as_u64())?
+        })
+        .unwrap_or_else(|| panic!("no {name} in\n{v}"))
 }
 
 // ------------------------------------------------------------ finding 4

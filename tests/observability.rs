@@ -196,12 +196,14 @@ fn parse_prometheus(text: &str) -> (BTreeMap<String, String>, Vec<Sample>) {
     (types, samples)
 }
 
+/// The value of `name{labels}`; the `volume` label every series carries
+/// (checked by [`volume_labels`]) is left out of the comparison.
 fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     samples
         .iter()
         .find(|s| {
             s.name == name
-                && labels.len() == s.labels.len()
+                && labels.len() == s.labels.keys().filter(|k| *k != "volume").count()
                 && labels
                     .iter()
                     .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
@@ -226,6 +228,20 @@ fn parser_rejects_what_prometheus_rejects() {
             "accepted: {bad:?}"
         );
     }
+}
+
+/// Every sample's `volume` label (issue 21.12: two mounts feeding one
+/// collector must not give duplicate series).
+fn volume_labels(samples: &[Sample]) -> std::collections::BTreeSet<String> {
+    samples
+        .iter()
+        .map(|s| {
+            s.labels
+                .get("volume")
+                .unwrap_or_else(|| panic!("{} has no volume label", s.name))
+                .clone()
+        })
+        .collect()
 }
 
 #[test]
@@ -279,6 +295,24 @@ fn ctl_metrics_counts_the_io_of_a_live_mount() {
     let text = ok(&ctl(&fx, &["metrics"]), "metrics");
     let (types, s) = parse_prometheus(&text);
     let v = |name: &str, labels: &[(&str, &str)]| value(&s, name, labels);
+    // Every series carries the volume id; build info and uptime are there.
+    let st = json(&ctl(&fx, &["status", "--json"]), "status");
+    let id = st["volume_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        volume_labels(&s),
+        std::collections::BTreeSet::from([id.clone()])
+    );
+    let build = s
+        .iter()
+        .find(|x| x.name == "sealfs_build_info")
+        .expect("sealfs_build_info");
+    assert_eq!(build.value, 1.0);
+    assert_eq!(
+        build.labels.get("version").map(String::as_str),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
+    assert!(v("sealfs_uptime_seconds", &[]) >= 0.0);
+    assert!(v("sealfs_start_time_seconds", &[]) > 1.7e9);
     assert_eq!(types["sealfs_operations_total"], "counter");
     assert_eq!(types["sealfs_request_duration_seconds"], "histogram");
     assert_eq!(types["sealfs_open_files"], "gauge");
@@ -343,10 +377,19 @@ fn ctl_metrics_counts_the_io_of_a_live_mount() {
     let (_, s2) = parse_prometheus(&ok(&ctl(&fx, &["metrics"]), "metrics"));
     assert!(value(&s2, "sealfs_open_files", &[]) < v("sealfs_open_files", &[]));
 
-    // --json wraps the same text.
+    // --json: one object, series (as in the text) → value.
     let j = json(&ctl(&fx, &["metrics", "--json"]), "metrics --json");
-    let t = j["text"].as_str().expect("text");
-    parse_prometheus(t);
+    let obj = j.as_object().expect("an object");
+    assert_eq!(
+        obj[&format!("sealfs_key_disabled{{volume=\"{id}\"}}")],
+        serde_json::json!(0)
+    );
+    assert_eq!(
+        obj[&format!("sealfs_key_versions{{volume=\"{id}\",state=\"enabled\"}}")],
+        serde_json::json!(2)
+    );
+    let (_, s3) = parse_prometheus(&ok(&ctl(&fx, &["metrics"]), "metrics"));
+    assert_eq!(obj.len(), s3.len(), "one entry per series");
     fx.unmount();
 }
 

@@ -313,7 +313,7 @@ fn render_metrics(vol: &Volume) -> String {
     );
     let _ = writeln!(o, "# TYPE sealfs_read_only gauge");
     let _ = writeln!(o, "sealfs_read_only {}", u8::from(vol.read_only()));
-    crate::metrics::METRICS.render(&o)
+    crate::metrics::METRICS.render_for(&o, &vol.config().volume_id)
 }
 
 /// Records a control operation before it runs (fail-closed: no record, no operation).

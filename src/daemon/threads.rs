@@ -207,9 +207,12 @@ pub(super) fn block_termination_signals() {
 }
 
 /// Starts the thread that waits for SIGINT/SIGTERM/SIGHUP and then ends
-/// the mount ([`end_mount`]).
+/// the mount ([`end_mount`]). A busy mount is detached and served until its
+/// files close; the daemon says which processes hold it, and a second
+/// signal ends it at once (the FUSE connection is aborted: the open files
+/// get errors, the daemon exits, and the volume can be mounted again).
 pub(super) fn unmount_on_signal(
-    unmounter: Arc<Mutex<fuser::SessionUnmounter>>,
+    unmounter: Arc<Mutex<super::mounts::Unmounter>>,
     mp: PathBuf,
     requested: Arc<AtomicBool>,
 ) {
@@ -219,8 +222,50 @@ pub(super) fn unmount_on_signal(
         // SAFETY: valid pointers; the signals are blocked in every thread.
         unsafe { libc::sigwait(&set, &mut sig) };
         tracing::info!("signal {sig}: unmounting");
+        // Before detaching: a detached mount's paths no longer start with `mp`.
+        let connection = fuse_connection(&mp);
+        let holders = super::mounts::holders(&mp);
+        if !holders.is_empty() {
+            let list: Vec<String> = holders
+                .iter()
+                .map(|h| format!("pid {} ({}, {} open)", h.pid, h.command, h.open))
+                .collect();
+            tracing::warn!(
+                "{} is busy, held by {}: it is detached and served until those files close; \
+                 send SIGINT or SIGTERM again (pid {}) to end it now",
+                mp.display(),
+                list.join(", "),
+                std::process::id()
+            );
+        }
         end_mount(&unmounter, &mp, &requested);
+        // SAFETY: as above.
+        unsafe { libc::sigwait(&set, &mut sig) };
+        tracing::warn!("signal {sig} again: ending the mount now (open files get errors)");
+        let aborted = connection.is_some_and(|c| {
+            std::fs::write(format!("/sys/fs/fuse/connections/{c}/abort"), b"1").is_ok()
+        });
+        if !aborted {
+            // Closing /dev/fuse (exiting) aborts the connection too.
+            tracing::warn!("exiting without waiting for the open files");
+            std::process::exit(1);
+        }
     });
+}
+
+/// The FUSE connection number of the mount at `mp` (its device's minor
+/// number, as /sys/fs/fuse/connections names it), from
+/// /proc/self/mountinfo (a stat of `mp` would go through this daemon).
+fn fuse_connection(mp: &Path) -> Option<u32> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = mp.to_string_lossy();
+    info.lines()
+        .rev()
+        .filter(|l| l.contains(" - fuse"))
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.len() > 4 && f[4] == want).then(|| f[2].split_once(':')?.1.parse().ok())?
+        })
 }
 
 /// Ends the mount at `mp`: a busy mount (a file or a working directory
@@ -228,7 +273,7 @@ pub(super) fn unmount_on_signal(
 /// fd) is tried again for a second and then detached lazily, as `umount -l`
 /// does; the session ends when the last user is gone.
 pub(super) fn end_mount(
-    unmounter: &Mutex<fuser::SessionUnmounter>,
+    unmounter: &Mutex<super::mounts::Unmounter>,
     mp: &Path,
     requested: &AtomicBool,
 ) {

@@ -328,84 +328,41 @@ pub fn open_store(
     serde_json::from_slice(&body).map_err(|_| GrantError::Store("body does not parse"))
 }
 
-/// Parses an expiry: RFC 3339 UTC (`2026-12-31T00:00Z`, `…T00:00:00Z`), a
-/// date (`2026-12-31`, midnight UTC), or a duration from `now` (`90m`, `12h`, `7d`).
+/// Parses an expiry: an RFC 3339 time with `Z` or an offset
+/// (`2026-12-31T00:00Z`, `2026-12-31T09:00:00+02:00`), a date
+/// (`2026-12-31`, midnight UTC), or a duration from `now` (`90m`, `12h`,
+/// `7d`). Dates are checked by `jiff` (no 2027-02-31).
 pub fn parse_expiry(s: &str, now: u64) -> Result<u64, GrantError> {
-    let bad = || {
+    let bad = |why: String| {
         GrantError::Invalid(format!(
-            "expiry '{s}' must be a UTC time like 2026-12-31T00:00Z, a date like 2026-12-31, or a duration like 12h or 7d"
+            "expiry '{s}' {why}: give a time like 2026-12-31T00:00Z or 2026-12-31T09:00+02:00, \
+             a date like 2026-12-31, or a duration like 12h or 7d"
         ))
     };
     let s = s.trim();
     if let Ok(d) = crate::format::config::parse_duration(s) {
         return Ok(now.saturating_add(d));
     }
-    let (date, time) = match s.split_once('T') {
-        Some((d, t)) => (d, Some(t.strip_suffix('Z').ok_or_else(bad)?)),
-        None => (s, None),
+    let t = if s.contains('T') || s.contains('t') {
+        s.parse::<jiff::Timestamp>()
+            .map_err(|e| bad(format!("is not a valid time ({e})")))?
+    } else {
+        let d = s
+            .parse::<jiff::civil::Date>()
+            .map_err(|e| bad(format!("is not a valid date ({e})")))?;
+        jiff::tz::Offset::UTC
+            .to_timestamp(d.to_datetime(jiff::civil::Time::midnight()))
+            .map_err(|e| bad(e.to_string()))?
     };
-    let mut dp = date.split('-');
-    let (Some(y), Some(m), Some(d), None) = (dp.next(), dp.next(), dp.next(), dp.next()) else {
-        return Err(bad());
-    };
-    let (y, m, d): (i64, u32, u32) = (
-        y.parse().map_err(|_| bad())?,
-        m.parse().map_err(|_| bad())?,
-        d.parse().map_err(|_| bad())?,
-    );
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || !(1970..=9999).contains(&y) {
-        return Err(bad());
-    }
-    let mut secs = days_from_civil(y, m, d) * 86400;
-    if let Some(t) = time {
-        let parts: Vec<&str> = t.split(':').collect();
-        if parts.len() < 2 || parts.len() > 3 {
-            return Err(bad());
-        }
-        let h: i64 = parts[0].parse().map_err(|_| bad())?;
-        let mi: i64 = parts[1].parse().map_err(|_| bad())?;
-        let se: i64 = match parts.get(2) {
-            Some(x) => x.parse().map_err(|_| bad())?,
-            None => 0,
-        };
-        if !(0..24).contains(&h) || !(0..60).contains(&mi) || !(0..61).contains(&se) {
-            return Err(bad());
-        }
-        secs += h * 3600 + mi * 60 + se;
-    }
-    u64::try_from(secs).map_err(|_| bad())
+    u64::try_from(t.as_second()).map_err(|_| bad("is before 1970".into()))
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m as i64 + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
-}
-
-/// Formats seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ`.
+/// Formats seconds since the epoch as RFC 3339 UTC (`YYYY-MM-DDTHH:MM:SSZ`).
 pub fn format_utc(secs: u64) -> String {
-    let days = (secs / 86400) as i64;
-    let rem = secs % 86400;
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| jiff::Timestamp::from_second(s).ok())
+        .map_or_else(|| format!("@{secs}"), |t| t.to_string())
 }
 
 #[cfg(test)]
@@ -525,7 +482,15 @@ mod tests {
         assert_eq!(parse_expiry("2026-12-31T00:00Z", 0).unwrap(), 1798675200);
         assert_eq!(parse_expiry("2026-12-31T00:00:30Z", 0).unwrap(), 1798675230);
         assert_eq!(parse_expiry("2h", 100).unwrap(), 7300);
+        // Offsets are accepted.
+        assert_eq!(
+            parse_expiry("2026-12-31T02:00+02:00", 0).unwrap(),
+            1798675200
+        );
         for bad in [
+            "2027-02-31",
+            "2026-02-29",
+            "2026-12-31T00:00:00+02:00:00:00",
             "2026-13-01",
             "tomorrow",
             "2026-12-31T25:00Z",

@@ -59,7 +59,10 @@ use crate::volume::{Volume, VolumeError};
 use handles::Handle;
 use inodes::Table;
 use records::RecordFlusher;
-pub use session::{fsname, fuser_config, raise_readahead, Activity, CacheControl, MountOptions};
+pub use session::{
+    fsname, fuser_config, mount_directly, raise_readahead, Activity, CacheControl, MountOptions,
+    FSTYPE, GENERIC_OPTIONS,
+};
 
 /// How long the kernel may cache attributes and entries. sealfs is the only
 /// writer of its cipher directory while mounted, so caching is safe; one

@@ -65,6 +65,113 @@ pub struct MountOptions {
     pub read_only: bool,
     /// Request loops.
     pub threads: usize,
+    /// The kernel's generic mount options passed through (`noexec`,
+    /// `noatime`, …; each one of [`GENERIC_OPTIONS`]).
+    pub generic: Vec<String>,
+}
+
+/// The kernel's generic mount options a sealfs mount passes through, with
+/// their `MS_*` flag (0: the default, nothing to set). `suid` and `dev` are
+/// not among them: a sealfs mount is always `nosuid,nodev`.
+pub const GENERIC_OPTIONS: &[(&str, libc::c_ulong)] = &[
+    ("ro", libc::MS_RDONLY),
+    ("rw", 0),
+    ("noexec", libc::MS_NOEXEC),
+    ("exec", 0),
+    ("nosuid", libc::MS_NOSUID),
+    ("nodev", libc::MS_NODEV),
+    ("noatime", libc::MS_NOATIME),
+    ("atime", 0),
+    ("relatime", libc::MS_RELATIME),
+    ("strictatime", libc::MS_STRICTATIME),
+    ("nodiratime", libc::MS_NODIRATIME),
+    ("diratime", 0),
+    ("sync", libc::MS_SYNCHRONOUS),
+    ("async", 0),
+    ("dirsync", libc::MS_DIRSYNC),
+];
+
+/// The type a sealfs mount shows in /proc/mounts (`findmnt -t fuse.sealfs`).
+pub const FSTYPE: &str = "fuse.sealfs";
+
+/// Mounts `/dev/fuse` at `mp` with mount(2) itself (as root), so the type
+/// is [`FSTYPE`] and the generic options are honoured (fuser's own mount
+/// call says plain `fuse`). Returns the channel's descriptor, or `None`
+/// when mount(2) is not permitted (not root): fuser then goes through
+/// fusermount3, which sets the subtype and takes the options as well.
+pub fn mount_directly(
+    cipherdir: &Path,
+    mp: &Path,
+    opts: &MountOptions,
+) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(mp)?.permissions().mode() & libc::S_IFMT;
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .map_err(|e| {
+            use std::os::unix::fs::MetadataExt;
+            let how = std::fs::metadata("/dev/fuse").map_or_else(
+                |_| "it is missing: load the fuse module (modprobe fuse)".to_string(),
+                |m| {
+                    format!(
+                        "mode {:o}, owner uid {} gid {}: this user needs read and write access \
+                         to it (e.g. the group that owns it), or mount as root",
+                        m.mode() & 0o777,
+                        m.uid(),
+                        m.gid()
+                    )
+                },
+            );
+            std::io::Error::new(e.kind(), format!("cannot open /dev/fuse ({e}); {how}"))
+        })?;
+    // SAFETY: getuid/getgid have no failure mode.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let mut data = format!(
+        "fd={},rootmode={mode:o},user_id={uid},group_id={gid},default_permissions",
+        dev.as_raw_fd()
+    );
+    if opts.allow_other {
+        data.push_str(",allow_other");
+    }
+    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+    if opts.read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    for o in &opts.generic {
+        if let Some((_, f)) = GENERIC_OPTIONS.iter().find(|(n, _)| n == o) {
+            flags |= f;
+        }
+    }
+    let c = |b: &[u8]| {
+        std::ffi::CString::new(b)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let source = c(fsname(cipherdir).as_bytes())?;
+    let target = c(mp.as_os_str().as_bytes())?;
+    let fstype = c(FSTYPE.as_bytes())?;
+    let data = c(data.as_bytes())?;
+    // SAFETY: valid C strings; mount(2) reads them only.
+    let r = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EPERM) {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    Ok(Some(dev.into()))
 }
 
 /// When the mount was last used and how many files and directories are
@@ -139,6 +246,22 @@ pub fn fuser_config(cipherdir: &Path, opts: &MountOptions) -> fuser::Config {
     ];
     if opts.read_only {
         c.mount_options.push(fuser::MountOption::RO);
+    }
+    // Through fusermount3 (not root): it takes the generic options by name.
+    for o in &opts.generic {
+        let known = match o.as_str() {
+            "ro" => Some(fuser::MountOption::RO),
+            "noexec" => Some(fuser::MountOption::NoExec),
+            "noatime" => Some(fuser::MountOption::NoAtime),
+            "sync" => Some(fuser::MountOption::Sync),
+            "dirsync" => Some(fuser::MountOption::DirSync),
+            // Already there, or the default.
+            "nosuid" | "nodev" | "rw" | "exec" | "atime" | "async" | "diratime" => None,
+            other => Some(fuser::MountOption::CUSTOM(other.to_string())),
+        };
+        if let Some(k) = known.filter(|k| !c.mount_options.contains(k)) {
+            c.mount_options.push(k);
+        }
     }
     c.acl = if opts.allow_other {
         fuser::SessionACL::All

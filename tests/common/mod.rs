@@ -25,9 +25,14 @@ pub const PASSPHRASE: &str = "correct horse battery staple";
 /// How long a mount or an unmount may take before the fixture gives up.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The path of the binary under test.
+/// The path of the binary under test: `SEALFS_TEST_BIN` if set (to run a
+/// test against another build, e.g. the one before a change), else the
+/// crate's own.
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_sealfs")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("SEALFS_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sealfs").into())
+    })
 }
 
 /// Runs `sealfs ARGS…` to completion and returns its output.

@@ -371,7 +371,9 @@ pub(crate) struct MountArgs {
     /// Stay in the foreground (SIGINT/SIGTERM unmount).
     #[arg(short = 'f', long)]
     pub(crate) foreground: bool,
-    /// Mount options: allow_other, ro (comma separated).
+    /// Mount options, comma separated: allow_other and the kernel's generic
+    /// ones (ro, noexec, noatime, nodiratime, relatime, sync, dirsync, …;
+    /// always nosuid,nodev).
     #[arg(short = 'o', value_name = "OPTS")]
     pub(crate) options: Option<String>,
     /// Mount read-only.
@@ -400,8 +402,22 @@ pub(crate) struct MountArgs {
     pub(crate) idle: Option<std::time::Duration>,
 }
 
+/// A rotation period or none.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Period {
+    Off,
+    Every(std::time::Duration),
+}
+
+fn parse_period(s: &str) -> Result<Period, String> {
+    match s {
+        "off" => Ok(Period::Off),
+        s => crate::duration::parse(s).map(Period::Every),
+    }
+}
+
 pub(crate) fn parse_idle(s: &str) -> Result<std::time::Duration, String> {
-    sealfs::format::config::parse_duration(s).map(std::time::Duration::from_secs)
+    crate::duration::parse(s)
 }
 
 #[derive(Args)]
@@ -443,10 +459,17 @@ pub(crate) enum CtlCommand {
     Disable,
     /// Allow file I/O again.
     Enable,
-    /// Set automatic rotation ("90d", "12h", …) or "off".
+    /// Set automatic rotation ("90d", "2w", …) or "off".
+    #[command(
+        after_help = "Examples:\n  sealfs ctl --mount ~/vault rotation-period 90d\n  sealfs ctl --mount ~/vault rotation-period off\n\nThe period needs a unit (d, h, min, s, w; '90' alone is refused) and is at least\na day unless --allow-short is given."
+    )]
     RotationPeriod {
-        /// The period.
-        period: String,
+        /// The period (with a unit: 90d, 2w, 36h) or "off".
+        #[arg(value_parser = parse_period)]
+        period: Period,
+        /// Accept a period shorter than a day (tests, demos).
+        #[arg(long)]
+        allow_short: bool,
     },
     /// Retire every version below MIN (they stop decrypting).
     Trim {
@@ -465,9 +488,9 @@ pub(crate) enum CtlCommand {
     ScheduleDeletion {
         /// The version.
         version: u32,
-        /// Waiting period.
-        #[arg(long, default_value = "7d")]
-        wait: String,
+        /// Waiting period (with a unit: 7d, 36h).
+        #[arg(long, default_value = "7d", value_parser = crate::duration::parse)]
+        wait: std::time::Duration,
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
@@ -489,10 +512,10 @@ pub(crate) enum CtlCommand {
 pub(crate) enum GrantCommand {
     /// Give a local user or group access to a path prefix; prints the grant id and token.
     #[command(
-        after_help = "Examples:\n  sealfs ctl --mount ~/vault grant create --grantee uid:1001 --ops read,list --path-prefix /projects/x\n  sealfs ctl --mount ~/vault grant create --grantee gid:100 --ops all --path-prefix /shared --expires 2026-12-31T00:00Z --name team\n  sealfs ctl --mount ~/vault grant create --grantee uid:1001 --ops read --path-prefix /tmp-share --expires 2h\n\nOperations: read (open for reading, readlink), write (open for writing, truncate,\nchmod, utimes), list (readdir), create (files, dirs, symlinks), delete, rename (both\nends inside the prefix), all. Any grant lets its grantee look up names inside its\nprefix and the directories leading to it. The mount needs -o allow_other for other\nusers to reach it at all."
+        after_help = "Examples:\n  sealfs ctl --mount ~/vault grant create --grantee alice --ops read,list --path-prefix /projects/x\n  sealfs ctl --mount ~/vault grant create --grantee group:staff --ops read --path-prefix /shared\n  sealfs ctl --mount ~/vault grant create --grantee gid:100 --ops all --path-prefix /shared --expires 2026-12-31T00:00Z --name team\n  sealfs ctl --mount ~/vault grant create --grantee uid:1001 --ops read --path-prefix /tmp-share --expires 2h\n\nOperations: read (open for reading, readlink), write (open for writing, truncate,\nchmod, utimes), list (readdir), create (files, dirs, symlinks), delete, rename (both\nends inside the prefix), all. Any grant lets its grantee look up names inside its\nprefix and the directories leading to it. The mount needs -o allow_other for other\nusers to reach it at all."
     )]
     Create {
-        /// `uid:N` or `gid:N`.
+        /// A user name (alice), group:NAME, uid:N or gid:N.
         #[arg(long)]
         grantee: String,
         /// Comma-separated operations.
@@ -510,7 +533,7 @@ pub(crate) enum GrantCommand {
     },
     /// List live grants.
     List {
-        /// Only this grantee (`uid:N` / `gid:N`).
+        /// Only this grantee (a user name, group:NAME, uid:N, gid:N).
         #[arg(long)]
         grantee: Option<String>,
         /// Only grants whose prefix contains or lies under this path.

@@ -20,7 +20,7 @@ use sealfs::ctl::protocol::{
     UntrimResult,
 };
 
-use crate::args::{CtlArgs, CtlCommand};
+use crate::args::{CtlArgs, CtlCommand, Period};
 use crate::error::{exit, CliError};
 use crate::print_json;
 use crate::progress::{progress_bar_for, BarKind};
@@ -34,13 +34,14 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    /// The socket of the mount at `mountpoint` (its default path); the
-    /// server must be root or the user who mounted it.
+    /// The socket of the mount at `mountpoint` (the mount owner's default
+    /// path: [`socket_for_mount`]); the server must be root or the user
+    /// who mounted it.
     pub(crate) fn of_mount(mountpoint: &Path, code: u8) -> Result<Target, CliError> {
         let mp = mountpoint
             .canonicalize()
             .map_err(|e| CliError::new(code, format!("{}: {e}", mountpoint.display())))?;
-        let socket = ctl::default_socket_path(&mp);
+        let socket = socket_for_mount(&mp, code)?;
         let check = ServerCheck::for_mount(&mp, &socket).map_err(|e| {
             CliError::new(
                 code,
@@ -88,8 +89,76 @@ pub(crate) fn ctl_call<R: DeserializeOwned>(t: &Target, op: Op) -> Result<R, Cli
         .map_err(|e| call_error(&t.socket, e))
 }
 
-fn fmt_time(secs: u64) -> String {
-    format!("{secs} (unix time)")
+/// A time as people read it: RFC 3339 UTC (`--json` keeps the epoch
+/// seconds, with this form beside them).
+pub(crate) fn fmt_time(secs: u64) -> String {
+    sealfs::format::grants::format_utc(secs)
+}
+
+/// The control socket of the sealfs mount at `m`, for whoever asks: the
+/// mount's owner (`user_id=` in /proc/mounts) made it in *their* default
+/// directory (`/run/sealfs` for root, `/run/user/UID/sealfs` or
+/// `/tmp/sealfs-UID` otherwise), named after the mount point, so a
+/// grantee finds the owner's socket (the directory lets others reach a
+/// socket whose name they know, never list it). A socket moved with
+/// `--ctl-socket` is not found this way: pass it with `--socket`.
+pub(crate) fn socket_for_mount(m: &Path, code: u8) -> Result<PathBuf, CliError> {
+    let canon = m
+        .canonicalize()
+        .map_err(|e| CliError::new(code, format!("{}: {e}", m.display())))?;
+    let mine = ctl::default_socket_path(&canon);
+    let Some(top) = sealfs::daemon::mounts::top_at(&canon) else {
+        // Not a mount-point problem: nothing serves there (exit 1 for ctl,
+        // fsck's own code for fsck).
+        let code = if code == exit::FSCK_FAILED {
+            code
+        } else {
+            exit::ERROR
+        };
+        return Err(CliError::new(
+            code,
+            format!(
+                "nothing is mounted on {}, so there is no control socket to reach (is the volume mounted?)",
+                m.display()
+            ),
+        ));
+    };
+    if !top.is_sealfs() {
+        return Err(CliError::new(
+            code,
+            format!(
+                "{} is a {} mount, not a sealfs one",
+                m.display(),
+                top.fstype
+            ),
+        ));
+    }
+    let owner = top
+        .options
+        .split(',')
+        .find_map(|o| o.strip_prefix("user_id=")?.parse::<u32>().ok());
+    // SAFETY: geteuid has no failure mode.
+    let me = unsafe { libc::geteuid() };
+    let (Some(owner), Some(name)) = (owner.filter(|&o| o != me), mine.file_name()) else {
+        return Ok(mine);
+    };
+    let dirs: Vec<PathBuf> = if owner == 0 {
+        vec!["/run/sealfs".into()]
+    } else {
+        vec![
+            format!("/run/user/{owner}/sealfs").into(),
+            format!("/tmp/sealfs-{owner}").into(),
+        ]
+    };
+    // The owner's directories first; then the caller's own default (a
+    // socket placed there by someone else is refused by the server check).
+    let mut candidates: Vec<PathBuf> = dirs.iter().map(|d| d.join(name)).collect();
+    candidates.push(mine.clone());
+    Ok(candidates
+        .iter()
+        .find(|p| std::fs::symlink_metadata(p).is_ok())
+        .unwrap_or(&candidates[0])
+        .clone())
 }
 
 /// The socket `--socket` names, or the default one of the mount `--mount` names.
@@ -124,6 +193,43 @@ fn print_schedule(rotation_period: &Option<String>, next_rotation: Option<u64>) 
     }
 }
 
+/// `n thing`/`n things`.
+pub(crate) fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// The census as a table: one row per key version.
+fn print_census(c: &CensusResult) {
+    let versions: std::collections::BTreeSet<u32> = c
+        .files
+        .keys()
+        .chain(c.dirs.keys())
+        .chain(c.unreadable_by_version.keys())
+        .copied()
+        .collect();
+    println!(
+        "{:>7}  {:>10}  {:>10}  {:>10}",
+        "version", "files", "dirs", "unreadable"
+    );
+    for v in &versions {
+        let get = |m: &std::collections::BTreeMap<u32, u64>| m.get(v).copied().unwrap_or(0);
+        println!(
+            "{:>7}  {:>10}  {:>10}  {:>10}",
+            format!("v{v}"),
+            get(&c.files),
+            get(&c.dirs),
+            get(&c.unreadable_by_version)
+        );
+    }
+    println!(
+        "{:>7}  {:>10}  {:>10}  {:>10}",
+        "total",
+        c.files.values().sum::<u64>(),
+        c.dirs.values().sum::<u64>(),
+        c.unreadable
+    );
+}
+
 fn print_status(s: &StatusResult) {
     println!(
         "volume {} at {}{}",
@@ -137,12 +243,17 @@ fn print_status(s: &StatusResult) {
             (Some(f), Some(d)) => format!(" files {f} dirs {d}"),
             _ => String::new(),
         };
+        let due = k
+            .deletion_due
+            .map(|d| format!(", destroyed at {}", fmt_time(d)))
+            .unwrap_or_default();
         println!(
-            "  v{} {:<17} created {}{}",
+            "  v{} {:<17} created {}{}{}",
             k.version,
             k.state.as_str(),
             fmt_time(k.created),
-            counts
+            counts,
+            due
         );
     }
     print_schedule(&s.rotation_period, s.next_rotation);
@@ -180,8 +291,7 @@ pub(crate) fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
                 std::thread::sleep(std::time::Duration::from_millis(200));
                 let s: StatusResult = ctl_call(&socket, Op::Status)?;
                 let r = s.rewrap;
-                bar.set_length(r.total.max(1));
-                bar.set_position(r.done);
+                crate::progress::update(&bar, r.done, r.total);
                 if !r.running {
                     break r;
                 }
@@ -203,18 +313,29 @@ pub(crate) fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
         }
         CtlCommand::Metrics => {
             let m: MetricsResult = ctl_call(&socket, Op::Metrics)?;
-            show(json, &m, |m| print!("{}", m.text))
+            if json {
+                // One object: series (name and labels, as in the text) → value.
+                let series: serde_json::Map<String, serde_json::Value> = m
+                    .text
+                    .lines()
+                    .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                    .filter_map(|l| {
+                        let (k, v) = l.rsplit_once(' ')?;
+                        let n = match v.parse::<u64>() {
+                            Ok(i) => serde_json::json!(i),
+                            Err(_) => serde_json::json!(v.parse::<f64>().ok()?),
+                        };
+                        Some((k.to_string(), n))
+                    })
+                    .collect();
+                return print_json(&series);
+            }
+            print!("{}", m.text);
+            Ok(())
         }
         CtlCommand::Census => {
             let c: CensusResult = ctl_call(&socket, Op::Census)?;
-            show(json, &c, |c| {
-                println!(
-                    "files per version {}, dirs per version {}, unreadable {}",
-                    json_text(&c.files),
-                    json_text(&c.dirs),
-                    c.unreadable
-                )
-            })
+            show(json, &c, print_census)
         }
         CtlCommand::Disable => {
             let d: DisabledResult = ctl_call(&socket, Op::Disable)?;
@@ -226,8 +347,17 @@ pub(crate) fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
             let d: DisabledResult = ctl_call(&socket, Op::Enable)?;
             show(json, &d, |_| println!("key enabled"))
         }
-        CtlCommand::RotationPeriod { period } => {
-            let period = (period != "off").then(|| period.clone());
+        CtlCommand::RotationPeriod {
+            period,
+            allow_short,
+        } => {
+            let period = match period {
+                Period::Off => None,
+                Period::Every(d) => Some(crate::duration::wire(
+                    crate::duration::rotation_period(*d, *allow_short)
+                        .map_err(|e| CliError::new(exit::ERROR, e))?,
+                )),
+            };
             let r: RotationPeriodResult = ctl_call(&socket, Op::SetRotationPeriod { period })?;
             show(json, &r, |r| {
                 print_schedule(&r.rotation_period, r.next_rotation)
@@ -258,16 +388,17 @@ pub(crate) fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
         CtlCommand::ScheduleDeletion { version, wait, yes } => {
             let request = |confirm| Op::ScheduleDeletion {
                 version: *version,
-                wait: Some(wait.clone()),
+                wait: Some(crate::duration::wire(*wait)),
                 confirm,
             };
             let dry: ScheduleDeletionResult = ctl_call(&socket, request(false))?;
             let orphans = dry.would_orphan;
-            if !yes {
+            // Nothing to lose (no header uses the version): no question.
+            if !yes && orphans > 0 {
                 if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-                    return Err(CliError::new(exit::ERROR, format!("destroying version {version} would make {orphans} headers unreadable; pass --yes to confirm")));
+                    return Err(CliError::new(exit::ERROR, format!("destroying version {version} would make {} unreadable; pass --yes to confirm", plural(orphans, "header", "headers"))));
                 }
-                eprint!("Destroying key version {version} after {wait} makes {orphans} files/dirs unreadable for good. Type 'destroy' to confirm: ");
+                eprint!("Destroying key version {version} after {} makes {orphans} files/dirs unreadable for good. Type 'destroy' to confirm: ", humantime::format_duration(*wait));
                 let mut answer = String::new();
                 std::io::stdin()
                     .read_line(&mut answer)
@@ -279,9 +410,10 @@ pub(crate) fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
             let done: ScheduleDeletionResult = ctl_call(&socket, request(true))?;
             show(json, &done, |d| {
                 println!(
-                    "version {version} will be destroyed at {} ({} headers still use it)",
+                    "version {version} will be destroyed at {} ({} still {} it)",
                     fmt_time(d.deletion_due.unwrap_or(0)),
-                    d.would_orphan
+                    plural(d.would_orphan, "header", "headers"),
+                    if d.would_orphan == 1 { "uses" } else { "use" }
                 )
             })
         }

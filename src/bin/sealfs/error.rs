@@ -154,3 +154,77 @@ impl From<KeyringError> for CliError {
         VolumeError::Keyring(e).into()
     }
 }
+
+/// Adds what to do to an error about the volume in `cipherdir`: which
+/// file is damaged or missing, the line of a corrupt `sealfs.toml`, and
+/// the command that repairs it (`sealfs fsck --salvage` restores the
+/// keyring from its second copy and rebuilds the config from the
+/// keyring's header).
+pub(crate) fn with_volume_hint(e: CliError, cipherdir: &std::path::Path) -> CliError {
+    let salvage = format!(
+        "run 'sealfs fsck {} --salvage' to repair it from its second copy, or restore \
+         the cipher dir from a backup",
+        cipherdir.display()
+    );
+    let keyring = cipherdir.join(sealfs::keyring::KEYRING_FILE);
+    let msg = &e.msg;
+    let msg = if msg.starts_with("keyring file is truncated or malformed") {
+        format!(
+            "the keyring {} is truncated or malformed: {salvage}",
+            keyring.display()
+        )
+    } else if msg.starts_with("keyring I/O: ") && msg.contains("No such file or directory") {
+        format!(
+            "the keyring {} is missing: restore it from a backup of the cipher dir (a \
+             copy made without sealfs.keyring cannot be opened); if sealfs.keyring.bak is \
+             still there, 'sealfs fsck {} --salvage' restores the keyring from it",
+            keyring.display(),
+            cipherdir.display()
+        )
+    } else if let Some(what) = msg.strip_prefix("sealfs.toml is corrupted: ") {
+        let path = cipherdir.join("sealfs.toml");
+        let line = std::fs::read_to_string(&path).ok().and_then(|text| {
+            let span = toml::from_str::<toml::Table>(&text).err()?.span()?;
+            Some(text[..span.start.min(text.len())].matches('\n').count() + 1)
+        });
+        let at = line.map(|l| format!(" line {l}")).unwrap_or_default();
+        format!(
+            "{}{at} is corrupted ({what}): run 'sealfs fsck {} --salvage' to rebuild it \
+             from the keyring",
+            path.display(),
+            cipherdir.display()
+        )
+    } else if msg.contains("is in use by another sealfs process") {
+        match daemon_of(cipherdir) {
+            Some(pid) => format!(
+                "{msg} (the sealfs daemon of this volume is pid {pid}; if its mount was \
+                 detached while files were open, it ends when they close, or at once with \
+                 'kill -INT {pid}')"
+            ),
+            None => return e,
+        }
+    } else {
+        return e;
+    };
+    CliError::new(e.code, msg)
+}
+
+/// The pid of a `sealfs mount` process (other than this one) for
+/// `cipherdir`, from /proc.
+fn daemon_of(cipherdir: &std::path::Path) -> Option<u32> {
+    let want = cipherdir.canonicalize().ok()?;
+    let me = std::process::id();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+        let is_mount = args.iter().any(|a| *a == b"mount");
+        let cwd = std::fs::read_link(e.path().join("cwd")).unwrap_or_default();
+        let names_it = args.iter().any(|a| {
+            use std::os::unix::ffi::OsStrExt;
+            let p = cwd.join(std::ffi::OsStr::from_bytes(a));
+            p.canonicalize().is_ok_and(|c| c == want)
+        });
+        (pid != me && is_mount && names_it).then_some(pid)
+    })
+}

@@ -60,8 +60,16 @@ pub(crate) fn cmd_fsck(
                 || fsck(&cipherdir, &s, &FsckOptions { salvage }, &progress),
                 |bar| {
                     use std::sync::atomic::Ordering::Relaxed;
-                    bar.set_length(progress.total_bytes.load(Relaxed).max(1));
-                    bar.set_position(progress.done_bytes.load(Relaxed));
+                    let (done, total) = (
+                        progress.done_bytes.load(Relaxed),
+                        progress.total_bytes.load(Relaxed),
+                    );
+                    bar.set_message(if done == 0 {
+                        "reading the tree"
+                    } else {
+                        "checking"
+                    });
+                    crate::progress::update(bar, done, total);
                 },
             )
             .map_err(|e| CliError::new(exit::FSCK_FAILED, e.msg))?

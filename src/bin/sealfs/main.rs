@@ -9,9 +9,11 @@
 mod args;
 mod audit;
 mod ctl;
+mod duration;
 mod error;
 mod fsck;
 mod grants;
+mod helper;
 mod keyslot;
 mod mount;
 mod progress;
@@ -35,13 +37,119 @@ fn main() -> ExitCode {
     // info, the mount daemon): none of them dumps core. `mount` checks the
     // result and logs a failure.
     let _ = sealfs::hardening::disable_core_dumps();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Run as mount(8)'s helper (`mount -t fuse.sealfs`, fstab).
+    if argv.first().is_some_and(|a| helper::invoked_as_helper(a)) {
+        let r = helper::mount_args(&argv[1..]).and_then(|(args, fake)| {
+            if fake {
+                let shown: Vec<String> = args
+                    .iter()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect();
+                eprintln!("mount.fuse.sealfs: would run: {}", shown.join(" "));
+                return Ok(());
+            }
+            let cli = Cli::try_parse_from(&args)
+                .map_err(|e| CliError::new(2, e.to_string().trim().to_string()))?;
+            let dir = volume_dir(&cli.cmd);
+            run(cli).map_err(|e| match &dir {
+                Some(d) => error::with_volume_hint(e, d),
+                None => e,
+            })
+        });
+        return match r {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                if !e.msg.is_empty() {
+                    let _ = writeln!(std::io::stderr(), "sealfs: {}", e.msg);
+                }
+                ExitCode::from(e.code)
+            }
+        };
+    }
+    if let Some(msg) = one_dash_long_option(std::env::args_os().skip(1)) {
+        let _ = writeln!(std::io::stderr(), "sealfs: {msg}");
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
-    match run(cli) {
+    let dir = volume_dir(&cli.cmd);
+    let json = argv
+        .iter()
+        .skip(1)
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--json");
+    let r = run(cli).map_err(|e| match &dir {
+        Some(d) => error::with_volume_hint(e, d),
+        None => e,
+    });
+    // Every --json command prints one object, a failure too.
+    if let (Err(e), true) = (&r, json) {
+        if !e.msg.is_empty() && !PRINTED_JSON.load(std::sync::atomic::Ordering::Relaxed) {
+            println!(
+                "{}",
+                serde_json::json!({"error": {"code": e.code, "message": e.msg}})
+            );
+        }
+    }
+    match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let _ = writeln!(std::io::stderr(), "sealfs: {}", e.msg);
+            // An empty message: already reported (the daemonized mount
+            // hands its error to the waiting parent, which prints it).
+            if !e.msg.is_empty() {
+                let _ = writeln!(std::io::stderr(), "sealfs: {}", e.msg);
+            }
             ExitCode::from(e.code)
         }
+    }
+}
+
+/// gocryptfs spells long options with one dash (`-passfile`, `-config`);
+/// clap would read `-passfile` as `-p assfile` and give a misleading tip.
+/// Names the two-dash option instead.
+fn one_dash_long_option(args: impl Iterator<Item = std::ffi::OsString>) -> Option<String> {
+    fn longs(c: &clap::Command, out: &mut std::collections::BTreeSet<String>) {
+        out.extend(
+            c.get_arguments()
+                .filter_map(|a| a.get_long().map(String::from)),
+        );
+        for s in c.get_subcommands() {
+            longs(s, out);
+        }
+    }
+    let mut known = std::collections::BTreeSet::new();
+    longs(&Cli::command(), &mut known);
+    for a in args {
+        let a = a.to_string_lossy().into_owned();
+        if a == "--" {
+            break;
+        }
+        let Some(name) = a.strip_prefix('-').filter(|n| !n.starts_with('-')) else {
+            continue;
+        };
+        let name = name.split('=').next().unwrap_or(name);
+        if name.len() > 1 && known.contains(name) {
+            return Some(format!(
+                "'{a}' has one dash: sealfs spells long options with two, as in \
+                 '--{name}' (gocryptfs's '-{name}')"
+            ));
+        }
+    }
+    None
+}
+
+/// The existing volume a command opens (for [`error::with_volume_hint`]).
+fn volume_dir(cmd: &Command) -> Option<PathBuf> {
+    match cmd {
+        Command::Mount(a) => Some(a.cipherdir.clone()),
+        Command::Passwd { cipherdir, .. }
+        | Command::Rotate { cipherdir, .. }
+        | Command::Rewrap { cipherdir, .. }
+        | Command::Info { cipherdir, .. }
+        | Command::Upgrade { cipherdir, .. }
+        | Command::Export { cipherdir, .. } => Some(cipherdir.clone()),
+        Command::Fsck { cipherdir, .. } => cipherdir.clone(),
+        _ => None,
     }
 }
 
@@ -217,7 +325,13 @@ pub(crate) fn init_logging_as(to_file: Option<&Path>, daemon: bool) {
                 .try_init();
         }
         None => {
-            let _ = b.with_writer(std::io::stderr).try_init();
+            // Colour only for a terminal (a log captured to a file or the
+            // journal carries no escape codes).
+            use std::io::IsTerminal;
+            let _ = b
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr)
+                .try_init();
         }
     }
 }
@@ -231,7 +345,9 @@ fn restore_sigpipe() {
 }
 
 /// Writes one man page per (visible) command into `dir`, replacing the
-/// pages a previous run wrote there.
+/// pages a previous run wrote there: the sections clap_mangen renders, the
+/// examples of `--help` in a real EXAMPLES section (what follows them in
+/// NOTES), and `sealfs VERSION` in the footer of every page.
 fn write_man_pages(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     for e in std::fs::read_dir(dir)? {
@@ -241,13 +357,122 @@ fn write_man_pages(dir: &Path) -> std::io::Result<()> {
             std::fs::remove_file(dir.join(&*name))?;
         }
     }
-    clap_mangen::generate_to(Cli::command(), dir)
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    man_page(&cmd, dir)
 }
+
+fn man_page(cmd: &clap::Command, dir: &Path) -> std::io::Result<()> {
+    for s in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        man_page(s, dir)?;
+    }
+    let after = cmd.get_after_help().map(|s| s.to_string());
+    let man = clap_mangen::Man::new(cmd.clone().after_help(None::<&str>))
+        .source(format!("sealfs {}", env!("CARGO_PKG_VERSION")))
+        .manual("sealfs manual");
+    let mut out = Vec::new();
+    man.render_title(&mut out)?;
+    man.render_name_section(&mut out)?;
+    man.render_synopsis_section(&mut out)?;
+    man.render_description_section(&mut out)?;
+    if cmd.get_arguments().any(|a| !a.is_hide_set()) {
+        man.render_options_section(&mut out)?;
+    }
+    if cmd.get_subcommands().any(|s| !s.is_hide_set()) {
+        man.render_subcommands_section(&mut out)?;
+    }
+    if let Some(text) = after {
+        let (examples, notes) = split_examples(&text);
+        if !examples.is_empty() {
+            out.extend(roff_section("EXAMPLES", &examples).as_bytes());
+        }
+        if !notes.trim().is_empty() {
+            out.extend(roff_section("NOTES", notes.trim()).as_bytes());
+        }
+    }
+    let name = cmd.get_display_name().unwrap_or(cmd.get_name());
+    std::fs::write(dir.join(format!("{name}.1")), out)
+}
+
+/// The indented lines after `Examples:` in a `--help` epilogue, and the rest.
+fn split_examples(text: &str) -> (String, String) {
+    let mut lines = text.lines().peekable();
+    let mut notes = String::new();
+    let mut examples = String::new();
+    while let Some(l) = lines.next() {
+        if l.trim() == "Examples:" {
+            while let Some(e) = lines.next_if(|e| e.starts_with("  ")) {
+                examples.push_str(e.trim_start());
+                examples.push('\n');
+            }
+        } else {
+            notes.push_str(l);
+            notes.push('\n');
+        }
+    }
+    (examples, notes)
+}
+
+/// A roff section of preformatted text (no filling, roff escapes undone).
+fn roff_section(title: &str, body: &str) -> String {
+    let mut s = format!(".SH {title}\n.nf\n");
+    for l in body.lines() {
+        let l = l.replace('\\', "\\e");
+        if l.starts_with('.') || l.starts_with('\'') {
+            s.push_str("\\&");
+        }
+        s.push_str(&l);
+        s.push('\n');
+    }
+    s.push_str(".fi\n");
+    s
+}
+
+/// The fields that hold seconds since the epoch.
+const EPOCH_FIELDS: &[&str] = &[
+    "created",
+    "deletion_due",
+    "next_rotation",
+    "expires",
+    "last_rotation",
+    "destroyed",
+];
+
+/// Beside each epoch field (seconds), its RFC 3339 UTC form as
+/// `FIELD_utc`, at any depth: scripts keep the number, people read the date.
+fn add_utc_times(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            let add: Vec<(String, String)> = m
+                .iter()
+                .filter(|(k, _)| EPOCH_FIELDS.contains(&k.as_str()))
+                .filter_map(|(k, x)| {
+                    x.as_u64()
+                        .map(|s| (format!("{k}_utc"), sealfs::format::grants::format_utc(s)))
+                })
+                .collect();
+            for x in m.values_mut() {
+                add_utc_times(x);
+            }
+            for (k, t) in add {
+                m.entry(k).or_insert(serde_json::Value::String(t));
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(add_utc_times),
+        _ => {}
+    }
+}
+
+/// Whether a JSON object went to stdout already (a failure with a report,
+/// such as import's partial result or fsck's problems, adds none).
+static PRINTED_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Prints `v` as one line of JSON, keys in alphabetical order (as the
 /// daemon writes them).
 pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> Result<(), CliError> {
-    let v = serde_json::to_value(v).map_err(|e| CliError::new(exit::ERROR, e.to_string()))?;
+    let mut v = serde_json::to_value(v).map_err(|e| CliError::new(exit::ERROR, e.to_string()))?;
+    add_utc_times(&mut v);
+    PRINTED_JSON.store(true, std::sync::atomic::Ordering::Relaxed);
     println!("{v}");
     Ok(())
 }

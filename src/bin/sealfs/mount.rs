@@ -13,7 +13,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use sealfs::daemon::{Mount, MountError};
+use sealfs::daemon::{mounts, Mount, MountError};
 
 use crate::args::MountArgs;
 use crate::error::{exit, CliError};
@@ -32,36 +32,98 @@ impl From<MountError> for CliError {
     }
 }
 
-/// The `-o` options: allow_other, ro, rw. Returns (allow_other, read_only).
-fn mount_options(a: &MountArgs) -> Result<(bool, bool), CliError> {
-    let (mut allow_other, mut read_only) = (false, a.read_only);
-    for o in a
-        .options
-        .as_deref()
-        .unwrap_or("")
-        .split(',')
-        .filter(|s| !s.is_empty())
-    {
+/// What `-o` gave.
+pub(crate) struct MountOpts {
+    pub(crate) allow_other: bool,
+    pub(crate) read_only: bool,
+    /// The kernel's generic options, passed through.
+    pub(crate) generic: Vec<String>,
+}
+
+/// Every name `-o` takes.
+pub(crate) fn known_options() -> String {
+    let mut names = vec!["allow_other", "default_permissions"];
+    names.extend(sealfs::fs::GENERIC_OPTIONS.iter().map(|(n, _)| *n));
+    names.join(", ")
+}
+
+/// Parses `-o` options: allow_other, default_permissions (always on) and
+/// the kernel's generic ones ([`sealfs::fs::GENERIC_OPTIONS`]); `suid` and
+/// `dev` are refused (always nosuid,nodev), anything else is unknown.
+pub(crate) fn parse_options(list: &str, mut read_only: bool) -> Result<MountOpts, CliError> {
+    let mut allow_other = false;
+    let mut generic = Vec::new();
+    for o in list.split(',').filter(|s| !s.is_empty()) {
         match o {
             "allow_other" => allow_other = true,
+            "default_permissions" => {}
             "ro" => read_only = true,
             "rw" => read_only = false,
+            "suid" | "dev" => {
+                return Err(CliError::new(
+                    exit::ERROR,
+                    format!("mount option '{o}' is refused: a sealfs mount is always nosuid,nodev"),
+                ))
+            }
+            o if sealfs::fs::GENERIC_OPTIONS.iter().any(|(n, _)| *n == o) => {
+                generic.push(o.to_string())
+            }
             other => {
                 return Err(CliError::new(
                     exit::ERROR,
-                    format!("unknown mount option '{other}' (known: allow_other, ro, rw)"),
+                    format!(
+                        "unknown mount option '{other}' (known: {})",
+                        known_options()
+                    ),
                 ))
             }
         }
     }
-    Ok((allow_other, read_only))
+    Ok(MountOpts {
+        allow_other,
+        read_only,
+        generic,
+    })
+}
+
+/// Where the daemon's log will go, checked before anything is mounted: a
+/// `--log-file` that cannot be opened fails the mount; a daemonized mount
+/// without one and without a syslog socket warns (its log would be lost).
+fn check_log_target(a: &MountArgs) -> Result<(), CliError> {
+    if let Some(p) = &a.log_file {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .map_err(|e| {
+                CliError::new(
+                    exit::ERROR,
+                    format!("cannot open the log file {}: {e}", p.display()),
+                )
+            })?;
+    } else if !a.foreground {
+        let path = std::env::var_os("SEALFS_SYSLOG_SOCKET")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| sealfs::logging::DEV_LOG.into());
+        if sealfs::logging::Syslog::connect(&path, "sealfs").is_err() {
+            eprintln!(
+                "sealfs: warning: no syslog socket at {} (no journald or syslog daemon): the \
+                 mount daemon's log will be lost; give --log-file FILE, or run it with \
+                 --foreground",
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
-    let (allow_other, read_only) = mount_options(a)?;
+    let o = parse_options(a.options.as_deref().unwrap_or(""), a.read_only)?;
+    check_log_target(a)?;
     let mut builder = Mount::builder(&a.cipherdir, &a.mountpoint)
-        .read_only(read_only)
-        .allow_other(allow_other)
+        .read_only(o.read_only)
+        .allow_other(o.allow_other)
+        .generic_options(o.generic)
         .audit(!a.no_audit)
         .idle(a.idle)
         .unmount_on_signal(true)
@@ -116,13 +178,18 @@ pub(crate) fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
                 );
                 return Ok(());
             }
-            let msg = msg.strip_prefix("ERR ").unwrap_or(&msg).trim().to_string();
-            let msg = if msg.is_empty() {
-                "the mount daemon exited before the mount was ready".into()
+            let (code, msg) = parse_err(&msg);
+            // The daemon may have died with the kernel mount in place.
+            let undone = undo_dead_mount(mountpoint, &cipherdir);
+            let mut msg = if msg.is_empty() {
+                "the mount daemon exited before the mount was ready (see its log)".into()
             } else {
                 msg
             };
-            return Err(CliError::new(exit::ERROR, msg));
+            if undone {
+                msg.push_str(" (the mount it left behind was undone)");
+            }
+            return Err(CliError::new(code, msg));
         }
         drop(r);
         // SAFETY: detaching from the controlling terminal.
@@ -139,13 +206,16 @@ pub(crate) fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
     let mount = match opened.start() {
         Ok(m) => m,
         Err(e) => {
-            let msg = e.to_string();
+            let e = CliError::from(e);
             if let Some(p) = ready_pipe.as_mut() {
-                let _ = writeln!(p, "ERR {msg}");
+                // The waiting parent prints it (once).
+                let _ = writeln!(p, "ERR {} {}", e.code, e.msg);
+                return Err(CliError::new(e.code, ""));
             }
-            return Err(CliError::new(exit::ERROR, msg));
+            return Err(e);
         }
     };
+    notify_ready();
     if let Some(mut p) = ready_pipe.take() {
         let _ = writeln!(p, "OK");
         drop(p);
@@ -169,45 +239,69 @@ pub(crate) fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
             socket.display()
         );
     }
-    Ok(mount.wait()?)
-}
-
-/// `\ooo` escapes of a /proc/mounts field, undone.
-fn unescape(f: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(f.len());
-    let mut i = 0;
-    while i < f.len() {
-        let oct = f
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (f[i], oct) {
-            (b'\\', Some(d)) => {
-                out.push(((d[0] - b'0') << 6) | ((d[1] - b'0') << 3) | (d[2] - b'0'));
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
+    let r = mount.wait();
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     }
-    out
+    Ok(r?)
 }
 
-/// The cipher dir of the sealfs mount at `mp`, from /proc/self/mounts.
-fn cipherdir_of(mp: &Path) -> Option<std::path::PathBuf> {
-    use std::os::unix::ffi::{OsStrExt, OsStringExt};
-    let mp = mp.canonicalize().ok()?;
-    let text = std::fs::read("/proc/self/mounts").ok()?;
-    text.split(|&b| b == b'\n').find_map(|line| {
-        let f: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-        if f.len() < 3 || unescape(f[1]) != mp.as_os_str().as_bytes() {
-            return None;
-        }
-        let src = unescape(f[0]);
-        let dir = src.strip_prefix(b"sealfs:")?.to_vec();
-        Some(std::ffi::OsString::from_vec(dir).into())
-    })
+/// `ERR CODE MESSAGE` from the ready pipe (or nothing: the daemon died).
+fn parse_err(msg: &str) -> (u8, String) {
+    let rest = msg.strip_prefix("ERR ").unwrap_or(msg).trim();
+    match rest.split_once(' ') {
+        Some((c, m)) if c.parse::<u8>().is_ok() => (c.parse().unwrap_or(exit::ERROR), m.into()),
+        _ => (exit::ERROR, rest.into()),
+    }
+}
+
+/// After a failed start: if the mount on top at `mp` is this volume's
+/// (the daemon died after the kernel mount), detach it, so no
+/// `Transport endpoint is not connected` stays behind. Returns whether
+/// it did.
+fn undo_dead_mount(mp: &Path, cipherdir: &Path) -> bool {
+    let Ok(canon) = mp.canonicalize().or_else(|_| {
+        // A dead FUSE mount cannot be stat'ed: resolve the parent.
+        let parent = mp.parent().filter(|p| !p.as_os_str().is_empty());
+        let parent = parent.unwrap_or(Path::new(".")).canonicalize()?;
+        Ok::<_, std::io::Error>(parent.join(mp.file_name().unwrap_or_default()))
+    }) else {
+        return false;
+    };
+    let ours = mounts::top_at(&canon)
+        .is_some_and(|m| m.is_sealfs() && m.cipherdir().as_deref() == Some(cipherdir));
+    ours && detach(&canon)
+}
+
+/// Lazily unmounts `mp` (fusermount3 -uz, or umount2 as root).
+fn detach(mp: &Path) -> bool {
+    let fm = std::process::Command::new("fusermount3")
+        .args(["-u", "-z"])
+        .arg(mp)
+        .stderr(std::process::Stdio::null())
+        .status();
+    if matches!(fm, Ok(s) if s.success()) {
+        return true;
+    }
+    let Ok(c) = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: valid C string.
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) == 0 }
+}
+
+/// Tells a service manager the mount is ready (`READY=1` to
+/// `$NOTIFY_SOCKET`, a `Type=notify` unit); nothing without one.
+fn notify_ready() {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("mounted"),
+    ]) {
+        tracing::warn!("cannot notify the service manager: {e}");
+    }
 }
 
 /// Waits (bounded) until the daemon of `cipherdir` lets go of the
@@ -235,39 +329,92 @@ fn wait_for_daemon(cipherdir: &Path) {
     }
 }
 
+/// `mp` made absolute with symlinks resolved; a dead FUSE mount cannot
+/// be stat'ed, so its parent is resolved instead.
+fn canonical_mp(mp: &Path) -> Option<std::path::PathBuf> {
+    mp.canonicalize().ok().or_else(|| {
+        let parent = mp.parent().filter(|p| !p.as_os_str().is_empty());
+        let parent = parent.unwrap_or(Path::new(".")).canonicalize().ok()?;
+        Some(parent.join(mp.file_name()?))
+    })
+}
+
+/// "pid 123 (vim, 2 open)" for each process holding files under `mp`.
+pub(crate) fn describe_holders(mp: &Path) -> Option<String> {
+    let hs = mounts::holders(mp);
+    if hs.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = hs
+        .iter()
+        .map(|h| {
+            format!(
+                "pid {} ({}, {} open)",
+                h.pid,
+                if h.command.is_empty() {
+                    "?"
+                } else {
+                    &h.command
+                },
+                h.open
+            )
+        })
+        .collect();
+    Some(list.join(", "))
+}
+
 pub(crate) fn cmd_unmount(mp: &Path) -> Result<(), CliError> {
-    let cipherdir = cipherdir_of(mp);
-    let status = std::process::Command::new("fusermount3")
+    let canon = canonical_mp(mp).ok_or_else(|| {
+        CliError::new(
+            exit::MOUNTPOINT,
+            format!("{}: no such directory", mp.display()),
+        )
+    })?;
+    let Some(top) = mounts::top_at(&canon) else {
+        return Err(CliError::new(
+            exit::MOUNTPOINT,
+            format!("{} is not mounted", mp.display()),
+        ));
+    };
+    if !top.is_sealfs() {
+        return Err(CliError::new(
+            exit::MOUNTPOINT,
+            format!(
+                "{} is a {} mount of {}, not a sealfs one: refusing to unmount it \
+                 (use umount or fusermount3 -u)",
+                mp.display(),
+                top.fstype,
+                top.source.to_string_lossy()
+            ),
+        ));
+    }
+    let out = std::process::Command::new("fusermount3")
         .arg("-u")
-        .arg(mp)
-        .status();
-    if matches!(&status, Ok(s) if s.success()) {
-        if let Some(c) = &cipherdir {
-            wait_for_daemon(c);
-        }
-    }
-    match status {
-        Ok(s) if s.success() => Ok(()),
-        Ok(_) => Err(CliError::new(
-            exit::ERROR,
-            format!("could not unmount {}", mp.display()),
-        )),
-        Err(_) => {
-            let c = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes())
-                .map_err(|_| CliError::new(exit::ERROR, "bad path"))?;
+        .arg(&canon)
+        .output();
+    let done = match &out {
+        Ok(o) => o.status.success(),
+        Err(_) => std::ffi::CString::new(canon.as_os_str().as_encoded_bytes())
             // SAFETY: valid C string.
-            if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
-                Ok(())
-            } else {
-                Err(CliError::new(
-                    exit::ERROR,
-                    format!(
-                        "could not unmount {}: {}",
-                        mp.display(),
-                        std::io::Error::last_os_error()
-                    ),
-                ))
-            }
+            .is_ok_and(|c| unsafe { libc::umount2(c.as_ptr(), 0) } == 0),
+    };
+    if done {
+        if let Some(c) = top.cipherdir() {
+            wait_for_daemon(&c);
         }
+        return Ok(());
     }
+    let why = match &out {
+        Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        Err(_) => std::io::Error::last_os_error().to_string(),
+    };
+    let mut msg = format!("could not unmount {}", mp.display());
+    if let Some(h) = describe_holders(&canon) {
+        msg.push_str(&format!(
+            ": it is busy, held by {h}; close those files (or unmount lazily: umount -l)"
+        ));
+    } else if !why.is_empty() {
+        msg.push_str(&format!(": {}", why.trim_start_matches("fusermount3: ")));
+    }
+    Err(CliError::new(exit::ERROR, msg))
 }

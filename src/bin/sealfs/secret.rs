@@ -75,6 +75,42 @@ fn prompt_passphrase(confirm: bool) -> Result<UnlockSecret, CliError> {
     UnlockSecret::from_passphrase_line(p1.as_bytes()).map_err(secret_err)
 }
 
+/// A passphrase piped on stdin (`echo pw | sealfs mount …`, as gocryptfs
+/// reads it): its first line. Nothing on stdin (/dev/null, EOF) is an
+/// error that names the options.
+fn stdin_passphrase() -> Result<UnlockSecret, CliError> {
+    use std::io::Read;
+    let mut buf = Zeroizing::new(Vec::new());
+    std::io::stdin()
+        .lock()
+        .take(64 * 1024)
+        .read_to_end(&mut buf)
+        .map_err(|e| {
+            CliError::new(
+                exit::ERROR,
+                format!("reading the passphrase from stdin: {e}"),
+            )
+        })?;
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    if line.is_empty() {
+        return Err(CliError::new(
+            exit::ERROR,
+            "no passphrase: stdin is not a terminal and gave none; pipe it in \
+             (echo PASS | sealfs …) or use --passfile, --extpass or --key-file",
+        ));
+    }
+    UnlockSecret::from_passphrase_line(line).map_err(secret_err)
+}
+
+/// The passphrase typed on the terminal, or piped on stdin.
+fn ask_passphrase(confirm: bool) -> Result<UnlockSecret, CliError> {
+    if is_terminal() {
+        prompt_passphrase(confirm)
+    } else {
+        stdin_passphrase()
+    }
+}
+
 /// A passphrase or a key file from the options, else asked on the terminal
 /// (for a new secret: `init`, `import` into a new volume, `passwd`).
 pub(crate) fn read_secret(a: &SecretArgs, confirm: bool) -> Result<UnlockSecret, CliError> {
@@ -87,13 +123,7 @@ pub(crate) fn read_secret(a: &SecretArgs, confirm: bool) -> Result<UnlockSecret,
     if let Some(cmd) = &a.extpass {
         return extpass(cmd);
     }
-    if !is_terminal() {
-        return Err(CliError::new(
-            exit::ERROR,
-            "no passphrase: stdin is not a terminal; use --passfile, --extpass or --key-file",
-        ));
-    }
-    prompt_passphrase(confirm)
+    ask_passphrase(confirm)
 }
 
 /// A recovery key from FILE, or typed on stdin with `-`.
@@ -221,16 +251,16 @@ pub(crate) fn transit_from(a: &TransitArgs, for_new_slot: bool) -> TransitProvid
     p
 }
 
-/// A passphrase asked on the terminal only when a passphrase slot (or a
-/// layout-1 passphrase keyring) is actually tried, after every unattended
-/// slot failed; asked once.
+/// A passphrase asked on the terminal (or read from a piped stdin) only
+/// when a passphrase slot (or a layout-1 passphrase keyring) is actually
+/// tried, after every unattended slot failed; asked once.
 struct PromptedPassphrase {
     answer: OnceLock<Result<Zeroizing<Vec<u8>>, String>>,
 }
 
 impl PromptedPassphrase {
     fn get(&self) -> Result<Passphrase, ProviderError> {
-        let a = self.answer.get_or_init(|| match prompt_passphrase(false) {
+        let a = self.answer.get_or_init(|| match ask_passphrase(false) {
             Ok(UnlockSecret::Passphrase(p)) => Ok(p),
             Ok(UnlockSecret::KeyFile(_)) => Err("not a passphrase".into()),
             Err(e) => Err(e.msg),
@@ -248,7 +278,11 @@ impl KeyProvider for PromptedPassphrase {
     }
 
     fn describe(&self) -> String {
-        "a passphrase asked on the terminal".into()
+        if is_terminal() {
+            "a passphrase asked on the terminal".into()
+        } else {
+            "a passphrase read from stdin".into()
+        }
     }
 
     fn seal(
@@ -321,17 +355,10 @@ pub(crate) fn read_unlock(a: &SecretArgs, cipherdir: &Path) -> Result<Unlock, Cl
             }
         }
     }
-    if is_terminal() {
-        u.push(Box::new(PromptedPassphrase {
-            answer: OnceLock::new(),
-        }));
-    }
-    if u.is_empty() {
-        return Err(CliError::new(
-            exit::ERROR,
-            "no way to unlock: stdin is not a terminal and no keyslot opens unattended; use --passfile, --extpass, --key-file, --recovery-key, --pkcs11 or --transit-*",
-        ));
-    }
+    // The terminal, or a passphrase piped on stdin.
+    u.push(Box::new(PromptedPassphrase {
+        answer: OnceLock::new(),
+    }));
     Ok(u)
 }
 

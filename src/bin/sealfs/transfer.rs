@@ -25,13 +25,12 @@ fn transfer_tick(p: &sealfs::transfer::Progress) -> impl Fn(&indicatif::Progress
         // between setters then pairs new bytes with the message of the
         // last tick (100 ms old), not a new file count with stale bytes.
         let (fd, ft) = (p.files_done.load(Relaxed), p.files_total.load(Relaxed));
-        bar.set_length(p.bytes_total.load(Relaxed).max(1));
-        bar.set_position(p.bytes_done.load(Relaxed));
         if p.scanned.load(Relaxed) {
             bar.set_message(format!("files {fd}/{ft}"));
         } else {
-            bar.set_message(format!("scanning: {ft} files"));
+            bar.set_message(format!("files {fd}/{ft}+ (scanning)"));
         }
+        crate::progress::update(bar, p.bytes_done.load(Relaxed), p.bytes_total.load(Relaxed));
     }
 }
 
@@ -95,8 +94,12 @@ fn finish_transfer<T: Serialize>(
         Err(CliError::new(
             exit::PARTIAL,
             format!(
-                "{} entries were not {verb} (listed above)",
-                report.problems.len()
+                "{} not {verb} (listed above)",
+                if report.problems.len() == 1 {
+                    "1 entry was".to_string()
+                } else {
+                    format!("{} entries were", report.problems.len())
+                }
             ),
         ))
     }

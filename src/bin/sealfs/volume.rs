@@ -212,8 +212,7 @@ pub(crate) fn cmd_rewrap(
         || o.keys().rewrap(&progress),
         |bar| {
             let r = progress.report();
-            bar.set_length(r.total.max(1));
-            bar.set_position(r.done);
+            crate::progress::update(bar, r.done, r.total);
         },
     )??;
     if json {
