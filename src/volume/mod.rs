@@ -47,7 +47,7 @@ use std::path::{Path, PathBuf};
 use parking_lot::RwLock;
 
 use crate::crypto::{random_id, Argon2Params, SecretKey};
-use crate::format::chunk::ChunkCipher;
+use crate::format::chunk::ContentFormat;
 use crate::format::config::{hex, ConfigError, KdfConfig, VolumeConfig, CONFIG_FILE};
 use crate::format::header::{EncryptionContext, RecordKind, SealedRecord, RECORD_LEN};
 use crate::format::keyring::KekSource;
@@ -618,8 +618,13 @@ impl Volume {
         let id = random_id()?;
         let rec =
             SealedRecord::create(RecordKind::File, &self.volume_id, id, &data_key, v, &w, ctx)?;
-        content::write_first_block(&file, &rec.encode())?;
-        Ok(SealedFile::new(file, ChunkCipher::new(&data_key, id), 0).with_key_version(v))
+        let format = self.content_format();
+        Ok(SealedFile::create(file, &rec.encode(), &data_key, id, format)?.with_key_version(v))
+    }
+
+    /// How this volume's file content is laid out (its config's features).
+    pub fn content_format(&self) -> ContentFormat {
+        self.config.read().content_format()
     }
 
     /// Opens the content of an existing file bound to `ctx`.
@@ -629,7 +634,7 @@ impl Volume {
         ctx: &EncryptionContext<'_>,
     ) -> Result<SealedFile, VolumeError> {
         let csize = file.metadata()?.len();
-        let size = plaintext_size(csize).map_err(|_| VolumeError::Truncated)?;
+        plaintext_size(csize).map_err(|_| VolumeError::Truncated)?;
         let buf = content::read_header(&file)?;
         let (rec, key, slot) = self.open_record(RecordKind::File, &buf, ctx)?;
         let version = rec
@@ -638,7 +643,8 @@ impl Volume {
             .copied()
             .flatten()
             .map_or(0, |s| s.key_version);
-        Ok(SealedFile::new(file, ChunkCipher::new(&key, rec.id), size).with_key_version(version))
+        let format = self.content_format();
+        Ok(SealedFile::open(file, &key, rec.id, format)?.with_key_version(version))
     }
 
     /// Step 1 of a file rename: adds a slot bound to `new` beside the one
