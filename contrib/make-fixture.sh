@@ -3,8 +3,11 @@
 # every later sealfs must keep mounting and reading byte-exact
 # (tests/fixtures.rs). Run once per format version, as root (it mounts):
 #   bash contrib/make-fixture.sh tests/fixtures/v1 [SEALFS_BINARY]
+#   KEYSLOTS=1 bash contrib/make-fixture.sh tests/fixtures/v2-keyslots
 # It refuses an existing directory: a format change adds a fixture, never
-# edits one.
+# edits one. With KEYSLOTS=1 the volume gets three keyslots (the
+# passphrase, a key file saved as OUTDIR/key-file, and a recovery key saved
+# as OUTDIR/recovery-key) and their list in OUTDIR/keyslots.json.
 #
 # Contents: files of 0, 1, 4095, 4096, 4097, 128 KiB+5 and 1 MiB+3 bytes; a
 # 255-byte name and a 200-byte one (long-name sidecars); non-ASCII and
@@ -20,9 +23,20 @@ work="$(mktemp -d)"
 cleanup() { fusermount3 -u "$work/mnt" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 mkdir "$work/mnt"
-printf 'sealfs frozen fixture v1\n' > "$out/passphrase"
-pass="$out/passphrase"
-"$bin" init "$out/cipher" --passfile "$pass" --kdf-memory-kib 8192 --kdf-iterations 1
+if [ -n "${KEYSLOTS:-}" ]; then
+    printf 'sealfs frozen fixture %s\n' "$(basename "$out")" > "$out/passphrase"
+    pass="$out/passphrase"
+    head -c 32 /dev/urandom > "$out/key-file"
+    "$bin" init "$out/cipher" --passfile "$pass" --key-file "$out/key-file" --recovery-key \
+        --kdf-memory-kib 8192 --kdf-iterations 1 > "$out/recovery-key"
+    "$bin" keyslot list "$out/cipher" --json | python3 -c \
+        'import json,sys; print(json.dumps(json.load(sys.stdin), indent=1, sort_keys=True))' \
+        > "$out/keyslots.json"
+else
+    printf 'sealfs frozen fixture v1\n' > "$out/passphrase"
+    pass="$out/passphrase"
+    "$bin" init "$out/cipher" --passfile "$pass" --kdf-memory-kib 8192 --kdf-iterations 1
+fi
 
 "$bin" mount "$out/cipher" "$work/mnt" --passfile "$pass"
 python3 - "$work/mnt" <<'PY'
@@ -94,6 +108,12 @@ for r in sorted(rows, key=lambda r: r["path"]):
     print(json.dumps(r, ensure_ascii=False))
 PY
 "$bin" unmount "$work/mnt"
+# The daemon still records the unmount (and stores the keyring) after the
+# mount is gone: wait until it lets go of the volume's lock.
+for _ in $(seq 50); do
+    flock -n "$out/cipher/sealfs.lock" true && break
+    sleep 0.2
+done
 for _ in $(seq 50); do
     "$bin" info "$out/cipher" --passfile "$pass" --json > "$work/info.json" 2>/dev/null && break
     sleep 0.2

@@ -43,8 +43,9 @@ use std::time::Duration;
 
 use crate::ctl::{self, ControlContext, ControlServer};
 use crate::fs::{fuser_config, CacheControl, MountOptions, SealFs};
-use crate::keyring::UnlockSecret;
-use crate::kms::MountHooks;
+use crate::keyring::{Unlock, UnlockSecret};
+use crate::kms::anchor::AcceptedRollback;
+use crate::kms::{KeyError, KeyService, MountHooks, OnMount};
 use crate::policy::audit::{AuditLog, DEFAULT_SEGMENT_BYTES};
 use crate::policy::grants::GrantStore;
 use crate::policy::AccessControl;
@@ -83,14 +84,18 @@ pub enum MountError {
     /// The FUSE session ended with an error.
     #[error("session ended with error: {0}")]
     Session(std::io::Error),
+    /// Key policy refused the mount: a rollback was detected, or the KMS
+    /// behind the keyslot refused or could not be reached.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
 }
 
-/// Where the unlock secret comes from.
+/// Where the unlock providers come from.
 enum SecretSource {
-    Given(UnlockSecret),
+    Given(Unlock),
     /// Asked for only once the paths are checked (no passphrase prompt for
     /// a mount that cannot happen).
-    Ask(Box<dyn FnOnce() -> Result<UnlockSecret, String>>),
+    Ask(Box<dyn FnOnce() -> Result<Unlock, String>>),
 }
 
 /// Namespace of [`Mount::builder`].
@@ -114,6 +119,7 @@ impl Mount {
             unmount_on_signal: false,
             lock_memory: false,
             readahead_kb: Some(1024),
+            accept_rollback: false,
         }
     }
 }
@@ -132,6 +138,7 @@ pub struct MountBuilder {
     unmount_on_signal: bool,
     lock_memory: bool,
     readahead_kb: Option<u32>,
+    accept_rollback: bool,
 }
 
 /// Request-serving threads when none are chosen: twice the cores, 4 to 16,
@@ -162,19 +169,33 @@ fn check_mountpoint(mp: &Path) -> Result<(), MountError> {
 }
 
 impl MountBuilder {
-    /// Unlocks with `secret`.
-    pub fn secret(mut self, secret: UnlockSecret) -> Self {
-        self.secret = Some(SecretSource::Given(secret));
+    /// Unlocks with `secret` (a passphrase or a key file).
+    pub fn secret(self, secret: UnlockSecret) -> Self {
+        self.unlock(Unlock::new().with(secret))
+    }
+
+    /// Unlocks with the first of these providers that opens a keyslot.
+    pub fn unlock(mut self, unlock: Unlock) -> Self {
+        self.secret = Some(SecretSource::Given(unlock));
         self
     }
 
     /// Unlocks with what `ask` returns, called once the volume and the
     /// mount point have been checked (an error is reported as is).
-    pub fn secret_with(
-        mut self,
-        ask: impl FnOnce() -> Result<UnlockSecret, String> + 'static,
-    ) -> Self {
+    pub fn secret_with(self, ask: impl FnOnce() -> Result<UnlockSecret, String> + 'static) -> Self {
+        self.unlock_with(move || ask().map(|s| Unlock::new().with(s)))
+    }
+
+    /// Like [`MountBuilder::secret_with`], for any providers.
+    pub fn unlock_with(mut self, ask: impl FnOnce() -> Result<Unlock, String> + 'static) -> Self {
         self.secret = Some(SecretSource::Ask(Box::new(ask)));
+        self
+    }
+
+    /// Mounts even when the keyring is older than the audit log or the KMS
+    /// recorded (a rollback); the acceptance is recorded in the audit log.
+    pub fn accept_rollback(mut self, yes: bool) -> Self {
+        self.accept_rollback = yes;
         self
     }
 
@@ -262,6 +283,9 @@ impl MountBuilder {
         };
         let vol = Arc::new(Volume::open(cipherdir, &secret, self.read_only)?);
         drop(secret);
+        // Before the audit log opens (it would start a new one where the
+        // old is gone, and append its recovery notes).
+        let accepted = crate::kms::anchor::check_or_refuse(&vol, self.accept_rollback)?;
         raise_fd_limit();
         let canonical_cd = cipherdir.canonicalize()?;
         Ok(OpenedMount {
@@ -280,6 +304,7 @@ impl MountBuilder {
             unmount_on_signal: self.unmount_on_signal,
             lock_memory: self.lock_memory,
             readahead_kb: self.readahead_kb,
+            accepted,
         })
     }
 
@@ -303,6 +328,39 @@ pub struct OpenedMount {
     unmount_on_signal: bool,
     lock_memory: bool,
     readahead_kb: Option<u32>,
+    accepted: Option<AcceptedRollback>,
+}
+
+/// Key policy on behalf of the daemon itself (schedules, the anchors at
+/// mount and unmount).
+pub(crate) fn daemon_keys<'a>(
+    vol: &'a Volume,
+    access: &'a AccessControl,
+    hooks: &'a dyn MountHooks,
+    census: &'a parking_lot::Mutex<Option<crate::volume::walk::Census>>,
+) -> KeyService<'a> {
+    KeyService::on_mount(
+        vol,
+        OnMount {
+            access,
+            actor: AuditLog::daemon_record().principal,
+            hooks,
+            last_census: census,
+        },
+    )
+}
+
+/// How the unlock is named in the audit log and the log: the slot and its
+/// public description, never a secret.
+fn unlocked_detail(vol: &Volume) -> Option<String> {
+    let kr = vol.keyring().read();
+    kr.unlocked_by().map(|u| match u.slot {
+        Some(s) => format!(
+            "unlocked by keyslot {s} ({}: {})",
+            u.provider, u.description
+        ),
+        None => format!("unlocked by the {} (layout-1 keyring)", u.provider),
+    })
 }
 
 impl OpenedMount {
@@ -357,6 +415,26 @@ impl OpenedMount {
             None
         };
         let access = Arc::new(AccessControl::new(owner, Some(Arc::new(grants)), audit));
+        // Before the mount is visible: the acceptance of a rollback, the
+        // slot that unlocked the volume, and the keyring stored anchored at
+        // the log's head now.
+        {
+            struct NoCache;
+            impl MountHooks for NoCache {
+                fn drop_cached_file_data(&self) {}
+            }
+            let census = parking_lot::Mutex::new(None);
+            let keys = daemon_keys(&vol, &access, &NoCache, &census);
+            if let Some(a) = &self.accepted {
+                keys.accept_rollback(a)
+                    .map_err(|e| start(format!("cannot record the accepted rollback: {e}")))?;
+            }
+            // Best effort (a full disk must not stop a mount): the anchor in
+            // place stays valid, it only covers fewer records.
+            if let Err(e) = keys.anchor_here("mount", unlocked_detail(&vol)) {
+                tracing::warn!("keyring not re-anchored at mount: {e}");
+            }
+        }
         let fs = SealFs::new(vol.clone(), access.clone())
             .map_err(|e| start(format!("cannot open the volume's root: {e}")))?;
         let cache = fs.cache_control();
@@ -378,6 +456,9 @@ impl OpenedMount {
         }
         cache.set_notifier(session.notifier());
         let hooks: Arc<dyn MountHooks> = Arc::new(cache);
+        if let Some(d) = unlocked_detail(&vol) {
+            tracing::info!("{d}");
+        }
         let ctl_ctx = ControlContext::new(
             vol.clone(),
             hooks.clone(),
@@ -396,7 +477,7 @@ impl OpenedMount {
                 )));
             }
         };
-        let timers = Timers::start(vol, access, hooks);
+        let timers = Timers::start(vol.clone(), access.clone(), hooks.clone());
         tracing::info!(
             "mounted {} on {}; control socket {}",
             self.cipherdir.display(),
@@ -420,6 +501,9 @@ impl OpenedMount {
                 start(format!("mount failed: {e}"))
             })?;
         Ok(MountHandle {
+            vol,
+            access,
+            hooks,
             session: Some(session),
             unmounter,
             unmount_requested,
@@ -437,6 +521,9 @@ impl OpenedMount {
 /// it, a signal or `idle`), or [`MountHandle::unmount`] it; dropping the
 /// handle unmounts too.
 pub struct MountHandle {
+    vol: Arc<Volume>,
+    access: Arc<AccessControl>,
+    hooks: Arc<dyn MountHooks>,
     session: Option<JoinHandle<std::io::Result<()>>>,
     unmounter: Arc<parking_lot::Mutex<fuser::SessionUnmounter>>,
     unmount_requested: Arc<AtomicBool>,
@@ -491,6 +578,13 @@ impl MountHandle {
             let _ = idle.join();
         }
         self.server = None;
+        // The keyring anchored at the log's last record: whatever is cut
+        // from the log's end after this is found at the next mount.
+        let census = parking_lot::Mutex::new(None);
+        let keys = daemon_keys(&self.vol, &self.access, &*self.hooks, &census);
+        if let Err(e) = keys.anchor_here("unmount", None) {
+            tracing::warn!("keyring not anchored at unmount: {e}");
+        }
         match r {
             Err(e)
                 if e.raw_os_error() == Some(libc::ECONNABORTED)

@@ -170,5 +170,42 @@ fn frozen_fixtures_mount_and_read_byte_exact() {
             counts(&info).iter().filter(|(_, f, _)| *f > 0).count() >= 2,
             "fixture {name}: two key versions should be in use"
         );
+
+        // A fixture with keyslots: the same slots, and each of its other
+        // secrets opens it too.
+        if let Ok(want) = fs::read_to_string(fixture.join("keyslots.json")) {
+            let out = run_ok(
+                Command::new(bin())
+                    .args(["keyslot", "list", "--json"])
+                    .arg(&cipher),
+            );
+            let got: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let want: serde_json::Value = serde_json::from_str(&want).unwrap();
+            assert_eq!(got, want, "fixture {name}: keyslots");
+            assert_eq!(info["rollback_check"], "ok", "fixture {name}");
+            for (opt, file) in [
+                ("--key-file", "key-file"),
+                ("--recovery-key", "recovery-key"),
+            ] {
+                let out = run_ok(
+                    Command::new(bin())
+                        .arg("info")
+                        .arg(&cipher)
+                        .arg(opt)
+                        .arg(fixture.join(file))
+                        .arg("--json"),
+                );
+                let other: serde_json::Value = serde_json::from_str(&out).unwrap();
+                assert_eq!(
+                    counts(&other),
+                    counts(&want_versions(&fixture)),
+                    "fixture {name}: {opt}"
+                );
+            }
+        }
     }
+}
+
+fn want_versions(fixture: &Path) -> serde_json::Value {
+    serde_json::from_str(&fs::read_to_string(fixture.join("key-versions.json")).unwrap()).unwrap()
 }

@@ -35,7 +35,18 @@ fn assert_mount_refused(fx: &Fixture, want: &str) {
 
 #[test]
 fn weakened_kdf_parameters_are_refused() {
+    // Layout 1 (the frozen fixture): the KDF parameters are in sealfs.toml.
     let fx = Fixture::new();
+    fs::remove_dir_all(&fx.cipher).unwrap();
+    let v1 = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1");
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(v1.join("cipher"))
+        .arg(&fx.cipher)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    fs::copy(v1.join("passphrase"), &fx.passfile).unwrap();
     let orig = edit_config(&fx, "memory_kib = 8192", "memory_kib = 64");
     assert_mount_refused(&fx, "Argon2id memory 64KiB is below the minimum 8192KiB");
     fs::write(fx.cipher.join("sealfs.toml"), &orig).unwrap();
@@ -48,7 +59,60 @@ fn weakened_kdf_parameters_are_refused() {
     fs::write(fx.cipher.join("sealfs.toml"), &orig).unwrap();
     let mut fx = fx;
     fx.mount();
-    fs::write(fx.p("f"), b"ok").unwrap();
+    fx.unmount();
+}
+
+/// Rewrites the Argon2id memory cost of keyslot 1 (a passphrase slot) in
+/// both keyring copies of a layout-2 volume; returns the originals.
+fn edit_slot_memory(fx: &Fixture, kib: u32) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut orig = Vec::new();
+    for n in ["sealfs.keyring", "sealfs.keyring.bak"] {
+        let p = fx.cipher.join(n);
+        let mut b = fs::read(&p).unwrap();
+        orig.push((p.clone(), b.clone()));
+        // Header: 52 bytes, then slot 1: 18 bytes, its label, its parameters.
+        assert_eq!(b[56], 1, "slot 1 is a passphrase slot");
+        let at = 52 + 18 + b[57] as usize;
+        b[at..at + 4].copy_from_slice(&kib.to_le_bytes());
+        fs::write(&p, b).unwrap();
+    }
+    orig
+}
+
+#[test]
+fn weakened_keyslot_parameters_do_not_open_and_huge_ones_are_refused_early() {
+    // Layout 2: the parameters are in the keyslot, bound to its sealed KEK:
+    // weakened, the slot simply does not open (nothing to gain).
+    let fx = Fixture::new();
+    let orig = edit_slot_memory(&fx, 64);
+    let out = mount_expect_failure(
+        &fx.cipher,
+        &fx.mnt,
+        &["--passfile".as_ref(), fx.passfile.as_os_str()],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(12),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Beyond the ceiling: refused before Argon2 runs (no 4 TiB allocation).
+    edit_slot_memory(&fx, 4_000_000_000);
+    let start = std::time::Instant::now();
+    let out = mount_expect_failure(
+        &fx.cipher,
+        &fx.mnt,
+        &["--passfile".as_ref(), fx.passfile.as_os_str()],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(23), "{err}");
+    assert!(err.contains("out of range"), "{err}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    for (p, b) in orig {
+        fs::write(p, b).unwrap();
+    }
+    let mut fx = fx;
+    fx.mount();
     fx.unmount();
 }
 

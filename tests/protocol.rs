@@ -148,6 +148,7 @@ fn sample_record() -> AuditRecord {
         outcome: "ok".into(),
         error: None,
         detail: None,
+        keyring_generation: None,
     }
 }
 
@@ -236,6 +237,31 @@ fn every_result_round_trips_through_serde() {
             records: 30,
             key_version: 2,
         }),
+        keyring: KeyringStatus {
+            layout: 2,
+            generation: 12,
+            unlocked_by: Some(UnlockedSlot {
+                slot: Some(2),
+                provider: "transit".into(),
+                label: "kms".into(),
+                description: "transit http://127.0.0.1:8200 transit/keys/vault v1".into(),
+            }),
+            keyslots: vec![KeyslotStatus {
+                id: 2,
+                provider: "transit".into(),
+                label: "kms".into(),
+                created: 1_795_335_831,
+                description: "transit http://127.0.0.1:8200 transit/keys/vault v1".into(),
+            }],
+            kms: Some(KmsStatus {
+                provider: "transit".into(),
+                slot: 2,
+                target: "http://127.0.0.1:8200 transit/keys/vault".into(),
+                state: "key_disabled".into(),
+                message: Some("Transit key \"vault\" is disabled".into()),
+                checked_at: 1_795_335_900,
+            }),
+        },
     });
     round_trip(&rewrap);
     round_trip(&sample_census());

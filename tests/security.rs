@@ -329,6 +329,10 @@ fn keyring_backup_is_used_and_both_lost_exits_23() {
     fx.mount();
     assert_eq!(fs::read(fx.p("f")).unwrap(), b"kept");
     fx.unmount();
+    // The keyring as that mount left it (an older copy put back would be
+    // refused as a rollback: tests/keyslots.rs).
+    let good = fs::read(&kr).unwrap();
+    let n = good.len();
     // Both structurally damaged (cut short; bad magic): exit 23 with a
     // message, not a panic. (A flipped byte inside the sealed body is, to the
     // AEAD, the same event as a wrong passphrase: that exits 12 by design.)

@@ -1,24 +1,26 @@
 //! Cryptographic primitives: secret keys, the AEAD, key derivation.
 //!
 //! Owns: the [`SecretKey`] type (zeroized on drop, never printed), sealing and
-//! opening with AES-256-GCM-SIV, HKDF-SHA256 sub-key derivation with distinct
-//! labels, Argon2id passphrase stretching, and OS CSPRNG access.
+//! opening with the volume cipher (behind the [`aead::Aead`] seam; today
+//! AES-256-GCM-SIV), HKDF-SHA256 sub-key derivation with distinct labels,
+//! Argon2id passphrase stretching, and OS CSPRNG access.
 //!
 //! Must never: do I/O, log, or put key bytes into an error or `Debug` output.
 //! Tag checks are done by the `aes-gcm-siv` crate (constant time), never here.
 
-use aes_gcm_siv::aead::{AeadInOut, KeyInit};
-use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
+pub mod aead;
+
+use aead::{Aead, VolumeAead};
 use hkdf::Hkdf;
 use sha2::Sha256;
 use zeroize::{Zeroize, Zeroizing};
 
-/// Length of every symmetric key in sealfs (AES-256).
-pub const KEY_LEN: usize = 32;
-/// Length of an AES-GCM-SIV nonce.
-pub const NONCE_LEN: usize = 12;
-/// Length of an AES-GCM-SIV authentication tag.
-pub const TAG_LEN: usize = 16;
+/// Length of every symmetric key in sealfs (the volume cipher's key).
+pub const KEY_LEN: usize = <VolumeAead as Aead>::KEY_LEN;
+/// Length of the volume cipher's nonce.
+pub const NONCE_LEN: usize = <VolumeAead as Aead>::NONCE_LEN;
+/// Length of the volume cipher's authentication tag.
+pub const TAG_LEN: usize = <VolumeAead as Aead>::TAG_LEN;
 
 /// Errors of the crypto layer. None of them carries key material.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -93,10 +95,10 @@ pub fn derive_key(ikm: &[u8], salt: &[u8], label: &[u8]) -> SecretKey {
 /// A wrapped key: (nonce, sealed key bytes, tag).
 pub type WrappedKey = ([u8; NONCE_LEN], [u8; KEY_LEN], [u8; TAG_LEN]);
 
-/// An AES-256-GCM-SIV key schedule, ready to seal and open.
+/// The volume cipher's expanded key, ready to seal and open.
 #[derive(Clone)]
 pub struct SealingKey {
-    aead: Aes256GcmSiv,
+    aead: VolumeAead,
 }
 
 impl std::fmt::Debug for SealingKey {
@@ -109,7 +111,7 @@ impl SealingKey {
     /// Expands `key` into a cipher.
     pub fn new(key: &SecretKey) -> Self {
         SealingKey {
-            aead: Aes256GcmSiv::new(key.expose().into()),
+            aead: VolumeAead::with_key(key.expose()),
         }
     }
 
@@ -120,13 +122,9 @@ impl SealingKey {
         aad: &[u8],
         buf: &mut [u8],
     ) -> [u8; TAG_LEN] {
-        let nonce = Nonce::from(*nonce);
-        // Errors only for messages over 2^36 bytes, far above any sealfs message.
-        let tag = self
-            .aead
-            .encrypt_inout_detached(&nonce, aad, buf.into())
-            .expect("AES-GCM-SIV message length within limits");
-        tag.into()
+        let mut tag = [0u8; TAG_LEN];
+        self.aead.seal_detached(nonce, aad, buf, &mut tag);
+        tag
     }
 
     /// Decrypts `buf` in place after checking `tag`. On failure `buf` holds
@@ -138,11 +136,7 @@ impl SealingKey {
         buf: &mut [u8],
         tag: &[u8; TAG_LEN],
     ) -> Result<(), CryptoError> {
-        let nonce = Nonce::from(*nonce);
-        let tag = Tag::from(*tag);
-        self.aead
-            .decrypt_inout_detached(&nonce, aad, buf.into(), &tag)
-            .map_err(|_| CryptoError::AuthenticationFailed)
+        self.aead.open_detached(nonce, aad, buf, tag)
     }
 
     /// Seals a 32-byte key under this key with a fresh random nonce: returns

@@ -80,6 +80,8 @@ fn key_err(e: KeyError) -> Failure {
         KeyError::ReadOnlyMount => ErrorCode::ReadOnly,
         KeyError::Busy(_) => ErrorCode::Busy,
         KeyError::AuditFailed(_) => ErrorCode::AuditFailed,
+        KeyError::Kms(_) => ErrorCode::Kms,
+        KeyError::Rollback(_) => ErrorCode::Invalid,
         KeyError::Volume(v) => vol_code(v),
     };
     (code, e.to_string())
@@ -231,6 +233,18 @@ fn status(ctx: &ControlContext) -> StatusResult {
                 key_version,
             }
         }),
+        keyring: keyring_status(&ctx.vol),
+    }
+}
+
+fn keyring_status(vol: &crate::volume::Volume) -> crate::ctl::protocol::KeyringStatus {
+    let kr = vol.keyring().read();
+    crate::ctl::protocol::KeyringStatus {
+        layout: kr.layout(),
+        generation: kr.generation(),
+        unlocked_by: kr.unlocked_by().cloned().map(Into::into),
+        keyslots: kr.slots().into_iter().map(Into::into).collect(),
+        kms: kr.authority().map(|a| a.last_seen().into()),
     }
 }
 

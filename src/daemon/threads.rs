@@ -5,8 +5,9 @@
 //! Owns: when each of them runs and how it ends (timers and the idle watch
 //! end when the mount ends; the signal watch waits for its signal).
 //! Must never: hold a key-policy rule (the schedules are
-//! [`KeyService::run_schedules`]) or unmount lazily unless asked to end
-//! the mount (a signal, [`super::MountHandle::unmount`]).
+//! [`crate::kms::KeyService::run_schedules`], run on behalf of the daemon so they are
+//! audited like any key change) or unmount lazily unless asked to end the
+//! mount (a signal, [`super::MountHandle::unmount`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +19,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::fs::Activity;
 use crate::keyring::now_secs;
-use crate::kms::{KeyService, MountHooks};
+use crate::kms::MountHooks;
 use crate::policy::audit::AuditLog;
 use crate::policy::{AccessControl, Event};
 use crate::volume::Volume;
@@ -28,6 +29,10 @@ use crate::volume::Volume;
 const SCHEDULE_TICK: Duration = Duration::from_secs(5);
 /// How often expired grants are ended.
 const GRANT_EXPIRY_TICK: Duration = Duration::from_millis(500);
+/// How often the KMS behind the unlocking keyslot is asked whether it
+/// still lets the volume unlock (its answer shows in `ctl status`; the
+/// mount keeps working from memory whatever it says).
+const KMS_CHECK_TICK: Duration = Duration::from_secs(60);
 
 /// Raises the soft limit on open files to the hard limit (a mount holds one
 /// descriptor per inode the kernel knows, fsck one per directory level).
@@ -84,11 +89,15 @@ impl Timers {
         let stop = Arc::new(Stop::default());
         let mut threads = Vec::new();
         let s = stop.clone();
+        let authority = vol.keyring().read().authority().cloned();
+        let (v, a, h) = (vol.clone(), access.clone(), hooks.clone());
         threads.extend(
             std::thread::Builder::new()
                 .name("sealfs-schedule".into())
                 .spawn(move || loop {
-                    match KeyService::offline(&vol).run_schedules(now_secs()) {
+                    let census = Mutex::new(None);
+                    let keys = super::daemon_keys(&v, &a, &*h, &census);
+                    match keys.run_schedules(now_secs()) {
                         Ok(done) => {
                             for d in done {
                                 tracing::info!("schedule: {d}");
@@ -102,6 +111,23 @@ impl Timers {
                 })
                 .ok(),
         );
+        if let Some(kms) = authority {
+            let s = stop.clone();
+            threads.extend(
+                std::thread::Builder::new()
+                    .name("sealfs-kms".into())
+                    .spawn(move || {
+                        while !s.wait(KMS_CHECK_TICK) {
+                            if let Err(e) = kms.check() {
+                                tracing::warn!(
+                                    "the KMS no longer lets this volume unlock ({e}); the mount keeps working from memory until unmounted"
+                                );
+                            }
+                        }
+                    })
+                    .ok(),
+            );
+        }
         let s = stop.clone();
         threads.extend(
             std::thread::Builder::new()

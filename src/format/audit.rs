@@ -128,6 +128,12 @@ pub struct AuditRecord {
     /// Extra detail that is not an error (e.g. the old path of a rename).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The keyring generation a keyring change makes (on the change's own
+    /// record, written before the keyring is stored) or made (on the
+    /// `keyring_stored` record that follows the store). The rollback anchor
+    /// reads them (docs/CONTROL.md §15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyring_generation: Option<u32>,
 }
 
 /// The cleartext header of a segment.
@@ -494,6 +500,7 @@ mod tests {
             outcome: "ok".into(),
             error: None,
             detail: None,
+            keyring_generation: None,
         }
     }
 

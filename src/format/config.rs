@@ -1,6 +1,8 @@
 //! The volume config file `sealfs.toml`: format version, feature flags, chunk
-//! size, and the key-derivation parameters (also sealed into the keyring
-//! header, which is authoritative).
+//! size, and for a layout-1 keyring the key-derivation parameters (also in
+//! the keyring header, which is authoritative). A volume with keyslots
+//! (feature `keyslots`, keyring layout 2) has no `[kdf]` section: each slot
+//! carries its own parameters in the keyring.
 //!
 //! Owns: parsing and writing the TOML text, and refusing versions and
 //! features this build does not understand.
@@ -23,8 +25,12 @@ pub const KNOWN_FEATURES: &[&str] = &[
     "dir-ids-two-copies",
     "long-names",
     "path-bound-keys",
+    "keyslots",
     FEATURE_SEALED_GROUP_STATE,
 ];
+/// The feature flag of a keyring with keyslots (layout 2): a build
+/// without it refuses the volume rather than misread its keyring.
+pub const FEATURE_KEYSLOTS: &str = "keyslots";
 /// The feature flag of sealed group states (docs/FORMAT.md §4): new volumes
 /// have it; a volume without it keeps the first content format.
 pub const FEATURE_SEALED_GROUP_STATE: &str = "sealed-group-state";
@@ -86,21 +92,36 @@ pub struct VolumeConfig {
     /// Automatic rotation period ("90d", "12h", …); absent = off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation_period: Option<String>,
-    /// Key derivation of the unlock secret.
-    pub kdf: KdfConfig,
+    /// Key derivation of the unlock secret (layout-1 keyrings only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kdf: Option<KdfConfig>,
 }
 
 impl VolumeConfig {
-    /// A new config for a fresh volume.
-    pub fn new(volume_id: [u8; 16], kdf: KdfConfig) -> Self {
+    /// A new config for a fresh volume (every feature, keyslots included).
+    pub fn new(volume_id: [u8; 16]) -> Self {
         VolumeConfig {
             format_version: FORMAT_VERSION,
             features: KNOWN_FEATURES.iter().map(|s| s.to_string()).collect(),
             chunk_size: CHUNK_SIZE as u32,
             volume_id: hex(&volume_id),
             rotation_period: None,
-            kdf,
+            kdf: None,
         }
+    }
+
+    /// The config of a volume whose keyring is layout 1 (no keyslots),
+    /// with the keyring's KDF: what `sealfs init` wrote before keyslots.
+    pub fn layout1(volume_id: [u8; 16], kdf: KdfConfig) -> Self {
+        let mut c = Self::new(volume_id);
+        c.features.retain(|f| f != FEATURE_KEYSLOTS);
+        c.kdf = Some(kdf);
+        c
+    }
+
+    /// Whether the volume announces a keyring with keyslots.
+    pub fn has_keyslots(&self) -> bool {
+        self.features.iter().any(|f| f == FEATURE_KEYSLOTS)
     }
 
     /// Parses and validates config text.
@@ -124,6 +145,11 @@ impl VolumeConfig {
             )));
         }
         c.volume_id_bytes()?;
+        if c.kdf.is_none() && !c.has_keyslots() {
+            return Err(ConfigError::Invalid(
+                "no [kdf] section (needed without the keyslots feature)".into(),
+            ));
+        }
         if let Some(p) = c.argon2_params() {
             p.check().map_err(|e| match e {
                 crate::crypto::CryptoError::KdfParams(m) => ConfigError::KdfParams(m),
@@ -171,8 +197,8 @@ impl VolumeConfig {
 
     /// Argon2 parameters if this volume uses a passphrase.
     pub fn argon2_params(&self) -> Option<Argon2Params> {
-        match self.kdf {
-            KdfConfig::Argon2id {
+        match self.kdf.as_ref()? {
+            &KdfConfig::Argon2id {
                 memory_kib,
                 iterations,
                 parallelism,
@@ -228,7 +254,7 @@ mod tests {
     use super::*;
 
     fn sample() -> VolumeConfig {
-        VolumeConfig::new(
+        VolumeConfig::layout1(
             [0xab; 16],
             KdfConfig::Argon2id {
                 memory_kib: 65536,
@@ -317,6 +343,23 @@ mod tests {
             .to_toml()
             .replace("parallelism = 2", "parallelism = 1");
         assert!(VolumeConfig::parse(&t).is_ok());
+    }
+
+    #[test]
+    fn keyslots_volumes_have_no_kdf_section() {
+        let c = VolumeConfig::new([1; 16]);
+        assert!(c.has_keyslots());
+        let t = c.to_toml();
+        assert!(!t.contains("[kdf]"), "{t}");
+        assert_eq!(VolumeConfig::parse(&t).unwrap(), c);
+        // Without the flag a [kdf] section is required.
+        let mut without = c.clone();
+        without.features.retain(|f| f != FEATURE_KEYSLOTS);
+        assert!(matches!(
+            VolumeConfig::parse(&without.to_toml()),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(!sample().has_keyslots());
     }
 
     #[test]

@@ -1,29 +1,38 @@
 //! The unlocked keyring: master key versions in memory, the wrapping ciphers
-//! derived from them, and the crash-safe storage of `sealfs.keyring`.
+//! derived from them, the keyslots that hold the KEK, and the crash-safe
+//! storage of `sealfs.keyring`.
 //!
-//! Owns: turning an unlock secret into the KEK, loading the keyring (primary
-//! copy, falling back to its `.bak` copy), writing it durably (write-new,
-//! fsync, rename, fsync directory; then the same for the backup), and handing
-//! out per-version wrapping ciphers.
+//! Rooms: [`provider`] (the roots of trust: one file per unlock method and
+//! the [`KeyProvider`] trait), `secret` ([`UnlockSecret`], the passphrase
+//! or key file of old), `slots` (adding, removing and re-wrapping keyslots,
+//! and the upgrade from layout 1).
+//!
+//! Owns: unlocking (every slot a provider matches is tried; layout 1 derives
+//! the KEK from the secret itself), loading the keyring (primary copy,
+//! falling back to its `.bak` copy), writing it durably (write-new, fsync,
+//! rename, fsync directory; then the same for the backup), the lifecycle of
+//! master key versions, and handing out per-version wrapping ciphers.
 //! Must never: log or expose key bytes; wrap under a version that is not
-//! enabled.
+//! enabled; store a layout the volume's config does not announce.
+
+pub mod provider;
+mod secret;
+mod slots;
 
 use std::collections::HashMap;
-use std::fs;
 use std::os::fd::BorrowedFd;
-use std::path::Path;
+use std::sync::Arc;
 
-use zeroize::Zeroizing;
-
-use crate::crypto::{
-    derive_key, stretch_passphrase, Argon2Params, CryptoError, SealingKey, SecretKey,
-};
+use crate::crypto::{CryptoError, SealingKey, SecretKey};
 use crate::format::header::RecordKind;
 use crate::format::keyring::{
-    self as kfmt, KekSource, KeyState, KeyringBody, KeyringFormatError, KeyringHeader,
+    self as kfmt, AuditAnchor, KekSource, KeyState, KeyringBody, KeyringFormatError, KeyringHeader,
     MasterKeyVersion,
 };
 use crate::sys;
+pub use provider::{KeyProvider, KmsAuthority, KmsSeen, ProviderError, Unlock, Unlocker};
+pub use secret::{SecretError, UnlockSecret};
+pub use slots::{slots_of, SlotInfo};
 
 pub use crate::format::reserved::{KEYRING_BACKUP, KEYRING_FILE};
 /// File mode of both copies: the keyring is an offline guessing target for
@@ -42,137 +51,82 @@ pub enum KeyringError {
     /// Key derivation failed.
     #[error(transparent)]
     Crypto(#[from] CryptoError),
-    /// The unlock secret is of the wrong kind for this volume.
+    /// The unlock secret is of the wrong kind for this (layout-1) volume.
     #[error("this volume is unlocked with a {0}")]
     WrongSecretKind(&'static str),
+    /// No slot of the keyring is of a kind the given secrets can open.
+    #[error("no keyslot of this volume can be opened with {given} (its slots: {slots})")]
+    NoSlot {
+        /// What was given.
+        given: String,
+        /// The slots there are.
+        slots: String,
+    },
+    /// A provider failed for a slot it matched (a token, a KMS).
+    #[error("keyslot {slot} ({what}): {source}")]
+    Provider {
+        /// The slot.
+        slot: u32,
+        /// The slot's public description.
+        what: String,
+        /// What failed.
+        #[source]
+        source: ProviderError,
+    },
+    /// A provider failed before any slot (e.g. a new slot could not be sealed).
+    #[error(transparent)]
+    NewSlot(ProviderError),
+    /// A keyslot operation that is not allowed (the last slot, an unknown id).
+    #[error("{0}")]
+    Slot(String),
+    /// A keyslot operation on a layout-1 keyring.
+    #[error(
+        "this volume's keyring has no keyslots (layout 1); run 'sealfs upgrade CIPHERDIR' first"
+    )]
+    NotUpgraded,
     /// A lifecycle change that is not allowed (e.g. retiring the primary version).
     #[error("{0}")]
     Lifecycle(String),
     /// The keyring belongs to another volume than the config.
     #[error("keyring and sealfs.toml belong to different volumes (corrupted or swapped config)")]
     VolumeMismatch,
+    /// The audit record a keyring change needs could not be written.
+    #[error("the audit record could not be written ({0}); keyring not changed")]
+    AuditRefused(String),
 }
 
-/// What unlocks a volume.
-pub enum UnlockSecret {
-    /// A passphrase (stretched with Argon2id).
-    Passphrase(Zeroizing<Vec<u8>>),
-    /// The 32 bytes of a key file.
-    KeyFile(SecretKey),
-}
+impl KeyringError {
+    /// Whether this says the secret was wrong (or of the wrong kind), as
+    /// opposed to a damaged keyring or a failing token or KMS.
+    pub fn is_wrong_secret(&self) -> bool {
+        matches!(
+            self,
+            KeyringError::Format(KeyringFormatError::Unlock)
+                | KeyringError::WrongSecretKind(_)
+                | KeyringError::NoSlot { .. }
+        )
+    }
 
-impl std::fmt::Debug for UnlockSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    /// The provider error inside, if a provider failed.
+    pub fn provider_error(&self) -> Option<&ProviderError> {
         match self {
-            UnlockSecret::Passphrase(_) => f.write_str("UnlockSecret::Passphrase(<redacted>)"),
-            UnlockSecret::KeyFile(_) => f.write_str("UnlockSecret::KeyFile(<redacted>)"),
+            KeyringError::Provider { source, .. } | KeyringError::NewSlot(source) => Some(source),
+            _ => None,
         }
     }
 }
 
-/// Why an unlock secret could not be read (never contains secret bytes).
-#[derive(Debug, thiserror::Error)]
-pub enum SecretError {
-    /// The passfile or key file could not be read.
-    #[error("cannot read {what} {path}: {source}")]
-    Read {
-        /// "passfile" or "key file".
-        what: &'static str,
-        /// The file.
-        path: std::path::PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// A key file that does not hold exactly 32 bytes.
-    #[error("key file {path} must hold exactly 32 bytes (has {len})")]
-    KeyFileLength {
-        /// The file.
-        path: std::path::PathBuf,
-        /// Its length.
-        len: usize,
-    },
-    /// An empty passphrase (e.g. an empty passfile).
-    #[error("empty passphrase")]
-    EmptyPassphrase,
-}
-
-impl UnlockSecret {
-    /// A passphrase: the first line of `text` (without its `\n` or `\r\n`),
-    /// as in a passfile or the output of an `--extpass` command.
-    pub fn from_passphrase_line(text: &[u8]) -> Result<Self, SecretError> {
-        let end = text.iter().position(|&b| b == b'\n').unwrap_or(text.len());
-        let mut line = Zeroizing::new(text[..end].to_vec());
-        if line.last() == Some(&b'\r') {
-            line.pop();
-        }
-        if line.is_empty() {
-            return Err(SecretError::EmptyPassphrase);
-        }
-        Ok(UnlockSecret::Passphrase(line))
-    }
-
-    /// A passphrase read from the first line of the file at `path`.
-    pub fn from_passfile(path: &Path) -> Result<Self, SecretError> {
-        let bytes = Zeroizing::new(fs::read(path).map_err(|source| SecretError::Read {
-            what: "passfile",
-            path: path.to_path_buf(),
-            source,
-        })?);
-        Self::from_passphrase_line(&bytes)
-    }
-
-    /// The 32 bytes of the key file at `path`.
-    pub fn from_key_file(path: &Path) -> Result<Self, SecretError> {
-        let bytes = Zeroizing::new(fs::read(path).map_err(|source| SecretError::Read {
-            what: "key file",
-            path: path.to_path_buf(),
-            source,
-        })?);
-        let mut k: [u8; 32] =
-            bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| SecretError::KeyFileLength {
-                    path: path.to_path_buf(),
-                    len: bytes.len(),
-                })?;
-        let key = SecretKey::from_bytes(k);
-        zeroize::Zeroize::zeroize(&mut k);
-        Ok(UnlockSecret::KeyFile(key))
-    }
-}
-
-/// How a new KEK for `secret` will be derived, with a fresh salt.
-fn new_kek_source(
-    secret: &UnlockSecret,
-    params: Argon2Params,
-) -> Result<(KekSource, [u8; 16]), KeyringError> {
-    let mut salt = [0u8; 16];
-    crate::crypto::fill_random(&mut salt)?;
-    let src = match secret {
-        UnlockSecret::Passphrase(_) => KekSource::Passphrase(params),
-        UnlockSecret::KeyFile(_) => KekSource::KeyFile,
-    };
-    Ok((src, salt))
-}
-
-/// Derives the key-encryption key for a keyring header.
-pub fn derive_kek(
-    header: &KeyringHeader,
-    secret: &UnlockSecret,
-) -> Result<SecretKey, KeyringError> {
-    match (header.kek, secret) {
-        (KekSource::Passphrase(p), UnlockSecret::Passphrase(pw)) => {
-            Ok(stretch_passphrase(pw, &header.salt, p)?)
-        }
-        (KekSource::KeyFile, UnlockSecret::KeyFile(k)) => Ok(derive_key(
-            k.expose(),
-            &header.salt,
-            b"sealfs v1 kek from key file",
-        )),
-        (KekSource::Passphrase(_), _) => Err(KeyringError::WrongSecretKind("passphrase")),
-        (KekSource::KeyFile, _) => Err(KeyringError::WrongSecretKind("key file")),
-    }
+/// Which slot unlocked the keyring (public facts only).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UnlockedBy {
+    /// The slot id (`None` for a layout-1 keyring, which has no slots).
+    pub slot: Option<u32>,
+    /// The provider kind (`passphrase`, `pkcs11`, …).
+    pub provider: String,
+    /// The slot's label.
+    pub label: String,
+    /// The slot's public description (a URI without PIN, a server and key).
+    pub description: String,
 }
 
 /// The unlocked keyring.
@@ -182,46 +136,92 @@ pub struct Keyring {
     kek: SecretKey,
     body: KeyringBody,
     wrappers: HashMap<(u32, bool), SealingKey>,
+    unlocked_by: Option<UnlockedBy>,
+    authority: Option<Arc<dyn KmsAuthority>>,
+    /// The generation the next store writes at least (after a rollback was
+    /// accepted: above what the audit log or the KMS recorded).
+    min_next_generation: u32,
 }
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Keyring")
-            .field("primary", &self.body.primary)
-            .field("versions", &self.body.versions.len())
+            .field("layout", &self.header.layout())
+            .field("generation", &self.header.generation())
+            .field("primary", &self.primary())
+            .field("versions", &self.versions().len())
+            .field("unlocked_by", &self.unlocked_by)
             .finish_non_exhaustive()
     }
 }
 
 pub use crate::sys::now_secs;
 
+/// Crash-test hook: with `SEALFS_TEST_KILL_POINT=NAME` in its environment
+/// a process kills itself (SIGKILL) on reaching the point `NAME`, so a test
+/// can stop a keyring change at each of its steps (tests/keyslot_crash.rs).
+/// Unset, as always outside tests, it costs one cached lookup. Points:
+/// `keyring-change-recorded` (the change's audit record written, nothing
+/// stored), `keyring-primary-written` (one copy new, one old),
+/// `keyring-stored` (both new, the store not yet recorded),
+/// `upgrade-config-announced` and `upgrade-keyring-stored` (between the
+/// three writes of an upgrade).
+pub fn kill_point(name: &str) {
+    static POINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let point = POINT.get_or_init(|| std::env::var("SEALFS_TEST_KILL_POINT").ok());
+    if point.as_deref() == Some(name) {
+        // SAFETY: raising a signal at ourselves; SIGKILL does not return.
+        unsafe { libc::raise(libc::SIGKILL) };
+    }
+}
+
+/// A description of what was given, for [`KeyringError::NoSlot`].
+fn given(unlock: &dyn Unlocker) -> String {
+    let ps = unlock.providers();
+    if ps.is_empty() {
+        return "nothing (no unlock option, and no slot opens unattended)".into();
+    }
+    ps.iter()
+        .map(|p| p.kind().name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl Keyring {
-    /// A new keyring with master key version 1 for a new volume.
+    /// A new layout-2 keyring for a new volume: a random KEK, master key
+    /// version 1, and one slot per provider (labelled).
     pub fn create(
         volume_id: [u8; 16],
-        secret: &UnlockSecret,
-        params: Argon2Params,
-    ) -> Result<(Self, [u8; 16]), KeyringError> {
-        let (kek_src, salt) = new_kek_source(secret, params)?;
-        let header = KeyringHeader {
-            kek: kek_src,
-            salt,
-            volume_id,
-            generation: 0,
-        };
-        let kek = derive_kek(&header, secret)?;
-        let body = KeyringBody {
-            primary: 1,
-            flags: 0,
-            versions: vec![MasterKeyVersion {
+        slots: &[(&dyn KeyProvider, &str)],
+    ) -> Result<Self, KeyringError> {
+        if slots.is_empty() {
+            return Err(KeyringError::Slot(
+                "a volume needs at least one keyslot".into(),
+            ));
+        }
+        let now = now_secs();
+        let body = KeyringBody::single(
+            1,
+            0,
+            vec![MasterKeyVersion {
                 version: 1,
                 state: KeyState::Enabled,
-                created: now_secs(),
+                created: now,
                 deletion_due: 0,
                 key: SecretKey::generate()?,
             }],
-        };
-        Ok((Self::assemble(header, kek, body), salt))
+            now,
+        );
+        let header = KeyringHeader::V2(kfmt::V2Header {
+            volume_id,
+            generation: 0,
+            slots: Vec::new(),
+        });
+        let mut k = Self::assemble(header, SecretKey::generate()?, body);
+        for (p, label) in slots {
+            k.add_slot(*p, label)?;
+        }
+        Ok(k)
     }
 
     fn assemble(header: KeyringHeader, kek: SecretKey, body: KeyringBody) -> Self {
@@ -230,32 +230,134 @@ impl Keyring {
             kek,
             body,
             wrappers: HashMap::new(),
+            unlocked_by: None,
+            authority: None,
+            min_next_generation: 0,
         };
         k.rebuild_wrappers();
         k
     }
 
-    /// Unlocks keyring bytes with `secret`.
-    pub fn unlock(bytes: &[u8], secret: &UnlockSecret) -> Result<Self, KeyringError> {
-        let header = kfmt::parse_header(bytes)?;
-        let kek = derive_kek(&header, secret)?;
-        let body = kfmt::open(bytes, &kek)?;
-        Ok(Self::assemble(header, kek, body))
+    /// Unlocks keyring bytes with the first provider that opens a slot.
+    pub fn unlock(bytes: &[u8], unlock: &dyn Unlocker) -> Result<Self, KeyringError> {
+        match kfmt::parse_header(bytes)? {
+            KeyringHeader::V1(h) => Self::unlock_v1(bytes, h, unlock),
+            KeyringHeader::V2(h) => Self::unlock_v2(bytes, h, unlock),
+        }
     }
 
-    /// Loads and unlocks the keyring of `cipherdir`, falling back to the backup
-    /// copy if the primary one is missing or damaged (not if the secret is wrong).
-    pub fn load(cipherdir: BorrowedFd<'_>, secret: &UnlockSecret) -> Result<Self, KeyringError> {
+    fn unlock_v1(
+        bytes: &[u8],
+        h: kfmt::V1Header,
+        unlock: &dyn Unlocker,
+    ) -> Result<Self, KeyringError> {
+        let mut last = None;
+        for p in unlock.providers() {
+            let Some(kek) = p.v1_kek(&h) else { continue };
+            let kek = kek.map_err(|source| KeyringError::Provider {
+                slot: 0,
+                what: p.describe(),
+                source,
+            })?;
+            match kfmt::v1::open(bytes, &kek) {
+                Ok(body) => {
+                    let mut k = Self::assemble(KeyringHeader::V1(h), kek, body);
+                    k.unlocked_by = Some(UnlockedBy {
+                        slot: None,
+                        provider: p.kind().name.into(),
+                        label: String::new(),
+                        description: "layout-1 keyring (no keyslots)".into(),
+                    });
+                    return Ok(k);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        match last {
+            Some(e) => Err(e.into()),
+            None => Err(KeyringError::WrongSecretKind(match h.kek {
+                KekSource::Passphrase(_) => "passphrase",
+                KekSource::KeyFile => "key file",
+            })),
+        }
+    }
+
+    fn unlock_v2(
+        bytes: &[u8],
+        h: kfmt::V2Header,
+        unlock: &dyn Unlocker,
+    ) -> Result<Self, KeyringError> {
+        let mut tried = false;
+        let mut failure: Option<KeyringError> = None;
+        for p in unlock.providers() {
+            for slot in h.slots.iter().filter(|s| p.matches(s)) {
+                tried = true;
+                let ctx = provider::SlotContext {
+                    volume_id: h.volume_id,
+                    slot_id: slot.id,
+                };
+                match p.unseal(slot, &ctx) {
+                    Ok(u) => match kfmt::v2::open(bytes, &u.kek) {
+                        Ok(body) => {
+                            let by = UnlockedBy {
+                                slot: Some(slot.id),
+                                provider: provider::kind_name(slot.kind),
+                                label: slot.label.clone(),
+                                description: provider::describe_slot(slot),
+                            };
+                            let mut k = Self::assemble(KeyringHeader::V2(h.clone()), u.kek, body);
+                            k.unlocked_by = Some(by);
+                            k.authority = u.authority;
+                            return Ok(k);
+                        }
+                        // The slot opened but the body did not: the header
+                        // was edited (the body's AAD) or the body damaged.
+                        Err(e) => failure = failure.or(Some(e.into())),
+                    },
+                    Err(ProviderError::WrongSecret) => {}
+                    Err(source) => {
+                        failure = failure.or(Some(KeyringError::Provider {
+                            slot: slot.id,
+                            what: provider::describe_slot(slot),
+                            source,
+                        }))
+                    }
+                }
+            }
+        }
+        if !tried {
+            return Err(KeyringError::NoSlot {
+                given: given(unlock),
+                slots: h
+                    .slots
+                    .iter()
+                    .map(|s| format!("{} {}", s.id, provider::kind_name(s.kind)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        Err(failure.unwrap_or(KeyringError::Format(KeyringFormatError::Unlock)))
+    }
+
+    /// Loads and unlocks the keyring of `cipherdir`, falling back to the
+    /// backup copy if the primary one is missing or damaged (not when a KMS
+    /// could not be reached: the backup would wait for it again).
+    pub fn load(cipherdir: BorrowedFd<'_>, unlock: &dyn Unlocker) -> Result<Self, KeyringError> {
         let primary = read_copy(cipherdir, KEYRING_FILE);
         let first_err = match primary {
-            Ok(bytes) => match Self::unlock(&bytes, secret) {
+            Ok(bytes) => match Self::unlock(&bytes, unlock) {
                 Ok(k) => return Ok(k),
                 Err(e) => e,
             },
             Err(e) => KeyringError::Io(e),
         };
+        if let Some(ProviderError::Transit(t)) = first_err.provider_error() {
+            if provider::transit::state_of(t) == "unreachable" {
+                return Err(first_err);
+            }
+        }
         match read_copy(cipherdir, KEYRING_BACKUP) {
-            Ok(bytes) => Self::unlock(&bytes, secret).map_err(|_| first_err),
+            Ok(bytes) => Self::unlock(&bytes, unlock).map_err(|_| first_err),
             // A refused object at the backup's name says more than a
             // missing or damaged primary copy.
             Err(e) if sys::WrongKind::is(&e) => Err(KeyringError::Io(e)),
@@ -263,29 +365,38 @@ impl Keyring {
         }
     }
 
-    /// Writes both copies durably (each: temp file, fsync, rename, fsync dir).
+    /// Writes both copies durably (each: temp file, fsync, rename, fsync
+    /// dir), one generation up.
     pub fn store(&mut self, cipherdir: BorrowedFd<'_>) -> Result<(), KeyringError> {
-        self.header.generation = self.header.generation.wrapping_add(1);
+        let next = self
+            .header
+            .generation()
+            .wrapping_add(1)
+            .max(self.min_next_generation);
+        self.header.set_generation(next);
         let bytes = kfmt::seal(&self.body, &self.header, &self.kek)?;
-        for name in [KEYRING_FILE, KEYRING_BACKUP] {
-            sys::write_durably(cipherdir, name, &bytes, KEYRING_MODE)?;
-        }
+        sys::write_durably(cipherdir, KEYRING_FILE, &bytes, KEYRING_MODE)?;
+        kill_point("keyring-primary-written");
+        sys::write_durably(cipherdir, KEYRING_BACKUP, &bytes, KEYRING_MODE)?;
+        kill_point("keyring-stored");
         Ok(())
     }
 
     /// Checks another stored copy of this keyring (e.g. the backup) with the
-    /// KEK already derived, without running the KDF again: it must have the
-    /// same KDF header and open. Returns its generation.
+    /// KEK already derived, without running a KDF or asking a provider
+    /// again: it must belong to this volume and open. Returns its generation.
     pub fn check_copy(&self, bytes: &[u8]) -> Result<u32, KeyringError> {
         let header = kfmt::parse_header(bytes)?;
-        if header.kek != self.header.kek
-            || header.salt != self.header.salt
-            || header.volume_id != self.header.volume_id
-        {
+        let same_kdf = match (&header, &self.header) {
+            (KeyringHeader::V1(a), KeyringHeader::V1(b)) => a.kek == b.kek && a.salt == b.salt,
+            (KeyringHeader::V2(_), KeyringHeader::V2(_)) => true,
+            _ => false,
+        };
+        if !same_kdf || header.volume_id() != self.header.volume_id() {
             return Err(KeyringFormatError::Unlock.into());
         }
         kfmt::open(bytes, &self.kek)?;
-        Ok(header.generation)
+        Ok(header.generation())
     }
 
     /// Brings both stored copies in line with this (loaded) keyring: a copy
@@ -297,7 +408,7 @@ impl Keyring {
         let copies = [read(KEYRING_FILE), read(KEYRING_BACKUP)];
         let matches = |b: &Option<Vec<u8>>| {
             b.as_deref()
-                .is_some_and(|b| self.check_copy(b).ok() == Some(self.header.generation))
+                .is_some_and(|b| self.check_copy(b).ok() == Some(self.header.generation()))
         };
         let ok = [matches(&copies[0]), matches(&copies[1])];
         let (good, bad) = match ok {
@@ -312,42 +423,92 @@ impl Keyring {
 
     /// How many times the keyring has been rewritten (from its header).
     pub fn generation(&self) -> u32 {
-        self.header.generation
+        self.header.generation()
+    }
+
+    /// Makes the next store write generation `g` at least (accepting a
+    /// rollback: the keyring then outranks what the audit log or the KMS
+    /// recorded).
+    pub fn raise_next_generation(&mut self, g: u32) {
+        self.min_next_generation = self.min_next_generation.max(g);
+    }
+
+    /// The keyring layout (1 or 2).
+    pub fn layout(&self) -> u16 {
+        self.header.layout()
     }
 
     /// The volume id the keyring belongs to.
     pub fn volume_id(&self) -> [u8; 16] {
-        self.header.volume_id
+        self.header.volume_id()
     }
 
-    /// The KDF parameters of the unlock secret.
-    pub fn kek_source(&self) -> KekSource {
-        self.header.kek
+    /// How a layout-1 keyring's KEK is derived, and its salt (`None` for
+    /// layout 2, whose slots say it each for itself).
+    pub fn v1_kdf(&self) -> Option<(KekSource, [u8; 16])> {
+        match &self.header {
+            KeyringHeader::V1(h) => Some((h.kek, h.salt)),
+            KeyringHeader::V2(_) => None,
+        }
     }
 
-    /// The salt of the KEK derivation.
-    pub fn kdf_salt(&self) -> [u8; 16] {
-        self.header.salt
+    /// Which slot unlocked this keyring.
+    pub fn unlocked_by(&self) -> Option<&UnlockedBy> {
+        self.unlocked_by.as_ref()
     }
 
-    /// The primary master key version.
+    /// The KMS with authority over this unlock, if a KMS slot opened it.
+    pub fn authority(&self) -> Option<&Arc<dyn KmsAuthority>> {
+        self.authority.as_ref()
+    }
+
+    /// The rollback anchor stored with the keyring (layout 2).
+    pub fn anchor(&self) -> Option<AuditAnchor> {
+        self.body.anchor
+    }
+
+    /// Sets the anchor the next store writes. A layout-1 keyring has no
+    /// room for one: nothing happens.
+    pub fn set_anchor(&mut self, a: Option<AuditAnchor>) {
+        if self.layout() == 2 {
+            self.body.anchor = a;
+        }
+    }
+
+    /// The automatic rotation period of the default key (layout 2; a
+    /// layout-1 volume keeps it in `sealfs.toml`).
+    pub fn rotation_period(&self) -> Option<String> {
+        self.body.default().rotation_period.clone()
+    }
+
+    /// Sets the automatic rotation period of the default key (layout 2).
+    pub fn set_rotation_period(&mut self, p: Option<String>) -> Result<(), KeyringError> {
+        if self.layout() != 2 {
+            return Err(KeyringError::NotUpgraded);
+        }
+        self.body.default_mut().rotation_period = p;
+        Ok(())
+    }
+
+    /// The primary master key version of the default key.
     pub fn primary(&self) -> u32 {
-        self.body.primary
+        self.body.default().primary
     }
 
-    /// All versions (keys included; never print them).
+    /// The default key's versions (keys included; never print them).
     pub fn versions(&self) -> &[MasterKeyVersion] {
-        &self.body.versions
+        &self.body.default().versions
     }
 
     fn rebuild_wrappers(&mut self) {
         let mut wrappers = HashMap::new();
-        for v in &self.body.versions {
+        let vid = self.header.volume_id();
+        for v in self.body.all_versions() {
             if v.state == KeyState::Destroyed {
                 continue;
             }
             for kind in [RecordKind::File, RecordKind::Dir] {
-                let k = v.key.derive(&self.header.volume_id, kind.wrap_label());
+                let k = v.key.derive(&vid, kind.wrap_label());
                 wrappers.insert((v.version, kind == RecordKind::File), k.cipher());
             }
         }
@@ -356,31 +517,34 @@ impl Keyring {
 
     fn version_mut(&mut self, version: u32) -> Result<&mut MasterKeyVersion, KeyringError> {
         self.body
+            .default_mut()
             .versions
             .iter_mut()
             .find(|v| v.version == version)
             .ok_or_else(|| KeyringError::Lifecycle(format!("no key version {version}")))
     }
 
-    /// Adds a new master key version and makes it primary (RotateKeyOnDemand).
-    /// The caller stores the keyring.
+    /// Adds a new master key version to the default key and makes it
+    /// primary (RotateKeyOnDemand). Version numbers are global across the
+    /// volume's keys. The caller stores the keyring.
     pub fn rotate(&mut self) -> Result<u32, KeyringError> {
         let next = self
             .body
-            .versions
-            .iter()
+            .all_versions()
             .map(|v| v.version)
             .max()
             .unwrap_or(0)
             + 1;
-        self.body.versions.push(MasterKeyVersion {
+        let key = SecretKey::generate()?;
+        let k = self.body.default_mut();
+        k.versions.push(MasterKeyVersion {
             version: next,
             state: KeyState::Enabled,
             created: now_secs(),
             deletion_due: 0,
-            key: SecretKey::generate()?,
+            key,
         });
-        self.body.primary = next;
+        k.primary = next;
         self.rebuild_wrappers();
         Ok(next)
     }
@@ -403,14 +567,14 @@ impl Keyring {
     /// version): they stay in the keyring but refuse to unwrap. Returns the
     /// versions retired.
     pub fn retire_below(&mut self, min: u32) -> Result<Vec<u32>, KeyringError> {
-        if min > self.body.primary {
+        let primary = self.primary();
+        if min > primary {
             return Err(KeyringError::Lifecycle(format!(
-                "cannot retire the primary version {} (minimum {min} is above it)",
-                self.body.primary
+                "cannot retire the primary version {primary} (minimum {min} is above it)"
             )));
         }
         let mut done = Vec::new();
-        for v in self.body.versions.iter_mut() {
+        for v in self.body.default_mut().versions.iter_mut() {
             if v.version < min && v.state == KeyState::Enabled {
                 v.state = KeyState::Retired;
                 done.push(v.version);
@@ -458,15 +622,24 @@ impl Keyring {
         Ok(())
     }
 
+    /// Whether some version's destruction is due at `now`.
+    pub fn destruction_due(&self, now: u64) -> bool {
+        self.body
+            .all_versions()
+            .any(|v| v.state == KeyState::PendingDeletion && v.deletion_due <= now)
+    }
+
     /// Destroys every version whose deletion is due at `now`: its key bytes
     /// are erased (crypto-shredding). Returns the versions destroyed.
     pub fn destroy_due(&mut self, now: u64) -> Vec<u32> {
         let mut done = Vec::new();
-        for v in self.body.versions.iter_mut() {
-            if v.state == KeyState::PendingDeletion && v.deletion_due <= now {
-                v.state = KeyState::Destroyed;
-                v.key = SecretKey::from_bytes([0u8; 32]);
-                done.push(v.version);
+        for k in self.body.keys.iter_mut() {
+            for v in k.versions.iter_mut() {
+                if v.state == KeyState::PendingDeletion && v.deletion_due <= now {
+                    v.state = KeyState::Destroyed;
+                    v.key = SecretKey::from_bytes([0u8; 32]);
+                    done.push(v.version);
+                }
             }
         }
         if !done.is_empty() {
@@ -475,30 +648,11 @@ impl Keyring {
         done
     }
 
-    /// Re-seals the keyring under a new unlock secret (new salt; passphrase
-    /// secrets use `params`). Returns the new KEK source and salt for the config.
-    pub fn change_secret(
-        &mut self,
-        secret: &UnlockSecret,
-        params: Argon2Params,
-    ) -> Result<(KekSource, [u8; 16]), KeyringError> {
-        let (kek_src, salt) = new_kek_source(secret, params)?;
-        let header = KeyringHeader {
-            kek: kek_src,
-            salt,
-            ..self.header
-        };
-        self.kek = derive_kek(&header, secret)?;
-        self.header = header;
-        Ok((kek_src, salt))
-    }
-
     /// The master key of `version` unless it is destroyed: for deriving the
     /// audit-log and grant-store keys (never for wrapping data keys).
     pub(crate) fn master_key(&self, version: u32) -> Option<&SecretKey> {
         self.body
-            .versions
-            .iter()
+            .all_versions()
             .find(|v| v.version == version && v.state != KeyState::Destroyed)
             .map(|v| &v.key)
     }
@@ -506,7 +660,7 @@ impl Keyring {
     /// The wrapping cipher for `kind` records under `version`, if that version
     /// exists and is enabled.
     pub fn wrapper(&self, version: u32, kind: RecordKind) -> Option<SealingKey> {
-        let v = self.body.versions.iter().find(|v| v.version == version)?;
+        let v = self.body.all_versions().find(|v| v.version == version)?;
         if v.state != KeyState::Enabled {
             return None;
         }
@@ -516,8 +670,6 @@ impl Keyring {
     }
 }
 
-/// Writes `name` in `dir` so that after a crash either the old or the new
-/// content is there: write a temp file, fsync it, rename over, fsync the dir.
 /// Reads one stored copy of the keyring (never through a symlink, never a
 /// FIFO or device planted at its name).
 pub fn read_copy(cipherdir: BorrowedFd<'_>, name: &str) -> std::io::Result<Vec<u8>> {
@@ -525,94 +677,4 @@ pub fn read_copy(cipherdir: BorrowedFd<'_>, name: &str) -> std::io::Result<Vec<u
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::fd::{AsFd, OwnedFd};
-
-    fn dirfd(d: &tempfile::TempDir) -> OwnedFd {
-        sys::open_dir_path(d.path()).unwrap()
-    }
-
-    fn pw(s: &str) -> UnlockSecret {
-        UnlockSecret::Passphrase(Zeroizing::new(s.as_bytes().to_vec()))
-    }
-    const P: Argon2Params = Argon2Params {
-        memory_kib: 64,
-        iterations: 1,
-        parallelism: 1,
-    };
-
-    #[test]
-    fn store_load_and_fallback() {
-        let d = tempfile::tempdir().unwrap();
-        let (mut k, _) = Keyring::create([1; 16], &pw("secret"), P).unwrap();
-        k.store(dirfd(&d).as_fd()).unwrap();
-        let back = Keyring::load(dirfd(&d).as_fd(), &pw("secret")).unwrap();
-        assert_eq!(back.primary(), 1);
-        assert!(back.wrapper(1, RecordKind::File).is_some());
-        assert!(back.wrapper(2, RecordKind::File).is_none());
-        assert!(matches!(
-            Keyring::load(dirfd(&d).as_fd(), &pw("wrong")),
-            Err(KeyringError::Format(KeyringFormatError::Unlock))
-        ));
-        // a damaged primary falls back to the backup
-        fs::write(d.path().join(KEYRING_FILE), b"garbage").unwrap();
-        assert!(Keyring::load(dirfd(&d).as_fd(), &pw("secret")).is_ok());
-        let dbg = format!("{back:?} {:?}", pw("secret"));
-        assert!(!dbg.contains("secret"));
-    }
-
-    #[test]
-    fn lifecycle_rotate_retire_delete_destroy() {
-        let d = tempfile::tempdir().unwrap();
-        let (mut k, _) = Keyring::create([1; 16], &pw("secret"), P).unwrap();
-        assert_eq!(k.rotate().unwrap(), 2);
-        assert_eq!(k.rotate().unwrap(), 3);
-        assert_eq!(k.primary(), 3);
-        assert!(k.wrapper(1, RecordKind::File).is_some());
-        assert!(k.retire_below(4).is_err(), "primary cannot be retired");
-        assert_eq!(k.retire_below(2).unwrap(), vec![1]);
-        assert!(k.wrapper(1, RecordKind::File).is_none());
-        assert!(
-            k.schedule_deletion(2, 100).is_err(),
-            "only retired versions"
-        );
-        k.schedule_deletion(1, 100).unwrap();
-        assert!(k.destroy_due(99).is_empty());
-        k.set_disabled(true);
-        k.store(dirfd(&d).as_fd()).unwrap();
-        let mut back = Keyring::load(dirfd(&d).as_fd(), &pw("secret")).unwrap();
-        assert!(back.disabled());
-        assert_eq!(back.versions()[0].state, KeyState::PendingDeletion);
-        assert_eq!(back.destroy_due(100), vec![1]);
-        assert_eq!(back.versions()[0].key.expose(), &[0u8; 32]);
-        assert!(back.wrapper(1, RecordKind::File).is_none());
-        assert!(back.wrapper(2, RecordKind::File).is_some());
-    }
-
-    #[test]
-    fn change_secret_keeps_keys() {
-        let d = tempfile::tempdir().unwrap();
-        let (mut k, _) = Keyring::create([1; 16], &pw("old"), P).unwrap();
-        let key1 = k.versions()[0].key.expose().to_owned();
-        k.change_secret(&pw("new"), P).unwrap();
-        k.store(dirfd(&d).as_fd()).unwrap();
-        assert!(Keyring::load(dirfd(&d).as_fd(), &pw("old")).is_err());
-        let back = Keyring::load(dirfd(&d).as_fd(), &pw("new")).unwrap();
-        assert_eq!(back.versions()[0].key.expose(), &key1);
-    }
-
-    #[test]
-    fn key_file_secret() {
-        let kf = UnlockSecret::KeyFile(SecretKey::from_bytes([9; 32]));
-        let (k, _) = Keyring::create([1; 16], &kf, P).unwrap();
-        let bytes = kfmt::seal(&k.body, &k.header, &k.kek).unwrap();
-        assert!(Keyring::unlock(&bytes, &kf).is_ok());
-        assert!(matches!(
-            Keyring::unlock(&bytes, &pw("x")),
-            Err(KeyringError::WrongSecretKind(_))
-        ));
-        let other = UnlockSecret::KeyFile(SecretKey::from_bytes([8; 32]));
-        assert!(Keyring::unlock(&bytes, &other).is_err());
-    }
-}
+mod tests;

@@ -263,6 +263,7 @@ impl AuditLog {
             outcome: "ok".into(),
             error: None,
             detail: None,
+            keyring_generation: None,
         }
     }
 
@@ -464,6 +465,17 @@ impl AuditLog {
             }
         }
         Ok(())
+    }
+
+    /// Where the log stands: the position after its last record (see
+    /// [`super::audit_head`]).
+    pub fn head(&self) -> super::audit_head::AuditHead {
+        let w = self.writer.lock();
+        super::audit_head::AuditHead {
+            segment: w.segment,
+            seq: w.next_seq,
+            chain_mac: w.chain,
+        }
     }
 
     /// (segment, next sequence number, key version) for status.

@@ -12,6 +12,7 @@
 //! layer or the control socket (both call in here).
 
 pub mod audit;
+pub mod audit_head;
 pub mod filter;
 pub mod grants;
 pub mod requester;
@@ -147,6 +148,7 @@ impl AccessControl {
             outcome: e.outcome.to_string(),
             error: e.error,
             detail: e.detail,
+            keyring_generation: None,
         };
         log.append(rec).map(|_| ()).map_err(|err| {
             tracing::error!(

@@ -50,7 +50,7 @@ use crate::format::keyring::KeyState;
 use crate::format::layout::plaintext_size;
 use crate::format::names::BackingName;
 use crate::format::reserved;
-use crate::keyring::UnlockSecret;
+use crate::keyring::{UnlockSecret, Unlocker};
 use crate::kms::{DeletionPlan, KeyError, KeyService, KeyStatus, RotationSchedule, Trimmed};
 use crate::volume::backing::{self, TimeSpec};
 use crate::volume::namespace;
@@ -84,19 +84,16 @@ pub enum VaultError {
     /// The key is disabled (`sealfs ctl disable`): file access is refused.
     #[error("the volume's key is disabled; enable it with 'sealfs ctl enable' on a mount")]
     Disabled,
+    /// Key policy refused to open the volume (a rollback was detected, or
+    /// the KMS behind the keyslot refused).
+    #[error(transparent)]
+    Keys(#[from] KeyError),
 }
 
 impl VaultError {
     /// Whether the unlock secret was wrong (or of the wrong kind).
     pub fn is_wrong_secret(&self) -> bool {
-        use crate::format::keyring::KeyringFormatError;
-        use crate::keyring::KeyringError;
-        matches!(
-            self,
-            VaultError::Volume(VolumeError::Keyring(
-                KeyringError::Format(KeyringFormatError::Unlock) | KeyringError::WrongSecretKind(_)
-            ))
-        )
+        matches!(self, VaultError::Volume(VolumeError::Keyring(k)) if k.is_wrong_secret())
     }
 }
 
@@ -233,18 +230,22 @@ fn is_kind(st: &libc::stat, kind: libc::mode_t) -> bool {
 }
 
 impl Vault {
-    /// Opens `cipherdir` for reading and writing. Takes the volume's
-    /// `sealfs.lock`: fails with [`VolumeError::InUse`] while it is mounted.
-    pub fn open(cipherdir: &Path, secret: &UnlockSecret) -> Result<Vault, VaultError> {
-        Ok(Vault {
-            vol: Volume::open(cipherdir, secret, false)?,
-        })
+    /// Opens `cipherdir` for reading and writing with the first provider
+    /// of `unlock` that opens a keyslot (an [`UnlockSecret`] is one). Takes
+    /// the volume's `sealfs.lock`: fails with [`VolumeError::InUse`] while
+    /// it is mounted. A keyring older than the audit log or the KMS
+    /// recorded is refused ([`KeyError::Rollback`]; `sealfs mount
+    /// --accept-rollback` accepts one and records it).
+    pub fn open(cipherdir: &Path, unlock: &dyn Unlocker) -> Result<Vault, VaultError> {
+        let vol = Volume::open(cipherdir, unlock, false)?;
+        crate::kms::anchor::check_or_refuse(&vol, false)?;
+        Ok(Vault { vol })
     }
 
     /// Opens `cipherdir` for reading only (no lock; works beside a mount).
-    pub fn open_read_only(cipherdir: &Path, secret: &UnlockSecret) -> Result<Vault, VaultError> {
+    pub fn open_read_only(cipherdir: &Path, unlock: &dyn Unlocker) -> Result<Vault, VaultError> {
         Ok(Vault {
-            vol: Volume::open(cipherdir, secret, true)?,
+            vol: Volume::open(cipherdir, unlock, true)?,
         })
     }
 

@@ -54,7 +54,9 @@ use crate::format::keyring::KekSource;
 use crate::format::layout::plaintext_size;
 use crate::format::names::NameCipher;
 use crate::format::reserved;
-use crate::keyring::{Keyring, KeyringError, UnlockSecret, KEYRING_BACKUP, KEYRING_FILE};
+use crate::keyring::{
+    KeyProvider, Keyring, KeyringError, UnlockSecret, Unlocker, KEYRING_BACKUP, KEYRING_FILE,
+};
 pub use backing::EntryKind;
 use content::SealedFile;
 pub use error::VolumeError;
@@ -82,6 +84,38 @@ pub fn kdf_config(src: KekSource, salt: [u8; 16]) -> KdfConfig {
             salt: hex(&salt),
         },
         KekSource::KeyFile => KdfConfig::KeyFile { salt: hex(&salt) },
+    }
+}
+
+/// The config `config` should be for `keyring`: a layout-1 keyring's KDF
+/// in `[kdf]` and no keyslots flag would be wrong for it only if the
+/// keyring is layout 2 (then: the flag, no `[kdf]`). A config that
+/// announces keyslots beside a layout-1 keyring is an upgrade a crash
+/// interrupted: left as it is (the keyring still opens; `sealfs upgrade`
+/// finishes it).
+pub fn config_for(config: &VolumeConfig, keyring: &Keyring) -> VolumeConfig {
+    let mut c = config.clone();
+    match keyring.v1_kdf() {
+        Some((src, salt)) => c.kdf = Some(kdf_config(src, salt)),
+        None => {
+            c.kdf = None;
+            if !c.has_keyslots() {
+                c.features
+                    .push(crate::format::config::FEATURE_KEYSLOTS.to_string());
+            }
+        }
+    }
+    c
+}
+
+/// The config a keyring header implies (to rebuild a lost `sealfs.toml`;
+/// a rotation period kept in the old config is lost for layout 1).
+pub fn config_from_header(h: &crate::format::keyring::KeyringHeader) -> VolumeConfig {
+    match h {
+        crate::format::keyring::KeyringHeader::V1(h) => {
+            VolumeConfig::layout1(h.volume_id, kdf_config(h.kek, h.salt))
+        }
+        crate::format::keyring::KeyringHeader::V2(h) => VolumeConfig::new(h.volume_id),
     }
 }
 
@@ -147,24 +181,32 @@ fn is_empty_dir(p: &Path) -> io::Result<bool> {
 }
 
 impl Volume {
-    /// Creates a new volume in an empty (or absent) `cipherdir`.
+    /// Creates a new volume in an empty (or absent) `cipherdir`, with one
+    /// keyslot for `secret` (a passphrase slot uses `params`).
     pub fn create(
         cipherdir: &Path,
         secret: &UnlockSecret,
         params: Argon2Params,
     ) -> Result<(), VolumeError> {
-        if matches!(secret, UnlockSecret::Passphrase(_)) {
-            params.check()?;
-        }
+        Self::create_with(cipherdir, &[(secret.provider(params).as_ref(), "")])
+    }
+
+    /// Creates a new volume in an empty (or absent) `cipherdir` with one
+    /// keyslot per (provider, label), in that order.
+    pub fn create_with(
+        cipherdir: &Path,
+        slots: &[(&dyn KeyProvider, &str)],
+    ) -> Result<(), VolumeError> {
         if !is_empty_dir(cipherdir)? {
             return Err(VolumeError::NotEmpty(cipherdir.to_path_buf()));
         }
+        let volume_id = random_id()?;
+        // Every slot is sealed (a token asked, a KMS called) before
+        // anything is written: a failure leaves CIPHERDIR as it was.
+        let mut keyring = Keyring::create(volume_id, slots)?;
         fs::create_dir_all(cipherdir)?;
         let root = sys::open_dir_path(cipherdir)?;
-        let volume_id = random_id()?;
-        let (mut keyring, salt) = Keyring::create(volume_id, secret, params)?;
-        let kdf = kdf_config(keyring.kek_source(), salt);
-        let config = VolumeConfig::new(volume_id, kdf);
+        let config = VolumeConfig::new(volume_id);
         keyring.store(root.as_fd())?;
         let vol = Volume::assemble(cipherdir, root, config.clone(), volume_id, keyring, false);
         let root_key = SecretKey::generate()?;
@@ -179,14 +221,15 @@ impl Volume {
         Ok(())
     }
 
-    /// Opens and unlocks an existing volume.
+    /// Opens and unlocks an existing volume with the first provider of
+    /// `unlock` that opens a keyslot (an [`UnlockSecret`] is one provider).
     pub fn open(
         cipherdir: &Path,
-        secret: &UnlockSecret,
+        unlock: &dyn Unlocker,
         read_only: bool,
     ) -> Result<Self, VolumeError> {
         let config = Self::read_config(cipherdir)?;
-        Self::open_with_config(cipherdir, secret, config, read_only, !read_only)
+        Self::open_with_config(cipherdir, unlock, config, read_only, !read_only)
     }
 
     /// Reads and parses `sealfs.toml`.
@@ -219,7 +262,7 @@ impl Volume {
     /// not run beside a mount).
     pub fn open_with_config(
         cipherdir: &Path,
-        secret: &UnlockSecret,
+        unlock: &dyn Unlocker,
         config: VolumeConfig,
         read_only: bool,
         lock: bool,
@@ -231,7 +274,7 @@ impl Volume {
         } else {
             None
         };
-        let keyring = Keyring::load(root.as_fd(), secret)?;
+        let keyring = Keyring::load(root.as_fd(), unlock)?;
         if keyring.volume_id() != volume_id {
             return Err(KeyringError::VolumeMismatch.into());
         }
@@ -242,16 +285,16 @@ impl Volume {
                 "one keyring copy was missing, damaged or stale; rewritten from the other"
             );
         }
-        // The keyring header is authoritative for the KDF; a config that
-        // disagrees (e.g. a crash between the two writes of `passwd`) is
-        // brought in line when the volume is writable.
+        // The keyring is authoritative for how it is unlocked; a config
+        // that disagrees (a crash between the two writes of `passwd` or of
+        // `upgrade`) is brought in line when the volume is writable.
         let mut config = config;
-        let kdf_now = kdf_config(keyring.kek_source(), keyring.kdf_salt());
-        if config.kdf != kdf_now {
+        let expected = config_for(&config, &keyring);
+        if config != expected {
             tracing::warn!(
-                "sealfs.toml KDF section differs from the keyring's; using the keyring's"
+                "sealfs.toml disagrees with the keyring about how it is unlocked (KDF section or keyslots flag); using the keyring's"
             );
-            config.kdf = kdf_now;
+            config = expected;
             if !read_only {
                 sys::write_durably(
                     root.as_fd(),
@@ -306,31 +349,62 @@ impl Volume {
         &self,
         change: impl FnOnce(&mut Keyring) -> Result<T, KeyringError>,
     ) -> Result<T, VolumeError> {
+        self.update_keyring_with(change, |_| Ok(None))
+            .map(|(out, _)| out)
+    }
+
+    /// Like [`Volume::update_keyring`], with `before_store` called under
+    /// the same lock once `change` succeeded and before the store, with the
+    /// generation the store will write: it may refuse (an audit record that
+    /// could not be written) or hand back the rollback anchor to store.
+    pub fn update_keyring_with<T>(
+        &self,
+        change: impl FnOnce(&mut Keyring) -> Result<T, KeyringError>,
+        before_store: impl FnOnce(
+            u32,
+        )
+            -> Result<Option<crate::format::keyring::AuditAnchor>, KeyringError>,
+    ) -> Result<(T, u32), VolumeError> {
         self.check_writable()?;
         let _one_at_a_time = self.keyring_store.lock();
         let mut next = self.keyring.read().clone();
         let out = change(&mut next)?;
+        let anchor = before_store(next.generation().wrapping_add(1))?;
+        if anchor.is_some() {
+            next.set_anchor(anchor);
+        }
         next.store(self.root())?;
         self.disabled
             .store(next.disabled(), std::sync::atomic::Ordering::Release);
+        let generation = next.generation();
         *self.keyring.write() = next;
-        Ok(out)
+        Ok((out, generation))
     }
 
-    /// Changes the unlock secret: re-seals the keyring (never file data), then
-    /// records the new KDF parameters in the config.
+    /// Changes the unlock secret: re-seals the keyring (never file data);
+    /// on a layout-1 keyring, then records the new KDF parameters in the
+    /// config. (Key policy calls this through an audited keyring change.)
     pub fn change_secret(
         &self,
         secret: &UnlockSecret,
         params: Argon2Params,
     ) -> Result<(), VolumeError> {
-        if matches!(secret, UnlockSecret::Passphrase(_)) {
-            params.check()?;
-        }
-        let (src, salt) = self.update_keyring(|k| k.change_secret(secret, params))?;
+        let kdf = self.update_keyring(|k| k.change_secret(secret, params))?;
+        self.after_secret_change(kdf)
+    }
+
+    /// Records a layout-1 keyring's new KDF in the config (nothing for
+    /// layout 2).
+    pub fn after_secret_change(
+        &self,
+        kdf: Option<(KekSource, [u8; 16])>,
+    ) -> Result<(), VolumeError> {
+        let Some((src, salt)) = kdf else {
+            return Ok(());
+        };
         let mut c = self.config.write();
         let mut next = c.clone();
-        next.kdf = kdf_config(src, salt);
+        next.kdf = Some(kdf_config(src, salt));
         self.store_config(&next)?;
         *c = next;
         Ok(())

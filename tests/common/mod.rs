@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod vol;
+
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr};
 use std::fs;

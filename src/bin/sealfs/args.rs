@@ -18,37 +18,154 @@ use sealfs::crypto::Argon2Params;
     about = "An encrypted folder with built-in key management (FUSE)"
 )]
 #[command(
-    after_help = "Examples:\n  sealfs init ~/vault.enc --passfile ~/.vault-pass\n  sealfs mount ~/vault.enc ~/vault --passfile ~/.vault-pass\n  sealfs unmount ~/vault\n\nExit codes: 0 success, 1 other error, 2 usage, 3 import/export finished but\nsome entries were not transferred, 10 mount point problem,\n12 wrong passphrase or key file, 23 CIPHERDIR is not a usable volume\n(sealfs fsck uses fsck(8)'s codes: see 'sealfs fsck --help').\n\n'sealfs COMMAND --help' shows each command's options and examples."
+    after_help = "Examples:\n  sealfs init ~/vault.enc --passfile ~/.vault-pass\n  sealfs mount ~/vault.enc ~/vault --passfile ~/.vault-pass\n  sealfs unmount ~/vault\n\nExit codes: 0 success, 1 other error, 2 usage, 3 import/export finished but\nsome entries were not transferred, 10 mount point problem,\n12 wrong passphrase, key file or recovery key, 23 CIPHERDIR is not a usable volume,\n30 PKCS#11 module missing, 31 wrong PIN (or PIN locked), 32 key missing (on the\ntoken or in the KMS), 33 PKCS#11 token absent or removed, 34 KMS unreachable,\n35 KMS permission denied (token revoked), 36 KMS key disabled, 40 rollback detected\n(sealfs fsck uses fsck(8)'s codes: see 'sealfs fsck --help').\n\n'sealfs COMMAND --help' shows each command's options and examples."
 )]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) cmd: Command,
 }
 
-#[derive(Args, Clone)]
+/// How to unlock a volume: any of these that opens a keyslot. Without
+/// one, the slots that open unattended are tried (a PKCS#11 slot whose URI
+/// has a pin-source, a Transit slot with BAO_TOKEN/VAULT_TOKEN set), then a
+/// passphrase is asked on the terminal.
+#[derive(Args, Clone, Default)]
 pub(crate) struct SecretArgs {
     /// Read the passphrase from the first line of FILE.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["extpass", "key_file"])]
+    #[arg(long, value_name = "FILE", conflicts_with = "extpass")]
     pub(crate) passfile: Option<PathBuf>,
     /// Run CMD (with sh -c) and read the passphrase from its first output line.
-    #[arg(long, value_name = "CMD", conflicts_with = "key_file")]
+    #[arg(long, value_name = "CMD")]
     pub(crate) extpass: Option<String>,
-    /// Unlock with a 32-byte key file instead of a passphrase.
+    /// Unlock with a 32-byte key file.
     #[arg(long, value_name = "FILE")]
     pub(crate) key_file: Option<PathBuf>,
+    /// Unlock with the recovery key printed at init: from FILE, or typed on
+    /// stdin with '-'.
+    #[arg(long, value_name = "FILE|-")]
+    pub(crate) recovery_key: Option<String>,
+    #[command(flatten)]
+    pub(crate) pkcs11: Pkcs11Args,
+    #[command(flatten)]
+    pub(crate) transit: TransitArgs,
+    /// Open the volume even though its keyring is older than what the audit
+    /// log or the KMS recorded (a restored backup); the acceptance is recorded
+    /// in the audit log.
+    #[arg(long)]
+    pub(crate) accept_rollback: bool,
 }
 
+impl SecretArgs {
+    /// Whether any unlock option was given.
+    pub(crate) fn any(&self) -> bool {
+        self.passfile.is_some()
+            || self.extpass.is_some()
+            || self.key_file.is_some()
+            || self.recovery_key.is_some()
+            || self.pkcs11.pkcs11.is_some()
+            || self.transit.given()
+    }
+}
+
+/// A key on a PKCS#11 token.
+#[derive(Args, Clone, Default)]
+pub(crate) struct Pkcs11Args {
+    /// Use a key on a PKCS#11 token, named by an RFC 7512 URI, e.g.
+    /// 'pkcs11:token=vault;object=sealfs?module-path=/usr/lib/softhsm/libsofthsm2.so'.
+    #[arg(long, value_name = "URI")]
+    pub(crate) pkcs11: Option<String>,
+    /// Read the token's PIN from the first line of FILE.
+    #[arg(long, value_name = "FILE", conflicts_with = "pin_env")]
+    pub(crate) pin_file: Option<PathBuf>,
+    /// Read the token's PIN from the environment variable VAR.
+    #[arg(long, value_name = "VAR")]
+    pub(crate) pin_env: Option<String>,
+}
+
+/// A key in OpenBao/Vault Transit.
+#[derive(Args, Clone, Default)]
+pub(crate) struct TransitArgs {
+    /// The OpenBao/Vault server (default: the slot's, or BAO_ADDR/VAULT_ADDR).
+    #[arg(long, value_name = "URL")]
+    pub(crate) transit_addr: Option<String>,
+    /// The Transit key's name (a derived aes256-gcm96 key).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) transit_key: Option<String>,
+    /// The Transit mount (default transit).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) transit_mount: Option<String>,
+    /// Read the OpenBao token from the first line of FILE.
+    #[arg(long, value_name = "FILE", conflicts_with = "transit_token_env")]
+    pub(crate) transit_token_file: Option<PathBuf>,
+    /// Read the OpenBao token from the environment variable VAR (default BAO_TOKEN or VAULT_TOKEN).
+    #[arg(long, value_name = "VAR")]
+    pub(crate) transit_token_env: Option<String>,
+    /// Log in with AppRole: the role_id from the first line of FILE.
+    #[arg(long, value_name = "FILE", requires = "transit_approle_secret_id_file")]
+    pub(crate) transit_approle_role_id_file: Option<PathBuf>,
+    /// Log in with AppRole: the secret_id from the first line of FILE.
+    #[arg(long, value_name = "FILE", requires = "transit_approle_role_id_file")]
+    pub(crate) transit_approle_secret_id_file: Option<PathBuf>,
+    /// The AppRole auth mount (default approle).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) transit_approle_mount: Option<String>,
+    /// A PEM CA certificate for https (default BAO_CACERT/VAULT_CACERT).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) transit_ca: Option<PathBuf>,
+    /// KV v2 path of the generation anchor, for a new slot (default
+    /// sealfs/VOLUME-ID/anchor in the 'secret' mount).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) transit_kv_path: Option<String>,
+}
+
+impl TransitArgs {
+    /// Whether a Transit option was given.
+    pub(crate) fn given(&self) -> bool {
+        self.transit_addr.is_some()
+            || self.transit_key.is_some()
+            || self.transit_token_file.is_some()
+            || self.transit_token_env.is_some()
+            || self.transit_approle_role_id_file.is_some()
+    }
+}
+
+/// The roots of trust of a new volume: one keyslot each. Without any, a
+/// passphrase is asked twice.
+#[derive(Args, Clone, Default)]
+pub(crate) struct InitSecretArgs {
+    /// A passphrase slot: the passphrase from the first line of FILE.
+    #[arg(long, value_name = "FILE", conflicts_with = "extpass")]
+    pub(crate) passfile: Option<PathBuf>,
+    /// A passphrase slot: the first output line of CMD (run with sh -c).
+    #[arg(long, value_name = "CMD")]
+    pub(crate) extpass: Option<String>,
+    /// A key-file slot: a 32-byte key file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key_file: Option<PathBuf>,
+    /// A recovery-key slot: a random key printed once, on stdout; store it
+    /// offline (on paper, in a safe). It unlocks the volume when every other
+    /// slot is lost.
+    #[arg(long)]
+    pub(crate) recovery_key: bool,
+    #[command(flatten)]
+    pub(crate) pkcs11: Pkcs11Args,
+    #[command(flatten)]
+    pub(crate) transit: TransitArgs,
+}
+
+// Parsed once per run: the size of the biggest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub(crate) enum Command {
     /// Create a new volume in an empty CIPHERDIR.
     #[command(
-        after_help = "Examples:\n  sealfs init ~/vault.enc                      # asks for a passphrase twice\n  sealfs init ~/vault.enc --passfile ~/.vault-pass\n  head -c 32 /dev/urandom > vault.key && sealfs init ~/vault.enc --key-file vault.key"
+        after_help = "Examples:\n  sealfs init ~/vault.enc                      # asks for a passphrase twice\n  sealfs init ~/vault.enc --passfile ~/.vault-pass --recovery-key\n  head -c 32 /dev/urandom > vault.key && sealfs init ~/vault.enc --key-file vault.key\n  sealfs init ~/vault.enc --pkcs11 'pkcs11:token=vault;object=sealfs?module-path=/usr/lib/softhsm/libsofthsm2.so' --pin-file pin --recovery-key\n  sealfs init ~/vault.enc --transit-addr http://127.0.0.1:8200 --transit-key vault --transit-token-file token --recovery-key\n\nEach option given makes one keyslot; any of them unlocks the volume."
     )]
     Init {
         /// Directory that will hold the encrypted files (created if absent).
         cipherdir: PathBuf,
         #[command(flatten)]
-        secret: SecretArgs,
+        secret: InitSecretArgs,
         /// Argon2id memory cost in KiB (default 262144 = 256 MiB).
         #[arg(long, default_value_t = Argon2Params::DEFAULT.memory_kib)]
         kdf_memory_kib: u32,
@@ -200,6 +317,19 @@ pub(crate) enum Command {
         secret: SecretArgs,
         #[command(flatten)]
         transfer: TransferArgs,
+    },
+    /// Keyslots: the roots of trust that unlock a volume (list, add, remove, rewrap).
+    #[command(subcommand)]
+    Keyslot(KeyslotCommand),
+    /// Upgrade a volume made before keyslots (keyring layout 1) in place.
+    #[command(
+        after_help = "Example:\n  sealfs upgrade ~/vault.enc --passfile ~/.vault-pass\n\nThe keyring is re-sealed under a new random key-encryption key held by one\nkeyslot for the same passphrase or key file; no file is touched. Older sealfs\nversions refuse the volume afterwards. 'sealfs keyslot add' upgrades too."
+    )]
+    Upgrade {
+        /// The volume's cipher directory (not mounted).
+        cipherdir: PathBuf,
+        #[command(flatten)]
+        secret: SecretArgs,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(
@@ -460,4 +590,118 @@ pub(crate) enum AuditCommand {
         #[command(flatten)]
         filter: ExportFilter,
     },
+}
+
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+pub(crate) enum KeyslotCommand {
+    /// List the keyslots (reads the keyring's public header: no secret needed).
+    #[command(after_help = "Example:\n  sealfs keyslot list ~/vault.enc")]
+    List {
+        /// The volume's cipher directory (may be mounted).
+        cipherdir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a keyslot; unlock with an existing one.
+    #[command(
+        after_help = "Examples:\n  sealfs keyslot add ~/vault.enc --passfile old.txt --new-recovery-key\n  sealfs keyslot add ~/vault.enc --passfile old.txt --new-passfile second.txt --label desk\n  sealfs keyslot add ~/vault.enc --passfile old.txt --new-pkcs11 'pkcs11:token=vault;object=sealfs?module-path=/usr/lib/softhsm/libsofthsm2.so' --new-pin-file pin\n  sealfs keyslot add ~/vault.enc --passfile old.txt --new-transit-addr http://127.0.0.1:8200 --new-transit-key vault --new-transit-token-file token\n\nA volume made before keyslots is upgraded first (see 'sealfs upgrade')."
+    )]
+    Add {
+        /// The volume's cipher directory (not mounted).
+        cipherdir: PathBuf,
+        #[command(flatten)]
+        secret: SecretArgs,
+        #[command(flatten)]
+        new: NewSlotArgs,
+        /// A label for the new slot ("laptop", "recovery", …).
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Print the new slot as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a keyslot (never the last one).
+    #[command(
+        after_help = "Example:\n  sealfs keyslot remove ~/vault.enc 2 --recovery-key key.txt\n\nThe secret of a removed slot no longer opens the keyring. Whoever kept a copy of\nthe old keyring file and knows that secret still gets its key-encryption key\nfrom that copy (see the README, 'Choosing a root of trust')."
+    )]
+    Remove {
+        /// The volume's cipher directory (not mounted).
+        cipherdir: PathBuf,
+        /// The slot id (see 'sealfs keyslot list').
+        slot: u32,
+        #[command(flatten)]
+        secret: SecretArgs,
+    },
+    /// Move a Transit slot to the newest version of its Transit key (Transit rewrap).
+    #[command(
+        after_help = "Example:\n  bao write -f transit/keys/vault/rotate\n  sealfs keyslot rewrap ~/vault.enc 2 --transit-token-file token\n  bao write transit/keys/vault/config min_decryption_version=2\n\nThe key-encryption key never leaves the server; older Transit key versions can\nthen be retired server-side (min_decryption_version)."
+    )]
+    Rewrap {
+        /// The volume's cipher directory (not mounted).
+        cipherdir: PathBuf,
+        /// The slot id.
+        slot: u32,
+        #[command(flatten)]
+        secret: SecretArgs,
+    },
+}
+
+/// The new slot of `keyslot add`: exactly one kind.
+#[derive(Args, Clone, Default)]
+#[group(required = true, multiple = false, id = "new_slot")]
+pub(crate) struct NewSlotKind {
+    /// A passphrase slot: the passphrase from the first line of FILE.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) new_passfile: Option<PathBuf>,
+    /// A key-file slot: a 32-byte key file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) new_key_file: Option<PathBuf>,
+    /// A recovery-key slot (the key is printed once, on stdout).
+    #[arg(long)]
+    pub(crate) new_recovery_key: bool,
+    /// A PKCS#11 slot: the token's URI (the key is created if the URI's object= is missing).
+    #[arg(long, value_name = "URI")]
+    pub(crate) new_pkcs11: Option<String>,
+    /// A Transit slot: the Transit key's name.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) new_transit_key: Option<String>,
+}
+
+/// The new slot's options.
+#[derive(Args, Clone, Default)]
+pub(crate) struct NewSlotArgs {
+    #[command(flatten)]
+    pub(crate) kind: NewSlotKind,
+    /// The new PKCS#11 slot's PIN, from the first line of FILE.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) new_pin_file: Option<PathBuf>,
+    /// The new PKCS#11 slot's PIN, from the environment variable VAR.
+    #[arg(long, value_name = "VAR")]
+    pub(crate) new_pin_env: Option<String>,
+    /// The new Transit slot's server (default BAO_ADDR/VAULT_ADDR).
+    #[arg(long, value_name = "URL")]
+    pub(crate) new_transit_addr: Option<String>,
+    /// The new Transit slot's mount (default transit).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) new_transit_mount: Option<String>,
+    /// The new Transit slot's token, from the first line of FILE.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) new_transit_token_file: Option<PathBuf>,
+    /// The new Transit slot's token, from the environment variable VAR.
+    #[arg(long, value_name = "VAR")]
+    pub(crate) new_transit_token_env: Option<String>,
+    /// The new Transit slot's CA certificate for https.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) new_transit_ca: Option<PathBuf>,
+    /// The new Transit slot's KV anchor path.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) new_transit_kv_path: Option<String>,
+    /// Argon2id memory cost in KiB of a new passphrase slot.
+    #[arg(long, default_value_t = Argon2Params::DEFAULT.memory_kib)]
+    pub(crate) new_kdf_memory_kib: u32,
+    /// Argon2id passes of a new passphrase slot.
+    #[arg(long, default_value_t = Argon2Params::DEFAULT.iterations)]
+    pub(crate) new_kdf_iterations: u32,
 }

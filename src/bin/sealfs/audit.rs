@@ -20,7 +20,7 @@ use crate::args::{AuditCommand, AuditCtlCommand, ExportFilter, SecretArgs};
 use crate::ctl::ctl_call;
 use crate::error::{exit, CliError};
 use crate::print_json;
-use crate::secret::{check_is_volume, read_secret};
+use crate::secret::{check_is_volume, read_unlock};
 
 impl ExportFilter {
     fn to_filter(&self) -> Result<AuditFilter, CliError> {
@@ -129,8 +129,8 @@ fn write_record(out: &mut impl Write, r: &ExportedRecord) -> std::io::Result<()>
 
 fn open_for_audit(cipherdir: &Path, secret: &SecretArgs) -> Result<Arc<Volume>, CliError> {
     check_is_volume(cipherdir)?;
-    let s = read_secret(secret, false)?;
-    Ok(Arc::new(Volume::open(cipherdir, &s, true)?))
+    let u = read_unlock(secret, cipherdir)?;
+    Ok(Arc::new(Volume::open(cipherdir, &u, true)?))
 }
 
 pub(crate) fn cmd_audit(cmd: &AuditCommand) -> Result<(), CliError> {

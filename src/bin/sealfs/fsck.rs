@@ -16,7 +16,7 @@ use crate::ctl::ctl_call;
 use crate::error::{exit, CliError};
 use crate::print_json;
 use crate::progress::{progress_bar_for, with_progress, BarKind};
-use crate::secret::{check_is_volume, read_secret};
+use crate::secret::{check_is_volume, read_unlock};
 
 /// What `sealfs fsck --json` prints when it could not run.
 #[derive(Serialize)]
@@ -52,7 +52,7 @@ pub(crate) fn cmd_fsck(
         FsckTarget::Socket(socket) => ctl_call(&socket, Op::Fsck).map_err(could_not_run)?,
         FsckTarget::Offline(cipherdir) => {
             check_is_volume(&cipherdir).map_err(could_not_run)?;
-            let s = read_secret(secret, false).map_err(could_not_run)?;
+            let s = read_unlock(secret, &cipherdir).map_err(could_not_run)?;
             raise_fd_limit(); // one descriptor per directory level of the walk
             let progress = FsckProgress::default();
             let report = with_progress(

@@ -12,6 +12,7 @@ mod ctl;
 mod error;
 mod fsck;
 mod grants;
+mod keyslot;
 mod mount;
 mod progress;
 mod secret;
@@ -127,6 +128,14 @@ fn run(cli: Cli) -> Result<(), CliError> {
             fsck::cmd_fsck(target, &secret, salvage, json)
         }
         Command::Audit(c) => audit::cmd_audit(&c),
+        Command::Keyslot(c) => {
+            init_logging(None);
+            keyslot::cmd_keyslot(&c)
+        }
+        Command::Upgrade { cipherdir, secret } => {
+            init_logging(None);
+            keyslot::cmd_upgrade(&cipherdir, &secret)
+        }
         Command::Import {
             plaindir,
             cipherdir,

@@ -10,6 +10,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use sealfs::daemon::{Mount, MountError};
@@ -17,12 +18,13 @@ use sealfs::daemon::{Mount, MountError};
 use crate::args::MountArgs;
 use crate::error::{exit, CliError};
 use crate::init_logging_as;
-use crate::secret::read_secret;
+use crate::secret::read_unlock;
 
 impl From<MountError> for CliError {
     fn from(e: MountError) -> Self {
         match e {
             MountError::Volume(v) => v.into(),
+            MountError::Keys(k) => k.into(),
             MountError::NotAVolume(_) => CliError::new(exit::BAD_VOLUME, e.to_string()),
             MountError::MountPoint(_) => CliError::new(exit::MOUNTPOINT, e.to_string()),
             other => CliError::new(exit::ERROR, other.to_string()),
@@ -73,8 +75,10 @@ pub(crate) fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
     // Before any key is in memory; inherited by the daemonized child.
     let core_dumps = sealfs::hardening::disable_core_dumps();
     let secret = a.secret.clone();
+    let dir = a.cipherdir.clone();
     let opened = builder
-        .secret_with(move || read_secret(&secret, false).map_err(|e| e.msg))
+        .accept_rollback(a.secret.accept_rollback)
+        .unlock_with(move || read_unlock(&secret, &dir).map_err(|e| e.msg))
         .open()?;
     let cipherdir = opened.cipherdir().to_path_buf();
     let socket = opened.ctl_socket().to_path_buf();
@@ -161,11 +165,80 @@ pub(crate) fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
     Ok(mount.wait()?)
 }
 
+/// `\ooo` escapes of a /proc/mounts field, undone.
+fn unescape(f: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(f.len());
+    let mut i = 0;
+    while i < f.len() {
+        let oct = f
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (f[i], oct) {
+            (b'\\', Some(d)) => {
+                out.push(((d[0] - b'0') << 6) | ((d[1] - b'0') << 3) | (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The cipher dir of the sealfs mount at `mp`, from /proc/self/mounts.
+fn cipherdir_of(mp: &Path) -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let mp = mp.canonicalize().ok()?;
+    let text = std::fs::read("/proc/self/mounts").ok()?;
+    text.split(|&b| b == b'\n').find_map(|line| {
+        let f: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+        if f.len() < 3 || unescape(f[1]) != mp.as_os_str().as_bytes() {
+            return None;
+        }
+        let src = unescape(f[0]);
+        let dir = src.strip_prefix(b"sealfs:")?.to_vec();
+        Some(std::ffi::OsString::from_vec(dir).into())
+    })
+}
+
+/// Waits (bounded) until the daemon of `cipherdir` lets go of the
+/// volume's lock: after the mount is gone it still records the unmount
+/// and stores the keyring, and a command run right after `unmount` should
+/// find the volume free.
+fn wait_for_daemon(cipherdir: &Path) {
+    use std::os::fd::AsRawFd;
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(cipherdir.join(sealfs::volume::LOCK_FILE))
+    else {
+        return;
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < until {
+        // SAFETY: flock on an fd we own; released right away.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            // SAFETY: as above.
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 pub(crate) fn cmd_unmount(mp: &Path) -> Result<(), CliError> {
+    let cipherdir = cipherdir_of(mp);
     let status = std::process::Command::new("fusermount3")
         .arg("-u")
         .arg(mp)
         .status();
+    if matches!(&status, Ok(s) if s.success()) {
+        if let Some(c) = &cipherdir {
+            wait_for_daemon(c);
+        }
+    }
     match status {
         Ok(s) if s.success() => Ok(()),
         Ok(_) => Err(CliError::new(

@@ -16,7 +16,7 @@ use crate::args::{SecretArgs, TransferArgs};
 use crate::error::{exit, CliError};
 use crate::print_json;
 use crate::progress::{progress_bar_for, with_progress, BarKind};
-use crate::secret::{check_is_volume, read_secret};
+use crate::secret::{check_is_volume, read_secret, read_unlock};
 
 fn transfer_tick(p: &sealfs::transfer::Progress) -> impl Fn(&indicatif::ProgressBar) + '_ {
     use std::sync::atomic::Ordering::Relaxed;
@@ -133,15 +133,16 @@ pub(crate) fn cmd_import(
             ),
         ));
     };
-    let s = read_secret(secret, created)?;
-    if created {
+    let vault = if created {
+        let s = read_secret(secret, true)?;
         Volume::create(cipherdir, &s, params)?;
         if !a.json {
             eprintln!("sealfs: created volume in {}", cipherdir.display());
         }
-    }
-    let vault = sealfs::Vault::open(cipherdir, &s)?;
-    drop(s);
+        sealfs::Vault::open(cipherdir, &s)?
+    } else {
+        sealfs::Vault::open(cipherdir, &read_unlock(secret, cipherdir)?)?
+    };
     let progress = sealfs::transfer::Progress::default();
     let opts = transfer_options(a);
     let report = with_progress(
@@ -167,9 +168,7 @@ pub(crate) fn cmd_export(
     a: &TransferArgs,
 ) -> Result<(), CliError> {
     check_is_volume(cipherdir)?;
-    let s = read_secret(secret, false)?;
-    let vault = sealfs::Vault::open_read_only(cipherdir, &s)?;
-    drop(s);
+    let vault = sealfs::Vault::open_read_only(cipherdir, &read_unlock(secret, cipherdir)?)?;
     let progress = sealfs::transfer::Progress::default();
     let opts = transfer_options(a);
     let report = with_progress(

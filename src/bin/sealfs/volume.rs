@@ -1,6 +1,7 @@
 //! The commands on one unmounted volume: `init`, `passwd`, `rotate`,
 //! `rewrap` and `info` (key management through [`sealfs::kms`] and the
-//! volume layer; this module only asks for secrets and prints).
+//! volume layer; this module only asks for secrets and prints). Keyslots
+//! and `upgrade` are in `keyslot`.
 //!
 //! Owns: these commands' output and the order of their prompts.
 //! Must never: change keys except through the key service.
@@ -10,16 +11,20 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use sealfs::crypto::Argon2Params;
-use sealfs::ctl::protocol::{RewrapStatus, RotateResult};
+use sealfs::ctl::protocol::{KeyslotStatus, RewrapStatus, RotateResult, UnlockedSlot};
+use sealfs::keyring::provider::recovery::RecoveryKey;
+use sealfs::keyring::KeyProvider;
 use sealfs::kms::KeyService;
 use sealfs::volume::walk::RewrapProgress;
 use sealfs::volume::Volume;
 
-use crate::args::SecretArgs;
+use crate::args::{InitSecretArgs, SecretArgs};
 use crate::error::{exit, CliError};
 use crate::print_json;
 use crate::progress::{progress_bar_for, with_progress, BarKind};
-use crate::secret::{check_is_volume, open_offline, read_secret};
+use crate::secret::{
+    check_is_volume, open_offline, pkcs11_provider, read_secret, read_unlock, transit_from,
+};
 
 /// Argon2id parameters from the `--kdf-*` options.
 pub(crate) fn argon2_params(memory_kib: u32, iterations: u32) -> Argon2Params {
@@ -37,11 +42,30 @@ struct Created {
     volume_id: String,
     format_version: u32,
     primary: u32,
+    keyslots: Vec<KeyslotStatus>,
+    /// Shown once, only when a recovery-key slot was made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovery_key: Option<String>,
+}
+
+/// Prints a new recovery key once: the key alone on stdout (so `>` can
+/// catch it), how to keep it on stderr.
+pub(crate) fn show_recovery_key(k: &RecoveryKey, slot: u32) {
+    eprintln!(
+        "sealfs: recovery key of keyslot {slot} (shown once, never stored anywhere by sealfs):"
+    );
+    println!("{}", &*k.display());
+    eprintln!(
+        "sealfs: write it down or print it, and keep it offline (a safe, a sealed envelope),\n\
+         apart from the volume and its other secrets. On its own it unlocks the volume:\n\
+         sealfs mount CIPHERDIR MNT --recovery-key FILE (or '-' to type it). It does not\n\
+         expire; remove its slot ('sealfs keyslot remove') if it is ever exposed."
+    );
 }
 
 pub(crate) fn cmd_init(
     cipherdir: &Path,
-    secret: &SecretArgs,
+    a: &InitSecretArgs,
     params: Argon2Params,
     json: bool,
 ) -> Result<(), CliError> {
@@ -51,10 +75,75 @@ pub(crate) fn cmd_init(
             format!("{} already holds a sealfs volume", cipherdir.display()),
         ));
     }
-    let s = read_secret(secret, true)?;
-    Volume::create(cipherdir, &s, params)?;
-    if json {
+    let mut slots: Vec<(Box<dyn KeyProvider>, &str)> = Vec::new();
+    let secret = SecretArgs {
+        passfile: a.passfile.clone(),
+        extpass: a.extpass.clone(),
+        key_file: a.key_file.clone(),
+        ..SecretArgs::default()
+    };
+    if a.passfile.is_some() || a.extpass.is_some() {
+        let s = read_secret(
+            &SecretArgs {
+                key_file: None,
+                ..secret.clone()
+            },
+            true,
+        )?;
+        slots.push((s.provider(params), "passphrase"));
+    }
+    if a.key_file.is_some() {
+        let s = read_secret(
+            &SecretArgs {
+                passfile: None,
+                extpass: None,
+                ..secret
+            },
+            true,
+        )?;
+        slots.push((s.provider(params), "key file"));
+    }
+    if let Some(uri) = &a.pkcs11.pkcs11 {
+        let p = pkcs11_provider(
+            uri,
+            a.pkcs11.pin_file.as_deref(),
+            a.pkcs11.pin_env.as_deref(),
+        )?;
+        slots.push((Box::new(p), "pkcs11"));
+    }
+    if a.transit.given() {
+        slots.push((Box::new(transit_from(&a.transit, true)), "transit"));
+    }
+    if slots.is_empty() {
+        // Nothing but (maybe) a recovery key: a passphrase first.
+        let s = read_secret(&SecretArgs::default(), true)?;
+        slots.push((s.provider(params), "passphrase"));
+    }
+    let recovery = if a.recovery_key {
+        Some(RecoveryKey::generate().map_err(|e| CliError::new(exit::ERROR, e.to_string()))?)
+    } else {
+        None
+    };
+    let mut refs: Vec<(&dyn KeyProvider, &str)> =
+        slots.iter().map(|(p, l)| (p.as_ref(), *l)).collect();
+    if let Some(r) = &recovery {
+        refs.push((r, "recovery"));
+    }
+    Volume::create_with(cipherdir, &refs)?;
+    let (cfg, keyslots) = {
         let cfg = Volume::read_config(cipherdir)?;
+        let root = sealfs::sys::open_dir_path(cipherdir)
+            .map_err(|e| CliError::new(exit::ERROR, e.to_string()))?;
+        let bytes = sealfs::keyring::read_copy(
+            std::os::fd::AsFd::as_fd(&root),
+            sealfs::keyring::KEYRING_FILE,
+        )
+        .map_err(|e| CliError::new(exit::ERROR, e.to_string()))?;
+        let slots = sealfs::keyring::slots_of(&bytes)?.unwrap_or_default();
+        (cfg, slots)
+    };
+    let recovery_slot = keyslots.last().map_or(0, |s| s.id);
+    if json {
         print_json(&Created {
             cipherdir: cipherdir
                 .canonicalize()
@@ -62,9 +151,17 @@ pub(crate) fn cmd_init(
             volume_id: cfg.volume_id,
             format_version: cfg.format_version,
             primary: 1,
+            keyslots: keyslots.into_iter().map(Into::into).collect(),
+            recovery_key: recovery.as_ref().map(|r| r.display().to_string()),
         })?;
     } else {
         eprintln!("sealfs: created volume in {}", cipherdir.display());
+        for s in &keyslots {
+            eprintln!("  keyslot {} {}: {}", s.id, s.provider, s.description);
+        }
+        if let Some(r) = &recovery {
+            show_recovery_key(r, recovery_slot);
+        }
     }
     Ok(())
 }
@@ -76,14 +173,14 @@ pub(crate) fn cmd_passwd(
     new_key_file: Option<PathBuf>,
     params: Argon2Params,
 ) -> Result<(), CliError> {
-    let vol = open_offline(cipherdir, secret)?;
+    let o = open_offline(cipherdir, secret)?;
     let new_args = SecretArgs {
         passfile: new_passfile,
-        extpass: None,
         key_file: new_key_file,
+        ..SecretArgs::default()
     };
     let new = read_secret(&new_args, true)?;
-    KeyService::offline(&vol).change_secret(&new, params)?;
+    o.keys().change_secret(&new, params)?;
     eprintln!("sealfs: unlock secret changed (keyring re-sealed; no file data touched)");
     Ok(())
 }
@@ -93,8 +190,8 @@ pub(crate) fn cmd_rotate(
     secret: &SecretArgs,
     json: bool,
 ) -> Result<(), CliError> {
-    let vol = open_offline(cipherdir, secret)?;
-    let primary = KeyService::offline(&vol).rotate()?;
+    let o = open_offline(cipherdir, secret)?;
+    let primary = o.keys().rotate()?;
     if json {
         print_json(&RotateResult { primary })?;
     } else {
@@ -108,11 +205,11 @@ pub(crate) fn cmd_rewrap(
     secret: &SecretArgs,
     json: bool,
 ) -> Result<(), CliError> {
-    let vol = open_offline(cipherdir, secret)?;
+    let o = open_offline(cipherdir, secret)?;
     let progress = RewrapProgress::default();
     let r = with_progress(
         progress_bar_for(BarKind::Headers),
-        || KeyService::offline(&vol).rewrap(&progress),
+        || o.keys().rewrap(&progress),
         |bar| {
             let r = progress.report();
             bar.set_length(r.total.max(1));
@@ -150,6 +247,13 @@ struct Info {
     primary: u32,
     versions: Vec<InfoVersion>,
     unreadable: u64,
+    keyring_layout: u16,
+    keyring_generation: u32,
+    unlocked_by: Option<UnlockedSlot>,
+    keyslots: Vec<KeyslotStatus>,
+    /// What the rollback checks found: null when none ran (layout 1), else
+    /// "ok" or the problem.
+    rollback_check: Option<String>,
 }
 
 /// One key version in [`Info`], with its header counts.
@@ -167,8 +271,22 @@ struct InfoVersion {
 
 pub(crate) fn cmd_info(cipherdir: &Path, secret: &SecretArgs, json: bool) -> Result<(), CliError> {
     check_is_volume(cipherdir)?;
-    let vol = Volume::open(cipherdir, &read_secret(secret, false)?, true)?;
+    let vol = Volume::open(cipherdir, &read_unlock(secret, cipherdir)?, true)?;
     let keys = KeyService::offline(&vol);
+    let rollback_check = match sealfs::kms::anchor::check(&vol) {
+        Ok(r) if r.layout < 2 => None,
+        Ok(r) => Some(r.problem.unwrap_or_else(|| "ok".into())),
+        Err(e) => Some(format!("not checked: {e}")),
+    };
+    let (keyring_layout, keyring_generation, unlocked_by, keyslots) = {
+        let kr = vol.keyring().read();
+        (
+            kr.layout(),
+            kr.generation(),
+            kr.unlocked_by().cloned().map(Into::into),
+            kr.slots().into_iter().map(Into::into).collect(),
+        )
+    };
     let census = keys.census()?;
     let status = keys.status();
     let cfg = vol.config();
@@ -192,6 +310,11 @@ pub(crate) fn cmd_info(cipherdir: &Path, secret: &SecretArgs, json: bool) -> Res
             })
             .collect(),
         unreadable: census.unreadable,
+        keyring_layout,
+        keyring_generation,
+        unlocked_by,
+        keyslots,
+        rollback_check,
     };
     if json {
         return print_json(&info);
@@ -211,6 +334,24 @@ pub(crate) fn cmd_info(cipherdir: &Path, secret: &SecretArgs, json: bool) -> Res
     }
     if info.unreadable > 0 {
         println!("  {} headers unreadable", info.unreadable);
+    }
+    println!(
+        "keyring layout {}, generation {}",
+        info.keyring_layout, info.keyring_generation
+    );
+    for s in &info.keyslots {
+        let used = info.unlocked_by.as_ref().and_then(|u| u.slot) == Some(s.id);
+        println!(
+            "  keyslot {} {:<12} {:<12} {}{}",
+            s.id,
+            s.provider,
+            format!("{:?}", s.label),
+            s.description,
+            if used { "  (unlocked this)" } else { "" }
+        );
+    }
+    if let Some(r) = &info.rollback_check {
+        println!("rollback check: {r}");
     }
     Ok(())
 }

@@ -51,6 +51,9 @@ pub enum ErrorCode {
     NotFound,
     /// The audit record could not be written, so the operation was refused.
     AuditFailed,
+    /// The KMS behind the volume's keyslot refused (key disabled, token
+    /// revoked) or could not be reached; the mount keeps working from memory.
+    Kms,
 }
 
 impl ErrorCode {
@@ -68,11 +71,12 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::NotFound => "not_found",
             ErrorCode::AuditFailed => "audit_failed",
+            ErrorCode::Kms => "kms",
         }
     }
 
     /// Every code, for [`ErrorCode::from_wire`] and tests.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::BadRequest,
         ErrorCode::UnsupportedVersion,
         ErrorCode::UnknownOp,
@@ -84,6 +88,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::NotFound,
         ErrorCode::AuditFailed,
+        ErrorCode::Kms,
     ];
 
     /// The code of a wire name, if this side knows it.

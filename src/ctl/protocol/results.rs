@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::format::audit::{AuditRecord, ChainReport};
 use crate::format::grants::{format_utc, Grant};
 use crate::format::keyring::KeyState;
+use crate::keyring::{KmsSeen, SlotInfo, UnlockedBy};
 use crate::kms::{DeletionPlan, RotationSchedule, Trimmed};
 use crate::volume::fsck::FsckReport;
 use crate::volume::walk::{Census, RewrapReport};
@@ -179,6 +180,109 @@ pub struct StatusResult {
     pub grants: Option<u64>,
     /// The audit log's position (null with `--no-audit`).
     pub audit: Option<AuditPosition>,
+    /// The keyring: layout, generation, keyslots, the slot that unlocked
+    /// the volume, and what its KMS said when last asked (absent from
+    /// daemons before keyslots).
+    #[serde(default)]
+    pub keyring: KeyringStatus,
+}
+
+/// The keyring part of `status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyringStatus {
+    /// Keyring layout: 1 (no keyslots) or 2.
+    pub layout: u16,
+    /// How many times the keyring was stored.
+    pub generation: u32,
+    /// The slot that unlocked this mount.
+    pub unlocked_by: Option<UnlockedSlot>,
+    /// Every keyslot (empty for layout 1).
+    pub keyslots: Vec<KeyslotStatus>,
+    /// What the KMS behind the unlocking slot said when last asked (null
+    /// without a KMS slot). The mount keeps working from memory whatever it
+    /// says, until unmounted.
+    pub kms: Option<KmsStatus>,
+}
+
+/// The slot that unlocked a mount (no secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnlockedSlot {
+    /// Slot id (null for a layout-1 keyring).
+    pub slot: Option<u32>,
+    /// Provider kind.
+    pub provider: String,
+    /// The slot's label.
+    pub label: String,
+    /// Its public description (a URI without PIN, a server and key).
+    pub description: String,
+}
+
+impl From<UnlockedBy> for UnlockedSlot {
+    fn from(u: UnlockedBy) -> Self {
+        UnlockedSlot {
+            slot: u.slot,
+            provider: u.provider,
+            label: u.label,
+            description: u.description,
+        }
+    }
+}
+
+/// One keyslot (no secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyslotStatus {
+    /// Slot id.
+    pub id: u32,
+    /// Provider kind: `passphrase`, `key-file`, `recovery-key`, `pkcs11`, `transit`.
+    pub provider: String,
+    /// Label.
+    pub label: String,
+    /// Creation time, seconds since the epoch.
+    pub created: u64,
+    /// Public description.
+    pub description: String,
+}
+
+impl From<SlotInfo> for KeyslotStatus {
+    fn from(s: SlotInfo) -> Self {
+        KeyslotStatus {
+            id: s.id,
+            provider: s.provider,
+            label: s.label,
+            created: s.created,
+            description: s.description,
+        }
+    }
+}
+
+/// What a KMS said when last asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KmsStatus {
+    /// Provider kind (`transit`).
+    pub provider: String,
+    /// The slot.
+    pub slot: u32,
+    /// Server and key (never a token).
+    pub target: String,
+    /// `ok`, `key_disabled`, `key_not_found`, `permission_denied`, `unreachable`, `error`.
+    pub state: String,
+    /// The KMS's words when not `ok`.
+    pub message: Option<String>,
+    /// When, seconds since the epoch.
+    pub checked_at: u64,
+}
+
+impl From<KmsSeen> for KmsStatus {
+    fn from(k: KmsSeen) -> Self {
+        KmsStatus {
+            provider: k.provider,
+            slot: k.slot,
+            target: k.target,
+            state: k.state,
+            message: k.message,
+            checked_at: k.checked_at,
+        }
+    }
 }
 
 /// The result of `rotate`.

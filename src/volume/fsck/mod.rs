@@ -49,14 +49,13 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::format::config::VolumeConfig;
 use crate::format::header::EncryptionContext;
 use crate::format::keyring::{parse_header, KeyState};
 use crate::format::names::NameCipher;
 use crate::format::reserved::{CONFIG_FILE, KEYRING_BACKUP, KEYRING_FILE};
-use crate::keyring::{read_copy, UnlockSecret, KEYRING_MODE};
+use crate::keyring::{read_copy, Unlocker, KEYRING_MODE};
 use crate::sys;
-use crate::volume::{kdf_config, Directory, Volume, VolumeError};
+use crate::volume::{Directory, Volume, VolumeError};
 use orphans::Orphan;
 
 pub use report::{chunk_ranges, ByteRange, FsckReport, FsckStats, Problem, ProblemKind, Repair};
@@ -150,7 +149,7 @@ struct Checker<'v> {
 /// problems it finds are in the report.
 pub fn fsck(
     cipherdir: &Path,
-    secret: &UnlockSecret,
+    secret: &dyn Unlocker,
     opts: &FsckOptions,
     progress: &FsckProgress,
 ) -> Result<FsckReport, VolumeError> {
@@ -169,7 +168,7 @@ pub fn fsck(
 
 fn fsck_on_this_thread(
     cipherdir: &Path,
-    secret: &UnlockSecret,
+    secret: &dyn Unlocker,
     opts: &FsckOptions,
     progress: &FsckProgress,
 ) -> Result<FsckReport, VolumeError> {
@@ -203,10 +202,7 @@ fn fsck_on_this_thread(
                 repair: Repair::NotAttempted,
                 action: None,
             });
-            (
-                VolumeConfig::new(h.volume_id, kdf_config(h.kek, h.salt)),
-                true,
-            )
+            (crate::volume::config_from_header(&h), true)
         }
         Err(e) => return Err(e),
     };

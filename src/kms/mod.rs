@@ -10,17 +10,34 @@
 //! waiting period (and the deletion *cancelled* until then); the schedule
 //! destroys it when due. *Disable* refuses all file I/O until *enable*.
 //!
-//! Owns: the lifecycle rules and their order (checks, then the audit record,
-//! then the keyring change, then what follows it: the grant store re-sealed
-//! and the audit log moved to a segment under a new primary, the kernel's
-//! cached pages dropped on disable), the rotation period (parsed and stored
-//! in `sealfs.toml`), the schedules (automatic rotation, destruction of due
-//! versions) and the census a trim or a deletion needs.
+//! Every keyring change goes through one sequence ([`KeyService`]'s
+//! `change`): checks, the change applied to a copy, the audit record
+//! naming the keyring generation it makes (fail-closed), the store with the
+//! audit log's head as the rollback anchor, a `keyring_stored` record, and
+//! the generation recorded in the KMS when a KMS slot unlocked the volume.
+//!
+//! Rooms: [`anchor`] (the rollback checks at open: the keyring against the
+//! audit log and the KMS), [`keyslots`] (adding, removing and re-wrapping
+//! keyslots; the upgrade of a layout-1 keyring).
+//!
+//! Owns: the lifecycle rules and their order (then what follows a change:
+//! the grant store re-sealed and the audit log moved to a segment under a
+//! new primary, the kernel's cached pages dropped on disable), the rotation
+//! period (in the keyring; in `sealfs.toml` for a layout-1 keyring), the
+//! schedules (automatic rotation, destruction of due versions, both
+//! audited), and the census a trim or a deletion needs.
 //! Must never: touch the keyring or config except through
-//! [`Volume::update_keyring`] / [`Volume::update_config`] (durable before
-//! current), change anything whose audit record could not be written
+//! [`Volume::update_keyring_with`] / [`Volume::update_config`] (durable
+//! before current), change anything whose audit record could not be written
 //! (fail-closed), know about FUSE or the socket (a mount hands in its
-//! [`MountHooks`]), or put key material in a result or an error.
+//! [`MountHooks`]), call a KMS on the I/O path, or put key material in a
+//! result or an error.
+
+pub mod anchor;
+pub mod keyslots;
+mod offline;
+
+pub use offline::OfflineAudit;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,11 +45,12 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::crypto::Argon2Params;
-use crate::format::audit::Principal;
+use crate::format::audit::{AuditRecord, Principal};
 use crate::format::config::parse_duration;
 use crate::format::grants::format_utc;
 use crate::format::keyring::KeyState;
-use crate::keyring::{now_secs, UnlockSecret};
+use crate::keyring::{now_secs, Keyring, KeyringError, UnlockSecret};
+use crate::policy::audit::AuditLog;
 use crate::policy::{AccessControl, Event};
 use crate::volume::walk::{Census, RewrapProgress, RewrapReport};
 use crate::volume::{Volume, VolumeError};
@@ -66,6 +84,19 @@ pub enum KeyError {
     /// The volume layer failed (a lifecycle refusal of the keyring, I/O, …).
     #[error(transparent)]
     Volume(#[from] VolumeError),
+    /// The keyring is older than the audit log or the KMS says it should be
+    /// (restored from a copy), or the audit log lost what the keyring saw.
+    #[error("rollback detected: {0}; if this is expected (you restored a backup on purpose), open with --accept-rollback (recorded in the audit log)")]
+    Rollback(String),
+    /// The KMS a keyslot depends on refused or could not be reached.
+    #[error("{0}")]
+    Kms(#[from] crate::keyring::ProviderError),
+}
+
+impl From<KeyringError> for KeyError {
+    fn from(e: KeyringError) -> Self {
+        KeyError::Volume(VolumeError::Keyring(e))
+    }
 }
 
 /// One master key version, without its key.
@@ -147,10 +178,11 @@ pub struct OnMount<'a> {
 
 /// Key policy over one volume. See the [module docs](self).
 ///
-/// Offline (the command line on an unmounted volume, the library) there is
-/// no audit log or grant store to keep in step: [`KeyService::offline`].
-/// On a mount, [`KeyService::on_mount`] records every change in the audit
-/// log first and re-seals what a rotation concerns.
+/// Offline (the command line on an unmounted volume, the library) with no
+/// audit log to keep in step: [`KeyService::offline`]; offline with the
+/// volume's log: [`KeyService::on_mount`] with an [`OfflineAudit`]'s
+/// parts. On a mount, [`KeyService::on_mount`] records every change in the
+/// audit log first and re-seals what a rotation concerns.
 pub struct KeyService<'a> {
     vol: &'a Volume,
     mount: Option<OnMount<'a>>,
@@ -169,6 +201,70 @@ impl<'a> KeyService<'a> {
             vol,
             mount: Some(mount),
         }
+    }
+
+    /// The audit log changes are recorded in, if any.
+    fn log(&self) -> Option<&Arc<AuditLog>> {
+        self.mount.as_ref().and_then(|m| m.access.audit_log())
+    }
+
+    /// Who asks (for records written here).
+    fn actor(&self) -> Principal {
+        self.mount
+            .as_ref()
+            .map_or_else(|| AuditLog::daemon_record().principal, |m| m.actor.clone())
+    }
+
+    /// Appends one record about the keyring.
+    fn record(
+        &self,
+        log: &AuditLog,
+        op: &str,
+        key_version: Option<u32>,
+        detail: Option<String>,
+        generation: Option<u32>,
+    ) -> Result<(), KeyError> {
+        log.append(AuditRecord {
+            op: op.to_string(),
+            key_version,
+            detail,
+            keyring_generation: generation,
+            principal: self.actor(),
+            ..AuditLog::daemon_record()
+        })
+        .map(drop)
+        .map_err(|e| KeyError::AuditFailed(e.to_string()))
+    }
+
+    /// The one sequence every keyring change follows (module docs): apply
+    /// `change` to a copy, record `op` with the generation it makes
+    /// (fail-closed), store with the log's head as anchor, record the
+    /// store, tell the KMS. Returns what `change` returned.
+    pub(crate) fn change<T>(
+        &self,
+        op: &str,
+        key_version: Option<u32>,
+        detail: Option<String>,
+        change: impl FnOnce(&mut Keyring) -> Result<T, KeyringError>,
+    ) -> Result<T, KeyError> {
+        let log = self.log();
+        let (out, generation) = self.vol.update_keyring_with(change, |next| {
+            let Some(log) = log else { return Ok(None) };
+            self.record(log, op, key_version, detail, Some(next))
+                .map_err(|e| KeyringError::AuditRefused(e.to_string()))?;
+            // The anchor must point at records that survive a power loss.
+            log.sync()
+                .map_err(|e| KeyringError::AuditRefused(e.to_string()))?;
+            crate::keyring::kill_point("keyring-change-recorded");
+            Ok(Some(log.head().into()))
+        })?;
+        if let Some(log) = log {
+            if let Err(e) = self.record(log, "keyring_stored", None, None, Some(generation)) {
+                tracing::warn!("keyring generation {generation} stored, but not recorded: {e}");
+            }
+        }
+        anchor::record_in_kms(self.vol, generation);
+        Ok(out)
     }
 
     /// Records `op` before it runs (fail-closed: no record, no operation).
@@ -215,7 +311,7 @@ impl<'a> KeyService<'a> {
 
     /// The primary version, every version's state, and the rotation schedule.
     pub fn status(&self) -> KeyStatus {
-        let cfg = self.vol.config();
+        let rotation_period = self.rotation_period();
         let kr = self.vol.keyring().read();
         let versions = kr
             .versions()
@@ -234,8 +330,19 @@ impl<'a> KeyService<'a> {
             primary,
             disabled: self.vol.is_disabled(),
             versions,
-            rotation_period: cfg.rotation_period,
+            rotation_period,
             next_rotation: self.next_rotation(),
+        }
+    }
+
+    /// The automatic rotation period: in the keyring (layout 2), or in
+    /// `sealfs.toml` (layout 1).
+    pub fn rotation_period(&self) -> Option<String> {
+        let kr = self.vol.keyring().read();
+        if kr.layout() == 2 {
+            kr.rotation_period()
+        } else {
+            self.vol.config().rotation_period
         }
     }
 
@@ -252,8 +359,7 @@ impl<'a> KeyService<'a> {
     /// Makes a new master key version primary (RotateKeyOnDemand). Existing
     /// headers keep their version until a rewrap.
     pub fn rotate(&self) -> Result<u32, KeyError> {
-        self.audit("rotate", None, None)?;
-        let v = self.vol.update_keyring(|k| k.rotate())?;
+        let v = self.change("rotate", None, None, |k| k.rotate())?;
         if self.mount.is_some() {
             tracing::info!("key rotated: version {v} is primary");
         }
@@ -264,6 +370,7 @@ impl<'a> KeyService<'a> {
     /// Re-wraps every header and directory record under the primary version,
     /// here and now (`progress` shows how far it got).
     pub fn rewrap(&self, progress: &RewrapProgress) -> Result<RewrapReport, KeyError> {
+        self.check_kms()?;
         let primary = self.vol.keyring().read().primary();
         self.audit("rewrap", Some(primary), None)?;
         self.vol.rewrap_all(progress)?;
@@ -281,6 +388,7 @@ impl<'a> KeyService<'a> {
         if progress.running.load(Ordering::Acquire) {
             return Err(KeyError::Busy(BUSY.into()));
         }
+        self.check_kms()?;
         let primary = self.vol.keyring().read().primary();
         self.audit("rewrap", Some(primary), None)?;
         if progress.running.swap(true, Ordering::AcqRel) {
@@ -294,9 +402,8 @@ impl<'a> KeyService<'a> {
     /// (DisableKey). On a mount the kernel's cached pages are written back
     /// and dropped first (while writes still work) and again after.
     pub fn disable(&self) -> Result<(), KeyError> {
-        self.audit("disable", None, None)?;
         self.drop_cached_file_data();
-        self.vol.update_keyring(|k| {
+        self.change("disable", None, None, |k| {
             k.set_disabled(true);
             Ok(())
         })?;
@@ -306,8 +413,7 @@ impl<'a> KeyService<'a> {
 
     /// Allows file I/O again (EnableKey).
     pub fn enable(&self) -> Result<(), KeyError> {
-        self.audit("enable", None, None)?;
-        self.vol.update_keyring(|k| {
+        self.change("enable", None, None, |k| {
             k.set_disabled(false);
             Ok(())
         })?;
@@ -315,23 +421,27 @@ impl<'a> KeyService<'a> {
     }
 
     /// Sets the automatic rotation period ("90d", "12h", …) or, with `None`
-    /// or `"off"`, turns automatic rotation off; stored in `sealfs.toml`.
+    /// or `"off"`, turns automatic rotation off; stored in the keyring
+    /// (layout 2) or in `sealfs.toml` (layout 1).
     pub fn set_rotation_period(&self, period: Option<&str>) -> Result<RotationSchedule, KeyError> {
         let period = period.filter(|p| *p != "off").map(str::to_string);
         if let Some(p) = &period {
             parse_duration(p).map_err(KeyError::Invalid)?;
         }
-        self.audit(
-            "set_rotation_period",
-            None,
-            Some(period.clone().unwrap_or_else(|| "off".into())),
-        )?;
-        self.vol.update_config(|c| {
-            c.rotation_period = period;
-            Ok(())
-        })?;
+        let detail = Some(period.clone().unwrap_or_else(|| "off".into()));
+        if self.vol.keyring().read().layout() == 2 {
+            self.change("set_rotation_period", None, detail, |k| {
+                k.set_rotation_period(period)
+            })?;
+        } else {
+            self.audit("set_rotation_period", None, detail)?;
+            self.vol.update_config(|c| {
+                c.rotation_period = period;
+                Ok(())
+            })?;
+        }
         Ok(RotationSchedule {
-            rotation_period: self.vol.config().rotation_period,
+            rotation_period: self.rotation_period(),
             next_rotation: self.next_rotation(),
         })
     }
@@ -339,7 +449,7 @@ impl<'a> KeyService<'a> {
     /// When the next automatic rotation is due (seconds since the epoch):
     /// the primary version's creation plus the period, if one is set.
     pub fn next_rotation(&self) -> Option<u64> {
-        let period = self.vol.config().rotation_period?;
+        let period = self.rotation_period()?;
         let secs = parse_duration(&period).ok()?;
         let kr = self.vol.keyring().read();
         let created = kr
@@ -389,12 +499,12 @@ impl<'a> KeyService<'a> {
                 "{still} headers still use versions below {min_version}; run rewrap first (or force)"
             )));
         }
-        self.audit(
+        let retired = self.change(
             "retire_key_versions",
             None,
             Some(format!("below {min_version}")),
+            |k| k.retire_below(min_version),
         )?;
-        let retired = self.vol.update_keyring(|k| k.retire_below(min_version))?;
         Ok(Trimmed {
             retired,
             directory_records_rewrapped: dirs_rewrapped,
@@ -404,8 +514,9 @@ impl<'a> KeyService<'a> {
 
     /// Untrims: re-enables a retired version.
     pub fn untrim(&self, version: u32) -> Result<(), KeyError> {
-        self.audit("enable_key_version", Some(version), None)?;
-        self.vol.update_keyring(|k| k.unretire(version))?;
+        self.change("enable_key_version", Some(version), None, |k| {
+            k.unretire(version)
+        })?;
         Ok(())
     }
 
@@ -457,13 +568,12 @@ impl<'a> KeyService<'a> {
                 confirmed: false,
             });
         }
-        self.audit(
+        self.change(
             "schedule_key_deletion",
             Some(version),
             Some(format!("due {}", format_utc(due))),
+            |k| k.schedule_deletion(version, due),
         )?;
-        self.vol
-            .update_keyring(|k| k.schedule_deletion(version, due))?;
         Ok(DeletionPlan {
             version,
             would_orphan,
@@ -474,8 +584,9 @@ impl<'a> KeyService<'a> {
 
     /// Cancels a scheduled destruction: the version is retired again.
     pub fn cancel_deletion(&self, version: u32) -> Result<(), KeyError> {
-        self.audit("cancel_key_deletion", Some(version), None)?;
-        self.vol.update_keyring(|k| k.cancel_deletion(version))?;
+        self.change("cancel_key_deletion", Some(version), None, |k| {
+            k.cancel_deletion(version)
+        })?;
         Ok(())
     }
 
@@ -488,17 +599,18 @@ impl<'a> KeyService<'a> {
             return Ok(done);
         }
         if self.next_rotation().is_some_and(|due| due <= now) {
-            let v = self.vol.update_keyring(|k| k.rotate())?;
+            let v = self.change("rotate", None, Some("automatic".into()), |k| k.rotate())?;
+            self.follow_rotation();
             done.push(format!("rotated: version {v} is primary"));
         }
-        let due = {
-            let kr = self.vol.keyring().read();
-            kr.versions()
-                .iter()
-                .any(|v| v.state == KeyState::PendingDeletion && v.deletion_due <= now)
-        };
-        if due {
-            for v in self.vol.update_keyring(|k| Ok(k.destroy_due(now)))? {
+        if self.vol.keyring().read().destruction_due(now) {
+            let destroyed = self.change(
+                "destroy_key_versions",
+                None,
+                Some("waiting period over".into()),
+                |k| Ok(k.destroy_due(now)),
+            )?;
+            for v in destroyed {
                 done.push(format!("destroyed key version {v}"));
             }
         }
@@ -512,7 +624,14 @@ impl<'a> KeyService<'a> {
         secret: &UnlockSecret,
         params: Argon2Params,
     ) -> Result<(), KeyError> {
-        Ok(self.vol.change_secret(secret, params)?)
+        let slot = self.vol.keyring().read().unlocked_by().and_then(|u| u.slot);
+        let kdf = self.change(
+            "change_secret",
+            None,
+            slot.map(|s| format!("replaces keyslot {s}")),
+            |k| k.change_secret(secret, params),
+        )?;
+        Ok(self.vol.after_secret_change(kdf)?)
     }
 }
 

@@ -1,52 +1,27 @@
-//! The sealed keyring file `sealfs.keyring`: every master key version, sealed
-//! as one AES-256-GCM-SIV message under the key-encryption key (KEK) derived
-//! from the unlock secret.
+//! Keyring layout 1 (frozen): a fixed 72-byte header naming how the KEK
+//! is derived from the unlock secret (Argon2id parameters and salt, or a
+//! key file), and a body of fixed-size entries for one key's versions.
+//! docs/FORMAT.md §2.1.
 //!
-//! Owns: the byte layout (docs/FORMAT.md §2) and the KDF parameters stored in
-//! its authenticated header. A wrong passphrase and a tampered keyring are the
-//! same event to the AEAD; both surface as [`KeyringFormatError::Unlock`].
-//! Must never: do I/O, or keep decrypted bodies outside zeroizing buffers.
+//! Owns: these bytes, unchanged since format version 1 (the fixture
+//! `tests/fixtures/v1` pins them).
+//! Must never: do I/O, or hold a second key, an anchor or subtree
+//! assignments (layout 2 does).
 
 use zeroize::Zeroizing;
 
-use crate::crypto::{
-    random_nonce, Argon2Params, CryptoError, SecretKey, KEY_LEN, NONCE_LEN, TAG_LEN,
+use super::{
+    KeyState, KeyringBody, KeyringFormatError, MasterKeyVersion, DEFAULT_KEY_ID, MAGIC,
+    MAX_VERSIONS,
 };
+use crate::crypto::{random_nonce, Argon2Params, SecretKey, KEY_LEN, NONCE_LEN, TAG_LEN};
 
-const MAGIC: &[u8; 8] = b"sealfs.K";
-const VERSION: u16 = 1;
-const HEADER_LEN: usize = 72;
+/// The layout version field of a v1 keyring.
+pub const VERSION: u16 = 1;
+/// Length of the v1 header (the AAD of its body).
+pub const HEADER_LEN: usize = 72;
 const BODY_HEAD: usize = 12;
 const ENTRY_LEN: usize = 4 + 1 + 8 + 8 + KEY_LEN;
-/// Body flag: the key is disabled (all use refused until enabled).
-pub const FLAG_DISABLED: u32 = 1;
-/// Upper bound on versions in one keyring (keeps decoding bounded).
-pub const MAX_VERSIONS: usize = 100_000;
-
-/// Errors decoding or opening a keyring.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KeyringFormatError {
-    /// Shorter than its header + tag, or body length inconsistent.
-    #[error("keyring file is truncated or malformed")]
-    Malformed,
-    /// Not a keyring.
-    #[error("not a sealfs keyring (bad magic)")]
-    BadMagic,
-    /// Newer format.
-    #[error("keyring version {0} is not supported")]
-    UnsupportedVersion(u16),
-    /// The KEK did not open it: wrong passphrase/key file, or tampered keyring.
-    #[error("wrong passphrase or key file (or the keyring was tampered with)")]
-    Unlock,
-    /// Key-derivation parameters beyond [`Argon2Params::MAX`] (checked
-    /// before any key derivation runs).
-    #[error("keyring key-derivation parameters are out of range: {0}")]
-    KdfOutOfRange(String),
-    /// RNG failure while sealing.
-    #[error(transparent)]
-    Crypto(#[from] CryptoError),
-}
-
 /// How the KEK is derived; stored in the keyring header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KekSource {
@@ -56,68 +31,9 @@ pub enum KekSource {
     KeyFile,
 }
 
-/// Lifecycle state of a master key version.
+/// The cleartext, authenticated header of a v1 keyring file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyState {
-    /// Usable for wrapping (if primary) and unwrapping.
-    Enabled,
-    /// Below the minimum decryption version: kept, but refuses to unwrap.
-    Retired,
-    /// Retired and scheduled for destruction at `deletion_due`.
-    PendingDeletion,
-    /// Key bytes erased; files under it are unreadable.
-    Destroyed,
-}
-
-impl KeyState {
-    fn to_byte(self) -> u8 {
-        match self {
-            KeyState::Enabled => 1,
-            KeyState::Retired => 2,
-            KeyState::PendingDeletion => 3,
-            KeyState::Destroyed => 4,
-        }
-    }
-    fn from_byte(b: u8) -> Option<Self> {
-        Some(match b {
-            1 => KeyState::Enabled,
-            2 => KeyState::Retired,
-            3 => KeyState::PendingDeletion,
-            4 => KeyState::Destroyed,
-            _ => return None,
-        })
-    }
-}
-
-/// One master key version.
-#[derive(Debug, Clone)]
-pub struct MasterKeyVersion {
-    /// Version number, from 1.
-    pub version: u32,
-    /// Lifecycle state.
-    pub state: KeyState,
-    /// Creation time, seconds since the Unix epoch.
-    pub created: u64,
-    /// When a pending deletion becomes due (seconds since the epoch), else 0.
-    pub deletion_due: u64,
-    /// The master key (all zero once destroyed).
-    pub key: SecretKey,
-}
-
-/// The decrypted keyring.
-#[derive(Debug, Clone)]
-pub struct KeyringBody {
-    /// The version new wrappings use.
-    pub primary: u32,
-    /// Volume-wide flags ([`FLAG_DISABLED`]).
-    pub flags: u32,
-    /// All versions, ascending.
-    pub versions: Vec<MasterKeyVersion>,
-}
-
-/// The cleartext, authenticated header of a keyring file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KeyringHeader {
+pub struct V1Header {
     /// KEK derivation.
     pub kek: KekSource,
     /// Salt for the KEK derivation.
@@ -129,7 +45,7 @@ pub struct KeyringHeader {
 }
 
 /// Parses the cleartext header (to learn how to derive the KEK).
-pub fn parse_header(bytes: &[u8]) -> Result<KeyringHeader, KeyringFormatError> {
+pub fn parse_header(bytes: &[u8]) -> Result<V1Header, KeyringFormatError> {
     if bytes.len() < HEADER_LEN + TAG_LEN {
         return Err(KeyringFormatError::Malformed);
     }
@@ -151,25 +67,13 @@ pub fn parse_header(bytes: &[u8]) -> Result<KeyringHeader, KeyringFormatError> {
         _ => return Err(KeyringFormatError::Malformed),
     };
     if let KekSource::Passphrase(p) = kek {
-        // Only the ceiling here: the floor is the volume's policy (config
-        // and new secrets), and unit tests use tiny costs.
-        let capped = Argon2Params {
-            memory_kib: p.memory_kib.min(Argon2Params::MAX.memory_kib),
-            iterations: p.iterations.min(Argon2Params::MAX.iterations),
-            parallelism: p.parallelism.min(Argon2Params::MAX.parallelism),
-        };
-        if capped != p {
-            return Err(KeyringFormatError::KdfOutOfRange(format!(
-                "{} KiB, {} passes, {} lanes",
-                p.memory_kib, p.iterations, p.parallelism
-            )));
-        }
+        super::check_kdf_ceiling(p)?;
     }
     let mut salt = [0u8; 16];
     salt.copy_from_slice(&bytes[24..40]);
     let mut volume_id = [0u8; 16];
     volume_id.copy_from_slice(&bytes[40..56]);
-    Ok(KeyringHeader {
+    Ok(V1Header {
         kek,
         salt,
         volume_id,
@@ -177,14 +81,25 @@ pub fn parse_header(bytes: &[u8]) -> Result<KeyringHeader, KeyringFormatError> {
     })
 }
 
-/// Seals a keyring body under `kek`.
+/// Seals a keyring body under `kek`. The body must fit layout 1: one key
+/// (id 1), no subtree assignment, no anchor.
 pub fn seal(
     body: &KeyringBody,
-    header: &KeyringHeader,
+    header: &V1Header,
     kek: &SecretKey,
 ) -> Result<Vec<u8>, KeyringFormatError> {
+    if body.keys.len() != 1
+        || body.keys[0].id != DEFAULT_KEY_ID
+        || !body.assignments.is_empty()
+        || body.anchor.is_some()
+    {
+        return Err(KeyringFormatError::Invalid(
+            "a layout-1 keyring holds one key and no anchor (upgrade the volume)".into(),
+        ));
+    }
+    let key = &body.keys[0];
     let nonce = random_nonce()?;
-    let mut out = Vec::with_capacity(HEADER_LEN + 8 + body.versions.len() * ENTRY_LEN + TAG_LEN);
+    let mut out = Vec::with_capacity(HEADER_LEN + 8 + key.versions.len() * ENTRY_LEN + TAG_LEN);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     let (kind, p) = match header.kek {
@@ -209,12 +124,12 @@ pub fn seal(
     out.extend_from_slice(&nonce);
     debug_assert_eq!(out.len(), HEADER_LEN);
     let mut plain = Zeroizing::new(Vec::with_capacity(
-        BODY_HEAD + body.versions.len() * ENTRY_LEN,
+        BODY_HEAD + key.versions.len() * ENTRY_LEN,
     ));
-    plain.extend_from_slice(&body.primary.to_le_bytes());
+    plain.extend_from_slice(&key.primary.to_le_bytes());
     plain.extend_from_slice(&body.flags.to_le_bytes());
-    plain.extend_from_slice(&(body.versions.len() as u32).to_le_bytes());
-    for v in &body.versions {
+    plain.extend_from_slice(&(key.versions.len() as u32).to_le_bytes());
+    for v in &key.versions {
         plain.extend_from_slice(&v.version.to_le_bytes());
         plain.push(v.state.to_byte());
         plain.extend_from_slice(&v.created.to_le_bytes());
@@ -269,23 +184,21 @@ pub fn open(bytes: &[u8], kek: &SecretKey) -> Result<KeyringBody, KeyringFormatE
     if !versions.iter().any(|v| v.version == primary) {
         return Err(KeyringFormatError::Malformed);
     }
-    Ok(KeyringBody {
-        primary,
-        flags,
-        versions,
-    })
+    let created = versions.first().map_or(0, |v| v.created);
+    Ok(KeyringBody::single(primary, flags, versions, created))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::keyring::FLAG_DISABLED;
     use proptest::prelude::*;
 
-    fn sample() -> (KeyringBody, KeyringHeader, SecretKey) {
-        let body = KeyringBody {
-            primary: 2,
-            flags: FLAG_DISABLED,
-            versions: vec![
+    fn sample() -> (KeyringBody, V1Header, SecretKey) {
+        let body = KeyringBody::single(
+            2,
+            FLAG_DISABLED,
+            vec![
                 MasterKeyVersion {
                     version: 1,
                     state: KeyState::PendingDeletion,
@@ -301,8 +214,9 @@ mod tests {
                     key: SecretKey::generate().unwrap(),
                 },
             ],
-        };
-        let header = KeyringHeader {
+            10,
+        );
+        let header = V1Header {
             kek: KekSource::Passphrase(Argon2Params {
                 memory_kib: 1024,
                 iterations: 1,
@@ -321,14 +235,15 @@ mod tests {
         let bytes = seal(&body, &header, &kek).unwrap();
         assert_eq!(parse_header(&bytes).unwrap(), header);
         let back = open(&bytes, &kek).unwrap();
-        assert_eq!(back.primary, 2);
+        let (k0, b0) = (&back.keys[0], &body.keys[0]);
+        assert_eq!(k0.primary, 2);
         assert_eq!(back.flags, FLAG_DISABLED);
-        assert_eq!(back.versions[0].state, KeyState::PendingDeletion);
-        assert_eq!(back.versions[0].deletion_due, 99);
-        assert_eq!(back.versions.len(), 2);
-        assert_eq!(back.versions[1].key.expose(), body.versions[1].key.expose());
+        assert_eq!(k0.versions[0].state, KeyState::PendingDeletion);
+        assert_eq!(k0.versions[0].deletion_due, 99);
+        assert_eq!(k0.versions.len(), 2);
+        assert_eq!(k0.versions[1].key.expose(), b0.versions[1].key.expose());
         // no key bytes in the file
-        let k = body.versions[0].key.expose();
+        let k = b0.versions[0].key.expose();
         assert!(!bytes.windows(32).any(|w| w == k));
     }
 
