@@ -120,6 +120,7 @@ impl Mount {
             lock_memory: false,
             readahead_kb: Some(1024),
             accept_rollback: false,
+            enospc_margin: None,
         }
     }
 }
@@ -139,6 +140,7 @@ pub struct MountBuilder {
     lock_memory: bool,
     readahead_kb: Option<u32>,
     accept_rollback: bool,
+    enospc_margin: Option<u64>,
 }
 
 /// Request-serving threads when none are chosen: twice the cores, 4 to 16,
@@ -260,6 +262,14 @@ impl MountBuilder {
         self
     }
 
+    /// Free space in CIPHERDIR below which files are opened write-through,
+    /// so a full disk shows at `write()` (default: twice the kernel's dirty
+    /// limit for the mount; see [`crate::fs::SpaceGuard`]).
+    pub fn enospc_margin(mut self, bytes: Option<u64>) -> Self {
+        self.enospc_margin = bytes;
+        self
+    }
+
     /// Checks the volume and the mount point, gets the secret and unlocks
     /// the volume (taking its lock when read-write). Starts no thread.
     pub fn open(self) -> Result<OpenedMount, MountError> {
@@ -298,6 +308,7 @@ impl MountBuilder {
                 allow_other: self.allow_other,
                 read_only: self.read_only,
                 threads: self.threads.unwrap_or_else(default_request_threads),
+                enospc_margin: self.enospc_margin,
             },
             audit: self.audit,
             idle: self.idle,
@@ -439,6 +450,7 @@ impl OpenedMount {
             .map_err(|e| start(format!("cannot open the volume's root: {e}")))?;
         let cache = fs.cache_control();
         let activity = fs.activity();
+        fs.watch_space(self.options.enospc_margin, Some(&self.canonical_mp));
         let config = fuser_config(&self.cipherdir, &self.options);
         let mut session = fuser::Session::new(fs, &self.mountpoint, &config)
             .map_err(|e| start(format!("mount failed: {e}")))?;

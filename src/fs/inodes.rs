@@ -68,6 +68,12 @@ pub(super) struct Inode {
     pub(super) changes: AtomicU64,
     /// Of a directory: its decrypted listing while unchanged.
     pub(super) listing: Mutex<Option<CachedListing>>,
+    /// Of a file: the kernel was told a size larger than the sealed one
+    /// (`stat` counts a stray tail, docs/FORMAT.md §4.4). With the
+    /// writeback cache the kernel keeps that size and zero-fills a short
+    /// read, so while it knows this node its opens are direct I/O: reads
+    /// end at the sealed size.
+    pub(super) stale_size: AtomicBool,
 }
 
 impl Inode {
@@ -95,6 +101,7 @@ impl Inode {
             }),
             changes: AtomicU64::new(0),
             listing: Mutex::new(None),
+            stale_size: AtomicBool::new(false),
         }
     }
 

@@ -65,6 +65,9 @@ pub struct MountOptions {
     pub read_only: bool,
     /// Request loops.
     pub threads: usize,
+    /// Free space in CIPHERDIR below which new opens are write-through
+    /// (None: twice the mount's dirty limit, see [`crate::fs::SpaceGuard`]).
+    pub enospc_margin: Option<u64>,
 }
 
 /// When the mount was last used and how many files and directories are

@@ -167,7 +167,8 @@ impl SealedFile {
 
     /// Opens the content of an existing file whose header was verified.
     /// With sealed group states the size is the one sealed at the file's
-    /// end; a file whose end state is lost (cut or zeroed) is an integrity
+    /// end; a file whose end state is lost (cut or zeroed), or whose
+    /// ciphertext is shorter than its sealed size needs, is an integrity
     /// failure.
     pub fn open(
         file: File,
@@ -185,6 +186,14 @@ impl SealedFile {
                 crate::format::layout::end_group(csize),
             )
             .into());
+        }
+        // Ciphertext short of the sealed size: the file was cut. The kernel
+        // takes the size from `stat` (the ciphertext's) and would never ask
+        // for the chunks that are gone, so the file would silently end
+        // early: it does not open (fsck says which range is gone; salvage
+        // cuts the file to what its states vouch for).
+        if f.found.is_some_and(|d| d.missing() > 0) {
+            return Err(VolumeError::Truncated);
         }
         Ok(f)
     }
@@ -291,15 +300,19 @@ impl SealedFile {
         Ok(())
     }
 
-    /// Whether chunk `k` holds data according to its group's known state
-    /// (sealed group states; a group this open has not loaded counts as
-    /// holding data, so it is authenticated).
+    /// Whether chunk `k` holds data according to its group's state
+    /// (sealed group states; read from disk when this open has not loaded
+    /// it; a state that does not open counts as holding data, so the chunk
+    /// is authenticated and fails).
     fn written(&self, k: ChunkIndex) -> bool {
         match &self.groups {
             None => true,
-            Some(g) => g
-                .get(group_of(k))
-                .is_none_or(|s| s.is_written(k % CHUNKS_PER_GROUP)),
+            Some(g) => match g.get(group_of(k)) {
+                Some(s) => s.is_written(k % CHUNKS_PER_GROUP),
+                None => g
+                    .read(&self.file, group_of(k))
+                    .map_or(true, |s| s.is_written(k % CHUNKS_PER_GROUP)),
+            },
         }
     }
 

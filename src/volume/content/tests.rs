@@ -66,6 +66,16 @@ fn open_at(
     SealedFile::open(f, key, ID, format)
 }
 
+/// Opens like fsck does (a cut file opens; its reads say what is gone).
+fn open_checking(dir: &tempfile::TempDir, key: &SecretKey, format: ContentFormat) -> SealedFile {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path(dir))
+        .unwrap();
+    SealedFile::open_for_check(f, key, ID, format).unwrap()
+}
+
 fn reopen(dir: &tempfile::TempDir, key: &SecretKey, format: ContentFormat) -> SealedFile {
     open_at(&path(dir), key, format).unwrap()
 }
@@ -218,7 +228,11 @@ fn tampered_chunk_fails_alone() {
         let mut f = fresh(&dir, &key, format);
         f.write(0, &vec![9u8; 3 * 4096]).unwrap();
         drop(f);
-        crate::sys::write_all_at(&raw(&dir), &[0xff], chunk_data_offset(1) + 17).unwrap();
+        // Flipped (a byte set to 0xff would be no change 1 time in 256).
+        let mut b = [0u8; 1];
+        crate::sys::read_exact_at(&raw(&dir), &mut b, chunk_data_offset(1) + 17).unwrap();
+        b[0] ^= 0xff;
+        crate::sys::write_all_at(&raw(&dir), &b, chunk_data_offset(1) + 17).unwrap();
         let g = reopen(&dir, &key, format);
         assert!(g.read(0, 4096).is_ok());
         assert!(g.read(8192, 4096).is_ok());
@@ -262,7 +276,10 @@ fn v2_cut_and_zeroed_tail_is_detected() {
     r.set_len(chunk_data_offset(2) + 1).unwrap();
     crate::sys::write_all_at(&r, &[0], chunk_data_offset(2)).unwrap();
     crate::sys::write_all_at(&r, &[0u8; 56], chunk_meta_offset(2)).unwrap();
-    let g = reopen(&dir, &key, V2);
+    // Short of its sealed size: the file does not open (the kernel, which
+    // takes the size from stat, would never ask for the chunks past the cut).
+    assert!(open_at(&path(&dir), &key, V2).is_err_and(|e| e.is_integrity()));
+    let g = open_checking(&dir, &key, V2);
     assert_eq!(g.size(), 14_096);
     assert!(
         g.read(0, 8192).unwrap() == data[..8192],
@@ -350,12 +367,22 @@ fn v2_cut_at_and_inside_chunks_is_detected() {
         f.write(0, &data).unwrap();
         drop(f);
         raw(&dir).set_len(cut).unwrap();
-        match open_at(&path(&dir), &key, V2) {
-            // The cut took the last group's state: the end is lost.
-            Err(e) => assert!(
-                e.is_integrity() && cut <= GROUP_BYTES + 256,
-                "cut {cut}: {e}"
-            ),
+        // Every cut is refused at open: the end state is gone, or the
+        // ciphertext is short of the sealed size.
+        assert!(
+            open_at(&path(&dir), &key, V2).is_err_and(|e| e.is_integrity()),
+            "cut {cut}: opened"
+        );
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .open(path(&dir))
+            .unwrap();
+        match SealedFile::open_for_check(f, &key, ID, V2) {
+            Err(e) => panic!("cut {cut}: {e}"),
+            Ok(g) if cut <= GROUP_BYTES + 256 => {
+                // The cut took the last group's state: the end is lost.
+                assert!(matches!(g.discovery().unwrap().end, End::Lost), "cut {cut}");
+            }
             Ok(g) => {
                 assert_eq!(g.size(), data.len() as u64, "cut {cut}");
                 let stored = plaintext_size(cut).unwrap();
@@ -626,4 +653,52 @@ fn v2_rebuild_of_a_lost_end_takes_the_ciphertext_size() {
     assert!(done.zeroed.is_empty());
     let h = reopen(&dir, &key, V2);
     assert_eq!(h.read(0, 5 * 4096).unwrap(), vec![6u8; 3 * 4096]);
+}
+
+/// tests/posix.rs truncate_up_and_down, on the content alone: ftruncates
+/// down and up across a group boundary with a write at each new end, then
+/// a truncate through a new open.
+#[test]
+fn truncates_across_a_group_then_reopen() {
+    for format in [V1, V2] {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretKey::generate().unwrap();
+        let mut f = fresh(&dir, &key, format);
+        let mut model = vec![3u8; 3 * 4096 + 500];
+        f.write(0, &model).unwrap();
+        for len in [
+            4096 + 1000,
+            4096,
+            GROUP_PLAIN + 77,
+            5,
+            0,
+            2 * 4096 + 3,
+            GROUP_PLAIN,
+            GROUP_PLAIN - 1,
+        ] {
+            f.set_len(len).unwrap();
+            model.resize(len as usize, 0);
+            assert_eq!(f.read(0, model.len() + 10).unwrap(), model, "after {len}");
+            let d = vec![(len % 251) as u8; 300];
+            f.write(len, &d).unwrap();
+            model.extend_from_slice(&d);
+        }
+        drop(f);
+        let mut g = reopen(&dir, &key, format);
+        assert_eq!(g.read(0, model.len() + 10).unwrap(), model, "reopened");
+        g.set_len(3 * 4096 + 10).unwrap();
+        model.resize(3 * 4096 + 10, 0);
+        drop(g);
+        let mut g = reopen(&dir, &key, format);
+        assert_eq!(
+            g.read(0, model.len() + 10).unwrap(),
+            model,
+            "after truncate"
+        );
+        g.set_len(4097).unwrap();
+        model.resize(4097, 0);
+        drop(g);
+        let g = reopen(&dir, &key, format);
+        assert_eq!(g.read(0, 10000).unwrap(), model, "at the end");
+    }
 }
