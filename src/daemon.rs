@@ -390,6 +390,12 @@ impl OpenedMount {
         &self.socket
     }
 
+    /// What the mount should warn about before it starts: bookkeeping
+    /// files other users can read ([`Volume::loose_permissions`]).
+    pub fn warnings(&self) -> Vec<String> {
+        self.vol.loose_permissions()
+    }
+
     /// Mounts: opens the grant store and the audit log, starts the FUSE
     /// session, the control socket, the key schedules, grant expiry and
     /// the idle watch. On error nothing stays mounted.

@@ -15,7 +15,9 @@ use crate::format::config::VolumeConfig;
 use crate::format::header::{EncryptionContext, RecordKind, SealedRecord, RECORD_LEN};
 use crate::format::keyring;
 use crate::format::layout;
-use crate::format::names::{classify_entry, long_entry_name, EntryClass, NameCipher};
+use crate::format::names::{
+    classify_entry, long_entry_name, unpad_name, EntryClass, NameCipher, NameScheme,
+};
 
 /// A fuzz entry point: arbitrary bytes in, no panic.
 pub type Target = fn(&[u8]);
@@ -108,7 +110,13 @@ pub fn chunk(data: &[u8]) {
 /// symlink target, as found in a backing directory; and the name round trip
 /// for the input taken as a plaintext name.
 pub fn name(data: &[u8]) {
-    let nc = NameCipher::new(&test_key(5), [6; 16]);
+    for scheme in [NameScheme::Exact, NameScheme::Padded16] {
+        name_in(data, NameCipher::with_scheme(&test_key(5), [6; 16], scheme));
+    }
+    let _ = unpad_name(data);
+}
+
+fn name_in(data: &[u8], nc: NameCipher) {
     let text = String::from_utf8_lossy(data);
     let class = classify_entry(&text);
     if class != EntryClass::Internal {

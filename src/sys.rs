@@ -415,6 +415,23 @@ pub fn read_regular(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Like [`read_regular`], refusing (`InvalidData`) a file longer than
+/// `max` bytes without reading more than that: for small files an
+/// attacker could replace with a huge one (a long name's sidecar).
+pub fn read_regular_limited(dir: BorrowedFd<'_>, name: &OsStr, max: usize) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let f = open_regular(dir, name, libc::O_RDONLY)?;
+    let mut out = Vec::new();
+    f.take(max as u64 + 1).read_to_end(&mut out)?;
+    if out.len() > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is larger than {max} bytes", name.to_string_lossy()),
+        ));
+    }
+    Ok(out)
+}
+
 /// Opens the regular file `name` in `dir` read-write, creating it (empty,
 /// with `mode`) when absent. Never follows a symlink or opens another kind
 /// of object at `name`.

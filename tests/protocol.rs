@@ -149,6 +149,9 @@ fn sample_record() -> AuditRecord {
         error: None,
         detail: None,
         keyring_generation: None,
+        count: None,
+        first_ms: None,
+        last_ms: None,
     }
 }
 
@@ -163,7 +166,15 @@ fn sample_verify() -> VerifyResult {
             offset: 4096,
             expected_seq: 31,
             reason: "bad MAC".into(),
+            resumed_seq: Some(32),
         }),
+        breaks: vec![ChainBreakInfo {
+            segment: 2,
+            offset: 4096,
+            expected_seq: 31,
+            reason: "bad MAC".into(),
+            resumed_seq: Some(32),
+        }],
     }
 }
 
@@ -458,14 +469,25 @@ fn lines_from_control_md_still_parse() {
         true,
     );
     let _: VerifyResult = doc_response(
-        r#"{"id":5,"ok":true,"result":{"first_break":null,"last_seq":30,"records":30,"segments":1,"torn_tail_bytes":0},"v":1}"#,
+        r#"{"id":5,"ok":true,"result":{"breaks":[],"first_break":null,"last_seq":30,"records":30,"segments":1,"torn_tail_bytes":0},"v":1}"#,
         true,
     );
     let e: ExportSummary = doc_response(
-        r#"{"id":6,"ok":true,"result":{"exported":2,"verify":{"first_break":null,"last_seq":30,"records":30,"segments":1,"torn_tail_bytes":0}},"v":1}"#,
+        r#"{"id":6,"ok":true,"result":{"exported":2,"verify":{"breaks":[],"first_break":null,"last_seq":30,"records":30,"segments":1,"torn_tail_bytes":0}},"v":1}"#,
         true,
     );
     assert_eq!(e.exported, 2);
+    let v: VerifyResult = doc_response(
+        r#"{"id":5,"ok":true,"result":{"breaks":[{"expected_seq":12,"offset":3301,"reason":"record MAC does not verify (edited, removed or reordered)","resumed_seq":13,"segment":1}],"first_break":{"expected_seq":12,"offset":3301,"reason":"record MAC does not verify (edited, removed or reordered)","resumed_seq":13,"segment":1},"last_seq":30,"records":29,"segments":1,"torn_tail_bytes":0},"v":1}"#,
+        true,
+    );
+    assert_eq!(v.breaks[0].resumed_seq, Some(13));
+    let brk = r#"{"break":{"expected_seq":12,"offset":3301,"reason":"record MAC does not verify (edited, removed or reordered)","resumed_seq":13,"segment":1}}"#;
+    assert!(CONTROL_MD.contains(brk));
+    match serde_json::from_str::<Line>(brk).unwrap() {
+        Line::Break(b) => assert_eq!(b.brk.expected_seq, 12),
+        other => panic!("{other:?}"),
+    }
 
     let rec = r#"{"record":{"grant":"g-2863890d0774f5cd","key_version":1,"op":"decrypt","outcome":"ok","path":"/projects/x/f","principal":{"comm":"cat","gid":1001,"pid":28660,"uid":1001},"seq":11,"time":"2026-11-22T22:33:43.125Z","time_ms":1795386823125}}"#;
     assert!(CONTROL_MD.contains(rec));
@@ -562,25 +584,41 @@ fn mirrored_results_serialize_as_the_library_types() {
         serde_json::to_value(RewrapStatus::from(rewrap.clone())).unwrap(),
         serde_json::to_value(&rewrap).unwrap()
     );
-    for first_break in [
-        None,
-        Some(ChainBreak {
-            segment: 2,
-            offset: 4096,
-            expected_seq: 31,
-            reason: "bad MAC".into(),
-        }),
+    for breaks in [
+        vec![],
+        vec![
+            ChainBreak {
+                segment: 2,
+                offset: 4096,
+                expected_seq: 31,
+                reason: "bad MAC".into(),
+                resumed_seq: Some(33),
+            },
+            ChainBreak {
+                segment: 3,
+                offset: 0,
+                expected_seq: 40,
+                reason: "segment 3 is missing".into(),
+                resumed_seq: None,
+            },
+        ],
     ] {
         let chain = ChainReport {
             segments: 2,
             records: 30,
             last_seq: 30,
             torn_tail_bytes: 0,
-            first_break,
+            breaks,
+            end: None,
         };
+        let mut want = serde_json::to_value(&chain).unwrap();
+        want["first_break"] = want["breaks"]
+            .get(0)
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
         assert_eq!(
             serde_json::to_value(VerifyResult::from(&chain)).unwrap(),
-            serde_json::to_value(&chain).unwrap()
+            want
         );
     }
     // An exported record is the record's own JSON plus `time`.

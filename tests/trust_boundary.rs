@@ -50,7 +50,9 @@ const PLANTS: [Plant; 4] = [
 
 /// sealfs's own names in the cipher directory's root (and, with `sub/`,
 /// in a backing subdirectory), real files and temp names alike.
-const ROOT_NAMES: [&str; 14] = [
+const ROOT_NAMES: [&str; 16] = [
+    "sealfs.root",
+    "sealfs.root.tmp",
     "sealfs.toml",
     "sealfs.toml.tmp",
     "sealfs.keyring",
@@ -66,12 +68,18 @@ const ROOT_NAMES: [&str; 14] = [
     "sealfs.dir.tmp",
     "sealfs.dir.bak.tmp",
 ];
-const SUB_NAMES: [&str; 4] = [
+const SUB_NAMES: [&str; 5] = [
     "sub/sealfs.dir",
     "sub/sealfs.dir.bak",
     "sub/sealfs.dir.tmp",
     "sub/sealfs.dir.bak.tmp",
+    // The sidecar of the long name in /sub (listing /sub and fsck read it).
+    SIDECAR,
 ];
+/// Stands for the sidecar (`sealfs.L.<hash>.name`) of `/sub`'s long name.
+const SIDECAR: &str = "sub/<sidecar>";
+/// A name long enough for a sidecar in every name scheme.
+const LONG_NAME: &str = "a-name-of-two-hundred-bytes-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
 const AUDIT_NAMES: [&str; 2] = ["sealfs.audit/00000001.log", "sealfs.audit/00000002.log.tmp"];
 
 /// Files outside the cipher directory that must stay untouched.
@@ -158,6 +166,17 @@ fn sub_backing(cipher: &Path) -> PathBuf {
 }
 
 fn resolve(cipher: &Path, name: &str) -> PathBuf {
+    if name == SIDECAR {
+        let sub = sub_backing(cipher);
+        return fs::read_dir(&sub)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                let n = p.file_name().unwrap().to_string_lossy();
+                n.starts_with("sealfs.L.") && n.ends_with(".name")
+            })
+            .expect("the long name's sidecar in /sub");
+    }
     match name.strip_prefix("sub/") {
         Some(rest) => sub_backing(cipher).join(rest),
         None => cipher.join(name),
@@ -404,6 +423,8 @@ fn template(base: &Path) -> (PathBuf, PathBuf) {
     fx.mount_ctl();
     fs::create_dir(fx.p("sub")).unwrap();
     fs::write(fx.p("sub/file.txt"), b"content").unwrap();
+    assert_eq!(LONG_NAME.len(), 200);
+    fs::write(fx.p(&format!("sub/{LONG_NAME}")), b"long").unwrap();
     let sock = fx.ctl_socket.clone();
     run_ok(
         Command::new(bin())
@@ -531,4 +552,46 @@ fn keyring_temp_and_lock_symlinks_are_refused_with_a_clear_message() {
         assert_eq!(before, outside.snapshot(), "{name}: outside changed");
         assert!(!outside.dangling.exists(), "{name}: a file was created");
     }
+}
+
+/// docs/FORMAT.md §11: a directory a crash left half made (no record,
+/// only a leftover temp file) is removed by `rmdir` through a mount; it
+/// used to fail with ENOTEMPTY.
+#[test]
+fn rmdir_through_a_mount_removes_a_half_made_directory() {
+    let mut fx = Fixture::new();
+    fx.mount();
+    fs::create_dir(fx.p("half")).unwrap();
+    fs::create_dir(fx.p("keep")).unwrap();
+    fx.unmount();
+    let before: BTreeSet<PathBuf> = fs::read_dir(&fx.cipher)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.is_dir()
+                && !p
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("sealfs")
+        })
+        .collect();
+    assert_eq!(before.len(), 2);
+    // Which backing directory is `half`? Mount, mark `keep`, and look.
+    fx.mount();
+    fs::write(fx.p("keep/marker"), b"m").unwrap();
+    fx.unmount();
+    let half = before
+        .iter()
+        .find(|d| fs::read_dir(d).unwrap().count() == 2)
+        .expect("the backing directory of /half")
+        .clone();
+    for r in ["sealfs.dir", "sealfs.dir.bak"] {
+        fs::remove_file(half.join(r)).unwrap();
+    }
+    fs::write(half.join("sealfs.dir.tmp"), b"half-written record").unwrap();
+    fx.mount();
+    fs::remove_dir(fx.p("half")).expect("rmdir of a half-made directory");
+    assert!(!half.exists());
+    assert_eq!(fs::read(fx.p("keep/marker")).unwrap(), b"m");
 }

@@ -16,18 +16,19 @@ use serde_json::Value;
 
 use super::protocol::{
     error_line, ok_line, AuditPosition, CancelDeletionResult, CensusResult, DisabledResult,
-    ErrorCode, ExportSummary, ExportedLine, ExportedRecord, FsckResult, GrantCreated, GrantInfo,
-    GrantList, GrantRetired, GrantRevoked, MetricsResult, Op, Request, RewrapStarted, RotateResult,
-    RotationPeriodResult, ScheduleDeletionResult, StatusResult, TrimResult, UntrimResult,
-    VerifyResult, VersionState, VersionStatus,
+    ErrorCode, ExportSummary, ExportedBreak, ExportedLine, ExportedRecord, FsckResult,
+    GrantCreated, GrantInfo, GrantList, GrantRetired, GrantRevoked, MetricsResult, Op, Request,
+    RewrapStarted, RotateResult, RotationPeriodResult, ScheduleDeletionResult, StatusResult,
+    TrimResult, UntrimResult, VerifyResult, VersionState, VersionStatus,
 };
 use super::server::Peer;
 use super::ControlContext;
+use crate::format::audit::ChainEvent;
 use crate::format::grants::{self as gfmt, Grant, Grantee, OpSet};
 use crate::format::keyring::KeyState;
 use crate::keyring::{now_secs, KeyringError};
 use crate::kms::{self, KeyError, KeyService, OnMount};
-use crate::policy::audit::verify_log;
+use crate::policy::audit::{verify_log, verify_log_anchored};
 use crate::policy::filter::AuditFilter;
 use crate::policy::grants::{GrantStore, GrantStoreError};
 use crate::policy::{read_proc, Event};
@@ -36,6 +37,20 @@ use crate::volume::{Volume, VolumeError};
 /// A failed request: its error code and message.
 type Failure = (ErrorCode, String);
 type Handled = Result<Value, Failure>;
+
+/// Records a control request refused because `peer` is neither the
+/// mount owner nor root (aggregated like every denial).
+pub(super) fn deny_control(ctx: &ControlContext, peer: Peer) {
+    ctx.access.record_denial(
+        (peer.uid, peer.gid, peer.pid),
+        || peer.principal(),
+        Event {
+            outcome: "denied",
+            error: Some("not the mount owner or root".into()),
+            ..Event::ok("control", None)
+        },
+    );
+}
 
 /// Answers `req` from `peer` (already admitted): the response line.
 /// `audit_export` streams its records to `out` first.
@@ -110,6 +125,7 @@ fn dispatch(ctx: &ControlContext, op: &Op, peer: Peer) -> Handled {
         | Op::GrantRevoke { .. } => handle_grant(ctx, op, peer),
         Op::AuditExport { .. } => Err((ErrorCode::Invalid, "audit_export streams".into())),
         Op::AuditVerify => {
+            ctx.access.flush_denials();
             if let Some(a) = ctx.access.audit_log() {
                 let _ = a.sync();
             }
@@ -439,6 +455,22 @@ fn handle_grant(ctx: &ControlContext, op: &Op, peer: Peer) -> Handled {
             let admin = peer.uid == 0 || peer.uid == ctx.owner_uid;
             let mut gids = read_proc(peer.pid).1;
             gids.push(peer.gid);
+            if !admin {
+                // A stranger's wrong guess is a denial (aggregated), not
+                // two records per attempt.
+                if let Err(e) = store.retirable(&token.0, peer.uid, &gids, admin) {
+                    ctx.access.record_denial(
+                        (peer.uid, peer.gid, peer.pid),
+                        || peer.principal(),
+                        Event {
+                            outcome: "denied",
+                            error: Some(e.to_string()),
+                            ..Event::ok("grant_retire", None)
+                        },
+                    );
+                    return Err(grant_err(e));
+                }
+            }
             audit_control(ctx, peer, "grant_retire", None)?;
             let r = store.retire(&token.0, peer.uid, &gids, admin);
             let g = record_grant_end(ctx, peer, "grant_retire", "grant_retired", "denied", r)?;
@@ -476,23 +508,33 @@ fn export_audit(ctx: &ControlContext, op: &Op, out: &mut dyn Write) -> Handled {
         operation.as_deref(),
     )
     .map_err(|e| (ErrorCode::Invalid, e))?;
+    ctx.access.flush_denials();
     if let Some(a) = ctx.access.audit_log() {
         let _ = a.sync();
     }
     let mut exported = 0u64;
     let mut write_err = None;
-    let report = verify_log(&ctx.vol, &mut |r| {
-        if write_err.is_none() && filter.matches(r) {
-            let line = ExportedLine {
-                record: ExportedRecord::from(r),
-            };
-            let written = serde_json::to_value(&line)
-                .map_err(std::io::Error::other)
-                .and_then(|v| writeln!(out, "{v}"));
-            if let Err(e) = written {
-                write_err = Some(e);
+    // Past a break the export goes on with the next record that verifies;
+    // each break is streamed where it happened.
+    let report = verify_log_anchored(&ctx.vol, None, &mut |e| {
+        if write_err.is_some() {
+            return;
+        }
+        let v = match e {
+            ChainEvent::Record(r) if filter.matches(r) => {
+                exported += 1;
+                serde_json::to_value(ExportedLine {
+                    record: ExportedRecord::from(r),
+                })
             }
-            exported += 1;
+            ChainEvent::Record(_) => return,
+            ChainEvent::Break(b) => serde_json::to_value(ExportedBreak { brk: b.into() }),
+        };
+        let written = v
+            .map_err(std::io::Error::other)
+            .and_then(|v| writeln!(out, "{v}"));
+        if let Err(e) = written {
+            write_err = Some(e);
         }
     })
     .map_err(|e| (ErrorCode::Internal, e.to_string()))?;

@@ -2,7 +2,8 @@
 //! [`protocol`] (docs/CONTROL.md), and the client side for `sealfs ctl`.
 //!
 //! Rooms: [`protocol`] (the typed requests and results, pure), `server`
-//! (the socket, peer checks, limits, threads), `handlers` (what each
+//! (accepting, peer checks, limits, threads), [`socket`] (the socket file,
+//! its directory, both ends' credentials), `handlers` (what each
 //! request does: key operations through [`crate::kms::KeyService`],
 //! grants, audit, fsck, status), [`client`] (`call::<Result>()`).
 //!
@@ -16,6 +17,7 @@ pub mod client;
 mod handlers;
 pub mod protocol;
 mod server;
+pub mod socket;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,7 +30,7 @@ use crate::kms::MountHooks;
 use crate::policy::AccessControl;
 use crate::volume::walk::{Census, RewrapProgress};
 use crate::volume::Volume;
-pub use server::{serve, ControlServer};
+pub use server::{serve, serve_with, ControlServer, Limits};
 
 /// The default socket path of the mount at `mountpoint` (canonical path):
 /// `/run/sealfs/` for root, `$XDG_RUNTIME_DIR/sealfs/` (or
@@ -38,14 +40,7 @@ pub fn default_socket_path(mountpoint: &Path) -> PathBuf {
     let name = format!("mnt-{}.sock", &hex(&h)[..16]);
     // SAFETY: geteuid has no failure mode.
     let uid = unsafe { libc::geteuid() };
-    let dir = if uid == 0 {
-        PathBuf::from("/run/sealfs")
-    } else if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR") {
-        PathBuf::from(x).join("sealfs")
-    } else {
-        PathBuf::from(format!("/tmp/sealfs-{uid}"))
-    };
-    dir.join(name)
+    socket::default_socket_dir(uid).join(name)
 }
 
 /// Everything a request handler may touch: one mount.

@@ -1,39 +1,79 @@
-//! The control socket: binding it, accepting connections, checking peers,
+//! The control socket: accepting connections, admitting them by peer,
 //! reading request lines and writing response lines.
 //!
-//! Owns: the socket file (mode 0600, or 0666 for mounts with allow_other),
-//! `SO_PEERCRED` (the mount owner and root administer; anyone else may only
-//! retire their own grant), one thread per connection with read/write
-//! timeouts, the cap on concurrent connections, and the line-length cap.
+//! Owns: `SO_PEERCRED` admission (the mount owner and root administer;
+//! anyone else may only retire their own grant), the connection limits
+//! ([`Limits`]: a total, slots kept for the owner and root that nobody
+//! else can take, a cap per other uid), the idle timeout (a connection
+//! that does not complete a request line in time is closed, however
+//! slowly it trickles bytes), the write timeout, the line-length caps, and
+//! one thread per admitted connection. The socket file itself is
+//! [`super::socket`]'s.
 //! Must never: decide what a request does (that is [`super::handlers`]),
-//! block file I/O, or outlive its [`ControlServer`] (dropping it stops
-//! accepting and removes the file).
+//! block file I/O, let one uid take the slots another needs, or outlive
+//! its [`ControlServer`] (dropping it stops accepting and removes the
+//! file).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use serde_json::Value;
 
 use super::handlers;
 use super::protocol::{error_line, parse_request, ErrorCode, Op, MAX_LINE};
+use super::socket::{self, BoundSocket};
 use super::ControlContext;
 use crate::format::audit::Principal;
-use crate::policy::{read_proc, Event};
+use crate::policy::read_proc;
 
-const MAX_CONNECTIONS: usize = 32;
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// The connection limits of a control socket (docs/CONTROL.md §1).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections open at once, all peers together.
+    pub total: usize,
+    /// Of those, how many only the mount owner and root may use: other
+    /// users together never get more than `total - reserved`.
+    pub reserved: usize,
+    /// Connections one uid other than the owner and root may hold.
+    pub per_uid: usize,
+    /// How long the owner or root may take to send a whole request line
+    /// (from the connection's start or the previous response).
+    pub idle_admin: Duration,
+    /// The same for everyone else.
+    pub idle_other: Duration,
+    /// How long a response may wait for the client to read it.
+    pub write_timeout: Duration,
+    /// Longest request line from someone other than the owner and root
+    /// (their only request, `grant_retire`, is a few hundred bytes).
+    pub max_line_other: usize,
+}
+
+impl Limits {
+    /// The limits every mount uses.
+    pub const DEFAULT: Limits = Limits {
+        total: 64,
+        reserved: 16,
+        per_uid: 4,
+        idle_admin: Duration::from_secs(60),
+        idle_other: Duration::from_secs(10),
+        write_timeout: Duration::from_secs(30),
+        max_line_other: 4096,
+    };
+}
 
 /// A listening control socket: stops accepting and removes its file when
 /// dropped.
 pub struct ControlServer {
     path: PathBuf,
     listener: UnixListener,
+    bound: BoundSocket,
     stopped: Arc<AtomicBool>,
 }
 
@@ -50,16 +90,7 @@ impl Drop for ControlServer {
         // Wakes the accept loop (accept fails on a shut-down listener).
         // SAFETY: a valid socket fd, owned by `self.listener`.
         unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-/// One of the [`MAX_CONNECTIONS`] connection slots, given back on drop.
-struct ConnectionSlot(Arc<AtomicUsize>);
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.bound.remove();
     }
 }
 
@@ -83,72 +114,116 @@ impl Peer {
     }
 }
 
-fn peer_cred(s: &UnixStream) -> Option<Peer> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: valid fd, pointer and length for SO_PEERCRED.
-    let r = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    (r == 0).then_some(Peer {
-        uid: cred.uid,
-        gid: cred.gid,
-        pid: cred.pid as u32,
-    })
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    /// Connections of peers other than the owner and root.
+    others: usize,
+    by_uid: HashMap<u32, usize>,
 }
 
-/// Binds the socket at `path` (mode 0600) and serves it on a thread.
+/// The open connections, by peer.
+struct Slots {
+    limits: Limits,
+    counts: Mutex<Counts>,
+}
+
+/// One admitted connection's slot, given back on drop (also when serving
+/// it panics, or its thread cannot start).
+struct Slot {
+    slots: Arc<Slots>,
+    uid: u32,
+    admin: bool,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.slots.counts.lock();
+        c.total -= 1;
+        if !self.admin {
+            c.others -= 1;
+            if let Some(n) = c.by_uid.get_mut(&self.uid) {
+                *n -= 1;
+                if *n == 0 {
+                    c.by_uid.remove(&self.uid);
+                }
+            }
+        }
+    }
+}
+
+impl Slots {
+    /// A slot for a peer with `uid` (`admin`: the owner or root), or why not.
+    fn take(self: &Arc<Self>, uid: u32, admin: bool) -> Result<Slot, &'static str> {
+        let l = self.limits;
+        let mut c = self.counts.lock();
+        if c.total >= l.total {
+            return Err("too many control connections");
+        }
+        if !admin {
+            if c.others >= l.total - l.reserved {
+                return Err("too many control connections from other users");
+            }
+            if c.by_uid.get(&uid).copied().unwrap_or(0) >= l.per_uid {
+                return Err("too many control connections from this user");
+            }
+            c.others += 1;
+            *c.by_uid.entry(uid).or_default() += 1;
+        }
+        c.total += 1;
+        Ok(Slot {
+            slots: self.clone(),
+            uid,
+            admin,
+        })
+    }
+}
+
+/// Refuses a connection with one error line, without waiting on the peer.
+fn refuse(stream: UnixStream, why: &str) {
+    let _ = stream.set_nonblocking(true);
+    let mut s = stream;
+    let _ = writeln!(s, "{}", error_line(&Value::Null, ErrorCode::Busy, why));
+}
+
+/// Binds the socket at `path` (mode 0600, 0666 for an `allow_other`
+/// mount) and serves it on a thread with [`Limits::DEFAULT`].
 pub fn serve(path: &Path, ctx: Arc<ControlContext>) -> std::io::Result<ControlServer> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        use std::os::unix::fs::FileTypeExt;
-        if !meta.file_type().is_socket() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                format!(
-                    "control socket path {} exists and is not a socket; choose another --ctl-socket",
-                    path.display()
-                ),
-            ));
-        }
-        if UnixStream::connect(path).is_ok() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                format!(
-                    "control socket {} is in use by another mount",
-                    path.display()
-                ),
-            ));
-        }
-        std::fs::remove_file(path)?;
-    }
-    // SAFETY: umask only affects this process's file creation mode.
-    let old = unsafe { libc::umask(0o177) };
-    let bound = UnixListener::bind(path);
-    // SAFETY: restores the previous umask.
-    unsafe { libc::umask(old) };
-    let listener = bound?;
-    let mode = if ctx.shared_socket { 0o666 } else { 0o600 };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    serve_with(path, ctx, Limits::DEFAULT)
+}
+
+/// [`serve`] with other limits.
+pub fn serve_with(
+    path: &Path,
+    ctx: Arc<ControlContext>,
+    limits: Limits,
+) -> std::io::Result<ControlServer> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidInput,
+            format!("control socket path {} names no file", path.display()),
+        ));
+    };
+    // The default directory is private and checked; one the user chose
+    // with --ctl-socket is used as it is.
+    // SAFETY: geteuid has no failure mode.
+    let dir_fd = if dir == socket::default_socket_dir(unsafe { libc::geteuid() }) {
+        socket::open_private_dir(dir, ctx.shared_socket)?
+    } else {
+        socket::open_chosen_dir(dir)?
+    };
+    let (listener, bound) = socket::bind(dir_fd, name, path, ctx.shared_socket)?;
     let server = ControlServer {
         path: path.to_path_buf(),
         listener: listener.try_clone()?,
+        bound,
         stopped: Arc::new(AtomicBool::new(false)),
     };
     let stopped = server.stopped.clone();
-    let active = Arc::new(AtomicUsize::new(0));
+    let slots = Arc::new(Slots {
+        limits,
+        counts: Mutex::new(Counts::default()),
+    });
     std::thread::Builder::new()
         .name("sealfs-ctl".into())
         .spawn(move || {
@@ -157,93 +232,145 @@ pub fn serve(path: &Path, ctx: Arc<ControlContext>) -> std::io::Result<ControlSe
                     return;
                 }
                 let Ok(stream) = conn else { continue };
-                if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
-                    active.fetch_sub(1, Ordering::AcqRel);
-                    let mut s = stream;
-                    let _ = writeln!(
-                        s,
-                        "{}",
-                        error_line(
-                            &Value::Null,
-                            ErrorCode::Busy,
-                            "too many control connections"
-                        )
-                    );
+                let Some(cred) = socket::peer_cred(stream.as_fd()) else {
                     continue;
-                }
+                };
+                let peer = Peer {
+                    uid: cred.uid,
+                    gid: cred.gid,
+                    pid: cred.pid,
+                };
+                let admin = peer.uid == 0 || peer.uid == ctx.owner_uid;
+                let slot = match slots.take(peer.uid, admin) {
+                    Ok(s) => s,
+                    Err(why) => {
+                        crate::metrics::denied(crate::metrics::Denial::ControlPeer);
+                        refuse(stream, why);
+                        continue;
+                    }
+                };
                 let ctx = ctx.clone();
-                // Frees the slot even if serving the connection panics, or
-                // if its thread cannot start (the closure is dropped then).
-                let slot = ConnectionSlot(active.clone());
                 let _ = std::thread::Builder::new()
                     .name("sealfs-ctl-conn".into())
                     .spawn(move || {
                         let _slot = slot;
-                        serve_connection(stream, &ctx);
+                        serve_connection(stream, &ctx, peer, admin, &limits);
                     });
             }
         })?;
     Ok(server)
 }
 
-fn serve_connection(stream: UnixStream, ctx: &ControlContext) {
-    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-    let peer = peer_cred(&stream);
+/// How reading one request line ended.
+enum Read {
+    /// A line (without its newline; a last line without one counts too).
+    Line(Vec<u8>),
+    /// The peer closed the connection.
+    Closed,
+    /// No whole line came in time.
+    Idle,
+    /// The line is longer than the cap.
+    TooLong,
+}
+
+/// Reads one request line that must be complete by `deadline`: a peer
+/// that trickles bytes does not get more time than one that sends none.
+fn read_line(reader: &mut BufReader<UnixStream>, deadline: Instant, max: usize) -> Read {
+    let mut line = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || reader.get_ref().set_read_timeout(Some(left)).is_err() {
+            return Read::Idle;
+        }
+        let buf = match reader.fill_buf() {
+            Ok(b) => b,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Read::Idle
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return Read::Closed,
+        };
+        if buf.is_empty() {
+            return if line.is_empty() {
+                Read::Closed
+            } else {
+                Read::Line(line)
+            };
+        }
+        let (take, done) = match buf.iter().position(|b| *b == b'\n') {
+            Some(i) => (i, true),
+            None => (buf.len(), false),
+        };
+        if line.len() + take > max {
+            return Read::TooLong;
+        }
+        line.extend_from_slice(&buf[..take]);
+        reader.consume(take + usize::from(done));
+        if done {
+            return Read::Line(line);
+        }
+    }
+}
+
+fn serve_connection(
+    stream: UnixStream,
+    ctx: &ControlContext,
+    peer: Peer,
+    admin: bool,
+    limits: &Limits,
+) {
+    let _ = stream.set_write_timeout(Some(limits.write_timeout));
     let Ok(mut out) = stream.try_clone() else {
         return;
     };
+    let (idle, max_line) = if admin {
+        (limits.idle_admin, MAX_LINE)
+    } else {
+        (limits.idle_other, limits.max_line_other.min(MAX_LINE))
+    };
     let mut reader = BufReader::new(stream);
     loop {
-        let mut line = Vec::new();
-        // Read at most MAX_LINE + 1 bytes of one line.
-        let n = match (&mut reader)
-            .take(MAX_LINE as u64 + 1)
-            .read_until(b'\n', &mut line)
-        {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
+        let line = match read_line(&mut reader, Instant::now() + idle, max_line) {
+            Read::Line(l) => l,
+            Read::Closed => return,
+            Read::Idle => {
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    error_line(
+                        &Value::Null,
+                        ErrorCode::Busy,
+                        &format!("no complete request within {} s; closing", idle.as_secs())
+                    )
+                );
+                return;
+            }
+            Read::TooLong => {
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    error_line(
+                        &Value::Null,
+                        ErrorCode::TooLarge,
+                        &format!("request longer than {max_line} bytes; closing")
+                    )
+                );
+                return;
+            }
         };
-        let complete = line.last() == Some(&b'\n');
-        if !complete && n > MAX_LINE {
-            let _ = writeln!(
-                out,
-                "{}",
-                error_line(
-                    &Value::Null,
-                    ErrorCode::TooLarge,
-                    &format!("request longer than {MAX_LINE} bytes; closing")
-                )
-            );
-            return;
-        }
-        if complete {
-            line.pop();
-        }
         if line.iter().all(|b| b.is_ascii_whitespace()) {
             continue;
         }
-        let reply = match (parse_request(&line), peer) {
-            (Err(e), _) => error_line(&e.id, e.code, &e.message),
-            (Ok(req), Some(p)) if p.uid == 0 || p.uid == ctx.owner_uid => {
-                handlers::handle(ctx, &req, p, &mut out)
-            }
+        let reply = match parse_request(&line) {
+            Err(e) => error_line(&e.id, e.code, &e.message),
+            Ok(req) if admin => handlers::handle(ctx, &req, peer, &mut out),
             // Anyone may retire a grant they hold, with its token.
-            (Ok(req), Some(p)) if matches!(req.op, Op::GrantRetire { .. }) => {
-                handlers::handle(ctx, &req, p, &mut out)
+            Ok(req) if matches!(req.op, Op::GrantRetire { .. }) => {
+                handlers::handle(ctx, &req, peer, &mut out)
             }
-            (Ok(req), p) => {
+            Ok(req) => {
                 crate::metrics::denied(crate::metrics::Denial::ControlPeer);
-                if let Some(p) = p {
-                    let _ = ctx.access.record_principal(
-                        p.principal(),
-                        Event {
-                            outcome: "denied",
-                            error: Some("not the mount owner or root".into()),
-                            ..Event::ok("control", None)
-                        },
-                    );
-                }
+                handlers::deny_control(ctx, peer);
                 error_line(
                     &req.id,
                     ErrorCode::Forbidden,

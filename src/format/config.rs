@@ -26,11 +26,15 @@ pub const KNOWN_FEATURES: &[&str] = &[
     "long-names",
     "path-bound-keys",
     "keyslots",
+    "padded-names",
     FEATURE_SEALED_GROUP_STATE,
 ];
 /// The feature flag of a keyring with keyslots (layout 2): a build
 /// without it refuses the volume rather than misread its keyring.
 pub const FEATURE_KEYSLOTS: &str = "keyslots";
+/// The feature flag of names padded to 16 bytes before sealing
+/// (docs/FORMAT.md §7.1); volumes without it seal names as they are.
+pub const PADDED_NAMES: &str = "padded-names";
 /// The feature flag of sealed group states (docs/FORMAT.md §4): new volumes
 /// have it; a volume without it keeps the first content format.
 pub const FEATURE_SEALED_GROUP_STATE: &str = "sealed-group-state";

@@ -15,3 +15,4 @@ pub mod keyring;
 pub mod layout;
 pub mod names;
 pub mod reserved;
+pub mod rootattrs;

@@ -30,6 +30,8 @@ pub const LOCK_FILE: &str = "sealfs.lock";
 pub const GRANTS_FILE: &str = "sealfs.grants";
 /// The audit log's folder (§12).
 pub const AUDIT_DIR: &str = "sealfs.audit";
+/// The mount root's presented mode, owner and group, sealed (§5.1).
+pub const ROOT_ATTRS_FILE: &str = "sealfs.root";
 /// Prefix of long-name entries: `sealfs.L.<base64url(sha256(full))>` (§7.2).
 pub const LONG_NAME_PREFIX: &str = "sealfs.L.";
 /// Suffix of the sidecar file holding a long name's full encrypted form.
@@ -48,13 +50,14 @@ pub const SALVAGE_PREFIX: &str = "salvage-";
 pub const BACKING_LOST_FOUND: &str = "lost+found";
 
 /// Bookkeeping names of the volume root (besides [`DIR_RECORDS`]).
-pub const ROOT_BOOKKEEPING: [&str; 7] = [
+pub const ROOT_BOOKKEEPING: [&str; 8] = [
     CONFIG_FILE,
     KEYRING_FILE,
     KEYRING_BACKUP,
     LOCK_FILE,
     AUDIT_DIR,
     GRANTS_FILE,
+    ROOT_ATTRS_FILE,
     BACKING_LOST_FOUND,
 ];
 

@@ -15,7 +15,7 @@ use crate::volume::backing::{self, TimeSpec};
 use crate::volume::EntryKind;
 
 use crate::fs::inodes::Inode;
-use crate::fs::{FsResult, SealFs};
+use crate::fs::{FsResult, SealFs, ROOT};
 
 pub(super) fn file_type(mode: u32) -> FileType {
     match mode & libc::S_IFMT {
@@ -67,6 +67,15 @@ pub(super) fn time_spec(t: Option<TimeOrNow>) -> TimeSpec {
 impl SealFs {
     /// The attributes of `inode`, whose backing object has `st`.
     pub(super) fn attr(&self, inode: &Inode, st: &libc::stat) -> FileAttr {
+        if inode.ino == ROOT {
+            let mut st = *st;
+            crate::volume::rootattrs::present(self.root_attrs.read().as_ref(), &mut st);
+            return self.attr_of(inode, &st);
+        }
+        self.attr_of(inode, st)
+    }
+
+    fn attr_of(&self, inode: &Inode, st: &libc::stat) -> FileAttr {
         let ts = |s: i64, n: i64| {
             if s >= 0 {
                 UNIX_EPOCH + Duration::new(s as u64, n as u32)
@@ -114,6 +123,29 @@ impl SealFs {
     pub(super) fn stat_inode(&self, inode: &Inode) -> FsResult<FileAttr> {
         let st = self.with_backing(inode, backing::stat)?;
         Ok(self.attr(inode, &st))
+    }
+
+    /// chmod/chown of the mount root: its presented attributes change
+    /// (`sealfs.root`), never the cipher directory's own.
+    pub(super) fn change_root_attrs(
+        &self,
+        root: &Inode,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> FsResult<()> {
+        let st = self.with_backing(root, backing::stat)?;
+        let dir = self.root_dir()?;
+        let mut cached = self.root_attrs.write();
+        let a = self
+            .vol
+            .change_root_attrs(&dir, &st, mode, uid, gid)
+            .map_err(|e| {
+                tracing::warn!("cannot store the root's attributes: {e}");
+                Errno::from_i32(e.errno())
+            })?;
+        *cached = Some(a);
+        Ok(())
     }
 
     /// The plaintext target of a symlink inode.

@@ -102,6 +102,9 @@ pub struct SealFs {
     /// Free space in CIPHERDIR: below its margin new opens are
     /// write-through (None: a volume opened read-only, or not watched).
     space: std::sync::OnceLock<SpaceGuard>,
+    /// The root's presented mode, owner and group (`sealfs.root`); `None`:
+    /// the cipher directory's own.
+    root_attrs: RwLock<Option<crate::volume::rootattrs::RootAttrs>>,
 }
 
 impl SealFs {
@@ -110,6 +113,16 @@ impl SealFs {
         let root_fd = vol.root_fd()?;
         let st = backing::stat(root_fd.as_fd(), OsStr::new(""))?;
         let root_dir = vol.load_dir(root_fd.as_fd(), &EncryptionContext::ROOT)?;
+        let root_attrs = match vol.root_attrs(&root_dir) {
+            Ok(a) => a,
+            // Damaged (fsck reports it): the root shows the cipher
+            // directory's own attributes, which fail closed (0700).
+            Err(e) if e.is_integrity() || matches!(e, VolumeError::Io(_)) => {
+                tracing::warn!("the root's attributes (sealfs.root) do not open: {e}; showing the cipher directory's");
+                None
+            }
+            Err(e) => return Err(e),
+        };
         let table = Table::with_root(root_fd, st.st_ino, root_dir);
         let records = Arc::new(RecordFlusher {
             vol: vol.clone(),
@@ -128,6 +141,7 @@ impl SealFs {
             reclaim: ReclaimQueue::new(),
             policy,
             space: std::sync::OnceLock::new(),
+            root_attrs: RwLock::new(root_attrs),
         })
     }
 

@@ -59,7 +59,8 @@ pub struct AcceptedRollback {
 
 /// The generation a record proves was stored.
 fn proven(rec: &crate::format::audit::AuditRecord) -> Option<u32> {
-    let g = rec.keyring_generation?;
+    // A generation that does not fit the keyring's u32 proves nothing.
+    let g = u32::try_from(rec.keyring_generation?).ok()?;
     Some(if rec.op == "keyring_stored" {
         g
     } else {

@@ -228,7 +228,7 @@ impl<'a> KeyService<'a> {
             op: op.to_string(),
             key_version,
             detail,
-            keyring_generation: generation,
+            keyring_generation: generation.map(u64::from),
             principal: self.actor(),
             ..AuditLog::daemon_record()
         })

@@ -22,9 +22,11 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::format::audit::{
-    self as afmt, AuditKeys, AuditRecord, ChainReport, Principal, RecordStep, SegmentHeader,
-    MAC_LEN, SEGMENT_HEADER_LEN,
+    self as afmt, AuditKeys, AuditRecord, ChainEvent, ChainReport, Principal, RecordStep,
+    SegmentHeader, MAC_LEN, SEGMENT_HEADER_LEN,
 };
+pub use crate::format::audit::{AnchorCheck, AuditHead, KeyringAnchor};
+use crate::format::reserved;
 use crate::{sys, volume::Volume};
 
 /// The audit folder in CIPHERDIR.
@@ -100,11 +102,18 @@ fn open_audit_dir(root: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
 /// Reads every segment of the log in the cipher directory `root`:
 /// (number, bytes).
 pub fn read_segments(root: BorrowedFd<'_>) -> io::Result<Vec<(u64, Vec<u8>)>> {
+    read_segments_from(root, 1)
+}
+
+/// Reads the segments numbered `first` and up (see [`read_segments`]).
+/// Nothing is created: no log, no segments.
+pub fn read_segments_from(root: BorrowedFd<'_>, first: u64) -> io::Result<Vec<(u64, Vec<u8>)>> {
     let Some(dir) = open_audit_dir(root)? else {
         return Ok(Vec::new());
     };
     list_segments(dir.as_fd())?
         .into_iter()
+        .filter(|n| *n >= first)
         .map(|n| sys::read_regular(dir.as_fd(), OsStr::new(&segment_name(n))).map(|b| (n, b)))
         .collect()
 }
@@ -116,6 +125,13 @@ struct KeyCache {
 }
 
 impl KeyCache {
+    fn new(vol: &Arc<Volume>) -> Self {
+        KeyCache {
+            vol: vol.clone(),
+            keys: Mutex::new(HashMap::new()),
+        }
+    }
+
     fn get(&self, version: u32) -> Option<Arc<AuditKeys>> {
         if let Some(k) = self.keys.lock().get(&version) {
             return Some(k.clone());
@@ -130,22 +146,72 @@ impl KeyCache {
     }
 }
 
-/// Verifies the whole log of `vol` (offline or live); each good record goes to `on_record`.
+/// Verifies the whole log of `vol` (offline or live); each good record goes
+/// to `on_record`. The walk goes on past every break (all are in the
+/// report).
 pub fn verify_log(
     vol: &Arc<Volume>,
     on_record: &mut dyn FnMut(&AuditRecord),
 ) -> io::Result<ChainReport> {
+    verify_log_anchored(vol, None, &mut |e| {
+        if let ChainEvent::Record(r) = e {
+            on_record(r)
+        }
+    })
+}
+
+/// [`verify_log`] with records and breaks in log order, and checked
+/// against the keyring's `anchor` (see
+/// [`verify_chain_anchored`](crate::format::audit::verify_chain_anchored)):
+/// a deleted log, or one cut before the anchor, does not verify.
+pub fn verify_log_anchored(
+    vol: &Arc<Volume>,
+    anchor: Option<&KeyringAnchor>,
+    on_event: &mut dyn FnMut(ChainEvent<'_>),
+) -> io::Result<ChainReport> {
     let segs = read_segments(vol.root())?;
-    let cache = KeyCache {
-        vol: vol.clone(),
-        keys: Mutex::new(HashMap::new()),
-    };
-    Ok(afmt::verify_chain(
+    let cache = KeyCache::new(vol);
+    Ok(afmt::verify_chain_anchored(
         segs.iter().map(|(n, b)| (*n, b.as_slice())),
         &vol.volume_id(),
         &mut |v| cache.get(v),
-        on_record,
+        anchor,
+        on_event,
     ))
+}
+
+/// Whether `head` (the keyring's rollback anchor) is still in the log of
+/// `vol`, and which keyring generation the records after it name last.
+/// Reads the head's segment and those after it; creates nothing, so call
+/// it before [`AuditLog::open`] (which starts a new log where there is
+/// none). A missing `sealfs.audit` is [`AnchorCheck::Missing`].
+pub fn check_anchor(vol: &Arc<Volume>, head: &AuditHead) -> io::Result<AnchorCheck> {
+    let earlier = match open_audit_dir(vol.root())? {
+        Some(dir) => list_segments(dir.as_fd())?
+            .into_iter()
+            .filter(|n| *n < head.segment)
+            .collect(),
+        None => Vec::new(),
+    };
+    let segs = read_segments_from(vol.root(), head.segment)?;
+    let cache = KeyCache::new(vol);
+    Ok(afmt::check_anchor(
+        earlier
+            .into_iter()
+            .map(|n| (n, &[][..]))
+            .chain(segs.iter().map(|(n, b)| (*n, b.as_slice()))),
+        &vol.volume_id(),
+        &mut |v| cache.get(v),
+        head,
+    ))
+}
+
+/// The head of the log of `vol` as it is on disk (offline: without
+/// opening it for appending), or None when there is no log or its last
+/// segment does not verify to its end. What an offline keyring change
+/// anchors to.
+pub fn read_head(vol: &Arc<Volume>) -> io::Result<Option<AuditHead>> {
+    Ok(verify_log(vol, &mut |_| {})?.end)
 }
 
 struct Writer {
@@ -212,10 +278,7 @@ impl AuditLog {
                 sys::open_subdir(vol.root(), OsStr::new(AUDIT_DIR))?
             }
         };
-        let keys = KeyCache {
-            vol: vol.clone(),
-            keys: Mutex::new(HashMap::new()),
-        };
+        let keys = KeyCache::new(&vol);
         let mut notes = Vec::new();
         let segments = list_segments(dir.as_fd())?;
         let writer = match segments.last() {
@@ -247,24 +310,16 @@ impl AuditLog {
     pub fn daemon_record() -> AuditRecord {
         // SAFETY: getuid/getgid/getpid have no failure modes.
         let (uid, gid, pid) = unsafe { (libc::geteuid(), libc::getegid(), libc::getpid()) };
-        AuditRecord {
-            seq: 0,
-            time_ms: 0,
-            principal: Principal {
+        AuditRecord::new(
+            Principal {
                 uid,
                 gid,
                 pid: pid as u32,
                 comm: Some("sealfs".into()),
             },
-            op: String::new(),
-            key_version: None,
-            path: None,
-            grant: None,
-            outcome: "ok".into(),
-            error: None,
-            detail: None,
-            keyring_generation: None,
-        }
+            "",
+            "ok",
+        )
     }
 
     fn new_segment(
@@ -291,7 +346,7 @@ impl AuditLog {
         // Made whole under a temporary name, then linked in: a crash never
         // leaves a segment without its complete header.
         let name = segment_name(segment);
-        let tmp = format!("{name}.tmp");
+        let tmp = reserved::temp_name(&name);
         let (name, tmp) = (OsStr::new(&name), OsStr::new(&tmp));
         sys::remove_stale_regular(dir, tmp)?;
         let made = (|| -> io::Result<File> {
@@ -474,6 +529,20 @@ impl AuditLog {
         super::audit_head::AuditHead {
             segment: w.segment,
             seq: w.next_seq,
+            chain_mac: w.chain,
+        }
+    }
+
+    /// The position after the last record appended, in the form
+    /// [`check_anchor`] and [`verify_log_anchored`] take (`seq` is the
+    /// last record's, not the next one's as in [`AuditLog::head`]).
+    /// Appends after this call move it on: take it under the same lock as
+    /// the change it anchors if nothing may come in between.
+    pub fn last_position(&self) -> AuditHead {
+        let w = self.writer.lock();
+        AuditHead {
+            segment: w.segment,
+            seq: w.next_seq - 1,
             chain_mac: w.chain,
         }
     }

@@ -264,6 +264,20 @@ impl GrantStore {
         gids: &[u32],
         admin: bool,
     ) -> Result<Grant, GrantStoreError> {
+        let found = self.retirable(token, uid, gids, admin)?;
+        self.revoke(&found.id)
+    }
+
+    /// The grant `token` would retire for `uid` (in groups `gids`; `admin`:
+    /// the owner or root, who may retire any), without retiring it: a
+    /// stranger's guess is refused before anything is written.
+    pub fn retirable(
+        &self,
+        token: &str,
+        uid: u32,
+        gids: &[u32],
+        admin: bool,
+    ) -> Result<Grant, GrantStoreError> {
         let digest = gfmt::token_digest(token);
         let found = self
             .state
@@ -276,7 +290,7 @@ impl GrantStore {
         if !admin && !found.grantee.matches(uid, gids) {
             return Err(GrantStoreError::NotGrantee);
         }
-        self.revoke(&found.id)
+        Ok(found)
     }
 
     /// Removes grants whose expiry passed; returns them.

@@ -4,8 +4,8 @@
 //!
 //! Owns: [`AccessControl`] (the decision call into [`GrantStore`] and
 //! turning events into [`AuditRecord`]s), and, in its submodules, the grant
-//! store ([`grants`]), the audit log on disk ([`audit`]) and the requester
-//! cache ([`requester`]).
+//! store ([`grants`]), the audit log on disk ([`audit`]), the aggregation
+//! of denials ([`denials`]), and the requester cache ([`requester`]).
 //! Must never: allow a non-owner without a grant, report success for an
 //! operation whose audit record could not be written (fail-closed), log a
 //! path (paths go only into the sealed audit log), or know about the FUSE
@@ -13,6 +13,7 @@
 
 pub mod audit;
 pub mod audit_head;
+pub mod denials;
 pub mod filter;
 pub mod grants;
 pub mod requester;
@@ -24,6 +25,7 @@ use fuser::Errno;
 use crate::format::audit::{AuditRecord, Principal};
 use crate::format::grants::{Access, GrantOp};
 use audit::AuditLog;
+use denials::{Denials, First};
 use grants::{GrantStore, LiveGrant};
 pub use requester::{read_comm, read_groups, read_proc, Caller, Requesters};
 
@@ -33,6 +35,7 @@ pub struct AccessControl {
     owner_uid: u32,
     grants: Option<Arc<GrantStore>>,
     audit: Option<Arc<AuditLog>>,
+    denials: Option<Arc<Denials>>,
     requesters: Requesters,
 }
 
@@ -61,6 +64,9 @@ pub struct Event<'a> {
     pub error: Option<String>,
     /// Extra detail.
     pub detail: Option<String>,
+    /// The keyring generation an operation that stores the keyring stored
+    /// (docs/CONTROL.md §15): set it on every such record.
+    pub keyring_generation: Option<u64>,
 }
 
 impl<'a> Event<'a> {
@@ -74,6 +80,7 @@ impl<'a> Event<'a> {
             outcome: "ok",
             error: None,
             detail: None,
+            keyring_generation: None,
         }
     }
 }
@@ -86,10 +93,14 @@ impl AccessControl {
         grants: Option<Arc<GrantStore>>,
         audit: Option<Arc<AuditLog>>,
     ) -> Self {
+        let denials = audit
+            .as_ref()
+            .map(|log| Denials::start(log.clone(), denials::INTERVAL));
         AccessControl {
             owner_uid,
             grants,
             audit,
+            denials,
             requesters: Requesters::new(),
         }
     }
@@ -137,19 +148,13 @@ impl AccessControl {
     }
 
     fn record_as(&self, log: &AuditLog, principal: Principal, e: Event<'_>) -> Result<(), Errno> {
-        let rec = AuditRecord {
-            seq: 0,
-            time_ms: 0,
-            principal,
-            op: e.op.to_string(),
-            key_version: e.key_version,
-            path: e.path.map(|p| String::from_utf8_lossy(p).into_owned()),
-            grant: e.grant.map(str::to_string),
-            outcome: e.outcome.to_string(),
-            error: e.error,
-            detail: e.detail,
-            keyring_generation: None,
-        };
+        let mut rec = AuditRecord::new(principal, e.op, e.outcome);
+        rec.key_version = e.key_version;
+        rec.path = e.path.map(|p| String::from_utf8_lossy(p).into_owned());
+        rec.grant = e.grant.map(str::to_string);
+        rec.error = e.error;
+        rec.detail = e.detail;
+        rec.keyring_generation = e.keyring_generation;
         log.append(rec).map(|_| ()).map_err(|err| {
             tracing::error!(
                 op = e.op,
@@ -157,6 +162,37 @@ impl AccessControl {
             );
             Errno::from_i32(err.errno())
         })
+    }
+
+    /// Records a denial (`e.outcome` is "denied") by the process (`uid`,
+    /// `gid`, `pid`), aggregated ([`denials`]): the first of its (uid, op,
+    /// path prefix) in an interval is recorded with `principal()`, later
+    /// ones are counted into one summary record. Never refuses anything.
+    pub fn record_denial(
+        &self,
+        (uid, gid, pid): (u32, u32, u32),
+        principal: impl FnOnce() -> Principal,
+        e: Event<'_>,
+    ) {
+        let Some(log) = &self.audit else { return };
+        if let Some(d) = &self.denials {
+            if let First::Counted = d.note(uid, gid, pid, e.op, e.path) {
+                return;
+            }
+        }
+        let _ = self.record_as(log, principal(), e);
+    }
+
+    /// Writes the summaries of denials counted so far (before a verify or
+    /// an export, so they show every denial).
+    pub fn flush_denials(&self) {
+        if let Some(d) = &self.denials {
+            d.flush(true);
+        }
+    }
+
+    fn deny(&self, c: Caller, e: Event<'_>) {
+        self.record_denial((c.uid, c.gid, c.pid), || self.principal(c), e);
     }
 
     /// Checks that `c` may do `access` at the path `path()` yields (only
@@ -189,7 +225,7 @@ impl AccessControl {
                     Access::Lookup => "look up".to_string(),
                     Access::Op(o) => o.name().to_string(),
                 };
-                let _ = self.record(
+                self.deny(
                     c,
                     Event {
                         outcome: "denied",
@@ -216,7 +252,7 @@ impl AccessControl {
         }
         crate::metrics::denied(crate::metrics::Denial::Grant);
         let path = path();
-        let _ = self.record(
+        self.deny(
             c,
             Event {
                 grant: Some(&g.id),

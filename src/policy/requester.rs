@@ -2,10 +2,13 @@
 //! request or a control connection, read from `/proc` and kept for a moment
 //! so a busy process is not re-read per request.
 //!
-//! Owns: [`Caller`], the `/proc/PID/status` and `comm` readers, and the
-//! short-lived cache of what they returned ([`Requesters`]).
+//! Owns: [`Caller`], the `/proc/PID/status`, `stat` and `comm` readers,
+//! and the short-lived cache of command names ([`Requesters`]; groups are
+//! read fresh for every decision), keyed by (pid, process start time,
+//! uid).
 //! Must never: decide anything (the decision is [`super::AccessControl`]'s),
-//! or keep an entry past its time to live: a pid is reused.
+//! keep an entry past its time to live, or give one process what was read
+//! about another that had its pid.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -41,12 +44,45 @@ impl Caller {
     }
 }
 
+/// Which process an entry is about: a pid alone is reused, so the entry
+/// is keyed by the pid, the process's start time (clock ticks after boot,
+/// `/proc/PID/stat` field 22) and the uid that asked: a new process that
+/// got the pid of an old one never inherits the old one's groups (and so
+/// its `gid:` grants), even within the time to live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ProcKey {
+    pid: u32,
+    start: u64,
+    uid: u32,
+}
+
 /// What is known about one process, each part read when first needed.
 #[derive(Clone)]
 struct ProcInfo {
     at: Instant,
     comm: Option<Option<String>>,
-    groups: Option<Vec<u32>>,
+}
+
+/// The start time of process `pid` (field 22 of `/proc/PID/stat`, after
+/// the command name in parentheses, which may itself hold spaces and ')').
+pub fn read_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let close = stat.iter().rposition(|b| *b == b')')?;
+    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
+    // After ") ": field 3 (state) is the first; field 22 is the 20th.
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
+/// The filesystem uid of `pid` (the fourth number of `Uid:` in
+/// `/proc/PID/status`): the uid a FUSE request carries.
+fn fs_uid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()
 }
 
 /// The command name of `pid` (`/proc/PID/comm`).
@@ -56,18 +92,38 @@ pub fn read_comm(pid: u32) -> Option<String> {
         .map(|s| s.trim_end().to_string())
 }
 
+fn groups_of(status: &str) -> Vec<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The supplementary groups of `pid` (`/proc/PID/status`).
 pub fn read_groups(pid: u32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
-                g.split_whitespace()
-                    .filter_map(|x| x.parse().ok())
-                    .collect()
-            })
-        })
+        .map(|s| groups_of(&s))
         .unwrap_or_default()
+}
+
+/// The supplementary groups of the process `pid` that started at `start`
+/// and runs as (filesystem) `uid`; empty if `pid` is now another process,
+/// or of another user.
+fn read_groups_of(pid: u32, start: u64, uid: u32) -> Vec<u32> {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return Vec::new();
+    };
+    // Read between two looks at the start time: the status is this
+    // process's only if the pid did not change hands in between.
+    if fs_uid(&status) != Some(uid) || read_start_time(pid) != Some(start) {
+        return Vec::new();
+    }
+    groups_of(&status)
 }
 
 /// The command name and supplementary groups of `pid`.
@@ -78,7 +134,7 @@ pub fn read_proc(pid: u32) -> (Option<String>, Vec<u32>) {
 /// The requester cache of one mount: what `/proc` said about recent callers.
 #[derive(Default)]
 pub struct Requesters {
-    procs: Mutex<HashMap<u32, ProcInfo>>,
+    procs: Mutex<HashMap<ProcKey, ProcInfo>>,
 }
 
 impl Requesters {
@@ -87,15 +143,14 @@ impl Requesters {
         Requesters::default()
     }
 
-    /// The cached entry of `pid` with `fill` applied to it (which reads
+    /// The cached entry of `key` with `fill` applied to it (which reads
     /// whatever part is still missing).
-    fn proc_info(&self, pid: u32, fill: impl FnOnce(&mut ProcInfo)) -> ProcInfo {
-        let mut info = match self.procs.lock().get(&pid) {
+    fn proc_info(&self, key: ProcKey, fill: impl FnOnce(&mut ProcInfo)) -> ProcInfo {
+        let mut info = match self.procs.lock().get(&key) {
             Some(p) if p.at.elapsed() < PROC_TTL => p.clone(),
             _ => ProcInfo {
                 at: Instant::now(),
                 comm: None,
-                groups: None,
             },
         };
         fill(&mut info);
@@ -106,8 +161,18 @@ impl Requesters {
                 procs.clear();
             }
         }
-        procs.insert(pid, info.clone());
+        procs.insert(key, info.clone());
         info
+    }
+
+    /// The key of a caller's process, if it still runs.
+    fn key(c: Caller) -> Option<ProcKey> {
+        (c.pid != 0).then_some(())?;
+        Some(ProcKey {
+            pid: c.pid,
+            start: read_start_time(c.pid)?,
+            uid: c.uid,
+        })
     }
 
     /// The audit principal of a caller.
@@ -116,34 +181,83 @@ impl Requesters {
             uid: c.uid,
             gid: c.gid,
             pid: c.pid,
-            comm: if c.pid == 0 {
-                None
-            } else {
-                self.proc_info(c.pid, |p| {
+            comm: Self::key(c).and_then(|k| {
+                self.proc_info(k, |p| {
                     if p.comm.is_none() {
                         p.comm = Some(read_comm(c.pid));
                     }
                 })
                 .comm
                 .flatten()
-            },
+            }),
         }
     }
 
-    /// The caller's groups: primary and supplementary.
+    /// The caller's groups: primary and supplementary (the supplementary
+    /// ones only while the process that made the request still holds its
+    /// pid). Read from `/proc` on every call, never cached: the start time
+    /// has a 10 ms resolution, so a process that reuses a pid within the
+    /// same tick would otherwise inherit the old one's `gid:` grants
+    /// (tests/local_users.rs, `a_reused_pid_does_not_inherit_a_gid_grant`).
     pub fn groups(&self, c: Caller) -> Vec<u32> {
-        let mut g = if c.pid == 0 {
-            Vec::new()
-        } else {
-            self.proc_info(c.pid, |p| {
-                if p.groups.is_none() {
-                    p.groups = Some(read_groups(c.pid));
-                }
-            })
-            .groups
-            .unwrap_or_default()
+        let mut g = match Self::key(c) {
+            None => Vec::new(),
+            Some(k) => read_groups_of(k.pid, k.start, k.uid),
         };
         g.push(c.gid);
         g
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_and_uid_of_this_process() {
+        let me = std::process::id();
+        let t = read_start_time(me).unwrap();
+        assert!(t > 0);
+        assert_eq!(read_start_time(me), Some(t));
+        // SAFETY: getuid has no failure mode.
+        let uid = unsafe { libc::getuid() };
+        let status = std::fs::read_to_string(format!("/proc/{me}/status")).unwrap();
+        assert_eq!(fs_uid(&status), Some(uid));
+        assert_eq!(read_groups_of(me, t, uid), read_groups(me));
+        // Another start time (a reused pid) or another uid: no groups.
+        assert!(read_groups_of(me, t + 1, uid).is_empty());
+        assert!(read_groups_of(me, t, uid + 1).is_empty());
+    }
+
+    #[test]
+    fn a_reused_pid_does_not_inherit_groups() {
+        let r = Requesters::new();
+        let me = std::process::id();
+        // SAFETY: getuid/getgid have no failure mode.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let c = Caller { uid, gid, pid: me };
+        let key = Requesters::key(c).unwrap();
+        // A cached entry of an earlier process with this pid (another start
+        // time): its name is never used for this one, and groups are
+        // never cached at all.
+        r.procs.lock().insert(
+            ProcKey {
+                start: key.start.wrapping_sub(1),
+                ..key
+            },
+            ProcInfo {
+                at: Instant::now(),
+                comm: Some(Some("old".into())),
+            },
+        );
+        assert!(!r.groups(c).contains(&4242));
+        assert_ne!(r.principal(c).comm.as_deref(), Some("old"));
+        // Nor does a request of another uid with the same pid.
+        let other = Caller {
+            uid: uid + 1,
+            gid,
+            pid: me,
+        };
+        assert!(r.groups(other).iter().all(|g| *g == gid));
     }
 }

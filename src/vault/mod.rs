@@ -498,7 +498,10 @@ impl Vault {
     pub fn metadata(&self, path: &Path) -> Result<Metadata, VaultError> {
         if components(path)?.is_empty() {
             let root = self.root()?;
-            let st = backing::stat(root.fd.as_fd(), OsStr::new("")).map_err(VolumeError::from)?;
+            let mut st =
+                backing::stat(root.fd.as_fd(), OsStr::new("")).map_err(VolumeError::from)?;
+            let attrs = self.vol.root_attrs(&root.dir)?;
+            crate::volume::rootattrs::present(attrs.as_ref(), &mut st);
             return self.metadata_of(&st, || Ok(0));
         }
         let (parent, bn, _) = self.locate(path)?;
@@ -616,6 +619,9 @@ impl Vault {
     /// Sets the permission bits (`0o7777`) of the entry at `path`; a symlink
     /// has none (nothing is done).
     pub fn set_permissions(&self, path: &Path, mode: u32) -> Result<(), VaultError> {
+        if components(path)?.is_empty() {
+            return self.change_root(Some(mode), None, None);
+        }
         self.on_backing(path, |d, n, st| {
             if is_kind(st, libc::S_IFLNK) {
                 return Ok(());
@@ -645,7 +651,25 @@ impl Vault {
         uid: Option<u32>,
         gid: Option<u32>,
     ) -> Result<(), VaultError> {
+        if components(path)?.is_empty() {
+            return self.change_root(None, uid, gid);
+        }
         self.on_backing(path, |d, n, _| backing::set_owner(d, n, uid, gid))
+    }
+
+    /// chmod/chown of the volume's root: its presented attributes
+    /// (`sealfs.root`), never the cipher directory's own mode.
+    fn change_root(
+        &self,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> Result<(), VaultError> {
+        self.check_writable()?;
+        let root = self.root()?;
+        let st = backing::stat(root.fd.as_fd(), OsStr::new("")).map_err(VolumeError::from)?;
+        self.vol.change_root_attrs(&root.dir, &st, mode, uid, gid)?;
+        Ok(())
     }
 
     /// Like [`Vault::create`], but the content goes to a hidden temp file

@@ -110,6 +110,25 @@ pub fn open_dir(dir: BorrowedFd<'_>, entry: &OsStr) -> io::Result<OwnedFd> {
     )
 }
 
+/// An `O_PATH` descriptor of the backing directory at the relative path
+/// `rel` below `dir`, opened one component at a time with `O_NOFOLLOW`
+/// (`O_NOFOLLOW` on a whole path guards only its last component: a
+/// symlink swapped in for a middle one would be followed out of the
+/// cipher directory). An empty path (or `.`) is `dir` itself; `..` and
+/// absolute paths are refused.
+pub fn open_dir_under(dir: BorrowedFd<'_>, rel: &std::path::Path) -> io::Result<OwnedFd> {
+    use std::path::Component;
+    let mut cur = sys::openat(dir, OsStr::new("."), libc::O_PATH | libc::O_DIRECTORY, 0)?;
+    for c in rel.components() {
+        match c {
+            Component::CurDir => {}
+            Component::Normal(name) => cur = open_dir(std::os::fd::AsFd::as_fd(&cur), name)?,
+            _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        }
+    }
+    Ok(cur)
+}
+
 /// An `O_PATH` descriptor of `entry` itself (never through a symlink),
 /// pinning the object whatever happens to its name.
 pub fn pin(dir: BorrowedFd<'_>, entry: &OsStr) -> io::Result<OwnedFd> {
@@ -117,14 +136,25 @@ pub fn pin(dir: BorrowedFd<'_>, entry: &OsStr) -> io::Result<OwnedFd> {
 }
 
 /// Opens the backing file `entry` for its content: read-write, or read-only
-/// when `writable` is false; never through a symlink.
+/// when `writable` is false; never through a symlink, and never blocking:
+/// `O_NONBLOCK` makes the open of a FIFO swapped in since the lookup
+/// return at once (it has no effect on a regular file's reads and
+/// writes). The caller checks the fd's type with the `fstat` it makes
+/// anyway ([`super::Volume::open_file`] refuses anything but a regular
+/// file), so the hot open path costs no extra system call.
 pub fn open_file(dir: BorrowedFd<'_>, entry: &OsStr, writable: bool) -> io::Result<File> {
     let access = if writable {
         libc::O_RDWR
     } else {
         libc::O_RDONLY
     };
-    sys::openat(dir, entry, access | libc::O_NOFOLLOW, 0).map(File::from)
+    sys::openat(
+        dir,
+        entry,
+        access | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY,
+        0,
+    )
+    .map(File::from)
 }
 
 /// Opens the existing regular file `entry` with `flags`, refusing anything
@@ -147,4 +177,54 @@ pub fn space(dir: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
 /// file types, as `std::fs::read_dir` gives them.
 pub fn read_dir(dir: BorrowedFd<'_>) -> io::Result<std::fs::ReadDir> {
     std::fs::read_dir(sys::proc_path(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn a_middle_component_symlink_is_not_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = t.path().join("outside");
+        std::fs::create_dir_all(outside.join("b")).unwrap();
+        let root = t.path().join("root");
+        std::fs::create_dir_all(root.join("real/b")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("a")).unwrap();
+        let r = sys::open_dir_path(&root).unwrap();
+        assert!(open_dir_under(r.as_fd(), std::path::Path::new("real/b")).is_ok());
+        assert!(open_dir_under(r.as_fd(), std::path::Path::new("")).is_ok());
+        // O_NOFOLLOW on the whole path would have gone through `a`.
+        assert!(sys::openat(
+            r.as_fd(),
+            std::ffi::OsStr::new("a/b"),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0
+        )
+        .is_ok());
+        assert!(open_dir_under(r.as_fd(), std::path::Path::new("a/b")).is_err());
+        assert!(open_dir_under(r.as_fd(), std::path::Path::new("real/../a")).is_err());
+    }
+
+    #[test]
+    fn opening_a_fifo_swapped_in_for_a_file_does_not_block() {
+        let t = tempfile::tempdir().unwrap();
+        let fifo = t.path().join("f");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let d = sys::open_dir_path(t.path()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let fd = d.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let r = open_file(fd.as_fd(), std::ffi::OsStr::new("f"), false)
+                .map(|f| f.metadata().map(|m| m.is_file()));
+            let _ = tx.send(r.is_ok_and(|m| m.ok() == Some(false)));
+        });
+        let opened = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the open of a FIFO blocked");
+        assert!(opened, "the open returned a FIFO the caller can tell apart");
+    }
 }

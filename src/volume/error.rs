@@ -13,6 +13,7 @@ use crate::format::config::{ConfigError, CONFIG_FILE};
 use crate::format::group_state::StateError;
 use crate::format::header::HeaderError;
 use crate::format::names::NameError;
+use crate::format::rootattrs::RootAttrsError;
 use crate::keyring::KeyringError;
 
 /// Errors of the volume layer; [`VolumeError::errno`] maps them for FUSE.
@@ -63,6 +64,9 @@ pub enum VolumeError {
     /// The primary master key version is not usable for wrapping.
     #[error("the primary master key version is not enabled")]
     KeyUnavailable,
+    /// `sealfs.root` (the mount root's attributes) does not open.
+    #[error("integrity: {0}")]
+    RootAttrs(#[from] RootAttrsError),
 }
 
 impl VolumeError {
@@ -99,6 +103,7 @@ impl VolumeError {
                 | VolumeError::Header(HeaderError::Truncated(_))
                 | VolumeError::Name(NameError::Tampered)
                 | VolumeError::DirRecordLost
+                | VolumeError::RootAttrs(_)
         )
     }
 }

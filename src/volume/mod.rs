@@ -13,7 +13,9 @@
 //! * [`walk`] (listing a directory, walking the tree), [`rewrap`] and
 //!   [`census`] (volume-wide jobs over the walk), [`fsck`] (checking and
 //!   salvaging);
-//! * [`reclaim`]: freeing unlinked files off the request path.
+//! * [`reclaim`]: freeing unlinked files off the request path;
+//! * [`rootattrs`]: the mount root's mode, owner and group, kept apart
+//!   from the cipher directory's own.
 //!
 //! Directory-relative: every call takes the backing directory's fd, so
 //! callers (the FUSE frontend, offline tools) own the inode/path
@@ -32,6 +34,7 @@ pub mod fsck;
 pub mod namespace;
 pub mod reclaim;
 pub mod rewrap;
+pub mod rootattrs;
 pub mod walk;
 
 /// Moved to [`crate::sys`]; kept at this path so code written against it
@@ -48,11 +51,11 @@ use parking_lot::RwLock;
 
 use crate::crypto::{random_id, Argon2Params, SecretKey};
 use crate::format::chunk::ContentFormat;
-use crate::format::config::{hex, ConfigError, KdfConfig, VolumeConfig, CONFIG_FILE};
+use crate::format::config::{hex, ConfigError, KdfConfig, VolumeConfig, CONFIG_FILE, PADDED_NAMES};
 use crate::format::header::{EncryptionContext, RecordKind, SealedRecord, RECORD_LEN};
 use crate::format::keyring::KekSource;
 use crate::format::layout::plaintext_size;
-use crate::format::names::NameCipher;
+use crate::format::names::{NameCipher, NameScheme};
 use crate::format::reserved;
 use crate::keyring::{
     KeyProvider, Keyring, KeyringError, UnlockSecret, Unlocker, KEYRING_BACKUP, KEYRING_FILE,
@@ -137,6 +140,8 @@ pub struct Volume {
     namespace: RwLock<()>,
     /// Serializes keyring changes (rotate, disable, trim, …) and their store.
     keyring_store: parking_lot::Mutex<()>,
+    /// How names are sealed (the config's `padded-names` feature).
+    name_scheme: NameScheme,
     /// `sealfs.lock`, flock'ed exclusively while opened writable: one
     /// writer per volume (a mount, or an offline command), never two
     /// keyrings in memory overwriting each other.
@@ -204,19 +209,44 @@ impl Volume {
         // Every slot is sealed (a token asked, a KMS called) before
         // anything is written: a failure leaves CIPHERDIR as it was.
         let mut keyring = Keyring::create(volume_id, slots)?;
-        fs::create_dir_all(cipherdir)?;
+        // A cipher directory made here is the owner's alone (0700); the
+        // mount root shows what a mkdir would have given it (`sealfs.root`).
+        // One that exists keeps its mode, and its root starts with it.
+        let root_attrs = match fs::metadata(cipherdir) {
+            Ok(md) => {
+                use std::os::unix::fs::MetadataExt;
+                rootattrs::RootAttrs {
+                    mode: md.mode() & 0o7777,
+                    uid: md.uid(),
+                    gid: md.gid(),
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if let Some(parent) = cipherdir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    fs::create_dir_all(parent)?;
+                }
+                use std::os::unix::fs::DirBuilderExt;
+                match fs::DirBuilder::new().mode(0o700).create(cipherdir) {
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    r => r?,
+                }
+                rootattrs::new_root_attrs()
+            }
+            Err(e) => return Err(e.into()),
+        };
         let root = sys::open_dir_path(cipherdir)?;
         let config = VolumeConfig::new(volume_id);
         keyring.store(root.as_fd())?;
         let vol = Volume::assemble(cipherdir, root, config.clone(), volume_id, keyring, false);
         let root_key = SecretKey::generate()?;
-        vol.write_dir_record(
+        let root_dir = vol.write_dir_record(
             vol.root(),
             random_id()?,
             &root_key,
             &EncryptionContext::ROOT,
             true,
         )?;
+        vol.store_root_attrs(&root_dir, &root_attrs)?;
         vol.store_config(&config)?;
         Ok(())
     }
@@ -317,7 +347,13 @@ impl Volume {
         keyring: Keyring,
         read_only: bool,
     ) -> Self {
+        let name_scheme = if config.features.iter().any(|f| f == PADDED_NAMES) {
+            NameScheme::Padded16
+        } else {
+            NameScheme::Exact
+        };
         Volume {
+            name_scheme,
             cipherdir: cipherdir.to_path_buf(),
             root,
             config: RwLock::new(config),
@@ -329,6 +365,17 @@ impl Volume {
             keyring_store: parking_lot::Mutex::new(()),
             _lock: None,
         }
+    }
+
+    /// The name cipher of the directory `id` with directory key `key`, in
+    /// this volume's name scheme.
+    pub(crate) fn name_cipher(&self, key: &SecretKey, id: [u8; 16]) -> NameCipher {
+        NameCipher::with_scheme(key, id, self.name_scheme)
+    }
+
+    /// How this volume seals names.
+    pub fn name_scheme(&self) -> NameScheme {
+        self.name_scheme
     }
 
     /// The namespace lock (see the field's doc).
@@ -420,6 +467,34 @@ impl Volume {
             CONFIG_MODE,
         )?;
         Ok(())
+    }
+
+    /// The files holding the keyring, its copy, the config and the grant
+    /// store that other users may read (group or other permission bits
+    /// set): each as a warning to show at mount. The keyring is what a
+    /// passphrase is guessed against offline; `init` and every rewrite make
+    /// them 0600, but an older volume, a copy or a restore may not.
+    pub fn loose_permissions(&self) -> Vec<String> {
+        use crate::format::reserved::GRANTS_FILE;
+        [KEYRING_FILE, KEYRING_BACKUP, CONFIG_FILE, GRANTS_FILE]
+            .iter()
+            .filter_map(|name| {
+                let st = sys::fstatat(self.root(), OsStr::new(name)).ok()?;
+                let mode = st.st_mode & 0o777;
+                (st.st_mode & libc::S_IFMT == libc::S_IFREG && mode & 0o077 != 0).then(|| {
+                    format!(
+                        "{} is mode {mode:04o}: other users can read it{}; run chmod 600 {}",
+                        self.cipherdir.join(name).display(),
+                        if name.starts_with(KEYRING_FILE) {
+                            " (and guess the passphrase against it offline)"
+                        } else {
+                            ""
+                        },
+                        self.cipherdir.join(name).display()
+                    )
+                })
+            })
+            .collect()
     }
 
     /// Whether `cipherdir` holds a volume's files (used to print good errors).
@@ -544,7 +619,7 @@ impl Volume {
         }
         Ok(Directory {
             id,
-            names: NameCipher::new(key, id),
+            names: self.name_cipher(key, id),
             key: key.clone(),
         })
     }
@@ -613,7 +688,7 @@ impl Volume {
         };
         Ok(Directory {
             id: rec.id,
-            names: NameCipher::new(&key, rec.id),
+            names: self.name_cipher(&key, rec.id),
             key,
         })
     }
@@ -707,8 +782,15 @@ impl Volume {
         file: File,
         ctx: &EncryptionContext<'_>,
     ) -> Result<SealedFile, VolumeError> {
-        let csize = file.metadata()?.len();
-        plaintext_size(csize).map_err(|_| VolumeError::Truncated)?;
+        let md = file.metadata()?;
+        if !md.is_file() {
+            // Something else was swapped in for the file (a FIFO, a
+            // device: opened without blocking, never read).
+            return Err(VolumeError::Io(io::Error::other(
+                "the backing object is not a regular file",
+            )));
+        }
+        plaintext_size(md.len()).map_err(|_| VolumeError::Truncated)?;
         let buf = content::read_header(&file)?;
         let (rec, key, slot) = self.open_record(RecordKind::File, &buf, ctx)?;
         let version = rec

@@ -427,9 +427,22 @@ pub fn is_empty_dir(dir: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(true)
 }
 
-/// Removes both copies of a directory's record (just before the directory
-/// itself goes).
+/// Removes what an empty directory of the volume still holds, just before
+/// the directory itself goes: leftover temp files of interrupted record
+/// writes (regular files only: anything else stays, and the removal of
+/// the directory then fails), then both copies of its record. A directory
+/// left half made by a crash (temp files, no record) is removed this way
+/// by `rmdir` through a mount, as docs/FORMAT.md §11 says.
 fn remove_dir_records(dir: BorrowedFd<'_>) {
+    if let Ok(rd) = backing::read_dir(dir) {
+        for ent in rd.flatten() {
+            let name = ent.file_name();
+            let n = name.to_string_lossy();
+            if n.ends_with(reserved::TEMP_SUFFIX) && reserved::is_empty_dir_leftover(&n) {
+                let _ = sys::remove_stale_regular(dir, &name);
+            }
+        }
+    }
     for n in DIR_RECORDS.iter().rev() {
         let _ = sys::unlinkat(dir, OsStr::new(n), false);
     }

@@ -15,7 +15,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::DirEntryExt;
 
 use crate::format::header::EncryptionContext;
-use crate::format::names::{classify_entry, long_entry_name, EntryClass};
+use crate::format::names::{classify_entry, long_entry_name, EntryClass, MAX_SIDECAR};
 use crate::format::reserved;
 use crate::sys;
 use crate::volume::backing;
@@ -77,8 +77,14 @@ impl Volume {
                 EntryClass::Short => entry.to_string(),
                 EntryClass::Long => {
                     let side = reserved::sidecar_name(entry);
-                    match std::fs::read_to_string(path.join(&side)) {
-                        Ok(full) if long_entry_name(&full) == entry => full,
+                    // Through the directory fd, a regular file only, never
+                    // more than a sidecar can hold: a symlink or FIFO
+                    // planted at the sidecar's name is not followed.
+                    let full = sys::read_regular_limited(dir_fd, OsStr::new(&side), MAX_SIDECAR)
+                        .ok()
+                        .and_then(|b| String::from_utf8(b).ok());
+                    match full {
+                        Some(full) if long_entry_name(&full) == entry => full,
                         _ => {
                             tracing::warn!("long name without a valid sidecar skipped");
                             continue;

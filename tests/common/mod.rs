@@ -210,6 +210,19 @@ impl Mounted {
         extra: &[&str],
         log: &Path,
     ) -> Self {
+        Self::try_start(cipher, mnt, secret, extra, log).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Mounted::start_with_secret`], for a mount that may fail: the
+    /// daemon's exit status and log when it exits before the mount is
+    /// ready (a timeout still tears down what it started).
+    pub fn try_start(
+        cipher: &Path,
+        mnt: &Path,
+        secret: &[&OsStr],
+        extra: &[&str],
+        log: &Path,
+    ) -> Result<Self, String> {
         let logf = fs::File::create(log).expect("create daemon log");
         let child = Command::new(bin())
             .arg("mount")
@@ -232,14 +245,14 @@ impl Mounted {
         let start = Instant::now();
         loop {
             if is_mounted(mnt) {
-                return m;
+                return Ok(m);
             }
             if let Some(st) = m.child.as_mut().unwrap().try_wait().expect("try_wait") {
                 m.child = None;
-                panic!(
+                return Err(format!(
                     "sealfs mount -f exited ({st}) before the mount was ready; log:\n{}",
                     fs::read_to_string(log).unwrap_or_default()
-                );
+                ));
             }
             if start.elapsed() > TIMEOUT {
                 // Drop unmounts/kills.

@@ -10,14 +10,17 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use sealfs::ctl::client::{self, CallError};
-use sealfs::ctl::protocol::{ExportSummary, ExportedRecord, Op, Request, VerifyResult};
-use sealfs::policy::audit::verify_log;
+use sealfs::ctl::client::{self, Streamed};
+use sealfs::ctl::protocol::{
+    ChainBreakInfo, ExportSummary, ExportedRecord, Op, Request, VerifyResult,
+};
+use sealfs::format::audit::ChainEvent;
+use sealfs::policy::audit::{verify_log, verify_log_anchored};
 use sealfs::policy::filter::AuditFilter;
 use sealfs::volume::Volume;
 
 use crate::args::{AuditCommand, AuditCtlCommand, ExportFilter, SecretArgs};
-use crate::ctl::ctl_call;
+use crate::ctl::{call_error, ctl_call, Target};
 use crate::error::{exit, CliError};
 use crate::print_json;
 use crate::secret::{check_is_volume, read_unlock};
@@ -35,12 +38,32 @@ impl ExportFilter {
     }
 }
 
+/// One break on stderr: where, what, and where the trail resumes.
+fn print_one_break(b: &ChainBreakInfo) {
+    let resumed = match b.resumed_seq {
+        Some(r) if r > b.expected_seq + 1 => format!(
+            "; records {}-{} missing or unverifiable, resumed at record {r}",
+            b.expected_seq,
+            r - 1
+        ),
+        Some(r) if r == b.expected_seq + 1 => {
+            format!(
+                "; record {} unverifiable, resumed at record {r}",
+                b.expected_seq
+            )
+        }
+        Some(r) => format!("; resumed at record {r}"),
+        None => "; nothing after it verifies".to_string(),
+    };
+    eprintln!(
+        "sealfs: audit chain broken in segment {} at byte {} (expected record {}): {}{resumed}",
+        b.segment, b.offset, b.expected_seq, b.reason
+    );
+}
+
 fn print_break(report: &VerifyResult) {
-    if let Some(b) = &report.first_break {
-        eprintln!(
-            "sealfs: audit chain broken in segment {} at byte {} (expected record {}): {}",
-            b.segment, b.offset, b.expected_seq, b.reason
-        );
+    for b in &report.breaks {
+        print_one_break(b);
     }
 }
 
@@ -59,7 +82,7 @@ fn verify_summary(report: &VerifyResult) -> Result<(), CliError> {
 }
 
 fn broken(report: &VerifyResult) -> Result<(), CliError> {
-    if report.first_break.is_some() {
+    if !report.breaks.is_empty() || report.first_break.is_some() {
         print_break(report);
         return Err(CliError::new(
             exit::AUDIT_BROKEN,
@@ -67,6 +90,22 @@ fn broken(report: &VerifyResult) -> Result<(), CliError> {
         ));
     }
     Ok(())
+}
+
+/// Exit 3 after an export that met breaks (each was printed where it
+/// happened, between the records around it).
+fn exported_breaks(report: &VerifyResult) -> Result<(), CliError> {
+    if report.breaks.is_empty() && report.first_break.is_none() {
+        return Ok(());
+    }
+    Err(CliError::new(
+        exit::AUDIT_BROKEN,
+        format!(
+            "the audit log does not verify: {} break(s); {} record(s) verified and exported around them",
+            report.breaks.len().max(1),
+            report.records
+        ),
+    ))
 }
 
 /// Prints the report as JSON (`--json`) or as a summary; exit 3 if broken.
@@ -79,7 +118,7 @@ fn report_verify(report: &VerifyResult, json: bool) -> Result<(), CliError> {
 }
 
 pub(crate) fn cmd_audit_ctl(
-    socket: &Path,
+    socket: &Target,
     json_out: bool,
     cmd: &AuditCtlCommand,
 ) -> Result<(), CliError> {
@@ -100,22 +139,27 @@ pub(crate) fn cmd_audit_ctl(
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             let mut write_failed = false;
-            let r = client::call_stream::<ExportSummary>(socket, &Request::new(op), &mut |line| {
-                if !write_failed && write_record(&mut out, &line.record).is_err() {
-                    write_failed = true;
-                }
-            });
+            let req = Request::new(op);
+            let r = client::call_stream_checked::<ExportSummary>(
+                &socket.socket,
+                &req,
+                &socket.check,
+                &mut |line| match line {
+                    Streamed::Record(l) => {
+                        if !write_failed && write_record(&mut out, &l.record).is_err() {
+                            write_failed = true;
+                        }
+                    }
+                    Streamed::Break(b) => {
+                        let _ = out.flush();
+                        print_one_break(&b.brk);
+                    }
+                },
+            );
             let _ = out.flush();
             match r {
-                Ok(summary) => broken(&summary.verify),
-                Err(CallError::Remote(e)) => Err(CliError::new(
-                    exit::ERROR,
-                    format!("{} ({})", e.message, e.code),
-                )),
-                Err(CallError::Io(e)) => Err(CliError::new(
-                    exit::ERROR,
-                    format!("cannot reach the control socket {}: {e}", socket.display()),
-                )),
+                Ok(summary) => exported_breaks(&summary.verify),
+                Err(e) => Err(call_error(&socket.socket, e)),
             }
         }
     }
@@ -156,17 +200,23 @@ pub(crate) fn cmd_audit(cmd: &AuditCommand) -> Result<(), CliError> {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             let mut write_failed = false;
-            let report = verify_log(&vol, &mut |r| {
-                if !write_failed
-                    && f.matches(r)
-                    && write_record(&mut out, &ExportedRecord::from(r)).is_err()
-                {
-                    write_failed = true;
+            let report = verify_log_anchored(&vol, None, &mut |e| match e {
+                ChainEvent::Record(r) => {
+                    if !write_failed
+                        && f.matches(r)
+                        && write_record(&mut out, &ExportedRecord::from(r)).is_err()
+                    {
+                        write_failed = true;
+                    }
+                }
+                ChainEvent::Break(b) => {
+                    let _ = out.flush();
+                    print_one_break(&b.into());
                 }
             })
             .map_err(|e| CliError::new(exit::ERROR, format!("cannot read the audit log: {e}")))?;
             let _ = out.flush();
-            broken(&VerifyResult::from(&report))
+            exported_breaks(&VerifyResult::from(&report))
         }
     }
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 use sealfs::ctl;
-use sealfs::ctl::client::CallError;
+use sealfs::ctl::client::{CallError, ServerCheck};
 use sealfs::ctl::protocol::{
     CancelDeletionResult, CensusResult, DisabledResult, MetricsResult, Op, Request, RewrapStarted,
     RotateResult, RotationPeriodResult, ScheduleDeletionResult, StatusResult, TrimResult,
@@ -25,10 +25,53 @@ use crate::error::{exit, CliError};
 use crate::print_json;
 use crate::progress::{progress_bar_for, BarKind};
 
+/// A control socket and who may serve it (root or the mount owner).
+pub(crate) struct Target {
+    /// The socket's path.
+    pub(crate) socket: PathBuf,
+    /// The check of the server's `SO_PEERCRED`.
+    pub(crate) check: ServerCheck,
+}
+
+impl Target {
+    /// The socket of the mount at `mountpoint` (its default path); the
+    /// server must be root or the user who mounted it.
+    pub(crate) fn of_mount(mountpoint: &Path, code: u8) -> Result<Target, CliError> {
+        let mp = mountpoint
+            .canonicalize()
+            .map_err(|e| CliError::new(code, format!("{}: {e}", mountpoint.display())))?;
+        let socket = ctl::default_socket_path(&mp);
+        let check = ServerCheck::for_mount(&mp, &socket).map_err(|e| {
+            CliError::new(
+                code,
+                format!(
+                    "cannot reach the control socket {}: {e} (is the volume mounted?)",
+                    socket.display()
+                ),
+            )
+        })?;
+        Ok(Target { socket, check })
+    }
+
+    /// The socket at `socket` (`--socket`).
+    pub(crate) fn of_socket(socket: PathBuf, code: u8) -> Result<Target, CliError> {
+        let check = ServerCheck::for_socket(&socket).map_err(|e| {
+            CliError::new(
+                code,
+                format!("cannot use the control socket {}: {e}", socket.display()),
+            )
+        })?;
+        Ok(Target { socket, check })
+    }
+}
+
 /// The error of a failed call, as `sealfs ctl` reports it.
 pub(crate) fn call_error(socket: &Path, e: CallError) -> CliError {
     match e {
         CallError::Remote(e) => CliError::new(exit::ERROR, format!("{} ({})", e.message, e.code)),
+        e @ CallError::UntrustedServer { .. } => {
+            CliError::new(exit::ERROR, format!("{}: {e}", socket.display()))
+        }
         CallError::Io(e) => CliError::new(
             exit::ERROR,
             format!(
@@ -40,8 +83,9 @@ pub(crate) fn call_error(socket: &Path, e: CallError) -> CliError {
 }
 
 /// Sends `op` and returns its typed result.
-pub(crate) fn ctl_call<R: DeserializeOwned>(socket: &Path, op: Op) -> Result<R, CliError> {
-    ctl::client::call(socket, &Request::new(op)).map_err(|e| call_error(socket, e))
+pub(crate) fn ctl_call<R: DeserializeOwned>(t: &Target, op: Op) -> Result<R, CliError> {
+    ctl::client::call_checked(&t.socket, &Request::new(op), &t.check)
+        .map_err(|e| call_error(&t.socket, e))
 }
 
 fn fmt_time(secs: u64) -> String {
@@ -49,12 +93,10 @@ fn fmt_time(secs: u64) -> String {
 }
 
 /// The socket `--socket` names, or the default one of the mount `--mount` names.
-fn socket_of(a: &CtlArgs) -> Result<PathBuf, CliError> {
+fn socket_of(a: &CtlArgs) -> Result<Target, CliError> {
     match (&a.socket, &a.mount) {
-        (Some(s), _) => Ok(s.clone()),
-        (None, Some(m)) => Ok(ctl::default_socket_path(&m.canonicalize().map_err(
-            |e| CliError::new(exit::MOUNTPOINT, format!("{}: {e}", m.display())),
-        )?)),
+        (Some(s), _) => Target::of_socket(s.clone(), exit::ERROR),
+        (None, Some(m)) => Target::of_mount(m, exit::MOUNTPOINT),
         (None, None) => Err(CliError::new(
             exit::ERROR,
             "give --mount MOUNTPOINT or --socket PATH",

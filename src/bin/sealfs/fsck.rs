@@ -12,7 +12,7 @@ use sealfs::ctl::protocol::{FsckResult, Op};
 use sealfs::daemon::raise_fd_limit;
 
 use crate::args::SecretArgs;
-use crate::ctl::ctl_call;
+use crate::ctl::{ctl_call, Target};
 use crate::error::{exit, CliError};
 use crate::print_json;
 use crate::progress::{progress_bar_for, with_progress, BarKind};
@@ -29,7 +29,7 @@ struct CouldNotRun<'a> {
 /// through its control socket.
 pub(crate) enum FsckTarget {
     Offline(PathBuf),
-    Socket(PathBuf),
+    Socket(Target),
 }
 
 pub(crate) fn cmd_fsck(

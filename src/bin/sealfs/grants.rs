@@ -4,16 +4,18 @@
 //! Owns: the grant commands' output.
 //! Must never: check or store a grant (the daemon does).
 
-use std::path::Path;
-
 use sealfs::ctl::protocol::{GrantCreated, GrantList, GrantRetired, GrantRevoked, GrantToken, Op};
 
 use crate::args::GrantCommand;
-use crate::ctl::ctl_call;
+use crate::ctl::{ctl_call, Target};
 use crate::error::{exit, CliError};
 use crate::print_json;
 
-pub(crate) fn cmd_grant(socket: &Path, json_out: bool, cmd: &GrantCommand) -> Result<(), CliError> {
+pub(crate) fn cmd_grant(
+    socket: &Target,
+    json_out: bool,
+    cmd: &GrantCommand,
+) -> Result<(), CliError> {
     match cmd {
         GrantCommand::Create {
             grantee,

@@ -117,12 +117,12 @@ fn run(cli: Cli) -> Result<(), CliError> {
             restore_sigpipe();
             let target = match (cipherdir, mount, socket) {
                 (Some(c), _, _) => FsckTarget::Offline(c),
-                (None, _, Some(s)) => FsckTarget::Socket(s),
-                (None, Some(m), None) => FsckTarget::Socket(sealfs::ctl::default_socket_path(
-                    &m.canonicalize().map_err(|e| {
-                        CliError::new(exit::FSCK_FAILED, format!("{}: {e}", m.display()))
-                    })?,
-                )),
+                (None, _, Some(s)) => {
+                    FsckTarget::Socket(ctl::Target::of_socket(s, exit::FSCK_FAILED)?)
+                }
+                (None, Some(m), None) => {
+                    FsckTarget::Socket(ctl::Target::of_mount(&m, exit::FSCK_FAILED)?)
+                }
                 (None, None, None) => unreachable!("clap requires one of them"),
             };
             fsck::cmd_fsck(target, &secret, salvage, json)

@@ -84,6 +84,10 @@ pub(crate) fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
     let cipherdir = opened.cipherdir().to_path_buf();
     let socket = opened.ctl_socket().to_path_buf();
     let mountpoint = a.mountpoint.as_path();
+    let warnings = opened.warnings();
+    for w in &warnings {
+        eprintln!("sealfs: warning: {w}");
+    }
 
     let mut ready_pipe: Option<std::fs::File> = None;
     if !a.foreground {
@@ -127,6 +131,9 @@ pub(crate) fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
         ready_pipe = Some(std::fs::File::from(w));
     }
     init_logging_as(a.log_file.as_deref(), !a.foreground);
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
     if let Err(e) = core_dumps {
         tracing::warn!("cannot disable core dumps: {e}");
     }

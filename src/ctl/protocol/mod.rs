@@ -388,6 +388,8 @@ pub enum Line {
     Response(Response),
     /// A streamed record.
     Record(ExportedLine),
+    /// A streamed chain break (the records after it follow).
+    Break(ExportedBreak),
 }
 
 /// A success response line (without newline).

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::format::audit::{AuditRecord, ChainReport};
+use crate::format::audit::{AuditRecord, ChainBreak, ChainReport};
 use crate::format::grants::{format_utc, Grant};
 use crate::format::keyring::KeyState;
 use crate::keyring::{KmsSeen, SlotInfo, UnlockedBy};
@@ -479,17 +479,34 @@ pub struct GrantRevoked {
     pub revoked: String,
 }
 
-/// Where an audit chain breaks ([`VerifyResult::first_break`]).
+/// Where an audit chain breaks ([`VerifyResult::breaks`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainBreakInfo {
     /// Segment number.
     pub segment: u64,
     /// Byte offset in it.
     pub offset: u64,
-    /// The sequence number expected there.
+    /// The sequence number expected there (0: unknown).
     pub expected_seq: u64,
     /// What is wrong.
     pub reason: String,
+    /// The first record that verified again after the break: records
+    /// `expected_seq .. resumed_seq` are missing or unverifiable (absent:
+    /// nothing after the break verified).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_seq: Option<u64>,
+}
+
+impl From<&ChainBreak> for ChainBreakInfo {
+    fn from(b: &ChainBreak) -> Self {
+        ChainBreakInfo {
+            segment: b.segment,
+            offset: b.offset,
+            expected_seq: b.expected_seq,
+            reason: b.reason.clone(),
+            resumed_seq: b.resumed_seq,
+        }
+    }
 }
 
 /// The result of `audit_verify` (and the report of `sealfs audit verify`).
@@ -497,14 +514,17 @@ pub struct ChainBreakInfo {
 pub struct VerifyResult {
     /// Segments read.
     pub segments: u64,
-    /// Records that verified.
+    /// Records that verified (the walk goes on past a break).
     pub records: u64,
     /// Sequence number of the last good record.
     pub last_seq: u64,
     /// Bytes of an incomplete last record (not an error).
     pub torn_tail_bytes: u64,
-    /// The first break, if any.
+    /// The first break, if any (the first of `breaks`).
     pub first_break: Option<ChainBreakInfo>,
+    /// Every break, in log order.
+    #[serde(default)]
+    pub breaks: Vec<ChainBreakInfo>,
 }
 
 impl From<&ChainReport> for VerifyResult {
@@ -514,12 +534,8 @@ impl From<&ChainReport> for VerifyResult {
             records: r.records,
             last_seq: r.last_seq,
             torn_tail_bytes: r.torn_tail_bytes,
-            first_break: r.first_break.as_ref().map(|b| ChainBreakInfo {
-                segment: b.segment,
-                offset: b.offset,
-                expected_seq: b.expected_seq,
-                reason: b.reason.clone(),
-            }),
+            first_break: r.first_break().map(ChainBreakInfo::from),
+            breaks: r.breaks.iter().map(ChainBreakInfo::from).collect(),
         }
     }
 }
@@ -552,6 +568,15 @@ impl From<&AuditRecord> for ExportedRecord {
 pub struct ExportedLine {
     /// The record.
     pub record: ExportedRecord,
+}
+
+/// A line `audit_export` streams where the chain breaks, between the
+/// records before and after the break.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportedBreak {
+    /// Where and why.
+    #[serde(rename = "break")]
+    pub brk: ChainBreakInfo,
 }
 
 /// The result of `audit_export` (after the streamed records).

@@ -182,13 +182,20 @@ pub(in crate::fs) fn setattr(
             Access::Op(GrantOp::Write),
             "setattr",
         )?;
-        if let Some(m) = mode {
-            if inode.kind != EntryKind::Symlink {
-                fs.with_backing(&inode, |d, n| backing::set_mode(d, n, m & 0o7777))?;
+        if inode.ino == ROOT {
+            // The root's mode and owner are its own, not the cipher dir's.
+            if mode.is_some() || uid.is_some() || gid.is_some() {
+                fs.change_root_attrs(&inode, mode, uid, gid)?;
             }
-        }
-        if uid.is_some() || gid.is_some() {
-            fs.with_backing(&inode, |d, n| backing::set_owner(d, n, uid, gid))?;
+        } else {
+            if let Some(m) = mode {
+                if inode.kind != EntryKind::Symlink {
+                    fs.with_backing(&inode, |d, n| backing::set_mode(d, n, m & 0o7777))?;
+                }
+            }
+            if uid.is_some() || gid.is_some() {
+                fs.with_backing(&inode, |d, n| backing::set_owner(d, n, uid, gid))?;
+            }
         }
         if let Some(sz) = size {
             if inode.kind != EntryKind::File {

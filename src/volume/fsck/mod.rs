@@ -45,7 +45,7 @@ pub mod report;
 mod tree;
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -55,6 +55,7 @@ use crate::format::names::NameCipher;
 use crate::format::reserved::{CONFIG_FILE, KEYRING_BACKUP, KEYRING_FILE};
 use crate::keyring::{read_copy, Unlocker, KEYRING_MODE};
 use crate::sys;
+use crate::volume::backing;
 use crate::volume::{Directory, Volume, VolumeError};
 use orphans::Orphan;
 
@@ -100,20 +101,35 @@ fn rel_str(p: &Path) -> String {
     }
 }
 
-/// Sum of the sizes of every regular backing file (for progress).
-fn backing_bytes(dir: &Path) -> u64 {
-    let Ok(rd) = std::fs::read_dir(dir) else {
+/// Sum of the sizes of every regular backing file below the directory
+/// `dir` (for progress), walked through directory fds: every
+/// subdirectory is opened from its parent's fd with `O_NOFOLLOW`, so a
+/// symlink swapped in for one is never followed out of the cipher dir.
+fn backing_bytes(dir: BorrowedFd<'_>) -> u64 {
+    let Ok(rd) = backing::read_dir(dir) else {
         return 0;
     };
     let mut n = 0;
     for e in rd.flatten() {
-        match e.metadata() {
-            Ok(md) if md.is_dir() => n += backing_bytes(&e.path()),
-            Ok(md) if md.is_file() => n += md.len(),
+        let name = e.file_name();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => {
+                if let Ok(sub) = backing::open_dir(dir, &name) {
+                    n += backing_bytes(sub.as_fd());
+                }
+            }
+            Ok(t) if t.is_file() => {
+                n += backing::stat(dir, &name).map_or(0, |st| st.st_size as u64);
+            }
             _ => {}
         }
     }
     n
+}
+
+/// [`backing_bytes`] of the cipher directory at `cipherdir`.
+fn cipherdir_bytes(cipherdir: &Path) -> u64 {
+    sys::open_dir_path(cipherdir).map_or(0, |d| backing_bytes(d.as_fd()))
 }
 
 /// A keyring copy's bytes and generation, or why it is unusable.
@@ -174,7 +190,7 @@ fn fsck_on_this_thread(
 ) -> Result<FsckReport, VolumeError> {
     progress
         .total_bytes
-        .store(backing_bytes(cipherdir), Ordering::Relaxed);
+        .store(cipherdir_bytes(cipherdir), Ordering::Relaxed);
     let mut pre = Vec::new();
     let (config, rebuilt) = match Volume::read_config(cipherdir) {
         Ok(c) => (c, false),
@@ -277,6 +293,7 @@ fn fsck_on_this_thread(
         Path::new(""),
     ) {
         c.root_dir = Some(d.clone());
+        c.check_root_attrs(&d);
         c.walk_dir(root_fd.as_fd(), &d, b"", Path::new(""));
     }
     c.handle_orphans();
@@ -309,7 +326,7 @@ impl Volume {
     ) -> Result<FsckReport, VolumeError> {
         progress
             .total_bytes
-            .store(backing_bytes(self.cipherdir()), Ordering::Relaxed);
+            .store(backing_bytes(self.root()), Ordering::Relaxed);
         let mut c = Checker {
             vol: self,
             salvage: false,
@@ -359,6 +376,7 @@ impl Volume {
         });
         if let Some(d) = root {
             c.root_dir = Some(d.clone());
+            c.check_until_stable(|c| c.check_root_attrs(&d));
             c.walk_dir(root_fd.as_fd(), &d, b"", Path::new(""));
         }
         c.handle_orphans();
@@ -414,6 +432,35 @@ impl Checker<'_> {
     /// repair did, when it worked).
     fn record_repair<E: std::fmt::Display>(&mut self, i: usize, r: Result<(), E>, done: &str) {
         self.report.problems[i].record_repair(r, done);
+    }
+
+    /// `sealfs.root`, the root's presented attributes: absent is fine (a
+    /// volume made before it existed); one that does not open is reported
+    /// (the mount then shows the cipher directory's attributes), and
+    /// salvage writes it anew with a new volume's defaults.
+    fn check_root_attrs(&mut self, d: &Directory) {
+        use crate::volume::rootattrs::new_root_attrs;
+        let Err(e) = self.vol.root_attrs(d) else {
+            return;
+        };
+        let i = self.problem(
+            ProblemKind::Config,
+            None,
+            Path::new(crate::format::reserved::ROOT_ATTRS_FILE),
+            format!("the root's attributes do not open: {e}"),
+        );
+        if self.salvage {
+            let a = new_root_attrs();
+            let r = self.vol.store_root_attrs(d, &a);
+            self.record_repair(
+                i,
+                r,
+                &format!(
+                    "rewritten: the root shows mode {:o}, uid {}, gid {}",
+                    a.mode, a.uid, a.gid
+                ),
+            );
+        }
     }
 
     fn unrepairable(&mut self, i: usize, why: &str) {

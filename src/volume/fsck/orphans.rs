@@ -117,16 +117,7 @@ impl Checker<'_> {
                         .map(|n| (d.id, d.path.clone(), n))
                 })
             });
-            let parent = match sys::openat(
-                self.root.as_fd(),
-                if o.parent_rel.as_os_str().is_empty() {
-                    OsStr::new(".")
-                } else {
-                    o.parent_rel.as_os_str()
-                },
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                0,
-            ) {
+            let parent = match backing::open_dir_under(self.root.as_fd(), &o.parent_rel) {
                 Ok(fd) => fd,
                 Err(e) => {
                     self.problem(ProblemKind::Io, None, &o.parent_rel, format!("open: {e}"));

@@ -13,7 +13,7 @@ use std::os::unix::fs::DirEntryExt;
 use std::path::Path;
 
 use crate::format::header::{EncryptionContext, HeaderError, SealedRecord};
-use crate::format::names::{classify_entry, long_entry_name, EntryClass, NameCipher};
+use crate::format::names::{classify_entry, long_entry_name, EntryClass, MAX_SIDECAR};
 use crate::format::reserved::{self, Reserved, DIR_RECORD, DIR_RECORD_BACKUP};
 use crate::sys;
 use crate::volume::backing::{self, EntryKind};
@@ -142,7 +142,7 @@ impl Checker<'_> {
         }
         let dir = Directory {
             id: rec.id,
-            names: NameCipher::new(&key, rec.id),
+            names: self.vol.name_cipher(&key, rec.id),
             key,
         };
         self.dirs.push(KnownDir {
@@ -234,8 +234,11 @@ impl Checker<'_> {
                 (None, EntryClass::Short) => Some(entry.clone()),
                 (None, EntryClass::Long) => {
                     let side = reserved::sidecar_name(&entry);
-                    match std::fs::read_to_string(sys::proc_path(fd).join(&side)) {
-                        Ok(full) if long_entry_name(&full) == entry => Some(full),
+                    let full = sys::read_regular_limited(fd, OsStr::new(&side), MAX_SIDECAR)
+                        .ok()
+                        .and_then(|b| String::from_utf8(b).ok());
+                    match full {
+                        Some(full) if long_entry_name(&full) == entry => Some(full),
                         _ => None,
                     }
                 }

@@ -1,10 +1,13 @@
 //! The audit log format: segment headers, HMAC-chained sealed records, and
-//! the verification of a whole chain. docs/FORMAT.md §9 describes every byte.
+//! the verification of a whole chain ([`verify`](verify_chain)). docs/FORMAT.md §12
+//! describes every byte.
 //!
 //! Owns: encoding and decoding segments and records, the chain MAC
 //! (HMAC-SHA256 under a key derived from a master key version), sealing
 //! record bodies (AES-256-GCM-SIV, so paths in the log are as secret as
-//! names in the cipher dir), and [`verify_chain`].
+//! names in the cipher dir), and, in `verify`, walking a whole chain past
+//! its breaks ([`verify_chain`]) and finding a keyring's anchor in it
+//! ([`check_anchor`]).
 //! Must never: perform I/O, or accept a record whose MAC does not verify.
 //! MAC comparison is the `hmac` crate's constant-time `verify_slice`.
 
@@ -130,10 +133,43 @@ pub struct AuditRecord {
     pub detail: Option<String>,
     /// The keyring generation a keyring change makes (on the change's own
     /// record, written before the keyring is stored) or made (on the
-    /// `keyring_stored` record that follows the store). The rollback anchor
-    /// reads them (docs/CONTROL.md §15).
+    /// `keyring_stored` record that follows the store). The rollback
+    /// anchor reads them (docs/CONTROL.md §15).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub keyring_generation: Option<u32>,
+    pub keyring_generation: Option<u64>,
+    /// For an aggregated record (denials): how many events it stands for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// For an aggregated record: when the first of its events happened (ms
+    /// since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_ms: Option<u64>,
+    /// For an aggregated record: when the last of its events happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ms: Option<u64>,
+}
+
+impl AuditRecord {
+    /// A record of `op` with `outcome` by `principal`, every optional
+    /// field empty (`seq` and `time_ms` are filled in by the log).
+    pub fn new(principal: Principal, op: &str, outcome: &str) -> Self {
+        AuditRecord {
+            seq: 0,
+            time_ms: 0,
+            principal,
+            op: op.to_string(),
+            key_version: None,
+            path: None,
+            grant: None,
+            outcome: outcome.to_string(),
+            error: None,
+            detail: None,
+            keyring_generation: None,
+            count: None,
+            first_ms: None,
+            last_ms: None,
+        }
+    }
 }
 
 /// The cleartext header of a segment.
@@ -307,330 +343,45 @@ pub fn decode_record(
     Ok(RecordStep::Record(Box::new(rec), total, mac))
 }
 
-/// The first problem [`verify_chain`] found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ChainBreak {
-    /// Segment number (from its file name) where the chain breaks.
-    pub segment: u64,
-    /// Byte offset in that segment.
-    pub offset: u64,
-    /// Sequence number expected at that point.
-    pub expected_seq: u64,
-    /// What is wrong.
-    pub reason: String,
-}
-
-/// Result of verifying a whole log.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct ChainReport {
-    /// Segments read.
-    pub segments: u64,
-    /// Records that verified.
-    pub records: u64,
-    /// Sequence number of the last good record (0 if none).
-    pub last_seq: u64,
-    /// Bytes of an incomplete last record (a crash while appending; not an error).
-    pub torn_tail_bytes: u64,
-    /// The first break, if any.
-    pub first_break: Option<ChainBreak>,
-}
-
-/// Verifies segments given in file order as `(segment number from the file
-/// name, bytes)`. `keys_for` yields the audit keys of a master key version
-/// (None if destroyed or unknown). Each verified record goes to `on_record`.
-/// Stops at the first break.
-pub fn verify_chain<'a>(
-    segments: impl IntoIterator<Item = (u64, &'a [u8])>,
-    volume_id: &[u8; 16],
-    keys_for: &mut dyn FnMut(u32) -> Option<std::sync::Arc<AuditKeys>>,
-    on_record: &mut dyn FnMut(&AuditRecord),
-) -> ChainReport {
-    let mut report = ChainReport::default();
-    let mut prev_end: Option<[u8; MAC_LEN]> = None;
-    let mut expected_seq = 1u64;
-    let segments: Vec<(u64, &[u8])> = segments.into_iter().collect();
-    let n = segments.len();
-    for (expected_seg, (i, (number, bytes))) in (1u64..).zip(segments.into_iter().enumerate()) {
-        let brk = |offset: u64, expected_seq: u64, reason: String| ChainBreak {
-            segment: number,
-            offset,
-            expected_seq,
-            reason,
-        };
-        report.segments += 1;
-        if number != expected_seg {
-            report.first_break = Some(brk(
-                0,
-                expected_seq,
-                if number > expected_seg {
-                    format!("segment {expected_seg} is missing (found {number} next)")
-                } else {
-                    format!("segment {number} out of order (expected {expected_seg})")
-                },
-            ));
-            return report;
-        }
-        let header = match parse_header(bytes) {
-            Ok(h) => h,
-            Err(e) => {
-                report.first_break = Some(brk(0, expected_seq, e.to_string()));
-                return report;
-            }
-        };
-        if &header.volume_id != volume_id {
-            report.first_break = Some(brk(0, expected_seq, "segment of another volume".into()));
-            return report;
-        }
-        let Some(keys) = keys_for(header.key_version) else {
-            report.first_break = Some(brk(
-                0,
-                expected_seq,
-                format!(
-                    "cannot verify: master key version {} is destroyed or unknown",
-                    header.key_version
-                ),
-            ));
-            return report;
-        };
-        let mut chain = match check_header(bytes, &keys) {
-            Ok(c) => c,
-            Err(e) => {
-                report.first_break = Some(brk(0, expected_seq, e.to_string()));
-                return report;
-            }
-        };
-        if header.segment != number || header.first_seq != expected_seq {
-            report.first_break = Some(brk(
-                0,
-                expected_seq,
-                format!(
-                    "segment header says segment {} starting at record {}; records before it were removed or segments swapped",
-                    header.segment, header.first_seq
-                ),
-            ));
-            return report;
-        }
-        let linked = match prev_end {
-            Some(p) => p == header.prev_mac,
-            None => header.prev_mac == [0u8; MAC_LEN],
-        };
-        if !linked {
-            report.first_break = Some(brk(
-                0,
-                expected_seq,
-                "segment does not chain from the end of the previous one (records removed at a segment end)".into(),
-            ));
-            return report;
-        }
-        let mut off = SEGMENT_HEADER_LEN;
-        loop {
-            match decode_record(&bytes[off..], &chain, &keys) {
-                Ok(RecordStep::End) => break,
-                Ok(RecordStep::Torn(left)) => {
-                    if i + 1 == n {
-                        report.torn_tail_bytes = left as u64;
-                        break;
-                    }
-                    report.first_break = Some(brk(
-                        off as u64,
-                        expected_seq,
-                        "segment ends inside a record (truncated)".into(),
-                    ));
-                    return report;
-                }
-                Ok(RecordStep::Record(rec, len, mac)) => {
-                    if rec.seq != expected_seq {
-                        report.first_break = Some(brk(
-                            off as u64,
-                            expected_seq,
-                            format!("found record {} (removed or reordered)", rec.seq),
-                        ));
-                        return report;
-                    }
-                    on_record(&rec);
-                    report.records += 1;
-                    report.last_seq = rec.seq;
-                    expected_seq += 1;
-                    chain = mac;
-                    off += len;
-                }
-                Err(e) => {
-                    let seq_here = bytes
-                        .get(off + 4..off + 12)
-                        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
-                    let reason = match (e, seq_here) {
-                        (AuditFormatError::RecordMac, Some(s)) if s != expected_seq => {
-                            format!("found record {s} (removed or reordered)")
-                        }
-                        (e, _) => e.to_string(),
-                    };
-                    report.first_break = Some(brk(off as u64, expected_seq, reason));
-                    return report;
-                }
-            }
-        }
-        prev_end = Some(chain);
-    }
-    report
-}
+mod verify;
+pub use verify::{
+    check_anchor, verify_chain, verify_chain_anchored, AnchorCheck, AuditHead, ChainBreak,
+    ChainEvent, ChainReport, KeyringAnchor,
+};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
-    fn keys() -> Arc<AuditKeys> {
-        Arc::new(AuditKeys::derive(&SecretKey::from_bytes([7; 32]), &[1; 16]))
-    }
-
-    fn rec(seq: u64) -> AuditRecord {
-        AuditRecord {
-            seq,
-            time_ms: 1000 + seq,
-            principal: Principal {
-                uid: 1001,
-                gid: 100,
-                pid: 42,
-                comm: Some("cat".into()),
-            },
-            op: "decrypt".into(),
-            key_version: Some(1),
-            path: Some(format!("/f{seq}")),
-            grant: None,
-            outcome: "ok".into(),
-            error: None,
-            detail: None,
-            keyring_generation: None,
-        }
-    }
-
-    /// Builds a log of `segs` segments with `per` records each; returns
-    /// (segment bytes, record offsets per segment).
-    fn build(segs: u64, per: u64) -> Vec<(u64, Vec<u8>, Vec<usize>)> {
-        let k = keys();
-        let mut out = Vec::new();
-        let mut prev = [0u8; MAC_LEN];
-        let mut seq = 1;
-        for s in 1..=segs {
-            let h = SegmentHeader {
-                key_version: 1,
-                volume_id: [1; 16],
-                segment: s,
-                first_seq: seq,
-                created_ms: 5,
-                prev_mac: prev,
-            };
-            let (mut bytes, mut chain) = encode_header(&h, &k);
-            let mut offs = Vec::new();
-            for _ in 0..per {
-                offs.push(bytes.len());
-                let (r, m) = encode_record(&rec(seq), &chain, &k).unwrap();
-                bytes.extend_from_slice(&r);
-                chain = m;
-                seq += 1;
+    #[test]
+    fn record_round_trip_with_every_field() {
+        let k = AuditKeys::derive(&SecretKey::from_bytes([7; 32]), &[1; 16]);
+        let mut r = AuditRecord::new(Principal::default(), "denied_summary", "denied");
+        r.seq = 9;
+        r.keyring_generation = Some(12);
+        r.count = Some(100_000);
+        r.first_ms = Some(5);
+        r.last_ms = Some(6);
+        let (bytes, mac) = encode_record(&r, &[3; MAC_LEN], &k).unwrap();
+        match decode_record(&bytes, &[3; MAC_LEN], &k).unwrap() {
+            RecordStep::Record(back, len, m) => {
+                assert_eq!(*back, r);
+                assert_eq!((len, m), (bytes.len(), mac));
             }
-            prev = chain;
-            out.push((s, bytes, offs));
+            other => panic!("{other:?}"),
         }
-        out
-    }
-
-    fn verify(log: &[(u64, Vec<u8>, Vec<usize>)]) -> ChainReport {
-        let k = keys();
-        verify_chain(
-            log.iter().map(|(n, b, _)| (*n, b.as_slice())),
-            &[1; 16],
-            &mut |v| (v == 1).then(|| k.clone()),
-            &mut |_| {},
+        // A record written before these fields existed still reads.
+        let old: AuditRecord = serde_json::from_str(
+            r#"{"seq":1,"time_ms":2,"principal":{"uid":0,"gid":0,"pid":1},"op":"list","outcome":"ok"}"#,
         )
-    }
-
-    #[test]
-    fn clean_log_verifies() {
-        let log = build(3, 4);
-        let r = verify(&log);
-        assert_eq!(r.first_break, None);
-        assert_eq!((r.segments, r.records, r.last_seq), (3, 12, 12));
-    }
-
-    #[test]
-    fn edited_byte_is_found() {
-        let mut log = build(2, 3);
-        let off = log[1].2[1];
-        log[1].1[off + 20] ^= 1;
-        let b = verify(&log).first_break.unwrap();
-        assert_eq!((b.segment, b.expected_seq), (2, 5));
-        assert!(b.reason.contains("MAC"), "{}", b.reason);
-    }
-
-    #[test]
-    fn removed_record_is_found() {
-        let mut log = build(1, 4);
-        let (a, b) = (log[0].2[1], log[0].2[2]);
-        log[0].1.drain(a..b);
-        let brk = verify(&log).first_break.unwrap();
-        assert_eq!(brk.expected_seq, 2);
-        assert!(brk.reason.contains("found record 3"), "{}", brk.reason);
-    }
-
-    #[test]
-    fn reordered_records_are_found() {
-        let mut log = build(1, 4);
-        let (a, b, c) = (log[0].2[1], log[0].2[2], log[0].2[3]);
-        let bytes = &mut log[0].1;
-        let r2 = bytes[a..b].to_vec();
-        let r3 = bytes[b..c].to_vec();
-        let mut swapped = r3;
-        swapped.extend_from_slice(&r2);
-        bytes.splice(a..c, swapped);
-        let brk = verify(&log).first_break.unwrap();
-        assert_eq!(brk.expected_seq, 2);
-        assert!(brk.reason.contains("reordered"), "{}", brk.reason);
-    }
-
-    #[test]
-    fn removed_segment_and_tail_of_segment_are_found() {
-        let log = build(3, 2);
-        let r = verify(&[log[0].clone(), log[2].clone()]);
-        assert!(r
-            .first_break
-            .unwrap()
-            .reason
-            .contains("segment 2 is missing"));
-        let mut log = build(2, 3);
-        let cut = log[0].2[2];
-        log[0].1.truncate(cut);
-        let r = verify(&log);
-        assert!(r.first_break.is_some());
-    }
-
-    #[test]
-    fn torn_tail_of_last_segment_is_not_a_break() {
-        let mut log = build(1, 3);
-        let len = log[0].1.len();
-        log[0].1.truncate(len - 10);
-        let r = verify(&log);
-        assert_eq!(r.first_break, None);
-        assert_eq!(r.records, 2);
-        assert!(r.torn_tail_bytes > 0);
-    }
-
-    #[test]
-    fn wrong_key_fails_at_the_header() {
-        let log = build(1, 1);
-        let other = Arc::new(AuditKeys::derive(&SecretKey::from_bytes([8; 32]), &[1; 16]));
-        let r = verify_chain(
-            log.iter().map(|(n, b, _)| (*n, b.as_slice())),
-            &[1; 16],
-            &mut |_| Some(other.clone()),
-            &mut |_| {},
-        );
-        assert!(r.first_break.unwrap().reason.contains("header MAC"));
+        .unwrap();
+        assert_eq!(old.keyring_generation, None);
+        assert!(!serde_json::to_string(&old).unwrap().contains("count"));
     }
 
     #[test]
     fn garbage_never_panics() {
-        let k = keys();
+        let k = AuditKeys::derive(&SecretKey::from_bytes([7; 32]), &[1; 16]);
         for len in 0..200 {
             let junk: Vec<u8> = (0..len).map(|i| (i * 37 % 251) as u8).collect();
             let _ = decode_record(&junk, &[0; 32], &k);
