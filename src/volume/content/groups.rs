@@ -73,14 +73,18 @@ impl Discovery {
 #[derive(Debug)]
 pub(super) struct Groups {
     pub(super) cipher: StateCipher,
-    known: HashMap<u64, GroupState>,
+    /// Behind a lock so that reads (which share the open file) remember
+    /// the states they open: a state is decrypted once per open, not once
+    /// per read. Writes hold the file exclusively, so what is remembered
+    /// is what is on disk.
+    known: parking_lot::RwLock<HashMap<u64, GroupState>>,
 }
 
 impl Groups {
     pub(super) fn new(cipher: StateCipher) -> Self {
         Groups {
             cipher,
-            known: HashMap::new(),
+            known: parking_lot::RwLock::new(HashMap::new()),
         }
     }
 
@@ -122,7 +126,7 @@ impl Groups {
 
     /// Group `g`'s state if this open knows it.
     pub(super) fn get(&self, g: u64) -> Option<GroupState> {
-        self.known.get(&g).copied()
+        self.known.read().get(&g).copied()
     }
 
     /// Group `g`'s state, read from disk the first time.
@@ -136,16 +140,17 @@ impl Groups {
     }
 
     /// Notes `s` as group `g`'s state (as on disk).
-    pub(super) fn remember(&mut self, g: u64, s: GroupState) {
-        if self.known.len() >= KNOWN_MAX && !self.known.contains_key(&g) {
-            self.known.clear();
+    pub(super) fn remember(&self, g: u64, s: GroupState) {
+        let mut known = self.known.write();
+        if known.len() >= KNOWN_MAX && !known.contains_key(&g) {
+            known.clear();
         }
-        self.known.insert(g, s);
+        known.insert(g, s);
     }
 
     /// Forgets the states of groups `g..` (cut off by a truncation).
     pub(super) fn forget_from(&mut self, g: u64) {
-        self.known.retain(|&k, _| k < g);
+        self.known.write().retain(|&k, _| k < g);
     }
 
     /// The sealed area of `s` as group `g`'s state.

@@ -446,6 +446,7 @@ impl SealedFile {
                 let n = (entries_at - from) as usize + run.meta_len();
                 pread_some(&self.file, &mut meta[..n], from)?;
                 let s = groups.cipher.open(g, &meta[..STATE_AREA])?;
+                groups.remember(g, s);
                 (s, &meta[(entries_at - from) as usize..n])
             }
         };
