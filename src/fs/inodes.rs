@@ -405,9 +405,14 @@ impl SealFs {
 
     /// Hands the fd of a backing object whose name was just removed to the
     /// reclaim queue when it was the last name of a regular file (freeing
-    /// its blocks is the slow part); anything else is closed at once.
+    /// its blocks is the slow part); anything else is closed at once, and
+    /// so is everything while free space is below the ENOSPC margin (a
+    /// write right after the unlink must find the space free: fs/space.rs).
     pub(super) fn reclaim_unlinked(&self, fd: OwnedFd, st: &libc::stat) {
-        if EntryKind::of_mode(st.st_mode) == EntryKind::File && st.st_nlink <= 1 {
+        if EntryKind::of_mode(st.st_mode) == EntryKind::File
+            && st.st_nlink <= 1
+            && !self.write_through()
+        {
             self.reclaim
                 .reclaim(fd, (st.st_blocks as u64).saturating_mul(512));
         }
