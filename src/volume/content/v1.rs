@@ -8,7 +8,7 @@
 
 use crate::format::layout::{
     chunk_len, chunk_meta_offset, chunks_touched, ciphertext_size, ChunkIndex, CHUNKS_PER_GROUP,
-    CHUNK_SIZE, META_BLOCK, META_ENTRIES_OFFSET,
+    CHUNK_SIZE, META_BLOCK, META_ENTRIES_OFFSET, META_ENTRY_LEN,
 };
 use crate::volume::error::VolumeError;
 
@@ -167,7 +167,9 @@ impl SealedFile {
         // Shrinking.
         let Some(nl) = last_chunk(new) else {
             set_len(&self.file, META_BLOCK)?;
-            let zeros = vec![0u8; (META_BLOCK - META_ENTRIES_OFFSET) as usize];
+            // The chunk entries only: bytes 3840..4096 of block 0 are left
+            // to a later feature (main's link table lives there).
+            let zeros = vec![0u8; (CHUNKS_PER_GROUP * META_ENTRY_LEN) as usize];
             pwrite(&self.file, &zeros, META_ENTRIES_OFFSET)?;
             self.size = 0;
             self.csize = META_BLOCK;
