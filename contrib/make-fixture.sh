@@ -5,6 +5,7 @@
 #   bash contrib/make-fixture.sh tests/fixtures/v1 [SEALFS_BINARY]
 #   KEYSLOTS=1 bash contrib/make-fixture.sh tests/fixtures/v2-keyslots
 #   KEYSLOTS=1 GROUP_STATES=1 bash contrib/make-fixture.sh tests/fixtures/v3-group-states
+#   LINKS=1 bash contrib/make-fixture.sh tests/fixtures/v2-links
 # It refuses an existing directory: a format change adds a fixture, never
 # edits one. With KEYSLOTS=1 the volume gets three keyslots (the
 # passphrase, a key file saved as OUTDIR/key-file, and a recovery key saved
@@ -20,6 +21,14 @@
 # groups, a whole hole group between two with data) and files spanning
 # several groups (three groups, and two groups cut down to one by a
 # truncate).
+# With LINKS=1 also hard links (a file with 3 names in two directories, one
+# with 15, whose link table is external, one renamed after the rotation)
+# and extended attributes (user.* on files and a directory, trusted.* on a
+# symlink, an access and a default ACL), listed in OUTDIR/links.json and
+# OUTDIR/xattrs.json; git keeps no xattrs, so the backing ones (sealed
+# values, external link tables) are saved as OUTDIR/backing-xattrs.txt
+# (`getfattr -R -P -h -d -m - -e hex` in the cipher dir; `setfattr -h --restore`
+# puts them back) and pinned in OUTDIR/backing-xattrs.sha256.
 set -euo pipefail
 out="${1:?usage: make-fixture.sh OUTDIR [SEALFS_BINARY]}"
 bin="${2:-$(dirname "$0")/../target/debug/sealfs}"
@@ -38,6 +47,10 @@ if [ -n "${KEYSLOTS:-}" ]; then
     "$bin" keyslot list "$out/cipher" --json | python3 -c \
         'import json,sys; print(json.dumps(json.load(sys.stdin), indent=1, sort_keys=True))' \
         > "$out/keyslots.json"
+elif [ -n "${LINKS:-}" ]; then
+    printf 'sealfs frozen fixture %s\n' "$(basename "$out")" > "$out/passphrase"
+    pass="$out/passphrase"
+    "$bin" init "$out/cipher" --passfile "$pass" --kdf-memory-kib 8192 --kdf-iterations 1
 else
     printf 'sealfs frozen fixture v1\n' > "$out/passphrase"
     pass="$out/passphrase"
@@ -123,6 +136,55 @@ with open(f"{m}/after-rotation/new.txt", "wb") as f:
 os.rename(f"{m}/sizes/4097.bin", f"{m}/after-rotation/4097-renamed.bin")
 os.rename(f"{m}/a/b/c", f"{m}/a/b/c-renamed")
 PY
+if [ -n "${LINKS:-}" ]; then
+    python3 - "$work/mnt" <<'PY'
+import os, sys
+m = sys.argv[1]
+os.makedirs(f"{m}/links/more")
+with open(f"{m}/links/one", "wb") as f:
+    f.write(b"one file, three names\n")
+os.link(f"{m}/links/one", f"{m}/links/two")
+os.link(f"{m}/links/one", f"{m}/a/three-from-elsewhere")
+with open(f"{m}/links/many", "wb") as f:
+    f.write(b"fifteen names: an external link table\n" * 200)
+for i in range(14):
+    os.link(f"{m}/links/many", f"{m}/links/more/{i}")
+os.link(f"{m}/after-rotation/new.txt", f"{m}/links/new-too")
+os.rename(f"{m}/links/new-too", f"{m}/links/more/new-renamed")
+os.setxattr(f"{m}/links/one", "user.color", b"blue")
+os.setxattr(f"{m}/sizes/4096.bin", "user.bin", bytes(range(256)))
+os.setxattr(f"{m}/sizes/4096.bin", "user.empty", b"")
+os.setxattr(f"{m}/a", "user.dir", b"on a directory")
+os.setxattr(f"{m}/rel-link", "trusted.on-symlink", b"keyless", follow_symlinks=False)
+PY
+    setfacl -m u:nobody:r,g:nogroup:rw "$work/mnt/links/more/0"
+    setfacl -m d:u:nobody:rwx,u:nobody:rx "$work/mnt/empty-dir"
+    python3 - "$work/mnt" > "$out/links.json" <<'PY'
+import json, os, sys
+m = sys.argv[1]
+groups = {}
+for dp, dns, fns in os.walk(m):
+    for n in fns:
+        p = os.path.join(dp, n)
+        st = os.lstat(p)
+        if st.st_nlink > 1:
+            groups.setdefault(st.st_ino, []).append(os.path.relpath(p, m))
+print(json.dumps(sorted(sorted(g) for g in groups.values()), indent=1))
+PY
+    python3 - "$work/mnt" > "$out/xattrs.json" <<'PY'
+import json, os, sys
+m = sys.argv[1]
+out = {}
+for dp, dns, fns in os.walk(m):
+    for n in dns + fns:
+        p = os.path.join(dp, n)
+        names = os.listxattr(p, follow_symlinks=False)
+        if names:
+            out[os.path.relpath(p, m)] = {
+                x: os.getxattr(p, x, follow_symlinks=False).hex() for x in sorted(names)}
+print(json.dumps(out, indent=1, sort_keys=True))
+PY
+fi
 # The manifest: every entry with its type and content hash or target.
 python3 - "$work/mnt" > "$out/manifest.jsonl" <<'PY'
 import hashlib, json, os, sys
@@ -159,6 +221,11 @@ import json, sys
 print(json.dumps(json.load(open(sys.argv[1])), indent=1, sort_keys=True))
 PY
 rm -f "$out/cipher/sealfs.lock"
+if [ -n "${LINKS:-}" ]; then
+    (cd "$out/cipher" && getfattr -R -P -h -d -m - -e hex --absolute-names .) \
+        > "$out/backing-xattrs.txt"
+    sha256sum < "$out/backing-xattrs.txt" | cut -d' ' -f1 > "$out/backing-xattrs.sha256"
+fi
 # Pin the cipher files (tests/fixtures.rs recomputes the same fingerprint).
 python3 - "$out/cipher" > "$out/cipher.sha256" <<'PY'
 import hashlib, os, sys

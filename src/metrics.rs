@@ -41,11 +41,14 @@ pub enum Op {
     Create,
     Statfs,
     Fallocate,
+    Link,
+    Getxattr,
+    Setxattr,
 }
 
 impl Op {
     /// Every operation, in label order.
-    pub const ALL: [Op; 20] = [
+    pub const ALL: [Op; 23] = [
         Op::Lookup,
         Op::Getattr,
         Op::Setattr,
@@ -66,6 +69,9 @@ impl Op {
         Op::Create,
         Op::Statfs,
         Op::Fallocate,
+        Op::Link,
+        Op::Getxattr,
+        Op::Setxattr,
     ];
 
     /// The `op` label value.
@@ -91,6 +97,9 @@ impl Op {
             Op::Create => "create",
             Op::Statfs => "statfs",
             Op::Fallocate => "fallocate",
+            Op::Link => "link",
+            Op::Getxattr => "getxattr",
+            Op::Setxattr => "setxattr",
         }
     }
 }

@@ -400,10 +400,19 @@ pub fn open_regular(dir: BorrowedFd<'_>, name: &OsStr, flags: i32) -> io::Result
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(wrong_kind(name, st.st_mode, "regular file"));
     }
-    reopen(
-        pinned.as_fd(),
-        flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC),
-    )
+    let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
+    noatime(flags, |f| reopen(pinned.as_fd(), f))
+}
+
+/// Opens with `flags | O_NOATIME` (reading sealfs's own bytes, a header or
+/// a chunk, is not an access of the plaintext file: the backing atime is
+/// the file's atime), or without it where the kernel refuses it (EPERM:
+/// neither the owner nor CAP_FOWNER).
+pub fn noatime<T>(flags: i32, open: impl Fn(i32) -> io::Result<T>) -> io::Result<T> {
+    match open(flags | libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(flags),
+        other => other,
+    }
 }
 
 /// Reads the whole regular file `name` in `dir` (see [`open_regular`]).
@@ -531,4 +540,187 @@ pub fn write_durably(dir: BorrowedFd<'_>, name: &str, bytes: &[u8], mode: u32) -
         return Err(e);
     }
     fsync_dir(dir)
+}
+
+// ------------------------------------------------------------ extended attributes
+
+/// The path that reaches `entry` of `dir` for the path-based xattr calls:
+/// `/proc/self/fd/DIR/ENTRY` (the directory's magic link is followed, the
+/// entry itself is not by the `l*` calls), or, for an empty entry, the
+/// directory itself through its magic link (followed by the plain calls).
+fn xattr_path(dir: BorrowedFd<'_>, entry: &OsStr) -> io::Result<(CString, bool)> {
+    let mut p = proc_path(dir).into_os_string();
+    let follow = entry.is_empty();
+    if !follow {
+        p.push("/");
+        p.push(entry);
+    }
+    Ok((cstr(&p)?, follow))
+}
+
+fn xattr_name(name: &str) -> io::Result<CString> {
+    CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// The value of the xattr `name` of `entry` in `dir` (of `dir` itself for
+/// an empty entry), never following a symlink at `entry`. `Ok(None)`: the
+/// object has no such attribute.
+pub fn get_xattr(dir: BorrowedFd<'_>, entry: &OsStr, name: &str) -> io::Result<Option<Vec<u8>>> {
+    let (path, follow) = xattr_path(dir, entry)?;
+    let n = xattr_name(name)?;
+    let get = |buf: &mut [u8]| -> isize {
+        let (p, len) = (buf.as_mut_ptr() as *mut libc::c_void, buf.len());
+        // SAFETY: valid C strings; the buffer is valid for `len` bytes.
+        unsafe {
+            if follow {
+                libc::getxattr(path.as_ptr(), n.as_ptr(), p, len)
+            } else {
+                libc::lgetxattr(path.as_ptr(), n.as_ptr(), p, len)
+            }
+        }
+    };
+    read_sized(get)
+}
+
+/// Calls `get` with a buffer big enough for the value (asking for the size
+/// first, again if it grew in between).
+fn read_sized(get: impl Fn(&mut [u8]) -> isize) -> io::Result<Option<Vec<u8>>> {
+    loop {
+        let size = get(&mut []);
+        if size < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENODATA) => Ok(None),
+                _ => Err(e),
+            };
+        }
+        let mut buf = vec![0u8; size as usize];
+        let got = get(&mut buf);
+        if got < 0 {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::ERANGE) => continue,
+                Some(libc::ENODATA) => return Ok(None),
+                _ => return Err(e),
+            }
+        }
+        buf.truncate(got as usize);
+        return Ok(Some(buf));
+    }
+}
+
+/// Sets the xattr `name` of `entry` in `dir` (of `dir` itself for an empty
+/// entry) to `value`; `flags` is 0, `XATTR_CREATE` or `XATTR_REPLACE`.
+pub fn set_xattr(
+    dir: BorrowedFd<'_>,
+    entry: &OsStr,
+    name: &str,
+    value: &[u8],
+    flags: i32,
+) -> io::Result<()> {
+    let (path, follow) = xattr_path(dir, entry)?;
+    let n = xattr_name(name)?;
+    let v = value.as_ptr() as *const libc::c_void;
+    // SAFETY: valid C strings and value buffer.
+    check(unsafe {
+        if follow {
+            libc::setxattr(path.as_ptr(), n.as_ptr(), v, value.len(), flags)
+        } else {
+            libc::lsetxattr(path.as_ptr(), n.as_ptr(), v, value.len(), flags)
+        }
+    })
+    .map(|_| ())
+}
+
+/// Removes the xattr `name` of `entry` in `dir` (ENODATA if absent).
+pub fn remove_xattr(dir: BorrowedFd<'_>, entry: &OsStr, name: &str) -> io::Result<()> {
+    let (path, follow) = xattr_path(dir, entry)?;
+    let n = xattr_name(name)?;
+    // SAFETY: valid C strings.
+    check(unsafe {
+        if follow {
+            libc::removexattr(path.as_ptr(), n.as_ptr())
+        } else {
+            libc::lremovexattr(path.as_ptr(), n.as_ptr())
+        }
+    })
+    .map(|_| ())
+}
+
+/// The xattr names of `entry` in `dir` (of `dir` itself for an empty entry).
+pub fn list_xattrs(dir: BorrowedFd<'_>, entry: &OsStr) -> io::Result<Vec<Vec<u8>>> {
+    let (path, follow) = xattr_path(dir, entry)?;
+    let list = |buf: &mut [u8]| -> isize {
+        let (p, len) = (buf.as_mut_ptr() as *mut libc::c_char, buf.len());
+        // SAFETY: valid C string; the buffer is valid for `len` bytes.
+        unsafe {
+            if follow {
+                libc::listxattr(path.as_ptr(), p, len)
+            } else {
+                libc::llistxattr(path.as_ptr(), p, len)
+            }
+        }
+    };
+    Ok(split_names(read_sized(list)?.unwrap_or_default()))
+}
+
+fn split_names(buf: Vec<u8>) -> Vec<Vec<u8>> {
+    buf.split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+/// `fgetxattr(2)` on an open file; `Ok(None)` when absent.
+pub fn fget_xattr(f: &File, name: &str) -> io::Result<Option<Vec<u8>>> {
+    let n = xattr_name(name)?;
+    read_sized(|buf: &mut [u8]| {
+        // SAFETY: valid fd, C string and buffer.
+        unsafe {
+            libc::fgetxattr(
+                f.as_raw_fd(),
+                n.as_ptr(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+            )
+        }
+    })
+}
+
+/// `fsetxattr(2)` on an open file.
+pub fn fset_xattr(f: &File, name: &str, value: &[u8], flags: i32) -> io::Result<()> {
+    let n = xattr_name(name)?;
+    // SAFETY: valid fd, C string and value buffer.
+    check(unsafe {
+        libc::fsetxattr(
+            f.as_raw_fd(),
+            n.as_ptr(),
+            value.as_ptr() as *const libc::c_void,
+            value.len(),
+            flags,
+        )
+    })
+    .map(|_| ())
+}
+
+/// `flistxattr(2)` on an open file.
+pub fn flist_xattrs(f: &File) -> io::Result<Vec<Vec<u8>>> {
+    let list = |buf: &mut [u8]| -> isize {
+        // SAFETY: valid fd and buffer.
+        unsafe {
+            libc::flistxattr(
+                f.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_char,
+                buf.len(),
+            )
+        }
+    };
+    Ok(split_names(read_sized(list)?.unwrap_or_default()))
+}
+
+/// `futimens(2)`: sets an open file's times (`Omit` leaves one as it is).
+pub fn futimens(f: &File, atime: TimeSpec, mtime: TimeSpec) -> io::Result<()> {
+    let ts = [atime.to_libc(), mtime.to_libc()];
+    // SAFETY: valid fd and timespec array.
+    check(unsafe { libc::futimens(f.as_raw_fd(), ts.as_ptr()) }).map(|_| ())
 }

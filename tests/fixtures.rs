@@ -112,6 +112,26 @@ fn frozen_fixtures_mount_and_read_byte_exact() {
         let mnt = base.join("mnt");
         fs::create_dir(&mnt).unwrap();
         run_ok(Command::new("cp").arg("-a").arg(&cipher_src).arg(&cipher));
+        // git keeps no xattrs: a fixture with sealed attributes and
+        // external link tables carries its backing xattrs as a dump.
+        if let Ok(dump) = fs::read(fixture.join("backing-xattrs.txt")) {
+            let pinned = fs::read_to_string(fixture.join("backing-xattrs.sha256")).unwrap();
+            assert_eq!(
+                hex(&Sha256::digest(&dump)),
+                pinned.trim(),
+                "fixture {name}: backing-xattrs.txt was edited"
+            );
+            run_ok(
+                Command::new("setfattr")
+                    // Symlinks carry their own (trusted.*) attributes.
+                    .arg("-h")
+                    .arg(format!(
+                        "--restore={}",
+                        fixture.join("backing-xattrs.txt").display()
+                    ))
+                    .current_dir(&cipher),
+            );
+        }
         let pass = fixture.join("passphrase");
 
         let m = Mounted::start(
@@ -122,7 +142,20 @@ fn frozen_fixtures_mount_and_read_byte_exact() {
             &base.join("daemon.log"),
         );
         let view = plaintext_view(&mnt);
+        // A fixture with hard links and xattrs: the same link groups, and
+        // every attribute (ACLs included) with the same value.
+        let links_xattrs = fixture
+            .join("links.json")
+            .exists()
+            .then(|| links_and_xattrs(&mnt));
         m.unmount();
+        if let Some((groups, xattrs)) = links_xattrs {
+            let want = |f: &str| -> serde_json::Value {
+                serde_json::from_str(&fs::read_to_string(fixture.join(f)).unwrap()).unwrap()
+            };
+            assert_eq!(groups, want("links.json"), "fixture {name}: link groups");
+            assert_eq!(xattrs, want("xattrs.json"), "fixture {name}: xattrs");
+        }
         let manifest: BTreeMap<String, serde_json::Value> =
             fs::read_to_string(fixture.join("manifest.jsonl"))
                 .unwrap()
@@ -219,4 +252,53 @@ fn frozen_fixtures_mount_and_read_byte_exact() {
 
 fn want_versions(fixture: &Path) -> serde_json::Value {
     serde_json::from_str(&fs::read_to_string(fixture.join("key-versions.json")).unwrap()).unwrap()
+}
+
+/// The link groups (paths sharing an inode, each sorted, the list sorted)
+/// and every path's xattrs (name -> hex value) of a mounted fixture.
+fn links_and_xattrs(mnt: &Path) -> (serde_json::Value, serde_json::Value) {
+    use std::os::unix::fs::MetadataExt;
+    let mut groups: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    let mut xattrs = serde_json::Map::new();
+    walk(mnt, &mut |p, md| {
+        let rel = p.strip_prefix(mnt).unwrap().to_str().unwrap().to_string();
+        if !md.is_dir() && md.nlink() > 1 {
+            groups.entry(md.ino()).or_default().push(rel.clone());
+        }
+        let c = cpath(p);
+        let mut buf = vec![0u8; 65536];
+        // SAFETY: valid C string and buffer.
+        let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        assert!(n >= 0, "listxattr {rel}");
+        let mut names: Vec<&[u8]> = buf[..n as usize]
+            .split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .collect();
+        names.sort();
+        let mut one = serde_json::Map::new();
+        for x in names {
+            let xn = std::ffi::CString::new(x).unwrap();
+            let mut v = vec![0u8; 65536];
+            // SAFETY: valid C strings and buffer.
+            let r =
+                unsafe { libc::lgetxattr(c.as_ptr(), xn.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
+            assert!(r >= 0, "getxattr {rel}");
+            one.insert(
+                String::from_utf8_lossy(x).into_owned(),
+                hex(&v[..r as usize]).into(),
+            );
+        }
+        if !one.is_empty() {
+            xattrs.insert(rel, one.into());
+        }
+    });
+    let mut g: Vec<Vec<String>> = groups
+        .into_values()
+        .map(|mut v| {
+            v.sort();
+            v
+        })
+        .collect();
+    g.sort();
+    (serde_json::json!(g), xattrs.into())
 }

@@ -1341,9 +1341,27 @@ fn names_of_255_bytes_work_and_256_fail() {
     assert_errno(fs::metadata(fx.p(&n256)), libc::ENAMETOOLONG, "stat 256");
 }
 
+/// A volume made before hard links and extended attributes (its
+/// sealfs.toml without the `hard-links` and `xattrs` features, as every
+/// format-1 volume before them) keeps refusing both, as it always did.
+fn mounted_without_link_and_xattr_features() -> Fixture {
+    let mut fx = Fixture::new();
+    let cfg = fx.cipher.join("sealfs.toml");
+    let text = fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("\"hard-links\"") && text.contains("\"xattrs\""));
+    let old: String = text
+        .lines()
+        .filter(|l| !l.contains("\"hard-links\"") && !l.contains("\"xattrs\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fs::write(&cfg, old).unwrap();
+    fx.mount();
+    fx
+}
+
 #[test]
-fn hard_links_are_refused_with_eperm() {
-    let fx = Fixture::mounted();
+fn hard_links_are_refused_with_eperm_without_the_feature() {
+    let fx = mounted_without_link_and_xattr_features();
     fs::write(fx.p("a"), b"a").unwrap();
     assert_errno(fs::hard_link(fx.p("a"), fx.p("b")), libc::EPERM, "link");
     assert!(!fx.p("b").exists());
@@ -1351,8 +1369,8 @@ fn hard_links_are_refused_with_eperm() {
 }
 
 #[test]
-fn xattrs_are_not_supported() {
-    let fx = Fixture::mounted();
+fn xattrs_are_not_supported_without_the_feature() {
+    let fx = mounted_without_link_and_xattr_features();
     fs::write(fx.p("a"), b"a").unwrap();
     let c = cpath(&fx.p("a"));
     let name = c"user.test";

@@ -12,7 +12,7 @@
 //! socket's mode on the pinned socket inode; reading a peer's credentials.
 //! Must never: chmod, unlink or bind through a path whose components an
 //! attacker could swap for a symlink, or serve requests (that is
-//! [`super::server`]).
+//! `ctl::server`).
 
 use std::ffi::OsStr;
 use std::io;

@@ -27,11 +27,19 @@ pub const KNOWN_FEATURES: &[&str] = &[
     "path-bound-keys",
     "keyslots",
     "padded-names",
+    FEATURE_HARD_LINKS,
+    FEATURE_XATTRS,
     FEATURE_SEALED_GROUP_STATE,
 ];
 /// The feature flag of a keyring with keyslots (layout 2): a build
 /// without it refuses the volume rather than misread its keyring.
 pub const FEATURE_KEYSLOTS: &str = "keyslots";
+/// Feature: files may have several names, with a link table in block 0
+/// (docs/FORMAT.md §4.2). Without it `link(2)` is refused (EPERM).
+pub const FEATURE_HARD_LINKS: &str = "hard-links";
+/// Feature: encrypted extended attributes and POSIX ACLs (docs/FORMAT.md
+/// §9.1). Without it every xattr call is refused (EOPNOTSUPP).
+pub const FEATURE_XATTRS: &str = "xattrs";
 /// The feature flag of names padded to 16 bytes before sealing
 /// (docs/FORMAT.md §7.1); volumes without it seal names as they are.
 pub const PADDED_NAMES: &str = "padded-names";
@@ -118,7 +126,9 @@ impl VolumeConfig {
     /// with the keyring's KDF: what `sealfs init` wrote before keyslots.
     pub fn layout1(volume_id: [u8; 16], kdf: KdfConfig) -> Self {
         let mut c = Self::new(volume_id);
-        c.features.retain(|f| f != FEATURE_KEYSLOTS);
+        c.features.retain(|f| {
+            ![FEATURE_KEYSLOTS, FEATURE_HARD_LINKS, FEATURE_XATTRS].contains(&f.as_str())
+        });
         c.kdf = Some(kdf);
         c
     }
@@ -164,6 +174,11 @@ impl VolumeConfig {
             parse_duration(p).map_err(|e| ConfigError::Invalid(format!("rotation_period: {e}")))?;
         }
         Ok(c)
+    }
+
+    /// Whether the volume has feature `f`.
+    pub fn has_feature(&self, f: &str) -> bool {
+        self.features.iter().any(|x| x == f)
     }
 
     /// Serializes to TOML text.

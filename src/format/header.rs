@@ -4,7 +4,13 @@
 //!
 //! Owns: the byte layout of both records (docs/FORMAT.md §4, §5) and the AAD
 //! of key wrapping. Two slots let a rename or rewrap add the new wrapping
-//! before the old one is removed, so a crash leaves one that opens.
+//! before the old one is removed, so a crash leaves one that opens. A file
+//! with more than one name is *linked* ([`FLAG_LINKED`]): a slot may then be
+//! bound to a context that names no path ([`Binding::Linked`]), and the
+//! file's link table ([`crate::format::links`]) says which names reach it;
+//! [`SealedRecord::open`] never opens such a slot, only
+//! [`SealedRecord::open_linked`] does, so code that does not check the
+//! table cannot be fooled by a linked file.
 //! Must never: do I/O, or hold the master keys themselves (it is handed
 //! ready wrapping ciphers).
 
@@ -16,6 +22,10 @@ const SLOT_LEN: usize = 64;
 const SLOTS_OFFSET: usize = 32;
 /// On-disk format version of records written by this code.
 pub const RECORD_VERSION: u16 = 1;
+/// Header flag (bytes 10..12): the file is linked, its link table is in
+/// use (files of volumes with the `hard-links` feature only).
+pub const FLAG_LINKED: u16 = 1;
+const LINKED_AAD_LABEL: &[u8] = b"sealfs:file-key:linked:v1";
 
 /// Which kind of object a record belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +70,9 @@ pub enum HeaderError {
     /// Written by a newer format.
     #[error("unsupported record version {0}")]
     UnsupportedVersion(u16),
+    /// Flags this build does not know (or a flag on a directory record).
+    #[error("unsupported record flags {0:#x}")]
+    UnsupportedFlags(u16),
     /// No slot is filled.
     #[error("no key slot is filled")]
     NoSlot,
@@ -91,6 +104,15 @@ impl EncryptionContext<'_> {
     };
 }
 
+/// What a slot's wrapping is bound to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding<'a> {
+    /// One place in the tree: the only name of the object.
+    Path(&'a EncryptionContext<'a>),
+    /// No place: the file is linked, its link table lists its names.
+    Linked,
+}
+
 /// One wrapped key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeySlot {
@@ -108,6 +130,8 @@ pub struct SealedRecord {
     pub kind: RecordKind,
     /// The object's random id (file id bound in chunk AAD; directory id that children bind to).
     pub id: [u8; 16],
+    /// Header flags ([`FLAG_LINKED`]); 0 for directories.
+    pub flags: u16,
     /// Up to two wrappings of the same key.
     pub slots: [Option<KeySlot>; 2],
 }
@@ -117,8 +141,19 @@ fn slot_aad(
     volume_id: &[u8; 16],
     id: &[u8; 16],
     version: u32,
-    ctx: &EncryptionContext<'_>,
+    binding: Binding<'_>,
 ) -> Vec<u8> {
+    let ctx = match binding {
+        Binding::Path(ctx) => ctx,
+        Binding::Linked => {
+            let mut a = Vec::with_capacity(64);
+            a.extend_from_slice(LINKED_AAD_LABEL);
+            a.extend_from_slice(volume_id);
+            a.extend_from_slice(id);
+            a.extend_from_slice(&version.to_le_bytes());
+            return a;
+        }
+    };
     let mut a = Vec::with_capacity(64 + ctx.name.len());
     a.extend_from_slice(kind.aad_label());
     a.extend_from_slice(volume_id);
@@ -144,22 +179,24 @@ impl SealedRecord {
         let mut r = SealedRecord {
             kind,
             id,
+            flags: 0,
             slots: [None, None],
         };
-        r.slots[0] = Some(r.make_slot(volume_id, key, version, wrapper, ctx)?);
+        r.slots[0] = Some(r.make_slot(volume_id, key, version, wrapper, Binding::Path(ctx))?);
         Ok(r)
     }
 
-    /// Wraps `key` into a new slot for `ctx` (not stored in the record).
+    /// Wraps `key` into a new slot bound to `binding` (not stored in the
+    /// record). A [`Binding::Linked`] slot is for files only.
     pub fn make_slot(
         &self,
         volume_id: &[u8; 16],
         key: &SecretKey,
         version: u32,
         wrapper: &SealingKey,
-        ctx: &EncryptionContext<'_>,
+        binding: Binding<'_>,
     ) -> Result<KeySlot, HeaderError> {
-        let aad = slot_aad(self.kind, volume_id, &self.id, version, ctx);
+        let aad = slot_aad(self.kind, volume_id, &self.id, version, binding);
         let (nonce, wrapped, tag) = wrapper.wrap_key(key, &aad)?;
         Ok(KeySlot {
             key_version: version,
@@ -169,13 +206,43 @@ impl SealedRecord {
         })
     }
 
-    /// Unwraps the key for `ctx`, trying each slot; `wrapper_for` gives the
-    /// wrapping cipher of a master key version, or `None` if unavailable.
-    /// Returns the key and the index of the slot that opened.
+    /// Whether the file is linked ([`FLAG_LINKED`]).
+    pub fn is_linked(&self) -> bool {
+        self.flags & FLAG_LINKED != 0
+    }
+
+    /// Unwraps the key for `ctx`, trying each slot's path binding;
+    /// `wrapper_for` gives the wrapping cipher of a master key version, or
+    /// `None` if unavailable. Returns the key and the index of the slot that
+    /// opened. A slot bound to [`Binding::Linked`] never opens here (see
+    /// [`SealedRecord::open_linked`]).
     pub fn open(
         &self,
         volume_id: &[u8; 16],
         ctx: &EncryptionContext<'_>,
+        wrapper_for: &dyn Fn(u32) -> Option<SealingKey>,
+    ) -> Result<(SecretKey, usize), HeaderError> {
+        self.open_bound(volume_id, Binding::Path(ctx), wrapper_for)
+    }
+
+    /// Unwraps the key of a linked file from its [`Binding::Linked`] slot.
+    /// The caller must then check the name it came through against the
+    /// file's link table: the slot alone says nothing about the path.
+    pub fn open_linked(
+        &self,
+        volume_id: &[u8; 16],
+        wrapper_for: &dyn Fn(u32) -> Option<SealingKey>,
+    ) -> Result<(SecretKey, usize), HeaderError> {
+        if self.kind != RecordKind::File || !self.is_linked() {
+            return Err(HeaderError::ContextMismatch);
+        }
+        self.open_bound(volume_id, Binding::Linked, wrapper_for)
+    }
+
+    fn open_bound(
+        &self,
+        volume_id: &[u8; 16],
+        binding: Binding<'_>,
         wrapper_for: &dyn Fn(u32) -> Option<SealingKey>,
     ) -> Result<(SecretKey, usize), HeaderError> {
         let mut missing = None;
@@ -187,7 +254,7 @@ impl SealedRecord {
                 missing = Some(s.key_version);
                 continue;
             };
-            let aad = slot_aad(self.kind, volume_id, &self.id, s.key_version, ctx);
+            let aad = slot_aad(self.kind, volume_id, &self.id, s.key_version, binding);
             if let Ok(k) = w.unwrap_key(&s.nonce, &s.wrapped, &s.tag, &aad) {
                 return Ok((k, i));
             }
@@ -206,7 +273,8 @@ impl SealedRecord {
         let mut b = [0u8; RECORD_LEN];
         b[..8].copy_from_slice(self.kind.magic());
         b[8..10].copy_from_slice(&RECORD_VERSION.to_le_bytes());
-        // 10..12 flags, 12..16 reserved: zero
+        b[10..12].copy_from_slice(&self.flags.to_le_bytes());
+        // 12..16 reserved: zero
         b[16..32].copy_from_slice(&self.id);
         for (i, slot) in self.slots.iter().enumerate() {
             if let Some(s) = slot {
@@ -232,6 +300,14 @@ impl SealedRecord {
         if version != RECORD_VERSION {
             return Err(HeaderError::UnsupportedVersion(version));
         }
+        let flags = u16::from_le_bytes([bytes[10], bytes[11]]);
+        let known = match kind {
+            RecordKind::File => FLAG_LINKED,
+            RecordKind::Dir => 0,
+        };
+        if flags & !known != 0 {
+            return Err(HeaderError::UnsupportedFlags(flags));
+        }
         let mut id = [0u8; 16];
         id.copy_from_slice(&bytes[16..32]);
         let mut slots = [None, None];
@@ -252,7 +328,12 @@ impl SealedRecord {
             s.tag.copy_from_slice(&bytes[o + 48..o + 64]);
             *slot = Some(s);
         }
-        Ok(SealedRecord { kind, id, slots })
+        Ok(SealedRecord {
+            kind,
+            id,
+            flags,
+            slots,
+        })
     }
 }
 
@@ -323,7 +404,10 @@ mod tests {
             parent_dir_id: [5; 16],
             name: b"new",
         };
-        r.slots[1] = Some(r.make_slot(&VOL, &dk, 1, &w, &new_ctx).unwrap());
+        r.slots[1] = Some(
+            r.make_slot(&VOL, &dk, 1, &w, Binding::Path(&new_ctx))
+                .unwrap(),
+        );
         let get = |_v: u32| Some(w.clone());
         let old_ctx = EncryptionContext {
             parent_dir_id: [2; 16],
@@ -331,6 +415,58 @@ mod tests {
         };
         assert_eq!(r.open(&VOL, &old_ctx, &get).unwrap().1, 0);
         assert_eq!(r.open(&VOL, &new_ctx, &get).unwrap().1, 1);
+    }
+
+    #[test]
+    fn linked_slot_opens_only_through_open_linked() {
+        let (dk, w, mut r) = setup();
+        let get = |_v: u32| Some(w.clone());
+        let ctx = EncryptionContext {
+            parent_dir_id: [2; 16],
+            name: b"a.txt",
+        };
+        let linked = r.make_slot(&VOL, &dk, 1, &w, Binding::Linked).unwrap();
+        r.slots = [Some(linked), None];
+        // Not flagged: open_linked refuses, and open never uses the slot.
+        assert_eq!(
+            r.open_linked(&VOL, &get).unwrap_err(),
+            HeaderError::ContextMismatch
+        );
+        r.flags = FLAG_LINKED;
+        assert_eq!(
+            r.open(&VOL, &ctx, &get).unwrap_err(),
+            HeaderError::ContextMismatch
+        );
+        let d = SealedRecord::decode(RecordKind::File, &r.encode()).unwrap();
+        assert!(d.is_linked());
+        let (k, i) = d.open_linked(&VOL, &get).unwrap();
+        assert_eq!((k.expose(), i), (dk.expose(), 0));
+        // Another file id or volume does not open it.
+        let mut moved = d.clone();
+        moved.id = [4; 16];
+        assert!(moved.open_linked(&VOL, &get).is_err());
+        assert!(d.open_linked(&[9; 16], &get).is_err());
+        // A path-bound slot is not a linked one.
+        let mut path_only = d.clone();
+        path_only.slots = [
+            Some(d.make_slot(&VOL, &dk, 1, &w, Binding::Path(&ctx)).unwrap()),
+            None,
+        ];
+        assert!(path_only.open_linked(&VOL, &get).is_err());
+        assert!(path_only.open(&VOL, &ctx, &get).is_ok());
+        // Unknown flags, and the linked flag on a directory record, are refused.
+        let mut enc = d.encode();
+        enc[10] = 2;
+        assert_eq!(
+            SealedRecord::decode(RecordKind::File, &enc),
+            Err(HeaderError::UnsupportedFlags(2))
+        );
+        let mut dir = d.encode();
+        dir[..8].copy_from_slice(b"sealfs.D");
+        assert_eq!(
+            SealedRecord::decode(RecordKind::Dir, &dir),
+            Err(HeaderError::UnsupportedFlags(1))
+        );
     }
 
     #[test]

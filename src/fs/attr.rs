@@ -105,12 +105,11 @@ impl SealFs {
             crtime: ts(st.st_ctime, st.st_ctime_nsec),
             kind: file_type(st.st_mode),
             perm: (st.st_mode & 0o7777) as u16,
-            // 0 for an open file whose name is gone; hard links are refused.
-            nlink: if inode.kind == EntryKind::Dir {
-                st.st_nlink as u32
-            } else {
-                (st.st_nlink as u32).min(1)
-            },
+            // Exact: a backing link per name (0 for an open file whose
+            // names are gone). Volumes without hard links never have more
+            // than one, unless someone linked backing files behind the
+            // mount's back (and those names fail to open).
+            nlink: st.st_nlink as u32,
             uid: st.st_uid,
             gid: st.st_gid,
             rdev: st.st_rdev as u32,

@@ -151,6 +151,41 @@ impl SealFs {
         }
     }
 
+    /// [`SealFs::content_of`] for a READ: the first read after an open
+    /// may also update the file's atime (see `SealFs::note_read`).
+    pub(super) fn content_for_read(
+        &self,
+        req: &Request,
+        fh: FileHandle,
+    ) -> FsResult<Arc<RwLock<SealedFile>>> {
+        self.check_enabled()?;
+        match &*self.file_handle(fh)? {
+            Handle::File(inode, f, grant) => {
+                if let Some(g) = grant {
+                    self.policy
+                        .check_handle(Caller::of(req), g, "use_handle", || Self::path_of(inode))?;
+                }
+                if inode.atime_due.load(std::sync::atomic::Ordering::Relaxed) {
+                    self.note_read(inode);
+                }
+                Ok(f.clone())
+            }
+            Handle::Dir(..) => Err(Errno::EISDIR),
+        }
+    }
+
+    /// Before a WRITE (FUSE_HANDLE_KILLPRIV_V2): the kernel's
+    /// FUSE_WRITE_KILL_SUIDGID clears set-ID bits, and a file capability
+    /// goes with any write.
+    pub(super) fn before_write(&self, req: &Request, fh: FileHandle, wf: fuser::WriteFlags) {
+        let Ok(h) = self.file_handle(fh) else { return };
+        let Handle::File(inode, ..) = &*h else { return };
+        if wf.contains(fuser::WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            self.kill_suid_sgid(inode);
+        }
+        self.kill_caps(req, inode);
+    }
+
     /// Records an integrity failure seen on an open file.
     pub(super) fn record_integrity(&self, req: &Request, fh: FileHandle, e: &VolumeError) {
         if !self.audit_paths() {

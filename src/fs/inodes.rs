@@ -28,6 +28,7 @@ use crate::volume::content::SealedFile;
 use crate::volume::{Directory, EntryKind};
 
 use crate::fs::listing::CachedListing;
+use crate::fs::ops::xattr::XattrState;
 use crate::fs::{errno_of, io_errno, FsResult, SealFs, ROOT};
 
 pub(super) struct Location {
@@ -40,6 +41,35 @@ pub(super) struct Location {
     /// kernel still knows the node: `entry` may name another object by now,
     /// so the node is reached only through its open backing fd, if any.
     pub(super) unlinked: bool,
+    /// Of a file with several names (hard links): the other names this
+    /// mount has seen it under (see `fs::links`).
+    pub(super) others: Vec<OtherName>,
+    /// The name above was removed but the file has other names this mount
+    /// has not seen: a request that needs a name answers ESTALE, and the
+    /// kernel looks the path up again.
+    pub(super) lost: bool,
+}
+
+/// Another name of a file with several.
+#[derive(Clone)]
+pub(super) struct OtherName {
+    pub(super) parent: Arc<Inode>,
+    pub(super) name: Vec<u8>,
+    pub(super) entry: String,
+}
+
+impl Location {
+    /// The location `name` (backing `entry`) in `parent`.
+    pub(super) fn at(parent: Option<Arc<Inode>>, name: &[u8], entry: &str) -> Location {
+        Location {
+            parent,
+            name: name.to_vec(),
+            entry: entry.to_string(),
+            unlinked: false,
+            others: Vec::new(),
+            lost: false,
+        }
+    }
 }
 
 pub(super) struct OpenState {
@@ -74,6 +104,11 @@ pub(super) struct Inode {
     /// read, so while it knows this node its opens are direct I/O: reads
     /// end at the sealed size.
     pub(super) stale_size: AtomicBool,
+    /// Its extended attributes' keys and what this mount knows of them.
+    pub(super) xattrs: Mutex<XattrState>,
+    /// Of a file: its atime may be due for an update at the next read
+    /// (set at open; see `SealFs::note_read`).
+    pub(super) atime_due: AtomicBool,
 }
 
 impl Inode {
@@ -102,6 +137,8 @@ impl Inode {
             changes: AtomicU64::new(0),
             listing: Mutex::new(None),
             stale_size: AtomicBool::new(false),
+            xattrs: Mutex::new(XattrState::default()),
+            atime_due: AtomicBool::new(false),
         }
     }
 
@@ -128,12 +165,7 @@ impl Table {
     /// A table holding only the root directory (backing inode
     /// `backing_ino`, open as `fd`, unlocked as `dir`).
     pub(super) fn with_root(fd: OwnedFd, backing_ino: u64, dir: Directory) -> Table {
-        let loc = Location {
-            parent: None,
-            name: Vec::new(),
-            entry: String::new(),
-            unlinked: false,
-        };
+        let loc = Location::at(None, b"", "");
         let root = Inode::new(
             ROOT,
             backing_ino,
@@ -248,6 +280,9 @@ impl SealFs {
             if l.unlinked {
                 return Err(Errno::ENOENT);
             }
+            if l.lost {
+                return Err(Errno::ESTALE);
+            }
             (l.parent.clone(), l.name.clone())
         };
         let parent = parent.ok_or(Errno::EIO)?;
@@ -278,13 +313,19 @@ impl SealFs {
         let _ns = self.vol.namespace().read_recursive();
         let (parent, entry, unlinked) = {
             let l = inode.loc.lock();
-            (l.parent.clone(), l.entry.clone(), l.unlinked)
+            (l.parent.clone(), l.entry.clone(), l.unlinked || l.lost)
         };
         if unlinked {
             // An open file lives on through its fd (fstat, fchmod and
             // futimens on an open, unlinked file must work); anything else
-            // is gone, and its old entry name may be another file's now.
-            let file = inode.open.lock().file.clone().ok_or(Errno::ENOENT)?;
+            // is gone, and its old entry name may be another file's now
+            // (ESTALE: another name of it exists, the kernel looks again).
+            let gone = if inode.loc.lock().lost {
+                Errno::ESTALE
+            } else {
+                Errno::ENOENT
+            };
+            let file = inode.open.lock().file.clone().ok_or(gone)?;
             let file = file.read();
             return f(file.backing().as_fd(), OsStr::new("")).map_err(io_errno);
         }
@@ -309,15 +350,7 @@ impl SealFs {
         };
         let relink = |n: &Arc<Inode>| {
             n.nlookup.fetch_add(1, Ordering::Relaxed);
-            let mut l = n.loc.lock();
-            if l.entry != entry || l.parent.as_ref().map(|p| p.ino) != Some(parent.ino) {
-                *l = Location {
-                    parent: Some(parent.clone()),
-                    name: name.to_vec(),
-                    entry: entry.to_string(),
-                    unlinked: false,
-                };
-            }
+            Self::seen_as(n, parent, name, entry, st.st_nlink);
         };
         if let Some(n) = reuse(&self.inodes.read()) {
             relink(&n);
@@ -347,12 +380,7 @@ impl SealFs {
         } else {
             self.next_node.fetch_add(1, Ordering::Relaxed)
         };
-        let loc = Location {
-            parent: Some(parent.clone()),
-            name: name.to_vec(),
-            entry: entry.to_string(),
-            unlinked: false,
-        };
+        let loc = Location::at(Some(parent.clone()), name, entry);
         let inode = Arc::new(Inode::new(ino, st.st_ino, kind, dir_fd, loc, None));
         table.nodes.insert(ino, inode.clone());
         table.by_backing.insert(st.st_ino, ino);

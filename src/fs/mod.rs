@@ -28,6 +28,7 @@
 mod attr;
 mod handles;
 mod inodes;
+mod links;
 mod listing;
 mod ops;
 mod records;
@@ -49,6 +50,7 @@ use fuser::{
 };
 use parking_lot::{Mutex, RwLock};
 
+use crate::format::config::FEATURE_XATTRS;
 use crate::format::header::EncryptionContext;
 use crate::policy::AccessControl;
 use crate::volume::backing;
@@ -84,6 +86,14 @@ fn io_errno(e: std::io::Error) -> Errno {
     Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
+/// What the mount serves beyond format version 1 (from the volume's
+/// feature flags and what the backing filesystem can do).
+#[derive(Debug, Clone, Copy, Default)]
+struct Features {
+    /// Encrypted extended attributes and POSIX ACLs.
+    xattrs: bool,
+}
+
 /// The fuser filesystem over one volume.
 pub struct SealFs {
     vol: Arc<Volume>,
@@ -102,6 +112,7 @@ pub struct SealFs {
     /// Free space in CIPHERDIR: below its margin new opens are
     /// write-through (None: a volume opened read-only, or not watched).
     space: std::sync::OnceLock<SpaceGuard>,
+    features: Features,
     /// The root's presented mode, owner and group (`sealfs.root`); `None`:
     /// the cipher directory's own.
     root_attrs: RwLock<Option<crate::volume::rootattrs::RootAttrs>>,
@@ -113,6 +124,15 @@ impl SealFs {
         let root_fd = vol.root_fd()?;
         let st = backing::stat(root_fd.as_fd(), OsStr::new(""))?;
         let root_dir = vol.load_dir(root_fd.as_fd(), &EncryptionContext::ROOT)?;
+        let xattrs = vol.config().has_feature(FEATURE_XATTRS);
+        let stored = xattrs && crate::volume::xattrs::backing_supports(root_fd.as_fd());
+        if xattrs && !stored {
+            tracing::warn!(
+                "the backing filesystem does not store user extended attributes: \
+                 extended attributes and ACLs are refused on this mount (EOPNOTSUPP)"
+            );
+        }
+        let features = Features { xattrs: stored };
         let root_attrs = match vol.root_attrs(&root_dir) {
             Ok(a) => a,
             // Damaged (fsck reports it): the root shows the cipher
@@ -141,6 +161,7 @@ impl SealFs {
             reclaim: ReclaimQueue::new(),
             policy,
             space: std::sync::OnceLock::new(),
+            features,
             root_attrs: RwLock::new(root_attrs),
         })
     }
@@ -182,7 +203,7 @@ impl SealFs {
 
 impl fuser::Filesystem for SealFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        session::ask_kernel(config);
+        session::ask_kernel(config, self.features.xattrs);
         self.records.spawn();
         Ok(())
     }
@@ -262,7 +283,13 @@ impl fuser::Filesystem for SealFs {
     ) {
         self.activity.touch();
         crate::metrics::op(crate::metrics::Op::Mknod);
-        ops::dir::mknod(self, req, parent, name, mode & !umask, rdev, reply)
+        let is_dir = false;
+        match self.creation_mode(req, parent, mode, umask, is_dir) {
+            Ok((mode, inherited)) => {
+                ops::dir::mknod(self, req, parent, name, (mode, inherited), rdev, reply)
+            }
+            Err(e) => reply.error(e),
+        }
     }
 
     fn mkdir(
@@ -276,7 +303,10 @@ impl fuser::Filesystem for SealFs {
     ) {
         self.activity.touch();
         crate::metrics::op(crate::metrics::Op::Mkdir);
-        ops::dir::mkdir(self, req, parent, name, mode & !umask, reply)
+        match self.creation_mode(req, parent, mode, umask, true) {
+            Ok(m) => ops::dir::mkdir(self, req, parent, name, m, reply),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -328,15 +358,15 @@ impl fuser::Filesystem for SealFs {
 
     fn link(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
         reply: ReplyEntry,
     ) {
         self.activity.touch();
-        // Refused by design: a file's key is bound to one (directory, name); see docs/FORMAT.md.
-        reply.error(Errno::EPERM);
+        crate::metrics::op(crate::metrics::Op::Link);
+        ops::dir::link(self, req, ino, (newparent, newname), reply)
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -368,12 +398,15 @@ impl fuser::Filesystem for SealFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _wf: WriteFlags,
+        wf: WriteFlags,
         _flags: OpenFlags,
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         self.activity.touch();
+        if self.features.xattrs {
+            self.before_write(req, fh, wf);
+        }
         let _timed = crate::metrics::timed_write();
         ops::file::write(self, req, fh, offset, data, reply)
     }
@@ -497,46 +530,66 @@ impl fuser::Filesystem for SealFs {
     ) {
         self.activity.touch();
         crate::metrics::op(crate::metrics::Op::Create);
-        ops::file::create(self, req, parent, name, mode & !umask, flags, reply)
+        match self.creation_mode(req, parent, mode, umask, false) {
+            Ok(m) => ops::file::create(self, req, parent, name, m, flags, reply),
+            Err(e) => reply.error(e),
+        }
     }
 
-    // Extended attributes are not supported in this format version: ENOSYS
-    // makes the kernel answer EOPNOTSUPP and stop asking (no per-write
-    // security.capability round trip).
+    // Without the xattrs feature (format version 1 volumes, or a backing
+    // filesystem without user xattrs) every xattr call is ENOSYS: the
+    // kernel answers EOPNOTSUPP itself from then on and never asks for
+    // security.capability again.
     fn getxattr(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        size: u32,
         reply: fuser::ReplyXattr,
     ) {
         self.activity.touch();
-        reply.error(Errno::ENOSYS);
+        if !self.features.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
+        crate::metrics::op(crate::metrics::Op::Getxattr);
+        ops::xattr::getxattr(self, req, ino, name, size, reply)
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
         self.activity.touch();
-        reply.error(Errno::ENOSYS);
+        if !self.features.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
+        crate::metrics::op(crate::metrics::Op::Getxattr);
+        ops::xattr::listxattr(self, req, ino, size, reply)
     }
 
     fn setxattr(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
         self.activity.touch();
-        reply.error(Errno::ENOSYS);
+        if !self.features.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
+        crate::metrics::op(crate::metrics::Op::Setxattr);
+        ops::xattr::setxattr(self, req, ino, name, value, flags, reply)
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.activity.touch();
-        reply.error(Errno::ENOSYS);
+        if !self.features.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
+        crate::metrics::op(crate::metrics::Op::Setxattr);
+        ops::xattr::removexattr(self, req, ino, name, reply)
     }
 
     fn fallocate(

@@ -155,13 +155,27 @@ pub fn fuser_config(cipherdir: &Path, opts: &MountOptions) -> fuser::Config {
 
 /// What the mount asks of the kernel at init: the writeback cache, parallel
 /// directory operations and READDIRPLUS (where the kernel offers them),
-/// 1 MiB writes and readahead.
-pub(super) fn ask_kernel(config: &mut fuser::KernelConfig) {
+/// 1 MiB writes and readahead. With extended attributes (`xattrs`) also:
+/// * FUSE_POSIX_ACL: the kernel enforces ACLs itself (with
+///   default_permissions), asking for `system.posix_acl_*` as needed;
+/// * FUSE_DONT_MASK: create, mkdir and mknod bring the mode and the umask
+///   apart, since the umask does not apply under a default ACL;
+/// * FUSE_HANDLE_KILLPRIV_V2: the daemon clears set-ID bits and file
+///   capabilities on write, truncate and chown, so the kernel marks an
+///   inode without privileges S_NOSEC after one `security.capability`
+///   probe and stops asking before every write (until its attributes are
+///   refreshed).
+pub(super) fn ask_kernel(config: &mut fuser::KernelConfig, xattrs: bool) {
     use fuser::InitFlags;
-    let want = InitFlags::FUSE_WRITEBACK_CACHE
+    let mut want = InitFlags::FUSE_WRITEBACK_CACHE
         | InitFlags::FUSE_PARALLEL_DIROPS
         | InitFlags::FUSE_DO_READDIRPLUS
         | InitFlags::FUSE_READDIRPLUS_AUTO;
+    if xattrs {
+        want |= InitFlags::FUSE_POSIX_ACL
+            | InitFlags::FUSE_DONT_MASK
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+    }
     let want = want & config.capabilities();
     if let Err(missing) = config.add_capabilities(want) {
         tracing::info!("kernel lacks capabilities {missing:?}");

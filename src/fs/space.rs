@@ -73,7 +73,7 @@ impl SpaceGuard {
     }
 
     /// Whether a file opened now should be write-through (free space below
-    /// the margin). Asks the file system at most every [`CHECK_EVERY`].
+    /// the margin). Asks the file system at most every 100 ms.
     pub fn write_through(&self) -> bool {
         let now = self.epoch.elapsed().as_millis() as u64 + 1;
         let last = self.checked_ms.load(Relaxed);

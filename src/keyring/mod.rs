@@ -165,7 +165,13 @@ pub use crate::sys::now_secs;
 /// stored), `keyring-primary-written` (one copy new, one old),
 /// `keyring-stored` (both new, the store not yet recorded),
 /// `upgrade-config-announced` and `upgrade-keyring-stored` (between the
-/// three writes of an upgrade).
+/// three writes of an upgrade); of hard links (tests/crash.rs):
+/// `link-table-stored` (the new name listed durably, no backing link yet),
+/// `link-made` (the backing link made, a first link's path slot not yet
+/// dropped), `unlink-linked-removed` (one name of a linked file gone, its
+/// tag still listed), `rename-file-rebound` (the new slot or tag durable,
+/// not renamed) and `rename-file-moved` (renamed, the old slot or tag
+/// still there).
 pub fn kill_point(name: &str) {
     static POINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     let point = POINT.get_or_init(|| std::env::var("SEALFS_TEST_KILL_POINT").ok());

@@ -238,6 +238,40 @@ impl AccessControl {
         }
     }
 
+    /// Like [`AccessControl::authorize`] for an object known by several
+    /// paths (a file with hard links, each name looked up and checked on
+    /// its own): allowed when a grant covers any of them; a denial is
+    /// recorded once, on the first path.
+    pub fn authorize_any(
+        &self,
+        c: Caller,
+        paths: impl FnOnce() -> Vec<Vec<u8>>,
+        access: Access,
+        op: &str,
+    ) -> Result<Option<Arc<LiveGrant>>, Errno> {
+        if self.is_owner(c.uid) {
+            return Ok(None);
+        }
+        let mut paths = paths();
+        if paths.len() > 1 {
+            if let Some(g) = self.grants.as_ref().filter(|g| !g.is_empty()) {
+                let groups = self.requesters.groups(c);
+                if let Some(found) = paths[1..]
+                    .iter()
+                    .find_map(|p| g.decide(c.uid, &groups, p, access))
+                {
+                    return Ok(Some(found));
+                }
+            }
+        }
+        let first = if paths.is_empty() {
+            Vec::new()
+        } else {
+            paths.swap_remove(0)
+        };
+        self.authorize(c, || first, access, op)
+    }
+
     /// Checks a handle opened through grant `g` before each use; a revoked
     /// or expired grant refuses (and records) the request.
     pub fn check_handle(

@@ -740,6 +740,7 @@ impl Vault {
 }
 
 mod file;
+mod links;
 pub use file::{FileReader, FileWriter};
 
 // ---------------------------------------------------------------- key management

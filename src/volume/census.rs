@@ -97,7 +97,16 @@ impl Volume {
                     }
                 };
                 let w = wrapper(kind);
-                match rec.open(&vid, ctx, &w) {
+                // A linked file's slot names no path (its table is for
+                // opening, not for counting key versions).
+                let opened = rec.open(&vid, ctx, &w).or_else(|e| {
+                    if rec.is_linked() {
+                        rec.open_linked(&vid, &w)
+                    } else {
+                        Err(e)
+                    }
+                });
+                match opened {
                     Ok((_, slot)) => {
                         let v = rec.slots[slot].map(|s| s.key_version).unwrap_or(0);
                         let map = if kind == RecordKind::File {

@@ -12,8 +12,10 @@ use crate::format::chunk::ChunkError;
 use crate::format::config::{ConfigError, CONFIG_FILE};
 use crate::format::group_state::StateError;
 use crate::format::header::HeaderError;
+use crate::format::links::LinkTableError;
 use crate::format::names::NameError;
 use crate::format::rootattrs::RootAttrsError;
+use crate::format::xattrs::XattrError;
 use crate::keyring::KeyringError;
 
 /// Errors of the volume layer; [`VolumeError::errno`] maps them for FUSE.
@@ -64,6 +66,24 @@ pub enum VolumeError {
     /// The primary master key version is not usable for wrapping.
     #[error("the primary master key version is not enabled")]
     KeyUnavailable,
+    /// A linked file reached through a name its link table does not list:
+    /// a backing link planted by someone else, or a stale table.
+    #[error("integrity: the file's link table does not list this name (planted or stale link)")]
+    LinkNotListed,
+    /// A link table failed to open or decode.
+    #[error("integrity: {0}")]
+    LinkTable(#[from] LinkTableError),
+    /// A file has as many names as its link table (or the backing
+    /// filesystem's xattr space) can hold.
+    #[error("too many links")]
+    TooManyLinks,
+    /// An extended attribute could not be used.
+    #[error("extended attribute: {0}")]
+    Xattr(#[from] XattrError),
+    /// The volume lacks the feature an operation needs (hard links,
+    /// extended attributes): made before it (docs/FORMAT.md §1.1).
+    #[error("the volume does not have the '{0}' feature (made before it; docs/FORMAT.md §1.1)")]
+    FeatureMissing(&'static str),
     /// `sealfs.root` (the mount root's attributes) does not open.
     #[error("integrity: {0}")]
     RootAttrs(#[from] RootAttrsError),
@@ -87,6 +107,15 @@ impl VolumeError {
             VolumeError::ReadOnly => libc::EROFS,
             VolumeError::KeyUnavailable => libc::EACCES,
             VolumeError::Header(HeaderError::KeyVersionUnavailable(_)) => libc::EACCES,
+            VolumeError::TooManyLinks => libc::EMLINK,
+            VolumeError::LinkTable(LinkTableError::Full(_)) => libc::EMLINK,
+            VolumeError::Xattr(XattrError::Unsupported) => libc::EOPNOTSUPP,
+            VolumeError::Xattr(XattrError::BadName) => libc::ERANGE,
+            VolumeError::Xattr(XattrError::TooBig) => libc::E2BIG,
+            VolumeError::FeatureMissing(f) if *f == crate::format::config::FEATURE_HARD_LINKS => {
+                libc::EPERM
+            }
+            VolumeError::FeatureMissing(_) => libc::EOPNOTSUPP,
             _ => libc::EIO,
         }
     }
@@ -103,6 +132,10 @@ impl VolumeError {
                 | VolumeError::Header(HeaderError::Truncated(_))
                 | VolumeError::Name(NameError::Tampered)
                 | VolumeError::DirRecordLost
+                | VolumeError::LinkNotListed
+                | VolumeError::LinkTable(LinkTableError::Tampered)
+                | VolumeError::LinkTable(LinkTableError::Malformed)
+                | VolumeError::Xattr(XattrError::Tampered)
                 | VolumeError::RootAttrs(_)
         )
     }

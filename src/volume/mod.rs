@@ -14,6 +14,10 @@
 //!   [`census`] (volume-wide jobs over the walk), [`fsck`] (checking and
 //!   salvaging);
 //! * [`reclaim`]: freeing unlinked files off the request path;
+//! * [`links`]: file headers with their link state (hard links: the link
+//!   table, re-binding for renames and links, re-wrapping);
+//! * [`xattrs`]: encrypted extended attributes and POSIX ACLs on backing
+//!   objects.
 //! * [`rootattrs`]: the mount root's mode, owner and group, kept apart
 //!   from the cipher directory's own.
 //!
@@ -31,11 +35,13 @@ pub mod census;
 pub mod content;
 mod error;
 pub mod fsck;
+pub mod links;
 pub mod namespace;
 pub mod reclaim;
 pub mod rewrap;
 pub mod rootattrs;
 pub mod walk;
+pub mod xattrs;
 
 /// Moved to [`crate::sys`]; kept at this path so code written against it
 /// still compiles. New code uses `crate::sys`.
@@ -735,7 +741,13 @@ impl Volume {
             .read_dir_record(dir, DIR_RECORD, old)
             .or_else(|_| self.read_dir_record(dir, DIR_RECORD_BACKUP, old))?;
         let (v, w) = self.primary_wrapper(RecordKind::Dir)?;
-        let fresh = rec.make_slot(&self.volume_id, &d.key, v, &w, new)?;
+        let fresh = rec.make_slot(
+            &self.volume_id,
+            &d.key,
+            v,
+            &w,
+            crate::format::header::Binding::Path(new),
+        )?;
         rec.slots = [rec.slots[slot], Some(fresh)];
         self.replace_dir_record(dir, &[DIR_RECORD, DIR_RECORD_BACKUP], &rec)
     }
@@ -776,7 +788,8 @@ impl Volume {
         self.config.read().content_format()
     }
 
-    /// Opens the content of an existing file bound to `ctx`.
+    /// Opens the content of an existing file reached as `ctx` (its path
+    /// slot, or its link table for a linked file; see [`Volume::open_header`]).
     pub fn open_file(
         &self,
         file: File,
@@ -791,48 +804,10 @@ impl Volume {
             )));
         }
         plaintext_size(md.len()).map_err(|_| VolumeError::Truncated)?;
-        let buf = content::read_header(&file)?;
-        let (rec, key, slot) = self.open_record(RecordKind::File, &buf, ctx)?;
-        let version = rec
-            .slots
-            .get(slot)
-            .copied()
-            .flatten()
-            .map_or(0, |s| s.key_version);
+        let h = self.open_header(&file, ctx)?;
+        let version = h.rec.slots[h.slot].map_or(0, |s| s.key_version);
         let format = self.content_format();
-        Ok(SealedFile::open(file, &key, rec.id, format)?.with_key_version(version))
-    }
-
-    /// Step 1 of a file rename: adds a slot bound to `new` beside the one
-    /// bound to `old`, durably. Returns the record to pass to step 3.
-    pub fn begin_rebind_file(
-        &self,
-        file: &File,
-        old: &EncryptionContext<'_>,
-        new: &EncryptionContext<'_>,
-    ) -> Result<SealedRecord, VolumeError> {
-        self.check_writable()?;
-        let buf = content::read_header(file)?;
-        let (mut rec, key, slot) = self.open_record(RecordKind::File, &buf, old)?;
-        let (v, w) = self.primary_wrapper(RecordKind::File)?;
-        let fresh = rec.make_slot(&self.volume_id, &key, v, &w, new)?;
-        let keep = rec.slots[slot];
-        rec.slots = [keep, Some(fresh)];
-        content::write_header(file, &rec.encode())?;
-        file.sync_data()?;
-        Ok(rec)
-    }
-
-    /// Step 3 of a file rename: drops the old slot (no sync needed: the old
-    /// slot only matters for the old, now vacant, path).
-    pub fn finish_rebind_file(
-        &self,
-        file: &File,
-        mut rec: SealedRecord,
-    ) -> Result<(), VolumeError> {
-        rec.slots = [rec.slots[1], None];
-        content::write_header(file, &rec.encode())?;
-        Ok(())
+        Ok(SealedFile::open(file, &h.key, h.rec.id, format)?.with_key_version(version))
     }
 
     pub(crate) fn check_writable(&self) -> Result<(), VolumeError> {

@@ -18,7 +18,11 @@
 //! * rename: sidecar of the new name → add a slot bound to the new context
 //!   (durable) → `renameat2` → fsync of the new parent → drop the old slot
 //!   (kept if that fsync failed) → the old name's sidecar goes;
-//! * unlink / rmdir: entry (a directory's records just before it) → sidecar.
+//! * unlink / rmdir: entry (a directory's records just before it) → sidecar
+//!   (→ a linked file's tag of that name, [`remove_name`]);
+//! * link: sidecar of the new name → the file made openable as the new
+//!   name, durably ([`Volume::begin_link`]) → `linkat` → the file's
+//!   leftover path slot goes ([`Volume::finish_link`]).
 //!
 //! Owns: these orders and their rollbacks; long-name sidecars.
 //! Must never: know about FUSE, inodes, grants or audit; take the namespace
@@ -415,6 +419,29 @@ pub fn unlink(dir: BorrowedFd<'_>, bn: &BackingName) -> io::Result<Removed> {
     Ok(Removed { fd, st })
 }
 
+/// Removes the name `name` (standing for `ctx`) of a non-directory in
+/// `dir`, like [`unlink`]; when it was one of several names of a linked
+/// file, that name's tag then leaves the file's link table (best effort,
+/// after the backing name is gone: a stale tag is harmless, a missing one
+/// would not be).
+pub fn remove_name(vol: &Volume, end: RenameEnd<'_>) -> io::Result<Removed> {
+    let entry = OsStr::new(&end.name.entry);
+    let linked = match sys::fstatat(end.dir, entry) {
+        Ok(st) if EntryKind::of_mode(st.st_mode) == EntryKind::File && st.st_nlink > 1 => {
+            backing::open_regular(end.dir, entry, libc::O_RDWR).ok()
+        }
+        _ => None,
+    };
+    let removed = unlink(end.dir, end.name)?;
+    if let Some(f) = linked {
+        crate::keyring::kill_point("unlink-linked-removed");
+        if let Err(e) = vol.drop_link(&f, end.ctx) {
+            tracing::warn!("unlink: link table not updated: {e}");
+        }
+    }
+    Ok(removed)
+}
+
 /// Whether the backing directory `dir` is empty as a directory of the
 /// volume (nothing but its record copies and leftover temp files).
 pub fn is_empty_dir(dir: BorrowedFd<'_>) -> io::Result<bool> {
@@ -547,6 +574,13 @@ pub fn rename(
         return Ok(None);
     }
     let target = sys::fstatat(to.dir, OsStr::new(&to.name.entry)).ok();
+    if let Some(t) = &target {
+        if t.st_ino == moved.st_ino && t.st_dev == moved.st_dev {
+            // Two names of one file: rename(2) does nothing (and neither
+            // does the backing rename), so no binding may change.
+            return Ok(None);
+        }
+    }
     // A replaced file is freed in the background, like an unlink.
     let target_fd = match &target {
         Some(t) if EntryKind::of_mode(t.st_mode) == EntryKind::File && t.st_ino != moved.st_ino => {
@@ -574,10 +608,23 @@ pub fn rename(
             _ => {}
         }
     }
+    // A replaced file that has other names keeps living under them: the
+    // replaced name's tag leaves its link table after the rename.
+    let target_linked = match &target {
+        Some(t) if EntryKind::of_mode(t.st_mode) == EntryKind::File && t.st_nlink > 1 => {
+            backing::open_regular(to.dir, OsStr::new(&to.name.entry), libc::O_RDWR).ok()
+        }
+        _ => None,
+    };
     write_name_sidecar(to.dir, to.name)?;
     if let Err(e) = move_entry(vol, from, to, kind, opts, target_dir) {
         undo_name_sidecar(to.dir, to.name);
         return Err(e);
+    }
+    if let Some(f) = target_linked {
+        if let Err(e) = vol.drop_link(&f, to.ctx) {
+            tracing::warn!("rename: link table of the replaced file not updated: {e}");
+        }
     }
     let same_sidecar =
         from.name.sidecar.as_ref().map(|s| &s.0) == to.name.sidecar.as_ref().map(|s| &s.0);
@@ -619,19 +666,22 @@ fn move_entry(
     };
     match kind {
         EntryKind::File => {
-            let f = sys::open_regular(from.dir, src, libc::O_RDWR)?;
-            // 1. A slot for the new context beside the old one, durably.
+            let f = backing::open_regular(from.dir, src, libc::O_RDWR)?;
+            // 1. A slot for the new context beside the old one (a linked
+            // file: the new name's tag), durably.
             let rec = vol
                 .begin_rebind_file(&f, from.ctx, to.ctx)
                 .inspect_err(|e| tracing::warn!("rename: cannot re-bind file header: {e}"))?;
             // 2. The backing rename, durable before step 3: a power loss
             // must not leave the file at its old name with a header that
             // opens only under the new one.
+            crate::keyring::kill_point("rename-file-rebound");
             backing_rename()?;
+            crate::keyring::kill_point("rename-file-moved");
             match sys::fsync_dir(to.dir) {
-                // 3. The old slot goes.
+                // 3. The old slot (or a linked file's old tag) goes.
                 Ok(()) => {
-                    if let Err(e) = vol.finish_rebind_file(&f, rec) {
+                    if let Err(e) = vol.finish_rebind_file(&f, rec, to.ctx) {
                         tracing::warn!("rename: old header slot not cleared: {e}");
                     }
                 }
@@ -662,4 +712,64 @@ fn move_entry(
         EntryKind::Symlink | EntryKind::Other => backing_rename()?,
     }
     Ok(())
+}
+
+// ------------------------------------------------------------ linking
+
+/// Gives the existing non-directory `from` the additional name `to` (a
+/// hard link), both ends standing for their contexts. A regular file is
+/// made openable as `to` durably before the backing `linkat`
+/// ([`Volume::begin_link`]), so a crash leaves it reachable under its old
+/// name and, once the link is durable, the new one; symlinks and special
+/// nodes carry no key and are linked as they are. `EEXIST` if `to`
+/// exists, `EPERM` for a directory, `EMLINK` when the file has as many
+/// names as its table can hold. Returns the linked object's attributes
+/// (after the link).
+pub fn link(
+    vol: &Volume,
+    from: RenameEnd<'_>,
+    to: RenameEnd<'_>,
+) -> Result<libc::stat, VolumeError> {
+    let src = OsStr::new(&from.name.entry);
+    let dst = OsStr::new(&to.name.entry);
+    let st = sys::fstatat(from.dir, src)?;
+    let kind = EntryKind::of_mode(st.st_mode);
+    if kind == EntryKind::Dir {
+        return Err(errno(libc::EPERM).into());
+    }
+    match sys::fstatat(to.dir, dst) {
+        Ok(_) => return Err(errno(libc::EEXIST).into()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
+    if kind != EntryKind::File {
+        write_name_sidecar(to.dir, to.name)?;
+        if let Err(e) = sys::linkat(from.dir, src, to.dir, dst) {
+            undo_name_sidecar(to.dir, to.name);
+            return Err(e.into());
+        }
+        return Ok(sys::fstatat(to.dir, dst)?);
+    }
+    let f = backing::open_regular(from.dir, src, libc::O_RDWR)?;
+    write_name_sidecar(to.dir, to.name)?;
+    let step = match vol.begin_link(&f, from.ctx, to.ctx) {
+        Ok(step) => step,
+        Err(e) => {
+            undo_name_sidecar(to.dir, to.name);
+            return Err(e);
+        }
+    };
+    crate::keyring::kill_point("link-table-stored");
+    let made = sys::linkat(from.dir, src, to.dir, dst);
+    if made.is_ok() {
+        crate::keyring::kill_point("link-made");
+    }
+    if made.is_err() {
+        undo_name_sidecar(to.dir, to.name);
+    }
+    if let Err(e) = vol.finish_link(&f, step, to.ctx, made.is_ok()) {
+        tracing::warn!("link: header not finished: {e}");
+    }
+    made?;
+    Ok(sys::fstat(f.as_fd())?)
 }

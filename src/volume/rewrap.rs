@@ -2,8 +2,10 @@
 //! ReEncrypt), volume-wide, mounted or not.
 //!
 //! Owns: the order and crash safety of re-wrapping (per header: add the new
-//! slot durably, then drop the old one; directory records are replaced
-//! atomically, docs/FORMAT.md §6.1), and its progress counters.
+//! slot durably, then drop the old one, see `Volume::rewrap_file_header`;
+//! directory records are replaced atomically, docs/FORMAT.md §6.1), and its
+//! progress counters. A file with several names is visited once per name;
+//! after the first visit its header is under the primary and is skipped.
 //! Must never: re-encrypt content, or hold the namespace lock across more
 //! than one entry (renames and creates go on while a rewrap runs).
 
@@ -17,7 +19,7 @@ use crate::format::header::{EncryptionContext, RecordKind, SealedRecord};
 use crate::format::reserved::DIR_RECORD;
 use crate::volume::backing;
 use crate::volume::walk::Item;
-use crate::volume::{content, read_record_copy, Volume, VolumeError};
+use crate::volume::{read_record_copy, Volume, VolumeError};
 
 /// Progress of a rewrap, shared with whoever reports it.
 #[derive(Debug, Default)]
@@ -147,16 +149,7 @@ impl Volume {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(false), // renamed or removed meanwhile
             Err(e) => return Err(e.into()),
         };
-        let file = fd;
-        let buf = content::read_header(&file)?;
-        let primary = self.keyring().read().primary();
-        let rec = SealedRecord::decode(RecordKind::File, &buf)?;
-        if rec.slots.iter().flatten().all(|s| s.key_version == primary) {
-            return Ok(false);
-        }
-        let staged = self.begin_rebind_file(&file, ctx, ctx)?;
-        self.finish_rebind_file(&file, staged)?;
-        Ok(true)
+        self.rewrap_file_header(&fd, ctx)
     }
 
     fn rewrap_dir_record(

@@ -213,6 +213,19 @@ impl Mounted {
         Self::try_start(cipher, mnt, secret, extra, log).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Like [`Mounted::start_with_secret`], with extra environment
+    /// variables for the daemon (e.g. `SEALFS_TEST_KILL_POINT`).
+    pub fn start_env(
+        cipher: &Path,
+        mnt: &Path,
+        secret: &[&OsStr],
+        extra: &[&str],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Self {
+        Self::try_start_env(cipher, mnt, secret, extra, env, log).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Like [`Mounted::start_with_secret`], for a mount that may fail: the
     /// daemon's exit status and log when it exits before the mount is
     /// ready (a timeout still tears down what it started).
@@ -223,6 +236,17 @@ impl Mounted {
         extra: &[&str],
         log: &Path,
     ) -> Result<Self, String> {
+        Self::try_start_env(cipher, mnt, secret, extra, &[], log)
+    }
+
+    fn try_start_env(
+        cipher: &Path,
+        mnt: &Path,
+        secret: &[&OsStr],
+        extra: &[&str],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Result<Self, String> {
         let logf = fs::File::create(log).expect("create daemon log");
         let child = Command::new(bin())
             .arg("mount")
@@ -231,6 +255,7 @@ impl Mounted {
             .args(secret)
             .arg("-f")
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(logf.try_clone().expect("dup log"))
             .stderr(logf)

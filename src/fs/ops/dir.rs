@@ -12,19 +12,22 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FopenFlags, Generation, INodeNo, RenameFlags, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, Request,
+    Errno, FileHandle, FopenFlags, Generation, INodeNo, RenameFlags, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, Request,
 };
 
+use crate::format::config::FEATURE_HARD_LINKS;
 use crate::format::grants::{Access, GrantOp};
 use crate::format::header::EncryptionContext;
 use crate::format::names::BackingName;
 use crate::volume::backing;
 use crate::volume::namespace::{self, RenameEnd, RenameOptions};
+use crate::volume::EntryKind;
 
 use crate::fs::attr::negative_attr;
 use crate::fs::handles::Handle;
-use crate::fs::inodes::Location;
+use crate::fs::inodes::Inode;
+use crate::fs::ops::xattr::Inherited;
 use crate::fs::{errno_of, io_errno, FsResult, SealFs, TTL};
 use crate::policy::{Caller, Event};
 
@@ -38,7 +41,7 @@ impl SealFs {
         name: &OsStr,
         mode: Option<u32>,
         make: impl FnOnce(std::os::fd::BorrowedFd<'_>, &BackingName) -> std::io::Result<()>,
-    ) -> FsResult<FileAttr> {
+    ) -> FsResult<(Arc<Inode>, libc::stat)> {
         self.check_writable()?;
         let _ns = self.vol.namespace().read();
         let p = self.inode(parent)?;
@@ -51,7 +54,8 @@ impl SealFs {
             Self::set_new_mode(p.dir_fd()?, OsStr::new(&bn.entry), m)?;
         }
         let (inode, st) = self.remember(&p, name.as_bytes(), &bn.entry)?;
-        Ok(self.attr(&inode, &st))
+        Self::new_without_xattrs(&inode);
+        Ok((inode, st))
     }
 
     /// The rename itself, after the access checks: the namespace steps,
@@ -108,10 +112,11 @@ impl SealFs {
         };
         let st = renamed.moved;
         if let Some(t) = renamed.replaced {
-            // A replaced target's backing inode may be recycled from now on;
-            // a replaced file is freed in the background, like an unlink.
+            // A replaced target's backing inode may be recycled from now on
+            // (unless it has other names); a replaced file is freed in the
+            // background, like an unlink.
             if t.st.st_ino != st.st_ino {
-                self.drop_backing(t.st.st_ino);
+                self.name_removed(&t.st, np.ino, &dst.entry);
             }
             if let Some(fd) = t.fd {
                 self.reclaim_unlinked(fd, &t.st);
@@ -126,12 +131,7 @@ impl SealFs {
                 .cloned()
         };
         if let Some(m) = moved_inode {
-            *m.loc.lock() = Location {
-                parent: Some(np.clone()),
-                name: newname.as_bytes().to_vec(),
-                entry: dst.entry.clone(),
-                unlinked: false,
-            };
+            Self::renamed(&m, (p.ino, &src.entry), &np, newname.as_bytes(), &dst.entry);
         }
         Ok(())
     }
@@ -171,20 +171,24 @@ pub(in crate::fs) fn mknod(
     req: &Request,
     parent: INodeNo,
     name: &OsStr,
-    mode: u32,
+    (mode, inherited): (u32, Inherited),
     rdev: u32,
     reply: ReplyEntry,
 ) {
     let r = (|| {
         if mode & libc::S_IFMT == libc::S_IFREG || mode & libc::S_IFMT == 0 {
             let (inode, st, _, _) =
-                fs.create_file(req, parent, name, mode & 0o7777, libc::O_EXCL)?;
+                fs.create_file(req, parent, name, mode & 0o7777, libc::O_EXCL, inherited)?;
             SealFs::close_content(&inode);
             return Ok(fs.attr(&inode, &st));
         }
-        fs.create_node(req, parent, name, Some(mode), |dir, bn| {
+        let (inode, st) = fs.create_node(req, parent, name, Some(mode), |dir, bn| {
             namespace::create_special(dir, bn, mode, rdev as u64)
-        })
+        })?;
+        if fs.xattrs_on() {
+            fs.apply_inherited(req, &inode, inherited)?;
+        }
+        Ok(fs.attr(&inode, &st))
     })();
     fs.dir_changed(parent);
     match r {
@@ -200,7 +204,7 @@ pub(in crate::fs) fn mkdir(
     req: &Request,
     parent: INodeNo,
     name: &OsStr,
-    mode: u32,
+    (mode, inherited): (u32, Inherited),
     reply: ReplyEntry,
 ) {
     let r = (|| {
@@ -265,6 +269,9 @@ pub(in crate::fs) fn mkdir(
                 "cannot set the mode of a new directory: {e:?}"
             );
         }
+        if fs.xattrs_on() {
+            fs.apply_inherited(req, &inode, inherited)?;
+        }
         let st = backing::stat(dfd, OsStr::new("")).unwrap_or(st);
         Ok(fs.attr(&inode, &st))
     })();
@@ -291,10 +298,19 @@ pub(in crate::fs) fn unlink(
         fs.authorize_child(req, &p, name, Access::Op(GrantOp::Delete), "delete")?;
         let d = fs.dir_of(&p)?;
         let bn = SealFs::backing_name(&d, name)?;
+        let ctx = EncryptionContext {
+            parent_dir_id: d.id,
+            name: name.as_bytes(),
+        };
         // The removed file stays pinned, so that freeing its blocks
         // happens when the pin is closed, in the background.
-        let removed = namespace::unlink(p.dir_fd()?, &bn).map_err(io_errno)?;
-        fs.drop_backing(removed.st.st_ino);
+        let end = RenameEnd {
+            dir: p.dir_fd()?,
+            name: &bn,
+            ctx: &ctx,
+        };
+        let removed = namespace::remove_name(&fs.vol, end).map_err(io_errno)?;
+        fs.name_removed(&removed.st, p.ino, &bn.entry);
         fs.reclaim_unlinked(removed.fd, &removed.st);
         Ok(())
     })();
@@ -349,9 +365,10 @@ pub(in crate::fs) fn symlink(
             .names
             .seal_symlink_target(target.as_os_str().as_bytes())
             .map_err(|_| Errno::ENAMETOOLONG)?;
-        fs.create_node(req, parent, link_name, None, |dir, bn| {
+        let (inode, st) = fs.create_node(req, parent, link_name, None, |dir, bn| {
             namespace::create_symlink(dir, bn, &sealed)
-        })
+        })?;
+        Ok(fs.attr(&inode, &st))
     })();
     fs.dir_changed(parent);
     match r {
@@ -417,6 +434,101 @@ pub(in crate::fs) fn rename(
     }
     match r {
         Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
+/// LINK: a new name for an existing file (or symlink, FIFO, …). Needs
+/// the `hard-links` feature (EPERM without, as before it). The file is
+/// reached through the name it was last looked up by, which its link table
+/// vouches for; a grantee needs read access to it and create access at
+/// the new name. Recorded before (fail-closed), as a re-binding of the
+/// file's key to a new context.
+pub(in crate::fs) fn link(
+    fs: &SealFs,
+    req: &Request,
+    ino: INodeNo,
+    (newparent, newname): (INodeNo, &OsStr),
+    reply: ReplyEntry,
+) {
+    let r = (|| {
+        fs.check_writable()?;
+        if !fs.vol.config().has_feature(FEATURE_HARD_LINKS) {
+            return Err(Errno::EPERM);
+        }
+        let caller = Caller::of(req);
+        let ns = fs.vol.namespace().write();
+        let inode = fs.inode(ino)?;
+        if inode.kind == EntryKind::Dir {
+            return Err(Errno::EPERM);
+        }
+        let np = fs.inode(newparent)?;
+        let grant = fs.policy.authorize_any(
+            caller,
+            || SealFs::paths_of(&inode),
+            Access::Op(GrantOp::Read),
+            "re_encrypt",
+        )?;
+        fs.authorize_child(req, &np, newname, Access::Op(GrantOp::Create), "re_encrypt")?;
+        let (pdir, name) = fs.parent_and_name(&inode)?;
+        let (parent, entry) = {
+            let l = inode.loc.lock();
+            (l.parent.clone().ok_or(Errno::EIO)?, l.entry.clone())
+        };
+        let npdir = fs.dir_of(&np)?;
+        let dst = SealFs::backing_name(&npdir, newname)?;
+        let src = BackingName {
+            entry,
+            sidecar: None,
+        };
+        let old_ctx = EncryptionContext {
+            parent_dir_id: pdir.id,
+            name: &name,
+        };
+        let new_ctx = EncryptionContext {
+            parent_dir_id: npdir.id,
+            name: newname.as_bytes(),
+        };
+        if fs.audit_paths() && inode.kind == EntryKind::File {
+            let to = SealFs::child_path(&np, newname.as_bytes());
+            let from = SealFs::path_of(&inode);
+            fs.policy.record(
+                caller,
+                Event {
+                    key_version: Some(fs.vol.keyring().read().primary()),
+                    grant: grant.as_ref().map(|g| g.id.as_str()),
+                    detail: Some(format!("link from {}", String::from_utf8_lossy(&from))),
+                    ..Event::ok("re_encrypt", Some(&to))
+                },
+            )?;
+        }
+        namespace::link(
+            &fs.vol,
+            RenameEnd {
+                dir: parent.dir_fd()?,
+                name: &src,
+                ctx: &old_ctx,
+            },
+            RenameEnd {
+                dir: np.dir_fd()?,
+                name: &dst,
+                ctx: &new_ctx,
+            },
+        )
+        .map_err(|e| {
+            if e.is_integrity() {
+                tracing::warn!(ino = inode.ino, "link: {e}");
+            }
+            errno_of(&e)
+        })?;
+        let (linked, st) = fs.remember(&np, newname.as_bytes(), &dst.entry)?;
+        // A symlink's attributes read its target under the namespace lock.
+        drop(ns);
+        Ok(fs.attr(&linked, &st))
+    })();
+    fs.dir_changed(newparent);
+    match r {
+        Ok(a) => reply.entry(&TTL, &a, Generation(0)),
         Err(e) => reply.error(e),
     }
 }

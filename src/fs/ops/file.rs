@@ -26,6 +26,7 @@ use crate::volume::EntryKind;
 
 use crate::fs::handles::{Handle, OpenFailure};
 use crate::fs::inodes::Inode;
+use crate::fs::ops::xattr::Inherited;
 use crate::fs::{errno_of, io_errno, FsResult, SealFs, TTL};
 use crate::policy::{Caller, Event};
 
@@ -46,6 +47,7 @@ impl SealFs {
         name: &OsStr,
         mode: u32,
         flags: i32,
+        inherited: Inherited,
     ) -> FsResult<CreatedFile> {
         self.check_writable()?;
         let caller = Caller::of(req);
@@ -67,9 +69,9 @@ impl SealFs {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
                 drop(_ns);
                 let (inode, st) = self.remember(&pinode, name.as_bytes(), &bn.entry)?;
-                let grant = self.policy.authorize(
+                let grant = self.policy.authorize_any(
                     caller,
-                    || Self::path_of(&inode),
+                    || Self::paths_of(&inode),
                     Access::Op(op_for_open(flags)),
                     "encrypt",
                 )?;
@@ -106,6 +108,9 @@ impl SealFs {
         }
         new.keep();
         let (inode, st) = self.remember(&pinode, name.as_bytes(), &bn.entry)?;
+        if self.xattrs_on() {
+            self.apply_inherited(req, &inode, inherited)?;
+        }
         let f = Arc::new(RwLock::new(sealed));
         {
             let mut os = inode.open.lock();
@@ -152,9 +157,9 @@ pub(in crate::fs) fn open(
         } else {
             "encrypt"
         };
-        let grant = fs
-            .policy
-            .authorize(caller, || SealFs::path_of(&inode), Access::Op(gop), op)?;
+        let grant =
+            fs.policy
+                .authorize_any(caller, || SealFs::paths_of(&inode), Access::Op(gop), op)?;
         let f = match fs.open_content_why(&inode) {
             Ok(f) => f,
             Err(OpenFailure { errno, integrity }) => {
@@ -186,6 +191,7 @@ pub(in crate::fs) fn open(
             SealFs::close_content(&inode);
             return Err(e);
         }
+        SealFs::note_open(&inode);
         // Through a grant, every read and write reaches the daemon (no
         // page cache), so revoking the grant stops an open handle at once.
         // Near a full disk, a writer goes write-through so that ENOSPC
@@ -220,7 +226,7 @@ pub(in crate::fs) fn read(
         /// Decrypted bytes of this thread's current READ (reused).
         static READ_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    let f = match fs.content_of(req, fh) {
+    let f = match fs.content_for_read(req, fh) {
         Ok(f) => f,
         Err(e) => return reply.error(e),
     };
@@ -322,12 +328,13 @@ pub(in crate::fs) fn create(
     req: &Request,
     parent: INodeNo,
     name: &OsStr,
-    mode: u32,
+    (mode, inherited): (u32, Inherited),
     flags: i32,
     reply: ReplyCreate,
 ) {
     let r = (|| {
-        let (inode, st, f, grant) = fs.create_file(req, parent, name, mode & 0o7777, flags)?;
+        let (inode, st, f, grant) =
+            fs.create_file(req, parent, name, mode & 0o7777, flags, inherited)?;
         let a = fs.attr(&inode, &st);
         let flags = if grant.is_some() || fs.write_through() {
             FopenFlags::FOPEN_DIRECT_IO

@@ -31,6 +31,7 @@ use crate::policy::{Caller, Event};
 
 pub(in crate::fs) mod dir;
 pub(in crate::fs) mod file;
+pub(in crate::fs) mod xattr;
 
 impl SealFs {
     /// EACCES while the key is disabled: no key use at all.
@@ -130,9 +131,9 @@ impl SealFs {
 /// GETATTR of any node.
 pub(in crate::fs) fn getattr(fs: &SealFs, req: &Request, ino: INodeNo, reply: ReplyAttr) {
     let r = fs.inode(ino).and_then(|i| {
-        fs.policy.authorize(
+        fs.policy.authorize_any(
             Caller::of(req),
-            || SealFs::path_of(&i),
+            || SealFs::paths_of(&i),
             Access::Lookup,
             "getattr",
         )?;
@@ -176,9 +177,9 @@ pub(in crate::fs) fn setattr(
     let r = (|| {
         fs.check_writable()?;
         let inode = fs.inode(ino)?;
-        let grant = fs.policy.authorize(
+        let grant = fs.policy.authorize_any(
             Caller::of(req),
-            || SealFs::path_of(&inode),
+            || SealFs::paths_of(&inode),
             Access::Op(GrantOp::Write),
             "setattr",
         )?;
@@ -191,11 +192,23 @@ pub(in crate::fs) fn setattr(
             if let Some(m) = mode {
                 if inode.kind != EntryKind::Symlink {
                     fs.with_backing(&inode, |d, n| backing::set_mode(d, n, m & 0o7777))?;
+                    // An access ACL follows the new bits (FUSE_POSIX_ACL).
+                    fs.chmod_acl(req, &inode, m)?;
                 }
             }
             if uid.is_some() || gid.is_some() {
                 fs.with_backing(&inode, |d, n| backing::set_owner(d, n, uid, gid))?;
+                fs.kill_caps(req, &inode);
             }
+        }
+        if size.is_some() && fs.xattrs_on() && inode.kind == EntryKind::File {
+            // FUSE_HANDLE_KILLPRIV_V2: a truncate by a caller without
+            // CAP_FSETID (taken as: not root) clears set-ID bits; any
+            // truncate clears a file capability, as on ext4.
+            if req.uid() != 0 {
+                fs.kill_suid_sgid(&inode);
+            }
+            fs.kill_caps(req, &inode);
         }
         if let Some(sz) = size {
             if inode.kind != EntryKind::File {
@@ -222,6 +235,10 @@ pub(in crate::fs) fn setattr(
                 }
             }
         }
+        // Each time as asked: UTIME_OMIT (None) leaves it alone, UTIME_NOW
+        // takes the current time. The kernel's own ctime (writeback cache)
+        // cannot be set on the backing file; setting the times makes the
+        // backing ctime "now", which is what the kernel sent.
         if atime.is_some() || mtime.is_some() {
             let (a, m) = (time_spec(atime), time_spec(mtime));
             fs.with_backing(&inode, |d, n| backing::set_times(d, n, a, m))?;
@@ -237,9 +254,9 @@ pub(in crate::fs) fn setattr(
 /// READLINK: the symlink's target, opened under the root directory's key.
 pub(in crate::fs) fn readlink(fs: &SealFs, req: &Request, ino: INodeNo, reply: ReplyData) {
     let r = fs.inode(ino).and_then(|i| {
-        fs.policy.authorize(
+        fs.policy.authorize_any(
             Caller::of(req),
-            || SealFs::path_of(&i),
+            || SealFs::paths_of(&i),
             Access::Op(GrantOp::Read),
             "readlink",
         )?;

@@ -16,10 +16,12 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use crate::format::chunk::ContentFormat;
-use crate::format::header::{EncryptionContext, HeaderError, RecordKind};
+use crate::format::header::{EncryptionContext, HeaderError};
 use crate::format::layout::{plaintext_size, CHUNKS_PER_GROUP};
+use crate::format::xattrs::{Owner, XattrCipher};
+use crate::sys;
 use crate::volume::backing;
-use crate::volume::content::{self, ChunkScan, Reseal, SealedFile};
+use crate::volume::content::{ChunkScan, Reseal, SealedFile};
 use crate::volume::VolumeError;
 
 use super::report::ByteRange;
@@ -95,16 +97,25 @@ impl Checker<'_> {
             );
             self.unrepairable(i, "the file's data key is lost");
             return done(self);
-        }
-        let opened = content::read_header(&file)
-            .and_then(|header| self.vol.open_record(RecordKind::File, &header, ctx));
+        };
+        // A linked file opens through its link table, which must list
+        // this name (a planted backing link or a stale table does not).
+        let opened = self.vol.open_header(&file, ctx);
         let (rec, key) = match opened {
-            Ok((rec, key, _)) => (rec, key),
+            Ok(h) => (h.rec, h.key),
             Err(e) => {
                 let (kind, why) = match &e {
                     VolumeError::Header(HeaderError::ContextMismatch) => (
                         ProblemKind::ContextMismatch,
                         "the file's key is bound to another path (moved, copied or tampered)",
+                    ),
+                    VolumeError::LinkNotListed => (
+                        ProblemKind::ContextMismatch,
+                        "the file's link table does not list this name (a planted or stale link)",
+                    ),
+                    VolumeError::LinkTable(_) => (
+                        ProblemKind::Header,
+                        "the file's link table does not open: its names cannot be vouched for",
                     ),
                     VolumeError::Header(HeaderError::KeyVersionUnavailable(_)) => (
                         ProblemKind::KeyUnavailable,
@@ -117,6 +128,8 @@ impl Checker<'_> {
                 return done(self);
             }
         };
+        let xc = XattrCipher::new(&key, rec.id, Owner::File);
+        self.check_xattrs(parent, OsStr::new(entry), &xc, path, rel);
         let format = self.vol.content_format();
         let sealed = match SealedFile::open_for_check(file, &key, rec.id, format) {
             Ok(s) => s,
@@ -353,6 +366,43 @@ impl Checker<'_> {
                 for i in rebuilt.into_iter().chain(trimmed) {
                     self.record_repair(i, Err(e.to_string()), "");
                 }
+            }
+        }
+    }
+
+    /// Every sealed attribute of an object must open with its keys (a value
+    /// moved from another object or name, or tampered with, does not).
+    /// Salvage removes one that does not: it cannot be read again.
+    pub(super) fn check_xattrs(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        entry: &OsStr,
+        cipher: &XattrCipher,
+        path: &[u8],
+        rel: &Path,
+    ) {
+        let Ok(names) = sys::list_xattrs(dir, entry) else {
+            return;
+        };
+        let prefix = cipher.prefix().as_bytes();
+        for b in names.into_iter().filter(|b| b.starts_with(prefix)) {
+            let backing = String::from_utf8_lossy(&b).into_owned();
+            let Ok(Some(sealed)) = sys::get_xattr(dir, entry, &backing) else {
+                continue;
+            };
+            if cipher.open(&backing, &sealed).is_ok() {
+                continue;
+            }
+            let i = self.problem(
+                ProblemKind::Xattr,
+                Some(path),
+                rel,
+                "an extended attribute does not open (moved from another file or name, or tampered)"
+                    .to_string(),
+            );
+            if self.salvage {
+                let r = sys::remove_xattr(dir, entry, &backing);
+                self.record_repair(i, r, "the attribute removed");
             }
         }
     }

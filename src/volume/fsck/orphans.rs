@@ -13,11 +13,10 @@ use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
-use crate::format::header::{EncryptionContext, RecordKind};
+use crate::format::header::EncryptionContext;
 use crate::format::reserved;
 use crate::sys;
 use crate::volume::backing::{self, EntryKind};
-use crate::volume::content;
 use crate::volume::namespace::{self, RenameEnd, RenameOptions};
 use crate::volume::{Directory, VolumeError};
 
@@ -204,11 +203,7 @@ impl Checker<'_> {
         match o.kind {
             EntryKind::File => backing::open_regular(parent, OsStr::new(&o.entry), libc::O_RDONLY)
                 .ok()
-                .is_some_and(|f| {
-                    content::read_header(&f)
-                        .and_then(|header| self.vol.open_record(RecordKind::File, &header, ctx))
-                        .is_ok()
-                }),
+                .is_some_and(|f| self.vol.open_header(&f, ctx).is_ok()),
             EntryKind::Dir => backing::open_dir(parent, OsStr::new(&o.entry))
                 .ok()
                 .is_some_and(|fd| self.vol.load_dir(fd.as_fd(), ctx).is_ok()),

@@ -44,6 +44,9 @@ pub enum ProblemKind {
     GroupState,
     /// A symlink target does not decrypt.
     Symlink,
+    /// An extended attribute does not open (moved from another object or
+    /// name, or tampered with).
+    Xattr,
     /// A backing entry no directory record accounts for.
     Orphan,
     /// A leftover temp file of an interrupted write.

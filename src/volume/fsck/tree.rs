@@ -145,6 +145,7 @@ impl Checker<'_> {
             names: self.vol.name_cipher(&key, rec.id),
             key,
         };
+        self.check_xattrs(fd, OsStr::new(""), &dir.xattr_cipher(), path, rel);
         self.dirs.push(KnownDir {
             id: dir.id,
             names: dir.names.clone(),
