@@ -5,13 +5,17 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use std::hint::black_box;
 
 use sealfs::crypto::SecretKey;
-use sealfs::format::chunk::ChunkCipher;
+use sealfs::format::chunk::{ChunkCipher, ContentFormat};
 use sealfs::format::header::{EncryptionContext, RecordKind, SealedRecord};
 use sealfs::format::layout::{ciphertext_size, group_runs, plaintext_size};
 use sealfs::format::names::NameCipher;
 
 fn chunks(c: &mut Criterion) {
-    let cipher = ChunkCipher::new(&SecretKey::generate().unwrap(), [7; 16]);
+    let cipher = ChunkCipher::new(
+        &SecretKey::generate().unwrap(),
+        [7; 16],
+        ContentFormat::SealedGroupState,
+    );
     let mut g = c.benchmark_group("chunk");
     for size in [4096usize, 65536] {
         g.throughput(Throughput::Bytes(size as u64));

@@ -4,6 +4,7 @@
 # (tests/fixtures.rs). Run once per format version, as root (it mounts):
 #   bash contrib/make-fixture.sh tests/fixtures/v1 [SEALFS_BINARY]
 #   KEYSLOTS=1 bash contrib/make-fixture.sh tests/fixtures/v2-keyslots
+#   KEYSLOTS=1 GROUP_STATES=1 bash contrib/make-fixture.sh tests/fixtures/v3-group-states
 #   LINKS=1 bash contrib/make-fixture.sh tests/fixtures/v2-links
 # It refuses an existing directory: a format change adds a fixture, never
 # edits one. With KEYSLOTS=1 the volume gets three keyslots (the
@@ -15,6 +16,11 @@
 # spaced names; nested directories; symlinks (relative, absolute, dangling,
 # a long target); and two master key versions in use (files written before
 # and after a rotation, and a file renamed after it, which re-wraps it).
+# With GROUP_STATES=1 (volumes with sealed group states, FORMAT §4.2) also:
+# sparse files (a hole over a group boundary, a truncate up over three
+# groups, a whole hole group between two with data) and files spanning
+# several groups (three groups, and two groups cut down to one by a
+# truncate).
 # With LINKS=1 also hard links (a file with 3 names in two directories, one
 # with 15, whose link table is external, one renamed after the rotation)
 # and extended attributes (user.* on files and a directory, trusted.* on a
@@ -86,6 +92,36 @@ os.symlink("does/not/exist", f"{m}/a/dangling")
 os.symlink("x/" * 1000 + "end", f"{m}/a/long-target")
 os.symlink("b/c", f"{m}/a/dir-link")
 PY
+if [ -n "${GROUP_STATES:-}" ]; then
+    grep -q sealed-group-state "$out/cipher/sealfs.toml" ||
+        { echo "make-fixture: this sealfs makes no sealed group states" >&2; exit 1; }
+    python3 - "$work/mnt" <<'PY'
+import os, random, sys
+m = sys.argv[1]
+rng = random.Random(20261203)
+def data(n):
+    return bytes(rng.getrandbits(8) for _ in range(n))
+G = 128 * 4096
+os.makedirs(f"{m}/sparse")
+with open(f"{m}/sparse/over-a-group-boundary", "wb") as f:
+    f.write(data(3000))
+    f.seek(600_000)
+    f.write(data(5000))
+with open(f"{m}/sparse/truncated-up", "wb") as f:
+    f.write(data(4097))
+    f.truncate(2 * G + 17)
+with open(f"{m}/sparse/hole-group", "wb") as f:
+    f.write(data(G))
+    f.seek(2 * G + 100)
+    f.write(data(9000))
+os.makedirs(f"{m}/groups")
+with open(f"{m}/groups/three", "wb") as f:
+    f.write(data(2 * G + 12345))
+with open(f"{m}/groups/shrunk", "wb") as f:
+    f.write(data(2 * G - 7))
+    f.truncate(G + 100)
+PY
+fi
 "$bin" unmount "$work/mnt"
 # The daemon releases the volume's lock a moment after the unmount.
 for _ in $(seq 50); do

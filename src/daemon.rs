@@ -123,6 +123,7 @@ impl Mount {
             generic: Vec::new(),
             readahead_kb: Some(1024),
             accept_rollback: false,
+            enospc_margin: None,
         }
     }
 }
@@ -143,6 +144,7 @@ pub struct MountBuilder {
     generic: Vec<String>,
     readahead_kb: Option<u32>,
     accept_rollback: bool,
+    enospc_margin: Option<u64>,
 }
 
 /// Request-serving threads when none are chosen: twice the cores, 4 to 16,
@@ -280,6 +282,14 @@ impl MountBuilder {
         self
     }
 
+    /// Free space in CIPHERDIR below which files are opened write-through,
+    /// so a full disk shows at `write()` (default: twice the kernel's dirty
+    /// limit for the mount; see [`crate::fs::SpaceGuard`]).
+    pub fn enospc_margin(mut self, bytes: Option<u64>) -> Self {
+        self.enospc_margin = bytes;
+        self
+    }
+
     /// Checks the volume and the mount point, gets the secret and unlocks
     /// the volume (taking its lock when read-write). Starts no thread.
     pub fn open(self) -> Result<OpenedMount, MountError> {
@@ -319,6 +329,7 @@ impl MountBuilder {
                 read_only: self.read_only,
                 threads: self.threads.unwrap_or_else(default_request_threads),
                 generic: self.generic.clone(),
+                enospc_margin: self.enospc_margin,
             },
             audit: self.audit,
             idle: self.idle,
@@ -466,6 +477,7 @@ impl OpenedMount {
             .map_err(|e| start(format!("cannot open the volume's root: {e}")))?;
         let cache = fs.cache_control();
         let activity = fs.activity();
+        fs.watch_space(self.options.enospc_margin, Some(&self.canonical_mp));
         let config = fuser_config(&self.cipherdir, &self.options);
         // As root the daemon mounts itself (type fuse.sealfs, the generic
         // options as flags); otherwise fuser goes through fusermount3.

@@ -10,7 +10,7 @@
 //! Must never: perform I/O. Keys used here are fixed test keys.
 
 use crate::crypto::{SecretKey, NONCE_LEN, TAG_LEN};
-use crate::format::chunk::ChunkCipher;
+use crate::format::chunk::{ChunkCipher, ContentFormat};
 use crate::format::config::VolumeConfig;
 use crate::format::header::{EncryptionContext, RecordKind, SealedRecord, RECORD_LEN};
 use crate::format::keyring;
@@ -73,17 +73,23 @@ pub fn header(data: &[u8]) {
 }
 
 /// A chunk and its (nonce, tag) entry: open under a fixed key at an index
-/// taken from the input; then a seal/open round trip of the same bytes.
+/// taken from the input, in the content format its second flag bit picks;
+/// then a seal/open round trip of the same bytes.
 pub fn chunk(data: &[u8]) {
     let k = u64_at(data, 0);
     let last = data.get(8).is_some_and(|b| b & 1 == 1);
+    let format = if data.get(8).is_some_and(|b| b & 2 == 2) {
+        ContentFormat::SealedGroupState
+    } else {
+        ContentFormat::LastChunkFlag
+    };
     let rest = data.get(9..).unwrap_or(&[]);
     let mut entry = [0u8; (NONCE_LEN + TAG_LEN)];
     let n = rest.len().min(entry.len());
     entry[..n].copy_from_slice(&rest[..n]);
     let body = &rest[n..];
     let body = &body[..body.len().min(layout::CHUNK_SIZE as usize)];
-    let c = ChunkCipher::new(&test_key(3), [4; 16]);
+    let c = ChunkCipher::new(&test_key(3), [4; 16], format);
     let mut buf = body.to_vec();
     let _ = c.open(k, last, &mut buf, &entry);
     let mut buf = body.to_vec();

@@ -13,7 +13,7 @@
 //! vocabularies and key version numbers).
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 /// The operations counted, by the FUSE request that carries them.
@@ -220,6 +220,11 @@ pub struct Metrics {
     open_files: AtomicI64,
     open_dirs: AtomicI64,
     key_uses: [[AtomicU64; KEY_VERSION_SLOTS + 1]; 2],
+    /// Free bytes in CIPHERDIR at the last check, the ENOSPC margin (0:
+    /// not checked yet), and whether new opens are write-through.
+    space_free: AtomicU64,
+    space_margin: AtomicU64,
+    write_through: AtomicBool,
 }
 
 /// The process-wide counters.
@@ -238,6 +243,9 @@ impl Metrics {
             open_files: AtomicI64::new(0),
             open_dirs: AtomicI64::new(0),
             key_uses: [const { [const { AtomicU64::new(0) }; KEY_VERSION_SLOTS + 1] }; 2],
+            space_free: AtomicU64::new(0),
+            space_margin: AtomicU64::new(0),
+            write_through: AtomicBool::new(false),
         }
     }
 
@@ -246,6 +254,19 @@ impl Metrics {
             .checked_sub(1)
             .map_or(KEY_VERSION_SLOTS, |i| i.min(KEY_VERSION_SLOTS));
         self.key_uses[what as usize][i].fetch_add(1, Relaxed);
+    }
+
+    /// The last free-space check: (free bytes in CIPHERDIR, the ENOSPC
+    /// margin, whether new opens are write-through); None before the first.
+    pub fn space(&self) -> Option<(u64, u64, bool)> {
+        let margin = self.space_margin.load(Relaxed);
+        (margin != 0 || self.space_free.load(Relaxed) != 0).then(|| {
+            (
+                self.space_free.load(Relaxed),
+                margin,
+                self.write_through.load(Relaxed),
+            )
+        })
     }
 
     /// How many `op` requests were counted so far.
@@ -371,6 +392,29 @@ impl Metrics {
             "sealfs_open_directories {}",
             self.open_dirs.load(Relaxed).max(0)
         );
+        if let Some((free, margin, through)) = self.space() {
+            head(
+                &mut o,
+                "sealfs_cipherdir_free_bytes",
+                "gauge",
+                "Free bytes in CIPHERDIR at the last check.",
+            );
+            let _ = writeln!(o, "sealfs_cipherdir_free_bytes {free}");
+            head(
+                &mut o,
+                "sealfs_enospc_margin_bytes",
+                "gauge",
+                "Below this much free space new opens are write-through.",
+            );
+            let _ = writeln!(o, "sealfs_enospc_margin_bytes {margin}");
+            head(
+                &mut o,
+                "sealfs_write_through",
+                "gauge",
+                "1 while new opens are write-through (free space below the margin).",
+            );
+            let _ = writeln!(o, "sealfs_write_through {}", through as u8);
+        }
         o.push_str(extra);
         o
     }
@@ -499,6 +543,13 @@ pub fn timed_write() -> Timed {
 #[inline]
 pub fn read_bytes(n: usize) {
     METRICS.read_bytes.0.fetch_add(n as u64, Relaxed);
+}
+
+/// Publishes a free-space check (see [`crate::fs::SpaceGuard`]).
+pub fn space(free: u64, margin: u64, write_through: bool) {
+    METRICS.space_free.store(free, Relaxed);
+    METRICS.space_margin.store(margin, Relaxed);
+    METRICS.write_through.store(write_through, Relaxed);
 }
 
 /// Adds plaintext bytes accepted by a write.

@@ -2,7 +2,9 @@
 //! made once by contrib/make-fixture.sh and committed; every later sealfs
 //! must mount it (a copy, read-only) and read every file byte-exact, every
 //! symlink and directory as recorded in its manifest, with the same key
-//! versions in use. A format change adds a fixture, never edits one: the
+//! versions in use (v1 and v2-keyslots: the last-chunk-flag content format;
+//! v3-group-states: sealed group states, with sparse and multi-group files).
+//! A format change adds a fixture, never edits one: the
 //! cipher files are pinned by `cipher.sha256`.
 
 mod common;
@@ -89,6 +91,15 @@ fn frozen_fixtures_mount_and_read_byte_exact() {
             got,
             pinned.trim(),
             "fixture {name} was edited: a format change adds a fixture, never edits one"
+        );
+
+        // v1 and v2-keyslots keep the last-chunk-flag content format;
+        // v3-group-states has sealed group states (docs/FORMAT.md §4.2).
+        let toml = fs::read_to_string(cipher_src.join("sealfs.toml")).unwrap();
+        assert_eq!(
+            toml.contains("\"sealed-group-state\""),
+            name.starts_with("v3"),
+            "fixture {name}: content format"
         );
 
         // Work on a copy: a mount (even read-only) must not touch the fixture.

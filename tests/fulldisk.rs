@@ -1,7 +1,8 @@
 //! A full backing filesystem: CIPHERDIR on an 8 MiB tmpfs (unmounted by a
 //! guard, even when the test fails). Filling it through the mount fails with
-//! ENOSPC (at write, fsync or close: the mount uses the kernel's writeback
-//! cache, see README "Full disk"); what was stored before stays byte-exact,
+//! ENOSPC at write() (below the free-space margin files are opened
+//! write-through, see README "Full disk"), then at fsync (the file is
+//! poisoned); what was stored before stays byte-exact,
 //! also after a remount; mkdir/create/rename on the full disk fail cleanly
 //! and leave both copies of every directory record valid; after freeing space
 //! everything works again.
@@ -286,6 +287,14 @@ fn full_backing_disk_fails_cleanly_and_recovers() {
     for (what, e) in &errors {
         assert_eq!(errno_of(e), ENOSPC, "{what} failed with {e}, want ENOSPC");
     }
+    // An 8 MiB disk is below the default margin (at least 64 MiB): the file
+    // was opened write-through, so write() itself saw the full disk, and
+    // the poisoned file reports it again at fsync.
+    assert_eq!(errors[0].0, "write", "the first error: {errors:?}");
+    assert!(
+        errors.iter().any(|(w, _)| *w == "fsync"),
+        "fsync of the poisoned file succeeded: {errors:?}"
+    );
     // Make sure not a page is left, then try namespace changes.
     let mut fillers = Vec::new();
     fill_backing(&cipher, &mut fillers);

@@ -1,5 +1,5 @@
 //! Hard links, extended attributes, POSIX ACLs and timestamps on a live
-//! mount (docs/FORMAT.md §4.2, §9.1): what ext4 does, across remounts, and
+//! mount (docs/FORMAT.md §4.6, §9.1): what ext4 does, across remounts, and
 //! what an attacker with write access to the cipher directory cannot do
 //! (a planted backing link, a tampered link table, an xattr value moved to
 //! another file or name all fail with EIO and an audit record).

@@ -273,6 +273,11 @@ fn every_result_round_trips_through_serde() {
                 checked_at: 1_795_335_900,
             }),
         },
+        space: Some(SpaceStatus {
+            free: 1 << 30,
+            margin: 96 << 20,
+            write_through: false,
+        }),
     });
     round_trip(&rewrap);
     round_trip(&sample_census());

@@ -250,6 +250,15 @@ fn status(ctx: &ControlContext) -> StatusResult {
             }
         }),
         keyring: keyring_status(&ctx.vol),
+        space: crate::metrics::METRICS
+            .space()
+            .map(
+                |(free, margin, write_through)| crate::ctl::protocol::SpaceStatus {
+                    free,
+                    margin,
+                    write_through,
+                },
+            ),
     }
 }
 

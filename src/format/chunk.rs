@@ -1,7 +1,8 @@
 //! Sealing and opening of content chunks.
 //!
-//! Owns: the chunk AAD (file id, chunk index, last-chunk flag) and the
-//! (nonce, tag) metadata entry of each chunk.
+//! Owns: the chunk AAD (file id, chunk index, and on volumes without sealed
+//! group states the last-chunk flag) and the (nonce, tag) metadata entry of
+//! each chunk.
 //! Must never: read or write files, or decide where bytes live (see
 //! [`crate::format::layout`]).
 
@@ -12,6 +13,21 @@ use crate::format::layout::{ChunkIndex, META_ENTRY_LEN};
 pub type MetaEntry = [u8; META_ENTRY_LEN as usize];
 
 const CHUNK_AAD_LABEL: &[u8; 8] = b"sealfsC1";
+const CHUNK_AAD_LABEL_V2: &[u8; 8] = b"sealfsC2";
+
+/// How a volume's file content is laid out and authenticated (its config's
+/// feature flags, docs/FORMAT.md §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentFormat {
+    /// The first format: the final chunk carries a last-chunk flag in its
+    /// AAD, an all-zero chunk (entry and data) is a hole, and the size is
+    /// the ciphertext's.
+    LastChunkFlag,
+    /// Feature `sealed-group-state`: each group's sealed state says which
+    /// chunks hold data (a chunk is a hole only if its bit is clear) and the
+    /// last group's state holds the size; the chunk AAD has no last flag.
+    SealedGroupState,
+}
 
 /// Why a chunk failed to open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -35,29 +51,55 @@ pub enum ChunkContent {
 pub struct ChunkCipher {
     key: SealingKey,
     file_id: [u8; 16],
+    format: ContentFormat,
+}
+
+/// A chunk AAD: 33 bytes with the last flag, the first 32 without.
+struct Aad([u8; 33], usize);
+
+impl std::ops::Deref for Aad {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0[..self.1]
+    }
 }
 
 impl ChunkCipher {
     /// A cipher for the file with `file_id` whose data key is `data_key`.
-    pub fn new(data_key: &SecretKey, file_id: [u8; 16]) -> Self {
+    pub fn new(data_key: &SecretKey, file_id: [u8; 16], format: ContentFormat) -> Self {
         ChunkCipher {
             key: data_key.cipher(),
             file_id,
+            format,
         }
     }
 
-    fn aad(&self, k: ChunkIndex, last: bool) -> [u8; 33] {
+    /// The content format this cipher seals for.
+    pub fn format(&self) -> ContentFormat {
+        self.format
+    }
+
+    fn aad(&self, k: ChunkIndex, last: bool) -> Aad {
         let mut a = [0u8; 33];
-        a[..8].copy_from_slice(CHUNK_AAD_LABEL);
         a[8..24].copy_from_slice(&self.file_id);
         a[24..32].copy_from_slice(&k.to_le_bytes());
-        a[32] = last as u8;
-        a
+        match self.format {
+            ContentFormat::LastChunkFlag => {
+                a[..8].copy_from_slice(CHUNK_AAD_LABEL);
+                a[32] = last as u8;
+                Aad(a, 33)
+            }
+            ContentFormat::SealedGroupState => {
+                a[..8].copy_from_slice(CHUNK_AAD_LABEL_V2);
+                Aad(a, 32)
+            }
+        }
     }
 
     /// Encrypts chunk `k` in place (`buf` is its plaintext, at most one chunk)
     /// with a fresh random nonce; returns its metadata entry. `last` marks the
-    /// file's final chunk, so a truncation at a chunk boundary is detected.
+    /// file's final chunk, so a truncation at a chunk boundary is detected
+    /// (ignored with sealed group states, where the size is sealed instead).
     pub fn seal(
         &self,
         k: ChunkIndex,
@@ -75,6 +117,10 @@ impl ChunkCipher {
     /// Decrypts chunk `k` in place. A chunk that is not the file's last may
     /// also carry the last flag (left by a crash between extending a file and
     /// re-sealing its old final chunk); the final chunk must carry it.
+    ///
+    /// With sealed group states, `is_last` is ignored and there is no hole
+    /// here: the group state says which chunks hold data, and a chunk that
+    /// should must authenticate (an all-zero one fails).
     pub fn open(
         &self,
         k: ChunkIndex,
@@ -82,7 +128,10 @@ impl ChunkCipher {
         buf: &mut [u8],
         entry: &MetaEntry,
     ) -> Result<ChunkContent, ChunkError> {
-        if entry.iter().all(|&b| b == 0) && buf.iter().all(|&b| b == 0) {
+        if self.format == ContentFormat::LastChunkFlag
+            && entry.iter().all(|&b| b == 0)
+            && buf.iter().all(|&b| b == 0)
+        {
             return Ok(ChunkContent::Hole);
         }
         let mut nonce = [0u8; NONCE_LEN];
@@ -98,6 +147,7 @@ impl ChunkCipher {
         }
         // The AEAD restores the ciphertext on failure, so a second try is sound.
         if !is_last
+            && self.format == ContentFormat::LastChunkFlag
             && self
                 .key
                 .open_in_place(&nonce, &self.aad(k, true), buf, &tag)
@@ -115,7 +165,45 @@ mod tests {
     use proptest::prelude::*;
 
     fn cipher() -> ChunkCipher {
-        ChunkCipher::new(&SecretKey::generate().unwrap(), [7u8; 16])
+        ChunkCipher::new(
+            &SecretKey::generate().unwrap(),
+            [7u8; 16],
+            ContentFormat::LastChunkFlag,
+        )
+    }
+
+    fn cipher_v2() -> ChunkCipher {
+        ChunkCipher::new(
+            &SecretKey::generate().unwrap(),
+            [7u8; 16],
+            ContentFormat::SealedGroupState,
+        )
+    }
+
+    #[test]
+    fn v2_has_no_hole_and_no_last_flag() {
+        let c = cipher_v2();
+        let mut z = vec![0u8; 4096];
+        assert_eq!(
+            c.open(2, false, &mut z, &[0u8; 28]),
+            Err(ChunkError::Tampered(2))
+        );
+        let mut a = vec![4u8; 100];
+        let e = c.seal(5, true, &mut a).unwrap();
+        let mut b = a.clone();
+        assert_eq!(c.open(5, false, &mut a, &e), Ok(ChunkContent::Data));
+        assert_eq!(c.open(5, true, &mut b, &e), Ok(ChunkContent::Data));
+        assert_eq!(a, vec![4u8; 100]);
+        // Another index, and the same key under the v1 AAD, fail.
+        let mut a = vec![4u8; 100];
+        let e = c.seal(5, false, &mut a).unwrap();
+        assert!(c.open(6, false, &mut a.clone(), &e).is_err());
+        let v1 = ChunkCipher {
+            format: ContentFormat::LastChunkFlag,
+            ..c.clone()
+        };
+        assert!(v1.open(5, false, &mut a.clone(), &e).is_err());
+        assert!(v1.open(5, true, &mut a, &e).is_err());
     }
 
     #[test]
@@ -142,11 +230,16 @@ mod tests {
             Err(ChunkError::Tampered(1))
         );
         // other file
-        let other = ChunkCipher::new(&SecretKey::generate().unwrap(), [7u8; 16]);
+        let other = ChunkCipher::new(
+            &SecretKey::generate().unwrap(),
+            [7u8; 16],
+            ContentFormat::LastChunkFlag,
+        );
         assert!(other.open(0, false, &mut a.clone(), &e).is_err());
         let same_key_other_id = ChunkCipher {
             key: c.key.clone(),
             file_id: [8u8; 16],
+            format: c.format,
         };
         assert!(same_key_other_id
             .open(0, false, &mut a.clone(), &e)

@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::Argon2Params;
+use crate::format::chunk::ContentFormat;
 use crate::format::layout::CHUNK_SIZE;
 
 pub use crate::format::reserved::CONFIG_FILE;
@@ -28,6 +29,7 @@ pub const KNOWN_FEATURES: &[&str] = &[
     "padded-names",
     FEATURE_HARD_LINKS,
     FEATURE_XATTRS,
+    FEATURE_SEALED_GROUP_STATE,
 ];
 /// The feature flag of a keyring with keyslots (layout 2): a build
 /// without it refuses the volume rather than misread its keyring.
@@ -41,6 +43,9 @@ pub const FEATURE_XATTRS: &str = "xattrs";
 /// The feature flag of names padded to 16 bytes before sealing
 /// (docs/FORMAT.md §7.1); volumes without it seal names as they are.
 pub const PADDED_NAMES: &str = "padded-names";
+/// The feature flag of sealed group states (docs/FORMAT.md §4): new volumes
+/// have it; a volume without it keeps the first content format.
+pub const FEATURE_SEALED_GROUP_STATE: &str = "sealed-group-state";
 
 /// Errors reading a config.
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +187,28 @@ impl VolumeConfig {
         format!("# sealfs volume config. Holds no secrets; do not edit by hand.\n{body}")
     }
 
+    /// How this volume's file content is laid out (its feature flags).
+    pub fn content_format(&self) -> ContentFormat {
+        if self
+            .features
+            .iter()
+            .any(|f| f == FEATURE_SEALED_GROUP_STATE)
+        {
+            ContentFormat::SealedGroupState
+        } else {
+            ContentFormat::LastChunkFlag
+        }
+    }
+
+    /// Sets the feature flag of `format` (for a config rebuilt without the
+    /// original, whose content format was found by looking at the files).
+    pub fn set_content_format(&mut self, format: ContentFormat) {
+        self.features.retain(|f| f != FEATURE_SEALED_GROUP_STATE);
+        if format == ContentFormat::SealedGroupState {
+            self.features.push(FEATURE_SEALED_GROUP_STATE.into());
+        }
+    }
+
     /// The volume id as bytes.
     pub fn volume_id_bytes(&self) -> Result<[u8; 16], ConfigError> {
         unhex16(&self.volume_id).ok_or_else(|| ConfigError::Invalid("volume_id".into()))
@@ -264,6 +291,21 @@ mod tests {
         assert!(t.contains("format_version = 1"));
         assert!(t.contains("argon2id"));
         assert_eq!(VolumeConfig::parse(&t).unwrap(), c);
+    }
+
+    #[test]
+    fn new_volumes_have_sealed_group_states_and_old_ones_keep_theirs() {
+        let mut c = sample();
+        assert_eq!(c.content_format(), ContentFormat::SealedGroupState);
+        let v1 = c.to_toml().replace(", \"sealed-group-state\"", "");
+        let v1 = v1.replace("    \"sealed-group-state\",\n", "");
+        let parsed = VolumeConfig::parse(&v1).unwrap();
+        assert_eq!(parsed.content_format(), ContentFormat::LastChunkFlag);
+        c.set_content_format(ContentFormat::LastChunkFlag);
+        assert_eq!(c.content_format(), ContentFormat::LastChunkFlag);
+        assert_eq!(c, parsed);
+        c.set_content_format(ContentFormat::SealedGroupState);
+        assert_eq!(c, sample());
     }
 
     #[test]

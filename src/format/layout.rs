@@ -7,10 +7,12 @@
 //! A ciphertext file is a run of *groups*. Group `g` is one 4 KiB metadata
 //! block followed by up to [`CHUNKS_PER_GROUP`] data chunks of
 //! [`CHUNK_SIZE`] bytes. The metadata block of group 0 begins with the file
-//! header; every metadata block holds the 28-byte (nonce, tag) entries of its
-//! group's chunks from offset [`META_ENTRIES_OFFSET`]. Data chunks therefore
-//! sit on 4 KiB boundaries of the backing file, so an aligned 4 KiB write
-//! touches exactly one backing data page (plus the group's metadata page).
+//! header; on volumes with sealed group states every metadata block holds
+//! its group's state at [`META_STATE_OFFSET`]; every metadata block holds
+//! the 28-byte (nonce, tag) entries of its group's chunks from offset
+//! [`META_ENTRIES_OFFSET`]. Data chunks therefore sit on 4 KiB boundaries of
+//! the backing file, so an aligned 4 KiB write touches exactly one backing
+//! data page (plus the group's metadata page).
 
 use crate::crypto::{NONCE_LEN, TAG_LEN};
 
@@ -21,8 +23,18 @@ pub const META_BLOCK: u64 = 4096;
 /// Chunks described by one metadata block.
 pub const CHUNKS_PER_GROUP: u64 = 128;
 /// Offset of the first (nonce, tag) entry inside a metadata block; the bytes
-/// before it hold the file header in group 0 and are zero elsewhere.
+/// before it hold the file header in group 0 and, with sealed group states,
+/// the group's state; the rest is zero.
 pub const META_ENTRIES_OFFSET: u64 = 256;
+/// Offset of a group's sealed state inside its metadata block (right after
+/// the 160-byte file header in group 0; bytes 0..160 of later groups' blocks
+/// are zero).
+pub const META_STATE_OFFSET: u64 = 160;
+/// Bytes of the sealed state area (up to the first entry).
+pub const META_STATE_LEN: u64 = META_ENTRIES_OFFSET - META_STATE_OFFSET;
+/// Offset of the free bytes after the last entry of a metadata block
+/// (reserved: written as zero, never read).
+pub const META_FREE_OFFSET: u64 = META_ENTRIES_OFFSET + CHUNKS_PER_GROUP * META_ENTRY_LEN;
 /// Bytes per metadata entry: nonce then tag.
 pub const META_ENTRY_LEN: u64 = (NONCE_LEN + TAG_LEN) as u64;
 /// Bytes one full group occupies in the ciphertext file.
@@ -52,6 +64,33 @@ pub fn chunk_meta_offset(k: ChunkIndex) -> u64 {
     let g = k / CHUNKS_PER_GROUP;
     let i = k % CHUNKS_PER_GROUP;
     g * GROUP_BYTES + META_ENTRIES_OFFSET + i * META_ENTRY_LEN
+}
+
+/// The group chunk `k` belongs to.
+pub fn group_of(k: ChunkIndex) -> u64 {
+    k / CHUNKS_PER_GROUP
+}
+
+/// Offset in the ciphertext file where group `g` (its metadata block) starts.
+pub fn group_offset(g: u64) -> u64 {
+    g * GROUP_BYTES
+}
+
+/// Offset in the ciphertext file of group `g`'s sealed state.
+pub fn state_offset(g: u64) -> u64 {
+    group_offset(g) + META_STATE_OFFSET
+}
+
+/// The group that holds the final chunk of a plaintext of `size` bytes
+/// (group 0 for an empty file): the group whose state carries the size.
+pub fn last_group(size: u64) -> u64 {
+    size.saturating_sub(1) / CHUNK_SIZE / CHUNKS_PER_GROUP
+}
+
+/// The group a ciphertext of `csize` bytes ends in (the one holding its
+/// last byte; group 0 for a header block alone).
+pub fn end_group(csize: u64) -> u64 {
+    csize.saturating_sub(1) / GROUP_BYTES
 }
 
 /// Number of chunks a plaintext of `size` bytes has.
@@ -147,12 +186,29 @@ mod tests {
         assert_eq!(chunk_data_offset(128), GROUP_BYTES + 4096);
         assert_eq!(chunk_meta_offset(0), 256);
         assert_eq!(chunk_meta_offset(129), GROUP_BYTES + 256 + 28);
+        assert_eq!(META_FREE_OFFSET, 3840);
+        assert_eq!((META_STATE_OFFSET, META_STATE_LEN), (160, 96));
+        assert_eq!(state_offset(2), 2 * GROUP_BYTES + 160);
+        assert_eq!(last_group(0), 0);
+        assert_eq!(last_group(GROUP_PLAIN), 0);
+        assert_eq!(last_group(GROUP_PLAIN + 1), 1);
+        assert_eq!(end_group(4096), 0);
+        assert_eq!(end_group(GROUP_BYTES), 0);
+        assert_eq!(end_group(GROUP_BYTES + 1), 1);
     }
 
     proptest! {
         #[test]
         fn size_round_trip(p in 0u64..(1u64 << 44)) {
             prop_assert_eq!(plaintext_size(ciphertext_size(p)).unwrap(), p);
+        }
+
+        #[test]
+        fn the_last_group_holds_the_end(p in 0u64..(1u64 << 44)) {
+            prop_assert_eq!(end_group(ciphertext_size(p)), last_group(p));
+            if p > 0 {
+                prop_assert_eq!(group_of(chunk_count(p) - 1), last_group(p));
+            }
         }
 
         #[test]

@@ -1,5 +1,5 @@
 //! Hard-link tables: which (parent directory id, name) pairs may reach a
-//! file that has more than one name (docs/FORMAT.md §4.2).
+//! file that has more than one name (docs/FORMAT.md §4.6).
 //!
 //! A file with one name keeps its key slot bound to that name (§4.1). A
 //! file that got a second name is *linked*: its slot is bound to a context

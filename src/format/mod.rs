@@ -10,6 +10,7 @@ pub mod audit;
 pub mod chunk;
 pub mod config;
 pub mod grants;
+pub mod group_state;
 pub mod header;
 pub mod keyring;
 pub mod layout;

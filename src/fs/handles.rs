@@ -83,6 +83,9 @@ impl SealFs {
                 integrity: e.is_integrity().then(|| e.to_string()),
             }
         })?;
+        if sealed.stray_tail() > 0 {
+            inode.stale_size.store(true, Ordering::Relaxed);
+        }
         let f = Arc::new(RwLock::new(sealed));
         st.count = 1;
         st.file = Some(f.clone());

@@ -98,6 +98,12 @@ pub(super) struct Inode {
     pub(super) changes: AtomicU64,
     /// Of a directory: its decrypted listing while unchanged.
     pub(super) listing: Mutex<Option<CachedListing>>,
+    /// Of a file: the kernel was told a size larger than the sealed one
+    /// (`stat` counts a stray tail, docs/FORMAT.md §4.4). With the
+    /// writeback cache the kernel keeps that size and zero-fills a short
+    /// read, so while it knows this node its opens are direct I/O: reads
+    /// end at the sealed size.
+    pub(super) stale_size: AtomicBool,
     /// Its extended attributes' keys and what this mount knows of them.
     pub(super) xattrs: Mutex<XattrState>,
     /// Of a file: its atime may be due for an update at the next read
@@ -130,6 +136,7 @@ impl Inode {
             }),
             changes: AtomicU64::new(0),
             listing: Mutex::new(None),
+            stale_size: AtomicBool::new(false),
             xattrs: Mutex::new(XattrState::default()),
             atime_due: AtomicBool::new(false),
         }
@@ -426,9 +433,14 @@ impl SealFs {
 
     /// Hands the fd of a backing object whose name was just removed to the
     /// reclaim queue when it was the last name of a regular file (freeing
-    /// its blocks is the slow part); anything else is closed at once.
+    /// its blocks is the slow part); anything else is closed at once, and
+    /// so is everything while free space is below the ENOSPC margin (a
+    /// write right after the unlink must find the space free: fs/space.rs).
     pub(super) fn reclaim_unlinked(&self, fd: OwnedFd, st: &libc::stat) {
-        if EntryKind::of_mode(st.st_mode) == EntryKind::File && st.st_nlink <= 1 {
+        if EntryKind::of_mode(st.st_mode) == EntryKind::File
+            && st.st_nlink <= 1
+            && !self.write_through()
+        {
             self.reclaim
                 .reclaim(fd, (st.st_blocks as u64).saturating_mul(512));
         }

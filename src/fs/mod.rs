@@ -33,6 +33,7 @@ mod listing;
 mod ops;
 mod records;
 mod session;
+mod space;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -63,6 +64,7 @@ pub use session::{
     fsname, fuser_config, mount_directly, raise_readahead, Activity, CacheControl, MountOptions,
     FSTYPE, GENERIC_OPTIONS,
 };
+pub use space::SpaceGuard;
 
 /// How long the kernel may cache attributes and entries. sealfs is the only
 /// writer of its cipher directory while mounted, so caching is safe; one
@@ -110,6 +112,9 @@ pub struct SealFs {
     reclaim: ReclaimQueue,
     /// Who may use which keys, and the audit trail.
     policy: Arc<AccessControl>,
+    /// Free space in CIPHERDIR: below its margin new opens are
+    /// write-through (None: a volume opened read-only, or not watched).
+    space: std::sync::OnceLock<SpaceGuard>,
     features: Features,
     /// The root's presented mode, owner and group (`sealfs.root`); `None`:
     /// the cipher directory's own.
@@ -158,9 +163,31 @@ impl SealFs {
             activity: Arc::new(Activity::new()),
             reclaim: ReclaimQueue::new(),
             policy,
+            space: std::sync::OnceLock::new(),
             features,
             root_attrs: RwLock::new(root_attrs),
         })
+    }
+
+    /// Watches the free space in CIPHERDIR (writable volumes): while it is
+    /// below `margin` (default: see [`SpaceGuard`]) files are opened
+    /// write-through, so a full disk shows at `write()`. `mountpoint`
+    /// finds the mount's dirty limit for the default margin.
+    pub fn watch_space(&self, margin: Option<u64>, mountpoint: Option<&Path>) {
+        if self.vol.read_only() {
+            return;
+        }
+        match self.vol.root_fd() {
+            Ok(fd) => {
+                let _ = self.space.set(SpaceGuard::new(fd, margin, mountpoint));
+            }
+            Err(e) => tracing::warn!("free space not watched: {e}"),
+        }
+    }
+
+    /// Whether a file opened for writing now goes write-through.
+    pub(crate) fn write_through(&self) -> bool {
+        self.space.get().is_some_and(SpaceGuard::write_through)
     }
 
     /// Use of the mount, shared with whoever watches for idleness.

@@ -68,6 +68,9 @@ pub struct MountOptions {
     /// The kernel's generic mount options passed through (`noexec`,
     /// `noatime`, …; each one of [`GENERIC_OPTIONS`]).
     pub generic: Vec<String>,
+    /// Free space in CIPHERDIR below which new opens are write-through
+    /// (None: twice the mount's dirty limit, see [`crate::fs::SpaceGuard`]).
+    pub enospc_margin: Option<u64>,
 }
 
 /// The kernel's generic mount options a sealfs mount passes through, with

@@ -1,5 +1,5 @@
 //! Hard links and extended attributes through the library (no mount):
-//! the same steps as the FUSE frontend (docs/FORMAT.md §4.2, §9.1).
+//! the same steps as the FUSE frontend (docs/FORMAT.md §4.6, §9.1).
 //!
 //! Owns: resolving the paths and keys these calls need.
 //! Must never: store an attribute unencrypted, or log names or values.

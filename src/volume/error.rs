@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use crate::crypto::CryptoError;
 use crate::format::chunk::ChunkError;
 use crate::format::config::{ConfigError, CONFIG_FILE};
+use crate::format::group_state::StateError;
 use crate::format::header::HeaderError;
 use crate::format::links::LinkTableError;
 use crate::format::names::NameError;
@@ -32,6 +33,9 @@ pub enum VolumeError {
     /// A chunk failed authentication.
     #[error("integrity: {0}")]
     Chunk(#[from] ChunkError),
+    /// A chunk group's sealed state is missing or failed authentication.
+    #[error("integrity: {0}")]
+    GroupState(#[from] StateError),
     /// A name could not be encrypted or decrypted.
     #[error("name: {0}")]
     Name(#[from] NameError),
@@ -122,6 +126,7 @@ impl VolumeError {
             self,
             VolumeError::Truncated
                 | VolumeError::Chunk(_)
+                | VolumeError::GroupState(_)
                 | VolumeError::Header(HeaderError::ContextMismatch)
                 | VolumeError::Header(HeaderError::BadMagic(_))
                 | VolumeError::Header(HeaderError::Truncated(_))

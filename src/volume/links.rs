@@ -1,7 +1,7 @@
 //! File headers with their link state: opening a file's key for the name it
 //! was reached through (a path-bound slot, or a linked slot plus the link
 //! table), adding and dropping names of a linked file, re-binding a header
-//! for a rename, and re-wrapping one (docs/FORMAT.md §4.2, §6).
+//! for a rename, and re-wrapping one (docs/FORMAT.md §4.6, §6).
 //!
 //! Crash orders (the reasons are in docs/FORMAT.md §6.2):
 //! * link of a one-name file: table {old, new} at 3840 + a linked slot

@@ -56,7 +56,7 @@ use std::path::{Path, PathBuf};
 use parking_lot::RwLock;
 
 use crate::crypto::{random_id, Argon2Params, SecretKey};
-use crate::format::chunk::ChunkCipher;
+use crate::format::chunk::ContentFormat;
 use crate::format::config::{hex, ConfigError, KdfConfig, VolumeConfig, CONFIG_FILE, PADDED_NAMES};
 use crate::format::header::{EncryptionContext, RecordKind, SealedRecord, RECORD_LEN};
 use crate::format::keyring::KekSource;
@@ -779,8 +779,13 @@ impl Volume {
         let id = random_id()?;
         let rec =
             SealedRecord::create(RecordKind::File, &self.volume_id, id, &data_key, v, &w, ctx)?;
-        content::write_first_block(&file, &rec.encode())?;
-        Ok(SealedFile::new(file, ChunkCipher::new(&data_key, id), 0).with_key_version(v))
+        let format = self.content_format();
+        Ok(SealedFile::create(file, &rec.encode(), &data_key, id, format)?.with_key_version(v))
+    }
+
+    /// How this volume's file content is laid out (its config's features).
+    pub fn content_format(&self) -> ContentFormat {
+        self.config.read().content_format()
     }
 
     /// Opens the content of an existing file reached as `ctx` (its path
@@ -798,14 +803,11 @@ impl Volume {
                 "the backing object is not a regular file",
             )));
         }
-        let csize = md.len();
-        let size = plaintext_size(csize).map_err(|_| VolumeError::Truncated)?;
+        plaintext_size(md.len()).map_err(|_| VolumeError::Truncated)?;
         let h = self.open_header(&file, ctx)?;
         let version = h.rec.slots[h.slot].map_or(0, |s| s.key_version);
-        Ok(
-            SealedFile::new(file, ChunkCipher::new(&h.key, h.rec.id), size)
-                .with_key_version(version),
-        )
+        let format = self.content_format();
+        Ok(SealedFile::open(file, &h.key, h.rec.id, format)?.with_key_version(version))
     }
 
     pub(crate) fn check_writable(&self) -> Result<(), VolumeError> {

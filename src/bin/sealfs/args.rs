@@ -400,6 +400,32 @@ pub(crate) struct MountArgs {
     /// directory in it) is retried until it can be unmounted.
     #[arg(long, value_name = "DURATION", value_parser = parse_idle)]
     pub(crate) idle: Option<std::time::Duration>,
+    /// Open files write-through (so a full disk shows at write(), not only
+    /// at close) while CIPHERDIR has less than SIZE free (bytes, or with
+    /// K/M/G; default: twice the kernel's dirty limit for the mount).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub(crate) enospc_margin: Option<u64>,
+}
+
+/// A size in bytes, with an optional K, M or G (powers of 1024).
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mul) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let mul: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("unknown size unit in {s:?} (K, M or G)")),
+            };
+            (&t[..i], mul)
+        }
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .ok_or_else(|| format!("not a size: {s:?}"))
 }
 
 /// A rotation period or none.

@@ -260,6 +260,18 @@ fn print_status(s: &StatusResult) {
     if s.rewrap.running {
         println!("rewrap running: {}/{}", s.rewrap.done, s.rewrap.total);
     }
+    if let Some(sp) = &s.space {
+        println!(
+            "free in CIPHERDIR {} MiB, ENOSPC margin {} MiB{}",
+            sp.free >> 20,
+            sp.margin >> 20,
+            if sp.write_through {
+                " — new opens write-through"
+            } else {
+                ""
+            }
+        );
+    }
 }
 
 /// JSON text of `v` (as the daemon wrote it), for summaries that quote it.

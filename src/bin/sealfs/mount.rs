@@ -131,6 +131,7 @@ pub(crate) fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
     if let Some(n) = a.threads {
         builder = builder.threads(n.into());
     }
+    builder = builder.enospc_margin(a.enospc_margin);
     if let Some(p) = &a.ctl_socket {
         builder = builder.ctl_socket(p);
     }

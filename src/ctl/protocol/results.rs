@@ -185,6 +185,23 @@ pub struct StatusResult {
     /// daemons before keyslots).
     #[serde(default)]
     pub keyring: KeyringStatus,
+    /// Free space in CIPHERDIR against the ENOSPC margin (null on a
+    /// read-only mount, or before the first check).
+    #[serde(default)]
+    pub space: Option<SpaceStatus>,
+}
+
+/// The free-space part of `status`: below `margin` free bytes, files are
+/// opened write-through so that a full disk shows at `write()`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpaceStatus {
+    /// Free bytes in CIPHERDIR at the last check (at most 100 ms old
+    /// while files are being opened).
+    pub free: u64,
+    /// The margin in bytes.
+    pub margin: u64,
+    /// New opens are write-through.
+    pub write_through: bool,
 }
 
 /// The keyring part of `status`.

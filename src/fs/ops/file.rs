@@ -194,7 +194,13 @@ pub(in crate::fs) fn open(
         SealFs::note_open(&inode);
         // Through a grant, every read and write reaches the daemon (no
         // page cache), so revoking the grant stops an open handle at once.
-        let flags = if grant.is_some() {
+        // Near a full disk, a writer goes write-through so that ENOSPC
+        // reaches write() (fs/space.rs).
+        // A size the kernel holds larger than the sealed one: direct I/O,
+        // so a read ends at the sealed size (inodes.rs, stale_size).
+        let writer = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        let stale = inode.stale_size.load(std::sync::atomic::Ordering::Relaxed);
+        let flags = if grant.is_some() || stale || (writer && fs.write_through()) {
             FopenFlags::FOPEN_DIRECT_IO
         } else {
             FopenFlags::FOPEN_KEEP_CACHE
@@ -298,6 +304,11 @@ pub(in crate::fs) fn fsync(
     });
     let r = r.and_then(|_| fs.content_of(req, fh)).and_then(|f| {
         let g = f.read();
+        // A write that could not be stored poisons the file (volume/content):
+        // fsync says so until the size is set again.
+        if let Some(errno) = g.poisoned() {
+            return Err(Errno::from_i32(errno));
+        }
         let res = if datasync {
             g.backing().sync_data()
         } else {
@@ -325,7 +336,7 @@ pub(in crate::fs) fn create(
         let (inode, st, f, grant) =
             fs.create_file(req, parent, name, mode & 0o7777, flags, inherited)?;
         let a = fs.attr(&inode, &st);
-        let flags = if grant.is_some() {
+        let flags = if grant.is_some() || fs.write_through() {
             FopenFlags::FOPEN_DIRECT_IO
         } else {
             FopenFlags::FOPEN_KEEP_CACHE

@@ -1,7 +1,10 @@
-//! fsck of one regular file: its header under its path's context, every
-//! chunk (through [`crate::volume::content`]'s scan), a cut final chunk,
-//! and a stray ciphertext tail; salvage re-seals bad chunks as zeros and a
-//! cut final chunk with its flag, and trims the tail.
+//! fsck of one regular file: its header under its path's context, then its
+//! content through [`crate::volume::content`]'s scan: bad chunks, a cut
+//! final chunk (last-chunk-flag format), group states that are missing or
+//! do not open, a lost end, a truncation and a stray tail (sealed group
+//! states). Salvage re-seals bad chunks as zeros (and a cut final chunk with
+//! its flag), rebuilds lost group states, and cuts the ciphertext to the
+//! sealed size, each repair reported with the ranges it touched.
 //!
 //! Owns: what a file must look like, and which of its chunks salvage writes.
 //! Must never: write a chunk that checked clean, or compute backing offsets
@@ -12,16 +15,51 @@ use std::os::fd::BorrowedFd;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use crate::format::chunk::ChunkCipher;
+use crate::format::chunk::ContentFormat;
 use crate::format::header::{EncryptionContext, HeaderError};
-use crate::format::layout::plaintext_size;
+use crate::format::layout::{plaintext_size, CHUNKS_PER_GROUP};
 use crate::format::xattrs::{Owner, XattrCipher};
 use crate::sys;
 use crate::volume::backing;
 use crate::volume::content::{ChunkScan, Reseal, SealedFile};
 use crate::volume::VolumeError;
 
+use super::report::ByteRange;
 use super::{chunk_ranges, Checker, ProblemKind};
+
+/// Plaintext ranges of chunks `ks` in words: "bytes a..b (chunks x-y), …".
+fn describe(ranges: &[ByteRange]) -> String {
+    let v: Vec<String> = ranges
+        .iter()
+        .map(|r| {
+            format!(
+                "bytes {}..{} (chunks {}-{})",
+                r.start, r.end, r.first_chunk, r.last_chunk
+            )
+        })
+        .collect();
+    v.join(", ")
+}
+
+/// The plaintext range of groups `gs` in a file of `size` bytes.
+fn group_ranges(gs: &[u64], size: u64) -> Vec<ByteRange> {
+    let chunks: Vec<u64> = gs
+        .iter()
+        .flat_map(|g| g * CHUNKS_PER_GROUP..(g + 1) * CHUNKS_PER_GROUP)
+        .filter(|k| k * 4096 < size.max(1))
+        .collect();
+    let mut r = chunk_ranges(&chunks, size);
+    if r.is_empty() {
+        // An empty file's group 0.
+        r.push(ByteRange {
+            first_chunk: 0,
+            last_chunk: 0,
+            start: 0,
+            end: 0,
+        });
+    }
+    r
+}
 
 impl Checker<'_> {
     pub(super) fn check_file(
@@ -50,7 +88,7 @@ impl Checker<'_> {
         let done = |c: &Self| {
             c.progress.done_bytes.fetch_add(csize, Ordering::Relaxed);
         };
-        let Ok(size) = plaintext_size(csize) else {
+        if plaintext_size(csize).is_err() {
             let i = self.problem(
                 ProblemKind::Header,
                 Some(path),
@@ -92,23 +130,31 @@ impl Checker<'_> {
         };
         let xc = XattrCipher::new(&key, rec.id, Owner::File);
         self.check_xattrs(parent, OsStr::new(entry), &xc, path, rel);
-        let sealed = SealedFile::new(file, ChunkCipher::new(&key, rec.id), size);
-        let ChunkScan { bad, cut, checked } = sealed.scan();
-        self.report.stats.chunks += checked;
-        self.report.stats.bytes += size;
+        let format = self.vol.content_format();
+        let sealed = match SealedFile::open_for_check(file, &key, rec.id, format) {
+            Ok(s) => s,
+            Err(e) => {
+                self.problem(ProblemKind::Io, Some(path), rel, format!("open: {e}"));
+                return done(self);
+            }
+        };
+        let scan = sealed.scan();
+        self.report.stats.chunks += scan.checked;
+        self.report.stats.bytes += sealed.size();
+        match format {
+            ContentFormat::LastChunkFlag => self.check_content_v1(&sealed, scan, path, rel),
+            ContentFormat::SealedGroupState => self.check_content_v2(&sealed, scan, path, rel),
+        }
+        done(self);
+    }
+
+    fn check_content_v1(&mut self, sealed: &SealedFile, scan: ChunkScan, path: &[u8], rel: &Path) {
+        let size = sealed.size();
+        let ChunkScan { bad, cut, .. } = scan;
         let mut fixes: Vec<(u64, Reseal)> = Vec::new();
         let mut fixed_by_rewrite: Vec<(usize, &str)> = Vec::new();
         if !bad.is_empty() {
             let ranges = chunk_ranges(&bad, size);
-            let desc: Vec<String> = ranges
-                .iter()
-                .map(|r| {
-                    format!(
-                        "bytes {}..{} (chunks {}-{})",
-                        r.start, r.end, r.first_chunk, r.last_chunk
-                    )
-                })
-                .collect();
             let i = self.problem(
                 ProblemKind::Chunk,
                 Some(path),
@@ -116,7 +162,7 @@ impl Checker<'_> {
                 format!(
                     "{} chunk(s) fail authentication: {}",
                     bad.len(),
-                    desc.join(", ")
+                    describe(&ranges)
                 ),
             );
             self.report.problems[i].ranges = ranges;
@@ -144,7 +190,7 @@ impl Checker<'_> {
                 self.record_repair(i, r.clone(), what);
             }
         }
-        let tail = sealed.stray_tail(csize);
+        let tail = sealed.stray_tail();
         if tail > 0 {
             let i = self.problem(
                 ProblemKind::SizeTail,
@@ -155,11 +201,173 @@ impl Checker<'_> {
                 ),
             );
             if self.salvage {
-                let r = sealed.reopen_writable().and_then(|w| w.trim_stray_tail());
+                let r = sealed
+                    .reopen_writable()
+                    .map_err(VolumeError::from)
+                    .and_then(|mut w| w.trim_stray_tail().map(|_| w))
+                    .and_then(|w| Ok(w.backing().sync_data()?));
                 self.record_repair(i, r, "trimmed to the last chunk");
             }
         }
-        done(self);
+    }
+
+    fn check_content_v2(&mut self, sealed: &SealedFile, scan: ChunkScan, path: &[u8], rel: &Path) {
+        let size = sealed.size();
+        // Problems a rebuild repairs (their index), and whether only the
+        // stray tail is wrong (then a cut is the whole repair).
+        let mut rebuilt: Vec<usize> = Vec::new();
+        if scan.end_lost {
+            let lg = crate::format::layout::last_group(size);
+            let i = self.problem(
+                ProblemKind::GroupState,
+                Some(path),
+                rel,
+                format!(
+                    "no group state carries the file's size (its end was cut or zeroed): {size} bytes assumed from the ciphertext's length"
+                ),
+            );
+            self.report.problems[i].ranges = group_ranges(&[lg], size);
+            rebuilt.push(i);
+        }
+        if !scan.bad_states.is_empty() {
+            let gs: Vec<u64> = scan.bad_states.iter().map(|(g, _)| *g).collect();
+            let ranges = group_ranges(&gs, size);
+            let why: Vec<String> = scan.bad_states.iter().map(|(_, e)| e.to_string()).collect();
+            let i = self.problem(
+                ProblemKind::GroupState,
+                Some(path),
+                rel,
+                format!(
+                    "{} group state(s) missing or failing authentication ({}): which chunks of {} hold data is unknown",
+                    gs.len(),
+                    why.join("; "),
+                    describe(&ranges)
+                ),
+            );
+            self.report.problems[i].ranges = ranges;
+            rebuilt.push(i);
+        }
+        if !scan.bad.is_empty() {
+            let ranges = chunk_ranges(&scan.bad, size);
+            let i = self.problem(
+                ProblemKind::Chunk,
+                Some(path),
+                rel,
+                format!(
+                    "{} chunk(s) marked written fail authentication (unstored, tampered or zeroed): {}",
+                    scan.bad.len(),
+                    describe(&ranges)
+                ),
+            );
+            self.report.problems[i].ranges = ranges;
+            rebuilt.push(i);
+        }
+        if let Some(from) = scan.lost_from {
+            let first = from / 4096;
+            let last = crate::format::layout::chunk_count(size).saturating_sub(1);
+            let i = self.problem(
+                ProblemKind::Truncated,
+                Some(path),
+                rel,
+                format!(
+                    "ciphertext cut: bytes {from}..{size} of the sealed size {size} are not stored"
+                ),
+            );
+            self.report.problems[i].ranges = vec![ByteRange {
+                first_chunk: first,
+                last_chunk: last.max(first),
+                start: from,
+                end: size,
+            }];
+            rebuilt.push(i);
+        }
+        if !scan.stale_last.is_empty() {
+            let i = self.problem(
+                ProblemKind::GroupState,
+                Some(path),
+                rel,
+                format!(
+                    "group(s) {:?} before the last one still carry the last-group flag (a crash while the file grew)",
+                    scan.stale_last
+                ),
+            );
+            self.report.problems[i].ranges = group_ranges(&scan.stale_last, size);
+            rebuilt.push(i);
+        }
+        let tail = sealed.stray_tail();
+        let mut trimmed: Option<usize> = None;
+        if tail > 0 {
+            let i = self.problem(
+                ProblemKind::SizeTail,
+                Some(path),
+                rel,
+                format!(
+                    "{tail} stray ciphertext bytes past the sealed size {size} (a crash while the file grew or shrank, or bytes appended): never read"
+                ),
+            );
+            trimmed = Some(i);
+        } else if scan.unsettled {
+            let i = self.problem(
+                ProblemKind::GroupState,
+                Some(path),
+                rel,
+                "the last group's state does not carry the size (an interrupted truncation)"
+                    .to_string(),
+            );
+            rebuilt.push(i);
+        }
+        if !self.salvage || (rebuilt.is_empty() && trimmed.is_none()) {
+            return;
+        }
+        let mut w = match sealed.reopen_writable() {
+            Ok(w) => w,
+            Err(e) => {
+                for i in rebuilt.into_iter().chain(trimmed) {
+                    self.record_repair(i, Err(e.to_string()), "");
+                }
+                return;
+            }
+        };
+        if rebuilt.is_empty() {
+            let r = w
+                .trim_stray_tail()
+                .and_then(|_| Ok(w.backing().sync_data()?))
+                .map_err(|e| e.to_string());
+            if let Some(i) = trimmed {
+                self.record_repair(i, r, "cut to the sealed size");
+            }
+            return;
+        }
+        match w.rebuild(&scan) {
+            Ok(done) => {
+                let mut what = Vec::new();
+                if !done.zeroed.is_empty() {
+                    what.push(format!(
+                        "re-sealed as zeros (content lost): {}",
+                        describe(&chunk_ranges(&done.zeroed, done.size))
+                    ));
+                }
+                if !done.taken_as_holes.is_empty() {
+                    what.push(format!(
+                        "found empty and taken as holes: {}",
+                        describe(&chunk_ranges(&done.taken_as_holes, done.size))
+                    ));
+                }
+                what.push(format!(
+                    "{} group state(s) rewritten, size {}; ciphertext cut to it",
+                    done.states, done.size
+                ));
+                let what = what.join("; ");
+                for i in rebuilt.into_iter().chain(trimmed) {
+                    self.record_repair(i, Ok::<(), String>(()), &what);
+                }
+            }
+            Err(e) => {
+                for i in rebuilt.into_iter().chain(trimmed) {
+                    self.record_repair(i, Err(e.to_string()), "");
+                }
+            }
+        }
     }
 
     /// Every sealed attribute of an object must open with its keys (a value

@@ -33,10 +33,15 @@ pub enum ProblemKind {
     KeyUnavailable,
     /// Chunks fail authentication.
     Chunk,
-    /// The file was cut at a chunk boundary (its final chunk lacks the last flag).
+    /// The file was cut: at a chunk boundary (its final chunk lacks the
+    /// last flag), or short of its sealed size (sealed group states).
     Truncated,
-    /// A ciphertext tail that no plaintext size maps to (a crash while growing).
+    /// A ciphertext tail that no plaintext size maps to (a crash while
+    /// growing), or past the sealed size (sealed group states).
     SizeTail,
+    /// A chunk group's sealed state is missing, does not open, or is stale
+    /// (sealed group states).
+    GroupState,
     /// A symlink target does not decrypt.
     Symlink,
     /// An extended attribute does not open (moved from another object or
