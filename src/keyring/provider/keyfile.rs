@@ -13,8 +13,8 @@ use std::path::Path;
 use zeroize::Zeroizing;
 
 use super::{
-    new_salt, open_local, seal_local, KeyProvider, ProviderError, ProviderKind, SealedSlot,
-    SlotContext, Unsealed,
+    seal_with_derived_key, unseal_with_derived_key, KeyProvider, ProviderError, ProviderKind,
+    SealedSlot, SlotContext, Unsealed,
 };
 use crate::crypto::{derive_key, SecretKey};
 use crate::format::keyring::{KekSource, Slot, V1Header};
@@ -71,13 +71,6 @@ impl KeyFile {
     }
 }
 
-fn salt_of(slot: &Slot) -> Result<[u8; 16], ProviderError> {
-    slot.params
-        .as_slice()
-        .try_into()
-        .map_err(|_| ProviderError::Malformed("key-file slot parameters are not a salt".into()))
-}
-
 impl KeyProvider for KeyFile {
     fn kind(&self) -> &'static ProviderKind {
         &KIND
@@ -88,23 +81,11 @@ impl KeyProvider for KeyFile {
     }
 
     fn seal(&self, kek: &SecretKey, ctx: &SlotContext) -> Result<SealedSlot, ProviderError> {
-        let salt = new_salt()?;
-        let wrapping = derive_key(self.key.expose(), &salt, LABEL);
-        let sealed = seal_local(&wrapping, kek, &ctx.aad(KIND.tag, &salt))?;
-        Ok(SealedSlot {
-            params: salt.to_vec(),
-            sealed,
-        })
+        seal_with_derived_key(self.key.expose(), LABEL, &KIND, kek, ctx)
     }
 
     fn unseal(&self, slot: &Slot, ctx: &SlotContext) -> Result<Unsealed, ProviderError> {
-        let salt = salt_of(slot)?;
-        let wrapping = derive_key(self.key.expose(), &salt, LABEL);
-        let kek = open_local(&wrapping, &slot.sealed, &ctx.aad(KIND.tag, &slot.params))?;
-        Ok(Unsealed {
-            kek,
-            authority: None,
-        })
+        unseal_with_derived_key(self.key.expose(), LABEL, &KIND, slot, ctx)
     }
 
     fn v1_kek(&self, header: &V1Header) -> Option<Result<SecretKey, ProviderError>> {

@@ -348,6 +348,44 @@ pub(crate) fn open_local(
         .map_err(|_| ProviderError::WrongSecret)
 }
 
+/// Seals `kek` for a slot whose wrapping key is derived from a 32-byte
+/// `secret` (a key file, a recovery key) with a fresh salt and `label`:
+/// the salt is the slot's public parameters.
+pub(crate) fn seal_with_derived_key(
+    secret: &[u8],
+    label: &[u8],
+    kind: &ProviderKind,
+    kek: &SecretKey,
+    ctx: &SlotContext,
+) -> Result<SealedSlot, ProviderError> {
+    let salt = new_salt()?;
+    let wrapping = crate::crypto::derive_key(secret, &salt, label);
+    let sealed = seal_local(&wrapping, kek, &ctx.aad(kind.tag, &salt))?;
+    Ok(SealedSlot {
+        params: salt.to_vec(),
+        sealed,
+    })
+}
+
+/// Opens what [`seal_with_derived_key`] made.
+pub(crate) fn unseal_with_derived_key(
+    secret: &[u8],
+    label: &[u8],
+    kind: &ProviderKind,
+    slot: &Slot,
+    ctx: &SlotContext,
+) -> Result<Unsealed, ProviderError> {
+    let salt: [u8; 16] = slot.params.as_slice().try_into().map_err(|_| {
+        ProviderError::Malformed(format!("{} slot parameters are not a salt", kind.name))
+    })?;
+    let wrapping = crate::crypto::derive_key(secret, &salt, label);
+    let kek = open_local(&wrapping, &slot.sealed, &ctx.aad(kind.tag, &slot.params))?;
+    Ok(Unsealed {
+        kek,
+        authority: None,
+    })
+}
+
 /// A fresh 16-byte salt.
 pub(crate) fn new_salt() -> Result<[u8; 16], ProviderError> {
     let mut s = [0u8; 16];

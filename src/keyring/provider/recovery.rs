@@ -21,10 +21,10 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::{
-    new_salt, open_local, seal_local, KeyProvider, ProviderError, ProviderKind, SealedSlot,
-    SlotContext, Unsealed,
+    seal_with_derived_key, unseal_with_derived_key, KeyProvider, ProviderError, ProviderKind,
+    SealedSlot, SlotContext, Unsealed,
 };
-use crate::crypto::{derive_key, SecretKey};
+use crate::crypto::SecretKey;
 use crate::format::keyring::Slot;
 
 /// The `recovery-key` kind.
@@ -152,25 +152,11 @@ impl KeyProvider for RecoveryKey {
     }
 
     fn seal(&self, kek: &SecretKey, ctx: &SlotContext) -> Result<SealedSlot, ProviderError> {
-        let salt = new_salt()?;
-        let wrapping = derive_key(self.key.expose(), &salt, LABEL);
-        let sealed = seal_local(&wrapping, kek, &ctx.aad(KIND.tag, &salt))?;
-        Ok(SealedSlot {
-            params: salt.to_vec(),
-            sealed,
-        })
+        seal_with_derived_key(self.key.expose(), LABEL, &KIND, kek, ctx)
     }
 
     fn unseal(&self, slot: &Slot, ctx: &SlotContext) -> Result<Unsealed, ProviderError> {
-        let salt: [u8; 16] = slot.params.as_slice().try_into().map_err(|_| {
-            ProviderError::Malformed("recovery-key slot parameters are not a salt".into())
-        })?;
-        let wrapping = derive_key(self.key.expose(), &salt, LABEL);
-        let kek = open_local(&wrapping, &slot.sealed, &ctx.aad(KIND.tag, &slot.params))?;
-        Ok(Unsealed {
-            kek,
-            authority: None,
-        })
+        unseal_with_derived_key(self.key.expose(), LABEL, &KIND, slot, ctx)
     }
 }
 
