@@ -5,29 +5,16 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use common::*;
 
 fn ctl(fx: &Fixture, args: &[&str]) -> Output {
-    Command::new(bin())
-        .arg("ctl")
-        .arg("--socket")
-        .arg(&fx.ctl_socket)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    fx.ctl_output(args)
 }
 
 fn ok(fx: &Fixture, args: &[&str]) -> String {
-    let out = ctl(fx, args);
-    assert!(
-        out.status.success(),
-        "ctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    fx.ctl_ok(args)
 }
 
 fn status_json(fx: &Fixture) -> serde_json::Value {

@@ -470,6 +470,29 @@ impl Fixture {
         self.mount_with(&[]);
     }
 
+    /// `sealfs ctl --socket <the fixture's socket> ARGS…`, run to completion.
+    pub fn ctl_output(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .arg("ctl")
+            .arg("--socket")
+            .arg(&self.ctl_socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// [`Fixture::ctl_output`] that must succeed; returns its stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl_output(args);
+        assert!(
+            out.status.success(),
+            "ctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Mounts with the fixture's own control socket (`--ctl-socket`) and extra arguments.
     pub fn mount_ctl_with(&mut self, extra: &[&str]) {
         let sock = self

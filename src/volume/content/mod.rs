@@ -117,6 +117,45 @@ pub struct SealedFile {
 }
 
 impl SealedFile {
+    /// Assembles and seals every chunk `span` touches, in place in `buf`
+    /// (scratch space that may hold stale bytes of earlier requests), and
+    /// its metadata entry into `entries`: what the write does not cover is
+    /// the chunk's old content (`read_old`) or zeros. `last(k)` is the v1
+    /// last-chunk flag (always false with sealed group states). The one
+    /// chunk loop of both formats' write paths; storing is theirs.
+    fn seal_span(
+        &self,
+        span: &WriteSpan<'_>,
+        buf: &mut [u8],
+        entries: &mut [u8],
+        read_old: impl Fn(ChunkIndex, &mut [u8]) -> Result<(), VolumeError>,
+        last: impl Fn(ChunkIndex) -> bool,
+    ) -> Result<(), VolumeError> {
+        let end = span.end();
+        for k in span.first..=span.last {
+            let cstart = k * CHUNK_SIZE;
+            let clen = chunk_len(k, span.new_size);
+            let slot = &mut buf[(k - span.first) as usize * CS..][..clen];
+            let w0 = span.offset.max(cstart);
+            let w1 = end.min(cstart + clen as u64);
+            if !(w0 == cstart && w1 == cstart + clen as u64) {
+                // What this write does not cover is old content or zeros.
+                slot.fill(0);
+                if cstart < span.old_size {
+                    read_old(k, &mut slot[..chunk_len(k, span.old_size)])?;
+                }
+            }
+            slot[(w0 - cstart) as usize..(w1 - cstart) as usize].copy_from_slice(
+                &span.data[(w0 - span.offset) as usize..(w1 - span.offset) as usize],
+            );
+            let e = self.chunks.seal(k, last(k), slot)?;
+            entries[(k - span.first) as usize * ML..][..ML].copy_from_slice(&e);
+        }
+        Ok(())
+    }
+}
+
+impl SealedFile {
     fn with_parts(
         file: File,
         key: &SecretKey,

@@ -102,37 +102,16 @@ impl SealedFile {
         buf: &mut [u8],
         entries: &mut [u8],
     ) -> Result<(), VolumeError> {
-        let WriteSpan {
-            offset,
-            data,
-            first,
-            last,
-            old_size: old,
-            new_size: new,
-        } = *span;
-        let end = span.end();
-        let old_last = last_chunk(old);
+        let (first, last, new) = (span.first, span.last, span.new_size);
+        let old_last = last_chunk(span.old_size);
         let new_last = last_chunk(new).expect("non-empty file");
-        for k in first..=last {
-            let cstart = k * CHUNK_SIZE;
-            let clen = chunk_len(k, new);
-            let slot = &mut buf[(k - first) as usize * CS..][..clen];
-            let w0 = offset.max(cstart);
-            let w1 = end.min(cstart + clen as u64);
-            let covers_all = w0 == cstart && w1 == cstart + clen as u64;
-            if !covers_all {
-                // What this write does not cover is old content or zeros.
-                slot.fill(0);
-            }
-            if !covers_all && cstart < old {
-                let olen = chunk_len(k, old);
-                self.read_chunk_as(k, Some(k) == old_last, &mut slot[..olen])?;
-            }
-            slot[(w0 - cstart) as usize..(w1 - cstart) as usize]
-                .copy_from_slice(&data[(w0 - offset) as usize..(w1 - offset) as usize]);
-            let e = self.chunks.seal(k, k == new_last, slot)?;
-            entries[(k - first) as usize * ML..][..ML].copy_from_slice(&e);
-        }
+        self.seal_span(
+            span,
+            buf,
+            entries,
+            |k, slot| self.read_chunk_as(k, Some(k) == old_last, slot),
+            |k| k == new_last,
+        )?;
         for run in runs(first, last, new) {
             let at = (run.first - first) as usize * CS;
             let mat = (run.first - first) as usize * ML;

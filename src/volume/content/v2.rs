@@ -25,8 +25,8 @@
 use crate::format::group_state::GroupState;
 use crate::format::group_state::STATE_AREA;
 use crate::format::layout::{
-    chunk_count, chunk_data_offset, chunk_len, chunk_meta_offset, chunks_touched, ciphertext_size,
-    group_of, last_group, state_offset, ChunkIndex, CHUNKS_PER_GROUP, CHUNK_SIZE,
+    chunk_data_offset, chunk_len, chunk_meta_offset, chunks_touched, ciphertext_size, group_of,
+    last_group, state_offset, ChunkIndex, CHUNKS_PER_GROUP, CHUNK_SIZE,
 };
 use crate::volume::error::VolumeError;
 
@@ -201,40 +201,16 @@ impl SealedFile {
         buf: &mut [u8],
         entries: &mut [u8],
     ) -> Result<(), StoreFailure> {
-        let WriteSpan {
-            offset,
-            data,
-            first,
-            last,
-            old_size: old,
-            new_size: new,
-        } = *span;
+        let (first, last, new) = (span.first, span.last, span.new_size);
         let fail = |error: VolumeError, from: ChunkIndex| StoreFailure { error, from };
-        let end = span.end();
-        let old_count = chunk_count(old);
-        for k in first..=last {
-            let cstart = k * CHUNK_SIZE;
-            let clen = chunk_len(k, new);
-            let slot = &mut buf[(k - first) as usize * CS..][..clen];
-            let w0 = offset.max(cstart);
-            let w1 = end.min(cstart + clen as u64);
-            if !(w0 == cstart && w1 == cstart + clen as u64) {
-                // What this write does not cover is old content or zeros.
-                slot.fill(0);
-                if k < old_count {
-                    let olen = chunk_len(k, old);
-                    self.read_chunk_v2(k, old, &mut slot[..olen])
-                        .map_err(|e| fail(e, first))?;
-                }
-            }
-            slot[(w0 - cstart) as usize..(w1 - cstart) as usize]
-                .copy_from_slice(&data[(w0 - offset) as usize..(w1 - offset) as usize]);
-            let e = self
-                .chunks
-                .seal(k, false, slot)
-                .map_err(|e| fail(e.into(), first))?;
-            entries[(k - first) as usize * ML..][..ML].copy_from_slice(&e);
-        }
+        self.seal_span(
+            span,
+            buf,
+            entries,
+            |k, slot| self.read_chunk_v2(k, span.old_size, slot),
+            |_| false,
+        )
+        .map_err(|e| fail(e, first))?;
         // States of groups no run touches (new groups in a gap, the old last
         // group when it only loses stale bits) come first: they vouch for
         // no chunk of this write.
