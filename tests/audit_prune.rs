@@ -118,8 +118,10 @@ fn prune_keeps_the_rest_verifiable_through_remounts() {
     assert!(st["audit"]["headroom"].as_u64().unwrap() > 1 << 20, "{st}");
     let metrics = fx.ctl_ok(&["metrics"]);
     assert!(
-        metrics.lines().any(|l| l.starts_with("sealfs_audit_records_pruned{")
-            && l.ends_with(&format!("}} {through}"))),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("sealfs_audit_records_pruned{")
+                && l.ends_with(&format!("}} {through}"))),
         "{metrics}"
     );
     assert!(metrics.contains("sealfs_audit_log_bytes{"), "{metrics}");
@@ -211,7 +213,10 @@ fn tampering_with_a_pruned_log_is_a_break() {
     let (code, out) = verify_offline(&fx);
     assert_eq!(code, 0, "{out}");
     fx.mount_ctl();
-    assert!(!dir.join("00000001.log").exists(), "leftover removed at mount");
+    assert!(
+        !dir.join("00000001.log").exists(),
+        "leftover removed at mount"
+    );
     let v: Value = serde_json::from_str(&fx.ctl_ok(&["--json", "audit", "verify"])).unwrap();
     assert_eq!(v["breaks"], json!([]), "{v}");
 }
@@ -230,7 +235,11 @@ fn a_break_stops_the_prune_there() {
     fs::write(&victim, &b).unwrap();
     let out = fx.ctl_ok(&["--json", "audit", "prune", "--before", "2099-01-01"]);
     let p: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(p["segments"], json!(1), "only the segment before the break: {p}");
+    assert_eq!(
+        p["segments"],
+        json!(1),
+        "only the segment before the break: {p}"
+    );
     assert!(victim.exists(), "the evidence is kept");
     let v = fx.ctl_output(&["audit", "verify"]);
     assert_eq!(v.status.code(), Some(3));
@@ -264,7 +273,10 @@ fn retention_rule_is_kept_in_the_keyring_and_applied_by_the_mount() {
     assert_eq!(st["audit"]["retention"]["max_bytes"], json!(1024), "{st}");
     assert!(st["audit"]["pruned_through"].as_u64().is_some(), "{st}");
     let human = fx.ctl_ok(&["status"]);
-    assert!(human.contains("retention: max age none, max size 0 MiB"), "{human}");
+    assert!(
+        human.contains("retention: max age none, max size 0 MiB"),
+        "{human}"
+    );
 
     // Kept across a remount (in the keyring, not in sealfs.toml).
     fx.remount_ctl();
@@ -312,7 +324,10 @@ fn the_daemon_checks_durations_whatever_the_client() {
         let m = r["error"]["message"].as_str().unwrap().to_string();
         assert!(m.contains(needle), "{op}: {m}");
     };
-    refused(json!({"op": "set_rotation_period", "period": "90"}), "no unit");
+    refused(
+        json!({"op": "set_rotation_period", "period": "90"}),
+        "no unit",
+    );
     refused(
         json!({"op": "set_rotation_period", "period": "1h"}),
         "shorter than a day",
