@@ -256,7 +256,7 @@ fn audit_position(ctx: &ControlContext, a: &crate::policy::audit::AuditLog) -> A
     let (segment, next_seq, key_version) = a.position();
     let usage = a.usage().unwrap_or_default();
     let free = crate::sys::fstatvfs(ctx.vol.root())
-        .map(|st| st.f_bavail as u64 * st.f_frsize as u64)
+        .map(|st| st.f_bavail.saturating_mul(st.f_frsize))
         .unwrap_or(0);
     let retention = KeyService::offline(&ctx.vol).audit_retention();
     AuditPosition {

@@ -192,8 +192,8 @@ pub(super) fn open_checkpoint(
 /// Where a walk over the log given with an optional prune checkpoint
 /// starts: after a checkpoint that verifies, else at the beginning with a
 /// break that says why the checkpoint was not used.
-fn start_of<'a>(
-    segments: &[(u64, &'a [u8])],
+fn start_of(
+    segments: &[(u64, &[u8])],
     checkpoint: Option<&[u8]>,
     volume_id: &[u8; 16],
     keys_for: &mut KeysFor<'_>,
