@@ -92,6 +92,7 @@ fn anchor_check(log: &[(u64, Vec<u8>, Vec<usize>)], head: &AuditHead) -> AnchorC
     let k = keys();
     check_anchor(
         log.iter().map(|(n, b, _)| (*n, b.as_slice())),
+        None,
         &[1; 16],
         &mut |v| (v == 1).then(|| k.clone()),
         head,
@@ -365,6 +366,7 @@ fn a_cut_replaced_or_deleted_log_misses_the_anchor() {
     let k = keys();
     let r = check_anchor(
         log.iter().map(|(n, b, _)| (*n, b.as_slice())),
+        None,
         &[1; 16],
         &mut |v| (v == 2).then(|| k.clone()),
         &h,
