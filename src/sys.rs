@@ -287,25 +287,6 @@ pub fn fallocate(f: &File, mode: i32, offset: u64, len: u64) -> io::Result<()> {
     .map(|_| ())
 }
 
-/// `posix_fadvise(2)` with `POSIX_FADV_WILLNEED`: starts reading the range
-/// into the page cache without waiting for it.
-pub fn prefetch(f: &File, offset: u64, len: u64) -> io::Result<()> {
-    // SAFETY: valid fd; posix_fadvise returns the error number itself.
-    let r = unsafe {
-        libc::posix_fadvise(
-            f.as_raw_fd(),
-            offset as libc::off_t,
-            len as libc::off_t,
-            libc::POSIX_FADV_WILLNEED,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::from_raw_os_error(r))
-    }
-}
-
 /// `fstatvfs(2)`.
 pub fn fstatvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
     let f = reopen(fd, libc::O_RDONLY | libc::O_DIRECTORY)?;

@@ -86,7 +86,6 @@ impl SealFs {
         if sealed.stray_tail() > 0 {
             inode.stale_size.store(true, Ordering::Relaxed);
         }
-        sealed.prefetch_metadata();
         let f = Arc::new(RwLock::new(sealed));
         st.count = 1;
         st.file = Some(f.clone());

@@ -65,10 +65,6 @@ pub use run::{read_header, write_header};
 use groups::Groups;
 use run::{last_chunk, pread_exact, pread_some, pwrite, runs, Run, CS, ML};
 
-/// Metadata blocks [`SealedFile::prefetch_metadata`] asks for at most (the
-/// first 1 GiB of a file: 8 MiB of backing page cache).
-pub const PREFETCH_GROUPS_MAX: u64 = 2048;
-
 /// The largest request whose buffers are kept per thread (a FUSE request
 /// is at most 1 MiB).
 pub const SCRATCH_MAX: usize = 2 << 20;
@@ -259,22 +255,6 @@ impl SealedFile {
             f.found = Some(d);
         }
         Ok(f)
-    }
-
-    /// Starts reading the metadata blocks of groups 1.. (up to
-    /// [`PREFETCH_GROUPS_MAX`]) into the backing page cache, without
-    /// waiting. A cold read of a chunk then costs one backing page (its
-    /// data) instead of two 512 KiB apart (its data and its group's
-    /// entries and state). Group 0's block was read with the header. A
-    /// failure only loses the hint.
-    pub fn prefetch_metadata(&self) {
-        let groups = (crate::format::layout::end_group(self.csize) + 1).min(PREFETCH_GROUPS_MAX);
-        for g in 1..groups {
-            let at = crate::format::layout::group_offset(g);
-            if crate::sys::prefetch(&self.file, at, META_BLOCK).is_err() {
-                return;
-            }
-        }
     }
 
     /// Records which master key version unwrapped (or wrapped) the data key.
