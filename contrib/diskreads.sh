@@ -25,7 +25,13 @@ dev=${2:-$(basename "$(df --output=source "$parent" | tail -1)")}
 bin=${SEALFS_BIN:-$here/../target/release/sealfs}
 d=$(mktemp -d "$parent/diskreads.XXXX")
 m=$d/m
-cleanup() { mountpoint -q "$m" && fusermount3 -u "$m"; rm -rf -- "$d"; }
+cleanup() {
+    if [[ $m != "$d/c" ]] && mountpoint -q "$m"; then
+        fusermount3 -u "$m"
+        sleep 1 # the daemon writes its last audit record as it exits
+    fi
+    rm -rf -- "$d"
+}
 trap cleanup EXIT
 mkdir -p "$d/c" "$m"; echo pw > "$d/p"
 case $fs in
