@@ -649,3 +649,90 @@ fn the_library_makes_links_and_xattrs_the_mount_sees() {
     v.remove_xattr(Path::new("g"), "user.k").unwrap();
     assert_eq!(v.get_xattr(Path::new("d/f"), "user.k").unwrap(), None);
 }
+
+/// `Vault::remove_file` of one name of a linked file drops that name's
+/// tag from the link table, as an unlink through the mount does: a backing
+/// link an attacker plants again under the removed name then fails with
+/// EIO instead of opening.
+#[test]
+fn the_library_removing_a_link_drops_its_tag() {
+    use sealfs::keyring::UnlockSecret;
+    use sealfs::vault::Vault;
+    let mut fx = Fixture::mounted();
+    fs::write(fx.p("a"), b"linked data").unwrap();
+    let before = backing_entries(&fx.cipher);
+    fs::hard_link(fx.p("a"), fx.p("b")).unwrap();
+    let b_backing: Vec<PathBuf> = backing_entries(&fx.cipher)
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    assert_eq!(b_backing.len(), 1, "{b_backing:?}");
+    let a_backing = before
+        .iter()
+        .find(|p| p.is_file() && fs::metadata(p).unwrap().nlink() == 2)
+        .unwrap()
+        .clone();
+    fx.unmount();
+    {
+        let v = Vault::open(
+            &fx.cipher,
+            &UnlockSecret::from_passfile(&fx.passfile).unwrap(),
+        )
+        .unwrap();
+        v.remove_file(Path::new("b")).unwrap();
+    }
+    assert!(!b_backing[0].exists());
+    // The attacker puts the removed name back as a backing link.
+    fs::hard_link(&a_backing, &b_backing[0]).unwrap();
+    fx.mount();
+    assert_eq!(fs::read(fx.p("a")).unwrap(), b"linked data");
+    let e = fs::read(fx.p("b")).expect_err("a removed name opened again");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    fx.unmount();
+}
+
+/// An external link table (more than 13 names) rolled back: the attacker
+/// saved `user.sealfs.links` while the file had a name, and after that
+/// name was unlinked puts the old value back with a backing link under
+/// the old name. The inline note in block 0 pins the table's generation,
+/// so the old value is refused (EIO, an integrity record), for every name.
+#[test]
+fn an_external_link_table_put_back_is_refused() {
+    let mut fx = Fixture::new();
+    fx.mount_ctl();
+    fs::write(fx.p("f"), b"many names").unwrap();
+    fs::create_dir(fx.p("l")).unwrap();
+    for n in 1..=15 {
+        fs::hard_link(fx.p("f"), fx.p(&format!("l/{n}"))).unwrap();
+    }
+    let ldir = backing_entries(&fx.cipher)
+        .into_iter()
+        .find(|p| p.is_dir())
+        .unwrap();
+    let before = backing_entries(&ldir);
+    let old_table = xget(&before[0], "user.sealfs.links").expect("an external table");
+    fs::remove_file(fx.p("l/15")).unwrap();
+    let after = backing_entries(&ldir);
+    let gone: Vec<&PathBuf> = before.iter().filter(|p| !after.contains(p)).collect();
+    assert_eq!(gone.len(), 1);
+    // The current table still works through the mount.
+    assert_eq!(fs::read(fx.p("l/3")).unwrap(), b"many names");
+    fx.unmount();
+    let current = xget(&after[0], "user.sealfs.links").unwrap();
+    assert_ne!(current, old_table);
+    fs::hard_link(&after[0], gone[0]).unwrap();
+    xset(&after[0], "user.sealfs.links", &old_table, 0).unwrap();
+    fx.mount_ctl();
+    for n in ["l/15", "l/3", "f"] {
+        let e = fs::read(fx.p(n)).expect_err("a rolled-back table opened");
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{n}: {e}");
+    }
+    assert!(integrity_records(&fx, "/l/15") >= 1, "rollback not audited");
+    fx.unmount();
+    // The value as it was makes the file whole again.
+    fs::remove_file(gone[0]).unwrap();
+    xset(&after[0], "user.sealfs.links", &current, 0).unwrap();
+    fx.mount();
+    assert_eq!(fs::read(fx.p("l/3")).unwrap(), b"many names");
+    fx.unmount();
+}

@@ -418,17 +418,18 @@ impl fuser::Filesystem for SealFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _lock: LockOwner,
         reply: ReplyEmpty,
     ) {
         self.activity.touch();
-        // Nothing is buffered here (writes reach the backing file at once),
-        // so FLUSH has nothing to do. ENOSYS makes the kernel stop sending it
-        // (one round trip less per close); close() still writes back the
-        // page cache first and reports its errors (fuse_flush does that
-        // before it looks at no_flush).
-        reply.error(Errno::ENOSYS);
+        // close(): the kernel has written its dirty pages back already
+        // (fuse_flush) and reports their errors; this reports a write of
+        // a write-through handle that could not be stored (handles.rs).
+        match self.flush_file(fh) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn release(

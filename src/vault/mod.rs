@@ -585,11 +585,22 @@ impl Vault {
     }
 
     /// Removes the file or symlink (or other non-directory) at `path`.
+    /// A name of a linked file also leaves the file's link table, as
+    /// through the mount (else the table would still vouch for it).
     pub fn remove_file(&self, path: &Path) -> Result<(), VaultError> {
         self.check_writable()?;
-        let (parent, bn, _) = self.locate(path)?;
+        let (parent, bn, name) = self.locate(path)?;
         let _ns = self.vol.namespace().write();
-        match namespace::unlink(parent.fd.as_fd(), &bn) {
+        let ctx = EncryptionContext {
+            parent_dir_id: parent.dir.id,
+            name: name.as_bytes(),
+        };
+        let end = namespace::RenameEnd {
+            dir: parent.fd.as_fd(),
+            name: &bn,
+            ctx: &ctx,
+        };
+        match namespace::remove_name(&self.vol, end) {
             Ok(_) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
                 Err(VaultError::NotAFile(path.to_path_buf()))

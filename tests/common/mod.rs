@@ -779,3 +779,41 @@ pub fn mount_expect_failure(cipher: &Path, mnt: &Path, args: &[&OsStr]) -> Outpu
     }
     out
 }
+
+/// A size-limited tmpfs mounted on a directory (a small backing disk for
+/// the full-disk tests); unmounted on drop, lazily if still busy.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, size: &str) -> Self {
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o"])
+                .arg(format!("size={size},mode=0700"))
+                .arg("sealfs-test-tmpfs")
+                .arg(dir),
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let quiet = |args: &[&str]| {
+            Command::new("umount")
+                .args(args)
+                .arg(&self.0)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        };
+        if !quiet(&[]) {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            if !quiet(&[]) {
+                quiet(&["-l"]);
+            }
+        }
+    }
+}

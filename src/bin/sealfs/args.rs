@@ -321,9 +321,9 @@ pub(crate) enum Command {
     /// Keyslots: the roots of trust that unlock a volume (list, add, remove, rewrap).
     #[command(subcommand)]
     Keyslot(KeyslotCommand),
-    /// Upgrade a volume made before keyslots (keyring layout 1) in place.
+    /// Upgrade an older volume in place: keyslots (keyring layout 1), and the hard-links and xattrs features.
     #[command(
-        after_help = "Example:\n  sealfs upgrade ~/vault.enc --passfile ~/.vault-pass\n\nThe keyring is re-sealed under a new random key-encryption key held by one\nkeyslot for the same passphrase or key file; no file is touched. Older sealfs\nversions refuse the volume afterwards. 'sealfs keyslot add' upgrades too."
+        after_help = "Example:\n  sealfs upgrade ~/vault.enc --passfile ~/.vault-pass\n\nA volume made before keyslots: the keyring is re-sealed under a new random\nkey-encryption key held by one keyslot for the same passphrase or key file\n('sealfs keyslot add' upgrades that too). A volume made before hard links and\nextended attributes gains the features 'hard-links' and 'xattrs' in\nsealfs.toml. No file's content is touched. Older sealfs versions refuse the\nvolume afterwards."
     )]
     Upgrade {
         /// The volume's cipher directory (not mounted).
