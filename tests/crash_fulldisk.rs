@@ -141,10 +141,8 @@ fn workload(mnt: PathBuf, seed: u64, sh: Arc<Shared>) -> Option<String> {
             }
         } else {
             *sh.ops.lock().unwrap() += 1;
-        }
-        if op >= 8 && rng.below(4) == 0 {
-            // A file that was deleted starts again from nothing.
-            if !p.exists() {
+            if op < 8 {
+                // Deleted: a new file of this name starts from nothing.
                 sh.max_size.lock().unwrap()[i] = 0;
             }
         }
