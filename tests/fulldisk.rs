@@ -524,6 +524,18 @@ fn stderr_of(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// A grant of reading everything to uid 1001.
+const GRANT_CREATE: [&str; 8] = [
+    "grant",
+    "create",
+    "--grantee",
+    "uid:1001",
+    "--ops",
+    "read",
+    "--path-prefix",
+    "/",
+];
+
 /// Key changes and grants on a full disk: a rotation offline and through
 /// the control socket, and a grant creation, each fail with a clear error
 /// that names the full disk; the keyring (both copies) and the grant store
@@ -586,16 +598,7 @@ fn key_rotation_and_grants_on_a_full_disk_keep_the_old_copies() {
             .output()
             .unwrap()
     };
-    let o = ctl(&[
-        "grant",
-        "create",
-        "--grantee",
-        "uid:1001",
-        "--ops",
-        "read",
-        "--path-prefix",
-        "/",
-    ]);
+    let o = ctl(&GRANT_CREATE);
     assert!(!o.status.success(), "grant create on a full disk succeeded");
     let err = stderr_of(&o);
     assert!(
@@ -639,16 +642,7 @@ fn key_rotation_and_grants_on_a_full_disk_keep_the_old_copies() {
     assert_eq!(fs::read(mnt.join("f")).unwrap(), data);
     let o = ctl(&["rotate"]);
     assert!(o.status.success(), "{}", stderr_of(&o));
-    let o = ctl(&[
-        "grant",
-        "create",
-        "--grantee",
-        "uid:1001",
-        "--ops",
-        "read",
-        "--path-prefix",
-        "/",
-    ]);
+    let o = ctl(&GRANT_CREATE);
     assert!(o.status.success(), "{}", stderr_of(&o));
     m.unmount();
 }

@@ -144,6 +144,10 @@ pub struct Metadata {
     pub accessed: SystemTime,
     /// Last modification of the content.
     pub modified: SystemTime,
+    /// Names of a file (its backing inode's link count: exact).
+    pub nlink: u64,
+    /// The backing inode number: the same for every name of a file.
+    pub ino: u64,
 }
 
 fn time_of(secs: i64, nsec: i64) -> SystemTime {
@@ -490,6 +494,8 @@ impl Vault {
             gid: st.st_gid,
             accessed: time_of(st.st_atime, st.st_atime_nsec),
             modified: time_of(st.st_mtime, st.st_mtime_nsec),
+            nlink: st.st_nlink,
+            ino: st.st_ino,
         })
     }
 

@@ -493,6 +493,22 @@ impl Fixture {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `sealfs fsck CIPHERDIR --json EXTRA…` offline: its exit code and
+    /// report (`Null` if it printed none).
+    pub fn fsck_json(&self, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
+        let mut args: Vec<&OsStr> = vec![
+            "fsck".as_ref(),
+            self.cipher.as_os_str(),
+            "--passfile".as_ref(),
+            self.passfile.as_os_str(),
+            "--json".as_ref(),
+        ];
+        args.extend(extra.iter().map(OsStr::new));
+        let out = sealfs(&args);
+        let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        (out.status.code(), v)
+    }
+
     /// Mounts with the fixture's own control socket (`--ctl-socket`) and extra arguments.
     pub fn mount_ctl_with(&mut self, extra: &[&str]) {
         let sock = self
@@ -815,5 +831,17 @@ impl Drop for Tmpfs {
                 quiet(&["-l"]);
             }
         }
+    }
+}
+
+/// The seed of a crash harness: `SEALFS_CRASH_SEED` (a replay), else the
+/// clock.
+pub fn crash_seed() -> u64 {
+    match std::env::var("SEALFS_CRASH_SEED") {
+        Ok(s) => s.parse().expect("SEALFS_CRASH_SEED is a u64"),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
     }
 }
