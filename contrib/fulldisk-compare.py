@@ -89,13 +89,21 @@ class Fs:
 
     def destroy(self):
         self.unmount()
-        sh("umount", self.back, check=False)
+        # A FUSE daemon may still hold the backing store a moment after
+        # its unmount returned.
+        for _ in range(50):
+            if sh("umount", self.back, check=False).returncode == 0:
+                break
+            time.sleep(0.1)
 
 
 def write_loop(path, data, mode="w", chunk=MB):
     """os-level write of data; returns first failing step."""
     err = None
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "a" else os.O_TRUNC), 0o644)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "a" else os.O_TRUNC), 0o644)
+    except OSError as e:
+        return "open " + os.strerror(e.errno)
     try:
         for i in range(0, len(data), chunk):
             os.write(fd, data[i:i + chunk])

@@ -736,3 +736,62 @@ fn an_external_link_table_put_back_is_refused() {
     assert_eq!(fs::read(fx.p("l/3")).unwrap(), b"many names");
     fx.unmount();
 }
+
+/// Symlinks and FIFOs (keyless nodes) have attributes bound to their own
+/// id (`keyless-xattr-ids`): a value moved from one such node to another
+/// fails with EIO, while a rename or a hard link (the same inode, so the
+/// same id) keeps them readable.
+#[test]
+fn keyless_node_xattrs_are_bound_to_the_node() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: trusted.* attributes on symlinks need root");
+        return;
+    }
+    let mut fx = Fixture::new();
+    fx.mount_ctl();
+    let cfg = fs::read_to_string(fx.cipher.join("sealfs.toml")).unwrap();
+    assert!(cfg.contains("\"keyless-xattr-ids\""), "{cfg}");
+    std::os::unix::fs::symlink("target-a", fx.p("s1")).unwrap();
+    std::os::unix::fs::symlink("target-b", fx.p("s2")).unwrap();
+    let fifo = cpath(&fx.p("pipe"));
+    // SAFETY: valid C string.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    xset(&fx.p("s1"), "trusted.k", b"one", 0).unwrap();
+    xset(&fx.p("s2"), "trusted.k", b"two", 0).unwrap();
+    xset(&fx.p("pipe"), "trusted.k", b"fifo", 0).unwrap();
+    // A rename and a hard link keep them.
+    fs::rename(fx.p("s1"), fx.p("s3")).unwrap();
+    fs::hard_link(fx.p("s3"), fx.p("s4")).unwrap();
+    fx.unmount();
+    fx.mount_ctl();
+    assert_eq!(xget(&fx.p("s3"), "trusted.k").unwrap(), b"one");
+    assert_eq!(xget(&fx.p("s4"), "trusted.k").unwrap(), b"one");
+    assert_eq!(xget(&fx.p("pipe"), "trusted.k").unwrap(), b"fifo");
+    fx.unmount();
+    // The attacker moves s3's value onto s2 (under s2's own backing name).
+    let sealed = |p: &Path| -> Vec<String> {
+        xlist(p)
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.starts_with("trusted.sealfs.x."))
+            .collect()
+    };
+    let entries: Vec<PathBuf> = backing_entries(&fx.cipher)
+        .into_iter()
+        .filter(|p| fs::symlink_metadata(p).unwrap().file_type().is_symlink())
+        .collect();
+    let (linked, single): (Vec<&PathBuf>, Vec<&PathBuf>) = entries
+        .iter()
+        .partition(|p| fs::symlink_metadata(p).unwrap().nlink() == 2);
+    let (s3b, s2b) = (linked[0], single[0]);
+    let (n3, n2) = (sealed(s3b), sealed(s2b));
+    assert_eq!((n3.len(), n2.len()), (1, 1));
+    assert_ne!(n3, n2, "two nodes share their attribute keys");
+    let moved = xget(s3b, &n3[0]).unwrap();
+    xset(s2b, &n2[0], &moved, 0).unwrap();
+    fx.mount_ctl();
+    assert_errno(xget(&fx.p("s2"), "trusted.k"), libc::EIO, "s2 trusted.k");
+    assert_eq!(xget(&fx.p("s3"), "trusted.k").unwrap(), b"one");
+    fx.unmount();
+}

@@ -95,6 +95,8 @@ fn io_errno(e: std::io::Error) -> Errno {
 struct Features {
     /// Encrypted extended attributes and POSIX ACLs.
     xattrs: bool,
+    /// Those of symlinks and special nodes bound to the node's own id.
+    keyless_ids: bool,
 }
 
 /// The fuser filesystem over one volume.
@@ -135,7 +137,12 @@ impl SealFs {
                  extended attributes and ACLs are refused on this mount (EOPNOTSUPP)"
             );
         }
-        let features = Features { xattrs: stored };
+        let features = Features {
+            xattrs: stored,
+            keyless_ids: vol
+                .config()
+                .has_feature(crate::format::config::FEATURE_KEYLESS_XATTR_IDS),
+        };
         let root_attrs = match vol.root_attrs(&root_dir) {
             Ok(a) => a,
             // Damaged (fsck reports it): the root shows the cipher
