@@ -36,7 +36,7 @@
 //! Layout: this module holds what both directions share (options,
 //! progress, the report, the job loop and worker pool, xattrs of plain
 //! paths); `import` and `export` each scan their source and say how one
-//! entry is made ([`Direction`]).
+//! entry is made (the `Direction` trait).
 //!
 //! Owns: the walk, the worker pool, skip and temp-file rules, the report.
 //! Must never: log names, contents or keys (paths appear only in the
