@@ -740,7 +740,8 @@ fn an_external_link_table_put_back_is_refused() {
 /// Symlinks and FIFOs (keyless nodes) have attributes bound to their own
 /// id (`keyless-xattr-ids`): a value moved from one such node to another
 /// fails with EIO, while a rename or a hard link (the same inode, so the
-/// same id) keeps them readable.
+/// same id) keeps them readable; fsck names the moved value and salvage
+/// removes it.
 #[test]
 fn keyless_node_xattrs_are_bound_to_the_node() {
     // SAFETY: geteuid has no preconditions.
@@ -794,4 +795,8 @@ fn keyless_node_xattrs_are_bound_to_the_node() {
     assert_errno(xget(&fx.p("s2"), "trusted.k"), libc::EIO, "s2 trusted.k");
     assert_eq!(xget(&fx.p("s3"), "trusted.k").unwrap(), b"one");
     fx.unmount();
+    // fsck checks keyless nodes' attributes too: the moved one, once.
+    assert_eq!(fsck_kinds(&fx, &[]), ["xattr"]);
+    fsck_kinds(&fx, &["--salvage"]);
+    assert_eq!(fsck_kinds(&fx, &[]), Vec::<String>::new());
 }
