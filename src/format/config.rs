@@ -263,6 +263,18 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{s}' is out of range"))
 }
 
+/// [`parse_duration`] for what comes from a request: the unit is required
+/// (`90` once meant 90 seconds; stored values keep the lenient parse).
+pub fn parse_duration_with_unit(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    if t.is_empty() || t.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!(
+            "'{t}' has no unit: write {t}d (days), {t}h (hours), {t}m (minutes) or {t}s"
+        ));
+    }
+    parse_duration(t)
+}
+
 /// Lower-case hex of bytes.
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()

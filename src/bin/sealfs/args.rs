@@ -590,6 +590,42 @@ pub(crate) enum AuditCtlCommand {
     Export(ExportFilter),
     /// Verify the audit chain of the mounted volume.
     Verify,
+    /// Prune whole audit segments: those whose records are all older than
+    /// --before, and/or the oldest while the log is larger than --max-size.
+    /// A sealed checkpoint keeps what is left verifiable; the prune itself
+    /// is recorded.
+    #[command(
+        after_help = "Examples:\n  sealfs ctl --mount ~/vault audit prune --before 400d\n  sealfs ctl --mount ~/vault audit prune --before 2026-01-01\n  sealfs ctl --mount ~/vault audit prune --max-size 1G\n\nThe segment being written (8 MiB, or since the last rotation) is never pruned,\nnor anything from a break in the chain on: `audit verify` first."
+    )]
+    Prune {
+        /// Prune segments whose records are all older than this (a UTC time,
+        /// a date, or a duration ago like 400d).
+        #[arg(long, value_name = "WHEN")]
+        before: Option<String>,
+        /// Prune the oldest segments while the log is larger than SIZE
+        /// (bytes, or with K/M/G).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        max_size: Option<u64>,
+    },
+    /// Set how long the mount keeps audit records (stored in the keyring;
+    /// the mount prunes hourly and at every new segment).
+    #[command(
+        after_help = "Examples:\n  sealfs ctl --mount ~/vault audit retention --max-age 400d\n  sealfs ctl --mount ~/vault audit retention --max-age 90d --max-size 2G\n  sealfs ctl --mount ~/vault audit retention --off"
+    )]
+    Retention {
+        /// Prune records older than this (a duration with a unit: 400d, 52w).
+        #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse)]
+        max_age: Option<std::time::Duration>,
+        /// Keep the log below SIZE (bytes, or with K/M/G; at least 16M).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        max_size: Option<u64>,
+        /// Keep every record (no automatic pruning).
+        #[arg(long)]
+        off: bool,
+        /// Accept an age below a day or a size below 16M.
+        #[arg(long)]
+        allow_short: bool,
+    },
 }
 
 #[derive(clap::Args)]
