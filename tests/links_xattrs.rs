@@ -386,7 +386,13 @@ fn xattrs_behave_as_on_ext4_and_survive_remount() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for plain in ["user.big", "user.dir", "trusted.t", "root only", "dir value"] {
+    for plain in [
+        "user.big",
+        "user.dir",
+        "trusted.t",
+        "root only",
+        "dir value",
+    ] {
         assert!(!text.contains(plain), "{plain} in the clear:\n{text}");
     }
     fsck_clean(&fx);

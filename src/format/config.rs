@@ -31,7 +31,12 @@ pub const KNOWN_FEATURES: &[&str] = &[
     FEATURE_XATTRS,
     FEATURE_SEALED_GROUP_STATE,
     FEATURE_KEYLESS_XATTR_IDS,
+    FEATURE_EXTERNAL_KEYRING,
 ];
+/// Feature: the keyring is kept outside CIPHERDIR (`init --keyring-dir`;
+/// every command that unlocks needs `--keyring-dir DIR`). Only volumes
+/// made that way have it.
+pub const FEATURE_EXTERNAL_KEYRING: &str = "external-keyring";
 /// The feature flag of a keyring with keyslots (layout 2): a build
 /// without it refuses the volume rather than misread its keyring.
 pub const FEATURE_KEYSLOTS: &str = "keyslots";
@@ -120,7 +125,11 @@ impl VolumeConfig {
     pub fn new(volume_id: [u8; 16]) -> Self {
         VolumeConfig {
             format_version: FORMAT_VERSION,
-            features: KNOWN_FEATURES.iter().map(|s| s.to_string()).collect(),
+            features: KNOWN_FEATURES
+                .iter()
+                .filter(|f| **f != FEATURE_EXTERNAL_KEYRING)
+                .map(|s| s.to_string())
+                .collect(),
             chunk_size: CHUNK_SIZE as u32,
             volume_id: hex(&volume_id),
             rotation_period: None,

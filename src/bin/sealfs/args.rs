@@ -53,6 +53,10 @@ pub(crate) struct SecretArgs {
     /// in the audit log.
     #[arg(long)]
     pub(crate) accept_rollback: bool,
+    /// The directory holding the keyring of a volume made with
+    /// `init --keyring-dir` (gocryptfs's -config).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) keyring_dir: Option<PathBuf>,
 }
 
 impl SecretArgs {
@@ -151,6 +155,12 @@ pub(crate) struct InitSecretArgs {
     pub(crate) pkcs11: Pkcs11Args,
     #[command(flatten)]
     pub(crate) transit: TransitArgs,
+    /// Keep the keyring (both copies) in DIR, an existing directory, not in
+    /// CIPHERDIR: the cipher dir alone then cannot be unlocked, or guessed
+    /// against (gocryptfs's -config). Every command that unlocks the volume
+    /// needs --keyring-dir DIR.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) keyring_dir: Option<PathBuf>,
 }
 
 // Parsed once per run: the size of the biggest variant does not matter.
@@ -688,6 +698,9 @@ pub(crate) enum KeyslotCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// The keyring's directory (a volume made with `init --keyring-dir`).
+        #[arg(long, value_name = "DIR")]
+        keyring_dir: Option<PathBuf>,
     },
     /// Add a keyslot; unlock with an existing one.
     #[command(
