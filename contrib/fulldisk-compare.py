@@ -1,17 +1,20 @@
 #!/usr/bin/env python3
-"""Full-disk behaviour of sealfs, gocryptfs and a plain tmpfs, side by side.
+"""Full-disk behaviour of sealfs, gocryptfs, a plain tmpfs and ext4, side by side.
 
 For each file system and scenario: a fresh 16 MiB tmpfs as the backing
 store, the file system on top (sealfs or gocryptfs; "tmpfs" writes to the
-tmpfs itself), a workload that writes more than fits, then an unmount and
+tmpfs itself; "ext4" is a 16 MiB ext4 image on that tmpfs, made by
+mkfs.ext4 and mounted with fuse2fs, ext4's own allocator and ENOSPC
+rules through FUSE), a workload that writes more than fits, then an unmount and
 a remount. Printed per scenario: where the first error appeared (write,
 fsync, close, or the tool's exit), the size of the files after the
 remount, and how many bytes read back as the bytes written (a read error
 counts as unreadable, never as correct; "wrong" counts bytes that read
 back different, e.g. zeros for lost data).
 
-Needs root, sealfs (SEALFS=path, default target/release/sealfs), gocryptfs.
-Usage: contrib/fulldisk-compare.py [--only sealfs,gocryptfs,tmpfs]
+Needs root, sealfs (SEALFS=path, default target/release/sealfs), gocryptfs,
+fuse2fs and mkfs.ext4 (Debian packages fuse2fs, e2fsprogs).
+Usage: contrib/fulldisk-compare.py [--only sealfs,gocryptfs,tmpfs,ext4]
 """
 import os, random, shutil, subprocess, sys, tempfile, time
 
@@ -50,6 +53,11 @@ class Fs:
         elif kind == "gocryptfs":
             os.makedirs(self.cipher)
             sh("gocryptfs", "-init", "-q", "-passfile", self.pw, self.cipher)
+        elif kind == "ext4":
+            # The whole tmpfs but the page mkfs needs for itself.
+            self.image = os.path.join(self.back, "ext4.img")
+            sh("truncate", "-s", str(16 * MB - 4096), self.image)
+            sh("mkfs.ext4", "-q", "-F", "-m", "0", self.image)
         self.proc = None
 
     def mount(self):
@@ -59,6 +67,10 @@ class Fs:
             self.proc = subprocess.Popen(
                 [SEALFS, "mount", self.cipher, self.mnt, "--passfile", self.pw,
                  "--no-audit", "-f"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        elif self.kind == "ext4":
+            self.proc = subprocess.Popen(
+                ["fuse2fs", "-f", self.image, self.mnt],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         else:
             sh("gocryptfs", "-q", "-passfile", self.pw, self.cipher, self.mnt)
         wait_mount(self.mnt)
@@ -77,13 +89,21 @@ class Fs:
 
     def destroy(self):
         self.unmount()
-        sh("umount", self.back, check=False)
+        # A FUSE daemon may still hold the backing store a moment after
+        # its unmount returned.
+        for _ in range(50):
+            if sh("umount", self.back, check=False).returncode == 0:
+                break
+            time.sleep(0.1)
 
 
 def write_loop(path, data, mode="w", chunk=MB):
     """os-level write of data; returns first failing step."""
     err = None
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "a" else os.O_TRUNC), 0o644)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "a" else os.O_TRUNC), 0o644)
+    except OSError as e:
+        return "open " + os.strerror(e.errno)
     try:
         for i in range(0, len(data), chunk):
             os.write(fd, data[i:i + chunk])
@@ -230,7 +250,7 @@ def judge(m, want):
 
 
 def main():
-    kinds = ["sealfs", "gocryptfs", "tmpfs"]
+    kinds = ["sealfs", "gocryptfs", "tmpfs", "ext4"]
     if "--only" in sys.argv:
         kinds = sys.argv[sys.argv.index("--only") + 1].split(",")
     src = tempfile.mkdtemp(prefix="fdcmp-src.")

@@ -6,6 +6,7 @@
 #   KEYSLOTS=1 bash contrib/make-fixture.sh tests/fixtures/v2-keyslots
 #   KEYSLOTS=1 GROUP_STATES=1 bash contrib/make-fixture.sh tests/fixtures/v3-group-states
 #   LINKS=1 bash contrib/make-fixture.sh tests/fixtures/v2-links
+#   KEYSLOTS=1 GROUP_STATES=1 LINKS=1 bash contrib/make-fixture.sh tests/fixtures/v4-keyless-ids
 # It refuses an existing directory: a format change adds a fixture, never
 # edits one. With KEYSLOTS=1 the volume gets three keyslots (the
 # passphrase, a key file saved as OUTDIR/key-file, and a recovery key saved

@@ -3,6 +3,7 @@
 # FUSE 3 (fusermount3, /dev/fuse), the tools the integration tests drive
 # (rsync, sqlite3, git, tar, attr; util-linux mount for the fstab test,
 # systemd-analyze to verify the unit), fio + gocryptfs + securefs for the benchmarks,
+# fuse2fs (an ext4 image through FUSE: the reference of contrib/fulldisk-compare.py),
 # pjdfstest (the POSIX conformance suite, built from crates.io; it links
 # libacl) with the `tests` user its cases switch to, and the external roots
 # of trust the kmsclient tests drive: SoftHSM2 (a PKCS#11 token, apt) and
@@ -12,7 +13,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
-    fuse3 rsync sqlite3 git tar attr diffutils procps python3 mount systemd fio gocryptfs securefs \
+    fuse3 rsync sqlite3 git tar attr diffutils procps python3 mount systemd fio gocryptfs securefs fuse2fs \
     libacl1-dev acl softhsm2 python3-pip >/dev/null
 if [ ! -e /dev/fuse ]; then
     modprobe fuse 2>/dev/null || true

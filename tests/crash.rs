@@ -734,19 +734,9 @@ fn verify(m: &Model, mnt: &Path, what: &str) {
     }
 }
 
-fn seed() -> u64 {
-    match std::env::var("SEALFS_CRASH_SEED") {
-        Ok(s) => s.parse().expect("SEALFS_CRASH_SEED is a u64"),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64,
-    }
-}
-
 #[test]
 fn sigkill_at_random_moments_loses_nothing_that_was_not_in_flight() {
-    let seed = seed();
+    let seed = crash_seed();
     let rounds: u64 = std::env::var("SEALFS_CRASH_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -882,19 +872,7 @@ fn sigkill_at_random_moments_loses_nothing_that_was_not_in_flight() {
             rounds_with_problems += 1;
             // Salvage what the kill left, then nothing may be left but what
             // cannot be repaired on the path in flight.
-            let fsck_json = |extra: &[&str]| -> (Option<i32>, Value) {
-                let mut args: Vec<&OsStr> = vec![
-                    "fsck".as_ref(),
-                    fx.cipher.as_os_str(),
-                    "--passfile".as_ref(),
-                    fx.passfile.as_os_str(),
-                    "--json".as_ref(),
-                ];
-                args.extend(extra.iter().map(OsStr::new));
-                let out = sealfs(&args);
-                let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-                (out.status.code(), v)
-            };
+            let fsck_json = |extra: &[&str]| fx.fsck_json(extra);
             let (code, salvaged) = fsck_json(&["--salvage"]);
             assert!(
                 matches!(code, Some(1) | Some(4)),

@@ -3,7 +3,8 @@
 //! must mount it (a copy, read-only) and read every file byte-exact, every
 //! symlink and directory as recorded in its manifest, with the same key
 //! versions in use (v1 and v2-keyslots: the last-chunk-flag content format;
-//! v3-group-states: sealed group states, with sparse and multi-group files).
+//! v3-group-states: sealed group states, with sparse and multi-group files;
+//! v4-keyless-ids: all features, xattrs of symlinks bound to node ids).
 //! A format change adds a fixture, never edits one: the
 //! cipher files are pinned by `cipher.sha256`.
 
@@ -93,13 +94,19 @@ fn frozen_fixtures_mount_and_read_byte_exact() {
             "fixture {name} was edited: a format change adds a fixture, never edits one"
         );
 
-        // v1 and v2-keyslots keep the last-chunk-flag content format;
-        // v3-group-states has sealed group states (docs/FORMAT.md §4.2).
+        // v1 and v2-* keep the last-chunk-flag content format;
+        // v3-group-states and later have sealed group states (docs/FORMAT.md
+        // §4.2); v4-keyless-ids binds keyless nodes' xattrs to their ids.
         let toml = fs::read_to_string(cipher_src.join("sealfs.toml")).unwrap();
         assert_eq!(
             toml.contains("\"sealed-group-state\""),
-            name.starts_with("v3"),
+            !name.starts_with("v1") && !name.starts_with("v2"),
             "fixture {name}: content format"
+        );
+        assert_eq!(
+            toml.contains("\"keyless-xattr-ids\""),
+            name.starts_with("v4"),
+            "fixture {name}: keyless xattr ids"
         );
 
         // Work on a copy: a mount (even read-only) must not touch the fixture.

@@ -21,43 +21,6 @@ use common::*;
 
 const ENOSPC: i32 = libc::ENOSPC;
 
-/// A size-limited tmpfs mounted on a directory; unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Self {
-        run_ok(
-            Command::new("mount")
-                .args(["-t", "tmpfs", "-o"])
-                .arg(format!("size={size},mode=0700"))
-                .arg("sealfs-fulldisk")
-                .arg(dir),
-        );
-        Tmpfs(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let quiet = |args: &[&str]| {
-            Command::new("umount")
-                .args(args)
-                .arg(&self.0)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false)
-        };
-        if !quiet(&[]) {
-            std::thread::sleep(std::time::Duration::from_millis(200));
-            if !quiet(&[]) {
-                quiet(&["-l"]);
-            }
-        }
-    }
-}
-
 /// Relative path → content (None for a directory, Some(target) for a
 /// symlink is kept apart).
 #[derive(Default, Clone, Debug, PartialEq)]
@@ -200,34 +163,56 @@ fn fill_backing(cipher: &Path, fillers: &mut Vec<PathBuf>) {
     let _ = f.write(&[0u8; 1]);
 }
 
+/// A new volume whose CIPHERDIR is a tmpfs of `size`; None (a SKIP) when
+/// not root. Fields drop in order: the tmpfs goes after every mount the
+/// test made (they are its locals) and before the temporary directory.
+struct SmallDisk {
+    vol: Vol,
+    _tmpfs: Tmpfs,
+    _root: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn new(size: &str) -> Option<Self> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP: mounting a tmpfs needs root");
+            return None;
+        }
+        let root = tempfile::Builder::new()
+            .prefix("sealfs-fulldisk.")
+            .tempdir()
+            .unwrap();
+        let base = root.path().canonicalize().unwrap();
+        let cipher = base.join("cipher");
+        let mnt = base.join("mnt");
+        let passfile = base.join("passfile");
+        fs::create_dir(&cipher).unwrap();
+        fs::create_dir(&mnt).unwrap();
+        fs::write(&passfile, format!("{PASSPHRASE}\n")).unwrap();
+        let tmpfs = Tmpfs::mount(&cipher, size);
+        init_volume(&cipher, &passfile);
+        Some(SmallDisk {
+            vol: Vol {
+                cipher,
+                mnt,
+                passfile,
+                logs: base,
+                n: 0,
+            },
+            _tmpfs: tmpfs,
+            _root: root,
+        })
+    }
+}
+
 #[test]
 fn full_backing_disk_fails_cleanly_and_recovers() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP: mounting a tmpfs needs root");
+    let Some(mut disk) = SmallDisk::new("8m") else {
         return;
-    }
-    let root = tempfile::Builder::new()
-        .prefix("sealfs-fulldisk.")
-        .tempdir()
-        .unwrap();
-    let base = root.path().canonicalize().unwrap();
-    let cipher = base.join("cipher");
-    let mnt = base.join("mnt");
-    let passfile = base.join("passfile");
-    fs::create_dir(&cipher).unwrap();
-    fs::create_dir(&mnt).unwrap();
-    fs::write(&passfile, format!("{PASSPHRASE}\n")).unwrap();
-    // Dropped after every mount below (locals drop in reverse order).
-    let _tmpfs = Tmpfs::mount(&cipher, "8m");
-    init_volume(&cipher, &passfile);
-    let mut vol = Vol {
-        cipher: cipher.clone(),
-        mnt: mnt.clone(),
-        passfile,
-        logs: base.clone(),
-        n: 0,
     };
+    let vol = &mut disk.vol;
+    let (cipher, mnt) = (vol.cipher.clone(), vol.mnt.clone());
 
     // 1. Files stored before the disk fills.
     let mut want = Tree::default();
@@ -456,6 +441,295 @@ fn full_backing_disk_fails_cleanly_and_recovers() {
             &vol.tree_with_only(keep),
             &want,
             &format!("at the end, with only {keep}"),
+        );
+    }
+}
+
+/// close(2) reports a write that could not be stored, once per open file
+/// description (FLUSH), as NFS does: a write-through file (the disk is
+/// below the margin) whose write() failed with ENOSPC and that was never
+/// fsynced; a second open of the same file made before the failure also
+/// hears of it at its close; an open made after it does not.
+#[test]
+fn close_reports_a_write_that_could_not_be_stored() {
+    let Some(mut disk) = SmallDisk::new("4m") else {
+        return;
+    };
+    let vol = &mut disk.vol;
+    let m = vol.mount(&[]);
+    let p = vol.mnt.join("big");
+    let mut rng = Rng::new(23);
+    let chunk = rng.bytes(256 << 10);
+    let mut f = File::create(&p).unwrap();
+    let other = File::open(&p).unwrap();
+    // A dup shares the open file description (one FUSE handle).
+    let dup = f.try_clone().unwrap();
+    let mut written = 0usize;
+    let failed = loop {
+        match f.write(&chunk) {
+            Ok(n) => written += n,
+            Err(e) => break e,
+        }
+        assert!(written < (16 << 20), "4 MiB took 16 MiB without an error");
+    };
+    assert_eq!(errno_of(&failed), ENOSPC, "write failed with {failed}");
+    let later = File::open(&p).unwrap();
+    let first = close_checked(dup);
+    assert_eq!(
+        first.as_ref().map_err(errno_of),
+        Err(ENOSPC),
+        "the first close after a failed write: {first:?}"
+    );
+    assert!(
+        close_checked(f).is_ok(),
+        "the error was already reported on this file description"
+    );
+    let r = close_checked(other);
+    assert_eq!(
+        r.as_ref().map_err(errno_of),
+        Err(ENOSPC),
+        "an open made before the failure: {r:?}"
+    );
+    let r = close_checked(later);
+    assert!(r.is_ok(), "an open made after the failure: {r:?}");
+    // What was stored reads back byte-exact after a remount.
+    m.unmount();
+    let m = vol.mount(&[]);
+    let got = fs::read(&p).unwrap();
+    assert!(
+        got.len() <= written,
+        "{} bytes, {written} accepted",
+        got.len()
+    );
+    for (i, c) in got.chunks(chunk.len()).enumerate() {
+        assert!(c == &chunk[..c.len()], "record {i} differs");
+    }
+    m.unmount();
+}
+
+/// The bytes of every file directly in `dir` whose name starts with
+/// `prefix` (sealfs's own files), to compare before and after.
+fn own_files(dir: &Path, prefix: &str) -> BTreeMap<String, Vec<u8>> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .map(|n| (n.clone(), fs::read(dir.join(&n)).unwrap()))
+        .collect()
+}
+
+fn stderr_of(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A grant of reading everything to uid 1001.
+const GRANT_CREATE: [&str; 8] = [
+    "grant",
+    "create",
+    "--grantee",
+    "uid:1001",
+    "--ops",
+    "read",
+    "--path-prefix",
+    "/",
+];
+
+/// Key changes and grants on a full disk: a rotation offline and through
+/// the control socket, and a grant creation, each fail with a clear error
+/// that names the full disk; the keyring (both copies) and the grant store
+/// stay byte for byte as they were, no temporary file is left, and after
+/// space is freed the volume opens with its old key and both work.
+#[test]
+fn key_rotation_and_grants_on_a_full_disk_keep_the_old_copies() {
+    let Some(mut disk) = SmallDisk::new("8m") else {
+        return;
+    };
+    let vol = &mut disk.vol;
+    let (cipher, mnt, passfile) = (vol.cipher.clone(), vol.mnt.clone(), vol.passfile.clone());
+    let data = Rng::new(5).bytes(100_000);
+    let m = vol.mount(&[]);
+    write_durably(&mnt.join("f"), &data).unwrap();
+    m.unmount();
+    let keyring = own_files(&cipher, "sealfs.keyring");
+    assert_eq!(keyring.len(), 2, "{:?}", keyring.keys());
+    let mut fillers = Vec::new();
+    fill_backing(&cipher, &mut fillers);
+
+    // Offline rotation.
+    let o = sealfs(&[
+        "rotate".as_ref(),
+        cipher.as_os_str(),
+        "--passfile".as_ref(),
+        passfile.as_os_str(),
+    ]);
+    assert!(!o.status.success(), "rotate on a full disk succeeded");
+    let err = stderr_of(&o);
+    assert!(
+        err.contains("No space left on device"),
+        "rotate's error does not say the disk is full: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        own_files(&cipher, "sealfs.keyring"),
+        keyring,
+        "keyring changed"
+    );
+
+    // Through a mount: a grant and a rotation.
+    fill_backing(&cipher, &mut fillers);
+    let sock = vol.logs.join("ctl.sock");
+    let m = vol.mount(&["--ctl-socket", sock.to_str().unwrap()]);
+    assert!(
+        wait_until(TIMEOUT, || std::os::unix::net::UnixStream::connect(&sock)
+            .is_ok()),
+        "control socket not ready"
+    );
+    fill_backing(&cipher, &mut fillers);
+    let grants_before = own_files(&cipher, "sealfs.grants");
+    let ctl = |args: &[&str]| {
+        Command::new(bin())
+            .arg("ctl")
+            .arg("--socket")
+            .arg(&sock)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let o = ctl(&GRANT_CREATE);
+    assert!(!o.status.success(), "grant create on a full disk succeeded");
+    let err = stderr_of(&o);
+    assert!(
+        err.contains("No space left on device"),
+        "grant create's error does not say the disk is full: {err}"
+    );
+    let listed = ctl(&["--json", "grant", "list"]);
+    assert!(listed.status.success(), "{}", stderr_of(&listed));
+    let v: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(v["grants"], serde_json::json!([]), "a half-made grant: {v}");
+    assert_eq!(own_files(&cipher, "sealfs.grants"), grants_before);
+    let o = ctl(&["rotate"]);
+    assert!(!o.status.success(), "ctl rotate on a full disk succeeded");
+    let err = stderr_of(&o);
+    assert!(
+        err.contains("No space left on device"),
+        "ctl rotate's error does not say the disk is full: {err}"
+    );
+    assert_eq!(
+        own_files(&cipher, "sealfs.keyring"),
+        keyring,
+        "keyring changed"
+    );
+    assert_eq!(fs::read(mnt.join("f")).unwrap(), data);
+    m.unmount();
+    let leftovers: Vec<String> = fs::read_dir(&cipher)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("sealfs.") && n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // Space again: the old key opens the volume, and both work.
+    for f in fillers.drain(..) {
+        fs::remove_file(f).unwrap();
+    }
+    let m = vol.mount(&["--ctl-socket", sock.to_str().unwrap()]);
+    assert!(wait_until(TIMEOUT, || {
+        std::os::unix::net::UnixStream::connect(&sock).is_ok()
+    }));
+    assert_eq!(fs::read(mnt.join("f")).unwrap(), data);
+    let o = ctl(&["rotate"]);
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    let o = ctl(&GRANT_CREATE);
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    m.unmount();
+}
+
+/// `sealfs import` of more than fits: every file it could not store is
+/// reported by name with the full disk as the reason, and every file the
+/// volume then lists is complete and byte-exact (nothing half-imported,
+/// no staged leftover under a visible name).
+#[test]
+fn import_onto_a_full_disk_reports_per_file_and_leaves_no_half_file() {
+    let Some(disk) = SmallDisk::new("8m") else {
+        return;
+    };
+    let vol = &disk.vol;
+    let src = vol.logs.join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    let mut rng = Rng::new(9);
+    let mut want = BTreeMap::new();
+    for i in 0..14 {
+        let rel = if i % 2 == 0 {
+            format!("f{i:02}")
+        } else {
+            format!("sub/f{i:02}")
+        };
+        let data = rng.bytes(700_000 + i * 1000);
+        fs::write(src.join(&rel), &data).unwrap();
+        want.insert(rel, data);
+    }
+    let args = |extra: &[&str]| -> std::process::Output {
+        let mut a: Vec<&std::ffi::OsStr> = vec![
+            "import".as_ref(),
+            src.as_os_str(),
+            vol.cipher.as_os_str(),
+            "--passfile".as_ref(),
+            vol.passfile.as_os_str(),
+        ];
+        a.extend(extra.iter().map(std::ffi::OsStr::new));
+        sealfs(&a)
+    };
+    let o = args(&["--json"]);
+    let err = stderr_of(&o);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(o.status.code(), Some(3), "import onto a full disk: {err}");
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let problems = report["problems"].as_array().unwrap();
+    assert!(!problems.is_empty(), "{report}");
+    for p in problems {
+        let msg = p["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains("No space left on device"),
+            "a problem that does not name the full disk: {p}"
+        );
+        assert!(want.contains_key(p["path"].as_str().unwrap()), "{p}");
+    }
+    // Through a read-only mount: only complete files.
+    let mut vol = Vol {
+        cipher: vol.cipher.clone(),
+        mnt: vol.mnt.clone(),
+        passfile: vol.passfile.clone(),
+        logs: vol.logs.clone(),
+        n: 0,
+    };
+    let m = vol.mount(&["--read-only"]);
+    let got = read_tree(&vol.mnt);
+    m.unmount();
+    assert!(!got.files.is_empty(), "nothing imported at all");
+    for (k, v) in &got.files {
+        let w = want
+            .get(k)
+            .unwrap_or_else(|| panic!("{k}: not a source file"));
+        assert!(
+            v == w,
+            "{k}: {} bytes, want {} (half-imported)",
+            v.len(),
+            w.len()
+        );
+    }
+    let reported: Vec<&str> = problems
+        .iter()
+        .map(|p| p["path"].as_str().unwrap())
+        .collect();
+    for k in want.keys() {
+        assert!(
+            got.files.contains_key(k) ^ reported.contains(&k.as_str()),
+            "{k}: in the volume {}, reported {}",
+            got.files.contains_key(k),
+            reported.contains(&k.as_str())
         );
     }
 }

@@ -7,6 +7,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -226,7 +227,13 @@ fn a_layout_one_volume_upgrades_in_place_with_a_new_kek() {
     let cfg = fs::read_to_string(v.cipher.join("sealfs.toml")).unwrap();
     assert!(cfg.contains("\"keyslots\""), "{cfg}");
     assert!(!cfg.contains("[kdf]"), "{cfg}");
-    v.fails(&["upgrade", v.c(), "--passfile", pass], 1);
+    // It gained hard links and extended attributes too (docs/FORMAT.md §1.1).
+    assert!(
+        cfg.contains("\"hard-links\"") && cfg.contains("\"xattrs\""),
+        "{cfg}"
+    );
+    let again = v.fails(&["upgrade", v.c(), "--passfile", pass], 1);
+    assert!(again.contains("up to date"), "{again}");
     // Every file still reads (the fixture's own manifest).
     let m = Mounted::start(&v.cipher, &v.mnt, Path::new(pass), &[], &v.p("daemon.log"));
     let manifest = fs::read_to_string(
@@ -239,6 +246,42 @@ fn a_layout_one_volume_upgrades_in_place_with_a_new_kek() {
             let p = v.mnt.join(e["path"].as_str().unwrap());
             assert_eq!(fs::metadata(&p).unwrap().len(), e["size"].as_u64().unwrap());
         }
+    }
+    // `ln` and `setfattr` work on the upgraded volume, on an old file and
+    // a new one, and survive a remount.
+    let old = manifest
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["type"] == "file" && e["size"].as_u64().unwrap() > 0)
+        .map(|e| v.mnt.join(e["path"].as_str().unwrap()))
+        .unwrap();
+    let old_data = fs::read(&old).unwrap();
+    fs::hard_link(&old, v.mnt.join("old-link")).unwrap();
+    fs::write(v.mnt.join("new"), b"new file").unwrap();
+    fs::hard_link(v.mnt.join("new"), v.mnt.join("new-link")).unwrap();
+    for (f, val) in [("old-link", "a"), ("new", "b")] {
+        let out = Command::new("setfattr")
+            .args(["-n", "user.tag", "-v", val])
+            .arg(v.mnt.join(f))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "setfattr {f}: {out:?}");
+    }
+    m.unmount();
+    let m = Mounted::start(&v.cipher, &v.mnt, Path::new(pass), &[], &v.p("daemon2.log"));
+    assert_eq!(fs::read(v.mnt.join("old-link")).unwrap(), old_data);
+    assert_eq!(fs::read(v.mnt.join("new-link")).unwrap(), b"new file");
+    assert_eq!(fs::metadata(&old).unwrap().nlink(), 2);
+    for (f, val) in [
+        (old.as_path(), "a"),
+        (v.mnt.join("new-link").as_path(), "b"),
+    ] {
+        let out = Command::new("getfattr")
+            .args(["--only-values", "-n", "user.tag"])
+            .arg(f)
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), val, "{out:?}");
     }
     m.unmount();
     // The old passphrase's slot replaced by another: the old passphrase is

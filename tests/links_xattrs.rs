@@ -362,7 +362,7 @@ fn xattrs_behave_as_on_ext4_and_survive_remount() {
     );
     // Directories take user.*; symlinks refuse it (EPERM, as on ext4).
     fs::create_dir(fx.p("d")).unwrap();
-    xset(&fx.p("d"), "user.dir", b"dir value in clear", 0).unwrap();
+    xset(&fx.p("d"), "user.dir", b"dir value", 0).unwrap();
     std::os::unix::fs::symlink("f", fx.p("s")).unwrap();
     assert_errno(
         xset(&fx.p("s"), "user.x", b"v", 0),
@@ -374,7 +374,7 @@ fn xattrs_behave_as_on_ext4_and_survive_remount() {
     assert_eq!(xget(&f, "user.a").unwrap(), b"two");
     assert_eq!(xget(&f, "user.big").unwrap(), big);
     assert_eq!(xget(&f, "trusted.t").unwrap(), b"root only");
-    assert_eq!(xget(&fx.p("d"), "user.dir").unwrap(), b"dir value in clear");
+    assert_eq!(xget(&fx.p("d"), "user.dir").unwrap(), b"dir value");
     fs::rename(&f, fx.p("d/g")).unwrap();
     assert_eq!(xget(&fx.p("d/g"), "user.a").unwrap(), b"two");
     xremove(&fx.p("d/g"), "user.a").unwrap();
@@ -386,7 +386,13 @@ fn xattrs_behave_as_on_ext4_and_survive_remount() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for plain in ["user.big", "user.dir", "trusted.t", "root only", "dir value in clear"] {
+    for plain in [
+        "user.big",
+        "user.dir",
+        "trusted.t",
+        "root only",
+        "dir value",
+    ] {
         assert!(!text.contains(plain), "{plain} in the clear:\n{text}");
     }
     fsck_clean(&fx);
@@ -648,4 +654,155 @@ fn the_library_makes_links_and_xattrs_the_mount_sees() {
     );
     v.remove_xattr(Path::new("g"), "user.k").unwrap();
     assert_eq!(v.get_xattr(Path::new("d/f"), "user.k").unwrap(), None);
+}
+
+/// `Vault::remove_file` of one name of a linked file drops that name's
+/// tag from the link table, as an unlink through the mount does: a backing
+/// link an attacker plants again under the removed name then fails with
+/// EIO instead of opening.
+#[test]
+fn the_library_removing_a_link_drops_its_tag() {
+    use sealfs::keyring::UnlockSecret;
+    use sealfs::vault::Vault;
+    let mut fx = Fixture::mounted();
+    fs::write(fx.p("a"), b"linked data").unwrap();
+    let before = backing_entries(&fx.cipher);
+    fs::hard_link(fx.p("a"), fx.p("b")).unwrap();
+    let b_backing: Vec<PathBuf> = backing_entries(&fx.cipher)
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    assert_eq!(b_backing.len(), 1, "{b_backing:?}");
+    let a_backing = before
+        .iter()
+        .find(|p| p.is_file() && fs::metadata(p).unwrap().nlink() == 2)
+        .unwrap()
+        .clone();
+    fx.unmount();
+    {
+        let v = Vault::open(
+            &fx.cipher,
+            &UnlockSecret::from_passfile(&fx.passfile).unwrap(),
+        )
+        .unwrap();
+        v.remove_file(Path::new("b")).unwrap();
+    }
+    assert!(!b_backing[0].exists());
+    // The attacker puts the removed name back as a backing link.
+    fs::hard_link(&a_backing, &b_backing[0]).unwrap();
+    fx.mount();
+    assert_eq!(fs::read(fx.p("a")).unwrap(), b"linked data");
+    let e = fs::read(fx.p("b")).expect_err("a removed name opened again");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    fx.unmount();
+}
+
+/// An external link table (more than 13 names) rolled back: the attacker
+/// saved `user.sealfs.links` while the file had a name, and after that
+/// name was unlinked puts the old value back with a backing link under
+/// the old name. The inline note in block 0 pins the table's generation,
+/// so the old value is refused (EIO, an integrity record), for every name.
+#[test]
+fn an_external_link_table_put_back_is_refused() {
+    let mut fx = Fixture::new();
+    fx.mount_ctl();
+    fs::write(fx.p("f"), b"many names").unwrap();
+    fs::create_dir(fx.p("l")).unwrap();
+    for n in 1..=15 {
+        fs::hard_link(fx.p("f"), fx.p(&format!("l/{n}"))).unwrap();
+    }
+    let ldir = backing_entries(&fx.cipher)
+        .into_iter()
+        .find(|p| p.is_dir())
+        .unwrap();
+    let before = backing_entries(&ldir);
+    let old_table = xget(&before[0], "user.sealfs.links").expect("an external table");
+    fs::remove_file(fx.p("l/15")).unwrap();
+    let after = backing_entries(&ldir);
+    let gone: Vec<&PathBuf> = before.iter().filter(|p| !after.contains(p)).collect();
+    assert_eq!(gone.len(), 1);
+    // The current table still works through the mount.
+    assert_eq!(fs::read(fx.p("l/3")).unwrap(), b"many names");
+    fx.unmount();
+    let current = xget(&after[0], "user.sealfs.links").unwrap();
+    assert_ne!(current, old_table);
+    fs::hard_link(&after[0], gone[0]).unwrap();
+    xset(&after[0], "user.sealfs.links", &old_table, 0).unwrap();
+    fx.mount_ctl();
+    for n in ["l/15", "l/3", "f"] {
+        let e = fs::read(fx.p(n)).expect_err("a rolled-back table opened");
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{n}: {e}");
+    }
+    assert!(integrity_records(&fx, "/l/15") >= 1, "rollback not audited");
+    fx.unmount();
+    // The value as it was makes the file whole again.
+    fs::remove_file(gone[0]).unwrap();
+    xset(&after[0], "user.sealfs.links", &current, 0).unwrap();
+    fx.mount();
+    assert_eq!(fs::read(fx.p("l/3")).unwrap(), b"many names");
+    fx.unmount();
+}
+
+/// Symlinks and FIFOs (keyless nodes) have attributes bound to their own
+/// id (`keyless-xattr-ids`): a value moved from one such node to another
+/// fails with EIO, while a rename or a hard link (the same inode, so the
+/// same id) keeps them readable; fsck names the moved value and salvage
+/// removes it.
+#[test]
+fn keyless_node_xattrs_are_bound_to_the_node() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: trusted.* attributes on symlinks need root");
+        return;
+    }
+    let mut fx = Fixture::new();
+    fx.mount_ctl();
+    let cfg = fs::read_to_string(fx.cipher.join("sealfs.toml")).unwrap();
+    assert!(cfg.contains("\"keyless-xattr-ids\""), "{cfg}");
+    std::os::unix::fs::symlink("target-a", fx.p("s1")).unwrap();
+    std::os::unix::fs::symlink("target-b", fx.p("s2")).unwrap();
+    let fifo = cpath(&fx.p("pipe"));
+    // SAFETY: valid C string.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    xset(&fx.p("s1"), "trusted.k", b"one", 0).unwrap();
+    xset(&fx.p("s2"), "trusted.k", b"two", 0).unwrap();
+    xset(&fx.p("pipe"), "trusted.k", b"fifo", 0).unwrap();
+    // A rename and a hard link keep them.
+    fs::rename(fx.p("s1"), fx.p("s3")).unwrap();
+    fs::hard_link(fx.p("s3"), fx.p("s4")).unwrap();
+    fx.unmount();
+    fx.mount_ctl();
+    assert_eq!(xget(&fx.p("s3"), "trusted.k").unwrap(), b"one");
+    assert_eq!(xget(&fx.p("s4"), "trusted.k").unwrap(), b"one");
+    assert_eq!(xget(&fx.p("pipe"), "trusted.k").unwrap(), b"fifo");
+    fx.unmount();
+    // The attacker moves s3's value onto s2 (under s2's own backing name).
+    let sealed = |p: &Path| -> Vec<String> {
+        xlist(p)
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.starts_with("trusted.sealfs.x."))
+            .collect()
+    };
+    let entries: Vec<PathBuf> = backing_entries(&fx.cipher)
+        .into_iter()
+        .filter(|p| fs::symlink_metadata(p).unwrap().file_type().is_symlink())
+        .collect();
+    let (linked, single): (Vec<&PathBuf>, Vec<&PathBuf>) = entries
+        .iter()
+        .partition(|p| fs::symlink_metadata(p).unwrap().nlink() == 2);
+    let (s3b, s2b) = (linked[0], single[0]);
+    let (n3, n2) = (sealed(s3b), sealed(s2b));
+    assert_eq!((n3.len(), n2.len()), (1, 1));
+    assert_ne!(n3, n2, "two nodes share their attribute keys");
+    let moved = xget(s3b, &n3[0]).unwrap();
+    xset(s2b, &n2[0], &moved, 0).unwrap();
+    fx.mount_ctl();
+    assert_errno(xget(&fx.p("s2"), "trusted.k"), libc::EIO, "s2 trusted.k");
+    assert_eq!(xget(&fx.p("s3"), "trusted.k").unwrap(), b"one");
+    fx.unmount();
+    // fsck checks keyless nodes' attributes too: the moved one, once.
+    assert_eq!(fsck_kinds(&fx, &[]), ["xattr"]);
+    fsck_kinds(&fx, &["--salvage"]);
+    assert_eq!(fsck_kinds(&fx, &[]), Vec::<String>::new());
 }

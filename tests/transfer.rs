@@ -4,7 +4,7 @@
 //! lstat); what import wrote reads back the same through a mount; a re-run
 //! changes nothing; an interrupted run never leaves a half file under its
 //! final name and its leftovers are cleaned by the next run; special files
-//! and hard links are reported; the exit codes; the progress bar is drawn
+//! are reported, hard links and xattrs are kept; the exit codes; the progress bar is drawn
 //! on a terminal, fits its width, and never goes into a pipe.
 
 mod common;
@@ -556,12 +556,14 @@ fn an_interrupted_export_leaves_temp_files_only_and_the_next_run_removes_them() 
 }
 
 #[test]
-fn special_files_and_hard_links_are_reported() {
-    let fx = Fixture::new();
+fn special_files_are_reported_and_hard_links_kept() {
+    let mut fx = Fixture::new();
     let src = fx.scratch.join("src");
-    fs::create_dir_all(&src).unwrap();
+    fs::create_dir_all(src.join("d")).unwrap();
     fs::write(src.join("a"), b"shared content").unwrap();
     fs::hard_link(src.join("a"), src.join("b")).unwrap();
+    fs::hard_link(src.join("a"), src.join("d/c")).unwrap();
+    fs::write(src.join("single"), b"one name").unwrap();
     let fifo = cpath(&src.join("pipe"));
     // SAFETY: valid C string.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
@@ -570,21 +572,143 @@ fn special_files_and_hard_links_are_reported() {
     assert_code(&o, 3, "import with a FIFO");
     let err = stderr(&o);
     assert!(err.contains("pipe: FIFO not imported"), "{err}");
-    assert!(err.contains("hard link"), "{err}");
+    assert!(err.contains("2 name(s) kept as hard links"), "{err}");
+    // A re-run finds the links in place.
     let o = import(&src, &fx.cipher, &fx.passfile, &["--json"]);
     assert_code(&o, 3, "import --json with a FIFO");
     let r = json_of(&o);
     assert_eq!(r["hard_linked"], 2, "{r}");
+    assert_eq!(r["files_copied"], 0, "{r}");
     let problems = r["problems"].as_array().unwrap();
     assert_eq!(problems.len(), 1, "{r}");
     assert_eq!(problems[0]["kind"], "special");
     assert_eq!(problems[0]["path"], "pipe");
-    // Both names hold the content (as two files).
+    // Through a mount: one file with three names.
+    fx.mount();
+    let ino = fs::metadata(fx.p("a")).unwrap().ino();
+    for n in ["a", "b", "d/c"] {
+        let m = fs::metadata(fx.p(n)).unwrap();
+        assert_eq!((m.ino(), m.nlink()), (ino, 3), "{n}");
+        assert_eq!(fs::read(fx.p(n)).unwrap(), b"shared content");
+    }
+    assert_eq!(fs::metadata(fx.p("single")).unwrap().nlink(), 1);
+    fx.unmount();
+    // Exported: hard links again, and a re-run keeps them.
+    let out = fx.scratch.join("out");
+    for run in ["export", "export re-run"] {
+        assert_code(&export(&fx.cipher, &out, &fx.passfile, &[]), 0, run);
+        let ino = fs::metadata(out.join("a")).unwrap().ino();
+        for n in ["a", "b", "d/c"] {
+            let m = fs::metadata(out.join(n)).unwrap();
+            assert_eq!((m.ino(), m.nlink()), (ino, 3), "{run}: {n}");
+            assert_eq!(fs::read(out.join(n)).unwrap(), b"shared content");
+        }
+    }
+    assert!(!out.join("pipe").exists());
+    // An export over separate copies of the names links them.
+    fs::remove_file(out.join("b")).unwrap();
+    fs::write(out.join("b"), b"a stale copy").unwrap();
+    assert_code(
+        &export(&fx.cipher, &out, &fx.passfile, &[]),
+        0,
+        "export over a copy",
+    );
+    assert_eq!(
+        fs::metadata(out.join("b")).unwrap().ino(),
+        fs::metadata(out.join("a")).unwrap().ino()
+    );
+}
+
+fn setxattr(p: &Path, name: &str, value: &[u8]) {
+    let c = cpath(p);
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid C strings and buffer.
+    let r = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(r, 0, "setxattr {name} on {}: {}", p.display(), io_err());
+}
+
+fn getxattr(p: &Path, name: &str) -> Option<Vec<u8>> {
+    let c = cpath(p);
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: valid C strings and buffer.
+    let r = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (r >= 0).then(|| buf[..r as usize].to_vec())
+}
+
+fn io_err() -> std::io::Error {
+    std::io::Error::last_os_error()
+}
+
+/// Extended attributes of files and directories survive import and
+/// export (`user.*`, and `trusted.*` as root), and read back through a
+/// mount; sealfs's own backing attributes never leak into an export.
+#[test]
+fn xattrs_survive_import_and_export() {
+    let mut fx = Fixture::new();
+    let src = fx.scratch.join("src");
+    fs::create_dir_all(src.join("dir")).unwrap();
+    fs::write(src.join("dir/f"), b"content").unwrap();
+    setxattr(&src.join("dir/f"), "user.origin", b"https://example.org/f");
+    setxattr(&src.join("dir/f"), "user.empty", b"");
+    setxattr(&src.join("dir"), "user.tag", b"folder");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        setxattr(&src.join("dir/f"), "trusted.t", b"root only");
+    }
+    let o = import(&src, &fx.cipher, &fx.passfile, &["--json"]);
+    assert_code(&o, 0, "import");
+    fx.mount();
+    assert_eq!(
+        getxattr(&fx.p("dir/f"), "user.origin").as_deref(),
+        Some(&b"https://example.org/f"[..])
+    );
+    assert_eq!(
+        getxattr(&fx.p("dir/f"), "user.empty").as_deref(),
+        Some(&b""[..])
+    );
+    assert_eq!(
+        getxattr(&fx.p("dir"), "user.tag").as_deref(),
+        Some(&b"folder"[..])
+    );
+    fx.unmount();
     let out = fx.scratch.join("out");
     assert_code(&export(&fx.cipher, &out, &fx.passfile, &[]), 0, "export");
-    assert_eq!(fs::read(out.join("a")).unwrap(), b"shared content");
-    assert_eq!(fs::read(out.join("b")).unwrap(), b"shared content");
-    assert!(!out.join("pipe").exists());
+    assert_eq!(
+        getxattr(&out.join("dir/f"), "user.origin").as_deref(),
+        Some(&b"https://example.org/f"[..])
+    );
+    assert_eq!(
+        getxattr(&out.join("dir/f"), "user.empty").as_deref(),
+        Some(&b""[..])
+    );
+    assert_eq!(
+        getxattr(&out.join("dir"), "user.tag").as_deref(),
+        Some(&b"folder"[..])
+    );
+    if root {
+        assert_eq!(
+            getxattr(&out.join("dir/f"), "trusted.t").as_deref(),
+            Some(&b"root only"[..])
+        );
+    }
+    let listed = Command::new("getfattr")
+        .args(["-d", "-m", "-", "-R"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(!listed.contains(".sealfs."), "{listed}");
+    assert_diff_clean(&src, &out);
 }
 
 #[test]

@@ -30,6 +30,7 @@ pub const KNOWN_FEATURES: &[&str] = &[
     FEATURE_HARD_LINKS,
     FEATURE_XATTRS,
     FEATURE_SEALED_GROUP_STATE,
+    FEATURE_KEYLESS_XATTR_IDS,
     FEATURE_EXTERNAL_KEYRING,
 ];
 /// Feature: the keyring is kept outside CIPHERDIR (`init --keyring-dir`;
@@ -48,6 +49,11 @@ pub const FEATURE_XATTRS: &str = "xattrs";
 /// The feature flag of names padded to 16 bytes before sealing
 /// (docs/FORMAT.md §7.1); volumes without it seal names as they are.
 pub const PADDED_NAMES: &str = "padded-names";
+/// Feature: the extended attributes of a symlink or special node are
+/// bound to the node's own random id (`trusted.sealfs.node`,
+/// docs/FORMAT.md §9.1) instead of the root directory's id, so a value
+/// moved between two such nodes fails. Without it they stay root-bound.
+pub const FEATURE_KEYLESS_XATTR_IDS: &str = "keyless-xattr-ids";
 /// The feature flag of sealed group states (docs/FORMAT.md §4): new volumes
 /// have it; a volume without it keeps the first content format.
 pub const FEATURE_SEALED_GROUP_STATE: &str = "sealed-group-state";
@@ -136,7 +142,13 @@ impl VolumeConfig {
     pub fn layout1(volume_id: [u8; 16], kdf: KdfConfig) -> Self {
         let mut c = Self::new(volume_id);
         c.features.retain(|f| {
-            ![FEATURE_KEYSLOTS, FEATURE_HARD_LINKS, FEATURE_XATTRS].contains(&f.as_str())
+            ![
+                FEATURE_KEYSLOTS,
+                FEATURE_HARD_LINKS,
+                FEATURE_XATTRS,
+                FEATURE_KEYLESS_XATTR_IDS,
+            ]
+            .contains(&f.as_str())
         });
         c.kdf = Some(kdf);
         c

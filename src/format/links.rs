@@ -55,6 +55,9 @@ const TAG_DOMAIN: &[u8] = b"sealfs:link:v1";
 /// Where the table stands, flag byte of the inline body.
 const WHERE_INLINE: u8 = 0;
 const WHERE_EXTERNAL: u8 = 1;
+/// Byte 7 of an external note: its generation pins the external table's
+/// (0 in notes written before, which pin nothing).
+const NOTE_PINNED: u8 = 1;
 
 /// Errors decoding a link table.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,6 +69,10 @@ pub enum LinkTableError {
     /// an unknown form).
     #[error("link table is malformed")]
     Malformed,
+    /// An external table older than the generation the inline note pins:
+    /// an earlier value put back.
+    #[error("link table rolled back to an older generation")]
+    RolledBack,
     /// More names than a table can hold.
     #[error("link table full ({0} names)")]
     Full(usize),
@@ -106,11 +113,30 @@ pub struct LinkTable {
 pub enum Inline {
     /// The whole table is here.
     Table(LinkTable),
-    /// The table is in the backing xattr [`LINKS_XATTR`] (since `generation`).
+    /// The table is in the backing xattr [`LINKS_XATTR`].
     External {
-        /// Generation of the inline area when the table moved out.
+        /// Pinned: the external table's generation as last stored (it may
+        /// be one ahead: a crash between storing it and this note). Not
+        /// pinned (a note written before pinning existed): the generation
+        /// when the table moved out, which says nothing of later ones.
         generation: u32,
+        /// Whether `generation` pins the external table's.
+        pinned: bool,
     },
+}
+
+/// Whether an external table of generation `external` may stand beside
+/// the inline note `note`: a pinned note admits its own generation and the
+/// next one (the external table is stored first, then the note), so an
+/// older external value put back is refused.
+pub fn external_generation_ok(note: &Inline, external: u32) -> bool {
+    match note {
+        Inline::External {
+            generation,
+            pinned: true,
+        } => external.wrapping_sub(*generation) <= 1,
+        _ => true,
+    }
 }
 
 impl LinkKeys {
@@ -148,8 +174,8 @@ impl LinkKeys {
     }
 
     /// Seals the inline area: the whole `table` (at most [`INLINE_LINKS`]
-    /// tags), or, with `table` `None`, the note that the table is external
-    /// (at `generation`).
+    /// tags), or, with `table` `None`, the note that the table is external,
+    /// pinned at the external table's `generation`.
     pub fn seal_inline(
         &self,
         table: Option<&LinkTable>,
@@ -172,6 +198,7 @@ impl LinkKeys {
             None => {
                 body[0..4].copy_from_slice(&generation.to_le_bytes());
                 body[6] = WHERE_EXTERNAL;
+                body[7] = NOTE_PINNED;
             }
         }
         let nonce = random_nonce().map_err(|_| LinkTableError::Random)?;
@@ -208,7 +235,10 @@ impl LinkKeys {
                     .collect();
                 Ok(Inline::Table(LinkTable { generation, tags }))
             }
-            WHERE_EXTERNAL if count == 0 => Ok(Inline::External { generation }),
+            WHERE_EXTERNAL if count == 0 && body[7] <= NOTE_PINNED => Ok(Inline::External {
+                generation,
+                pinned: body[7] == NOTE_PINNED,
+            }),
             _ => Err(LinkTableError::Malformed),
         }
     }
@@ -345,10 +375,24 @@ mod tests {
         t.add([0xee; 16]);
         assert_eq!(k.seal_inline(Some(&t), 0), Err(LinkTableError::Full(14)));
         let ext = k.seal_inline(None, 9).unwrap();
+        let note = k.open_inline(&ext).unwrap();
         assert_eq!(
-            k.open_inline(&ext).unwrap(),
-            Inline::External { generation: 9 }
+            note,
+            Inline::External {
+                generation: 9,
+                pinned: true
+            }
         );
+        // A pinned note admits its generation and the next, nothing older.
+        assert!(external_generation_ok(&note, 9));
+        assert!(external_generation_ok(&note, 10));
+        assert!(!external_generation_ok(&note, 8));
+        assert!(!external_generation_ok(&note, 11));
+        let unpinned = Inline::External {
+            generation: 9,
+            pinned: false,
+        };
+        assert!(external_generation_ok(&unpinned, 2));
         // All-zero bytes (a file that never had a table) do not open.
         assert_eq!(
             k.open_inline(&[0u8; LINK_TABLE_LEN]),

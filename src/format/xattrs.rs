@@ -32,6 +32,10 @@ pub const USER_PREFIX: &str = "user.sealfs.x.";
 pub const TRUSTED_PREFIX: &str = "trusted.sealfs.x.";
 /// Longest attribute name (the kernel's XATTR_NAME_MAX).
 pub const MAX_NAME: usize = 255;
+/// Backing xattr holding the random 16-byte id of a symlink or special
+/// node (feature `keyless-xattr-ids`): its attributes' keys and AAD are
+/// bound to it. Outside the sealed prefixes: never listed as an attribute.
+pub const NODE_ID_XATTR: &str = "trusted.sealfs.node";
 /// Largest attribute value (the kernel's XATTR_SIZE_MAX).
 pub const MAX_VALUE: usize = 65536;
 /// Bytes a sealed value adds to name + value: nonce, name length, tag.
@@ -114,7 +118,8 @@ impl std::fmt::Debug for XattrCipher {
 
 impl XattrCipher {
     /// The keys of the object `object_id` whose own key is `key` (for
-    /// [`Owner::Keyless`]: the root directory's key and id).
+    /// [`Owner::Keyless`]: the root directory's key, and the node's own id,
+    /// or the root directory's id on a volume without `keyless-xattr-ids`).
     pub fn new(key: &SecretKey, object_id: [u8; 16], owner: Owner) -> Self {
         let (n, v): (&[u8], &[u8]) = match owner {
             Owner::File | Owner::Dir => (b"sealfs v2 xattr names", b"sealfs v2 xattr values"),

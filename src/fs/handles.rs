@@ -7,7 +7,7 @@
 //! count of open handles for idleness.
 //! Must never: re-read or re-verify a header per request.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use fuser::{Errno, FileHandle, Request};
@@ -41,8 +41,15 @@ impl From<Errno> for OpenFailure {
 }
 
 pub(super) enum Handle {
-    /// An open file, and the grant it was opened through (None: the owner).
-    File(Arc<Inode>, Arc<RwLock<SealedFile>>, Option<Arc<LiveGrant>>),
+    /// An open file, the grant it was opened through (None: the owner),
+    /// and the count of its content's failed writes this handle has
+    /// reported (see [`SealFs::flush_file`]).
+    File(
+        Arc<Inode>,
+        Arc<RwLock<SealedFile>>,
+        Option<Arc<LiveGrant>>,
+        AtomicU32,
+    ),
     Dir(Arc<Inode>, Arc<Vec<Listed>>),
 }
 
@@ -101,6 +108,35 @@ impl SealFs {
         }
     }
 
+    /// A file handle on `f` (opened through `grant`), reporting the
+    /// content's write failures from now on.
+    pub(super) fn file_handle_on(
+        inode: Arc<Inode>,
+        f: Arc<RwLock<SealedFile>>,
+        grant: Option<Arc<LiveGrant>>,
+    ) -> Handle {
+        let seen = AtomicU32::new(f.read().write_errors().0);
+        Handle::File(inode, f, grant, seen)
+    }
+
+    /// FLUSH (every close of a file descriptor): the error of a write of
+    /// this file that could not be stored since the handle last reported
+    /// one, once, as ext4 and NFS report a writeback error at close. No
+    /// sync: the kernel has already written its dirty pages back (and
+    /// reports their errors itself); this covers write-through handles,
+    /// whose write() already failed, and a failure through another handle.
+    pub(super) fn flush_file(&self, fh: FileHandle) -> FsResult<()> {
+        let h = self.file_handle(fh)?;
+        let Handle::File(_, f, _, seen) = &*h else {
+            return Ok(());
+        };
+        let (count, errno) = f.read().write_errors();
+        if seen.swap(count, Ordering::Relaxed) != count {
+            return Err(Errno::from_i32(errno));
+        }
+        Ok(())
+    }
+
     /// Registers a handle and returns its number.
     pub(super) fn new_handle(&self, h: Handle) -> u64 {
         crate::metrics::handle_opened(matches!(h, Handle::File(..)));
@@ -140,7 +176,7 @@ impl SealFs {
     ) -> FsResult<Arc<RwLock<SealedFile>>> {
         self.check_enabled()?;
         match &*self.file_handle(fh)? {
-            Handle::File(inode, f, grant) => {
+            Handle::File(inode, f, grant, _) => {
                 if let Some(g) = grant {
                     self.policy
                         .check_handle(Caller::of(req), g, "use_handle", || Self::path_of(inode))?;
@@ -160,7 +196,7 @@ impl SealFs {
     ) -> FsResult<Arc<RwLock<SealedFile>>> {
         self.check_enabled()?;
         match &*self.file_handle(fh)? {
-            Handle::File(inode, f, grant) => {
+            Handle::File(inode, f, grant, _) => {
                 if let Some(g) = grant {
                     self.policy
                         .check_handle(Caller::of(req), g, "use_handle", || Self::path_of(inode))?;

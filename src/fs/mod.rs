@@ -95,6 +95,8 @@ fn io_errno(e: std::io::Error) -> Errno {
 struct Features {
     /// Encrypted extended attributes and POSIX ACLs.
     xattrs: bool,
+    /// Those of symlinks and special nodes bound to the node's own id.
+    keyless_ids: bool,
 }
 
 /// The fuser filesystem over one volume.
@@ -135,7 +137,12 @@ impl SealFs {
                  extended attributes and ACLs are refused on this mount (EOPNOTSUPP)"
             );
         }
-        let features = Features { xattrs: stored };
+        let features = Features {
+            xattrs: stored,
+            keyless_ids: vol
+                .config()
+                .has_feature(crate::format::config::FEATURE_KEYLESS_XATTR_IDS),
+        };
         let root_attrs = match vol.root_attrs(&root_dir) {
             Ok(a) => a,
             // Damaged (fsck reports it): the root shows the cipher
@@ -418,17 +425,18 @@ impl fuser::Filesystem for SealFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _lock: LockOwner,
         reply: ReplyEmpty,
     ) {
         self.activity.touch();
-        // Nothing is buffered here (writes reach the backing file at once),
-        // so FLUSH has nothing to do. ENOSYS makes the kernel stop sending it
-        // (one round trip less per close); close() still writes back the
-        // page cache first and reports its errors (fuse_flush does that
-        // before it looks at no_flush).
-        reply.error(Errno::ENOSYS);
+        // close(): the kernel has written its dirty pages back already
+        // (fuse_flush) and reports their errors; this reports a write of
+        // a write-through handle that could not be stored (handles.rs).
+        match self.flush_file(fh) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn release(

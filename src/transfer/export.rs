@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::{
-    failed, pool, EntryResult, Item, Options, ProblemKind, Progress, Report, Shared, TransferError,
-    EXPORT_TEMP_PREFIX,
+    copies_xattr, failed, run_jobs, set_plain_xattrs, Direction, EntryResult, Item, Options,
+    ProblemKind, Progress, Report, Shared, TransferError, EXPORT_TEMP_PREFIX,
 };
 use crate::vault::{EntryKind, Metadata, Vault, VaultError};
 
@@ -73,6 +73,7 @@ fn vault_item(rel: PathBuf, kind: EntryKind, md: &Metadata) -> Item {
         size: if kind == EntryKind::File { md.size } else { 0 },
         accessed: md.accessed,
         modified: md.modified,
+        link: (kind == EntryKind::File && md.nlink > 1).then_some((0, md.ino)),
     }
 }
 
@@ -177,84 +178,100 @@ pub fn export(
         remove_export_leftovers(dst).map_err(|e| TransferError::Top(dst.into(), e.to_string()))?;
     report.directories += 1;
 
-    let mut failed_dirs: Vec<PathBuf> = Vec::new();
-    let under_failed =
-        |rel: &Path, failed: &[PathBuf]| failed.iter().any(|f| rel.starts_with(f) && rel != f);
-    for it in items.iter().filter(|i| i.kind == EntryKind::Dir) {
-        if under_failed(&it.rel, &failed_dirs) {
-            failed_dirs.push(it.rel.clone());
-            continue;
-        }
-        report.directories += 1;
-        let p = dst.join(&it.rel);
-        let r = match fs::symlink_metadata(&p) {
-            Ok(m) if m.is_dir() => remove_export_leftovers(&p).map(|n| {
-                report.leftovers_removed += n;
-                false
-            }),
-            Ok(_) => Err(io::Error::other("exists and is not a directory")),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir(&p).map(|()| true),
-            Err(e) => Err(e),
-        }
-        .and_then(|made| {
-            // Writable for the copy; the real mode comes last.
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o700)).map(|()| made)
-        });
-        match r {
-            Ok(made) => report.directories_created += u64::from(made),
-            Err(e) => {
-                sh.problem(ProblemKind::Failed, &it.rel, e.to_string());
-                failed_dirs.push(it.rel.clone());
-            }
+    let out = OutOfVolume { vault, dst, opts };
+    run_jobs(&items, &out, opts, &sh, &mut report);
+    Ok(sh.into_report(report, started))
+}
+
+/// Export's side of the job loop: entries of `vault` made in the plain
+/// tree `dst`.
+struct OutOfVolume<'a> {
+    vault: &'a Vault,
+    dst: &'a Path,
+    opts: &'a Options,
+}
+
+/// The copied extended attributes of `rel` in the volume, as (name, value).
+fn vault_xattrs(vault: &Vault, rel: &Path) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut out = Vec::new();
+    let names = vault
+        .list_xattrs(rel)
+        .map_err(|e| format!("cannot read extended attributes: {e}"))?;
+    for name in names.into_iter().filter(|n| copies_xattr(n)) {
+        if let Some(v) = vault
+            .get_xattr(rel, &name)
+            .map_err(|e| format!("cannot read extended attribute {name}: {e}"))?
+        {
+            out.push((name, v));
         }
     }
+    Ok(out)
+}
 
-    let jobs: Vec<&Item> = items
-        .iter()
-        .filter(|i| i.kind != EntryKind::Dir)
-        .filter(|i| {
-            if under_failed(&i.rel, &failed_dirs) {
-                progress.files_done.fetch_add(1, Relaxed);
-                progress.bytes_done.fetch_add(i.size, Relaxed);
-                false
-            } else {
-                true
+impl Direction for OutOfVolume<'_> {
+    fn make_dir(&self, it: &Item) -> Result<(bool, u64), String> {
+        let p = self.dst.join(&it.rel);
+        let (made, leftovers) = match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => (
+                false,
+                remove_export_leftovers(&p).map_err(|e| e.to_string())?,
+            ),
+            Ok(_) => return Err("exists and is not a directory".into()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir(&p).map_err(|e| e.to_string())?;
+                (true, 0)
             }
-        })
-        .collect();
-    pool(&jobs, opts.threads, |it, buf| {
-        let r = match it.kind {
-            EntryKind::File => export_file(vault, dst, it, opts, &sh, buf),
-            EntryKind::Symlink => export_symlink(vault, dst, it, opts, &sh),
-            EntryKind::Dir | EntryKind::Other => Ok(()),
+            Err(e) => return Err(e.to_string()),
         };
-        if let Err((kind, msg)) = r {
-            sh.problem(kind, &it.rel, msg);
-        }
-        progress.files_done.fetch_add(1, Relaxed);
-    });
+        // Writable for the copy; the real mode comes last.
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o700)).map_err(|e| e.to_string())?;
+        Ok((made, leftovers))
+    }
 
-    for it in items.iter().rev().filter(|i| i.kind == EntryKind::Dir) {
-        if failed_dirs.contains(&it.rel) {
-            continue;
+    fn copy_file(&self, it: &Item, sh: &Shared<'_>, buf: &mut [u8]) -> EntryResult {
+        export_file(self.vault, self.dst, it, self.opts, sh, buf)
+    }
+
+    fn copy_symlink(&self, it: &Item, sh: &Shared<'_>) -> EntryResult {
+        export_symlink(self.vault, self.dst, it, self.opts, sh)
+    }
+
+    fn link(&self, first: &Item, it: &Item) -> Result<bool, String> {
+        let target = self.dst.join(&first.rel);
+        let path = self.dst.join(&it.rel);
+        let want = fs::symlink_metadata(&target).map_err(|e| e.to_string())?;
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() && m.ino() == want.ino() && m.dev() == want.dev() => {
+                return Ok(false)
+            }
+            Ok(m) if m.is_dir() => {
+                return Err("a directory of this name exists at the destination".into())
+            }
+            _ => {}
         }
-        let p = dst.join(&it.rel);
-        let r = (|| {
-            if opts.preserve_owner {
+        // A new link under a temp name, renamed over whatever is there.
+        let temp = path.parent().unwrap_or(self.dst).join(temp_name());
+        let r = fs::hard_link(&target, &temp).and_then(|()| fs::rename(&temp, &path));
+        if let Err(e) = r {
+            let _ = fs::remove_file(&temp);
+            return Err(format!("cannot link to {}: {e}", first.rel.display()));
+        }
+        Ok(true)
+    }
+
+    fn finish_dir(&self, it: &Item) -> Result<(), String> {
+        let p = self.dst.join(&it.rel);
+        let attrs = vault_xattrs(self.vault, &it.rel)?;
+        set_plain_xattrs(&p, &attrs).map_err(|e| format!("cannot set extended attributes: {e}"))?;
+        (|| {
+            if self.opts.preserve_owner {
                 std::os::unix::fs::lchown(&p, Some(it.uid), Some(it.gid))?;
             }
             fs::set_permissions(&p, fs::Permissions::from_mode(it.mode))?;
             lutimes(&p, it.accessed, it.modified)
-        })();
-        if let Err(e) = r {
-            sh.problem(
-                ProblemKind::Failed,
-                &it.rel,
-                format!("cannot set mode or times: {e}"),
-            );
-        }
+        })()
+        .map_err(|e| format!("cannot set mode or times: {e}"))
     }
-    Ok(sh.into_report(report, started))
 }
 
 fn export_file(
@@ -307,6 +324,9 @@ fn export_file(
                 copied += n as u64;
                 progress.bytes_done.fetch_add(n as u64, Relaxed);
             }
+            let attrs = vault_xattrs(vault, &it.rel)?;
+            set_plain_xattrs(&temp, &attrs)
+                .map_err(|e| format!("cannot set extended attributes: {e}"))?;
             apply_plain(&out, it, opts).map_err(|e| format!("cannot set mode or times: {e}"))?;
             out.sync_all().map_err(|e| e.to_string())?;
             fs::rename(&temp, &path).map_err(|e| e.to_string())

@@ -15,13 +15,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Instant, UNIX_EPOCH};
 
 use super::{
-    failed, pool, same_time, EntryResult, Item, Options, ProblemKind, Progress, Report, Shared,
-    TransferError,
+    failed, plain_xattrs, run_jobs, same_time, Direction, EntryResult, Item, Options, ProblemKind,
+    Progress, Report, Shared, TransferError,
 };
 use crate::vault::{EntryKind, Vault, VaultError};
 
 /// Lists the plain tree under `top` (pre-order; `top` itself excluded).
-fn scan_plain(top: &Path, sh: &Shared<'_>, report: &mut Report) -> Vec<Item> {
+fn scan_plain(top: &Path, sh: &Shared<'_>) -> Vec<Item> {
     let mut out = Vec::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
@@ -72,9 +72,6 @@ fn scan_plain(top: &Path, sh: &Shared<'_>, report: &mut Report) -> Vec<Item> {
                 );
                 continue;
             };
-            if kind == EntryKind::File && md.nlink() > 1 {
-                report.hard_linked += 1;
-            }
             let item = item_of(r.clone(), kind, &md);
             match kind {
                 EntryKind::Dir => {
@@ -106,6 +103,7 @@ fn item_of(rel: PathBuf, kind: EntryKind, md: &fs::Metadata) -> Item {
         size: if kind == EntryKind::File { md.len() } else { 0 },
         accessed: md.accessed().unwrap_or(UNIX_EPOCH),
         modified: md.modified().unwrap_or(UNIX_EPOCH),
+        link: (kind == EntryKind::File && md.nlink() > 1).then(|| (md.dev(), md.ino())),
     }
 }
 
@@ -130,98 +128,103 @@ pub fn import(
     }
     let sh = Shared::new(progress);
     let mut report = Report::default();
-    let items = scan_plain(src, &sh, &mut report);
+    let items = scan_plain(src, &sh);
     progress.scanned.store(true, Relaxed);
-
-    // Directories, parents first; a directory that cannot be made takes
-    // its subtree out of the copy.
-    let mut failed_dirs: Vec<PathBuf> = Vec::new();
-    let under_failed =
-        |rel: &Path, failed: &[PathBuf]| failed.iter().any(|f| rel.starts_with(f) && rel != f);
     report.leftovers_removed += vault.remove_staged_leftovers(Path::new(""))? as u64;
     report.directories += 1;
-    for it in items.iter().filter(|i| i.kind == EntryKind::Dir) {
-        if under_failed(&it.rel, &failed_dirs) {
-            failed_dirs.push(it.rel.clone());
-            continue;
-        }
-        report.directories += 1;
-        let r = match vault.metadata(&it.rel) {
-            Ok(m) if m.kind == EntryKind::Dir => Ok(false),
-            Ok(_) => Err("exists in the volume and is not a directory".to_string()),
-            Err(VaultError::NotFound(_)) => vault
-                .create_dir(&it.rel)
-                .map(|()| true)
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        }
-        .and_then(|made| {
-            // Writable for the copy; the real mode comes last.
-            vault
-                .set_permissions(&it.rel, 0o700)
-                .map_err(|e| e.to_string())?;
-            if !made {
-                report.leftovers_removed += vault
-                    .remove_staged_leftovers(&it.rel)
-                    .map_err(|e| e.to_string())? as u64;
-            }
-            Ok(made)
-        });
-        match r {
-            Ok(made) => report.directories_created += u64::from(made),
-            Err(msg) => {
-                sh.problem(ProblemKind::Failed, &it.rel, msg);
-                failed_dirs.push(it.rel.clone());
-            }
-        }
-    }
+    let into = IntoVolume { src, vault, opts };
+    run_jobs(&items, &into, opts, &sh, &mut report);
+    Ok(sh.into_report(report, started))
+}
 
-    let jobs: Vec<&Item> = items
-        .iter()
-        .filter(|i| i.kind != EntryKind::Dir)
-        .filter(|i| {
-            if under_failed(&i.rel, &failed_dirs) {
-                progress.files_done.fetch_add(1, Relaxed);
-                progress.bytes_done.fetch_add(i.size, Relaxed);
-                false
-            } else {
+/// Import's side of the job loop: entries of the plain tree `src` made in
+/// `vault`.
+struct IntoVolume<'a> {
+    src: &'a Path,
+    vault: &'a Vault,
+    opts: &'a Options,
+}
+
+impl IntoVolume<'_> {
+    /// The source's extended attributes of `rel` set in the volume.
+    fn copy_xattrs(&self, rel: &Path) -> Result<(), String> {
+        let attrs = plain_xattrs(&self.src.join(rel))
+            .map_err(|e| format!("cannot read extended attributes: {e}"))?;
+        for (name, value) in attrs {
+            self.vault
+                .set_xattr(rel, &name, &value, 0)
+                .map_err(|e| format!("extended attribute {name} not imported: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Direction for IntoVolume<'_> {
+    fn make_dir(&self, it: &Item) -> Result<(bool, u64), String> {
+        let vault = self.vault;
+        let made = match vault.metadata(&it.rel) {
+            Ok(m) if m.kind == EntryKind::Dir => false,
+            Ok(_) => return Err("exists in the volume and is not a directory".to_string()),
+            Err(VaultError::NotFound(_)) => {
+                vault.create_dir(&it.rel).map_err(|e| e.to_string())?;
                 true
             }
-        })
-        .collect();
-    pool(&jobs, opts.threads, |it, buf| {
-        let r = match it.kind {
-            EntryKind::File => import_file(src, vault, it, opts, &sh, buf),
-            EntryKind::Symlink => import_symlink(src, vault, it, opts, &sh),
-            EntryKind::Dir | EntryKind::Other => Ok(()),
+            Err(e) => return Err(e.to_string()),
         };
-        if let Err((kind, msg)) = r {
-            sh.problem(kind, &it.rel, msg);
-        }
-        progress.files_done.fetch_add(1, Relaxed);
-    });
+        // Writable for the copy; the real mode comes last.
+        vault
+            .set_permissions(&it.rel, 0o700)
+            .map_err(|e| e.to_string())?;
+        let leftovers = if made {
+            0
+        } else {
+            vault
+                .remove_staged_leftovers(&it.rel)
+                .map_err(|e| e.to_string())? as u64
+        };
+        Ok((made, leftovers))
+    }
 
-    // Directory attributes, deepest first.
-    for it in items.iter().rev().filter(|i| i.kind == EntryKind::Dir) {
-        if failed_dirs.contains(&it.rel) {
-            continue;
+    fn copy_file(&self, it: &Item, sh: &Shared<'_>, buf: &mut [u8]) -> EntryResult {
+        import_file(self.src, self.vault, it, self.opts, sh, buf)?;
+        self.copy_xattrs(&it.rel).map_err(failed)
+    }
+
+    fn copy_symlink(&self, it: &Item, sh: &Shared<'_>) -> EntryResult {
+        import_symlink(self.src, self.vault, it, self.opts, sh)
+    }
+
+    fn link(&self, first: &Item, it: &Item) -> Result<bool, String> {
+        let vault = self.vault;
+        let want = vault.metadata(&first.rel).map_err(|e| e.to_string())?;
+        match vault.metadata(&it.rel) {
+            Ok(m) if m.kind == EntryKind::File && m.ino == want.ino => return Ok(false),
+            Ok(m) if m.kind == EntryKind::Dir => {
+                return Err("a directory of this name exists in the volume".into())
+            }
+            // A copy of an earlier run (or another file): replaced by the link.
+            Ok(_) => vault.remove_file(&it.rel).map_err(|e| e.to_string())?,
+            Err(VaultError::NotFound(_)) => {}
+            Err(e) => return Err(e.to_string()),
         }
-        let r = (|| {
-            if opts.preserve_owner {
+        vault
+            .hard_link(&first.rel, &it.rel)
+            .map_err(|e| format!("cannot link to {}: {e}", first.rel.display()))?;
+        Ok(true)
+    }
+
+    fn finish_dir(&self, it: &Item) -> Result<(), String> {
+        let vault = self.vault;
+        self.copy_xattrs(&it.rel)?;
+        (|| {
+            if self.opts.preserve_owner {
                 vault.set_owner(&it.rel, Some(it.uid), Some(it.gid))?;
             }
             vault.set_permissions(&it.rel, it.mode)?;
             vault.set_times(&it.rel, it.accessed, it.modified)
-        })();
-        if let Err(e) = r {
-            sh.problem(
-                ProblemKind::Failed,
-                &it.rel,
-                format!("cannot set mode or times: {e}"),
-            );
-        }
+        })()
+        .map_err(|e| format!("cannot set mode or times: {e}"))
     }
-    Ok(sh.into_report(report, started))
 }
 
 fn import_file(

@@ -21,19 +21,29 @@
 //! destination already has the same size and modification time (and fixes
 //! its mode), and removes the temp files an interrupted run left behind.
 //!
+//! Hard links: a file with several names is copied once, under its first
+//! name (in path order), and its other names become hard links of it (in
+//! the volume: names in its link table; in a plain tree: `link(2)`). A
+//! re-run leaves a name that is already a link of the same file alone.
+//! Extended attributes of files and directories are copied: `user.*` and
+//! the POSIX ACLs, `security.*` and `trusted.*` as root (symlinks' are
+//! not). A volume without the `hard-links` or `xattrs` feature (run
+//! `sealfs upgrade`) reports the names and attributes it could not keep.
+//!
 //! Not copied, and reported: FIFOs, sockets and device nodes; entries that
-//! cannot be read; files that changed while they were being read. A file
-//! with several hard links is copied once per name (sealfs has no hard
-//! links), which the report notes.
+//! cannot be read; files that changed while they were being read.
 //!
 //! Layout: this module holds what both directions share (options,
-//! progress, the report, the worker pool); `import` and `export` each
-//! scan their source and copy.
+//! progress, the report, the job loop and worker pool, xattrs of plain
+//! paths); `import` and `export` each scan their source and say how one
+//! entry is made (the `Direction` trait).
 //!
 //! Owns: the walk, the worker pool, skip and temp-file rules, the report.
 //! Must never: log names, contents or keys (paths appear only in the
 //! report handed back to the caller).
 
+use std::collections::HashMap;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
@@ -126,7 +136,8 @@ pub struct Report {
     pub directories_created: u64,
     /// Directories visited in all.
     pub directories: u64,
-    /// Files with more than one hard link, copied once per name.
+    /// Names made (or found) as hard links of a file copied under its
+    /// first name.
     pub hard_linked: u64,
     /// Temp files of an earlier, interrupted run that were removed.
     pub leftovers_removed: u64,
@@ -158,6 +169,195 @@ struct Item {
     size: u64,
     accessed: SystemTime,
     modified: SystemTime,
+    /// Of a file with several names: what they share (device and inode
+    /// at the source), so that only the first is copied and the others
+    /// become hard links of it.
+    link: Option<(u64, u64)>,
+}
+
+/// One direction of a transfer: how an entry found by the scan is made at
+/// the destination (import: into the volume; export: into a plain tree).
+/// The order of the steps is [`run_jobs`]'s.
+trait Direction: Sync {
+    /// Creates the directory `it` at the destination, or finds it there,
+    /// writable for the copy (its real mode comes last): whether it was
+    /// made, and how many temp files of an interrupted run it removed.
+    fn make_dir(&self, it: &Item) -> Result<(bool, u64), String>;
+    /// Copies a regular file (content, owner, mode, times, xattrs).
+    fn copy_file(&self, it: &Item, sh: &Shared<'_>, buf: &mut [u8]) -> EntryResult;
+    /// Copies a symlink.
+    fn copy_symlink(&self, it: &Item, sh: &Shared<'_>) -> EntryResult;
+    /// Makes `it` a hard link of `first`, copied before; true if it was
+    /// made, false if `it` was already a name of the same file.
+    fn link(&self, first: &Item, it: &Item) -> Result<bool, String>;
+    /// Owner, mode, times and xattrs of a directory, once it is filled.
+    fn finish_dir(&self, it: &Item) -> Result<(), String>;
+}
+
+/// The job loop both directions share: directories in tree order (one
+/// that cannot be made takes its subtree out of the copy), files and
+/// symlinks by `opts.threads` workers, then the other names of files
+/// with several as hard links of the first, and last the directories'
+/// attributes, deepest first.
+fn run_jobs(
+    items: &[Item],
+    d: &dyn Direction,
+    opts: &Options,
+    sh: &Shared<'_>,
+    report: &mut Report,
+) {
+    let progress = sh.progress;
+    let mut failed_dirs: Vec<PathBuf> = Vec::new();
+    let under_failed =
+        |rel: &Path, failed: &[PathBuf]| failed.iter().any(|f| rel.starts_with(f) && rel != f);
+    for it in items.iter().filter(|i| i.kind == EntryKind::Dir) {
+        if under_failed(&it.rel, &failed_dirs) {
+            failed_dirs.push(it.rel.clone());
+            continue;
+        }
+        report.directories += 1;
+        match d.make_dir(it) {
+            Ok((made, leftovers)) => {
+                report.directories_created += u64::from(made);
+                report.leftovers_removed += leftovers;
+            }
+            Err(msg) => {
+                sh.problem(ProblemKind::Failed, &it.rel, msg);
+                failed_dirs.push(it.rel.clone());
+            }
+        }
+    }
+
+    let mut first_names: HashMap<(u64, u64), &Item> = HashMap::new();
+    let mut other_names: Vec<(&Item, &Item)> = Vec::new();
+    let mut jobs: Vec<&Item> = Vec::new();
+    for i in items.iter().filter(|i| i.kind != EntryKind::Dir) {
+        if under_failed(&i.rel, &failed_dirs) {
+            progress.files_done.fetch_add(1, Relaxed);
+            progress.bytes_done.fetch_add(i.size, Relaxed);
+            continue;
+        }
+        if let Some(key) = i.link {
+            if let Some(first) = first_names.get(&key) {
+                other_names.push((first, i));
+                continue;
+            }
+            first_names.insert(key, i);
+        }
+        jobs.push(i);
+    }
+    pool(&jobs, opts.threads, |it, buf| {
+        let r = match it.kind {
+            EntryKind::File => d.copy_file(it, sh, buf),
+            EntryKind::Symlink => d.copy_symlink(it, sh),
+            EntryKind::Dir | EntryKind::Other => Ok(()),
+        };
+        if let Err((kind, msg)) = r {
+            sh.problem(kind, &it.rel, msg);
+        }
+        progress.files_done.fetch_add(1, Relaxed);
+    });
+
+    for (first, it) in other_names {
+        let r = if sh.has_problem(&first.rel) {
+            Err(format!(
+                "not linked: its first name {} was not copied",
+                first.rel.display()
+            ))
+        } else {
+            d.link(first, it)
+        };
+        match r {
+            Ok(made) => {
+                report.hard_linked += 1;
+                if !made {
+                    sh.files_unchanged.fetch_add(1, Relaxed);
+                }
+            }
+            Err(msg) => sh.problem(ProblemKind::Failed, &it.rel, msg),
+        }
+        progress.files_done.fetch_add(1, Relaxed);
+        progress.bytes_done.fetch_add(it.size, Relaxed);
+    }
+
+    for it in items.iter().rev().filter(|i| i.kind == EntryKind::Dir) {
+        if failed_dirs.contains(&it.rel) {
+            continue;
+        }
+        if let Err(msg) = d.finish_dir(it) {
+            sh.problem(ProblemKind::Failed, &it.rel, msg);
+        }
+    }
+}
+
+/// Whether the extended attribute `name` is copied: `user.*` and the POSIX
+/// ACLs always, `security.*` and `trusted.*` when running as root (as
+/// `cp -a` and `rsync -X` do); sealfs's own backing names never.
+fn copies_xattr(name: &str) -> bool {
+    if name.starts_with("user.sealfs.") || name.starts_with("trusted.sealfs.") {
+        return false;
+    }
+    if name.starts_with("user.")
+        || name == "system.posix_acl_access"
+        || name == "system.posix_acl_default"
+    {
+        return true;
+    }
+    // SAFETY: geteuid has no failure mode.
+    let root = unsafe { libc::geteuid() } == 0;
+    root && (name.starts_with("security.") || name.starts_with("trusted."))
+}
+
+/// The parent directory of a plain path, opened, and the path's last
+/// component: where the `*at`-style xattr calls of [`crate::sys`] look.
+fn plain_parent(path: &Path) -> std::io::Result<(std::fs::File, std::ffi::OsString)> {
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        })?;
+    Ok((dir, name.to_os_string()))
+}
+
+/// The copied extended attributes of a plain file or directory (not
+/// following a symlink), as (name, value), sorted by name.
+fn plain_xattrs(path: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    use std::os::fd::AsFd;
+    let (dir, name) = plain_parent(path)?;
+    let mut out = Vec::new();
+    for n in crate::sys::list_xattrs(dir.as_fd(), &name)? {
+        let Ok(n) = String::from_utf8(n) else {
+            continue;
+        };
+        if !copies_xattr(&n) {
+            continue;
+        }
+        if let Some(v) = crate::sys::get_xattr(dir.as_fd(), &name, &n)? {
+            out.push((n, v));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Sets extended attributes on a plain file or directory.
+fn set_plain_xattrs(path: &Path, attrs: &[(String, Vec<u8>)]) -> std::io::Result<()> {
+    use std::os::fd::AsFd;
+    if attrs.is_empty() {
+        return Ok(());
+    }
+    let (dir, name) = plain_parent(path)?;
+    for (n, v) in attrs {
+        crate::sys::set_xattr(dir.as_fd(), &name, n, v, 0)?;
+    }
+    Ok(())
 }
 
 struct Shared<'a> {
@@ -193,6 +393,15 @@ impl<'a> Shared<'a> {
                 path: rel.to_path_buf(),
                 message,
             });
+    }
+
+    /// Whether a problem was reported for `rel`.
+    fn has_problem(&self, rel: &Path) -> bool {
+        self.problems
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|p| p.path == rel)
     }
 
     fn into_report(self, mut base: Report, started: Instant) -> Report {

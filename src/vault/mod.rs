@@ -144,6 +144,10 @@ pub struct Metadata {
     pub accessed: SystemTime,
     /// Last modification of the content.
     pub modified: SystemTime,
+    /// Names of a file (its backing inode's link count: exact).
+    pub nlink: u64,
+    /// The backing inode number: the same for every name of a file.
+    pub ino: u64,
 }
 
 fn time_of(secs: i64, nsec: i64) -> SystemTime {
@@ -490,6 +494,8 @@ impl Vault {
             gid: st.st_gid,
             accessed: time_of(st.st_atime, st.st_atime_nsec),
             modified: time_of(st.st_mtime, st.st_mtime_nsec),
+            nlink: st.st_nlink,
+            ino: st.st_ino,
         })
     }
 
@@ -585,11 +591,22 @@ impl Vault {
     }
 
     /// Removes the file or symlink (or other non-directory) at `path`.
+    /// A name of a linked file also leaves the file's link table, as
+    /// through the mount (else the table would still vouch for it).
     pub fn remove_file(&self, path: &Path) -> Result<(), VaultError> {
         self.check_writable()?;
-        let (parent, bn, _) = self.locate(path)?;
+        let (parent, bn, name) = self.locate(path)?;
         let _ns = self.vol.namespace().write();
-        match namespace::unlink(parent.fd.as_fd(), &bn) {
+        let ctx = EncryptionContext {
+            parent_dir_id: parent.dir.id,
+            name: name.as_bytes(),
+        };
+        let end = namespace::RenameEnd {
+            dir: parent.fd.as_fd(),
+            name: &bn,
+            ctx: &ctx,
+        };
+        match namespace::remove_name(&self.vol, end) {
             Ok(_) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
                 Err(VaultError::NotAFile(path.to_path_buf()))

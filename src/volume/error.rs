@@ -138,6 +138,7 @@ impl VolumeError {
                 | VolumeError::LinkNotListed
                 | VolumeError::LinkTable(LinkTableError::Tampered)
                 | VolumeError::LinkTable(LinkTableError::Malformed)
+                | VolumeError::LinkTable(LinkTableError::RolledBack)
                 | VolumeError::Xattr(XattrError::Tampered)
                 | VolumeError::RootAttrs(_)
         )

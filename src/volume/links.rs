@@ -8,10 +8,12 @@
 //!   beside the path slot, flag set → fdatasync → backing `linkat` → the
 //!   path slot goes (no sync);
 //! * link of a linked file: the table with the new tag, durably (inline:
-//!   pwrite + fdatasync; external: setxattr + fsync; moving out: the
-//!   external table + fsync, then the inline note + fdatasync) → `linkat`;
+//!   pwrite + fdatasync; external: setxattr + fsync, then the inline note
+//!   pinning its generation + fdatasync) → `linkat`;
 //! * unlink of one name of a linked file: backing `unlinkat` → its tag
-//!   goes (no sync: a stale tag is harmless);
+//!   goes (inline: no sync, a stale tag is harmless; external: setxattr +
+//!   fsync before the note pins the new generation, so a note is never
+//!   ahead of the table it pins);
 //! * rename of a linked file: the new tag, durably → `renameat2` → fsync of
 //!   the new parent → the old tag goes.
 //!
@@ -31,8 +33,8 @@ use crate::format::config::FEATURE_HARD_LINKS;
 use crate::format::header::FLAG_LINKED;
 use crate::format::header::{Binding, EncryptionContext, HeaderError, RecordKind, SealedRecord};
 use crate::format::links::{
-    Inline, LinkKeys, LinkTable, LinkTableError, LINKS_XATTR, LINK_TABLE_LEN, LINK_TABLE_OFFSET,
-    MAX_LINKS,
+    external_generation_ok, Inline, LinkKeys, LinkTable, LinkTableError, LINKS_XATTR,
+    LINK_TABLE_LEN, LINK_TABLE_OFFSET, MAX_LINKS,
 };
 use crate::sys::{self, TimeSpec};
 use crate::volume::{content, Volume, VolumeError};
@@ -143,9 +145,14 @@ impl Volume {
                 table,
                 external: false,
             }),
-            Inline::External { .. } => {
+            note @ Inline::External { .. } => {
                 let bytes = sys::fget_xattr(file, LINKS_XATTR)?.ok_or(LinkTableError::Tampered)?;
                 let table = keys.open_external(&bytes)?;
+                if !external_generation_ok(&note, table.generation) {
+                    // An older value put back: it may list a name the
+                    // file no longer has.
+                    return Err(LinkTableError::RolledBack.into());
+                }
                 Ok(Links {
                     keys,
                     table,
@@ -256,19 +263,15 @@ impl Volume {
         }
         let ext = links.keys.seal_external(&links.table)?;
         sys::fset_xattr(file, LINKS_XATTR, &ext, 0).map_err(full_or_io)?;
-        if durable || !links.external {
-            // Moving out: the external table must be durable before the
-            // inline area says it is there.
-            file.sync_all()?;
+        // The external table is durable before the inline note pins its
+        // generation (a note ahead of the table would refuse it).
+        file.sync_all()?;
+        let note = links.keys.seal_inline(None, links.table.generation)?;
+        sys::write_all_at(file, &note, LINK_TABLE_OFFSET)?;
+        if durable {
+            file.sync_data()?;
         }
-        if !links.external {
-            let note = links.keys.seal_inline(None, links.table.generation)?;
-            sys::write_all_at(file, &note, LINK_TABLE_OFFSET)?;
-            if durable {
-                file.sync_data()?;
-            }
-            links.external = true;
-        }
+        links.external = true;
         Ok(())
     }
 

@@ -6,7 +6,8 @@
 //! whether it does.
 //!
 //! Owns: reading, writing, listing and removing an object's sealed
-//! attributes, and the keys of each kind of object ([`Directory`]'s).
+//! attributes, the keys of each kind of object ([`Directory`]'s), and
+//! the ids of keyless nodes.
 //! Must never: decide who may see an attribute (the frontend asks
 //! [`crate::policy`]), or log names or values.
 
@@ -14,7 +15,9 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::fd::BorrowedFd;
 
-use crate::format::xattrs::{check_name, Owner, XattrCipher, TRUSTED_PREFIX, USER_PREFIX};
+use crate::format::xattrs::{
+    check_name, Owner, XattrCipher, NODE_ID_XATTR, TRUSTED_PREFIX, USER_PREFIX,
+};
 use crate::sys;
 use crate::volume::{Directory, VolumeError};
 
@@ -30,9 +33,43 @@ impl Directory {
     }
 
     /// The attribute keys of keyless nodes (symlinks, FIFOs, sockets,
-    /// devices): derived from the root directory's key (call on the root).
+    /// devices) of a volume without `keyless-xattr-ids`: derived from the
+    /// root directory's key and bound to its id (call on the root).
     pub fn keyless_xattr_cipher(&self) -> XattrCipher {
         XattrCipher::new(&self.key, self.id, Owner::Keyless)
+    }
+
+    /// The attribute keys of the keyless node whose id is `node_id`
+    /// (feature `keyless-xattr-ids`; see [`keyless_node_id`]): from the
+    /// root directory's key (call on the root), bound to the node.
+    pub fn node_xattr_cipher(&self, node_id: [u8; 16]) -> XattrCipher {
+        XattrCipher::new(&self.key, node_id, Owner::Keyless)
+    }
+}
+
+/// The id of the keyless node `entry` of `dir` (its [`NODE_ID_XATTR`]):
+/// None if it has none yet; with `create`, a new random one is stored
+/// first (before any attribute sealed under it). A value of another
+/// length is an integrity failure (EIO).
+pub fn keyless_node_id(
+    dir: BorrowedFd<'_>,
+    entry: &OsStr,
+    create: bool,
+) -> io::Result<Option<[u8; 16]>> {
+    let eio = || io::Error::from_raw_os_error(libc::EIO);
+    if let Some(v) = sys::get_xattr(dir, entry, NODE_ID_XATTR)? {
+        return v.try_into().map(Some).map_err(|_| eio());
+    }
+    if !create {
+        return Ok(None);
+    }
+    let mut id = [0u8; 16];
+    crate::crypto::fill_random(&mut id).map_err(|_| eio())?;
+    match sys::set_xattr(dir, entry, NODE_ID_XATTR, &id, libc::XATTR_CREATE) {
+        Ok(()) => Ok(Some(id)),
+        // Made meanwhile by another request: that one counts.
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => keyless_node_id(dir, entry, false),
+        Err(e) => Err(e),
     }
 }
 

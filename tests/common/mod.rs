@@ -493,6 +493,22 @@ impl Fixture {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `sealfs fsck CIPHERDIR --json EXTRA…` offline: its exit code and
+    /// report (`Null` if it printed none).
+    pub fn fsck_json(&self, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
+        let mut args: Vec<&OsStr> = vec![
+            "fsck".as_ref(),
+            self.cipher.as_os_str(),
+            "--passfile".as_ref(),
+            self.passfile.as_os_str(),
+            "--json".as_ref(),
+        ];
+        args.extend(extra.iter().map(OsStr::new));
+        let out = sealfs(&args);
+        let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        (out.status.code(), v)
+    }
+
     /// Mounts with the fixture's own control socket (`--ctl-socket`) and extra arguments.
     pub fn mount_ctl_with(&mut self, extra: &[&str]) {
         let sock = self
@@ -778,4 +794,54 @@ pub fn mount_expect_failure(cipher: &Path, mnt: &Path, args: &[&OsStr]) -> Outpu
         );
     }
     out
+}
+
+/// A size-limited tmpfs mounted on a directory (a small backing disk for
+/// the full-disk tests); unmounted on drop, lazily if still busy.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, size: &str) -> Self {
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o"])
+                .arg(format!("size={size},mode=0700"))
+                .arg("sealfs-test-tmpfs")
+                .arg(dir),
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let quiet = |args: &[&str]| {
+            Command::new("umount")
+                .args(args)
+                .arg(&self.0)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        };
+        if !quiet(&[]) {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            if !quiet(&[]) {
+                quiet(&["-l"]);
+            }
+        }
+    }
+}
+
+/// The seed of a crash harness: `SEALFS_CRASH_SEED` (a replay), else the
+/// clock.
+pub fn crash_seed() -> u64 {
+    match std::env::var("SEALFS_CRASH_SEED") {
+        Ok(s) => s.parse().expect("SEALFS_CRASH_SEED is a u64"),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    }
 }

@@ -296,7 +296,7 @@ pub(crate) enum Command {
     Audit(AuditCommand),
     /// Encrypt an existing directory tree into a volume, without mounting.
     #[command(
-        after_help = "Examples:\n  sealfs import ~/photos ~/photos.enc                      # creates the volume, asks for a passphrase twice\n  sealfs import ~/photos ~/photos.enc --passfile ~/.vault-pass\n  sealfs import ~/photos ~/photos.enc --passfile P --json | jq .problems\n\nPLAINDIR's content lands in the volume's root. CIPHERDIR is created (as by\n'sealfs init', with the same secret options) when it does not exist or is an\nempty directory; an existing volume must not be mounted. Files are copied by\nseveral threads; modes, access and modification times, symlinks and empty\ndirectories are kept (owners too, as root). Each file is written to a temp\nfile and renamed into place once complete, so an interrupted import can simply\nbe run again: files already there with the same size and mtime are skipped.\nFIFOs, sockets and devices are not copied (reported); a file with several\nhard links is copied once per name. A progress bar is drawn on a terminal.\n\nExit codes: 0 everything copied, 3 some entries not copied (listed), 1 error,\n12 wrong passphrase or key file, 23 CIPHERDIR is not a sealfs volume."
+        after_help = "Examples:\n  sealfs import ~/photos ~/photos.enc                      # creates the volume, asks for a passphrase twice\n  sealfs import ~/photos ~/photos.enc --passfile ~/.vault-pass\n  sealfs import ~/photos ~/photos.enc --passfile P --json | jq .problems\n\nPLAINDIR's content lands in the volume's root. CIPHERDIR is created (as by\n'sealfs init', with the same secret options) when it does not exist or is an\nempty directory; an existing volume must not be mounted. Files are copied by\nseveral threads; modes, access and modification times, symlinks and empty\ndirectories are kept (owners too, as root). Each file is written to a temp\nfile and renamed into place once complete, so an interrupted import can simply\nbe run again: files already there with the same size and mtime are skipped.\nFIFOs, sockets and devices are not copied (reported); hard links are kept\n(copied once, the other names linked) and so are xattrs (user.*, ACLs;\nsecurity.* and trusted.* as root). A progress bar is drawn on a terminal.\n\nExit codes: 0 everything copied, 3 some entries not copied (listed), 1 error,\n12 wrong passphrase or key file, 23 CIPHERDIR is not a sealfs volume."
     )]
     Import {
         /// The plain directory tree to encrypt.
@@ -331,9 +331,9 @@ pub(crate) enum Command {
     /// Keyslots: the roots of trust that unlock a volume (list, add, remove, rewrap).
     #[command(subcommand)]
     Keyslot(KeyslotCommand),
-    /// Upgrade a volume made before keyslots (keyring layout 1) in place.
+    /// Upgrade an older volume in place: keyslots (keyring layout 1), and the hard-links and xattrs features.
     #[command(
-        after_help = "Example:\n  sealfs upgrade ~/vault.enc --passfile ~/.vault-pass\n\nThe keyring is re-sealed under a new random key-encryption key held by one\nkeyslot for the same passphrase or key file; no file is touched. Older sealfs\nversions refuse the volume afterwards. 'sealfs keyslot add' upgrades too."
+        after_help = "Example:\n  sealfs upgrade ~/vault.enc --passfile ~/.vault-pass\n\nA volume made before keyslots: the keyring is re-sealed under a new random\nkey-encryption key held by one keyslot for the same passphrase or key file\n('sealfs keyslot add' upgrades that too). A volume made before hard links and\nextended attributes gains the features 'hard-links' and 'xattrs' in\nsealfs.toml. No file's content is touched. Older sealfs versions refuse the\nvolume afterwards."
     )]
     Upgrade {
         /// The volume's cipher directory (not mounted).

@@ -12,6 +12,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use sealfs::ctl::protocol::KeyslotStatus;
+use sealfs::format::config::{FEATURE_HARD_LINKS, FEATURE_XATTRS};
 use sealfs::format::keyring::{layout_of, KekSource};
 use sealfs::keyring::provider::recovery::RecoveryKey;
 use sealfs::keyring::{KeyProvider, Unlock, UnlockSecret, KEYRING_FILE};
@@ -82,21 +83,50 @@ fn upgrade(o: &Offline, s: &UnlockSecret) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `sealfs upgrade`: a layout-1 keyring gets keyslots, and a volume made
+/// before hard links or extended attributes gains those feature flags
+/// (`sealfs.toml` rewritten durably: temporary file, fsync, rename; no
+/// other file is touched, docs/FORMAT.md §1.1). Nothing to do is an error.
 pub(crate) fn cmd_upgrade(cipherdir: &Path, secret: &SecretArgs) -> Result<(), CliError> {
     check_is_volume(cipherdir)?;
-    if layout(cipherdir, secret.keyring_dir.as_deref())? >= 2 {
-        return Err(CliError::new(
-            exit::ERROR,
-            format!("{} already has keyslots", cipherdir.display()),
-        ));
-    }
     let s = read_secret(secret, false)?;
     let o = open_offline_with(
         cipherdir,
         &Unlock::new().with(clone_secret(&s)),
         secret.accept_rollback,
     )?;
-    upgrade(&o, &s)
+    let layout1 = layout(cipherdir, secret.keyring_dir.as_deref())? < 2;
+    if layout1 {
+        upgrade(&o, &s)?;
+    }
+    let added = o
+        .vol
+        .update_config(|c| {
+            let missing: Vec<String> = [FEATURE_HARD_LINKS, FEATURE_XATTRS]
+                .iter()
+                .filter(|f| !c.has_feature(f))
+                .map(|f| f.to_string())
+                .collect();
+            c.features.extend(missing.iter().cloned());
+            Ok(missing)
+        })
+        .map_err(|e| CliError::new(exit::ERROR, format!("cannot update sealfs.toml: {e}")))?;
+    if !added.is_empty() {
+        eprintln!(
+            "sealfs: added the feature{} {} (hard links and extended attributes work from the next mount; older sealfs versions refuse this volume now)",
+            if added.len() > 1 { "s" } else { "" },
+            added.join(", ")
+        );
+    } else if !layout1 {
+        return Err(CliError::new(
+            exit::ERROR,
+            format!(
+                "{} is up to date: it has keyslots, hard links and extended attributes",
+                cipherdir.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// What `keyslot list --json` prints.

@@ -67,7 +67,7 @@ fn finish_transfer<T: Serialize>(
         }
         if report.hard_linked > 0 {
             eprintln!(
-                "sealfs: note: {} file(s) had more than one hard link; sealfs has no hard links, so each name got its own copy",
+                "sealfs: {} name(s) kept as hard links of a file copied under another name",
                 report.hard_linked
             );
         }

@@ -205,7 +205,10 @@ pub(in crate::fs) fn open(
         } else {
             FopenFlags::FOPEN_KEEP_CACHE
         };
-        Ok((fs.new_handle(Handle::File(inode, f, grant)), flags))
+        Ok((
+            fs.new_handle(SealFs::file_handle_on(inode, f, grant)),
+            flags,
+        ))
     })();
     match r {
         Ok((fh, flags)) => reply.opened(FileHandle(fh), flags),
@@ -341,7 +344,7 @@ pub(in crate::fs) fn create(
         } else {
             FopenFlags::FOPEN_KEEP_CACHE
         };
-        let fh = fs.new_handle(Handle::File(inode, f, grant));
+        let fh = fs.new_handle(SealFs::file_handle_on(inode, f, grant));
         Ok((a, fh, flags))
     })();
     fs.dir_changed(parent);

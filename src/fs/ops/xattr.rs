@@ -29,7 +29,7 @@ use crate::format::header::EncryptionContext;
 use crate::format::xattrs::{check_name, XattrCipher, ACL_ACCESS, ACL_DEFAULT, CAPABILITY};
 use crate::policy::{Caller, Event};
 use crate::volume::backing::{self, TimeSpec};
-use crate::volume::xattrs::{has_sealed, Attrs};
+use crate::volume::xattrs::{has_sealed, keyless_node_id, Attrs};
 use crate::volume::{EntryKind, VolumeError};
 
 use crate::fs::inodes::Inode;
@@ -94,14 +94,30 @@ impl SealFs {
     }
 
     /// The attribute keys of `inode` (a file's come from its data key: its
-    /// header is opened once, and that use of the key is recorded).
-    fn xattr_cipher(&self, req: &Request, inode: &Arc<Inode>) -> FsResult<Arc<XattrCipher>> {
+    /// header is opened once, and that use of the key is recorded). A
+    /// keyless node's are bound to its id (`keyless-xattr-ids`), which
+    /// `for_set` makes if it has none yet; without one and not `for_set`,
+    /// keys under which nothing opens (not kept: the id may come).
+    fn xattr_cipher(
+        &self,
+        req: &Request,
+        inode: &Arc<Inode>,
+        for_set: bool,
+    ) -> FsResult<Arc<XattrCipher>> {
         if let Some(c) = Self::xstate(inode, |s| s.cipher.clone()) {
             return Ok(c);
         }
         self.check_enabled()?;
         let cipher = match inode.kind {
             EntryKind::Dir => self.dir_of(inode)?.xattr_cipher(),
+            EntryKind::Symlink | EntryKind::Other if self.features.keyless_ids => {
+                let root = self.root_dir()?;
+                let id = self.with_backing(inode, |d, e| keyless_node_id(d, e, for_set))?;
+                match id {
+                    Some(id) => root.node_xattr_cipher(id),
+                    None => return Ok(Arc::new(root.node_xattr_cipher([0; 16]))),
+                }
+            }
             EntryKind::Symlink | EntryKind::Other => self.root_dir()?.keyless_xattr_cipher(),
             EntryKind::File => {
                 let _ns = self.vol.namespace().read_recursive();
@@ -164,7 +180,7 @@ impl SealFs {
         if self.has_no_xattrs(inode)? {
             return Ok(None);
         }
-        let cipher = self.xattr_cipher(req, inode)?;
+        let cipher = self.xattr_cipher(req, inode, false)?;
         let r = self.with_backing(inode, |dir, entry| {
             Attrs {
                 dir,
@@ -189,7 +205,7 @@ impl SealFs {
         if value.is_none() && self.has_no_xattrs(inode)? {
             return Err(Errno::NO_XATTR);
         }
-        let cipher = self.xattr_cipher(req, inode)?;
+        let cipher = self.xattr_cipher(req, inode, value.is_some())?;
         let r = self.with_backing(inode, |dir, entry| {
             let a = Attrs {
                 dir,
@@ -510,7 +526,7 @@ pub(in crate::fs) fn listxattr(
         if fs.has_no_xattrs(&inode)? {
             return Ok(Vec::new());
         }
-        let cipher = fs.xattr_cipher(req, &inode)?;
+        let cipher = fs.xattr_cipher(req, &inode, false)?;
         let names = fs
             .with_backing(&inode, |dir, entry| {
                 Attrs {

@@ -114,6 +114,9 @@ pub struct SealedFile {
     csize: u64,
     /// A write failed with this errno: later writes fail with it too.
     poisoned: Option<i32>,
+    /// Writes that could not be stored so far, and the errno of the last
+    /// one: a handle reports each new one once at close (FLUSH).
+    write_errors: (u32, i32),
 }
 
 impl SealedFile {
@@ -175,6 +178,7 @@ impl SealedFile {
             found: None,
             csize,
             poisoned: None,
+            write_errors: (0, 0),
         }
     }
 
@@ -316,6 +320,24 @@ impl SealedFile {
     /// stored (None: writes work). Setting the size clears it.
     pub fn poisoned(&self) -> Option<i32> {
         self.poisoned
+    }
+
+    /// How many writes of this open file could not be stored, and the
+    /// errno of the last one (0 if none): a handle compares the count
+    /// with the one it saw at open to report a new failure once, at
+    /// close, as ext4 and NFS report a writeback error.
+    pub fn write_errors(&self) -> (u32, i32) {
+        self.write_errors
+    }
+
+    /// A write could not be stored with `e` (not an integrity failure):
+    /// the file is poisoned with its errno and the failure counted.
+    fn poison_with(&mut self, e: &VolumeError) {
+        if !e.is_integrity() {
+            let errno = e.errno();
+            self.poisoned = Some(errno);
+            self.write_errors = (self.write_errors.0.wrapping_add(1), errno);
+        }
     }
 
     // ------------------------------------------------------------ chunks
@@ -604,6 +626,7 @@ impl SealedFile {
             found: self.found,
             csize: self.csize,
             poisoned: None,
+            write_errors: (0, 0),
         })
     }
 }

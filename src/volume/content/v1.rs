@@ -79,9 +79,7 @@ impl SealedFile {
                     let _ = self.put_chunk(*ol, true, plain);
                 }
             }
-            if !e.is_integrity() {
-                self.poisoned = Some(e.errno());
-            }
+            self.poison_with(&e);
             return Err(e);
         }
         self.size = new;

@@ -327,9 +327,7 @@ impl SealedFile {
 
     /// Poisons the file with `e`'s errno and returns `e`.
     fn poison(&mut self, e: VolumeError) -> VolumeError {
-        if !e.is_integrity() {
-            self.poisoned = Some(e.errno());
-        }
+        self.poison_with(&e);
         e
     }
 

@@ -370,6 +370,44 @@ impl Checker<'_> {
         }
     }
 
+    /// The sealed attributes of a symlink or special node: under the
+    /// node's id (`keyless-xattr-ids`; a node without one has none that
+    /// open) or, on an older volume, the root directory's. Nothing to check
+    /// against while the root's key is unknown.
+    pub(super) fn check_keyless_xattrs(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        entry: &OsStr,
+        path: &[u8],
+        rel: &Path,
+    ) {
+        let Some(root) = self.root_dir.clone() else {
+            return;
+        };
+        let cipher = if self
+            .vol
+            .config()
+            .has_feature(crate::format::config::FEATURE_KEYLESS_XATTR_IDS)
+        {
+            match crate::volume::xattrs::keyless_node_id(dir, entry, false) {
+                Ok(id) => root.node_xattr_cipher(id.unwrap_or([0; 16])),
+                Err(_) => {
+                    self.problem(
+                        ProblemKind::Xattr,
+                        Some(path),
+                        rel,
+                        "the node id (trusted.sealfs.node) is malformed: its attributes cannot open"
+                            .to_string(),
+                    );
+                    return;
+                }
+            }
+        } else {
+            root.keyless_xattr_cipher()
+        };
+        self.check_xattrs(dir, entry, &cipher, path, rel);
+    }
+
     /// Every sealed attribute of an object must open with its keys (a value
     /// moved from another object or name, or tampered with, does not).
     /// Salvage removes one that does not: it cannot be read again.

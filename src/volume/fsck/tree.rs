@@ -371,8 +371,12 @@ impl Checker<'_> {
                         "the target cannot be recovered; remove or recreate the link",
                     );
                 }
+                self.check_keyless_xattrs(parent, OsStr::new(entry), path, rel);
             }
-            EntryKind::Other => self.report.stats.other += 1,
+            EntryKind::Other => {
+                self.report.stats.other += 1;
+                self.check_keyless_xattrs(parent, OsStr::new(entry), path, rel);
+            }
         }
     }
 }
