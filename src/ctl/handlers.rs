@@ -35,8 +35,8 @@ use crate::policy::{read_proc, Event};
 use crate::volume::{Volume, VolumeError};
 
 /// A failed request: its error code and message.
-type Failure = (ErrorCode, String);
-type Handled = Result<Value, Failure>;
+pub(super) type Failure = (ErrorCode, String);
+pub(super) type Handled = Result<Value, Failure>;
 
 /// Records a control request refused because `peer` is neither the
 /// mount owner nor root (aggregated like every denial).
@@ -62,7 +62,8 @@ pub(super) fn handle(
 ) -> String {
     let r = match &req.op {
         Op::AuditExport { .. } => export_audit(ctx, &req.op, out),
-        _ => dispatch(ctx, &req.op, peer),
+        _ => super::key_handlers::dispatch_keyed(ctx, &req.op, req.key.as_deref(), peer)
+            .unwrap_or_else(|| dispatch(ctx, &req.op, peer)),
     };
     match r {
         Ok(v) => ok_line(&req.id, v),
@@ -71,7 +72,7 @@ pub(super) fn handle(
 }
 
 /// A result as the `result` object of a response.
-fn reply<T: Serialize>(t: &T) -> Handled {
+pub(super) fn reply<T: Serialize>(t: &T) -> Handled {
     serde_json::to_value(t).map_err(|e| (ErrorCode::Internal, e.to_string()))
 }
 
@@ -89,7 +90,7 @@ fn vol_err(e: VolumeError) -> Failure {
     (vol_code(&e), e.to_string())
 }
 
-fn key_err(e: KeyError) -> Failure {
+pub(super) fn key_err(e: KeyError) -> Failure {
     let code = match &e {
         KeyError::Invalid(_) => ErrorCode::Invalid,
         KeyError::ReadOnlyMount => ErrorCode::ReadOnly,
@@ -103,7 +104,7 @@ fn key_err(e: KeyError) -> Failure {
 }
 
 /// The key service for a request by `peer`.
-fn keys(ctx: &ControlContext, peer: Peer) -> KeyService<'_> {
+pub(super) fn keys(ctx: &ControlContext, peer: Peer) -> KeyService<'_> {
     KeyService::on_mount(
         &ctx.vol,
         OnMount {
@@ -124,6 +125,16 @@ fn dispatch(ctx: &ControlContext, op: &Op, peer: Peer) -> Handled {
         | Op::GrantRetire { .. }
         | Op::GrantRevoke { .. } => handle_grant(ctx, op, peer),
         Op::AuditExport { .. } => Err((ErrorCode::Invalid, "audit_export streams".into())),
+        Op::KeyCreate { .. }
+        | Op::KeyList
+        | Op::KeyAliasAdd { .. }
+        | Op::KeyAliasRemove { .. }
+        | Op::KeyAssign { .. }
+        | Op::KeyUnassign { .. }
+        | Op::RewrapPath { .. } => Err((
+            ErrorCode::Internal,
+            "named-key requests are answered by key_handlers".into(),
+        )),
         Op::AuditVerify => {
             ctx.access.flush_denials();
             if let Some(a) = ctx.access.audit_log() {

@@ -15,6 +15,7 @@
 //! Must never: log or expose key bytes; wrap under a version that is not
 //! enabled; store a layout the volume's config does not announce.
 
+mod named;
 pub mod provider;
 mod secret;
 mod slots;
@@ -30,6 +31,7 @@ use crate::format::keyring::{
     MasterKeyVersion,
 };
 use crate::sys;
+pub use named::NewKey;
 pub use provider::{KeyProvider, KmsAuthority, KmsSeen, ProviderError, Unlock, Unlocker};
 pub use secret::{SecretError, UnlockSecret};
 pub use slots::{slots_of, SlotInfo};
@@ -523,9 +525,9 @@ impl Keyring {
 
     fn version_mut(&mut self, version: u32) -> Result<&mut MasterKeyVersion, KeyringError> {
         self.body
-            .default_mut()
-            .versions
+            .keys
             .iter_mut()
+            .flat_map(|k| k.versions.iter_mut())
             .find(|v| v.version == version)
             .ok_or_else(|| KeyringError::Lifecycle(format!("no key version {version}")))
     }
@@ -534,25 +536,7 @@ impl Keyring {
     /// primary (RotateKeyOnDemand). Version numbers are global across the
     /// volume's keys. The caller stores the keyring.
     pub fn rotate(&mut self) -> Result<u32, KeyringError> {
-        let next = self
-            .body
-            .all_versions()
-            .map(|v| v.version)
-            .max()
-            .unwrap_or(0)
-            + 1;
-        let key = SecretKey::generate()?;
-        let k = self.body.default_mut();
-        k.versions.push(MasterKeyVersion {
-            version: next,
-            state: KeyState::Enabled,
-            created: now_secs(),
-            deletion_due: 0,
-            key,
-        });
-        k.primary = next;
-        self.rebuild_wrappers();
-        Ok(next)
+        self.rotate_key(self.body.default_key)
     }
 
     /// Whether the whole key is disabled (DisableKey).
@@ -573,14 +557,27 @@ impl Keyring {
     /// version): they stay in the keyring but refuse to unwrap. Returns the
     /// versions retired.
     pub fn retire_below(&mut self, min: u32) -> Result<Vec<u32>, KeyringError> {
-        let primary = self.primary();
+        self.retire_below_in(self.body.default_key, min)
+    }
+
+    /// [`Keyring::retire_below`] for the versions of key `id`.
+    pub fn retire_below_in(&mut self, id: u32, min: u32) -> Result<Vec<u32>, KeyringError> {
+        let primary = self
+            .primary_of(id)
+            .ok_or_else(|| KeyringError::Lifecycle(format!("no key {id}")))?;
         if min > primary {
             return Err(KeyringError::Lifecycle(format!(
                 "cannot retire the primary version {primary} (minimum {min} is above it)"
             )));
         }
         let mut done = Vec::new();
-        for v in self.body.default_mut().versions.iter_mut() {
+        let k = self
+            .body
+            .keys
+            .iter_mut()
+            .find(|k| k.id == id)
+            .expect("the key was found above");
+        for v in k.versions.iter_mut() {
             if v.version < min && v.state == KeyState::Enabled {
                 v.state = KeyState::Retired;
                 done.push(v.version);
@@ -664,8 +661,19 @@ impl Keyring {
     }
 
     /// The wrapping cipher for `kind` records under `version`, if that version
-    /// exists and is enabled.
+    /// exists and is enabled, and its key is usable (enabled, not expired).
     pub fn wrapper(&self, version: u32, kind: RecordKind) -> Option<SealingKey> {
+        if !self.version_usable(version) {
+            return None;
+        }
+        self.census_wrapper(version, kind)
+    }
+
+    /// The wrapping cipher for `kind` records under `version` if the version
+    /// is enabled, whatever the state of its key: for a census, which opens
+    /// headers to count them by key (a disabled key's files are counted as
+    /// its own, not as unreadable) and never reads file data.
+    pub fn census_wrapper(&self, version: u32, kind: RecordKind) -> Option<SealingKey> {
         let v = self.body.all_versions().find(|v| v.version == version)?;
         if v.state != KeyState::Enabled {
             return None;

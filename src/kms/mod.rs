@@ -35,8 +35,10 @@
 
 pub mod anchor;
 pub mod keyslots;
+mod named;
 mod offline;
 
+pub use named::{key_label, KeyInfo, KeySpec};
 pub use offline::OfflineAudit;
 
 use std::sync::atomic::Ordering;
@@ -52,6 +54,7 @@ use crate::format::keyring::KeyState;
 use crate::keyring::{now_secs, Keyring, KeyringError, UnlockSecret};
 use crate::policy::audit::AuditLog;
 use crate::policy::{AccessControl, Event};
+use crate::volume::rewrap::RewrapTo;
 use crate::volume::walk::{Census, RewrapProgress, RewrapReport};
 use crate::volume::{Volume, VolumeError};
 
@@ -381,6 +384,19 @@ impl<'a> KeyService<'a> {
     /// running. Returns the version it targets. The caller runs the walk
     /// (e.g. [`spawn_rewrap`]).
     pub fn begin_rewrap(&self, progress: &RewrapProgress) -> Result<u32, KeyError> {
+        self.begin_rewrap_to(progress, RewrapTo::OwnKey(None), None)
+    }
+
+    /// [`KeyService::begin_rewrap`] for a rewrap `to` a key, of the
+    /// entries at or below the plaintext `path` (all if `None`). Returns
+    /// the primary version of the key it targets (of the default key for
+    /// a rewrap of every key).
+    pub fn begin_rewrap_to(
+        &self,
+        progress: &RewrapProgress,
+        to: RewrapTo,
+        path: Option<&str>,
+    ) -> Result<u32, KeyError> {
         const BUSY: &str = "a rewrap is already running";
         if self.vol.read_only() {
             return Err(KeyError::ReadOnlyMount);
@@ -389,13 +405,25 @@ impl<'a> KeyService<'a> {
             return Err(KeyError::Busy(BUSY.into()));
         }
         self.check_kms()?;
-        let primary = self.vol.keyring().read().primary();
-        self.audit("rewrap", Some(primary), None)?;
+        let (primary, detail) = {
+            let kr = self.vol.keyring().read();
+            match to {
+                RewrapTo::OwnKey(None) => (kr.primary(), None),
+                RewrapTo::OwnKey(Some(k)) | RewrapTo::Key(k) => (
+                    kr.primary_of(k).unwrap_or(0),
+                    Some(match path {
+                        Some(p) => format!("{p} -> {}", key_label(&kr, k)),
+                        None => key_label(&kr, k),
+                    }),
+                ),
+            }
+        };
+        self.audit("rewrap", Some(primary), detail)?;
         if progress.running.swap(true, Ordering::AcqRel) {
             return Err(KeyError::Busy(BUSY.into()));
         }
         progress.reset();
-        Ok(self.vol.keyring().read().primary())
+        Ok(primary)
     }
 
     /// Refuses all file I/O with EACCES until [`KeyService::enable`]
@@ -470,7 +498,19 @@ impl<'a> KeyService<'a> {
     /// `min_version` the trim is refused, unless `force` (those headers then
     /// stay unreadable until [`KeyService::untrim`]).
     pub fn trim(&self, min_version: u32, force: bool) -> Result<Trimmed, KeyError> {
-        let primary = self.vol.keyring().read().primary();
+        let key = self.vol.keyring().read().default_key_id();
+        self.trim_key(key, min_version, force)
+    }
+
+    /// [`KeyService::trim`] for the versions of key `key` only.
+    pub fn trim_key(&self, key: u32, min_version: u32, force: bool) -> Result<Trimmed, KeyError> {
+        let (primary, own): (u32, Vec<u32>) = {
+            let kr = self.vol.keyring().read();
+            let k = kr
+                .key(key)
+                .ok_or_else(|| KeyError::Invalid(format!("no key {key}")))?;
+            (k.primary, k.versions.iter().map(|v| v.version).collect())
+        };
         if min_version > primary {
             return Err(KeyError::Invalid(format!(
                 "cannot retire the primary version {primary} (minimum {min_version} is above it)"
@@ -491,7 +531,7 @@ impl<'a> KeyService<'a> {
             .iter()
             .chain(census.dirs.iter())
             .chain(census.unreadable_by_version.iter())
-            .filter(|(v, _)| **v < min_version)
+            .filter(|(v, _)| **v < min_version && own.contains(v))
             .map(|(_, n)| *n)
             .sum();
         if still > 0 && !force {
@@ -499,12 +539,13 @@ impl<'a> KeyService<'a> {
                 "{still} headers still use versions below {min_version}; run rewrap first (or force)"
             )));
         }
-        let retired = self.change(
-            "retire_key_versions",
-            None,
-            Some(format!("below {min_version}")),
-            |k| k.retire_below(min_version),
-        )?;
+        let detail = format!(
+            "{} below {min_version}",
+            key_label(&self.vol.keyring().read(), key)
+        );
+        let retired = self.change("retire_key_versions", None, Some(detail), |k| {
+            k.retire_below_in(key, min_version)
+        })?;
         Ok(Trimmed {
             retired,
             directory_records_rewrapped: dirs_rewrapped,
@@ -539,9 +580,8 @@ impl<'a> KeyService<'a> {
             .vol
             .keyring()
             .read()
-            .versions()
-            .iter()
-            .find(|v| v.version == version)
+            .key_of_version(version)
+            .and_then(|k| k.versions.iter().find(|v| v.version == version))
             .map(|v| v.state);
         match state {
             None => return Err(KeyError::Invalid(format!("no key version {version}"))),
@@ -603,6 +643,7 @@ impl<'a> KeyService<'a> {
             self.follow_rotation();
             done.push(format!("rotated: version {v} is primary"));
         }
+        done.extend(self.run_key_schedules(now)?);
         if self.vol.keyring().read().destruction_due(now) {
             let destroyed = self.change(
                 "destroy_key_versions",
@@ -638,10 +679,22 @@ impl<'a> KeyService<'a> {
 /// Runs a rewrap that [`KeyService::begin_rewrap`] admitted, on a thread
 /// of its own (the control plane must not block on the walk).
 pub fn spawn_rewrap(vol: Arc<Volume>, progress: Arc<RewrapProgress>) -> std::io::Result<()> {
+    spawn_rewrap_to(vol, progress, RewrapTo::OwnKey(None), None)
+}
+
+/// [`spawn_rewrap`] of a rewrap `to` a key, at or below the plaintext
+/// `path` (everything if `None`).
+pub fn spawn_rewrap_to(
+    vol: Arc<Volume>,
+    progress: Arc<RewrapProgress>,
+    to: RewrapTo,
+    path: Option<String>,
+) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("sealfs-rewrap".into())
         .spawn(move || {
-            if let Err(e) = vol.rewrap_all(&progress) {
+            let under = path.as_deref().map(|p| p.trim_matches('/').as_bytes());
+            if let Err(e) = vol.rewrap_to(&progress, to, under) {
                 tracing::warn!("rewrap failed: {e}");
                 progress.running.store(false, Ordering::Release);
             }

@@ -220,6 +220,7 @@ pub(in crate::fs) fn mkdir(
             "generate_data_key",
         )?;
         let d = fs.dir_of(&p)?;
+        let key = fs.key_for_new_entry(&p)?;
         let bn = SealFs::backing_name(&d, name)?;
         let pfd = p.dir_fd()?;
         // Removed again (records, entry, sidecar) unless kept below.
@@ -250,14 +251,16 @@ pub(in crate::fs) fn mkdir(
             fs.policy.record(
                 caller,
                 Event {
-                    key_version: Some(fs.vol.keyring().read().primary()),
+                    key_version: fs.vol.keyring().read().primary_of(key),
                     grant: grant.as_ref().map(|g| g.id.as_str()),
                     detail: Some("directory".into()),
                     ..Event::ok("generate_data_key", Some(&path))
                 },
             )?;
         }
-        let dir = new.init_dir(&fs.vol, dfd, &ctx).map_err(|e| errno_of(&e))?;
+        let dir = new
+            .init_dir_with_key(&fs.vol, dfd, &ctx, key)
+            .map_err(|e| errno_of(&e))?;
         new.keep();
         *inode.dir.write() = Some(Arc::new(dir));
         inode.record_pending.store(true, Ordering::Release);

@@ -44,6 +44,38 @@ impl SealFs {
         }
     }
 
+    /// EACCES if the key of master key version `version` is disabled,
+    /// pending deletion or expired (an open file or a cached directory of
+    /// that key stops at once, as a newly opened one would).
+    pub(in crate::fs) fn check_key_version(&self, version: u32) -> FsResult<()> {
+        if self.vol.version_usable(version) {
+            Ok(())
+        } else {
+            crate::metrics::denied(crate::metrics::Denial::KeyDisabled);
+            Err(Errno::EACCES)
+        }
+    }
+
+    /// The key new entries in directory `parent` get: the nearest assigned
+    /// ancestor's (`ctl key assign`), else the default key. Without any
+    /// assignment this is one read of the keyring.
+    pub(in crate::fs) fn key_for_new_entry(&self, parent: &Arc<Inode>) -> FsResult<u32> {
+        {
+            let kr = self.vol.keyring().read();
+            if kr.assignments().is_empty() {
+                return Ok(kr.default_key_id());
+            }
+        }
+        let mut chain = Vec::new();
+        let mut cur = Some(parent.clone());
+        while let Some(i) = cur {
+            chain.push(self.dir_of(&i)?.id);
+            cur = i.loc.lock().parent.clone();
+        }
+        chain.reverse();
+        Ok(self.vol.key_for_chain(&chain))
+    }
+
     pub(in crate::fs) fn check_writable(&self) -> FsResult<()> {
         if self.vol.read_only() {
             Err(Errno::EROFS)
