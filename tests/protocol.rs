@@ -114,6 +114,11 @@ fn every_op() -> Vec<Op> {
         Op::RewrapPath {
             path: "/finance".into(),
         },
+        Op::KeyPolicyGet,
+        Op::KeyPolicySet {
+            policy: Some(r#"{"version":1,"statements":[]}"#.into()),
+        },
+        Op::KeyPolicySet { policy: None },
     ]
 }
 
@@ -149,9 +154,11 @@ fn every_request_round_trips_through_its_line_and_serde() {
         Op::KeyAssign { .. } => 23,
         Op::KeyUnassign { .. } => 24,
         Op::RewrapPath { .. } => 25,
+        Op::KeyPolicyGet => 26,
+        Op::KeyPolicySet { .. } => 27,
     };
     let seen: std::collections::BTreeSet<i32> = ops.iter().map(variant).collect();
-    assert_eq!(seen.len(), 26);
+    assert_eq!(seen.len(), 28);
     for (i, op) in ops.into_iter().enumerate() {
         // Every other request names a key (alias or id), as `--key` does.
         let key = match i % 3 {

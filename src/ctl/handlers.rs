@@ -62,8 +62,10 @@ pub(super) fn handle(
 ) -> String {
     let r = match &req.op {
         Op::AuditExport { .. } => export_audit(ctx, &req.op, out),
-        _ => super::key_handlers::dispatch_keyed(ctx, &req.op, req.key.as_deref(), peer)
-            .unwrap_or_else(|| dispatch(ctx, &req.op, peer)),
+        _ => super::key_handlers::gate(ctx, &req.op, req.key.as_deref(), peer).and_then(|()| {
+            super::key_handlers::dispatch_keyed(ctx, &req.op, req.key.as_deref(), peer)
+                .unwrap_or_else(|| dispatch(ctx, &req.op, peer))
+        }),
     };
     match r {
         Ok(v) => ok_line(&req.id, v),
@@ -131,6 +133,8 @@ fn dispatch(ctx: &ControlContext, op: &Op, peer: Peer) -> Handled {
         | Op::KeyAliasRemove { .. }
         | Op::KeyAssign { .. }
         | Op::KeyUnassign { .. }
+        | Op::KeyPolicyGet
+        | Op::KeyPolicySet { .. }
         | Op::RewrapPath { .. } => Err((
             ErrorCode::Internal,
             "named-key requests are answered by key_handlers".into(),

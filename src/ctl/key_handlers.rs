@@ -11,14 +11,15 @@ use zeroize::Zeroize;
 use super::handlers::{key_err, keys, reply, Failure, Handled};
 use super::protocol::{
     AssignmentEntry, CancelDeletionResult, KeyChanged, KeyCreated, KeyEntry, KeyListResult,
-    KeyMaterial, Op, RewrapStarted, RotateResult, RotationPeriodResult, ScheduleDeletionResult,
-    TrimResult, UntrimResult, VersionState,
+    KeyMaterial, KeyPolicyResult, Op, RewrapStarted, RotateResult, RotationPeriodResult,
+    ScheduleDeletionResult, TrimResult, UntrimResult, VersionState,
 };
 use super::server::Peer;
 use super::ControlContext;
 use crate::crypto::SecretKey;
 use crate::format::grants::parse_expiry;
 use crate::kms::{self, KeyError, KeyService, KeySpec};
+use crate::policy::key_policy::policy_hash;
 use crate::volume::rewrap::RewrapTo;
 
 fn invalid(m: impl Into<String>) -> Failure {
@@ -74,6 +75,64 @@ fn version_of(s: &KeyService<'_>, id: u32, v: u32) -> Result<(), Failure> {
         Some(k) => Err(invalid(format!("version {v} belongs to key {}", k.id))),
         None => Err(invalid(format!("no key version {v}"))),
     }
+}
+
+/// The key-policy action a request needs (docs/CONTROL.md §16.3), if it
+/// administers a key (`None`: a volume request, for the mount owner and
+/// root). `keyed`: the request names a key (a `disable` without one is
+/// the volume-wide disable).
+pub(super) fn admin_action(op: &Op, keyed: bool) -> Option<&'static str> {
+    Some(match op {
+        Op::Rotate | Op::SetRotationPeriod { .. } => "admin:rotate",
+        Op::Rewrap | Op::RewrapPath { .. } => "admin:rewrap",
+        Op::Disable if keyed => "admin:disable",
+        Op::Enable if keyed => "admin:enable",
+        Op::Trim { .. } | Op::Untrim { .. } => "admin:trim",
+        Op::ScheduleDeletion { .. } | Op::CancelDeletion { .. } => "admin:schedule-deletion",
+        Op::KeyAliasAdd { .. } | Op::KeyAliasRemove { .. } => "admin:alias",
+        Op::KeyAssign { .. } | Op::KeyUnassign { .. } => "admin:assign",
+        Op::KeyPolicyGet | Op::KeyPolicySet { .. } => "admin:policy",
+        _ => return None,
+    })
+}
+
+/// Decides a key administration request by the policy of the key it
+/// addresses (without a policy: the mount owner and root). A refusal is
+/// counted and audited (aggregated like every denial).
+pub(super) fn gate(
+    ctx: &ControlContext,
+    op: &Op,
+    key: Option<&str>,
+    peer: Peer,
+) -> Result<(), Failure> {
+    let Some(action) = admin_action(op, key.is_some()) else {
+        return Ok(());
+    };
+    let s = keys(ctx, peer);
+    let id = match op {
+        Op::RewrapPath { path } | Op::KeyUnassign { path } => s.key_at(path),
+        _ => s.resolve_key(key),
+    }
+    .map_err(key_err)?;
+    if s.admin_allowed(id, action, peer.uid, peer.gid, ctx.owner_uid) {
+        return Ok(());
+    }
+    crate::metrics::denied(crate::metrics::Denial::KeyPolicy);
+    let label = kms::key_label(&ctx.vol.keyring().read(), id);
+    let why = format!(
+        "the policy of {label} does not allow {action} to uid {}",
+        peer.uid
+    );
+    ctx.access.record_denial(
+        (peer.uid, peer.gid, peer.pid),
+        || peer.principal(),
+        crate::policy::Event {
+            outcome: "denied",
+            error: Some(why.clone()),
+            ..crate::policy::Event::ok("control", None)
+        },
+    );
+    Err((super::protocol::ErrorCode::Forbidden, why))
 }
 
 /// The key-scoped requests: `Some` when `op` is one (with the answer),
@@ -185,6 +244,22 @@ pub(super) fn dispatch_keyed(
                 primary,
             })
         })(),
+        Op::KeyPolicyGet => resolve().and_then(|id| {
+            let policy = s.key_policy(id);
+            reply(&KeyPolicyResult {
+                id,
+                sha256: policy.as_deref().map(policy_hash),
+                policy,
+            })
+        }),
+        Op::KeyPolicySet { policy } => resolve().and_then(|id| {
+            let policy = s.set_key_policy(id, policy.as_deref()).map_err(key_err)?;
+            reply(&KeyPolicyResult {
+                id,
+                sha256: policy.as_deref().map(policy_hash),
+                policy,
+            })
+        }),
         _ if key.is_none() => return None,
         Op::Rotate => resolve().and_then(|id| {
             let primary = s.rotate_key(id).map_err(key_err)?;

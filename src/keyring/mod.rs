@@ -138,6 +138,9 @@ pub struct Keyring {
     kek: SecretKey,
     body: KeyringBody,
     wrappers: HashMap<(u32, bool), SealingKey>,
+    /// The compiled policy of each key that has one, by master key version
+    /// (so a header's version finds its key's policy in one lookup).
+    policies: Arc<HashMap<u32, Arc<crate::policy::key_policy::KeyPolicy>>>,
     unlocked_by: Option<UnlockedBy>,
     authority: Option<Arc<dyn KmsAuthority>>,
     /// The generation the next store writes at least (after a rollback was
@@ -238,6 +241,7 @@ impl Keyring {
             kek,
             body,
             wrappers: HashMap::new(),
+            policies: Arc::new(HashMap::new()),
             unlocked_by: None,
             authority: None,
             min_next_generation: 0,
@@ -521,6 +525,16 @@ impl Keyring {
             }
         }
         self.wrappers = wrappers;
+        let mut policies = HashMap::new();
+        for k in &self.body.keys {
+            if let Some(text) = &k.policy {
+                let p = Arc::new(crate::policy::key_policy::KeyPolicy::parse_stored(text));
+                for v in &k.versions {
+                    policies.insert(v.version, p.clone());
+                }
+            }
+        }
+        self.policies = Arc::new(policies);
     }
 
     fn version_mut(&mut self, version: u32) -> Result<&mut MasterKeyVersion, KeyringError> {

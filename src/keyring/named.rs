@@ -20,6 +20,8 @@ use crate::format::keyring::{
 };
 
 use super::{now_secs, Keyring, KeyringError};
+use crate::policy::key_policy::KeyPolicy;
+use std::sync::Arc;
 
 /// What a new key is made of ([`Keyring::create_key`]).
 pub struct NewKey {
@@ -329,6 +331,35 @@ impl Keyring {
             .filter(|k| k.state == KeyLifecycle::Enabled && k.expires.is_some_and(|e| e <= now))
             .map(|k| k.id)
             .collect()
+    }
+
+    /// The compiled policy of the key owning `version`, if it has one
+    /// (`None`: the key follows the behaviour from before policies).
+    pub fn policy_of_version(&self, version: u32) -> Option<&Arc<KeyPolicy>> {
+        self.policies.get(&version)
+    }
+
+    /// Whether any key has a policy.
+    pub fn any_policy(&self) -> bool {
+        !self.policies.is_empty()
+    }
+
+    /// The compiled policy of key `id`, if it has one.
+    pub fn policy_of_key(&self, id: u32) -> Option<&Arc<KeyPolicy>> {
+        let v = self.key(id)?.versions.first()?.version;
+        self.policies.get(&v)
+    }
+
+    /// Sets (or with `None` clears) the policy of key `id`, in normal form.
+    pub fn set_key_policy(
+        &mut self,
+        id: u32,
+        policy: Option<&KeyPolicy>,
+    ) -> Result<(), KeyringError> {
+        self.require_layout2()?;
+        self.key_mut(id)?.policy = policy.map(KeyPolicy::to_json);
+        self.rebuild_wrappers();
+        Ok(())
     }
 
     /// The subtree assignments (directory id → key id).

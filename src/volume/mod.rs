@@ -84,6 +84,10 @@ pub struct Directory {
     key: SecretKey,
     /// The master key version its record is wrapped under (0: unknown).
     pub key_version: u32,
+    /// [`Volume::dir_rewrap_generation`] when it was loaded: a cached
+    /// directory older than a rewrap of directory records is loaded again
+    /// (its record may have moved to another key).
+    pub loaded_at: u64,
 }
 
 /// The config's description of how the keyring's KEK is derived.
@@ -148,6 +152,11 @@ pub struct Volume {
     /// files and cached directories are then checked per request
     /// ([`Volume::version_usable`]); otherwise that costs one load.
     keys_restricted: std::sync::atomic::AtomicBool,
+    /// Some key has a policy: FUSE requests then consult it (one load
+    /// otherwise).
+    key_policies: std::sync::atomic::AtomicBool,
+    /// Bumped by every directory record a rewrap moves to another key.
+    dir_rewraps: std::sync::atomic::AtomicU64,
     /// Shared by lookups/creates and jobs like rewrap; exclusive for renames,
     /// unlinks and rmdirs, so a (directory, name) context is stable while used.
     namespace: RwLock<()>,
@@ -374,6 +383,8 @@ impl Volume {
             volume_id,
             disabled: std::sync::atomic::AtomicBool::new(keyring.disabled()),
             keys_restricted: std::sync::atomic::AtomicBool::new(keyring.some_key_restricted()),
+            key_policies: std::sync::atomic::AtomicBool::new(keyring.any_policy()),
+            dir_rewraps: std::sync::atomic::AtomicU64::new(0),
             keyring: RwLock::new(keyring),
             read_only,
             namespace: RwLock::new(()),
@@ -417,6 +428,31 @@ impl Volume {
         self.keyring.read().version_usable(version)
     }
 
+    /// How many directory records rewraps have moved to another key
+    /// (see [`Directory::loaded_at`]).
+    pub fn dir_rewrap_generation(&self) -> u64 {
+        self.dir_rewraps.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Notes that a directory record was re-wrapped (cached directories
+    /// are then loaded again).
+    pub(crate) fn note_dir_rewrapped(&self) {
+        self.dir_rewraps
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// The policy of the key owning `version`, if some key has a policy
+    /// and this one does (`None`: decided as before policies).
+    pub fn key_policy_of_version(
+        &self,
+        version: u32,
+    ) -> Option<std::sync::Arc<crate::policy::key_policy::KeyPolicy>> {
+        if !self.key_policies.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        self.keyring.read().policy_of_version(version).cloned()
+    }
+
     /// Applies `change` to a copy of the keyring, stores the copy durably,
     /// and only then makes it current: memory never runs ahead of what a
     /// remount would load, and file I/O (which reads the keyring to wrap new
@@ -456,6 +492,8 @@ impl Volume {
             next.some_key_restricted(),
             std::sync::atomic::Ordering::Release,
         );
+        self.key_policies
+            .store(next.any_policy(), std::sync::atomic::Ordering::Release);
         let generation = next.generation();
         *self.keyring.write() = next;
         Ok((out, generation))
@@ -681,6 +719,7 @@ impl Volume {
             names: self.name_cipher(key, id),
             key: key.clone(),
             key_version: v,
+            loaded_at: self.dir_rewrap_generation(),
         })
     }
 
@@ -771,6 +810,7 @@ impl Volume {
             names: self.name_cipher(&key, rec.id),
             key,
             key_version: rec.slots[slot].map_or(0, |s| s.key_version),
+            loaded_at: self.dir_rewrap_generation(),
         })
     }
 

@@ -598,6 +598,23 @@ pub(crate) enum KeyCommand {
         /// A directory inside the mount.
         path: String,
     },
+    /// The key policy of --key (who administers and who uses the key).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum PolicyCommand {
+    /// Print the policy (normal form: names as ids, times as epoch seconds).
+    Get,
+    /// Set the policy from FILE or '-' (stdin); 'none' clears it.
+    #[command(
+        after_help = "Example:\n  sealfs ctl --mount ~/vault --key finance key policy set - <<'EOF'\n  {\"version\": 1, \"statements\": [\n    {\"principals\": [\"uid:1000\"], \"actions\": [\"*\"]},\n    {\"principals\": [\"user:keyadmin\"], \"actions\": [\"admin:rotate\", \"admin:disable\", \"admin:enable\"]},\n    {\"principals\": [\"group:accounting\"], \"actions\": [\"use:read\", \"use:write\"], \"path_prefix\": \"/finance\"}]}\n  EOF\n\nA policy that leaves nobody with admin:policy (without a time condition) is\nrefused. Every change is audited with the SHA-256 of the old and new policy."
+    )]
+    Set {
+        /// The policy document, '-' for stdin, or 'none'.
+        file: String,
+    },
 }
 
 #[derive(Subcommand)]

@@ -10,9 +10,11 @@ use std::io::Read;
 
 use zeroize::Zeroizing;
 
-use sealfs::ctl::protocol::{CensusResult, KeyChanged, KeyCreated, KeyListResult, KeyMaterial, Op};
+use sealfs::ctl::protocol::{
+    CensusResult, KeyChanged, KeyCreated, KeyListResult, KeyMaterial, KeyPolicyResult, Op,
+};
 
-use crate::args::{AliasCommand, KeyCommand};
+use crate::args::{AliasCommand, KeyCommand, PolicyCommand};
 use crate::ctl::{ctl_call, fmt_time, print_schedule, show, Target};
 use crate::error::{exit, CliError};
 
@@ -111,6 +113,39 @@ pub(crate) fn cmd_key(t: &Target, json: bool, k: &KeyCommand) -> Result<(), CliE
                     c.id,
                     c.aliases.join(", ")
                 )
+            })
+        }
+        KeyCommand::Policy(PolicyCommand::Get) => {
+            let p: KeyPolicyResult = ctl_call(t, Op::KeyPolicyGet)?;
+            show(json, &p, |p| {
+                match &p.policy {
+                Some(text) => println!("{text}"),
+                None => println!(
+                    "key {}: no policy (the mount owner and root administer it; grants decide its use)",
+                    p.id
+                ),
+            }
+            })
+        }
+        KeyCommand::Policy(PolicyCommand::Set { file }) => {
+            let policy = match file.as_str() {
+                "none" => None,
+                "-" => {
+                    let mut s = String::new();
+                    std::io::stdin()
+                        .read_to_string(&mut s)
+                        .map_err(|e| CliError::new(exit::ERROR, format!("stdin: {e}")))?;
+                    Some(s)
+                }
+                f => Some(
+                    std::fs::read_to_string(f)
+                        .map_err(|e| CliError::new(exit::ERROR, format!("{f}: {e}")))?,
+                ),
+            };
+            let p: KeyPolicyResult = ctl_call(t, Op::KeyPolicySet { policy })?;
+            show(json, &p, |p| match &p.sha256 {
+                Some(h) => println!("key {}: policy set (sha256 {h})", p.id),
+                None => println!("key {}: policy cleared", p.id),
             })
         }
         KeyCommand::Unassign { path } => {

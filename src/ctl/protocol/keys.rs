@@ -116,6 +116,19 @@ pub struct KeyCreated {
     pub primary: u32,
 }
 
+/// The result of `key_policy_get` and `key_policy_set`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyPolicyResult {
+    /// The key.
+    pub id: u32,
+    /// Its policy in normal form (user and group names as ids, times as
+    /// seconds since the epoch); null: none (the owner and root
+    /// administer, grants decide use).
+    pub policy: Option<String>,
+    /// SHA-256 of `policy` (hex), as audited; null without one.
+    pub sha256: Option<String>,
+}
+
 /// The result of `key_alias_add`, `key_alias_remove`, `key_assign`,
 /// `key_unassign`, and of a key-scoped `disable`/`enable`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -256,6 +256,15 @@ pub enum Op {
         /// Plaintext directory path.
         path: String,
     },
+    /// The policy of the request's `key` (normal form), or null: none set.
+    KeyPolicyGet,
+    /// Set the policy of the request's `key` (a JSON document, §16.3), or
+    /// clear it with null (back to: the mount owner and root administer,
+    /// grants decide use).
+    KeyPolicySet {
+        /// The policy document.
+        policy: Option<String>,
+    },
 }
 
 /// A grant token: a bearer credential, never printed by `Debug`.

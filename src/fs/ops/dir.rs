@@ -221,6 +221,10 @@ pub(in crate::fs) fn mkdir(
         )?;
         let d = fs.dir_of(&p)?;
         let key = fs.key_for_new_entry(&p)?;
+        let version = fs.vol.keyring().read().primary_of(key).unwrap_or(0);
+        fs.check_key_use(caller, version, true, &mut || {
+            SealFs::child_path(&p, name.as_bytes())
+        })?;
         let bn = SealFs::backing_name(&d, name)?;
         let pfd = p.dir_fd()?;
         // Removed again (records, entry, sidecar) unless kept below.
@@ -547,6 +551,8 @@ pub(in crate::fs) fn opendir(fs: &SealFs, req: &Request, ino: INodeNo, reply: Re
             Access::Op(GrantOp::List),
             "list",
         )?;
+        let version = fs.dir_of(&inode)?.key_version;
+        fs.check_key_use(caller, version, false, &mut || SealFs::path_of(&inode))?;
         let entries = fs.list_dir(&inode)?;
         if fs.audit_paths() {
             let path = SealFs::path_of(&inode);

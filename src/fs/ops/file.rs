@@ -62,6 +62,10 @@ impl SealFs {
         )?;
         let pdir = self.dir_of(&pinode)?;
         let key = self.key_for_new_entry(&pinode)?;
+        let version = self.vol.keyring().read().primary_of(key).unwrap_or(0);
+        self.check_key_use(caller, version, true, &mut || {
+            Self::child_path(&pinode, name.as_bytes())
+        })?;
         let bn = Self::backing_name(&pdir, name)?;
         let pfd = pinode.dir_fd()?;
         // Removed again (with its sidecar) unless kept at the end.

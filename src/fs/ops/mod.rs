@@ -56,6 +56,45 @@ impl SealFs {
         }
     }
 
+    /// EACCES unless the policy of the key owning `version` (if it has
+    /// one) lets `caller` use it: `write` for `use:write`, else
+    /// `use:read`. `path` is asked only for a policy with a path
+    /// condition. Without any key policy this is one atomic load.
+    pub(in crate::fs) fn check_key_use(
+        &self,
+        caller: Caller,
+        version: u32,
+        write: bool,
+        path: &mut dyn FnMut() -> Vec<u8>,
+    ) -> FsResult<()> {
+        let Some(p) = self.vol.key_policy_of_version(version) else {
+            return Ok(());
+        };
+        let action =
+            crate::policy::key_policy::action(if write { "use:write" } else { "use:read" });
+        if p.allows(caller.uid, caller.gid, action, crate::sys::now_secs(), path) {
+            return Ok(());
+        }
+        crate::metrics::denied(crate::metrics::Denial::KeyPolicy);
+        let kr = self.vol.keyring().read();
+        let key = kr
+            .key_of_version(version)
+            .map(|k| crate::kms::key_label(&kr, k.id))
+            .unwrap_or_default();
+        drop(kr);
+        self.policy.record_denial(
+            (caller.uid, caller.gid, caller.pid),
+            || self.policy.principal(caller),
+            Event {
+                outcome: "denied",
+                key_version: Some(version),
+                error: Some(format!("the policy of {key} does not allow this use")),
+                ..Event::ok(if write { "encrypt" } else { "decrypt" }, None)
+            },
+        );
+        Err(Errno::EACCES)
+    }
+
     /// The key new entries in directory `parent` get: the nearest assigned
     /// ancestor's (`ctl key assign`), else the default key. Without any
     /// assignment this is one read of the keyring.
@@ -115,6 +154,9 @@ impl SealFs {
         key_version: u32,
         grant: Option<&LiveGrant>,
     ) -> FsResult<()> {
+        self.check_key_use(caller, key_version, op != "decrypt", &mut || {
+            Self::path_of(inode)
+        })?;
         if !self.audit_paths() {
             return Ok(());
         }
