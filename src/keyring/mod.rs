@@ -176,13 +176,46 @@ pub use crate::sys::now_secs;
 /// dropped), `unlink-linked-removed` (one name of a linked file gone, its
 /// tag still listed), `rename-file-rebound` (the new slot or tag durable,
 /// not renamed) and `rename-file-moved` (renamed, the old slot or tag
-/// still there).
+/// still there). With `SEALFS_TEST_KILL_OP=OP` as well, a point fires
+/// only inside the keyring change `OP` of a mounted daemon (`create_key`,
+/// `assign_key`, `set_key_policy`, …; see [`ChangeInProgress`]), not in
+/// the stores a mount makes at its start.
 pub fn kill_point(name: &str) {
     static POINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    static OP: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     let point = POINT.get_or_init(|| std::env::var("SEALFS_TEST_KILL_POINT").ok());
-    if point.as_deref() == Some(name) {
+    if point.as_deref() != Some(name) {
+        return;
+    }
+    let op = OP.get_or_init(|| std::env::var("SEALFS_TEST_KILL_OP").ok());
+    let in_op = op
+        .as_deref()
+        .is_none_or(|op| CURRENT_CHANGE.with(|c| c.borrow().as_deref() == Some(op)));
+    if in_op {
         // SAFETY: raising a signal at ourselves; SIGKILL does not return.
         unsafe { libc::raise(libc::SIGKILL) };
+    }
+}
+
+thread_local! {
+    static CURRENT_CHANGE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Names the keyring change this thread is making, for [`kill_point`]
+/// (tests only look at it), until dropped.
+pub struct ChangeInProgress(());
+
+impl ChangeInProgress {
+    /// Marks `op` as this thread's change in progress.
+    pub fn start(op: &str) -> Self {
+        CURRENT_CHANGE.with(|c| *c.borrow_mut() = Some(op.to_string()));
+        ChangeInProgress(())
+    }
+}
+
+impl Drop for ChangeInProgress {
+    fn drop(&mut self) {
+        CURRENT_CHANGE.with(|c| *c.borrow_mut() = None);
     }
 }
 

@@ -250,6 +250,7 @@ impl<'a> KeyService<'a> {
         detail: Option<String>,
         change: impl FnOnce(&mut Keyring) -> Result<T, KeyringError>,
     ) -> Result<T, KeyError> {
+        let _op = crate::keyring::ChangeInProgress::start(op);
         let log = self.log();
         let (out, generation) = self.vol.update_keyring_with(change, |next| {
             let Some(log) = log else { return Ok(None) };
