@@ -94,6 +94,15 @@ fn keys_aliases_and_a_disabled_key_stops_exactly_its_entries() {
     assert_eq!(fin["description"], "ledgers");
     // Version numbers are global: key 2's first version is 2.
     assert_eq!(fin["primary"], 2);
+    // status lists the keys; metrics carry their id and alias.
+    let st = json(&fx, &["status"]);
+    assert_eq!(st["keys"].as_array().unwrap().len(), 2, "{st}");
+    let m = fx.ctl_ok(&["metrics"]);
+    assert!(
+        m.lines().any(|l| l.starts_with("sealfs_named_key_info{")
+            && l.ends_with(r#"key="2",alias="finance",state="enabled",primary="2"} 1"#)),
+        "{m}"
+    );
 
     // Aliases: unique, valid, never the last one.
     for bad in [

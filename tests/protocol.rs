@@ -348,6 +348,21 @@ fn every_result_round_trips_through_serde() {
             margin: 96 << 20,
             write_through: false,
         }),
+        keys: vec![KeyEntry {
+            id: 2,
+            aliases: vec!["finance".into()],
+            description: String::new(),
+            state: "enabled".into(),
+            origin: "external".into(),
+            default: false,
+            created: 1_795_000_000,
+            primary: 3,
+            rotation_period: None,
+            next_rotation: None,
+            expires: Some(1_796_000_000),
+            deletion_due: None,
+            versions: Vec::new(),
+        }],
     });
     round_trip(&rewrap);
     round_trip(&sample_census());

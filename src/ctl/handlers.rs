@@ -265,6 +265,11 @@ fn status(ctx: &ControlContext) -> StatusResult {
             }
         }),
         keyring: keyring_status(&ctx.vol),
+        keys: KeyService::offline(&ctx.vol)
+            .list_keys()
+            .into_iter()
+            .map(super::protocol::KeyEntry::from)
+            .collect(),
         space: crate::metrics::METRICS
             .space()
             .map(
@@ -330,6 +335,19 @@ fn render_metrics(vol: &Volume) -> String {
         .enumerate()
     {
         let _ = writeln!(o, "sealfs_key_versions{{state=\"{name}\"}} {}", states[i]);
+    }
+    let _ = writeln!(
+        o,
+        "# HELP sealfs_named_key_info One series per named key: its id, first alias, state and primary version (value 1)."
+    );
+    let _ = writeln!(o, "# TYPE sealfs_named_key_info gauge");
+    for k in KeyService::offline(vol).list_keys() {
+        let alias = k.aliases.first().map_or("", String::as_str);
+        let _ = writeln!(
+            o,
+            "sealfs_named_key_info{{key=\"{}\",alias=\"{alias}\",state=\"{}\",primary=\"{}\"}} 1",
+            k.id, k.state, k.primary
+        );
     }
     let _ = writeln!(
         o,

@@ -273,6 +273,18 @@ fn print_status(s: &StatusResult) {
         );
     }
     print_schedule(&s.rotation_period, s.next_rotation);
+    if s.keys.len() > 1 {
+        for k in &s.keys {
+            println!(
+                "key {} {} {}, primary v{}{}",
+                k.id,
+                k.aliases.join(","),
+                k.state,
+                k.primary,
+                if k.default { " [default]" } else { "" }
+            );
+        }
+    }
     if s.rewrap.running {
         println!("rewrap running: {}/{}", s.rewrap.done, s.rewrap.total);
     }

@@ -189,6 +189,9 @@ pub struct StatusResult {
     /// read-only mount, or before the first check).
     #[serde(default)]
     pub space: Option<SpaceStatus>,
+    /// Every named key (issue 22; absent from older daemons).
+    #[serde(default)]
+    pub keys: Vec<super::keys::KeyEntry>,
 }
 
 /// The free-space part of `status`: below `margin` free bytes, files are
