@@ -224,19 +224,7 @@ fn status(ctx: &ControlContext) -> StatusResult {
     let versions = keys
         .versions
         .iter()
-        .map(|v| VersionStatus {
-            version: v.version,
-            state: v.state.into(),
-            created: v.created,
-            primary: v.primary,
-            deletion_due: v.deletion_due,
-            files: census
-                .as_ref()
-                .map(|c| c.files.get(&v.version).copied().unwrap_or(0)),
-            dirs: census
-                .as_ref()
-                .map(|c| c.dirs.get(&v.version).copied().unwrap_or(0)),
-        })
+        .map(|v| VersionStatus::of(v, census.as_ref()))
         .collect();
     StatusResult {
         volume_id: cfg.volume_id,

@@ -174,11 +174,7 @@ pub(super) fn dispatch_keyed(
                     expires,
                 })
                 .map_err(key_err)?;
-            let primary = s
-                .list_keys()
-                .into_iter()
-                .find(|k| k.id == id)
-                .map_or(0, |k| k.primary);
+            let primary = ctx.vol.keyring().read().primary_of(id).unwrap_or(0);
             reply(&KeyCreated { id, primary })
         })(),
         Op::KeyList => {
@@ -186,16 +182,7 @@ pub(super) fn dispatch_keyed(
             let keys = s
                 .list_keys()
                 .into_iter()
-                .map(|k| {
-                    let mut e = KeyEntry::from(k);
-                    if let Some(c) = &census {
-                        for v in e.versions.iter_mut() {
-                            v.files = Some(c.files.get(&v.version).copied().unwrap_or(0));
-                            v.dirs = Some(c.dirs.get(&v.version).copied().unwrap_or(0));
-                        }
-                    }
-                    e
-                })
+                .map(|k| KeyEntry::with_census(k, census.as_ref()))
                 .collect();
             let assignments = ctx
                 .vol
@@ -312,11 +299,7 @@ pub(super) fn dispatch_keyed(
             let (would_orphan, due) = s
                 .schedule_key_deletion(id, wait.as_deref(), *confirm)
                 .map_err(key_err)?;
-            let primary = s
-                .list_keys()
-                .into_iter()
-                .find(|k| k.id == id)
-                .map_or(0, |k| k.primary);
+            let primary = ctx.vol.keyring().read().primary_of(id).unwrap_or(0);
             reply(&ScheduleDeletionResult {
                 version: primary,
                 would_orphan,

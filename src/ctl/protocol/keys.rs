@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::results::VersionStatus;
 use crate::kms::KeyInfo;
+use crate::volume::walk::Census;
 
 /// 32 bytes of imported key material, as 64 hex digits (BYOK; sent once,
 /// in `key_create`, over the local, peer-checked socket). Never printed.
@@ -58,6 +59,14 @@ pub struct KeyEntry {
 
 impl From<KeyInfo> for KeyEntry {
     fn from(k: KeyInfo) -> Self {
+        KeyEntry::with_census(k, None)
+    }
+}
+
+impl KeyEntry {
+    /// The entry of key `k`, with each version's counts from `census`
+    /// (once one ran).
+    pub fn with_census(k: KeyInfo, census: Option<&Census>) -> Self {
         KeyEntry {
             id: k.id,
             aliases: k.aliases,
@@ -73,16 +82,8 @@ impl From<KeyInfo> for KeyEntry {
             deletion_due: k.deletion_due,
             versions: k
                 .versions
-                .into_iter()
-                .map(|v| VersionStatus {
-                    version: v.version,
-                    state: v.state.into(),
-                    created: v.created,
-                    primary: v.primary,
-                    deletion_due: v.deletion_due,
-                    files: None,
-                    dirs: None,
-                })
+                .iter()
+                .map(|v| VersionStatus::of(v, census))
                 .collect(),
         }
     }
