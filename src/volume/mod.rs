@@ -414,45 +414,6 @@ impl Volume {
         self.disabled.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Whether data under master key version `version` may be used now
-    /// (its key enabled, not pending deletion, not expired). Version 0
-    /// (not known) passes: opening its header decides.
-    pub fn version_usable(&self, version: u32) -> bool {
-        if version == 0
-            || !self
-                .keys_restricted
-                .load(std::sync::atomic::Ordering::Acquire)
-        {
-            return true;
-        }
-        self.keyring.read().version_usable(version)
-    }
-
-    /// How many directory records rewraps have moved to another key
-    /// (see [`Directory::loaded_at`]).
-    pub fn dir_rewrap_generation(&self) -> u64 {
-        self.dir_rewraps.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// Notes that a directory record was re-wrapped (cached directories
-    /// are then loaded again).
-    pub(crate) fn note_dir_rewrapped(&self) {
-        self.dir_rewraps
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-    }
-
-    /// The policy of the key owning `version`, if some key has a policy
-    /// and this one does (`None`: decided as before policies).
-    pub fn key_policy_of_version(
-        &self,
-        version: u32,
-    ) -> Option<std::sync::Arc<crate::policy::key_policy::KeyPolicy>> {
-        if !self.key_policies.load(std::sync::atomic::Ordering::Acquire) {
-            return None;
-        }
-        self.keyring.read().policy_of_version(version).cloned()
-    }
-
     /// Applies `change` to a copy of the keyring, stores the copy durably,
     /// and only then makes it current: memory never runs ahead of what a
     /// remount would load, and file I/O (which reads the keyring to wrap new
@@ -656,34 +617,6 @@ impl Volume {
         kind: RecordKind,
     ) -> Result<(u32, crate::crypto::SealingKey), VolumeError> {
         let key = self.keyring.read().default_key_id();
-        self.key_wrapper(key, kind)
-    }
-
-    /// The primary version of key `key` and its wrapping cipher for `kind`.
-    pub(crate) fn key_wrapper(
-        &self,
-        key: u32,
-        kind: RecordKind,
-    ) -> Result<(u32, crate::crypto::SealingKey), VolumeError> {
-        let kr = self.keyring.read();
-        let v = kr.primary_of(key).ok_or(VolumeError::KeyUnavailable)?;
-        let w = kr.wrapper(v, kind).ok_or(VolumeError::KeyUnavailable)?;
-        crate::metrics::key_use(crate::metrics::KeyUse::Wrap, v);
-        Ok((v, w))
-    }
-
-    /// The wrapping of the key that owns `version` (its primary version):
-    /// a rename or a rewrap of one key's entry stays with that key.
-    pub(crate) fn same_key_wrapper(
-        &self,
-        version: u32,
-        kind: RecordKind,
-    ) -> Result<(u32, crate::crypto::SealingKey), VolumeError> {
-        let key = {
-            let kr = self.keyring.read();
-            kr.key_of_version(version)
-                .map_or(kr.default_key_id(), |k| k.id)
-        };
         self.key_wrapper(key, kind)
     }
 
