@@ -89,6 +89,9 @@ fn an_administrator_who_cannot_read_and_a_user_who_cannot_administer() {
     fx.ctl_ok(&["key", "assign", "/finance", "finance"]);
     fx.ctl_ok(&["rewrap", "--path", "/finance"]);
     fs::write(fx.p("finance/ledger"), b"ledger").unwrap();
+    // Made after the assignment: its record is wrapped by finance.
+    fs::create_dir(fx.p("finance/books")).unwrap();
+    fs::set_permissions(fx.p("finance/books"), fs::Permissions::from_mode(0o777)).unwrap();
     fs::set_permissions(fx.p("finance/ledger"), fs::Permissions::from_mode(0o666)).unwrap();
     fs::write(fx.p("public"), b"public").unwrap();
     fs::set_permissions(fx.p("public"), fs::Permissions::from_mode(0o644)).unwrap();
@@ -176,8 +179,8 @@ fn an_administrator_who_cannot_read_and_a_user_who_cannot_administer() {
     let e = refused(&as_uid(ADMIN, &["cat", &ledger]), "admin reads finance");
     assert!(e.contains("Permission denied"), "{e}");
     let e = refused(
-        &as_uid(ADMIN, &["ls", fx.p("finance").to_str().unwrap()]),
-        "admin lists finance",
+        &as_uid(ADMIN, &["ls", fx.p("finance/books").to_str().unwrap()]),
+        "admin lists a finance directory",
     );
     assert!(e.contains("Permission denied"), "{e}");
     assert_eq!(

@@ -238,15 +238,9 @@ impl SealFs {
         if inode.kind != EntryKind::Dir {
             return Err(Errno::ENOTDIR);
         }
-        let cached = inode.dir.read().clone();
-        if let Some(d) = cached {
-            // A rewrap may have moved its record to another key since it
-            // was loaded: then it is loaded again (the root stays as it is).
-            if d.loaded_at == self.vol.dir_rewrap_generation() || inode.loc.lock().parent.is_none()
-            {
-                self.check_key_version(d.key_version)?;
-                return Ok(d);
-            }
+        if let Some(d) = inode.dir.read().as_ref() {
+            self.check_key_version(d.key_version)?;
+            return Ok(d.clone());
         }
         let (parent, name) = {
             let l = inode.loc.lock();

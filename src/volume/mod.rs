@@ -84,10 +84,6 @@ pub struct Directory {
     key: SecretKey,
     /// The master key version its record is wrapped under (0: unknown).
     pub key_version: u32,
-    /// [`Volume::dir_rewrap_generation`] when it was loaded: a cached
-    /// directory older than a rewrap of directory records is loaded again
-    /// (its record may have moved to another key).
-    pub loaded_at: u64,
 }
 
 /// The config's description of how the keyring's KEK is derived.
@@ -155,8 +151,6 @@ pub struct Volume {
     /// Some key has a policy: FUSE requests then consult it (one load
     /// otherwise).
     key_policies: std::sync::atomic::AtomicBool,
-    /// Bumped by every directory record a rewrap moves to another key.
-    dir_rewraps: std::sync::atomic::AtomicU64,
     /// Shared by lookups/creates and jobs like rewrap; exclusive for renames,
     /// unlinks and rmdirs, so a (directory, name) context is stable while used.
     namespace: RwLock<()>,
@@ -384,7 +378,6 @@ impl Volume {
             disabled: std::sync::atomic::AtomicBool::new(keyring.disabled()),
             keys_restricted: std::sync::atomic::AtomicBool::new(keyring.some_key_restricted()),
             key_policies: std::sync::atomic::AtomicBool::new(keyring.any_policy()),
-            dir_rewraps: std::sync::atomic::AtomicU64::new(0),
             keyring: RwLock::new(keyring),
             read_only,
             namespace: RwLock::new(()),
@@ -652,7 +645,6 @@ impl Volume {
             names: self.name_cipher(key, id),
             key: key.clone(),
             key_version: v,
-            loaded_at: self.dir_rewrap_generation(),
         })
     }
 
@@ -743,7 +735,6 @@ impl Volume {
             names: self.name_cipher(&key, rec.id),
             key,
             key_version: rec.slots[slot].map_or(0, |s| s.key_version),
-            loaded_at: self.dir_rewrap_generation(),
         })
     }
 

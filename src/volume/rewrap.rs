@@ -228,7 +228,6 @@ impl Volume {
         let d = self.load_dir(fd, ctx)?;
         let wrapping = self.key_wrapper(target, RecordKind::Dir)?;
         self.finish_rebind_dir_with(fd, &d, ctx, wrapping)?;
-        self.note_dir_rewrapped();
         Ok(true)
     }
 }

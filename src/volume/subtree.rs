@@ -2,8 +2,7 @@
 //! new entries get (a plaintext path resolved to the ids of its
 //! directories, and the nearest assigned ancestor among them), the
 //! wrapping of a given key, and the lock-free checks a mount makes per
-//! request (a key's state, a key's policy, a cached directory older than a
-//! rewrap of directory records).
+//! request (a key's state, a key's policy).
 //!
 //! Owns: resolving a plaintext directory path to its chain of directory
 //! ids (root first), the rule "the nearest assigned ancestor wins; none:
@@ -66,19 +65,6 @@ impl Volume {
             return true;
         }
         self.keyring.read().version_usable(version)
-    }
-
-    /// How many directory records rewraps have moved to another key
-    /// (see [`Directory::loaded_at`]).
-    pub fn dir_rewrap_generation(&self) -> u64 {
-        self.dir_rewraps.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// Notes that a directory record was re-wrapped (cached directories
-    /// are then loaded again).
-    pub(crate) fn note_dir_rewrapped(&self) {
-        self.dir_rewraps
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// The policy of the key owning `version`, if some key has a policy

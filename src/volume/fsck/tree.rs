@@ -150,7 +150,6 @@ impl Checker<'_> {
                 .flatten()
                 .next()
                 .map_or(0, |s| s.key_version),
-            loaded_at: self.vol.dir_rewrap_generation(),
         };
         self.check_xattrs(fd, OsStr::new(""), &dir.xattr_cipher(), path, rel);
         self.dirs.push(KnownDir {
