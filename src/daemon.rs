@@ -512,11 +512,15 @@ impl OpenedMount {
         crate::keyring::kill_point("mounted");
         let unmount_requested = Arc::new(AtomicBool::new(false));
         let unmounter = Arc::new(parking_lot::Mutex::new(unmounter));
+        // What a daemon forced out by a second signal does before it exits
+        // (filled in once the mount's hooks exist).
+        let last_words: threads::LastWords = Arc::new(std::sync::OnceLock::new());
         if self.unmount_on_signal {
             threads::unmount_on_signal(
                 unmounter.clone(),
                 self.canonical_mp.clone(),
                 unmount_requested.clone(),
+                last_words.clone(),
             );
         }
         if let Some(kb) = self.readahead_kb {
@@ -524,6 +528,18 @@ impl OpenedMount {
         }
         cache.set_notifier(session.notifier());
         let hooks: Arc<dyn MountHooks> = Arc::new(cache);
+        {
+            let (vol, access, hooks) = (vol.clone(), access.clone(), hooks.clone());
+            let _ = last_words.set(Box::new(move || {
+                let census = parking_lot::Mutex::new(None);
+                let keys = daemon_keys(&vol, &access, &*hooks, &census);
+                if let Err(e) =
+                    keys.anchor_here("unmount", Some("forced by a second signal".into()))
+                {
+                    tracing::warn!("keyring not anchored at the forced end: {e}");
+                }
+            }));
+        }
         if let Some(d) = unlocked_detail(&vol) {
             tracing::info!("{d}");
         }

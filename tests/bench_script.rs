@@ -63,8 +63,15 @@ fn our_trace_instances() -> Vec<PathBuf> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("sealfs-requests."))
+            p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                // sealfs-requests.<pid of fuse-requests.sh>.<fs>.<kind>: an
+                // instance whose script still runs belongs to another run
+                // (a benchmark beside the suite), not a leftover of ours.
+                n.strip_prefix("sealfs-requests.")
+                    .and_then(|r| r.split('.').next())
+                    .is_some_and(|pid| !Path::new("/proc").join(pid).exists())
+            })
         })
         .collect()
 }

@@ -362,7 +362,7 @@ fn xattrs_behave_as_on_ext4_and_survive_remount() {
     );
     // Directories take user.*; symlinks refuse it (EPERM, as on ext4).
     fs::create_dir(fx.p("d")).unwrap();
-    xset(&fx.p("d"), "user.dir", b"dv", 0).unwrap();
+    xset(&fx.p("d"), "user.dir", b"dir value in clear", 0).unwrap();
     std::os::unix::fs::symlink("f", fx.p("s")).unwrap();
     assert_errno(
         xset(&fx.p("s"), "user.x", b"v", 0),
@@ -374,7 +374,7 @@ fn xattrs_behave_as_on_ext4_and_survive_remount() {
     assert_eq!(xget(&f, "user.a").unwrap(), b"two");
     assert_eq!(xget(&f, "user.big").unwrap(), big);
     assert_eq!(xget(&f, "trusted.t").unwrap(), b"root only");
-    assert_eq!(xget(&fx.p("d"), "user.dir").unwrap(), b"dv");
+    assert_eq!(xget(&fx.p("d"), "user.dir").unwrap(), b"dir value in clear");
     fs::rename(&f, fx.p("d/g")).unwrap();
     assert_eq!(xget(&fx.p("d/g"), "user.a").unwrap(), b"two");
     xremove(&fx.p("d/g"), "user.a").unwrap();
@@ -386,7 +386,13 @@ fn xattrs_behave_as_on_ext4_and_survive_remount() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for plain in ["user.big", "user.dir", "trusted.t", "root only", "dv"] {
+    for plain in [
+        "user.big",
+        "user.dir",
+        "trusted.t",
+        "root only",
+        "dir value in clear",
+    ] {
         assert!(!text.contains(plain), "{plain} in the clear:\n{text}");
     }
     fsck_clean(&fx);

@@ -41,8 +41,16 @@ fn every_op() -> Vec<Op> {
         Op::Enable,
         Op::SetRotationPeriod {
             period: Some("90d".into()),
+            allow_short: false,
         },
-        Op::SetRotationPeriod { period: None },
+        Op::SetRotationPeriod {
+            period: Some("1h".into()),
+            allow_short: true,
+        },
+        Op::SetRotationPeriod {
+            period: None,
+            allow_short: false,
+        },
         Op::Trim {
             min_version: 3,
             force: true,
@@ -119,6 +127,24 @@ fn every_op() -> Vec<Op> {
             policy: Some(r#"{"version":1,"statements":[]}"#.into()),
         },
         Op::KeyPolicySet { policy: None },
+        Op::AuditPrune {
+            before: Some("400d".into()),
+            max_bytes: None,
+        },
+        Op::AuditPrune {
+            before: None,
+            max_bytes: Some(1 << 30),
+        },
+        Op::AuditRetention {
+            max_age: Some("400d".into()),
+            max_bytes: Some(1 << 30),
+            allow_short: false,
+        },
+        Op::AuditRetention {
+            max_age: None,
+            max_bytes: None,
+            allow_short: true,
+        },
     ]
 }
 
@@ -156,9 +182,11 @@ fn every_request_round_trips_through_its_line_and_serde() {
         Op::RewrapPath { .. } => 25,
         Op::KeyPolicyGet => 26,
         Op::KeyPolicySet { .. } => 27,
+        Op::AuditPrune { .. } => 28,
+        Op::AuditRetention { .. } => 29,
     };
     let seen: std::collections::BTreeSet<i32> = ops.iter().map(variant).collect();
-    assert_eq!(seen.len(), 28);
+    assert_eq!(seen.len(), 30);
     for (i, op) in ops.into_iter().enumerate() {
         // Every other request names a key (alias or id), as `--key` does.
         let key = match i % 3 {
@@ -245,6 +273,14 @@ fn sample_verify() -> VerifyResult {
             reason: "bad MAC".into(),
             resumed_seq: Some(32),
         }],
+        pruned: Some(sealfs::format::audit::PrunedInfo {
+            through_segment: 3,
+            through_seq: 12,
+            records_pruned: 12,
+            last_record_ms: 1_796_000_000_000,
+            pruned_ms: 1_796_000_100_000,
+            leftover_segments: 0,
+        }),
     }
 }
 
@@ -317,6 +353,15 @@ fn every_result_round_trips_through_serde() {
             segment: 2,
             records: 30,
             key_version: 2,
+            bytes: 9000,
+            segments: 1,
+            pruned_through: Some(12),
+            records_pruned: 12,
+            headroom: 1 << 30,
+            retention: Some(RetentionResult {
+                max_age: Some("400d".into()),
+                max_bytes: None,
+            }),
         }),
         keyring: KeyringStatus {
             layout: 2,
@@ -695,6 +740,7 @@ fn mirrored_results_serialize_as_the_library_types() {
             torn_tail_bytes: 0,
             breaks,
             end: None,
+            pruned: None,
         };
         let mut want = serde_json::to_value(&chain).unwrap();
         want["first_break"] = want["breaks"]

@@ -32,7 +32,7 @@ use crate::policy::audit::{verify_log, verify_log_anchored};
 use crate::policy::filter::AuditFilter;
 use crate::policy::grants::{GrantStore, GrantStoreError};
 use crate::policy::{read_proc, Event};
-use crate::volume::{Volume, VolumeError};
+use crate::volume::VolumeError;
 
 /// A failed request: its error code and message.
 pub(super) type Failure = (ErrorCode, String);
@@ -148,8 +148,54 @@ fn dispatch(ctx: &ControlContext, op: &Op, peer: Peer) -> Handled {
                 verify_log(vol, &mut |_| {}).map_err(|e| (ErrorCode::Internal, e.to_string()))?;
             reply(&VerifyResult::from(&report))
         }
+        Op::AuditPrune { before, max_bytes } => {
+            let before_ms = match before {
+                Some(b) => Some(
+                    crate::policy::filter::parse_time_filter(b)
+                        .map_err(|e| (ErrorCode::Invalid, e))?,
+                ),
+                None => None,
+            };
+            if before_ms.is_none() && max_bytes.is_none() {
+                return Err((
+                    ErrorCode::Invalid,
+                    "say what to prune: before (a time, date or duration ago) and/or max_bytes"
+                        .into(),
+                ));
+            }
+            let log = ctx.access.audit_log().ok_or_else(|| {
+                (
+                    ErrorCode::Invalid,
+                    "this mount keeps no audit log (--no-audit)".to_string(),
+                )
+            })?;
+            ctx.access.flush_denials();
+            let rule = crate::format::audit::PruneRule {
+                before_ms,
+                max_bytes: *max_bytes,
+            };
+            let out = log.prune(rule, peer.principal()).map_err(|e| {
+                let code = match e {
+                    crate::policy::audit::PruneError::Refused(_) => ErrorCode::Invalid,
+                    crate::policy::audit::PruneError::Audit(_) => ErrorCode::AuditFailed,
+                    crate::policy::audit::PruneError::Io(_) => ErrorCode::Internal,
+                };
+                (code, e.to_string())
+            })?;
+            reply(&out)
+        }
+        Op::AuditRetention {
+            max_age,
+            max_bytes,
+            allow_short,
+        } => {
+            let r = keys(ctx, peer)
+                .set_audit_retention(max_age.as_deref(), *max_bytes, *allow_short)
+                .map_err(key_err)?;
+            reply(&crate::ctl::protocol::RetentionResult::from(r))
+        }
         Op::Metrics => reply(&MetricsResult {
-            text: render_metrics(vol),
+            text: render_metrics(ctx),
         }),
         Op::Rotate => {
             let primary = keys(ctx, peer).rotate().map_err(key_err)?;
@@ -181,9 +227,12 @@ fn dispatch(ctx: &ControlContext, op: &Op, peer: Peer) -> Handled {
             keys(ctx, peer).enable().map_err(key_err)?;
             reply(&DisabledResult { disabled: false })
         }
-        Op::SetRotationPeriod { period } => {
+        Op::SetRotationPeriod {
+            period,
+            allow_short,
+        } => {
             let s = keys(ctx, peer)
-                .set_rotation_period(period.as_deref())
+                .set_rotation_period(period.as_deref(), *allow_short)
                 .map_err(key_err)?;
             reply(&RotationPeriodResult::from(s))
         }
@@ -217,6 +266,27 @@ fn dispatch(ctx: &ControlContext, op: &Op, peer: Peer) -> Handled {
     }
 }
 
+/// `status.audit`: position, size on disk, prunes, headroom, retention.
+fn audit_position(ctx: &ControlContext, a: &crate::policy::audit::AuditLog) -> AuditPosition {
+    let (segment, next_seq, key_version) = a.position();
+    let usage = a.usage().unwrap_or_default();
+    let free = crate::sys::fstatvfs(ctx.vol.root())
+        .map(|st| st.f_bavail.saturating_mul(st.f_frsize))
+        .unwrap_or(0);
+    let retention = KeyService::offline(&ctx.vol).audit_retention();
+    AuditPosition {
+        segment,
+        records: next_seq - 1,
+        key_version,
+        bytes: usage.bytes,
+        segments: usage.segments,
+        pruned_through: usage.pruned_through_seq,
+        records_pruned: usage.records_pruned,
+        headroom: free + usage.reserve_left,
+        retention: retention.map(|r| crate::ctl::protocol::RetentionResult::from(Some(r))),
+    }
+}
+
 fn status(ctx: &ControlContext) -> StatusResult {
     let cfg = ctx.vol.config();
     let census = ctx.census.lock().clone();
@@ -244,14 +314,7 @@ fn status(ctx: &ControlContext) -> StatusResult {
             .access
             .grant_store()
             .map(|g| g.list(None, None).len() as u64),
-        audit: ctx.access.audit_log().map(|a| {
-            let (segment, next_seq, key_version) = a.position();
-            AuditPosition {
-                segment,
-                records: next_seq - 1,
-                key_version,
-            }
-        }),
+        audit: ctx.access.audit_log().map(|a| audit_position(ctx, a)),
         keyring: keyring_status(&ctx.vol),
         keys: KeyService::offline(&ctx.vol)
             .list_keys()
@@ -284,8 +347,9 @@ fn keyring_status(vol: &crate::volume::Volume) -> crate::ctl::protocol::KeyringS
 /// [`crate::metrics::METRICS`] plus the state of `vol`'s keyring (key
 /// versions by state, primary version, disabled flag), as served by the
 /// control op `metrics`.
-fn render_metrics(vol: &Volume) -> String {
+fn render_metrics(ctx: &ControlContext) -> String {
     use std::fmt::Write as _;
+    let vol = &ctx.vol;
     let mut o = String::new();
     let (primary, disabled, states) = {
         let kr = vol.keyring().read();
@@ -343,6 +407,27 @@ fn render_metrics(vol: &Volume) -> String {
     );
     let _ = writeln!(o, "# TYPE sealfs_read_only gauge");
     let _ = writeln!(o, "sealfs_read_only {}", u8::from(vol.read_only()));
+    if let Some(a) = ctx.access.audit_log() {
+        let p = audit_position(ctx, a);
+        for (name, help, v) in [
+            ("sealfs_audit_log_bytes", "Bytes of audit log segments on disk.", p.bytes),
+            ("sealfs_audit_log_segments", "Audit log segments on disk.", p.segments),
+            (
+                "sealfs_audit_headroom_bytes",
+                "Bytes the audit log can still grow by before it fails closed (free space in CIPHERDIR plus its reserve).",
+                p.headroom,
+            ),
+            (
+                "sealfs_audit_records_pruned",
+                "Audit records pruned so far (retention or audit prune).",
+                p.records_pruned,
+            ),
+        ] {
+            let _ = writeln!(o, "# HELP {name} {help}");
+            let _ = writeln!(o, "# TYPE {name} gauge");
+            let _ = writeln!(o, "{name} {v}");
+        }
+    }
     crate::metrics::METRICS.render_for(&o, &vol.config().volume_id)
 }
 

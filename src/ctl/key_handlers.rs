@@ -276,9 +276,12 @@ pub(super) fn dispatch_keyed(
             s.enable_key(id).map_err(key_err)?;
             changed(&s, id)
         }),
-        Op::SetRotationPeriod { period } => resolve().and_then(|id| {
+        Op::SetRotationPeriod {
+            period,
+            allow_short,
+        } => resolve().and_then(|id| {
             let r = s
-                .set_key_rotation_period(id, period.as_deref())
+                .set_key_rotation_period(id, period.as_deref(), *allow_short)
                 .map_err(key_err)?;
             reply(&RotationPeriodResult::from(r))
         }),

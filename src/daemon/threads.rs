@@ -211,10 +211,15 @@ pub(super) fn block_termination_signals() {
 /// files close; the daemon says which processes hold it, and a second
 /// signal ends it at once (the FUSE connection is aborted: the open files
 /// get errors, the daemon exits, and the volume can be mounted again).
+/// What the daemon does before a forced exit (the keyring anchored at the
+/// log's end, as a normal unmount does), set once the mount is up.
+pub(super) type LastWords = Arc<std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>>;
+
 pub(super) fn unmount_on_signal(
     unmounter: Arc<Mutex<super::mounts::Unmounter>>,
     mp: PathBuf,
     requested: Arc<AtomicBool>,
+    last_words: LastWords,
 ) {
     std::thread::spawn(move || {
         let set = termination_signals();
@@ -246,7 +251,12 @@ pub(super) fn unmount_on_signal(
             std::fs::write(format!("/sys/fs/fuse/connections/{c}/abort"), b"1").is_ok()
         });
         if !aborted {
-            // Closing /dev/fuse (exiting) aborts the connection too.
+            // Not root (the abort file is root's): closing /dev/fuse by
+            // exiting aborts the connection too. The keyring is anchored at
+            // the log's end first, as a normal unmount does.
+            if let Some(f) = last_words.get() {
+                f();
+            }
             tracing::warn!("exiting without waiting for the open files");
             std::process::exit(1);
         }

@@ -30,7 +30,12 @@ pub const KNOWN_FEATURES: &[&str] = &[
     FEATURE_HARD_LINKS,
     FEATURE_XATTRS,
     FEATURE_SEALED_GROUP_STATE,
+    FEATURE_EXTERNAL_KEYRING,
 ];
+/// Feature: the keyring is kept outside CIPHERDIR (`init --keyring-dir`;
+/// every command that unlocks needs `--keyring-dir DIR`). Only volumes
+/// made that way have it.
+pub const FEATURE_EXTERNAL_KEYRING: &str = "external-keyring";
 /// The feature flag of a keyring with keyslots (layout 2): a build
 /// without it refuses the volume rather than misread its keyring.
 pub const FEATURE_KEYSLOTS: &str = "keyslots";
@@ -114,7 +119,11 @@ impl VolumeConfig {
     pub fn new(volume_id: [u8; 16]) -> Self {
         VolumeConfig {
             format_version: FORMAT_VERSION,
-            features: KNOWN_FEATURES.iter().map(|s| s.to_string()).collect(),
+            features: KNOWN_FEATURES
+                .iter()
+                .filter(|f| **f != FEATURE_EXTERNAL_KEYRING)
+                .map(|s| s.to_string())
+                .collect(),
             chunk_size: CHUNK_SIZE as u32,
             volume_id: hex(&volume_id),
             rotation_period: None,
@@ -249,6 +258,18 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
     n.checked_mul(mult)
         .filter(|&v| v > 0)
         .ok_or_else(|| format!("'{s}' is out of range"))
+}
+
+/// [`parse_duration`] for what comes from a request: the unit is required
+/// (`90` once meant 90 seconds; stored values keep the lenient parse).
+pub fn parse_duration_with_unit(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    if t.is_empty() || t.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!(
+            "'{t}' has no unit: write {t}d (days), {t}h (hours), {t}m (minutes) or {t}s"
+        ));
+    }
+    parse_duration(t)
 }
 
 /// Lower-case hex of bytes.

@@ -340,7 +340,10 @@ pub fn parse_expiry(s: &str, now: u64) -> Result<u64, GrantError> {
         ))
     };
     let s = s.trim();
-    if let Ok(d) = crate::format::config::parse_duration(s) {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) {
+        return Err(bad("has no unit (a bare number once meant seconds)".into()));
+    }
+    if let Ok(d) = crate::format::config::parse_duration_with_unit(s) {
         return Ok(now.saturating_add(d));
     }
     let t = if s.contains('T') || s.contains('t') {

@@ -30,6 +30,8 @@ pub const LOCK_FILE: &str = "sealfs.lock";
 pub const GRANTS_FILE: &str = "sealfs.grants";
 /// The audit log's folder (§12).
 pub const AUDIT_DIR: &str = "sealfs.audit";
+/// The prune checkpoint, inside [`AUDIT_DIR`] (docs/FORMAT.md §12.3).
+pub const AUDIT_CHECKPOINT: &str = "pruned.ckpt";
 /// The mount root's presented mode, owner and group, sealed (§5.1).
 pub const ROOT_ATTRS_FILE: &str = "sealfs.root";
 /// Prefix of long-name entries: `sealfs.L.<base64url(sha256(full))>` (§7.2).

@@ -520,6 +520,24 @@ impl Keyring {
         }
     }
 
+    /// The audit log's retention rule (layout 2).
+    pub fn audit_retention(&self) -> Option<&crate::format::keyring::AuditRetention> {
+        self.body.audit_retention.as_ref()
+    }
+
+    /// Sets or clears the audit log's retention rule (layout 2 only: a
+    /// layout-1 keyring has no authenticated room for it).
+    pub fn set_audit_retention(
+        &mut self,
+        r: Option<crate::format::keyring::AuditRetention>,
+    ) -> Result<(), KeyringError> {
+        if self.layout() != 2 {
+            return Err(KeyringError::NotUpgraded);
+        }
+        self.body.audit_retention = r;
+        Ok(())
+    }
+
     /// The automatic rotation period of the default key (layout 2; a
     /// layout-1 volume keeps it in `sealfs.toml`).
     pub fn rotation_period(&self) -> Option<String> {

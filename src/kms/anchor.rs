@@ -60,12 +60,8 @@ pub struct AcceptedRollback {
 /// The generation a record proves was stored.
 fn proven(rec: &crate::format::audit::AuditRecord) -> Option<u32> {
     // A generation that does not fit the keyring's u32 proves nothing.
-    let g = u32::try_from(rec.keyring_generation?).ok()?;
-    Some(if rec.op == "keyring_stored" {
-        g
-    } else {
-        g.saturating_sub(1)
-    })
+    u32::try_from(rec.keyring_generation?).ok()?;
+    u32::try_from(rec.proven_keyring_generation()?).ok()
 }
 
 /// Runs both checks. A KMS that cannot be asked is an error (the anchor
@@ -97,7 +93,16 @@ pub fn check(vol: &Volume) -> Result<AnchorReport, KeyError> {
             max = Some(max.map_or(g, |m| m.max(g)));
         }
     }) {
-        Ok(_) => {}
+        Ok(since) => {
+            // The pruned records proved these generations before the
+            // prune: they count as if still in the log.
+            if let Some(g) = since
+                .pruned_proven_generation
+                .and_then(|g| u32::try_from(g).ok())
+            {
+                max = Some(max.map_or(g, |m| m.max(g)));
+            }
+        }
         Err(HeadError::Io(e)) => return Err(KeyError::Volume(e.into())),
         Err(e) => report.problem = Some(e.to_string()),
     }

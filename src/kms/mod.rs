@@ -37,6 +37,7 @@ pub mod anchor;
 pub mod keyslots;
 mod named;
 mod offline;
+pub mod retention;
 
 pub use named::{key_label, KeyInfo, KeySpec};
 pub use offline::OfflineAudit;
@@ -48,7 +49,7 @@ use parking_lot::Mutex;
 
 use crate::crypto::Argon2Params;
 use crate::format::audit::{AuditRecord, Principal};
-use crate::format::config::parse_duration;
+use crate::format::config::{parse_duration, parse_duration_with_unit};
 use crate::format::grants::format_utc;
 use crate::format::keyring::KeyState;
 use crate::keyring::{now_secs, Keyring, KeyringError, UnlockSecret};
@@ -60,6 +61,10 @@ use crate::volume::{Volume, VolumeError};
 
 /// The waiting period of a deletion when none is given.
 pub const DEFAULT_DELETION_WAIT: &str = "7d";
+
+/// The shortest automatic rotation period accepted without `allow_short`:
+/// a new master key version more often than daily only grows the keyring.
+pub const MIN_ROTATION_PERIOD_SECS: u64 = 86_400;
 
 /// What a mount does when key policy changes under it. The FUSE layer
 /// implements it (the daemon wires it up); key policy never sees FUSE.
@@ -452,11 +457,16 @@ impl<'a> KeyService<'a> {
     /// Sets the automatic rotation period ("90d", "12h", …) or, with `None`
     /// or `"off"`, turns automatic rotation off; stored in the keyring
     /// (layout 2) or in `sealfs.toml` (layout 1).
-    pub fn set_rotation_period(&self, period: Option<&str>) -> Result<RotationSchedule, KeyError> {
-        let period = period.filter(|p| *p != "off").map(str::to_string);
-        if let Some(p) = &period {
-            parse_duration(p).map_err(KeyError::Invalid)?;
-        }
+    ///
+    /// A period needs a unit, and one shorter than
+    /// [`MIN_ROTATION_PERIOD_SECS`] is refused unless `allow_short`: the
+    /// daemon decides, whatever client asks.
+    pub fn set_rotation_period(
+        &self,
+        period: Option<&str>,
+        allow_short: bool,
+    ) -> Result<RotationSchedule, KeyError> {
+        let period = checked_period(period, allow_short)?;
         let detail = Some(period.clone().unwrap_or_else(|| "off".into()));
         if self.vol.keyring().read().layout() == 2 {
             self.change("set_rotation_period", None, detail, |k| {
@@ -573,7 +583,7 @@ impl<'a> KeyService<'a> {
         confirm: bool,
     ) -> Result<DeletionPlan, KeyError> {
         let wait = wait.unwrap_or(DEFAULT_DELETION_WAIT);
-        let secs = parse_duration(wait).map_err(KeyError::Invalid)?;
+        let secs = parse_duration_with_unit(wait).map_err(KeyError::Invalid)?;
         let due = now_secs()
             .checked_add(secs)
             .ok_or_else(|| KeyError::Invalid(format!("waiting period {wait} is too long")))?;
@@ -656,6 +666,14 @@ impl<'a> KeyService<'a> {
                 done.push(format!("destroyed key version {v}"));
             }
         }
+        if let Some(p) = self.apply_audit_retention(now.saturating_mul(1000))? {
+            if p.segments + p.leftovers_removed > 0 {
+                done.push(format!(
+                    "audit retention: pruned {} segment(s), {} record(s)",
+                    p.segments, p.records
+                ));
+            }
+        }
         Ok(done)
     }
 
@@ -675,6 +693,25 @@ impl<'a> KeyService<'a> {
         )?;
         Ok(self.vol.after_secret_change(kdf)?)
     }
+}
+
+/// A rotation period as stored: `None` for none or `"off"`; one needs a
+/// unit, and one shorter than [`MIN_ROTATION_PERIOD_SECS`] is refused
+/// unless `allow_short`.
+pub(crate) fn checked_period(
+    period: Option<&str>,
+    allow_short: bool,
+) -> Result<Option<String>, KeyError> {
+    let period = period.filter(|p| *p != "off").map(str::to_string);
+    if let Some(p) = &period {
+        let secs = parse_duration_with_unit(p).map_err(KeyError::Invalid)?;
+        if secs < MIN_ROTATION_PERIOD_SECS && !allow_short {
+            return Err(KeyError::Invalid(format!(
+                "a rotation period of {p} is shorter than a day: every rotation makes a new master key version that stays until rewrap and trim; use e.g. 90d, or pass --allow-short (allow_short) to set it anyway"
+            )));
+        }
+    }
+    Ok(period)
 }
 
 /// Runs a rewrap that [`KeyService::begin_rewrap`] admitted, on a thread

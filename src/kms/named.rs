@@ -352,14 +352,12 @@ impl KeyService<'_> {
         &self,
         id: u32,
         period: Option<&str>,
+        allow_short: bool,
     ) -> Result<super::RotationSchedule, KeyError> {
         if id == self.vol.keyring().read().default_key_id() {
-            return self.set_rotation_period(period);
+            return self.set_rotation_period(period, allow_short);
         }
-        let period = period.filter(|p| *p != "off").map(str::to_string);
-        if let Some(p) = &period {
-            parse_duration(p).map_err(KeyError::Invalid)?;
-        }
+        let period = super::checked_period(period, allow_short)?;
         let detail = format!(
             "{} {}",
             self.label(id),

@@ -22,19 +22,22 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::format::audit::{
-    self as afmt, AuditKeys, AuditRecord, ChainEvent, ChainReport, Principal, RecordStep,
-    SegmentHeader, MAC_LEN, SEGMENT_HEADER_LEN,
+    self as afmt, AuditKeys, AuditRecord, ChainEvent, ChainReport, Principal, PrunePlan,
+    PruneRefusal, PruneRule, RecordStep, SegmentHeader, MAC_LEN, SEGMENT_HEADER_LEN,
 };
 pub use crate::format::audit::{AnchorCheck, AuditHead, KeyringAnchor};
 use crate::format::reserved;
 use crate::{sys, volume::Volume};
 
+use crate::format::reserved::AUDIT_CHECKPOINT;
 /// The audit folder in CIPHERDIR.
 pub use crate::format::reserved::AUDIT_DIR;
 /// Default size at which a new segment starts.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 8 << 20;
 /// How often appended records are made durable.
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the retention rule runs when no new segment started.
+const RETENTION_RECHECK: Duration = Duration::from_secs(3600);
 /// Disk space reserved ahead of the end of the current segment
 /// (`fallocate` with `KEEP_SIZE`), so that a disk filled by file content
 /// still leaves room for a few thousand records: the volume stays usable
@@ -63,6 +66,67 @@ impl AuditError {
             _ => libc::EIO,
         }
     }
+}
+
+/// Why a prune did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    /// The log cannot be pruned as it is.
+    #[error(transparent)]
+    Refused(#[from] PruneRefusal),
+    /// The prune could not be recorded (nothing was pruned).
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// Reading or writing the log failed.
+    #[error("audit log I/O: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// What a prune did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PruneOutcome {
+    /// Segments pruned.
+    pub segments: u64,
+    /// Records pruned.
+    pub records: u64,
+    /// Bytes freed.
+    pub bytes: u64,
+    /// The last record pruned, if any was.
+    pub through_seq: Option<u64>,
+    /// Segments removed that an interrupted earlier prune had left.
+    pub leftovers_removed: u64,
+}
+
+/// The audit log's size and what was pruned (`status.audit`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AuditUsage {
+    /// Bytes in all segments.
+    pub bytes: u64,
+    /// Segments on disk.
+    pub segments: u64,
+    /// The oldest segment on disk.
+    pub first_segment: Option<u64>,
+    /// The segment being written.
+    pub current_segment: u64,
+    /// The next record's sequence number.
+    pub next_seq: u64,
+    /// Disk space reserved ahead of the current segment's end.
+    pub reserve_left: u64,
+    /// Records up to this one were pruned (a checkpoint that verifies).
+    pub pruned_through_seq: Option<u64>,
+    /// Records pruned in all.
+    pub records_pruned: u64,
+}
+
+fn describe_rule(rule: &PruneRule) -> String {
+    let mut out = String::new();
+    if let Some(b) = rule.before_ms {
+        out.push_str(&format!("; rule: records before {} ms", b));
+    }
+    if let Some(m) = rule.max_bytes {
+        out.push_str(&format!("; rule: log at most {m} bytes"));
+    }
+    out
 }
 
 fn segment_name(n: u64) -> String {
@@ -103,6 +167,23 @@ fn open_audit_dir(root: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
 /// (number, bytes).
 pub fn read_segments(root: BorrowedFd<'_>) -> io::Result<Vec<(u64, Vec<u8>)>> {
     read_segments_from(root, 1)
+}
+
+/// The prune checkpoint's bytes, if there is one (never through a
+/// symlink; anything but a regular file at its name is an error).
+pub fn read_checkpoint(root: BorrowedFd<'_>) -> io::Result<Option<Vec<u8>>> {
+    let Some(dir) = open_audit_dir(root)? else {
+        return Ok(None);
+    };
+    read_checkpoint_in(dir.as_fd())
+}
+
+fn read_checkpoint_in(dir: BorrowedFd<'_>) -> io::Result<Option<Vec<u8>>> {
+    match sys::read_regular_limited(dir, OsStr::new(AUDIT_CHECKPOINT), afmt::CHECKPOINT_LEN) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Reads the segments numbered `first` and up (see [`read_segments`]).
@@ -170,9 +251,11 @@ pub fn verify_log_anchored(
     on_event: &mut dyn FnMut(ChainEvent<'_>),
 ) -> io::Result<ChainReport> {
     let segs = read_segments(vol.root())?;
+    let checkpoint = read_checkpoint(vol.root())?;
     let cache = KeyCache::new(vol);
-    Ok(afmt::verify_chain_anchored(
+    Ok(afmt::verify_log_view(
         segs.iter().map(|(n, b)| (*n, b.as_slice())),
+        checkpoint.as_deref(),
         &vol.volume_id(),
         &mut |v| cache.get(v),
         anchor,
@@ -186,20 +269,29 @@ pub fn verify_log_anchored(
 /// it before [`AuditLog::open`] (which starts a new log where there is
 /// none). A missing `sealfs.audit` is [`AnchorCheck::Missing`].
 pub fn check_anchor(vol: &Arc<Volume>, head: &AuditHead) -> io::Result<AnchorCheck> {
+    let checkpoint = read_checkpoint(vol.root())?;
+    // After a prune the walk may start before the head's segment (right
+    // after the checkpoint): then every segment is read.
+    let first = if checkpoint.is_some() {
+        1
+    } else {
+        head.segment
+    };
     let earlier = match open_audit_dir(vol.root())? {
         Some(dir) => list_segments(dir.as_fd())?
             .into_iter()
-            .filter(|n| *n < head.segment)
+            .filter(|n| *n < first)
             .collect(),
         None => Vec::new(),
     };
-    let segs = read_segments_from(vol.root(), head.segment)?;
+    let segs = read_segments_from(vol.root(), first)?;
     let cache = KeyCache::new(vol);
     Ok(afmt::check_anchor(
         earlier
             .into_iter()
             .map(|n| (n, &[][..]))
             .chain(segs.iter().map(|(n, b)| (*n, b.as_slice()))),
+        checkpoint.as_deref(),
         &vol.volume_id(),
         &mut |v| cache.get(v),
         head,
@@ -249,6 +341,10 @@ pub struct AuditLog {
     dir: OwnedFd,
     keys: KeyCache,
     writer: Mutex<Writer>,
+    /// One prune at a time.
+    pruning: Mutex<()>,
+    /// When the retention rule last ran, and on which segment.
+    retention_ran: Mutex<Option<(std::time::Instant, u64)>>,
     segment_bytes: u64,
     dirty: AtomicBool,
 }
@@ -280,15 +376,35 @@ impl AuditLog {
         };
         let keys = KeyCache::new(&vol);
         let mut notes = Vec::new();
-        let segments = list_segments(dir.as_fd())?;
-        let writer = match segments.last() {
-            None => Self::new_segment(dir.as_fd(), &keys, &vol, 1, 1, [0; MAC_LEN])?,
-            Some(&last) => Self::resume(dir.as_fd(), &keys, &vol, last, &mut notes)?,
+        let mut segments = list_segments(dir.as_fd())?;
+        let checkpoint = Self::finish_prune(dir.as_fd(), &keys, &vol, &mut segments)?;
+        let writer = match (segments.last(), checkpoint) {
+            (None, None) => Self::new_segment(dir.as_fd(), &keys, &vol, 1, 1, [0; MAC_LEN])?,
+            (None, Some(c)) => {
+                // Not chained to the checkpoint: verify reports the loss.
+                notes.push(format!(
+                    "the audit log after the prune checkpoint (segment {}, record {}) is missing; starting segment {}",
+                    c.segment,
+                    c.last_seq,
+                    c.segment + 1
+                ));
+                Self::new_segment(
+                    dir.as_fd(),
+                    &keys,
+                    &vol,
+                    c.segment + 1,
+                    c.last_seq + 1,
+                    [0; MAC_LEN],
+                )?
+            }
+            (Some(&last), _) => Self::resume(dir.as_fd(), &keys, &vol, last, &mut notes)?,
         };
         let log = Arc::new(AuditLog {
             dir,
             keys,
             writer: Mutex::new(writer),
+            pruning: Mutex::new(()),
+            retention_ran: Mutex::new(None),
             segment_bytes: segment_bytes.max(64 * 1024),
             dirty: AtomicBool::new(false),
         });
@@ -304,6 +420,38 @@ impl AuditLog {
         log.sync()?;
         Self::spawn_syncer(Arc::downgrade(&log));
         Ok(log)
+    }
+
+    /// Removes segments a prune checkpoint (one that verifies) covers but
+    /// an interrupted prune left behind; returns the checkpoint.
+    fn finish_prune(
+        dir: BorrowedFd<'_>,
+        keys: &KeyCache,
+        vol: &Volume,
+        segments: &mut Vec<u64>,
+    ) -> io::Result<Option<afmt::PruneCheckpoint>> {
+        let Some(b) = read_checkpoint_in(dir)? else {
+            return Ok(None);
+        };
+        let Some(c) = afmt::checkpoint_key_version(&b)
+            .ok()
+            .and_then(|v| keys.get(v))
+            .and_then(|k| afmt::decode_checkpoint(&b, &k, &vol.volume_id()).ok())
+        else {
+            tracing::warn!(
+                "audit log: the prune checkpoint does not verify; `sealfs audit verify` reports it"
+            );
+            return Ok(None);
+        };
+        let (gone, kept): (Vec<u64>, Vec<u64>) = segments.iter().partition(|n| **n <= c.segment);
+        for n in &gone {
+            sys::unlinkat(dir, OsStr::new(&segment_name(*n)), false)?;
+        }
+        if !gone.is_empty() {
+            sys::fsync_dir(dir)?;
+        }
+        *segments = kept;
+        Ok(Some(c))
     }
 
     /// A record template for events the daemon itself causes.
@@ -508,6 +656,128 @@ impl AuditLog {
             self.roll(&mut w)?;
         }
         Ok(())
+    }
+
+    /// Prunes whole segments from the front of the log under `rule`
+    /// (docs/FORMAT.md §12.3): the prune is recorded first (refused if that
+    /// fails), then the checkpoint is stored durably, then the segments are
+    /// removed. The segment being written, and everything from the first
+    /// break on, are kept. A crash after the checkpoint leaves segments it
+    /// covers, which the next prune or open removes.
+    pub fn prune(&self, rule: PruneRule, by: Principal) -> Result<PruneOutcome, PruneError> {
+        let _one = self.pruning.lock();
+        let keep_from = self.writer.lock().segment;
+        let vol = &self.keys.vol;
+        let segs = read_segments(vol.root())?;
+        let checkpoint = read_checkpoint_in(self.dir.as_fd())?;
+        let plan = afmt::plan_prune(
+            segs.iter().map(|(n, b)| (*n, b.as_slice())),
+            checkpoint.as_deref(),
+            &vol.volume_id(),
+            &mut |v| self.keys.get(v),
+            rule,
+            keep_from,
+        )?;
+        drop(segs);
+        let mut outcome = PruneOutcome {
+            segments: plan.segments,
+            records: plan.records,
+            bytes: plan.bytes,
+            through_seq: None,
+            leftovers_removed: 0,
+        };
+        if let Some(mut c) = plan.checkpoint {
+            let mut rec = AuditRecord::new(by, "audit_prune", "ok");
+            rec.detail = Some(format!(
+                "pruning segments through {} (records through {}; {} records, {} bytes){}",
+                c.segment,
+                c.last_seq,
+                plan.records,
+                plan.bytes,
+                describe_rule(&rule)
+            ));
+            self.append(rec)?;
+            self.sync()?;
+            let version = vol.keyring().read().primary();
+            let keys = self.keys.get(version).ok_or(AuditError::NoKey(version))?;
+            c.key_version = version;
+            c.pruned_ms = now_ms();
+            let bytes = afmt::encode_checkpoint(&c, &keys);
+            sys::write_durably(self.dir.as_fd(), AUDIT_CHECKPOINT, &bytes, 0o600)?;
+            outcome.through_seq = Some(c.last_seq);
+        }
+        outcome.leftovers_removed = self.remove_segments(&plan)?;
+        Ok(outcome)
+    }
+
+    /// Whether the retention rule should run now: at the first call, after
+    /// a new segment started, after the rule changed, and hourly (records
+    /// age past a `max_age` without any new segment). Marks it as run.
+    pub fn retention_due(&self) -> bool {
+        let segment = self.writer.lock().segment;
+        let mut ran = self.retention_ran.lock();
+        let due = match *ran {
+            None => true,
+            Some((at, seg)) => seg != segment || at.elapsed() >= RETENTION_RECHECK,
+        };
+        if due {
+            *ran = Some((std::time::Instant::now(), segment));
+        }
+        due
+    }
+
+    /// The retention rule changed: it runs at the next schedule tick.
+    pub fn retention_changed(&self) {
+        *self.retention_ran.lock() = None;
+    }
+
+    /// Removes the segments a prune plan lets go; returns how many of them
+    /// were leftovers of an earlier, interrupted prune.
+    fn remove_segments(&self, plan: &PrunePlan) -> io::Result<u64> {
+        let newly = plan.segments as usize;
+        let leftovers = plan.remove.len().saturating_sub(newly) as u64;
+        for n in &plan.remove {
+            match sys::unlinkat(self.dir.as_fd(), OsStr::new(&segment_name(*n)), false) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !plan.remove.is_empty() {
+            sys::fsync_dir(self.dir.as_fd())?;
+        }
+        Ok(leftovers)
+    }
+
+    /// The log's size on disk and what a prune left, for status and
+    /// metrics: a directory listing and one `fstat` per segment.
+    pub fn usage(&self) -> io::Result<AuditUsage> {
+        let (current, next_seq, reserved, len) = {
+            let w = self.writer.lock();
+            (w.segment, w.next_seq, w.reserved, w.len)
+        };
+        let mut u = AuditUsage {
+            next_seq,
+            reserve_left: reserved.saturating_sub(len),
+            ..AuditUsage::default()
+        };
+        for n in list_segments(self.dir.as_fd())? {
+            if let Ok(st) = sys::fstatat(self.dir.as_fd(), OsStr::new(&segment_name(n))) {
+                u.bytes += st.st_size as u64;
+                u.segments += 1;
+                u.first_segment.get_or_insert(n);
+            }
+        }
+        if let Some(b) = read_checkpoint_in(self.dir.as_fd())? {
+            let c = afmt::checkpoint_key_version(&b)
+                .ok()
+                .and_then(|v| self.keys.get(v))
+                .and_then(|k| afmt::decode_checkpoint(&b, &k, &self.keys.vol.volume_id()).ok());
+            u.pruned_through_seq = c.map(|c| c.last_seq);
+            u.records_pruned = c.map_or(0, |c| c.records_pruned);
+        }
+        u.current_segment = current;
+        Ok(u)
     }
 
     /// Makes every appended record durable.

@@ -108,27 +108,62 @@ fn keys_for(vol: &Volume) -> impl FnMut(u32) -> Option<std::sync::Arc<AuditKeys>
     }
 }
 
+/// What [`records_since`] found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Since {
+    /// Records handed over.
+    pub handed: u64,
+    /// When the head lies in a pruned part of the log: the highest keyring
+    /// generation the pruned records proved stored (from the prune
+    /// checkpoint; docs/FORMAT.md §12.3).
+    pub pruned_proven_generation: Option<u64>,
+}
+
+/// The prune checkpoint of `vol`'s log, if there is one that verifies.
+fn checkpoint(
+    vol: &Volume,
+    keys: &mut dyn FnMut(u32) -> Option<std::sync::Arc<AuditKeys>>,
+) -> Result<Option<afmt::PruneCheckpoint>, HeadError> {
+    let Some(bytes) = super::audit::read_checkpoint(vol.root())? else {
+        return Ok(None);
+    };
+    let Ok(v) = afmt::checkpoint_key_version(&bytes) else {
+        return Ok(None);
+    };
+    Ok(keys(v).and_then(|k| afmt::decode_checkpoint(&bytes, &k, &vol.volume_id()).ok()))
+}
+
 /// Hands every verified record after `head` to `on_record`, after checking
 /// that the log still holds `head` (its segment exists, and the chain
-/// value at that position is `head.chain_mac`). Returns how many records
-/// were handed over. A record torn by a crash at the very end is not an
-/// error. Without a head, every record up to the first break is handed
-/// over (a log never anchored has nothing to keep).
+/// value at that position is `head.chain_mac`), or that a prune checkpoint
+/// that verifies covers it. A record torn by a crash at the very end is
+/// not an error. Without a head, every record up to the first break is
+/// handed over (a log never anchored has nothing to keep).
 pub fn records_since(
     vol: &Volume,
     head: Option<&AuditHead>,
     on_record: &mut dyn FnMut(&AuditRecord),
-) -> Result<u64, HeadError> {
+) -> Result<Since, HeadError> {
     let segs = super::audit::read_segments(vol.root())?;
     let mut keys = keys_for(vol);
     let Some(h) = head else {
-        let report = afmt::verify_chain(
+        let checkpoint = super::audit::read_checkpoint(vol.root())?;
+        let report = afmt::verify_log_view(
             segs.iter().map(|(n, b)| (*n, b.as_slice())),
+            checkpoint.as_deref(),
             &vol.volume_id(),
             &mut keys,
-            on_record,
+            None,
+            &mut |e| {
+                if let afmt::ChainEvent::Record(r) = e {
+                    on_record(r)
+                }
+            },
         );
-        return Ok(report.records);
+        return Ok(Since {
+            handed: report.records,
+            pruned_proven_generation: None,
+        });
     };
     if segs.is_empty() {
         return Err(HeadError::LogMissing {
@@ -136,11 +171,25 @@ pub fn records_since(
             seq: h.seq,
         });
     }
-    let Some(start) = segs.iter().position(|(n, _)| *n == h.segment) else {
+    let covering = checkpoint(vol, &mut keys)?.filter(|c| h.segment <= c.segment);
+    if let Some(c) = &covering {
+        if h.seq > c.last_seq + 1 {
+            return Err(HeadError::Shortened {
+                segment: h.segment,
+                seq: h.seq,
+                reason: format!(
+                    "the segment was pruned, but only through record {}",
+                    c.last_seq
+                ),
+            });
+        }
+    }
+    let wanted = covering.map_or(h.segment, |c| c.segment + 1);
+    let Some(start) = segs.iter().position(|(n, _)| *n == wanted) else {
         let first = segs[0].0;
         let last = segs[segs.len() - 1].0;
         return Err(HeadError::SegmentMissing {
-            segment: h.segment,
+            segment: wanted,
             seq: h.seq,
             found: format!("the log has segments {first} to {last}"),
         });
@@ -151,9 +200,9 @@ pub fn records_since(
         reason,
     };
     let mut handed = 0;
-    let mut reached = false;
-    let mut chain = [0u8; MAC_LEN];
-    let mut next_seq = 0;
+    let mut reached = covering.is_some();
+    let mut chain = covering.map_or([0u8; MAC_LEN], |c| c.chain_mac);
+    let mut next_seq = covering.map_or(0, |c| c.last_seq + 1);
     let last = segs.len() - 1;
     for (i, (number, bytes)) in segs.iter().enumerate().skip(start) {
         let broken = |reason: String| HeadError::Broken {
@@ -185,11 +234,11 @@ pub fn records_since(
         if header.volume_id != vol.volume_id() || header.segment != *number {
             return Err(short("segment of another volume or renumbered".into()));
         }
-        if i == start {
+        if i == start && covering.is_none() {
             next_seq = header.first_seq;
             chain = after_header;
         } else {
-            if *number != segs[i - 1].0 + 1 {
+            if i != start && *number != segs[i - 1].0 + 1 {
                 return Err(broken(format!("segment {} is missing", segs[i - 1].0 + 1)));
             }
             if header.first_seq != next_seq || header.prev_mac != chain {
@@ -243,5 +292,10 @@ pub fn records_since(
             )));
         }
     }
-    Ok(handed)
+    Ok(Since {
+        handed,
+        pruned_proven_generation: covering
+            .map(|c| c.proven_keyring_generation)
+            .filter(|g| *g > 0),
+    })
 }

@@ -6,14 +6,21 @@
 //! Must never: read or write the log (that is [`super::audit`]).
 
 use crate::format::audit::AuditRecord;
-use crate::format::config::parse_duration;
+use crate::format::config::parse_duration_with_unit;
 use crate::format::grants as gfmt;
 use crate::keyring::now_secs;
 
-/// A time filter: an absolute UTC time/date, or a duration before now.
-fn parse_time_filter(s: &str) -> Result<u64, String> {
+/// A time: an absolute UTC time/date, or a duration before now (with a
+/// unit: a bare number is refused); ms since the epoch.
+pub fn parse_time_filter(s: &str) -> Result<u64, String> {
     let now = now_secs();
-    if let Ok(d) = parse_duration(s) {
+    if !s.trim().is_empty() && s.trim().chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!(
+            "'{}' has no unit: give a time like 2026-12-31T00:00Z, a date like 2026-12-31, or a duration ago like 12h or 7d",
+            s.trim()
+        ));
+    }
+    if let Ok(d) = parse_duration_with_unit(s) {
         return Ok(now.saturating_sub(d) * 1000);
     }
     gfmt::parse_expiry(s, now)

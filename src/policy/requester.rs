@@ -65,8 +65,24 @@ struct ProcInfo {
 
 /// The start time of process `pid` (field 22 of `/proc/PID/stat`, after
 /// the command name in parentheses, which may itself hold spaces and ')').
+/// Asked on every audited request: one `read` into a stack buffer (the line
+/// is a few hundred bytes) instead of `std::fs::read`'s size probe and
+/// growing reads; a line that does not fit is read whole.
 pub fn read_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    use std::io::Read;
+    let mut buf = [0u8; 2048];
+    let mut f = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    let n = f.read(&mut buf).ok()?;
+    if n < buf.len() {
+        if let Some(t) = start_time_of(&buf[..n]) {
+            return Some(t);
+        }
+    }
+    start_time_of(&std::fs::read(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Field 22 of a `/proc/PID/stat` line.
+fn start_time_of(stat: &[u8]) -> Option<u64> {
     let close = stat.iter().rposition(|b| *b == b')')?;
     let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
     // After ") ": field 3 (state) is the first; field 22 is the 20th.
@@ -212,6 +228,14 @@ impl Requesters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn start_time_after_a_command_name_with_parentheses_and_spaces() {
+        let line = b"42 (a) b) c) S 1 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987654 0 0\n";
+        assert_eq!(start_time_of(line), Some(987654));
+        assert_eq!(start_time_of(b"42 (no end"), None);
+        assert_eq!(start_time_of(b"42 (x) S 1 2"), None);
+    }
 
     #[test]
     fn start_time_and_uid_of_this_process() {

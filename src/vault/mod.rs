@@ -813,7 +813,7 @@ impl Vault {
 
     /// Sets the automatic rotation period ("90d"), or turns it off (`None`).
     pub fn set_rotation_period(&self, period: Option<&str>) -> Result<RotationSchedule, KeyError> {
-        self.keys().set_rotation_period(period)
+        self.keys().set_rotation_period(period, false)
     }
 
     /// Runs what is due at `now` (automatic rotation, due destructions), as

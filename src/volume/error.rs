@@ -51,6 +51,9 @@ pub enum VolumeError {
     /// Not a sealfs volume.
     #[error("{0} is not a sealfs volume (no {CONFIG_FILE})")]
     NotAVolume(PathBuf),
+    /// The keyring's place and the volume disagree (`--keyring-dir`).
+    #[error("{0}")]
+    KeyringPlace(String),
     /// init on a non-empty directory.
     #[error("{0} is not empty; sealfs init needs an empty or new directory")]
     NotEmpty(PathBuf),

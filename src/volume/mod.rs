@@ -162,6 +162,9 @@ pub struct Volume {
     /// writer per volume (a mount, or an offline command), never two
     /// keyrings in memory overwriting each other.
     _lock: Option<File>,
+    /// The directory holding the keyring when it is kept outside CIPHERDIR
+    /// (feature `external-keyring`); None: CIPHERDIR.
+    keyring_dir: Option<std::os::fd::OwnedFd>,
 }
 
 /// File mode of `sealfs.toml` (no secret, but nobody else's business).
@@ -201,6 +204,39 @@ fn is_empty_dir(p: &Path) -> io::Result<bool> {
     }
 }
 
+/// Where the keyring of the volume in `cipherdir` (with `config`) is: an
+/// open directory when it is kept outside (the unlocker's
+/// `keyring_dir`), None for CIPHERDIR. The volume's feature and the
+/// caller's directory must agree.
+fn keyring_place(
+    cipherdir: &Path,
+    config: &VolumeConfig,
+    unlock: &dyn Unlocker,
+) -> Result<Option<std::os::fd::OwnedFd>, VolumeError> {
+    let outside = config
+        .features
+        .iter()
+        .any(|f| f == crate::format::config::FEATURE_EXTERNAL_KEYRING);
+    match (outside, unlock.keyring_dir()) {
+        (false, None) => Ok(None),
+        (true, Some(d)) => sys::open_dir_path(d).map(Some).map_err(|e| {
+            VolumeError::KeyringPlace(format!(
+                "cannot open the keyring directory {}: {e}",
+                d.display()
+            ))
+        }),
+        (true, None) => Err(VolumeError::KeyringPlace(format!(
+            "{} keeps its keyring outside the cipher directory (made with --keyring-dir): pass --keyring-dir DIR, the directory holding its sealfs.keyring",
+            cipherdir.display()
+        ))),
+        (false, Some(d)) => Err(VolumeError::KeyringPlace(format!(
+            "{} keeps its keyring in the cipher directory; drop --keyring-dir {}",
+            cipherdir.display(),
+            d.display()
+        ))),
+    }
+}
+
 impl Volume {
     /// Creates a new volume in an empty (or absent) `cipherdir`, with one
     /// keyslot for `secret` (a passphrase slot uses `params`).
@@ -218,6 +254,39 @@ impl Volume {
         cipherdir: &Path,
         slots: &[(&dyn KeyProvider, &str)],
     ) -> Result<(), VolumeError> {
+        Self::create_with_keyring_dir(cipherdir, slots, None)
+    }
+
+    /// [`Volume::create_with`], keeping the keyring in `keyring_dir` (an
+    /// existing directory without a keyring) instead of CIPHERDIR: the
+    /// volume gets feature `external-keyring`, and every unlock then needs
+    /// the directory ([`Unlocker::keyring_dir`]).
+    pub fn create_with_keyring_dir(
+        cipherdir: &Path,
+        slots: &[(&dyn KeyProvider, &str)],
+        keyring_dir: Option<&Path>,
+    ) -> Result<(), VolumeError> {
+        let outside = match keyring_dir {
+            None => None,
+            Some(d) => {
+                let fd = sys::open_dir_path(d).map_err(|e| {
+                    VolumeError::KeyringPlace(format!(
+                        "cannot open the keyring directory {}: {e}; create it first (mkdir -m 700)",
+                        d.display()
+                    ))
+                })?;
+                if [KEYRING_FILE, KEYRING_BACKUP]
+                    .iter()
+                    .any(|n| sys::fstatat(fd.as_fd(), OsStr::new(n)).is_ok())
+                {
+                    return Err(VolumeError::KeyringPlace(format!(
+                        "{} already holds a keyring: give each volume its own keyring directory",
+                        d.display()
+                    )));
+                }
+                Some(fd)
+            }
+        };
         if !is_empty_dir(cipherdir)? {
             return Err(VolumeError::NotEmpty(cipherdir.to_path_buf()));
         }
@@ -251,9 +320,15 @@ impl Volume {
             Err(e) => return Err(e.into()),
         };
         let root = sys::open_dir_path(cipherdir)?;
-        let config = VolumeConfig::new(volume_id);
-        keyring.store(root.as_fd())?;
-        let vol = Volume::assemble(cipherdir, root, config.clone(), volume_id, keyring, false);
+        let mut config = VolumeConfig::new(volume_id);
+        if outside.is_some() {
+            config
+                .features
+                .push(crate::format::config::FEATURE_EXTERNAL_KEYRING.to_string());
+        }
+        keyring.store(outside.as_ref().map_or(root.as_fd(), |d| d.as_fd()))?;
+        let mut vol = Volume::assemble(cipherdir, root, config.clone(), volume_id, keyring, false);
+        vol.keyring_dir = outside;
         let root_key = SecretKey::generate()?;
         let root_dir = vol.write_dir_record(
             vol.root(),
@@ -321,13 +396,15 @@ impl Volume {
         } else {
             None
         };
-        let keyring = Keyring::load(root.as_fd(), unlock)?;
+        let outside = keyring_place(cipherdir, &config, unlock)?;
+        let keyring_fd = outside.as_ref().map_or(root.as_fd(), |d| d.as_fd());
+        let keyring = Keyring::load(keyring_fd, unlock)?;
         if keyring.volume_id() != volume_id {
             return Err(KeyringError::VolumeMismatch.into());
         }
         // A crash between the two keyring writes leaves one copy stale; the
         // second copy is only a safety net while it matches.
-        if !read_only && keyring.resync_copies(root.as_fd())? {
+        if !read_only && keyring.resync_copies(keyring_fd)? {
             tracing::warn!(
                 "one keyring copy was missing, damaged or stale; rewritten from the other"
             );
@@ -353,6 +430,7 @@ impl Volume {
         }
         let mut vol = Volume::assemble(cipherdir, root, config, volume_id, keyring, read_only);
         vol._lock = lock;
+        vol.keyring_dir = outside;
         Ok(vol)
     }
 
@@ -383,7 +461,21 @@ impl Volume {
             namespace: RwLock::new(()),
             keyring_store: parking_lot::Mutex::new(()),
             _lock: None,
+            keyring_dir: None,
         }
+    }
+
+    /// The directory the keyring's two copies are in: CIPHERDIR, or the
+    /// one given with `--keyring-dir` for a volume that keeps it outside.
+    pub fn keyring_fd(&self) -> BorrowedFd<'_> {
+        self.keyring_dir
+            .as_ref()
+            .map_or_else(|| self.root(), |d| d.as_fd())
+    }
+
+    /// Whether the keyring is kept outside CIPHERDIR.
+    pub fn keyring_outside(&self) -> bool {
+        self.keyring_dir.is_some()
     }
 
     /// The name cipher of the directory `id` with directory key `key`, in
@@ -439,7 +531,7 @@ impl Volume {
         if anchor.is_some() {
             next.set_anchor(anchor);
         }
-        next.store(self.root())?;
+        next.store(self.keyring_fd())?;
         self.disabled
             .store(next.disabled(), std::sync::atomic::Ordering::Release);
         self.keys_restricted.store(
@@ -504,7 +596,12 @@ impl Volume {
         [KEYRING_FILE, KEYRING_BACKUP, CONFIG_FILE, GRANTS_FILE]
             .iter()
             .filter_map(|name| {
-                let st = sys::fstatat(self.root(), OsStr::new(name)).ok()?;
+                let dir = if name.starts_with(KEYRING_FILE) {
+                    self.keyring_fd()
+                } else {
+                    self.root()
+                };
+                let st = sys::fstatat(dir, OsStr::new(name)).ok()?;
                 let mode = st.st_mode & 0o777;
                 (st.st_mode & libc::S_IFMT == libc::S_IFREG && mode & 0o077 != 0).then(|| {
                     format!(

@@ -53,6 +53,10 @@ pub(crate) struct SecretArgs {
     /// in the audit log.
     #[arg(long)]
     pub(crate) accept_rollback: bool,
+    /// The directory holding the keyring of a volume made with
+    /// `init --keyring-dir` (gocryptfs's -config).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) keyring_dir: Option<PathBuf>,
 }
 
 impl SecretArgs {
@@ -151,6 +155,12 @@ pub(crate) struct InitSecretArgs {
     pub(crate) pkcs11: Pkcs11Args,
     #[command(flatten)]
     pub(crate) transit: TransitArgs,
+    /// Keep the keyring (both copies) in DIR, an existing directory, not in
+    /// CIPHERDIR: the cipher dir alone then cannot be unlocked, or guessed
+    /// against (gocryptfs's -config). Every command that unlocks the volume
+    /// needs --keyring-dir DIR.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) keyring_dir: Option<PathBuf>,
 }
 
 // Parsed once per run: the size of the biggest variant does not matter.
@@ -687,6 +697,42 @@ pub(crate) enum AuditCtlCommand {
     Export(ExportFilter),
     /// Verify the audit chain of the mounted volume.
     Verify,
+    /// Prune whole audit segments: those whose records are all older than
+    /// --before, and/or the oldest while the log is larger than --max-size.
+    /// A sealed checkpoint keeps what is left verifiable; the prune itself
+    /// is recorded.
+    #[command(
+        after_help = "Examples:\n  sealfs ctl --mount ~/vault audit prune --before 400d\n  sealfs ctl --mount ~/vault audit prune --before 2026-01-01\n  sealfs ctl --mount ~/vault audit prune --max-size 1G\n\nThe segment being written (8 MiB, or since the last rotation) is never pruned,\nnor anything from a break in the chain on: `audit verify` first."
+    )]
+    Prune {
+        /// Prune segments whose records are all older than this (a UTC time,
+        /// a date, or a duration ago like 400d).
+        #[arg(long, value_name = "WHEN")]
+        before: Option<String>,
+        /// Prune the oldest segments while the log is larger than SIZE
+        /// (bytes, or with K/M/G).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        max_size: Option<u64>,
+    },
+    /// Set how long the mount keeps audit records (stored in the keyring;
+    /// the mount prunes hourly and at every new segment).
+    #[command(
+        after_help = "Examples:\n  sealfs ctl --mount ~/vault audit retention --max-age 400d\n  sealfs ctl --mount ~/vault audit retention --max-age 90d --max-size 2G\n  sealfs ctl --mount ~/vault audit retention --off"
+    )]
+    Retention {
+        /// Prune records older than this (a duration with a unit: 400d, 52w).
+        #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse)]
+        max_age: Option<std::time::Duration>,
+        /// Keep the log below SIZE (bytes, or with K/M/G; at least 16M).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        max_size: Option<u64>,
+        /// Keep every record (no automatic pruning).
+        #[arg(long)]
+        off: bool,
+        /// Accept an age below a day or a size below 16M.
+        #[arg(long)]
+        allow_short: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -749,6 +795,9 @@ pub(crate) enum KeyslotCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// The keyring's directory (a volume made with `init --keyring-dir`).
+        #[arg(long, value_name = "DIR")]
+        keyring_dir: Option<PathBuf>,
     },
     /// Add a keyslot; unlock with an existing one.
     #[command(

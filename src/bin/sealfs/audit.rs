@@ -12,9 +12,10 @@ use std::sync::Arc;
 
 use sealfs::ctl::client::{self, Streamed};
 use sealfs::ctl::protocol::{
-    ChainBreakInfo, ExportSummary, ExportedRecord, Op, Request, VerifyResult,
+    ChainBreakInfo, ExportSummary, ExportedRecord, Op, Request, RetentionResult, VerifyResult,
 };
 use sealfs::format::audit::ChainEvent;
+use sealfs::policy::audit::PruneOutcome;
 use sealfs::policy::audit::{verify_log, verify_log_anchored};
 use sealfs::policy::filter::AuditFilter;
 use sealfs::volume::Volume;
@@ -72,6 +73,15 @@ fn verify_summary(report: &VerifyResult) -> Result<(), CliError> {
         "audit log: {} segment(s), {} record(s) verified, last record {}",
         report.segments, report.records, report.last_seq
     );
+    if let Some(p) = &report.pruned {
+        println!(
+            "pruned: records 1-{} (segments 1-{}, the last from {}) were pruned on {}; the checkpoint verifies",
+            p.through_seq,
+            p.through_segment,
+            sealfs::format::grants::format_utc(p.last_record_ms / 1000),
+            sealfs::format::grants::format_utc(p.pruned_ms / 1000)
+        );
+    }
     if report.torn_tail_bytes > 0 {
         println!(
             "note: the last record is incomplete ({} bytes; a crash while appending) and was not counted",
@@ -108,6 +118,28 @@ fn exported_breaks(report: &VerifyResult) -> Result<(), CliError> {
     ))
 }
 
+fn show_prune(json: bool, out: &PruneOutcome) -> Result<(), CliError> {
+    if json {
+        return print_json(out);
+    }
+    match out.through_seq {
+        Some(seq) => println!(
+            "pruned {} segment(s), {} record(s), {} bytes; the log now starts after record {seq} (a checkpoint keeps it verifiable)",
+            out.segments, out.records, out.bytes
+        ),
+        None => println!(
+            "nothing to prune: no whole segment matches (the segment being written, and everything from a break in the chain on, are always kept)"
+        ),
+    }
+    if out.leftovers_removed > 0 {
+        println!(
+            "removed {} segment(s) an interrupted earlier prune had left",
+            out.leftovers_removed
+        );
+    }
+    Ok(())
+}
+
 /// Prints the report as JSON (`--json`) or as a summary; exit 3 if broken.
 fn report_verify(report: &VerifyResult, json: bool) -> Result<(), CliError> {
     if json {
@@ -126,6 +158,55 @@ pub(crate) fn cmd_audit_ctl(
         AuditCtlCommand::Verify => {
             let v: VerifyResult = ctl_call(socket, Op::AuditVerify)?;
             report_verify(&v, json_out)
+        }
+        AuditCtlCommand::Prune { before, max_size } => {
+            if before.is_none() && max_size.is_none() {
+                return Err(CliError::new(
+                    2,
+                    "say what to prune: --before DATE|DURATION (e.g. --before 400d or --before 2026-01-01) and/or --max-size SIZE",
+                ));
+            }
+            let out: PruneOutcome = ctl_call(
+                socket,
+                Op::AuditPrune {
+                    before: before.clone(),
+                    max_bytes: *max_size,
+                },
+            )?;
+            show_prune(json_out, &out)
+        }
+        AuditCtlCommand::Retention {
+            max_age,
+            max_size,
+            off,
+            allow_short,
+        } => {
+            if *off == (max_age.is_some() || max_size.is_some()) {
+                return Err(CliError::new(
+                    2,
+                    "give --max-age DURATION and/or --max-size SIZE, or --off to keep every record",
+                ));
+            }
+            let r: RetentionResult = ctl_call(
+                socket,
+                Op::AuditRetention {
+                    max_age: max_age.map(crate::duration::wire),
+                    max_bytes: *max_size,
+                    allow_short: *allow_short,
+                },
+            )?;
+            if json_out {
+                return print_json(&r);
+            }
+            match (&r.max_age, r.max_bytes) {
+                (None, None) => println!("audit retention: off (every record is kept until `audit prune`)"),
+                (age, bytes) => println!(
+                    "audit retention: records older than {} and segments beyond {} are pruned by the mount (checked hourly and at every new segment)",
+                    age.as_deref().unwrap_or("(no age limit)"),
+                    bytes.map_or("(no size limit)".to_string(), |b| format!("{b} bytes"))
+                ),
+            }
+            Ok(())
         }
         AuditCtlCommand::Export(f) => {
             f.to_filter()?; // argument errors before connecting

@@ -288,6 +288,27 @@ fn print_status(s: &StatusResult) {
     if s.rewrap.running {
         println!("rewrap running: {}/{}", s.rewrap.done, s.rewrap.total);
     }
+    if let Some(a) = &s.audit {
+        let retention = match &a.retention {
+            None => "keeps every record".to_string(),
+            Some(r) => format!(
+                "retention: max age {}, max size {}",
+                r.max_age.as_deref().unwrap_or("none"),
+                r.max_bytes
+                    .map_or("none".to_string(), |b| format!("{} MiB", b >> 20))
+            ),
+        };
+        let pruned = a
+            .pruned_through
+            .map_or(String::new(), |p| format!(", pruned through record {p}"));
+        println!(
+            "audit log: {} record(s), {} segment(s), {} KiB on disk{pruned}; headroom {} MiB; {retention}",
+            a.records,
+            a.segments,
+            a.bytes >> 10,
+            a.headroom >> 20
+        );
+    }
     if let Some(sp) = &s.space {
         println!(
             "free in CIPHERDIR {} MiB, ENOSPC margin {} MiB{}",
@@ -419,7 +440,13 @@ pub(crate) fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
                         .map_err(|e| CliError::new(exit::ERROR, e))?,
                 )),
             };
-            let r: RotationPeriodResult = ctl_call(&socket, Op::SetRotationPeriod { period })?;
+            let r: RotationPeriodResult = ctl_call(
+                &socket,
+                Op::SetRotationPeriod {
+                    period,
+                    allow_short: *allow_short,
+                },
+            )?;
             show(json, &r, |r| {
                 print_schedule(&r.rotation_period, r.next_rotation)
             })

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 /// The shortest rotation period accepted without `--allow-short`: a new
 /// master key version more often than daily only grows the keyring.
-pub(crate) const MIN_ROTATION: Duration = Duration::from_secs(86_400);
+pub(crate) const MIN_ROTATION: Duration =
+    Duration::from_secs(sealfs::kms::MIN_ROTATION_PERIOD_SECS);
 
 /// Parses `s` (a number with a unit); refuses a bare number with a hint.
 pub(crate) fn parse(s: &str) -> Result<Duration, String> {

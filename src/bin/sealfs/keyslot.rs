@@ -26,8 +26,8 @@ use crate::secret::{
 use crate::volume::{argon2_params, show_recovery_key};
 
 /// The layout of the keyring in `cipherdir` (from its public header).
-fn layout(cipherdir: &Path) -> Result<u16, CliError> {
-    let root = sealfs::sys::open_dir_path(cipherdir)
+fn layout(cipherdir: &Path, keyring_dir: Option<&Path>) -> Result<u16, CliError> {
+    let root = sealfs::sys::open_dir_path(keyring_dir.unwrap_or(cipherdir))
         .map_err(|e| CliError::new(exit::BAD_VOLUME, format!("{}: {e}", cipherdir.display())))?;
     let bytes = sealfs::keyring::read_copy(std::os::fd::AsFd::as_fd(&root), KEYRING_FILE)
         .or_else(|_| {
@@ -44,7 +44,7 @@ fn layout(cipherdir: &Path) -> Result<u16, CliError> {
 /// first (with the passphrase or key file that opens it).
 fn open_upgraded(cipherdir: &Path, secret: &SecretArgs) -> Result<Offline, CliError> {
     check_is_volume(cipherdir)?;
-    if layout(cipherdir)? >= 2 {
+    if layout(cipherdir, secret.keyring_dir.as_deref())? >= 2 {
         return open_offline(cipherdir, secret);
     }
     let s = read_secret(secret, false)?;
@@ -84,7 +84,7 @@ fn upgrade(o: &Offline, s: &UnlockSecret) -> Result<(), CliError> {
 
 pub(crate) fn cmd_upgrade(cipherdir: &Path, secret: &SecretArgs) -> Result<(), CliError> {
     check_is_volume(cipherdir)?;
-    if layout(cipherdir)? >= 2 {
+    if layout(cipherdir, secret.keyring_dir.as_deref())? >= 2 {
         return Err(CliError::new(
             exit::ERROR,
             format!("{} already has keyslots", cipherdir.display()),
@@ -180,9 +180,13 @@ fn new_provider(
 
 pub(crate) fn cmd_keyslot(cmd: &KeyslotCommand) -> Result<(), CliError> {
     match cmd {
-        KeyslotCommand::List { cipherdir, json } => {
+        KeyslotCommand::List {
+            cipherdir,
+            json,
+            keyring_dir,
+        } => {
             check_is_volume(cipherdir)?;
-            let root = sealfs::sys::open_dir_path(cipherdir)
+            let root = sealfs::sys::open_dir_path(keyring_dir.as_deref().unwrap_or(cipherdir))
                 .map_err(|e| CliError::new(exit::BAD_VOLUME, e.to_string()))?;
             let bytes = sealfs::keyring::read_copy(std::os::fd::AsFd::as_fd(&root), KEYRING_FILE)
                 .map_err(|e| {

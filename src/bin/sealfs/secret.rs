@@ -341,17 +341,19 @@ pub(crate) fn read_unlock(a: &SecretArgs, cipherdir: &Path) -> Result<Unlock, Cl
     if a.transit.given() {
         u.push(Box::new(transit_from(&a.transit, false)));
     }
+    u.set_keyring_dir(a.keyring_dir.clone());
     if a.any() {
         return Ok(u);
     }
     // Unattended slots first (they need no one), then the terminal.
-    if let Ok(root) = sealfs::sys::open_dir_path(cipherdir) {
+    if let Ok(root) = sealfs::sys::open_dir_path(a.keyring_dir.as_deref().unwrap_or(cipherdir)) {
         if let Ok(bytes) = sealfs::keyring::read_copy(std::os::fd::AsFd::as_fd(&root), KEYRING_FILE)
         {
             if let Ok(sealfs::format::keyring::KeyringHeader::V2(h)) =
                 sealfs::format::keyring::parse_header(&bytes)
             {
                 u = sealfs::keyring::provider::unattended(&h.slots);
+                u.set_keyring_dir(a.keyring_dir.clone());
             }
         }
     }

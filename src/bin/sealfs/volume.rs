@@ -129,10 +129,10 @@ pub(crate) fn cmd_init(
     if let Some(r) = &recovery {
         refs.push((r, "recovery"));
     }
-    Volume::create_with(cipherdir, &refs)?;
+    Volume::create_with_keyring_dir(cipherdir, &refs, a.keyring_dir.as_deref())?;
     let (cfg, keyslots) = {
         let cfg = Volume::read_config(cipherdir)?;
-        let root = sealfs::sys::open_dir_path(cipherdir)
+        let root = sealfs::sys::open_dir_path(a.keyring_dir.as_deref().unwrap_or(cipherdir))
             .map_err(|e| CliError::new(exit::ERROR, e.to_string()))?;
         let bytes = sealfs::keyring::read_copy(
             std::os::fd::AsFd::as_fd(&root),

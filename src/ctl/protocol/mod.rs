@@ -124,6 +124,9 @@ pub enum Op {
     SetRotationPeriod {
         /// The period.
         period: Option<String>,
+        /// Accept a period shorter than a day.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        allow_short: bool,
     },
     /// Retire every version below `min_version` (minimum decryption version).
     Trim {
@@ -264,6 +267,31 @@ pub enum Op {
     KeyPolicySet {
         /// The policy document.
         policy: Option<String>,
+    },
+    /// Prune whole audit segments whose records are all older than
+    /// `before`, and/or the oldest ones while the log is larger than
+    /// `max_bytes` (docs/FORMAT.md §12.3). The segment being written and
+    /// everything from a break on are kept.
+    AuditPrune {
+        /// RFC 3339 UTC time, date, or a duration ago (`400d`).
+        #[serde(default)]
+        before: Option<String>,
+        /// Keep at most this many bytes of segments.
+        #[serde(default)]
+        max_bytes: Option<u64>,
+    },
+    /// Set the audit log's retention rule (stored in the keyring, applied
+    /// by the mount); neither limit turns it off.
+    AuditRetention {
+        /// Prune records older than this (`400d`).
+        #[serde(default)]
+        max_age: Option<String>,
+        /// Prune the oldest segments while the log is larger.
+        #[serde(default)]
+        max_bytes: Option<u64>,
+        /// Accept an age below a day or a size below 16 MiB.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        allow_short: bool,
     },
 }
 
@@ -535,7 +563,13 @@ mod tests {
             }
         );
         let r = parse_request(br#"{"v":1,"op":"set_rotation_period","period":null}"#).unwrap();
-        assert_eq!(r.op, Op::SetRotationPeriod { period: None });
+        assert_eq!(
+            r.op,
+            Op::SetRotationPeriod {
+                period: None,
+                allow_short: false
+            }
+        );
     }
 
     #[test]

@@ -154,7 +154,7 @@ impl From<&Census> for CensusResult {
 }
 
 /// Where the audit log stands (`status.audit`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditPosition {
     /// Current segment number.
     pub segment: u64,
@@ -162,6 +162,44 @@ pub struct AuditPosition {
     pub records: u64,
     /// The key version the current segment is under.
     pub key_version: u32,
+    /// Bytes of all segments on disk.
+    #[serde(default)]
+    pub bytes: u64,
+    /// Segments on disk.
+    #[serde(default)]
+    pub segments: u64,
+    /// Records up to this one were pruned (null: never pruned).
+    #[serde(default)]
+    pub pruned_through: Option<u64>,
+    /// Records pruned in all.
+    #[serde(default)]
+    pub records_pruned: u64,
+    /// Bytes the log can still grow by before it fails closed: free space
+    /// in CIPHERDIR plus the space reserved ahead of the current segment.
+    #[serde(default)]
+    pub headroom: u64,
+    /// The retention rule (null: records are kept until pruned by hand).
+    #[serde(default)]
+    pub retention: Option<RetentionResult>,
+}
+
+/// The audit log's retention rule (`audit_retention`, `status.audit.retention`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionResult {
+    /// Records older than this are pruned.
+    pub max_age: Option<String>,
+    /// The log is kept below this many bytes.
+    pub max_bytes: Option<u64>,
+}
+
+impl From<Option<crate::format::keyring::AuditRetention>> for RetentionResult {
+    fn from(r: Option<crate::format::keyring::AuditRetention>) -> Self {
+        let r = r.unwrap_or_default();
+        RetentionResult {
+            max_age: r.max_age,
+            max_bytes: r.max_bytes,
+        }
+    }
 }
 
 /// The result of `status`.
@@ -543,6 +581,9 @@ pub struct VerifyResult {
     /// Every break, in log order.
     #[serde(default)]
     pub breaks: Vec<ChainBreakInfo>,
+    /// What earlier prunes removed (a checkpoint that verified).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned: Option<crate::format::audit::PrunedInfo>,
 }
 
 impl From<&ChainReport> for VerifyResult {
@@ -554,6 +595,7 @@ impl From<&ChainReport> for VerifyResult {
             torn_tail_bytes: r.torn_tail_bytes,
             first_break: r.first_break().map(ChainBreakInfo::from),
             breaks: r.breaks.iter().map(ChainBreakInfo::from).collect(),
+            pruned: r.pruned,
         }
     }
 }

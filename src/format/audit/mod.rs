@@ -59,6 +59,12 @@ pub enum AuditFormatError {
     /// The record body does not decrypt or parse (only with a valid MAC: a bug or key mix-up).
     #[error("record body does not open")]
     Body,
+    /// Not a prune checkpoint, or a version this build does not read.
+    #[error("not a prune checkpoint (bad length, magic or version)")]
+    BadCheckpoint,
+    /// The prune checkpoint's MAC does not verify.
+    #[error("prune checkpoint MAC does not verify (edited, or another volume's)")]
+    CheckpointMac,
 }
 
 /// Keys of one master key version for the audit log.
@@ -169,6 +175,18 @@ impl AuditRecord {
             first_ms: None,
             last_ms: None,
         }
+    }
+
+    /// The keyring generation this record proves was stored: a
+    /// `keyring_stored` record proves its own generation, a change's record
+    /// (written before the store) only the one before it.
+    pub fn proven_keyring_generation(&self) -> Option<u64> {
+        let g = self.keyring_generation?;
+        Some(if self.op == "keyring_stored" {
+            g
+        } else {
+            g.saturating_sub(1)
+        })
     }
 }
 
@@ -343,10 +361,16 @@ pub fn decode_record(
     Ok(RecordStep::Record(Box::new(rec), total, mac))
 }
 
+mod checkpoint;
+mod prune;
 mod verify;
+pub use checkpoint::{
+    checkpoint_key_version, decode_checkpoint, encode_checkpoint, PruneCheckpoint, CHECKPOINT_LEN,
+};
+pub use prune::{plan_prune, PrunePlan, PruneRefusal, PruneRule, PrunedInfo};
 pub use verify::{
-    check_anchor, verify_chain, verify_chain_anchored, AnchorCheck, AuditHead, ChainBreak,
-    ChainEvent, ChainReport, KeyringAnchor,
+    check_anchor, verify_chain, verify_chain_anchored, verify_log_view, AnchorCheck, AuditHead,
+    ChainBreak, ChainEvent, ChainReport, KeyringAnchor,
 };
 
 #[cfg(test)]

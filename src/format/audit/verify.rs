@@ -15,6 +15,8 @@ use std::sync::Arc;
 use hmac::Mac;
 use serde::{Deserialize, Serialize};
 
+use super::checkpoint::{checkpoint_key_version, decode_checkpoint, PruneCheckpoint};
+use super::prune::PrunedInfo;
 use super::{
     check_header, decode_record, parse_header, record_mac, AuditFormatError, AuditKeys,
     AuditRecord, RecordStep, MAC_LEN, MAX_BODY, RECORD_PREFIX, SEGMENT_HEADER_LEN,
@@ -100,6 +102,10 @@ pub struct ChainReport {
     /// from), if the last segment verified to its end.
     #[serde(skip)]
     pub end: Option<AuditHead>,
+    /// What earlier prunes removed, from a prune checkpoint that verified
+    /// (the walk started after it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pruned: Option<PrunedInfo>,
 }
 
 impl ChainReport {
@@ -125,7 +131,7 @@ pub enum ChainEvent<'a> {
 }
 
 /// What the walk saw, for callers that look for a position.
-enum Seen<'a> {
+pub(super) enum Seen<'a> {
     /// A segment header that verified; its MAC is the chain value after it.
     Header {
         segment: u64,
@@ -147,21 +153,85 @@ enum Seen<'a> {
 /// Where a walk starts: the whole log, or at a segment in the middle
 /// (whose first sequence number and link to the previous segment are then
 /// taken from its verified header).
-struct Start {
-    segment: u64,
+pub(super) struct Start {
+    pub(super) segment: u64,
     seq: Option<u64>,
     prev: Option<[u8; MAC_LEN]>,
 }
 
 impl Start {
-    const BEGINNING: Start = Start {
+    pub(super) const BEGINNING: Start = Start {
         segment: 1,
         seq: Some(1),
         prev: Some([0; MAC_LEN]),
     };
+
+    /// Right after what a prune removed.
+    pub(super) fn after(c: &PruneCheckpoint) -> Start {
+        Start {
+            segment: c.segment + 1,
+            seq: Some(c.last_seq + 1),
+            prev: Some(c.chain_mac),
+        }
+    }
 }
 
-type KeysFor<'k> = dyn FnMut(u32) -> Option<Arc<AuditKeys>> + 'k;
+/// The prune checkpoint's bytes checked, or why they cannot be trusted.
+pub(super) fn open_checkpoint(
+    bytes: &[u8],
+    volume_id: &[u8; 16],
+    keys_for: &mut KeysFor<'_>,
+) -> Result<PruneCheckpoint, String> {
+    let v = checkpoint_key_version(bytes).map_err(|e| e.to_string())?;
+    let keys = keys_for(v).ok_or_else(|| {
+        format!("the prune checkpoint cannot be verified: master key version {v} is destroyed or unknown")
+    })?;
+    decode_checkpoint(bytes, &keys, volume_id).map_err(|e| e.to_string())
+}
+
+/// Where a walk over the log given with an optional prune checkpoint
+/// starts: after a checkpoint that verifies, else at the beginning with a
+/// break that says why the checkpoint was not used.
+fn start_of(
+    segments: &[(u64, &[u8])],
+    checkpoint: Option<&[u8]>,
+    volume_id: &[u8; 16],
+    keys_for: &mut KeysFor<'_>,
+) -> (Start, Option<PruneCheckpoint>, Option<ChainBreak>) {
+    let Some(bytes) = checkpoint else {
+        return (Start::BEGINNING, None, None);
+    };
+    match open_checkpoint(bytes, volume_id, keys_for) {
+        Ok(c) => {
+            if segments.iter().all(|(n, _)| *n <= c.segment) {
+                let b = ChainBreak {
+                    segment: c.segment + 1,
+                    offset: 0,
+                    expected_seq: c.last_seq + 1,
+                    reason: format!(
+                        "the log after the prune checkpoint (segments from {}) is gone",
+                        c.segment + 1
+                    ),
+                    resumed_seq: None,
+                };
+                return (Start::after(&c), Some(c), Some(b));
+            }
+            (Start::after(&c), Some(c), None)
+        }
+        Err(why) => {
+            let b = ChainBreak {
+                segment: 0,
+                offset: 0,
+                expected_seq: 1,
+                reason: format!("{why}; verifying from segment 1"),
+                resumed_seq: None,
+            };
+            (Start::BEGINNING, None, Some(b))
+        }
+    }
+}
+
+pub(super) type KeysFor<'k> = dyn FnMut(u32) -> Option<Arc<AuditKeys>> + 'k;
 
 struct Walk<'w> {
     report: ChainReport,
@@ -254,7 +324,7 @@ fn resync(
     None
 }
 
-fn walk<'a>(
+pub(super) fn walk<'a>(
     segments: impl IntoIterator<Item = (u64, &'a [u8])>,
     volume_id: &[u8; 16],
     keys_for: &mut KeysFor<'_>,
@@ -537,8 +607,40 @@ pub fn verify_chain_anchored<'a>(
     anchor: Option<&KeyringAnchor>,
     on_event: &mut dyn FnMut(ChainEvent<'_>),
 ) -> ChainReport {
-    let mut finder = anchor.map(|a| Finder::new(a.head));
-    let mut report = walk(segments, volume_id, keys_for, Start::BEGINNING, &mut |s| {
+    verify_log_view(segments, None, volume_id, keys_for, anchor, on_event)
+}
+
+/// [`verify_chain_anchored`] of a log that may have been pruned:
+/// `checkpoint` is the prune checkpoint's bytes, if the file exists. One
+/// that verifies makes the walk start right after what was pruned (the
+/// next segment must chain from it); one that does not is a break, and the
+/// walk starts at segment 1 (so the pruned segments show as missing). A
+/// keyring anchor inside the pruned part counts as reached; the keyring
+/// generations the pruned records named still count for the rollback check.
+pub fn verify_log_view<'a>(
+    segments: impl IntoIterator<Item = (u64, &'a [u8])>,
+    checkpoint: Option<&[u8]>,
+    volume_id: &[u8; 16],
+    keys_for: &mut KeysFor<'_>,
+    anchor: Option<&KeyringAnchor>,
+    on_event: &mut dyn FnMut(ChainEvent<'_>),
+) -> ChainReport {
+    let segments: Vec<(u64, &[u8])> = segments.into_iter().collect();
+    let (start, ckpt, ckpt_break) = start_of(&segments, checkpoint, volume_id, keys_for);
+    if let Some(b) = &ckpt_break {
+        on_event(ChainEvent::Break(b));
+    }
+    let mut finder = anchor.map(|a| {
+        let mut f = Finder::new(a.head);
+        if let Some(c) = &ckpt {
+            f.start_after(c);
+        }
+        f
+    });
+    let leftovers = ckpt.map_or(0, |c| {
+        segments.iter().filter(|(n, _)| *n <= c.segment).count() as u64
+    });
+    let mut report = walk(segments, volume_id, keys_for, start, &mut |s| {
         match &s {
             Seen::Record { rec, .. } => on_event(ChainEvent::Record(rec)),
             Seen::Break(b) => on_event(ChainEvent::Break(b)),
@@ -548,6 +650,10 @@ pub fn verify_chain_anchored<'a>(
             f.see(&s);
         }
     });
+    report.pruned = ckpt.map(|c| PrunedInfo::of(&c, leftovers));
+    if let Some(b) = ckpt_break {
+        report.breaks.insert(0, b);
+    }
     let (Some(a), Some(f)) = (anchor, finder) else {
         return report;
     };
@@ -617,6 +723,29 @@ impl Finder {
             records_after: 0,
             last_generation: None,
         }
+    }
+
+    /// The walk starts after a prune checkpoint: a head in the pruned part
+    /// was reached (the prune verified the log through it), and the last
+    /// keyring generation a pruned record named counts as seen after it
+    /// (generations only grow, so if that record came before the head its
+    /// generation is not above the keyring's anyway).
+    fn start_after(&mut self, c: &PruneCheckpoint) {
+        let h = self.head;
+        if h.segment > c.segment {
+            return;
+        }
+        self.found = Some(if h.seq <= c.last_seq {
+            if c.last_keyring_generation > 0 {
+                self.last_generation = Some(c.last_keyring_generation);
+            }
+            Ok(())
+        } else {
+            Err(format!(
+                "the keyring's anchor (segment {}, record {}) lies in a pruned segment but after the last pruned record ({}): the log was replaced or rolled back",
+                h.segment, h.seq, c.last_seq
+            ))
+        });
     }
 
     fn see(&mut self, s: &Seen<'_>) {
@@ -705,19 +834,27 @@ impl Finder {
 /// (or, for a head right after a segment header, the header's MAC is that
 /// value). Only the head's segment and those after it are read (earlier
 /// ones may be given with empty bytes: they only show that the log is not
-/// empty); breaks before it are [`verify_chain`]'s to report.
+/// empty); breaks before it are [`verify_chain`]'s to report. A head in
+/// the part a verified prune `checkpoint` covers counts as present.
 pub fn check_anchor<'a>(
     segments: impl IntoIterator<Item = (u64, &'a [u8])>,
+    checkpoint: Option<&[u8]>,
     volume_id: &[u8; 16],
     keys_for: &mut KeysFor<'_>,
     head: &AuditHead,
 ) -> AnchorCheck {
     let mut finder = Finder::new(*head);
-    let start = Start {
+    let mut start = Start {
         segment: head.segment,
         seq: None,
         prev: None,
     };
+    if let Some(c) = checkpoint.and_then(|b| open_checkpoint(b, volume_id, keys_for).ok()) {
+        if head.segment <= c.segment {
+            finder.start_after(&c);
+            start = Start::after(&c);
+        }
+    }
     let segments: Vec<(u64, &[u8])> = segments.into_iter().collect();
     let empty = segments.is_empty();
     walk(segments, volume_id, keys_for, start, &mut |s| {

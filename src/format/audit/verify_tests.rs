@@ -92,6 +92,7 @@ fn anchor_check(log: &[(u64, Vec<u8>, Vec<usize>)], head: &AuditHead) -> AnchorC
     let k = keys();
     check_anchor(
         log.iter().map(|(n, b, _)| (*n, b.as_slice())),
+        None,
         &[1; 16],
         &mut |v| (v == 1).then(|| k.clone()),
         head,
@@ -365,6 +366,7 @@ fn a_cut_replaced_or_deleted_log_misses_the_anchor() {
     let k = keys();
     let r = check_anchor(
         log.iter().map(|(n, b, _)| (*n, b.as_slice())),
+        None,
         &[1; 16],
         &mut |v| (v == 2).then(|| k.clone()),
         &h,
@@ -408,4 +410,200 @@ fn verify_with_an_anchor_reports_deletion_and_an_older_keyring() {
     let fresh = build(1, 2);
     let r = run(&fresh, &fine);
     assert!(!r.is_intact());
+}
+
+/// Applies a prune plan to a built log: the checkpoint's bytes (MACed
+/// with the test keys) and the segments left.
+fn apply(log: &Log, plan: &super::super::PrunePlan) -> (Vec<u8>, Log) {
+    let mut c = plan.checkpoint.expect("something pruned");
+    c.key_version = 1;
+    c.pruned_ms = 99;
+    let bytes = super::super::encode_checkpoint(&c, &keys());
+    let left = log
+        .iter()
+        .filter(|(n, _, _)| !plan.remove.contains(n))
+        .cloned()
+        .collect();
+    (bytes, left)
+}
+
+fn plan(
+    log: &Log,
+    ckpt: Option<&[u8]>,
+    rule: super::super::PruneRule,
+    keep: u64,
+) -> super::super::PrunePlan {
+    let k = keys();
+    super::super::plan_prune(
+        log.iter().map(|(n, b, _)| (*n, b.as_slice())),
+        ckpt,
+        &[1; 16],
+        &mut |v| (v == 1).then(|| k.clone()),
+        rule,
+        keep,
+    )
+    .unwrap()
+}
+
+fn verify_view(log: &Log, ckpt: Option<&[u8]>, anchor: Option<&KeyringAnchor>) -> ChainReport {
+    let k = keys();
+    verify_log_view(
+        log.iter().map(|(n, b, _)| (*n, b.as_slice())),
+        ckpt,
+        &[1; 16],
+        &mut |v| (v == 1).then(|| k.clone()),
+        anchor,
+        &mut |_| {},
+    )
+}
+
+#[test]
+fn pruning_by_date_and_size_leaves_a_log_that_verifies() {
+    use super::super::PruneRule;
+    // 4 segments of 3 records; record n was written at 1000 + n ms.
+    let log = build(4, 3);
+    // By date: segments whose last record is before 1007 (segments 1, 2).
+    let p = plan(
+        &log,
+        None,
+        PruneRule {
+            before_ms: Some(1007),
+            max_bytes: None,
+        },
+        4,
+    );
+    assert_eq!(
+        (p.segments, p.records, p.remove.clone()),
+        (2, 6, vec![1, 2])
+    );
+    let (ck, left) = apply(&log, &p);
+    let r = verify_view(&left, Some(&ck), None);
+    assert!(r.is_intact(), "{r:?}");
+    assert_eq!(r.pruned.unwrap().through_seq, 6);
+    assert_eq!(r.records, 6);
+    // The kept segment (4, being written) is never pruned, whatever the rule.
+    let p = plan(
+        &log,
+        None,
+        PruneRule {
+            before_ms: Some(u64::MAX),
+            max_bytes: Some(1),
+        },
+        4,
+    );
+    assert_eq!(p.remove, vec![1, 2, 3]);
+    // By size: as few as needed to get under the limit.
+    let total: usize = log.iter().map(|(_, b, _)| b.len()).sum();
+    let p = plan(
+        &log,
+        None,
+        PruneRule {
+            before_ms: None,
+            max_bytes: Some((total - log[0].1.len()) as u64),
+        },
+        9,
+    );
+    assert_eq!(p.remove, vec![1]);
+    // A second prune continues from the first checkpoint, and counts both.
+    let p1 = plan(
+        &log,
+        None,
+        PruneRule {
+            before_ms: Some(1004),
+            max_bytes: None,
+        },
+        9,
+    );
+    let (ck1, left1) = apply(&log, &p1);
+    let p2 = plan(
+        &left1,
+        Some(&ck1),
+        PruneRule {
+            before_ms: Some(1010),
+            max_bytes: None,
+        },
+        9,
+    );
+    assert_eq!(p2.remove, vec![2, 3]);
+    let c2 = p2.checkpoint.unwrap();
+    assert_eq!((c2.segment, c2.last_seq, c2.records_pruned), (3, 9, 9));
+    let (ck2, left2) = apply(&left1, &p2);
+    assert!(verify_view(&left2, Some(&ck2), None).is_intact());
+    // A leftover segment the checkpoint covers is skipped, not a break.
+    let mut with_leftover = left2.clone();
+    with_leftover.insert(0, log[1].clone());
+    let r = verify_view(&with_leftover, Some(&ck2), None);
+    assert!(r.is_intact(), "{r:?}");
+    assert_eq!(r.pruned.unwrap().leftover_segments, 1);
+    // The older checkpoint put back: segments 2 and 3 are missing.
+    assert!(!verify_view(&left2, Some(&ck1), None).is_intact());
+    // No checkpoint at all: segments 1-3 are missing.
+    assert!(!verify_view(&left2, None, None).is_intact());
+}
+
+#[test]
+fn a_break_bounds_the_prune_and_an_anchor_in_the_pruned_part_holds() {
+    use super::super::PruneRule;
+    let log = build_with(4, 3, &mut |r| {
+        if r.seq == 2 {
+            r.keyring_generation = Some(7);
+        }
+    });
+    let everything = PruneRule {
+        before_ms: Some(u64::MAX),
+        max_bytes: None,
+    };
+    // A flipped bit in segment 3: only 1 and 2 may go.
+    let mut broken = log.clone();
+    let off = broken[2].2[1] + 20;
+    broken[2].1[off] ^= 1;
+    assert_eq!(plan(&broken, None, everything, 9).remove, vec![1, 2]);
+    // An anchor at record 2 (segment 1), generation 7: reached through the
+    // checkpoint; an anchor claiming an older keyring is still caught.
+    let p = plan(&log, None, everything, 4);
+    let (ck, left) = apply(&log, &p);
+    let head = head_after(&log, 0, 1);
+    let fine = KeyringAnchor {
+        head,
+        keyring_generation: 7,
+    };
+    assert!(verify_view(&left, Some(&ck), Some(&fine)).is_intact());
+    let older = KeyringAnchor {
+        head,
+        keyring_generation: 6,
+    };
+    let r = verify_view(&left, Some(&ck), Some(&older));
+    assert!(
+        r.breaks.iter().any(|b| b.reason.contains("older keyring")),
+        "{r:?}"
+    );
+    // An anchor past the checkpoint's last record but in a pruned segment:
+    // the log was replaced.
+    let mut past = head;
+    past.seq = 10;
+    past.segment = 2;
+    let r = verify_view(
+        &left,
+        Some(&ck),
+        Some(&KeyringAnchor {
+            head: past,
+            keyring_generation: 7,
+        }),
+    );
+    assert!(!r.is_intact(), "{r:?}");
+    // Pure anchor check agrees.
+    let k = keys();
+    let found = check_anchor(
+        left.iter().map(|(n, b, _)| (*n, b.as_slice())),
+        Some(&ck),
+        &[1; 16],
+        &mut |v| (v == 1).then(|| k.clone()),
+        &head,
+    );
+    assert!(matches!(found, AnchorCheck::Present { .. }), "{found:?}");
+    // An edited checkpoint is a break, and the walk starts at segment 1.
+    let mut bad = ck.clone();
+    bad[45] ^= 1;
+    let r = verify_view(&left, Some(&bad), None);
+    assert!(r.breaks[0].reason.contains("checkpoint"), "{r:?}");
 }

@@ -144,6 +144,22 @@ pub struct KeyringBody {
     pub assignments: Vec<Assignment>,
     /// The rollback anchor (v2 only).
     pub anchor: Option<AuditAnchor>,
+    /// The audit log's retention rule (v2 only; docs/FORMAT.md §12.3).
+    pub audit_retention: Option<AuditRetention>,
+}
+
+/// How long the audit log keeps records: the daemon prunes whole segments
+/// older than `max_age` or beyond `max_bytes` (either, or both). Kept in
+/// the keyring, so that nobody with only the cipher dir can shorten it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRetention {
+    /// Records older than this go ("400d"; a duration with a unit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+    /// The log's segments total at most this many bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
 }
 
 impl KeyringBody {
@@ -167,6 +183,7 @@ impl KeyringBody {
             }],
             assignments: Vec::new(),
             anchor: None,
+            audit_retention: None,
         }
     }
 
@@ -262,6 +279,8 @@ struct Meta {
     assignments: Vec<AssignmentMeta>,
     #[serde(default)]
     anchor: Option<AnchorMeta>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    audit_retention: Option<AuditRetention>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -378,6 +397,7 @@ pub fn encode(body: &KeyringBody) -> Result<Zeroizing<Vec<u8>>, KeyringFormatErr
             seq: a.seq,
             chain_mac: hex(&a.chain_mac),
         }),
+        audit_retention: body.audit_retention.clone(),
     };
     let json = serde_json::to_vec(&meta).expect("keyring metadata serializes");
     if json.len() > MAX_METADATA {
@@ -495,6 +515,7 @@ pub fn decode(plain: &[u8]) -> Result<KeyringBody, KeyringFormatError> {
         keys,
         assignments,
         anchor,
+        audit_retention: meta.audit_retention,
     };
     body.validate()?;
     Ok(body)

@@ -27,8 +27,8 @@ pub mod v2;
 use crate::crypto::{Argon2Params, CryptoError, SecretKey};
 
 pub use body::{
-    Assignment, AuditAnchor, Key, KeyLifecycle, KeyOrigin, KeyringBody, MasterKeyVersion,
-    DEFAULT_ALIAS, DEFAULT_KEY_ID,
+    Assignment, AuditAnchor, AuditRetention, Key, KeyLifecycle, KeyOrigin, KeyringBody,
+    MasterKeyVersion, DEFAULT_ALIAS, DEFAULT_KEY_ID,
 };
 pub use v1::{KekSource, V1Header};
 pub use v2::{Slot, V2Header, MAX_SLOTS};

@@ -187,6 +187,13 @@ pub trait KeyProvider: Send + Sync {
 pub trait Unlocker: Sync {
     /// The providers.
     fn providers(&self) -> Vec<&dyn KeyProvider>;
+
+    /// Where the keyring is, for a volume that keeps it outside CIPHERDIR
+    /// (feature `external-keyring`; gocryptfs's `-config`): a directory
+    /// holding `sealfs.keyring` and `sealfs.keyring.bak`. None: in CIPHERDIR.
+    fn keyring_dir(&self) -> Option<&std::path::Path> {
+        None
+    }
 }
 
 impl<P: KeyProvider> Unlocker for P {
@@ -199,6 +206,7 @@ impl<P: KeyProvider> Unlocker for P {
 #[derive(Default)]
 pub struct Unlock {
     providers: Vec<Box<dyn KeyProvider>>,
+    keyring_dir: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for Unlock {
@@ -230,11 +238,21 @@ impl Unlock {
     pub fn is_empty(&self) -> bool {
         self.providers.is_empty()
     }
+
+    /// Looks for the keyring in `dir` instead of CIPHERDIR (see
+    /// [`Unlocker::keyring_dir`]).
+    pub fn set_keyring_dir(&mut self, dir: Option<std::path::PathBuf>) {
+        self.keyring_dir = dir;
+    }
 }
 
 impl Unlocker for Unlock {
     fn providers(&self) -> Vec<&dyn KeyProvider> {
         self.providers.iter().map(|p| p.as_ref()).collect()
+    }
+
+    fn keyring_dir(&self) -> Option<&std::path::Path> {
+        self.keyring_dir.as_deref()
     }
 }
 

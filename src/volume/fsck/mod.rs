@@ -223,7 +223,10 @@ fn fsck_on_this_thread(
         Err(e) => return Err(e),
     };
     let kdf_on_disk = config.kdf.clone();
-    let root = sys::open_dir_path(cipherdir)?;
+    let root = match secret.keyring_dir() {
+        Some(d) => sys::open_dir_path(d)?,
+        None => sys::open_dir_path(cipherdir)?,
+    };
     let keyrings_before = [KEYRING_FILE, KEYRING_BACKUP].map(|n| {
         read_copy(root.as_fd(), n).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => "missing".to_string(),
@@ -360,7 +363,7 @@ impl Volume {
         });
         c.check_until_stable(|c| {
             let now = [KEYRING_FILE, KEYRING_BACKUP]
-                .map(|n| read_copy(c.vol.root(), n).map_err(|e| e.to_string()));
+                .map(|n| read_copy(c.vol.keyring_fd(), n).map_err(|e| e.to_string()));
             c.check_keyring(now);
         });
         let root_fd = c.root.try_clone()?;
@@ -476,7 +479,7 @@ impl Checker<'_> {
     /// (`before`: their bytes, or why they could not be read): a writable
     /// open already re-syncs them (see [`crate::keyring::Keyring::resync_copies`]).
     fn check_keyring(&mut self, before: [Result<Vec<u8>, String>; 2]) {
-        let dir = self.vol.root();
+        let dir = self.vol.keyring_fd();
         let kr = self.vol.keyring().read().clone();
         let copies: Vec<(&str, KeyringCopy)> = [KEYRING_FILE, KEYRING_BACKUP]
             .into_iter()
