@@ -116,16 +116,24 @@ pub enum Denial {
     Grant,
     /// A control-socket peer that is neither the mount owner nor root.
     ControlPeer,
+    /// A key's policy does not allow the use or administration asked for.
+    KeyPolicy,
 }
 
 impl Denial {
-    const ALL: [Denial; 3] = [Denial::KeyDisabled, Denial::Grant, Denial::ControlPeer];
+    const ALL: [Denial; 4] = [
+        Denial::KeyDisabled,
+        Denial::Grant,
+        Denial::ControlPeer,
+        Denial::KeyPolicy,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             Denial::KeyDisabled => "key_disabled",
             Denial::Grant => "grant",
             Denial::ControlPeer => "control_peer",
+            Denial::KeyPolicy => "key_policy",
         }
     }
 }
@@ -216,7 +224,7 @@ pub struct Metrics {
     read_latency: Histogram,
     write_latency: Histogram,
     integrity_failures: AtomicU64,
-    denied: [AtomicU64; 3],
+    denied: [AtomicU64; 4],
     open_files: AtomicI64,
     open_dirs: AtomicI64,
     key_uses: [[AtomicU64; KEY_VERSION_SLOTS + 1]; 2],
@@ -239,7 +247,7 @@ impl Metrics {
             read_latency: Histogram::new(),
             write_latency: Histogram::new(),
             integrity_failures: AtomicU64::new(0),
-            denied: [const { AtomicU64::new(0) }; 3],
+            denied: [const { AtomicU64::new(0) }; 4],
             open_files: AtomicI64::new(0),
             open_dirs: AtomicI64::new(0),
             key_uses: [const { [const { AtomicU64::new(0) }; KEY_VERSION_SLOTS + 1] }; 2],

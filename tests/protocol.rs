@@ -92,6 +92,41 @@ fn every_op() -> Vec<Op> {
             operation: Some("decrypt".into()),
         },
         Op::AuditVerify,
+        Op::KeyCreate {
+            alias: "finance".into(),
+            description: "ledgers".into(),
+            rotation_period: Some("90d".into()),
+            material: None,
+            expires: None,
+        },
+        Op::KeyCreate {
+            alias: "hr".into(),
+            description: String::new(),
+            rotation_period: None,
+            material: Some(KeyMaterial("11".repeat(32))),
+            expires: Some("30d".into()),
+        },
+        Op::KeyList,
+        Op::KeyAliasAdd {
+            alias: "ledgers".into(),
+        },
+        Op::KeyAliasRemove {
+            alias: "ledgers".into(),
+        },
+        Op::KeyAssign {
+            path: "/finance".into(),
+        },
+        Op::KeyUnassign {
+            path: "/finance".into(),
+        },
+        Op::RewrapPath {
+            path: "/finance".into(),
+        },
+        Op::KeyPolicyGet,
+        Op::KeyPolicySet {
+            policy: Some(r#"{"version":1,"statements":[]}"#.into()),
+        },
+        Op::KeyPolicySet { policy: None },
         Op::AuditPrune {
             before: Some("400d".into()),
             max_bytes: None,
@@ -138,13 +173,32 @@ fn every_request_round_trips_through_its_line_and_serde() {
         Op::GrantRevoke { .. } => 16,
         Op::AuditExport { .. } => 17,
         Op::AuditVerify => 18,
-        Op::AuditPrune { .. } => 19,
-        Op::AuditRetention { .. } => 20,
+        Op::KeyCreate { .. } => 19,
+        Op::KeyList => 20,
+        Op::KeyAliasAdd { .. } => 21,
+        Op::KeyAliasRemove { .. } => 22,
+        Op::KeyAssign { .. } => 23,
+        Op::KeyUnassign { .. } => 24,
+        Op::RewrapPath { .. } => 25,
+        Op::KeyPolicyGet => 26,
+        Op::KeyPolicySet { .. } => 27,
+        Op::AuditPrune { .. } => 28,
+        Op::AuditRetention { .. } => 29,
     };
     let seen: std::collections::BTreeSet<i32> = ops.iter().map(variant).collect();
-    assert_eq!(seen.len(), 21);
+    assert_eq!(seen.len(), 30);
     for (i, op) in ops.into_iter().enumerate() {
-        let req = Request { id: json!(i), op };
+        // Every other request names a key (alias or id), as `--key` does.
+        let key = match i % 3 {
+            0 => None,
+            1 => Some("finance".to_string()),
+            _ => Some("2".to_string()),
+        };
+        let req = Request {
+            id: json!(i),
+            op,
+            key,
+        };
         let line = req.to_line();
         assert!(!line.contains('\n'));
         assert_eq!(parse_request(line.as_bytes()).unwrap(), req, "{line}");
@@ -155,6 +209,22 @@ fn every_request_round_trips_through_its_line_and_serde() {
     // What `sealfs ctl` sends: version 1, id 1.
     let line = Request::new(Op::Rotate).to_line();
     assert_eq!(line, r#"{"id":1,"op":"rotate","v":1}"#);
+    let line = Request::new(Op::Rotate)
+        .with_key(Some("finance".into()))
+        .to_line();
+    assert_eq!(line, r#"{"id":1,"key":"finance","op":"rotate","v":1}"#);
+    // A numeric key is an id; anything else is refused.
+    let r = parse_request(br#"{"v":1,"op":"rotate","key":2}"#).unwrap();
+    assert_eq!(r.key.as_deref(), Some("2"));
+    assert_eq!(
+        parse_request(br#"{"v":1,"op":"rotate","key":[1]}"#)
+            .unwrap_err()
+            .code,
+        ErrorCode::BadRequest
+    );
+    // Imported key material never shows in Debug.
+    let m = KeyMaterial("ab".repeat(32));
+    assert!(!format!("{m:?}").contains("abab"));
     // A request that parse_request refuses does not deserialize either.
     assert!(serde_json::from_str::<Request>(r#"{"v":2,"op":"status"}"#).is_err());
 }
@@ -323,6 +393,21 @@ fn every_result_round_trips_through_serde() {
             margin: 96 << 20,
             write_through: false,
         }),
+        keys: vec![KeyEntry {
+            id: 2,
+            aliases: vec!["finance".into()],
+            description: String::new(),
+            state: "enabled".into(),
+            origin: "external".into(),
+            default: false,
+            created: 1_795_000_000,
+            primary: 3,
+            rotation_period: None,
+            next_rotation: None,
+            expires: Some(1_796_000_000),
+            deletion_due: None,
+            versions: Vec::new(),
+        }],
     });
     round_trip(&rewrap);
     round_trip(&sample_census());

@@ -35,8 +35,8 @@ use crate::policy::{read_proc, Event};
 use crate::volume::VolumeError;
 
 /// A failed request: its error code and message.
-type Failure = (ErrorCode, String);
-type Handled = Result<Value, Failure>;
+pub(super) type Failure = (ErrorCode, String);
+pub(super) type Handled = Result<Value, Failure>;
 
 /// Records a control request refused because `peer` is neither the
 /// mount owner nor root (aggregated like every denial).
@@ -62,7 +62,10 @@ pub(super) fn handle(
 ) -> String {
     let r = match &req.op {
         Op::AuditExport { .. } => export_audit(ctx, &req.op, out),
-        _ => dispatch(ctx, &req.op, peer),
+        _ => super::key_handlers::gate(ctx, &req.op, req.key.as_deref(), peer).and_then(|()| {
+            super::key_handlers::dispatch_keyed(ctx, &req.op, req.key.as_deref(), peer)
+                .unwrap_or_else(|| dispatch(ctx, &req.op, peer))
+        }),
     };
     match r {
         Ok(v) => ok_line(&req.id, v),
@@ -71,7 +74,7 @@ pub(super) fn handle(
 }
 
 /// A result as the `result` object of a response.
-fn reply<T: Serialize>(t: &T) -> Handled {
+pub(super) fn reply<T: Serialize>(t: &T) -> Handled {
     serde_json::to_value(t).map_err(|e| (ErrorCode::Internal, e.to_string()))
 }
 
@@ -89,7 +92,7 @@ fn vol_err(e: VolumeError) -> Failure {
     (vol_code(&e), e.to_string())
 }
 
-fn key_err(e: KeyError) -> Failure {
+pub(super) fn key_err(e: KeyError) -> Failure {
     let code = match &e {
         KeyError::Invalid(_) => ErrorCode::Invalid,
         KeyError::ReadOnlyMount => ErrorCode::ReadOnly,
@@ -103,7 +106,7 @@ fn key_err(e: KeyError) -> Failure {
 }
 
 /// The key service for a request by `peer`.
-fn keys(ctx: &ControlContext, peer: Peer) -> KeyService<'_> {
+pub(super) fn keys(ctx: &ControlContext, peer: Peer) -> KeyService<'_> {
     KeyService::on_mount(
         &ctx.vol,
         OnMount {
@@ -124,6 +127,18 @@ fn dispatch(ctx: &ControlContext, op: &Op, peer: Peer) -> Handled {
         | Op::GrantRetire { .. }
         | Op::GrantRevoke { .. } => handle_grant(ctx, op, peer),
         Op::AuditExport { .. } => Err((ErrorCode::Invalid, "audit_export streams".into())),
+        Op::KeyCreate { .. }
+        | Op::KeyList
+        | Op::KeyAliasAdd { .. }
+        | Op::KeyAliasRemove { .. }
+        | Op::KeyAssign { .. }
+        | Op::KeyUnassign { .. }
+        | Op::KeyPolicyGet
+        | Op::KeyPolicySet { .. }
+        | Op::RewrapPath { .. } => Err((
+            ErrorCode::Internal,
+            "named-key requests are answered by key_handlers".into(),
+        )),
         Op::AuditVerify => {
             ctx.access.flush_denials();
             if let Some(a) = ctx.access.audit_log() {
@@ -279,19 +294,7 @@ fn status(ctx: &ControlContext) -> StatusResult {
     let versions = keys
         .versions
         .iter()
-        .map(|v| VersionStatus {
-            version: v.version,
-            state: v.state.into(),
-            created: v.created,
-            primary: v.primary,
-            deletion_due: v.deletion_due,
-            files: census
-                .as_ref()
-                .map(|c| c.files.get(&v.version).copied().unwrap_or(0)),
-            dirs: census
-                .as_ref()
-                .map(|c| c.dirs.get(&v.version).copied().unwrap_or(0)),
-        })
+        .map(|v| VersionStatus::of(v, census.as_ref()))
         .collect();
     StatusResult {
         volume_id: cfg.volume_id,
@@ -313,6 +316,11 @@ fn status(ctx: &ControlContext) -> StatusResult {
             .map(|g| g.list(None, None).len() as u64),
         audit: ctx.access.audit_log().map(|a| audit_position(ctx, a)),
         keyring: keyring_status(&ctx.vol),
+        keys: KeyService::offline(&ctx.vol)
+            .list_keys()
+            .into_iter()
+            .map(super::protocol::KeyEntry::from)
+            .collect(),
         space: crate::metrics::METRICS
             .space()
             .map(
@@ -379,6 +387,19 @@ fn render_metrics(ctx: &ControlContext) -> String {
         .enumerate()
     {
         let _ = writeln!(o, "sealfs_key_versions{{state=\"{name}\"}} {}", states[i]);
+    }
+    let _ = writeln!(
+        o,
+        "# HELP sealfs_named_key_info One series per named key: its id, first alias, state and primary version (value 1)."
+    );
+    let _ = writeln!(o, "# TYPE sealfs_named_key_info gauge");
+    for k in KeyService::offline(vol).list_keys() {
+        let alias = k.aliases.first().map_or("", String::as_str);
+        let _ = writeln!(
+            o,
+            "sealfs_named_key_info{{key=\"{}\",alias=\"{alias}\",state=\"{}\",primary=\"{}\"}} 1",
+            k.id, k.state, k.primary
+        );
     }
     let _ = writeln!(
         o,

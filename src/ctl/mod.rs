@@ -15,6 +15,7 @@
 
 pub mod client;
 mod handlers;
+mod key_handlers;
 pub mod protocol;
 mod server;
 pub mod socket;

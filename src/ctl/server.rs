@@ -368,6 +368,10 @@ fn serve_connection(
             Ok(req) if matches!(req.op, Op::GrantRetire { .. }) => {
                 handlers::handle(ctx, &req, peer, &mut out)
             }
+            // Key administration: the key's policy decides (issue 22).
+            Ok(req) if super::key_handlers::admin_action(&req.op, req.key.is_some()).is_some() => {
+                handlers::handle(ctx, &req, peer, &mut out)
+            }
             Ok(req) => {
                 crate::metrics::denied(crate::metrics::Denial::ControlPeer);
                 handlers::deny_control(ctx, peer);

@@ -181,6 +181,7 @@ impl SealFs {
                     self.policy
                         .check_handle(Caller::of(req), g, "use_handle", || Self::path_of(inode))?;
                 }
+                self.check_key_version(f.read().key_version())?;
                 Ok(f.clone())
             }
             Handle::Dir(..) => Err(Errno::EISDIR),
@@ -201,6 +202,7 @@ impl SealFs {
                     self.policy
                         .check_handle(Caller::of(req), g, "use_handle", || Self::path_of(inode))?;
                 }
+                self.check_key_version(f.read().key_version())?;
                 if inode.atime_due.load(std::sync::atomic::Ordering::Relaxed) {
                     self.note_read(inode);
                 }

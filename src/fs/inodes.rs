@@ -239,6 +239,7 @@ impl SealFs {
             return Err(Errno::ENOTDIR);
         }
         if let Some(d) = inode.dir.read().as_ref() {
+            self.check_key_version(d.key_version)?;
             return Ok(d.clone());
         }
         let (parent, name) = {

@@ -15,6 +15,7 @@
 //! Must never: log or expose key bytes; wrap under a version that is not
 //! enabled; store a layout the volume's config does not announce.
 
+mod named;
 pub mod provider;
 mod secret;
 mod slots;
@@ -30,6 +31,7 @@ use crate::format::keyring::{
     MasterKeyVersion,
 };
 use crate::sys;
+pub use named::NewKey;
 pub use provider::{KeyProvider, KmsAuthority, KmsSeen, ProviderError, Unlock, Unlocker};
 pub use secret::{SecretError, UnlockSecret};
 pub use slots::{slots_of, SlotInfo};
@@ -136,6 +138,9 @@ pub struct Keyring {
     kek: SecretKey,
     body: KeyringBody,
     wrappers: HashMap<(u32, bool), SealingKey>,
+    /// The compiled policy of each key that has one, by master key version
+    /// (so a header's version finds its key's policy in one lookup).
+    policies: Arc<HashMap<u32, Arc<crate::policy::key_policy::KeyPolicy>>>,
     unlocked_by: Option<UnlockedBy>,
     authority: Option<Arc<dyn KmsAuthority>>,
     /// The generation the next store writes at least (after a rollback was
@@ -171,13 +176,46 @@ pub use crate::sys::now_secs;
 /// dropped), `unlink-linked-removed` (one name of a linked file gone, its
 /// tag still listed), `rename-file-rebound` (the new slot or tag durable,
 /// not renamed) and `rename-file-moved` (renamed, the old slot or tag
-/// still there).
+/// still there). With `SEALFS_TEST_KILL_OP=OP` as well, a point fires
+/// only inside the keyring change `OP` of a mounted daemon (`create_key`,
+/// `assign_key`, `set_key_policy`, …; see [`ChangeInProgress`]), not in
+/// the stores a mount makes at its start.
 pub fn kill_point(name: &str) {
     static POINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    static OP: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     let point = POINT.get_or_init(|| std::env::var("SEALFS_TEST_KILL_POINT").ok());
-    if point.as_deref() == Some(name) {
+    if point.as_deref() != Some(name) {
+        return;
+    }
+    let op = OP.get_or_init(|| std::env::var("SEALFS_TEST_KILL_OP").ok());
+    let in_op = op
+        .as_deref()
+        .is_none_or(|op| CURRENT_CHANGE.with(|c| c.borrow().as_deref() == Some(op)));
+    if in_op {
         // SAFETY: raising a signal at ourselves; SIGKILL does not return.
         unsafe { libc::raise(libc::SIGKILL) };
+    }
+}
+
+thread_local! {
+    static CURRENT_CHANGE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Names the keyring change this thread is making, for [`kill_point`]
+/// (tests only look at it), until dropped.
+pub struct ChangeInProgress(());
+
+impl ChangeInProgress {
+    /// Marks `op` as this thread's change in progress.
+    pub fn start(op: &str) -> Self {
+        CURRENT_CHANGE.with(|c| *c.borrow_mut() = Some(op.to_string()));
+        ChangeInProgress(())
+    }
+}
+
+impl Drop for ChangeInProgress {
+    fn drop(&mut self) {
+        CURRENT_CHANGE.with(|c| *c.borrow_mut() = None);
     }
 }
 
@@ -236,6 +274,7 @@ impl Keyring {
             kek,
             body,
             wrappers: HashMap::new(),
+            policies: Arc::new(HashMap::new()),
             unlocked_by: None,
             authority: None,
             min_next_generation: 0,
@@ -537,13 +576,23 @@ impl Keyring {
             }
         }
         self.wrappers = wrappers;
+        let mut policies = HashMap::new();
+        for k in &self.body.keys {
+            if let Some(text) = &k.policy {
+                let p = Arc::new(crate::policy::key_policy::KeyPolicy::parse_stored(text));
+                for v in &k.versions {
+                    policies.insert(v.version, p.clone());
+                }
+            }
+        }
+        self.policies = Arc::new(policies);
     }
 
     fn version_mut(&mut self, version: u32) -> Result<&mut MasterKeyVersion, KeyringError> {
         self.body
-            .default_mut()
-            .versions
+            .keys
             .iter_mut()
+            .flat_map(|k| k.versions.iter_mut())
             .find(|v| v.version == version)
             .ok_or_else(|| KeyringError::Lifecycle(format!("no key version {version}")))
     }
@@ -552,25 +601,7 @@ impl Keyring {
     /// primary (RotateKeyOnDemand). Version numbers are global across the
     /// volume's keys. The caller stores the keyring.
     pub fn rotate(&mut self) -> Result<u32, KeyringError> {
-        let next = self
-            .body
-            .all_versions()
-            .map(|v| v.version)
-            .max()
-            .unwrap_or(0)
-            + 1;
-        let key = SecretKey::generate()?;
-        let k = self.body.default_mut();
-        k.versions.push(MasterKeyVersion {
-            version: next,
-            state: KeyState::Enabled,
-            created: now_secs(),
-            deletion_due: 0,
-            key,
-        });
-        k.primary = next;
-        self.rebuild_wrappers();
-        Ok(next)
+        self.rotate_key(self.body.default_key)
     }
 
     /// Whether the whole key is disabled (DisableKey).
@@ -591,14 +622,27 @@ impl Keyring {
     /// version): they stay in the keyring but refuse to unwrap. Returns the
     /// versions retired.
     pub fn retire_below(&mut self, min: u32) -> Result<Vec<u32>, KeyringError> {
-        let primary = self.primary();
+        self.retire_below_in(self.body.default_key, min)
+    }
+
+    /// [`Keyring::retire_below`] for the versions of key `id`.
+    pub fn retire_below_in(&mut self, id: u32, min: u32) -> Result<Vec<u32>, KeyringError> {
+        let primary = self
+            .primary_of(id)
+            .ok_or_else(|| KeyringError::Lifecycle(format!("no key {id}")))?;
         if min > primary {
             return Err(KeyringError::Lifecycle(format!(
                 "cannot retire the primary version {primary} (minimum {min} is above it)"
             )));
         }
         let mut done = Vec::new();
-        for v in self.body.default_mut().versions.iter_mut() {
+        let k = self
+            .body
+            .keys
+            .iter_mut()
+            .find(|k| k.id == id)
+            .expect("the key was found above");
+        for v in k.versions.iter_mut() {
             if v.version < min && v.state == KeyState::Enabled {
                 v.state = KeyState::Retired;
                 done.push(v.version);
@@ -682,8 +726,19 @@ impl Keyring {
     }
 
     /// The wrapping cipher for `kind` records under `version`, if that version
-    /// exists and is enabled.
+    /// exists and is enabled, and its key is usable (enabled, not expired).
     pub fn wrapper(&self, version: u32, kind: RecordKind) -> Option<SealingKey> {
+        if !self.version_usable(version) {
+            return None;
+        }
+        self.census_wrapper(version, kind)
+    }
+
+    /// The wrapping cipher for `kind` records under `version` if the version
+    /// is enabled, whatever the state of its key: for a census, which opens
+    /// headers to count them by key (a disabled key's files are counted as
+    /// its own, not as unreadable) and never reads file data.
+    pub fn census_wrapper(&self, version: u32, kind: RecordKind) -> Option<SealingKey> {
         let v = self.body.all_versions().find(|v| v.version == version)?;
         if v.state != KeyState::Enabled {
             return None;

@@ -35,9 +35,11 @@
 
 pub mod anchor;
 pub mod keyslots;
+mod named;
 mod offline;
 pub mod retention;
 
+pub use named::{key_label, KeyInfo, KeySpec};
 pub use offline::OfflineAudit;
 
 use std::sync::atomic::Ordering;
@@ -53,6 +55,7 @@ use crate::format::keyring::KeyState;
 use crate::keyring::{now_secs, Keyring, KeyringError, UnlockSecret};
 use crate::policy::audit::AuditLog;
 use crate::policy::{AccessControl, Event};
+use crate::volume::rewrap::RewrapTo;
 use crate::volume::walk::{Census, RewrapProgress, RewrapReport};
 use crate::volume::{Volume, VolumeError};
 
@@ -252,6 +255,7 @@ impl<'a> KeyService<'a> {
         detail: Option<String>,
         change: impl FnOnce(&mut Keyring) -> Result<T, KeyringError>,
     ) -> Result<T, KeyError> {
+        let _op = crate::keyring::ChangeInProgress::start(op);
         let log = self.log();
         let (out, generation) = self.vol.update_keyring_with(change, |next| {
             let Some(log) = log else { return Ok(None) };
@@ -386,6 +390,19 @@ impl<'a> KeyService<'a> {
     /// running. Returns the version it targets. The caller runs the walk
     /// (e.g. [`spawn_rewrap`]).
     pub fn begin_rewrap(&self, progress: &RewrapProgress) -> Result<u32, KeyError> {
+        self.begin_rewrap_to(progress, RewrapTo::OwnKey(None), None)
+    }
+
+    /// [`KeyService::begin_rewrap`] for a rewrap `to` a key, of the
+    /// entries at or below the plaintext `path` (all if `None`). Returns
+    /// the primary version of the key it targets (of the default key for
+    /// a rewrap of every key).
+    pub fn begin_rewrap_to(
+        &self,
+        progress: &RewrapProgress,
+        to: RewrapTo,
+        path: Option<&str>,
+    ) -> Result<u32, KeyError> {
         const BUSY: &str = "a rewrap is already running";
         if self.vol.read_only() {
             return Err(KeyError::ReadOnlyMount);
@@ -394,13 +411,25 @@ impl<'a> KeyService<'a> {
             return Err(KeyError::Busy(BUSY.into()));
         }
         self.check_kms()?;
-        let primary = self.vol.keyring().read().primary();
-        self.audit("rewrap", Some(primary), None)?;
+        let (primary, detail) = {
+            let kr = self.vol.keyring().read();
+            match to {
+                RewrapTo::OwnKey(None) => (kr.primary(), None),
+                RewrapTo::OwnKey(Some(k)) | RewrapTo::Key(k) => (
+                    kr.primary_of(k).unwrap_or(0),
+                    Some(match path {
+                        Some(p) => format!("{p} -> {}", key_label(&kr, k)),
+                        None => key_label(&kr, k),
+                    }),
+                ),
+            }
+        };
+        self.audit("rewrap", Some(primary), detail)?;
         if progress.running.swap(true, Ordering::AcqRel) {
             return Err(KeyError::Busy(BUSY.into()));
         }
         progress.reset();
-        Ok(self.vol.keyring().read().primary())
+        Ok(primary)
     }
 
     /// Refuses all file I/O with EACCES until [`KeyService::enable`]
@@ -437,15 +466,7 @@ impl<'a> KeyService<'a> {
         period: Option<&str>,
         allow_short: bool,
     ) -> Result<RotationSchedule, KeyError> {
-        let period = period.filter(|p| *p != "off").map(str::to_string);
-        if let Some(p) = &period {
-            let secs = parse_duration_with_unit(p).map_err(KeyError::Invalid)?;
-            if secs < MIN_ROTATION_PERIOD_SECS && !allow_short {
-                return Err(KeyError::Invalid(format!(
-                    "a rotation period of {p} is shorter than a day: every rotation makes a new master key version that stays until rewrap and trim; use e.g. 90d, or pass --allow-short (allow_short) to set it anyway"
-                )));
-            }
-        }
+        let period = checked_period(period, allow_short)?;
         let detail = Some(period.clone().unwrap_or_else(|| "off".into()));
         if self.vol.keyring().read().layout() == 2 {
             self.change("set_rotation_period", None, detail, |k| {
@@ -488,7 +509,19 @@ impl<'a> KeyService<'a> {
     /// `min_version` the trim is refused, unless `force` (those headers then
     /// stay unreadable until [`KeyService::untrim`]).
     pub fn trim(&self, min_version: u32, force: bool) -> Result<Trimmed, KeyError> {
-        let primary = self.vol.keyring().read().primary();
+        let key = self.vol.keyring().read().default_key_id();
+        self.trim_key(key, min_version, force)
+    }
+
+    /// [`KeyService::trim`] for the versions of key `key` only.
+    pub fn trim_key(&self, key: u32, min_version: u32, force: bool) -> Result<Trimmed, KeyError> {
+        let (primary, own): (u32, Vec<u32>) = {
+            let kr = self.vol.keyring().read();
+            let k = kr
+                .key(key)
+                .ok_or_else(|| KeyError::Invalid(format!("no key {key}")))?;
+            (k.primary, k.versions.iter().map(|v| v.version).collect())
+        };
         if min_version > primary {
             return Err(KeyError::Invalid(format!(
                 "cannot retire the primary version {primary} (minimum {min_version} is above it)"
@@ -509,7 +542,7 @@ impl<'a> KeyService<'a> {
             .iter()
             .chain(census.dirs.iter())
             .chain(census.unreadable_by_version.iter())
-            .filter(|(v, _)| **v < min_version)
+            .filter(|(v, _)| **v < min_version && own.contains(v))
             .map(|(_, n)| *n)
             .sum();
         if still > 0 && !force {
@@ -517,12 +550,13 @@ impl<'a> KeyService<'a> {
                 "{still} headers still use versions below {min_version}; run rewrap first (or force)"
             )));
         }
-        let retired = self.change(
-            "retire_key_versions",
-            None,
-            Some(format!("below {min_version}")),
-            |k| k.retire_below(min_version),
-        )?;
+        let detail = format!(
+            "{} below {min_version}",
+            key_label(&self.vol.keyring().read(), key)
+        );
+        let retired = self.change("retire_key_versions", None, Some(detail), |k| {
+            k.retire_below_in(key, min_version)
+        })?;
         Ok(Trimmed {
             retired,
             directory_records_rewrapped: dirs_rewrapped,
@@ -557,9 +591,8 @@ impl<'a> KeyService<'a> {
             .vol
             .keyring()
             .read()
-            .versions()
-            .iter()
-            .find(|v| v.version == version)
+            .key_of_version(version)
+            .and_then(|k| k.versions.iter().find(|v| v.version == version))
             .map(|v| v.state);
         match state {
             None => return Err(KeyError::Invalid(format!("no key version {version}"))),
@@ -621,6 +654,7 @@ impl<'a> KeyService<'a> {
             self.follow_rotation();
             done.push(format!("rotated: version {v} is primary"));
         }
+        done.extend(self.run_key_schedules(now)?);
         if self.vol.keyring().read().destruction_due(now) {
             let destroyed = self.change(
                 "destroy_key_versions",
@@ -661,13 +695,44 @@ impl<'a> KeyService<'a> {
     }
 }
 
+/// A rotation period as stored: `None` for none or `"off"`; one needs a
+/// unit, and one shorter than [`MIN_ROTATION_PERIOD_SECS`] is refused
+/// unless `allow_short`.
+pub(crate) fn checked_period(
+    period: Option<&str>,
+    allow_short: bool,
+) -> Result<Option<String>, KeyError> {
+    let period = period.filter(|p| *p != "off").map(str::to_string);
+    if let Some(p) = &period {
+        let secs = parse_duration_with_unit(p).map_err(KeyError::Invalid)?;
+        if secs < MIN_ROTATION_PERIOD_SECS && !allow_short {
+            return Err(KeyError::Invalid(format!(
+                "a rotation period of {p} is shorter than a day: every rotation makes a new master key version that stays until rewrap and trim; use e.g. 90d, or pass --allow-short (allow_short) to set it anyway"
+            )));
+        }
+    }
+    Ok(period)
+}
+
 /// Runs a rewrap that [`KeyService::begin_rewrap`] admitted, on a thread
 /// of its own (the control plane must not block on the walk).
 pub fn spawn_rewrap(vol: Arc<Volume>, progress: Arc<RewrapProgress>) -> std::io::Result<()> {
+    spawn_rewrap_to(vol, progress, RewrapTo::OwnKey(None), None)
+}
+
+/// [`spawn_rewrap`] of a rewrap `to` a key, at or below the plaintext
+/// `path` (everything if `None`).
+pub fn spawn_rewrap_to(
+    vol: Arc<Volume>,
+    progress: Arc<RewrapProgress>,
+    to: RewrapTo,
+    path: Option<String>,
+) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("sealfs-rewrap".into())
         .spawn(move || {
-            if let Err(e) = vol.rewrap_all(&progress) {
+            let under = path.as_deref().map(|p| p.trim_matches('/').as_bytes());
+            if let Err(e) = vol.rewrap_to(&progress, to, under) {
                 tracing::warn!("rewrap failed: {e}");
                 progress.running.store(false, Ordering::Release);
             }

@@ -16,6 +16,7 @@ pub mod audit_head;
 pub mod denials;
 pub mod filter;
 pub mod grants;
+pub mod key_policy;
 pub mod requester;
 
 use std::sync::Arc;

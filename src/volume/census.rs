@@ -63,13 +63,14 @@ impl Volume {
         // Snapshot the wrapping keys so rotation is not blocked by the scan.
         let wrappers: std::collections::HashMap<(u32, bool), crate::crypto::SealingKey> = {
             let kr = self.keyring().read();
-            kr.versions()
+            kr.keys()
                 .iter()
+                .flat_map(|key| key.versions.iter())
                 .flat_map(|v| {
                     [RecordKind::File, RecordKind::Dir]
                         .into_iter()
                         .filter_map(|k| {
-                            kr.wrapper(v.version, k)
+                            kr.census_wrapper(v.version, k)
                                 .map(|w| ((v.version, k == RecordKind::File), w))
                         })
                         .collect::<Vec<_>>()

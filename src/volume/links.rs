@@ -37,6 +37,7 @@ use crate::format::links::{
     LINK_TABLE_LEN, LINK_TABLE_OFFSET, MAX_LINKS,
 };
 use crate::sys::{self, TimeSpec};
+use crate::volume::rewrap::RewrapTo;
 use crate::volume::{content, Volume, VolumeError};
 
 /// A file header opened for one of the file's names.
@@ -52,6 +53,13 @@ pub struct OpenedHeader {
     /// Of a linked file: its link table. None for a file with one name (or
     /// one whose first link was cut short before its table was readable).
     pub links: Option<Links>,
+}
+
+impl OpenedHeader {
+    /// The key version of the slot that opened (0 if none).
+    pub fn version(&self) -> u32 {
+        self.rec.slots[self.slot].map_or(0, |s| s.key_version)
+    }
 }
 
 impl std::fmt::Debug for OpenedHeader {
@@ -322,7 +330,7 @@ impl Volume {
                     external: false,
                 };
                 self.store_links(file, &mut links, false)?;
-                let (v, w) = self.primary_wrapper(RecordKind::File)?;
+                let (v, w) = self.same_key_wrapper(h.version(), RecordKind::File)?;
                 let vid = self.volume_id();
                 let linked = h.rec.make_slot(&vid, &h.key, v, &w, Binding::Linked)?;
                 let mut rec = h.rec.clone();
@@ -409,7 +417,7 @@ impl Volume {
                 Ok(FileRebind::Table { old: old_tag })
             }
             _ => {
-                let (v, w) = self.primary_wrapper(RecordKind::File)?;
+                let (v, w) = self.same_key_wrapper(h.version(), RecordKind::File)?;
                 let vid = self.volume_id();
                 let fresh = h.rec.make_slot(&vid, &h.key, v, &w, Binding::Path(new))?;
                 let mut rec = h.rec.clone();
@@ -455,15 +463,15 @@ impl Volume {
         &self,
         file: &File,
         ctx: &EncryptionContext<'_>,
+        to: RewrapTo,
     ) -> Result<bool, VolumeError> {
-        let primary = self.keyring().read().primary();
         let buf = content::read_header(file)?;
         let rec = SealedRecord::decode(RecordKind::File, &buf)?;
-        if rec.slots.iter().flatten().all(|s| s.key_version == primary) {
+        let Some(target) = self.rewrap_target(&rec, to) else {
             return Ok(false);
-        }
+        };
         let mut h = self.open_header(file, ctx)?;
-        let (v, w) = self.primary_wrapper(RecordKind::File)?;
+        let (v, w) = self.key_wrapper(target, RecordKind::File)?;
         let vid = self.volume_id();
         keeping_mtime(file, || {
             self.complete_conversion(file, &mut h)?;

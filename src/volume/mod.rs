@@ -40,6 +40,7 @@ pub mod namespace;
 pub mod reclaim;
 pub mod rewrap;
 pub mod rootattrs;
+pub mod subtree;
 pub mod walk;
 pub mod xattrs;
 
@@ -81,6 +82,8 @@ pub struct Directory {
     /// Name and symlink-target cipher.
     pub names: NameCipher,
     key: SecretKey,
+    /// The master key version its record is wrapped under (0: unknown).
+    pub key_version: u32,
 }
 
 /// The config's description of how the keyring's KEK is derived.
@@ -141,6 +144,13 @@ pub struct Volume {
     read_only: bool,
     /// Mirrors the keyring's disabled flag for a lock-free check per request.
     disabled: std::sync::atomic::AtomicBool,
+    /// Some named key is disabled, pending deletion or has an expiry: open
+    /// files and cached directories are then checked per request
+    /// ([`Volume::version_usable`]); otherwise that costs one load.
+    keys_restricted: std::sync::atomic::AtomicBool,
+    /// Some key has a policy: FUSE requests then consult it (one load
+    /// otherwise).
+    key_policies: std::sync::atomic::AtomicBool,
     /// Shared by lookups/creates and jobs like rewrap; exclusive for renames,
     /// unlinks and rmdirs, so a (directory, name) context is stable while used.
     namespace: RwLock<()>,
@@ -325,6 +335,7 @@ impl Volume {
             random_id()?,
             &root_key,
             &EncryptionContext::ROOT,
+            vol.primary_wrapper(RecordKind::Dir)?,
             true,
         )?;
         vol.store_root_attrs(&root_dir, &root_attrs)?;
@@ -443,6 +454,8 @@ impl Volume {
             config: RwLock::new(config),
             volume_id,
             disabled: std::sync::atomic::AtomicBool::new(keyring.disabled()),
+            keys_restricted: std::sync::atomic::AtomicBool::new(keyring.some_key_restricted()),
+            key_policies: std::sync::atomic::AtomicBool::new(keyring.any_policy()),
             keyring: RwLock::new(keyring),
             read_only,
             namespace: RwLock::new(()),
@@ -521,6 +534,12 @@ impl Volume {
         next.store(self.keyring_fd())?;
         self.disabled
             .store(next.disabled(), std::sync::atomic::Ordering::Release);
+        self.keys_restricted.store(
+            next.some_key_restricted(),
+            std::sync::atomic::Ordering::Release,
+        );
+        self.key_policies
+            .store(next.any_policy(), std::sync::atomic::Ordering::Release);
         let generation = next.generation();
         *self.keyring.write() = next;
         Ok((out, generation))
@@ -687,11 +706,8 @@ impl Volume {
         &self,
         kind: RecordKind,
     ) -> Result<(u32, crate::crypto::SealingKey), VolumeError> {
-        let kr = self.keyring.read();
-        let v = kr.primary();
-        let w = kr.wrapper(v, kind).ok_or(VolumeError::KeyUnavailable)?;
-        crate::metrics::key_use(crate::metrics::KeyUse::Wrap, v);
-        Ok((v, w))
+        let key = self.keyring.read().default_key_id();
+        self.key_wrapper(key, kind)
     }
 
     // ---------------------------------------------------------------- directories
@@ -702,9 +718,10 @@ impl Volume {
         id: [u8; 16],
         key: &SecretKey,
         ctx: &EncryptionContext<'_>,
+        wrapping: (u32, crate::crypto::SealingKey),
         durable: bool,
     ) -> Result<Directory, VolumeError> {
-        let (v, w) = self.primary_wrapper(RecordKind::Dir)?;
+        let (v, w) = wrapping;
         let rec = SealedRecord::create(RecordKind::Dir, &self.volume_id, id, key, v, &w, ctx)?;
         let bytes = rec.encode();
         for (name, sync) in [(DIR_RECORD, durable), (DIR_RECORD_BACKUP, false)] {
@@ -724,6 +741,7 @@ impl Volume {
             id,
             names: self.name_cipher(key, id),
             key: key.clone(),
+            key_version: v,
         })
     }
 
@@ -736,8 +754,28 @@ impl Volume {
         dir: BorrowedFd<'_>,
         ctx: &EncryptionContext<'_>,
     ) -> Result<Directory, VolumeError> {
+        let key = self.keyring.read().default_key_id();
+        self.init_dir_with_key(dir, ctx, key)
+    }
+
+    /// [`Volume::init_dir`] with the record wrapped by key `key` (the key
+    /// of the subtree it is made in).
+    pub fn init_dir_with_key(
+        &self,
+        dir: BorrowedFd<'_>,
+        ctx: &EncryptionContext<'_>,
+        key: u32,
+    ) -> Result<Directory, VolumeError> {
         self.check_writable()?;
-        self.write_dir_record(dir, random_id()?, &SecretKey::generate()?, ctx, false)
+        let wrapping = self.key_wrapper(key, RecordKind::Dir)?;
+        self.write_dir_record(
+            dir,
+            random_id()?,
+            &SecretKey::generate()?,
+            ctx,
+            wrapping,
+            false,
+        )
     }
 
     /// Makes both copies of a directory's record durable.
@@ -766,14 +804,14 @@ impl Volume {
         ctx: &EncryptionContext<'_>,
     ) -> Result<Directory, VolumeError> {
         let first = self.read_dir_record(dir, DIR_RECORD, ctx);
-        let (rec, key) = match first {
-            Ok((rec, key, _)) => (rec, key),
+        let (rec, key, slot) = match first {
+            Ok(opened) => opened,
             Err(e1) => match self.read_dir_record(dir, DIR_RECORD_BACKUP, ctx) {
-                Ok((rec, key, _)) => {
+                Ok((rec, key, slot)) => {
                     if !self.read_only {
                         let _ = self.replace_dir_record(dir, &[DIR_RECORD], &rec);
                     }
-                    (rec, key)
+                    (rec, key, slot)
                 }
                 Err(e2) => {
                     tracing::warn!("directory record unreadable: {e1}; backup: {e2}");
@@ -793,6 +831,7 @@ impl Volume {
             id: rec.id,
             names: self.name_cipher(&key, rec.id),
             key,
+            key_version: rec.slots[slot].map_or(0, |s| s.key_version),
         })
     }
 
@@ -837,7 +876,7 @@ impl Volume {
         let (mut rec, _, slot) = self
             .read_dir_record(dir, DIR_RECORD, old)
             .or_else(|_| self.read_dir_record(dir, DIR_RECORD_BACKUP, old))?;
-        let (v, w) = self.primary_wrapper(RecordKind::Dir)?;
+        let (v, w) = self.same_key_wrapper(d.key_version, RecordKind::Dir)?;
         let fresh = rec.make_slot(
             &self.volume_id,
             &d.key,
@@ -857,7 +896,19 @@ impl Volume {
         d: &Directory,
         new: &EncryptionContext<'_>,
     ) -> Result<(), VolumeError> {
-        let (v, w) = self.primary_wrapper(RecordKind::Dir)?;
+        let (v, w) = self.same_key_wrapper(d.key_version, RecordKind::Dir)?;
+        self.finish_rebind_dir_with(dir, d, new, (v, w))
+    }
+
+    /// [`Volume::finish_rebind_dir`] with the record wrapped by `wrapping`
+    /// (a rewrap to another key).
+    pub(crate) fn finish_rebind_dir_with(
+        &self,
+        dir: BorrowedFd<'_>,
+        d: &Directory,
+        new: &EncryptionContext<'_>,
+        (v, w): (u32, crate::crypto::SealingKey),
+    ) -> Result<(), VolumeError> {
         let rec = SealedRecord::create(RecordKind::Dir, &self.volume_id, d.id, &d.key, v, &w, new)?;
         self.replace_dir_record(dir, &[DIR_RECORD, DIR_RECORD_BACKUP], &rec)
     }
@@ -870,8 +921,20 @@ impl Volume {
         file: File,
         ctx: &EncryptionContext<'_>,
     ) -> Result<SealedFile, VolumeError> {
+        let key = self.keyring.read().default_key_id();
+        self.init_file_with_key(file, ctx, key)
+    }
+
+    /// [`Volume::init_file`] with the data key wrapped by key `key` (the
+    /// key of the subtree the file is made in).
+    pub fn init_file_with_key(
+        &self,
+        file: File,
+        ctx: &EncryptionContext<'_>,
+        key: u32,
+    ) -> Result<SealedFile, VolumeError> {
         self.check_writable()?;
-        let (v, w) = self.primary_wrapper(RecordKind::File)?;
+        let (v, w) = self.key_wrapper(key, RecordKind::File)?;
         let data_key = SecretKey::generate()?;
         let id = random_id()?;
         let rec =

@@ -161,6 +161,21 @@ impl NewEntry<'_> {
         vol.init_file(file, ctx)
     }
 
+    /// [`NewEntry::seal_file`] with the data key wrapped by key `key` (the
+    /// key of the subtree the file is made in).
+    pub fn seal_file_with_key(
+        &mut self,
+        vol: &Volume,
+        ctx: &EncryptionContext<'_>,
+        key: u32,
+    ) -> Result<SealedFile, VolumeError> {
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| io::Error::other("the file's header is written already"))?;
+        vol.init_file_with_key(file, ctx, key)
+    }
+
     /// Writes both copies of the new directory's record bound to `ctx` (not
     /// synced: see [`Volume::init_dir`]); `fd` is the new directory's.
     pub fn init_dir(
@@ -170,6 +185,17 @@ impl NewEntry<'_> {
         ctx: &EncryptionContext<'_>,
     ) -> Result<Directory, VolumeError> {
         vol.init_dir(fd, ctx)
+    }
+
+    /// [`NewEntry::init_dir`] with the record wrapped by key `key`.
+    pub fn init_dir_with_key(
+        &self,
+        vol: &Volume,
+        fd: BorrowedFd<'_>,
+        ctx: &EncryptionContext<'_>,
+        key: u32,
+    ) -> Result<Directory, VolumeError> {
+        vol.init_dir_with_key(fd, ctx, key)
     }
 
     /// Keeps the new entry.

@@ -1,5 +1,6 @@
-//! Re-wrapping every header under the primary key version (KMS
-//! ReEncrypt), volume-wide, mounted or not.
+//! Re-wrapping headers under the primary version of their key (KMS
+//! ReEncrypt), volume-wide or for one key, or moving a subtree to the key
+//! assigned to it (`rewrap --path`), mounted or not.
 //!
 //! Owns: the order and crash safety of re-wrapping (per header: add the new
 //! slot durably, then drop the old one, see `Volume::rewrap_file_header`;
@@ -71,18 +72,75 @@ impl RewrapProgress {
     }
 }
 
+/// Where a rewrap moves each header it visits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RewrapTo {
+    /// To the primary version of the key that wraps it now (only headers
+    /// of this key, if one is given): after a rotation.
+    OwnKey(Option<u32>),
+    /// To the primary version of this key, whatever wraps it now: a
+    /// subtree moved to its assigned key (`rewrap --path`).
+    Key(u32),
+}
+
+/// Whether the plaintext path `path` (components joined by `/`, empty for
+/// the root) is `under` or below it (`None`: everything is).
+fn is_under(path: &[u8], under: Option<&[u8]>) -> bool {
+    match under {
+        None | Some(b"") => true,
+        Some(p) => path == p || (path.starts_with(p) && path.get(p.len()) == Some(&b'/')),
+    }
+}
+
 impl Volume {
+    /// The key a header or directory record `rec` moves to under `to`, or
+    /// `None` if it is there already (or is not this rewrap's business).
+    pub(crate) fn rewrap_target(&self, rec: &SealedRecord, to: RewrapTo) -> Option<u32> {
+        let kr = self.keyring().read();
+        let now = rec.slots.iter().flatten().next()?.key_version;
+        let key = match to {
+            RewrapTo::Key(k) => k,
+            RewrapTo::OwnKey(filter) => {
+                let own = kr.key_of_version(now).map_or(kr.default_key_id(), |k| k.id);
+                if filter.is_some_and(|f| f != own) {
+                    return None;
+                }
+                own
+            }
+        };
+        let primary = kr.primary_of(key)?;
+        if rec.slots.iter().flatten().all(|s| s.key_version == primary) {
+            return None;
+        }
+        Some(key)
+    }
+
     /// Re-wraps every file header and directory record not under the primary
-    /// key version. Crash-safe per header and resumable (already re-wrapped
-    /// headers are skipped), safe while the volume is mounted and in use.
+    /// key version of its own key (see [`Volume::rewrap_to`]).
     pub fn rewrap_all(&self, progress: &RewrapProgress) -> Result<(), VolumeError> {
+        self.rewrap_to(progress, RewrapTo::OwnKey(None), None)
+    }
+
+    /// Re-wraps the file headers and directory records at or below the
+    /// plaintext path `under` (components joined by `/`; `None` or empty:
+    /// the whole volume) as `to` says. Crash-safe per header and resumable
+    /// (headers already where they belong are skipped), safe while the
+    /// volume is mounted and in use.
+    pub fn rewrap_to(
+        &self,
+        progress: &RewrapProgress,
+        to: RewrapTo,
+        under: Option<&[u8]>,
+    ) -> Result<(), VolumeError> {
         self.check_writable()?;
         progress.reset();
         progress.running.store(true, Ordering::Release);
         let mut count = 0u64;
         let counted = self.walk(
-            &mut |_| {
-                count += 1;
+            &mut |item| {
+                if is_under(item.path(), under) {
+                    count += 1;
+                }
                 Ok(())
             },
             &mut |_| {},
@@ -91,12 +149,15 @@ impl Volume {
         let result = counted.and_then(|_| {
             self.walk(
                 &mut |item| {
+                    if !is_under(item.path(), under) {
+                        return Ok(());
+                    }
                     let _ns = self.namespace().read();
                     let changed = match item {
-                        Item::Dir { fd, ctx, .. } => self.rewrap_dir_record(fd, &ctx),
+                        Item::Dir { fd, ctx, .. } => self.rewrap_dir_record(fd, &ctx, to),
                         Item::File {
                             parent, entry, ctx, ..
-                        } => self.rewrap_file(parent, entry, &ctx),
+                        } => self.rewrap_file(parent, entry, &ctx, to),
                     };
                     progress.done.fetch_add(1, Ordering::Relaxed);
                     if changed? {
@@ -124,7 +185,7 @@ impl Volume {
             &mut |item| {
                 if let Item::Dir { fd, ctx, .. } = item {
                     let _ns = self.namespace().read();
-                    if self.rewrap_dir_record(fd, &ctx)? {
+                    if self.rewrap_dir_record(fd, &ctx, RewrapTo::OwnKey(None))? {
                         rewrapped += 1;
                     }
                 }
@@ -143,28 +204,30 @@ impl Volume {
         parent: BorrowedFd<'_>,
         entry: &str,
         ctx: &EncryptionContext<'_>,
+        to: RewrapTo,
     ) -> Result<bool, VolumeError> {
         let fd = match backing::open_regular(parent, OsStr::new(entry), libc::O_RDWR) {
             Ok(fd) => fd,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(false), // renamed or removed meanwhile
             Err(e) => return Err(e.into()),
         };
-        self.rewrap_file_header(&fd, ctx)
+        self.rewrap_file_header(&fd, ctx, to)
     }
 
     fn rewrap_dir_record(
         &self,
         fd: BorrowedFd<'_>,
         ctx: &EncryptionContext<'_>,
+        to: RewrapTo,
     ) -> Result<bool, VolumeError> {
-        let primary = self.keyring().read().primary();
         let buf = read_record_copy(fd, DIR_RECORD)?;
         let rec = SealedRecord::decode(RecordKind::Dir, &buf)?;
-        if rec.slots.iter().flatten().all(|s| s.key_version == primary) {
+        let Some(target) = self.rewrap_target(&rec, to) else {
             return Ok(false);
-        }
+        };
         let d = self.load_dir(fd, ctx)?;
-        self.finish_rebind_dir(fd, &d, ctx)?;
+        let wrapping = self.key_wrapper(target, RecordKind::Dir)?;
+        self.finish_rebind_dir_with(fd, &d, ctx, wrapping)?;
         Ok(true)
     }
 }

@@ -54,6 +54,15 @@ pub(crate) enum Item<'a> {
     },
 }
 
+impl Item<'_> {
+    /// The item's plaintext path (components joined by `/`; empty for the root).
+    pub(crate) fn path(&self) -> &[u8] {
+        match self {
+            Item::Dir { path, .. } | Item::File { path, .. } => path,
+        }
+    }
+}
+
 impl Volume {
     /// Lists a backing directory with decrypted names. Entries whose names do
     /// not authenticate (or long names without a valid sidecar) are skipped

@@ -467,6 +467,10 @@ pub(crate) struct CtlArgs {
     /// Print the daemon's JSON result instead of a summary.
     #[arg(long, global = true)]
     pub(crate) json: bool,
+    /// The key a key command addresses: an alias or an id (default: the
+    /// default key; for disable/enable: the whole volume).
+    #[arg(long, global = true, value_name = "ALIAS|ID")]
+    pub(crate) key: Option<String>,
     #[command(subcommand)]
     pub(crate) cmd: CtlCommand,
 }
@@ -482,9 +486,17 @@ pub(crate) enum CtlCommand {
         /// Start it and return.
         #[arg(long)]
         background: bool,
+        /// Move every entry at or below PATH to the key assigned there
+        /// (`key assign`) instead.
+        #[arg(long, value_name = "PATH")]
+        path: Option<String>,
     },
     /// Count headers per key version (full scan).
-    Census,
+    Census {
+        /// Group the counts by key.
+        #[arg(long)]
+        by_key: bool,
+    },
     /// Counters in the Prometheus text format (operations, bytes, latency,
     /// integrity failures, denied attempts, key uses, open files).
     #[command(
@@ -520,10 +532,11 @@ pub(crate) enum CtlCommand {
         /// The version.
         version: u32,
     },
-    /// Schedule a retired version's destruction (crypto-shredding).
+    /// Schedule a retired version's destruction (crypto-shredding); with
+    /// --key and no VERSION, the whole key's.
     ScheduleDeletion {
         /// The version.
-        version: u32,
+        version: Option<u32>,
         /// Waiting period (with a unit: 7d, 36h).
         #[arg(long, default_value = "7d", value_parser = crate::duration::parse)]
         wait: std::time::Duration,
@@ -531,17 +544,101 @@ pub(crate) enum CtlCommand {
         #[arg(long)]
         yes: bool,
     },
-    /// Cancel a scheduled destruction.
+    /// Cancel a scheduled destruction (with --key and no VERSION: of the
+    /// whole key, which stays disabled).
     CancelDeletion {
         /// The version.
-        version: u32,
+        version: Option<u32>,
     },
+    /// Named keys: create (or import), list, aliases, subtree assignment.
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Grants: delegated, revocable access for other local users.
     #[command(subcommand)]
     Grant(GrantCommand),
     /// The audit log of key uses.
     #[command(subcommand)]
     Audit(AuditCtlCommand),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum KeyCommand {
+    /// Create a key; prints its id.
+    #[command(
+        after_help = "Examples:\n  sealfs ctl --mount ~/vault key create --alias finance --rotation-period 90d\n  sealfs ctl --mount ~/vault key create --alias hr --import hr.key --expires 2027-06-30\n\nAn imported key (--import: exactly 32 bytes of external key material) is recorded\nas origin 'external'; it cannot rotate, and nothing ever prints key material."
+    )]
+    Create {
+        /// Its alias (1-64 characters of A-Z a-z 0-9 _ - /, not all digits).
+        #[arg(long)]
+        alias: String,
+        /// Free text.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Automatic rotation period (with a unit: 90d, 2w).
+        #[arg(long, value_parser = crate::duration::parse)]
+        rotation_period: Option<std::time::Duration>,
+        /// Accept a rotation period shorter than a day (tests, demos).
+        #[arg(long)]
+        allow_short: bool,
+        /// Import 32 bytes of key material from FILE (BYOK).
+        #[arg(long, value_name = "FILE")]
+        import: Option<PathBuf>,
+        /// Imported keys: disable the key automatically at this UTC time,
+        /// date, or after this duration (12h, 30d).
+        #[arg(long, requires = "import", value_name = "DATE|DURATION")]
+        expires: Option<String>,
+    },
+    /// Every key: id, aliases, state, versions, primary, schedule.
+    List,
+    /// Aliases of a key (--key; default: the default key).
+    #[command(subcommand)]
+    Alias(AliasCommand),
+    /// Make KEY the key of new files and directories at and below PATH.
+    #[command(
+        after_help = "Example:\n  sealfs ctl --mount ~/vault key assign /finance finance\n  sealfs ctl --mount ~/vault rewrap --path /finance     # move what is there already\n\nThe nearest assigned ancestor wins. Existing entries (and entries moved in\nlater) keep their key until 'rewrap --path'."
+    )]
+    Assign {
+        /// A directory inside the mount (`/finance`).
+        path: String,
+        /// The key: an alias or an id.
+        key: String,
+    },
+    /// Remove the assignment of PATH.
+    Unassign {
+        /// A directory inside the mount.
+        path: String,
+    },
+    /// The key policy of --key (who administers and who uses the key).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum PolicyCommand {
+    /// Print the policy (normal form: names as ids, times as epoch seconds).
+    Get,
+    /// Set the policy from FILE or '-' (stdin); 'none' clears it.
+    #[command(
+        after_help = "Example:\n  sealfs ctl --mount ~/vault --key finance key policy set - <<'EOF'\n  {\"version\": 1, \"statements\": [\n    {\"principals\": [\"uid:1000\"], \"actions\": [\"*\"]},\n    {\"principals\": [\"user:keyadmin\"], \"actions\": [\"admin:rotate\", \"admin:disable\", \"admin:enable\"]},\n    {\"principals\": [\"group:accounting\"], \"actions\": [\"use:read\", \"use:write\"], \"path_prefix\": \"/finance\"}]}\n  EOF\n\nA policy that leaves nobody with admin:policy (without a time condition) is\nrefused. Every change is audited with the SHA-256 of the old and new policy."
+    )]
+    Set {
+        /// The policy document, '-' for stdin, or 'none'.
+        file: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AliasCommand {
+    /// Add an alias.
+    Add {
+        /// The alias.
+        alias: String,
+    },
+    /// Remove an alias (not the last one).
+    Remove {
+        /// The alias.
+        alias: String,
+    },
 }
 
 #[derive(Subcommand)]

@@ -15,9 +15,9 @@ use serde::de::DeserializeOwned;
 use sealfs::ctl;
 use sealfs::ctl::client::{CallError, ServerCheck};
 use sealfs::ctl::protocol::{
-    CancelDeletionResult, CensusResult, DisabledResult, MetricsResult, Op, Request, RewrapStarted,
-    RotateResult, RotationPeriodResult, ScheduleDeletionResult, StatusResult, TrimResult,
-    UntrimResult,
+    CancelDeletionResult, CensusResult, DisabledResult, KeyChanged, MetricsResult, Op, Request,
+    RewrapStarted, RotateResult, RotationPeriodResult, ScheduleDeletionResult, StatusResult,
+    TrimResult, UntrimResult,
 };
 
 use crate::args::{CtlArgs, CtlCommand, Period};
@@ -31,6 +31,8 @@ pub(crate) struct Target {
     pub(crate) socket: PathBuf,
     /// The check of the server's `SO_PEERCRED`.
     pub(crate) check: ServerCheck,
+    /// The key requests address (`--key`; None: the default key).
+    pub(crate) key: Option<String>,
 }
 
 impl Target {
@@ -51,7 +53,11 @@ impl Target {
                 ),
             )
         })?;
-        Ok(Target { socket, check })
+        Ok(Target {
+            socket,
+            check,
+            key: None,
+        })
     }
 
     /// The socket at `socket` (`--socket`).
@@ -62,7 +68,11 @@ impl Target {
                 format!("cannot use the control socket {}: {e}", socket.display()),
             )
         })?;
-        Ok(Target { socket, check })
+        Ok(Target {
+            socket,
+            check,
+            key: None,
+        })
     }
 }
 
@@ -85,8 +95,8 @@ pub(crate) fn call_error(socket: &Path, e: CallError) -> CliError {
 
 /// Sends `op` and returns its typed result.
 pub(crate) fn ctl_call<R: DeserializeOwned>(t: &Target, op: Op) -> Result<R, CliError> {
-    ctl::client::call_checked(&t.socket, &Request::new(op), &t.check)
-        .map_err(|e| call_error(&t.socket, e))
+    let request = Request::new(op).with_key(t.key.clone());
+    ctl::client::call_checked(&t.socket, &request, &t.check).map_err(|e| call_error(&t.socket, e))
 }
 
 /// A time as people read it: RFC 3339 UTC (`--json` keeps the epoch
@@ -163,18 +173,24 @@ pub(crate) fn socket_for_mount(m: &Path, code: u8) -> Result<PathBuf, CliError> 
 
 /// The socket `--socket` names, or the default one of the mount `--mount` names.
 fn socket_of(a: &CtlArgs) -> Result<Target, CliError> {
-    match (&a.socket, &a.mount) {
+    let mut t = match (&a.socket, &a.mount) {
         (Some(s), _) => Target::of_socket(s.clone(), exit::ERROR),
         (None, Some(m)) => Target::of_mount(m, exit::MOUNTPOINT),
         (None, None) => Err(CliError::new(
             exit::ERROR,
             "give --mount MOUNTPOINT or --socket PATH",
         )),
-    }
+    }?;
+    t.key = a.key.clone();
+    Ok(t)
 }
 
 /// Prints `v` as JSON with `--json`, else its summary.
-fn show<T: serde::Serialize>(json: bool, v: &T, human: impl FnOnce(&T)) -> Result<(), CliError> {
+pub(crate) fn show<T: serde::Serialize>(
+    json: bool,
+    v: &T,
+    human: impl FnOnce(&T),
+) -> Result<(), CliError> {
     if json {
         print_json(v)
     } else {
@@ -183,7 +199,7 @@ fn show<T: serde::Serialize>(json: bool, v: &T, human: impl FnOnce(&T)) -> Resul
     }
 }
 
-fn print_schedule(rotation_period: &Option<String>, next_rotation: Option<u64>) {
+pub(crate) fn print_schedule(rotation_period: &Option<String>, next_rotation: Option<u64>) {
     match rotation_period {
         Some(p) => println!(
             "rotation every {p}, next due {}",
@@ -257,6 +273,18 @@ fn print_status(s: &StatusResult) {
         );
     }
     print_schedule(&s.rotation_period, s.next_rotation);
+    if s.keys.len() > 1 {
+        for k in &s.keys {
+            println!(
+                "key {} {} {}, primary v{}{}",
+                k.id,
+                k.aliases.join(","),
+                k.state,
+                k.primary,
+                if k.default { " [default]" } else { "" }
+            );
+        }
+    }
     if s.rewrap.running {
         println!("rewrap running: {}/{}", s.rewrap.done, s.rewrap.total);
     }
@@ -314,8 +342,12 @@ pub(crate) fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
                 println!("key version {} is now primary", r.primary)
             })
         }
-        CtlCommand::Rewrap { background } => {
-            let started: RewrapStarted = ctl_call(&socket, Op::Rewrap)?;
+        CtlCommand::Rewrap { background, path } => {
+            let op = match path {
+                Some(p) => Op::RewrapPath { path: p.clone() },
+                None => Op::Rewrap,
+            };
+            let started: RewrapStarted = ctl_call(&socket, op)?;
             if *background {
                 return show(json, &started, |_| println!("rewrap started"));
             }
@@ -366,9 +398,25 @@ pub(crate) fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
             print!("{}", m.text);
             Ok(())
         }
-        CtlCommand::Census => {
+        CtlCommand::Census { by_key } => {
             let c: CensusResult = ctl_call(&socket, Op::Census)?;
+            if *by_key {
+                return crate::keys::census_by_key(&socket, json, &c);
+            }
             show(json, &c, print_census)
+        }
+        CtlCommand::Disable if socket.key.is_some() => {
+            let k: KeyChanged = ctl_call(&socket, Op::Disable)?;
+            show(json, &k, |k| {
+                println!(
+                    "key {} disabled: the files and directories it wraps now fail with EACCES",
+                    k.id
+                )
+            })
+        }
+        CtlCommand::Enable if socket.key.is_some() => {
+            let k: KeyChanged = ctl_call(&socket, Op::Enable)?;
+            show(json, &k, |k| println!("key {} enabled", k.id))
         }
         CtlCommand::Disable => {
             let d: DisabledResult = ctl_call(&socket, Op::Disable)?;
@@ -380,6 +428,7 @@ pub(crate) fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
             let d: DisabledResult = ctl_call(&socket, Op::Enable)?;
             show(json, &d, |_| println!("key enabled"))
         }
+        CtlCommand::Key(k) => crate::keys::cmd_key(&socket, json, k),
         CtlCommand::RotationPeriod {
             period,
             allow_short,
@@ -425,6 +474,17 @@ pub(crate) fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
             show(json, &u, |_| println!("version {version} enabled again"))
         }
         CtlCommand::ScheduleDeletion { version, wait, yes } => {
+            let Some(version) = version.or(socket.key.as_ref().map(|_| 0)) else {
+                return Err(CliError::new(
+                    exit::ERROR,
+                    "give a VERSION, or --key KEY to delete a whole key",
+                ));
+            };
+            let what = match (version, &socket.key) {
+                (0, Some(k)) => format!("key {k}"),
+                _ => format!("version {version}"),
+            };
+            let version = &version;
             let request = |confirm| Op::ScheduleDeletion {
                 version: *version,
                 wait: Some(crate::duration::wire(*wait)),
@@ -435,9 +495,15 @@ pub(crate) fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
             // Nothing to lose (no header uses the version): no question.
             if !yes && orphans > 0 {
                 if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-                    return Err(CliError::new(exit::ERROR, format!("destroying version {version} would make {} unreadable; pass --yes to confirm", plural(orphans, "header", "headers"))));
+                    return Err(CliError::new(
+                        exit::ERROR,
+                        format!(
+                            "destroying {what} would make {} unreadable; pass --yes to confirm",
+                            plural(orphans, "header", "headers")
+                        ),
+                    ));
                 }
-                eprint!("Destroying key version {version} after {} makes {orphans} files/dirs unreadable for good. Type 'destroy' to confirm: ", humantime::format_duration(*wait));
+                eprint!("Destroying {what} after {} makes {orphans} files/dirs unreadable for good. Type 'destroy' to confirm: ", humantime::format_duration(*wait));
                 let mut answer = String::new();
                 std::io::stdin()
                     .read_line(&mut answer)
@@ -449,7 +515,7 @@ pub(crate) fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
             let done: ScheduleDeletionResult = ctl_call(&socket, request(true))?;
             show(json, &done, |d| {
                 println!(
-                    "version {version} will be destroyed at {} ({} still {} it)",
+                    "{what} will be destroyed at {} ({} still {} it)",
                     fmt_time(d.deletion_due.unwrap_or(0)),
                     plural(d.would_orphan, "header", "headers"),
                     if d.would_orphan == 1 { "uses" } else { "use" }
@@ -458,7 +524,19 @@ pub(crate) fn cmd_ctl(a: &CtlArgs) -> Result<(), CliError> {
         }
         CtlCommand::Grant(g) => crate::grants::cmd_grant(&socket, json, g),
         CtlCommand::Audit(c) => crate::audit::cmd_audit_ctl(&socket, json, c),
+        CtlCommand::CancelDeletion { version: None } if socket.key.is_some() => {
+            let k: KeyChanged = ctl_call(&socket, Op::CancelDeletion { version: 0 })?;
+            show(json, &k, |k| {
+                println!("deletion of key {} cancelled; it stays disabled", k.id)
+            })
+        }
         CtlCommand::CancelDeletion { version } => {
+            let Some(version) = version else {
+                return Err(CliError::new(
+                    exit::ERROR,
+                    "give a VERSION, or --key KEY to cancel a whole key's deletion",
+                ));
+            };
             let c: CancelDeletionResult =
                 ctl_call(&socket, Op::CancelDeletion { version: *version })?;
             show(json, &c, |_| {

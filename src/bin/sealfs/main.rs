@@ -14,6 +14,7 @@ mod error;
 mod fsck;
 mod grants;
 mod helper;
+mod keys;
 mod keyslot;
 mod mount;
 mod progress;

@@ -13,11 +13,13 @@
 //! Must never: touch the volume or sockets, or decide anything (the
 //! handlers and [`crate::kms`] do).
 
+pub mod keys;
 pub mod results;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use keys::*;
 pub use results::*;
 
 /// Protocol version spoken here.
@@ -211,6 +213,61 @@ pub enum Op {
     },
     /// Verify the audit chain now.
     AuditVerify,
+    /// Create a named key (generated, or imported with `material`).
+    KeyCreate {
+        /// Its alias.
+        alias: String,
+        /// Free text.
+        #[serde(default)]
+        description: String,
+        /// Automatic rotation period ("90d").
+        #[serde(default)]
+        rotation_period: Option<String>,
+        /// Imported key material (BYOK), 64 hex digits.
+        #[serde(default)]
+        material: Option<KeyMaterial>,
+        /// Imported keys: when the key is disabled automatically (RFC 3339
+        /// UTC time, date, or duration from now).
+        #[serde(default)]
+        expires: Option<String>,
+    },
+    /// Every key and the subtree assignments.
+    KeyList,
+    /// Add an alias to the request's `key`.
+    KeyAliasAdd {
+        /// The alias.
+        alias: String,
+    },
+    /// Remove an alias of the request's `key`.
+    KeyAliasRemove {
+        /// The alias.
+        alias: String,
+    },
+    /// Make the request's `key` the key of new entries at and below `path`.
+    KeyAssign {
+        /// Plaintext directory path (`/finance`).
+        path: String,
+    },
+    /// Remove the assignment of `path`.
+    KeyUnassign {
+        /// Plaintext directory path.
+        path: String,
+    },
+    /// Start re-wrapping every entry at or below `path` under the key that
+    /// applies there (background; progress in `status.rewrap`).
+    RewrapPath {
+        /// Plaintext directory path.
+        path: String,
+    },
+    /// The policy of the request's `key` (normal form), or null: none set.
+    KeyPolicyGet,
+    /// Set the policy of the request's `key` (a JSON document, §16.3), or
+    /// clear it with null (back to: the mount owner and root administer,
+    /// grants decide use).
+    KeyPolicySet {
+        /// The policy document.
+        policy: Option<String>,
+    },
     /// Prune whole audit segments whose records are all older than
     /// `before`, and/or the oldest ones while the log is larger than
     /// `max_bytes` (docs/FORMAT.md §12.3). The segment being written and
@@ -249,13 +306,18 @@ impl std::fmt::Debug for GrantToken {
     }
 }
 
-/// A request: `{"v": 1, "id": …, "op": …, arguments…}` on the wire.
+/// A request: `{"v": 1, "id": …, "op": …, "key": …, arguments…}` on the
+/// wire. `key` (an alias or an id) names the key a key operation
+/// addresses; absent, the default key (docs/CONTROL.md §16).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     /// Echoed back in the response.
     pub id: Value,
     /// What to do.
     pub op: Op,
+    /// The key it addresses (None: the default key, or the whole volume
+    /// for `disable`/`enable`).
+    pub key: Option<String>,
 }
 
 impl Request {
@@ -264,7 +326,14 @@ impl Request {
         Request {
             id: Value::from(1),
             op,
+            key: None,
         }
+    }
+
+    /// This request, addressed to key `key` (an alias or an id).
+    pub fn with_key(mut self, key: Option<String>) -> Self {
+        self.key = key;
+        self
     }
 
     /// The request line (without newline).
@@ -283,6 +352,9 @@ impl Serialize for Request {
             .ok_or_else(|| serde::ser::Error::custom("an op serializes to an object"))?;
         map.insert("v".into(), Value::from(PROTOCOL_VERSION));
         map.insert("id".into(), self.id.clone());
+        if let Some(k) = &self.key {
+            map.insert("key".into(), Value::from(k.clone()));
+        }
         v.serialize(s)
     }
 }
@@ -351,12 +423,24 @@ fn request_of_value(v: Value) -> Result<Request, RequestError> {
             ))
         }
     }
+    let key = match map.remove("key") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(k)) => Some(k),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(_) => {
+            return Err(err(
+                id,
+                ErrorCode::BadRequest,
+                "\"key\" is an alias or an id".into(),
+            ))
+        }
+    };
     let op_name = match map.get("op") {
         Some(Value::String(s)) => s.clone(),
         _ => return Err(err(id, ErrorCode::BadRequest, "missing \"op\"".into())),
     };
     match serde_json::from_value::<Op>(Value::Object(map)) {
-        Ok(op) => Ok(Request { id, op }),
+        Ok(op) => Ok(Request { id, op, key }),
         Err(e) if e.to_string().contains("unknown variant") => Err(err(
             id,
             ErrorCode::UnknownOp,

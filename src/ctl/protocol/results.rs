@@ -84,6 +84,21 @@ pub struct VersionStatus {
     pub dirs: Option<u64>,
 }
 
+impl VersionStatus {
+    /// The status of version `v`, with its counts from `census` (once one ran).
+    pub fn of(v: &crate::kms::VersionInfo, census: Option<&Census>) -> Self {
+        VersionStatus {
+            version: v.version,
+            state: v.state.into(),
+            created: v.created,
+            primary: v.primary,
+            deletion_due: v.deletion_due,
+            files: census.map(|c| c.files.get(&v.version).copied().unwrap_or(0)),
+            dirs: census.map(|c| c.dirs.get(&v.version).copied().unwrap_or(0)),
+        }
+    }
+}
+
 /// Progress of the current or last rewrap (`status.rewrap`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RewrapStatus {
@@ -227,6 +242,9 @@ pub struct StatusResult {
     /// read-only mount, or before the first check).
     #[serde(default)]
     pub space: Option<SpaceStatus>,
+    /// Every named key (issue 22; absent from older daemons).
+    #[serde(default)]
+    pub keys: Vec<super::keys::KeyEntry>,
 }
 
 /// The free-space part of `status`: below `margin` free bytes, files are

@@ -220,6 +220,11 @@ pub(in crate::fs) fn mkdir(
             "generate_data_key",
         )?;
         let d = fs.dir_of(&p)?;
+        let key = fs.key_for_new_entry(&p)?;
+        let version = fs.vol.keyring().read().primary_of(key).unwrap_or(0);
+        fs.check_key_use(caller, version, true, &mut || {
+            SealFs::child_path(&p, name.as_bytes())
+        })?;
         let bn = SealFs::backing_name(&d, name)?;
         let pfd = p.dir_fd()?;
         // Removed again (records, entry, sidecar) unless kept below.
@@ -250,14 +255,16 @@ pub(in crate::fs) fn mkdir(
             fs.policy.record(
                 caller,
                 Event {
-                    key_version: Some(fs.vol.keyring().read().primary()),
+                    key_version: fs.vol.keyring().read().primary_of(key),
                     grant: grant.as_ref().map(|g| g.id.as_str()),
                     detail: Some("directory".into()),
                     ..Event::ok("generate_data_key", Some(&path))
                 },
             )?;
         }
-        let dir = new.init_dir(&fs.vol, dfd, &ctx).map_err(|e| errno_of(&e))?;
+        let dir = new
+            .init_dir_with_key(&fs.vol, dfd, &ctx, key)
+            .map_err(|e| errno_of(&e))?;
         new.keep();
         *inode.dir.write() = Some(Arc::new(dir));
         inode.record_pending.store(true, Ordering::Release);
@@ -544,6 +551,8 @@ pub(in crate::fs) fn opendir(fs: &SealFs, req: &Request, ino: INodeNo, reply: Re
             Access::Op(GrantOp::List),
             "list",
         )?;
+        let version = fs.dir_of(&inode)?.key_version;
+        fs.check_key_use(caller, version, false, &mut || SealFs::path_of(&inode))?;
         let entries = fs.list_dir(&inode)?;
         if fs.audit_paths() {
             let path = SealFs::path_of(&inode);

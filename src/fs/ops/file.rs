@@ -61,6 +61,11 @@ impl SealFs {
             "generate_data_key",
         )?;
         let pdir = self.dir_of(&pinode)?;
+        let key = self.key_for_new_entry(&pinode)?;
+        let version = self.vol.keyring().read().primary_of(key).unwrap_or(0);
+        self.check_key_use(caller, version, true, &mut || {
+            Self::child_path(&pinode, name.as_bytes())
+        })?;
         let bn = Self::backing_name(&pdir, name)?;
         let pfd = pinode.dir_fd()?;
         // Removed again (with its sidecar) unless kept at the end.
@@ -93,7 +98,9 @@ impl SealFs {
             parent_dir_id: pdir.id,
             name: name.as_bytes(),
         };
-        let sealed = new.seal_file(&self.vol, &ctx).map_err(|e| errno_of(&e))?;
+        let sealed = new
+            .seal_file_with_key(&self.vol, &ctx, key)
+            .map_err(|e| errno_of(&e))?;
         if self.audit_paths() {
             let path = Self::child_path(&pinode, name.as_bytes());
             // Fail-closed: no record, no new file.

@@ -44,6 +44,77 @@ impl SealFs {
         }
     }
 
+    /// EACCES if the key of master key version `version` is disabled,
+    /// pending deletion or expired (an open file or a cached directory of
+    /// that key stops at once, as a newly opened one would).
+    pub(in crate::fs) fn check_key_version(&self, version: u32) -> FsResult<()> {
+        if self.vol.version_usable(version) {
+            Ok(())
+        } else {
+            crate::metrics::denied(crate::metrics::Denial::KeyDisabled);
+            Err(Errno::EACCES)
+        }
+    }
+
+    /// EACCES unless the policy of the key owning `version` (if it has
+    /// one) lets `caller` use it: `write` for `use:write`, else
+    /// `use:read`. `path` is asked only for a policy with a path
+    /// condition. Without any key policy this is one atomic load.
+    pub(in crate::fs) fn check_key_use(
+        &self,
+        caller: Caller,
+        version: u32,
+        write: bool,
+        path: &mut dyn FnMut() -> Vec<u8>,
+    ) -> FsResult<()> {
+        let Some(p) = self.vol.key_policy_of_version(version) else {
+            return Ok(());
+        };
+        let action =
+            crate::policy::key_policy::action(if write { "use:write" } else { "use:read" });
+        if p.allows(caller.uid, caller.gid, action, crate::sys::now_secs(), path) {
+            return Ok(());
+        }
+        crate::metrics::denied(crate::metrics::Denial::KeyPolicy);
+        let kr = self.vol.keyring().read();
+        let key = kr
+            .key_of_version(version)
+            .map(|k| crate::kms::key_label(&kr, k.id))
+            .unwrap_or_default();
+        drop(kr);
+        self.policy.record_denial(
+            (caller.uid, caller.gid, caller.pid),
+            || self.policy.principal(caller),
+            Event {
+                outcome: "denied",
+                key_version: Some(version),
+                error: Some(format!("the policy of {key} does not allow this use")),
+                ..Event::ok(if write { "encrypt" } else { "decrypt" }, None)
+            },
+        );
+        Err(Errno::EACCES)
+    }
+
+    /// The key new entries in directory `parent` get: the nearest assigned
+    /// ancestor's (`ctl key assign`), else the default key. Without any
+    /// assignment this is one read of the keyring.
+    pub(in crate::fs) fn key_for_new_entry(&self, parent: &Arc<Inode>) -> FsResult<u32> {
+        {
+            let kr = self.vol.keyring().read();
+            if kr.assignments().is_empty() {
+                return Ok(kr.default_key_id());
+            }
+        }
+        let mut chain = Vec::new();
+        let mut cur = Some(parent.clone());
+        while let Some(i) = cur {
+            chain.push(self.dir_of(&i)?.id);
+            cur = i.loc.lock().parent.clone();
+        }
+        chain.reverse();
+        Ok(self.vol.key_for_chain(&chain))
+    }
+
     pub(in crate::fs) fn check_writable(&self) -> FsResult<()> {
         if self.vol.read_only() {
             Err(Errno::EROFS)
@@ -83,6 +154,9 @@ impl SealFs {
         key_version: u32,
         grant: Option<&LiveGrant>,
     ) -> FsResult<()> {
+        self.check_key_use(caller, key_version, op != "decrypt", &mut || {
+            Self::path_of(inode)
+        })?;
         if !self.audit_paths() {
             return Ok(());
         }

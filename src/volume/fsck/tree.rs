@@ -144,6 +144,12 @@ impl Checker<'_> {
             id: rec.id,
             names: self.vol.name_cipher(&key, rec.id),
             key,
+            key_version: rec
+                .slots
+                .iter()
+                .flatten()
+                .next()
+                .map_or(0, |s| s.key_version),
         };
         self.check_xattrs(fd, OsStr::new(""), &dir.xattr_cipher(), path, rel);
         self.dirs.push(KnownDir {
