@@ -169,38 +169,27 @@ fn a_volume_with_its_keyring_elsewhere_works_only_with_it() {
 #[test]
 fn keyring_dir_mistakes_are_refused_clearly() {
     let s = setup();
-    // A second volume may not share the directory.
     let other = s.root.path().join("other");
-    let mut args = vec![
-        os("init"),
-        other.as_os_str(),
-        os("--passfile"),
-        s.pass.as_os_str(),
-        os("--keyring-dir"),
-        s.keys.as_os_str(),
-    ];
-    args.extend(FAST_KDF.iter().map(|a| os(a)));
-    let out = run(&args);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("already holds a keyring"),
-        "{}",
+    let init_other = |keys: &Path| {
+        let mut args = vec![
+            os("init"),
+            other.as_os_str(),
+            os("--passfile"),
+            s.pass.as_os_str(),
+            os("--keyring-dir"),
+            keys.as_os_str(),
+        ];
+        args.extend(FAST_KDF.iter().map(|a| os(a)));
+        let out = run(&args);
+        assert!(!out.status.success());
         stderr(&out)
-    );
+    };
+    // A second volume may not share the directory.
+    let err = init_other(&s.keys);
+    assert!(err.contains("already holds a keyring"), "{err}");
     // A missing directory.
-    let nowhere = s.root.path().join("nowhere");
-    let mut args = vec![
-        os("init"),
-        other.as_os_str(),
-        os("--passfile"),
-        s.pass.as_os_str(),
-        os("--keyring-dir"),
-        nowhere.as_os_str(),
-    ];
-    args.extend(FAST_KDF.iter().map(|a| os(a)));
-    let out = run(&args);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("create it first"), "{}", stderr(&out));
+    let err = init_other(&s.root.path().join("nowhere"));
+    assert!(err.contains("create it first"), "{err}");
     assert!(!other.join("sealfs.toml").exists(), "nothing half-made");
     // --keyring-dir on a volume that keeps its keyring inside.
     let fx = Fixture::new();
