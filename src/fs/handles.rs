@@ -174,18 +174,7 @@ impl SealFs {
         req: &Request,
         fh: FileHandle,
     ) -> FsResult<Arc<RwLock<SealedFile>>> {
-        self.check_enabled()?;
-        match &*self.file_handle(fh)? {
-            Handle::File(inode, f, grant, _) => {
-                if let Some(g) = grant {
-                    self.policy
-                        .check_handle(Caller::of(req), g, "use_handle", || Self::path_of(inode))?;
-                }
-                self.check_key_version(f.read().key_version())?;
-                Ok(f.clone())
-            }
-            Handle::Dir(..) => Err(Errno::EISDIR),
-        }
+        self.checked_content(req, fh, false)
     }
 
     /// [`SealFs::content_of`] for a READ: the first read after an open
@@ -195,6 +184,15 @@ impl SealFs {
         req: &Request,
         fh: FileHandle,
     ) -> FsResult<Arc<RwLock<SealedFile>>> {
+        self.checked_content(req, fh, true)
+    }
+
+    fn checked_content(
+        &self,
+        req: &Request,
+        fh: FileHandle,
+        reading: bool,
+    ) -> FsResult<Arc<RwLock<SealedFile>>> {
         self.check_enabled()?;
         match &*self.file_handle(fh)? {
             Handle::File(inode, f, grant, _) => {
@@ -203,7 +201,7 @@ impl SealFs {
                         .check_handle(Caller::of(req), g, "use_handle", || Self::path_of(inode))?;
                 }
                 self.check_key_version(f.read().key_version())?;
-                if inode.atime_due.load(std::sync::atomic::Ordering::Relaxed) {
+                if reading && inode.atime_due.load(std::sync::atomic::Ordering::Relaxed) {
                     self.note_read(inode);
                 }
                 Ok(f.clone())
