@@ -10,46 +10,15 @@
 mod common;
 
 use std::ffi::OsStr;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
 
 use common::*;
 use sealfs::format::layout::{chunk_data_offset, chunk_meta_offset, ciphertext_size};
-
-/// Creates `rel` with `data` through the mount and returns its backing file.
-fn create_tracked(fx: &mut Fixture, rel: &str, data: &[u8]) -> PathBuf {
-    let p = fx.p(rel);
-    let new = fx.new_backing_files(|_| fs::write(&p, data).unwrap());
-    assert_eq!(new.len(), 1, "{rel}: {new:?}");
-    new.into_iter().next().unwrap()
-}
-
-fn pread(path: &Path, off: u64, len: usize) -> std::io::Result<Vec<u8>> {
-    let f = File::open(path)?;
-    let mut buf = vec![0u8; len];
-    let mut got = 0;
-    while got < len {
-        let n = f.read_at(&mut buf[got..], off + got as u64)?;
-        if n == 0 {
-            break;
-        }
-        got += n;
-    }
-    buf.truncate(got);
-    Ok(buf)
-}
-
-#[track_caller]
-fn assert_eio<T>(r: std::io::Result<T>, what: &str) {
-    match r {
-        Ok(_) => panic!("{what}: expected EIO, but it succeeded"),
-        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "{what}: {e}"),
-    }
-}
 
 fn zero_at(path: &Path, off: u64, len: usize) {
     let f = OpenOptions::new().write(true).open(path).unwrap();
@@ -127,7 +96,7 @@ fn cut_and_zeroed_tail_reads_eio_and_is_reported() {
     let mut fx = Fixture::new();
     fx.mount_ctl();
     let data = Rng::new(0x1609).bytes(14_096);
-    let b = create_tracked(&mut fx, "review", &data);
+    let b = fx.create_tracked("review", &data);
     fx.unmount();
     set_len(&b, chunk_data_offset(2) + 1);
     zero_at(&b, chunk_data_offset(2), 1);
@@ -154,7 +123,7 @@ fn cut_and_zeroed_tail_reads_eio_and_is_reported() {
 fn appended_bytes_are_a_stray_tail_never_read() {
     let mut fx = Fixture::mounted();
     let data = Rng::new(0x1610).bytes(8192);
-    let b = create_tracked(&mut fx, "appended", &data);
+    let b = fx.create_tracked("appended", &data);
     fx.unmount();
     let len = fs::metadata(&b).unwrap().len();
     zero_at(&b, len, 4096);
@@ -186,8 +155,8 @@ fn zeroed_final_chunk_reads_eio_never_zeros() {
     let mut fx = Fixture::new();
     fx.mount_ctl();
     let data = Rng::new(0x1611).bytes(3 * 4096);
-    let both = create_tracked(&mut fx, "zeroed", &data);
-    let only_data = create_tracked(&mut fx, "zeroed-data", &data);
+    let both = fx.create_tracked("zeroed", &data);
+    let only_data = fx.create_tracked("zeroed-data", &data);
     fx.unmount();
     zero_at(&both, chunk_data_offset(2), 4096);
     zero_at(&both, chunk_meta_offset(2), 28);
@@ -258,7 +227,7 @@ fn cuts_at_and_inside_chunks_are_reported_never_silent() {
     ];
     let mut backing = Vec::new();
     for (name, data, ..) in &cuts {
-        backing.push(create_tracked(&mut fx, name, data));
+        backing.push(fx.create_tracked(name, data));
     }
     fx.unmount();
     for (b, (_, _, cut, ..)) in backing.iter().zip(&cuts) {

@@ -24,46 +24,6 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Reads `len` bytes at `off` through the mount with pread.
-fn pread(path: &Path, off: u64, len: usize) -> std::io::Result<Vec<u8>> {
-    let f = File::open(path)?;
-    let mut buf = vec![0u8; len];
-    let mut got = 0;
-    while got < len {
-        let n = f.read_at(&mut buf[got..], off + got as u64)?;
-        if n == 0 {
-            break;
-        }
-        got += n;
-    }
-    buf.truncate(got);
-    Ok(buf)
-}
-
-#[track_caller]
-fn assert_eio<T>(r: std::io::Result<T>, what: &str) {
-    match r {
-        Ok(_) => panic!("{what}: expected EIO, but it succeeded"),
-        Err(e) => assert_eq!(
-            e.raw_os_error(),
-            Some(libc::EIO),
-            "{what}: expected EIO, got {e}"
-        ),
-    }
-}
-
-/// Creates `rel` with `data` and returns its single backing file.
-fn create_tracked(fx: &mut Fixture, rel: &str, data: &[u8]) -> PathBuf {
-    let p = fx.p(rel);
-    let new = fx.new_backing_files(|_| fs::write(&p, data).unwrap());
-    assert_eq!(
-        new.len(),
-        1,
-        "expected one new backing file for {rel}, got {new:?}"
-    );
-    new.into_iter().next().unwrap()
-}
-
 /// After tampering, the daemon must still serve other files.
 #[track_caller]
 fn assert_daemon_healthy(fx: &Fixture) {
@@ -378,7 +338,7 @@ fn three_chunks() -> Vec<u8> {
 fn tampered_chunk_reads_eio_only_for_that_chunk() {
     let mut fx = Fixture::mounted();
     let data = three_chunks();
-    let backing = create_tracked(&mut fx, "three", &data);
+    let backing = fx.create_tracked("three", &data);
     fx.unmount();
     assert_eq!(
         fs::metadata(&backing).unwrap().len(),
@@ -426,11 +386,11 @@ fn tampered_chunk_reads_eio_only_for_that_chunk() {
 fn truncated_ciphertext_reads_eio_never_wrong_data() {
     let mut fx = Fixture::mounted();
     let data = three_chunks();
-    let a = create_tracked(&mut fx, "cut-at-boundary", &data);
-    let b = create_tracked(&mut fx, "cut-mid-chunk", &data);
+    let a = fx.create_tracked("cut-at-boundary", &data);
+    let b = fx.create_tracked("cut-mid-chunk", &data);
     // A file that spans two groups, cut right before group 1's metadata block.
     let big = Rng::new(0xB16).bytes((129 * CHUNK) as usize);
-    let c = create_tracked(&mut fx, "cut-at-group", &big);
+    let c = fx.create_tracked("cut-at-group", &big);
     fx.unmount();
     fs::OpenOptions::new()
         .write(true)
@@ -486,11 +446,11 @@ fn truncated_ciphertext_reads_eio_never_wrong_data() {
 fn swapped_chunks_read_eio() {
     let mut fx = Fixture::mounted();
     let data = three_chunks();
-    let swapped = create_tracked(&mut fx, "swapped", &data);
+    let swapped = fx.create_tracked("swapped", &data);
     let other_data = Rng::new(0x0DD).bytes(3 * CHUNK as usize);
-    let other = create_tracked(&mut fx, "other", &other_data);
+    let other = fx.create_tracked("other", &other_data);
     let donor_data = Rng::new(0xD0).bytes(3 * CHUNK as usize);
-    let donor = create_tracked(&mut fx, "donor", &donor_data);
+    let donor = fx.create_tracked("donor", &donor_data);
     fx.unmount();
     // Within one file: chunks 0 and 2 exchange data and entries.
     let (d0, d2) = (
@@ -530,11 +490,11 @@ fn moved_or_copied_backing_files_fail_to_open() {
     let mut fx = Fixture::mounted();
     fs::create_dir(fx.p("d1")).unwrap();
     fs::create_dir(fx.p("d2")).unwrap();
-    let a = create_tracked(&mut fx, "d1/a", b"content of d1/a");
-    let b = create_tracked(&mut fx, "d2/b", b"content of d2/b");
-    let c = create_tracked(&mut fx, "d2/c", b"content of d2/c");
-    let x = create_tracked(&mut fx, "d1/x", b"content of d1/x");
-    let y = create_tracked(&mut fx, "d1/y", b"content of d1/y");
+    let a = fx.create_tracked("d1/a", b"content of d1/a");
+    let b = fx.create_tracked("d2/b", b"content of d2/b");
+    let c = fx.create_tracked("d2/c", b"content of d2/c");
+    let x = fx.create_tracked("d1/x", b"content of d1/x");
+    let y = fx.create_tracked("d1/y", b"content of d1/y");
     fx.unmount();
     // Copy d1/a's ciphertext over d2/b's backing name (another directory).
     fs::copy(&a, &b).unwrap();
@@ -572,9 +532,9 @@ fn moved_or_copied_backing_files_fail_to_open() {
 #[test]
 fn header_cut_to_100_bytes_gives_eio() {
     let mut fx = Fixture::mounted();
-    let cut = create_tracked(&mut fx, "cut", &three_chunks());
-    let flipped = create_tracked(&mut fx, "flipped", &three_chunks());
-    let magic = create_tracked(&mut fx, "magic", b"small");
+    let cut = fx.create_tracked("cut", &three_chunks());
+    let flipped = fx.create_tracked("flipped", &three_chunks());
+    let magic = fx.create_tracked("magic", b"small");
     fx.unmount();
     fs::OpenOptions::new()
         .write(true)

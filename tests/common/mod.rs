@@ -750,6 +750,48 @@ pub fn assert_errno<T: std::fmt::Debug>(r: io::Result<T>, code: i32, what: &str)
     }
 }
 
+/// [`assert_errno`] for EIO, for results that need not be `Debug`.
+#[track_caller]
+pub fn assert_eio<T>(r: io::Result<T>, what: &str) {
+    match r {
+        Ok(_) => panic!("{what}: expected EIO, but it succeeded"),
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "{what}: {e}"),
+    }
+}
+
+/// Reads up to `len` bytes at `off` of `path` (through the mount) with
+/// pread, until the end of the file.
+pub fn pread(path: &Path, off: u64, len: usize) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let f = fs::File::open(path)?;
+    let mut buf = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        let n = f.read_at(&mut buf[got..], off + got as u64)?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    buf.truncate(got);
+    Ok(buf)
+}
+
+impl Fixture {
+    /// Creates `rel` with `data` through the mount and returns its single
+    /// new backing file.
+    pub fn create_tracked(&mut self, rel: &str, data: &[u8]) -> PathBuf {
+        let p = self.p(rel);
+        let new = self.new_backing_files(|_| fs::write(&p, data).unwrap());
+        assert_eq!(
+            new.len(),
+            1,
+            "expected one new backing file for {rel}, got {new:?}"
+        );
+        new.into_iter().next().unwrap()
+    }
+}
+
 /// Whether a program is on PATH.
 pub fn have_tool(name: &str) -> bool {
     Command::new("sh")
