@@ -111,18 +111,7 @@ fn sigkill_at_each_hard_link_step_leaves_the_old_or_the_new_state() {
             "{what}: the daemon did not reach its kill point"
         );
         m.kill9();
-        let out = sealfs(&[
-            "fsck".as_ref(),
-            fx.cipher.as_os_str(),
-            "--passfile".as_ref(),
-            fx.passfile.as_os_str(),
-        ]);
-        assert!(
-            out.status.success(),
-            "{what}: fsck: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        fx.assert_fsck_clean(&what);
         fx.mount();
         let n = linked_names_intact(&fx, &["a", "b", "d/new"], &content, &what);
         // The file goes on: one more name, then all but one go.

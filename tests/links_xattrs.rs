@@ -134,21 +134,6 @@ fn integrity_records(fx: &Fixture, path: &str) -> usize {
         .count()
 }
 
-fn fsck_clean(fx: &Fixture) {
-    let out = sealfs(&[
-        "fsck".as_ref(),
-        fx.cipher.as_os_str(),
-        "--passfile".as_ref(),
-        fx.passfile.as_os_str(),
-    ]);
-    assert!(
-        out.status.success(),
-        "fsck: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The kinds of problems `sealfs fsck --json` (with `extra` arguments) reports.
 fn fsck_kinds(fx: &Fixture, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<&std::ffi::OsStr> = vec![
@@ -232,7 +217,7 @@ fn hard_links_share_one_file_across_unlink_rename_and_remount() {
     assert_eq!(fs::read_link(fx.p("s2")).unwrap(), Path::new("d/e"));
     assert_eq!(nlink(&fx.p("s")), 2);
     fx.unmount();
-    fsck_clean(&fx);
+    fx.assert_fsck_clean("after the test");
 }
 
 #[test]
@@ -269,7 +254,7 @@ fn many_links_move_the_table_out_of_block_0_until_emlink() {
     fs::hard_link(fx.p("l/1"), fx.p("again")).unwrap();
     assert_eq!(fs::read(fx.p("again")).unwrap(), data);
     fx.unmount();
-    fsck_clean(&fx);
+    fx.assert_fsck_clean("after the test");
 }
 
 #[test]
@@ -395,7 +380,7 @@ fn xattrs_behave_as_on_ext4_and_survive_remount() {
     ] {
         assert!(!text.contains(plain), "{plain} in the clear:\n{text}");
     }
-    fsck_clean(&fx);
+    fx.assert_fsck_clean("after the test");
 }
 
 #[test]
@@ -524,7 +509,7 @@ fn acls_are_stored_inherited_and_enforced() {
     run_ok(Command::new("setfacl").arg("-b").arg(fx.p("d/sub/private")));
     assert!(!as_nobody(&fx.p("d/sub/private")).status.success());
     fx.unmount();
-    fsck_clean(&fx);
+    fx.assert_fsck_clean("after the test");
 }
 
 fn times(p: &Path) -> ((i64, i64), (i64, i64)) {

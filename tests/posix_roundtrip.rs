@@ -198,17 +198,7 @@ fn rsync_ahax_and_a_link_dest_series_round_trip() {
     sh(&format!("rsync -aHAX {m}/gen3/ {}/", back.display()));
     assert_same_tree(&back, &src, "rsync -aHAX out of the mount");
     fx.unmount();
-    let out = sealfs(&[
-        "fsck".as_ref(),
-        fx.cipher.as_os_str(),
-        "--passfile".as_ref(),
-        fx.passfile.as_os_str(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    fx.assert_fsck_clean("after rsync -aHAX out");
 }
 
 #[test]

@@ -495,6 +495,23 @@ impl Fixture {
 
     /// `sealfs fsck CIPHERDIR --json EXTRA…` offline: its exit code and
     /// report (`Null` if it printed none).
+    /// `sealfs fsck` of the unmounted volume must find nothing.
+    #[track_caller]
+    pub fn assert_fsck_clean(&self, what: &str) {
+        let out = sealfs(&[
+            "fsck".as_ref(),
+            self.cipher.as_os_str(),
+            "--passfile".as_ref(),
+            self.passfile.as_os_str(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{what}: fsck: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn fsck_json(&self, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
         let mut args: Vec<&OsStr> = vec![
             "fsck".as_ref(),
