@@ -104,12 +104,6 @@ pub struct AuditUsage {
     pub bytes: u64,
     /// Segments on disk.
     pub segments: u64,
-    /// The oldest segment on disk.
-    pub first_segment: Option<u64>,
-    /// The segment being written.
-    pub current_segment: u64,
-    /// The next record's sequence number.
-    pub next_seq: u64,
     /// Disk space reserved ahead of the current segment's end.
     pub reserve_left: u64,
     /// Records up to this one were pruned (a checkpoint that verifies).
@@ -433,11 +427,7 @@ impl AuditLog {
         let Some(b) = read_checkpoint_in(dir)? else {
             return Ok(None);
         };
-        let Some(c) = afmt::checkpoint_key_version(&b)
-            .ok()
-            .and_then(|v| keys.get(v))
-            .and_then(|k| afmt::decode_checkpoint(&b, &k, &vol.volume_id()).ok())
-        else {
+        let Ok(c) = afmt::open_checkpoint(&b, &vol.volume_id(), &mut |v| keys.get(v)) else {
             tracing::warn!(
                 "audit log: the prune checkpoint does not verify; `sealfs audit verify` reports it"
             );
@@ -752,31 +742,27 @@ impl AuditLog {
     /// The log's size on disk and what a prune left, for status and
     /// metrics: a directory listing and one `fstat` per segment.
     pub fn usage(&self) -> io::Result<AuditUsage> {
-        let (current, next_seq, reserved, len) = {
+        let reserve_left = {
             let w = self.writer.lock();
-            (w.segment, w.next_seq, w.reserved, w.len)
+            w.reserved.saturating_sub(w.len)
         };
         let mut u = AuditUsage {
-            next_seq,
-            reserve_left: reserved.saturating_sub(len),
+            reserve_left,
             ..AuditUsage::default()
         };
         for n in list_segments(self.dir.as_fd())? {
             if let Ok(st) = sys::fstatat(self.dir.as_fd(), OsStr::new(&segment_name(n))) {
                 u.bytes += st.st_size as u64;
                 u.segments += 1;
-                u.first_segment.get_or_insert(n);
             }
         }
         if let Some(b) = read_checkpoint_in(self.dir.as_fd())? {
-            let c = afmt::checkpoint_key_version(&b)
-                .ok()
-                .and_then(|v| self.keys.get(v))
-                .and_then(|k| afmt::decode_checkpoint(&b, &k, &self.keys.vol.volume_id()).ok());
+            let c =
+                afmt::open_checkpoint(&b, &self.keys.vol.volume_id(), &mut |v| self.keys.get(v))
+                    .ok();
             u.pruned_through_seq = c.map(|c| c.last_seq);
             u.records_pruned = c.map_or(0, |c| c.records_pruned);
         }
-        u.current_segment = current;
         Ok(u)
     }
 

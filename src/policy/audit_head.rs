@@ -127,10 +127,7 @@ fn checkpoint(
     let Some(bytes) = super::audit::read_checkpoint(vol.root())? else {
         return Ok(None);
     };
-    let Ok(v) = afmt::checkpoint_key_version(&bytes) else {
-        return Ok(None);
-    };
-    Ok(keys(v).and_then(|k| afmt::decode_checkpoint(&bytes, &k, &vol.volume_id()).ok()))
+    Ok(afmt::open_checkpoint(&bytes, &vol.volume_id(), keys).ok())
 }
 
 /// Hands every verified record after `head` to `on_record`, after checking

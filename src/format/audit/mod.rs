@@ -369,8 +369,8 @@ pub use checkpoint::{
 };
 pub use prune::{plan_prune, PrunePlan, PruneRefusal, PruneRule, PrunedInfo};
 pub use verify::{
-    check_anchor, verify_chain, verify_chain_anchored, verify_log_view, AnchorCheck, AuditHead,
-    ChainBreak, ChainEvent, ChainReport, KeyringAnchor,
+    check_anchor, open_checkpoint, verify_chain, verify_chain_anchored, verify_log_view,
+    AnchorCheck, AuditHead, ChainBreak, ChainEvent, ChainReport, KeyringAnchor,
 };
 
 #[cfg(test)]

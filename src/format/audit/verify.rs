@@ -176,8 +176,9 @@ impl Start {
     }
 }
 
-/// The prune checkpoint's bytes checked, or why they cannot be trusted.
-pub(super) fn open_checkpoint(
+/// The prune checkpoint's bytes checked under the keys of the version it
+/// names (`keys_for`), or why they cannot be trusted.
+pub fn open_checkpoint(
     bytes: &[u8],
     volume_id: &[u8; 16],
     keys_for: &mut KeysFor<'_>,
