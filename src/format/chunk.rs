@@ -27,6 +27,18 @@ pub enum ContentFormat {
     /// chunks hold data (a chunk is a hole only if its bit is clear) and the
     /// last group's state holds the size; the chunk AAD has no last flag.
     SealedGroupState,
+    /// Sealed group states plus feature `packed-tails` (docs/FORMAT.md
+    /// §4.7): chunks are sealed as with [`ContentFormat::SealedGroupState`];
+    /// a file that ends in group 0 may keep its final chunk's data in
+    /// block 0, which group 0's state says.
+    PackedTails,
+}
+
+impl ContentFormat {
+    /// Whether files have sealed group states (every format but the first).
+    pub fn has_group_states(self) -> bool {
+        self != ContentFormat::LastChunkFlag
+    }
 }
 
 /// Why a chunk failed to open.
@@ -89,7 +101,7 @@ impl ChunkCipher {
                 a[32] = last as u8;
                 Aad(a, 33)
             }
-            ContentFormat::SealedGroupState => {
+            ContentFormat::SealedGroupState | ContentFormat::PackedTails => {
                 a[..8].copy_from_slice(CHUNK_AAD_LABEL_V2);
                 Aad(a, 32)
             }

@@ -32,6 +32,7 @@ pub const KNOWN_FEATURES: &[&str] = &[
     FEATURE_SEALED_GROUP_STATE,
     FEATURE_KEYLESS_XATTR_IDS,
     FEATURE_EXTERNAL_KEYRING,
+    FEATURE_PACKED_TAILS,
 ];
 /// Feature: the keyring is kept outside CIPHERDIR (`init --keyring-dir`;
 /// every command that unlocks needs `--keyring-dir DIR`). Only volumes
@@ -57,6 +58,11 @@ pub const FEATURE_KEYLESS_XATTR_IDS: &str = "keyless-xattr-ids";
 /// The feature flag of sealed group states (docs/FORMAT.md §4): new volumes
 /// have it; a volume without it keeps the first content format.
 pub const FEATURE_SEALED_GROUP_STATE: &str = "sealed-group-state";
+
+/// Feature: a file that ends in group 0 keeps its final chunk's data in
+/// block 0 when it fits (a packed tail, docs/FORMAT.md §4.7), so a small
+/// file takes one backing block. Needs sealed group states.
+pub const FEATURE_PACKED_TAILS: &str = "packed-tails";
 
 /// Errors reading a config.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +153,7 @@ impl VolumeConfig {
                 FEATURE_HARD_LINKS,
                 FEATURE_XATTRS,
                 FEATURE_KEYLESS_XATTR_IDS,
+                FEATURE_PACKED_TAILS,
             ]
             .contains(&f.as_str())
         });
@@ -180,6 +187,11 @@ impl VolumeConfig {
             )));
         }
         c.volume_id_bytes()?;
+        if c.has_feature(FEATURE_PACKED_TAILS) && !c.has_feature(FEATURE_SEALED_GROUP_STATE) {
+            return Err(ConfigError::Invalid(format!(
+                "feature '{FEATURE_PACKED_TAILS}' needs '{FEATURE_SEALED_GROUP_STATE}'"
+            )));
+        }
         if c.kdf.is_none() && !c.has_keyslots() {
             return Err(ConfigError::Invalid(
                 "no [kdf] section (needed without the keyslots feature)".into(),
@@ -210,23 +222,26 @@ impl VolumeConfig {
 
     /// How this volume's file content is laid out (its feature flags).
     pub fn content_format(&self) -> ContentFormat {
-        if self
-            .features
-            .iter()
-            .any(|f| f == FEATURE_SEALED_GROUP_STATE)
-        {
-            ContentFormat::SealedGroupState
-        } else {
-            ContentFormat::LastChunkFlag
+        match (
+            self.has_feature(FEATURE_SEALED_GROUP_STATE),
+            self.has_feature(FEATURE_PACKED_TAILS),
+        ) {
+            (true, true) => ContentFormat::PackedTails,
+            (true, false) => ContentFormat::SealedGroupState,
+            (false, _) => ContentFormat::LastChunkFlag,
         }
     }
 
     /// Sets the feature flag of `format` (for a config rebuilt without the
     /// original, whose content format was found by looking at the files).
     pub fn set_content_format(&mut self, format: ContentFormat) {
-        self.features.retain(|f| f != FEATURE_SEALED_GROUP_STATE);
-        if format == ContentFormat::SealedGroupState {
+        self.features
+            .retain(|f| f != FEATURE_SEALED_GROUP_STATE && f != FEATURE_PACKED_TAILS);
+        if format.has_group_states() {
             self.features.push(FEATURE_SEALED_GROUP_STATE.into());
+        }
+        if format == ContentFormat::PackedTails {
+            self.features.push(FEATURE_PACKED_TAILS.into());
         }
     }
 
@@ -339,6 +354,21 @@ mod tests {
         assert_eq!(c, parsed);
         c.set_content_format(ContentFormat::SealedGroupState);
         assert_eq!(c, sample());
+    }
+
+    #[test]
+    fn new_volumes_pack_tails_and_the_flag_needs_group_states() {
+        let c = VolumeConfig::new([0xab; 16]);
+        assert_eq!(c.content_format(), ContentFormat::PackedTails);
+        let mut without = c.clone();
+        without.set_content_format(ContentFormat::SealedGroupState);
+        assert_eq!(without.content_format(), ContentFormat::SealedGroupState);
+        without.set_content_format(ContentFormat::PackedTails);
+        assert_eq!(without.content_format(), ContentFormat::PackedTails);
+        let mut bad = c.clone();
+        bad.features.retain(|f| f != FEATURE_SEALED_GROUP_STATE);
+        let e = VolumeConfig::parse(&bad.to_toml()).unwrap_err();
+        assert!(e.to_string().contains("needs"), "{e}");
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! tail (never read), ciphertext short of it a truncation.
 
 use crate::crypto::{random_nonce, SealingKey, SecretKey, NONCE_LEN, TAG_LEN};
-use crate::format::layout::{last_group, CHUNKS_PER_GROUP, META_STATE_LEN};
+use crate::format::layout::{last_group, tail_fits, CHUNKS_PER_GROUP, CHUNK_SIZE, META_STATE_LEN};
 
 /// Bytes of the sealed state area (nonce, sealed body, tag, zero padding).
 pub const STATE_AREA: usize = META_STATE_LEN as usize;
@@ -30,6 +30,9 @@ const AAD_LABEL: &[u8] = b"sealfs:group-state:v1";
 /// HKDF label of the state key, derived from the file's data key.
 pub const STATE_KEY_LABEL: &[u8] = b"sealfs v2 group state";
 const FLAG_LAST: u8 = 1;
+/// The file's final chunk is a packed tail: its data lives in block 0
+/// (feature `packed-tails`, docs/FORMAT.md §4.7).
+const FLAG_PACKED: u8 = 2;
 
 const _: () = assert!(SEALED_LEN <= STATE_AREA);
 const _: () = assert!(CHUNKS_PER_GROUP == 128);
@@ -47,6 +50,10 @@ pub struct GroupState {
     /// one, or an earlier one while a truncation is being made (see
     /// docs/FORMAT.md §4.3).
     pub size: u64,
+    /// The final chunk's data is stored in block 0 (a packed tail; group
+    /// 0's state only, with `last` and a size that ends in group 0 and
+    /// fits, docs/FORMAT.md §4.7), not at its place in the group.
+    pub packed: bool,
 }
 
 impl GroupState {
@@ -55,7 +62,18 @@ impl GroupState {
         written: 0,
         last: false,
         size: 0,
+        packed: false,
     };
+
+    /// Whether this state may say "packed" as group `group`'s state: group
+    /// 0, the last group, its final chunk written and short enough to fit
+    /// in block 0.
+    pub fn may_pack(&self, group: u64) -> bool {
+        group == 0
+            && self.last
+            && tail_fits(self.size)
+            && self.is_written((self.size - 1) / CHUNK_SIZE)
+    }
 
     /// Whether chunk `i` (index within the group) holds data.
     pub fn is_written(&self, i: u64) -> bool {
@@ -74,27 +92,37 @@ impl GroupState {
     fn encode(&self) -> [u8; BODY_LEN] {
         let mut b = [0u8; BODY_LEN];
         b[..16].copy_from_slice(&self.written.to_le_bytes());
-        b[16] = if self.last { FLAG_LAST } else { 0 };
+        b[16] = if self.last { FLAG_LAST } else { 0 } | if self.packed { FLAG_PACKED } else { 0 };
         b[24..32].copy_from_slice(&self.size.to_le_bytes());
         b
     }
 
-    fn decode(b: &[u8; BODY_LEN], group: u64) -> Result<Self, StateError> {
+    fn decode(b: &[u8; BODY_LEN], group: u64, packing: bool) -> Result<Self, StateError> {
         let written = u128::from_le_bytes(b[..16].try_into().expect("16 bytes"));
         let flags = b[16];
         let size = u64::from_le_bytes(b[24..32].try_into().expect("8 bytes"));
-        if flags & !FLAG_LAST != 0 || b[17..24].iter().any(|&x| x != 0) {
+        let known = if packing {
+            FLAG_LAST | FLAG_PACKED
+        } else {
+            FLAG_LAST
+        };
+        if flags & !known != 0 || b[17..24].iter().any(|&x| x != 0) {
             return Err(StateError::Malformed(group));
         }
         let last = flags & FLAG_LAST != 0;
         if (!last && size != 0) || (last && last_group(size) > group) {
             return Err(StateError::Malformed(group));
         }
-        Ok(GroupState {
+        let s = GroupState {
             written,
             last,
             size,
-        })
+            packed: flags & FLAG_PACKED != 0,
+        };
+        if s.packed && !s.may_pack(group) {
+            return Err(StateError::Malformed(group));
+        }
+        Ok(s)
     }
 }
 
@@ -117,6 +145,10 @@ pub enum StateError {
 pub struct StateCipher {
     key: SealingKey,
     file_id: [u8; 16],
+    /// The volume has `packed-tails`: the packed flag is accepted (without
+    /// it a state carrying the flag is malformed, as for a build that does
+    /// not know it).
+    packing: bool,
 }
 
 impl StateCipher {
@@ -125,7 +157,20 @@ impl StateCipher {
         StateCipher {
             key: data_key.derive(&file_id, STATE_KEY_LABEL).cipher(),
             file_id,
+            packing: false,
         }
+    }
+
+    /// The same cipher, accepting (and allowing the writer to set) the
+    /// packed-tail flag: volumes with feature `packed-tails`.
+    pub fn with_packed_tails(mut self, on: bool) -> Self {
+        self.packing = on;
+        self
+    }
+
+    /// Whether states of this file may carry the packed-tail flag.
+    pub fn packs_tails(&self) -> bool {
+        self.packing
     }
 
     fn aad(&self, group: u64) -> [u8; 45] {
@@ -142,6 +187,7 @@ impl StateCipher {
         group: u64,
         state: &GroupState,
     ) -> Result<[u8; STATE_AREA], crate::crypto::CryptoError> {
+        debug_assert!(!state.packed || (self.packing && state.may_pack(group)));
         let nonce = random_nonce()?;
         let mut body = state.encode();
         let tag = self.key.seal_in_place(&nonce, &self.aad(group), &mut body);
@@ -170,7 +216,7 @@ impl StateCipher {
         self.key
             .open_in_place(&nonce, &self.aad(group), &mut body, &tag)
             .map_err(|_| StateError::Tampered(group))?;
-        GroupState::decode(&body, group)
+        GroupState::decode(&body, group, self.packing)
     }
 }
 
@@ -191,6 +237,7 @@ mod tests {
             written: 0b1011 | 1 << 127,
             last: true,
             size: GROUP_PLAIN * 2 + 5,
+            packed: false,
         };
         let a = c.seal(2, &s).unwrap();
         let b = c.seal(2, &s).unwrap();
@@ -208,6 +255,7 @@ mod tests {
         let other = StateCipher {
             key: c.key.clone(),
             file_id: [4u8; 16],
+            packing: false,
         };
         assert_eq!(other.open(1, &a), Err(StateError::Tampered(1)));
         let other_key = StateCipher::new(&SecretKey::generate().unwrap(), [3u8; 16]);
@@ -235,6 +283,7 @@ mod tests {
             written: 0,
             last: true,
             size: GROUP_PLAIN + 1,
+            packed: false,
         };
         assert_eq!(
             c.open(0, &c.seal(0, &far).unwrap()),
@@ -246,11 +295,50 @@ mod tests {
             written: 0,
             last: false,
             size: 1,
+            packed: false,
         };
         assert_eq!(
             c.open(0, &c.seal(0, &not_last_with_size).unwrap()),
             Err(StateError::Malformed(0))
         );
+    }
+
+    #[test]
+    fn the_packed_flag_needs_the_feature_and_a_tail_that_fits() {
+        let plain = cipher();
+        let packing = cipher().with_packed_tails(true);
+        let packing = StateCipher {
+            key: plain.key.clone(),
+            ..packing
+        };
+        let s = GroupState {
+            written: 0b11,
+            last: true,
+            size: 4096 + 100,
+            packed: true,
+        };
+        let a = packing.seal(0, &s).unwrap();
+        assert_eq!(packing.open(0, &a), Ok(s));
+        // A build (or volume) without packed tails refuses the flag.
+        assert_eq!(plain.open(0, &a), Err(StateError::Malformed(0)));
+        // Flag on a state that cannot pack: sealed by hand (the writer
+        // never does), refused as malformed.
+        for bad in [
+            GroupState { size: 4096 + 3529, ..s },      // does not fit
+            GroupState { written: 0b01, ..s },          // tail not written
+            GroupState { size: 8192, ..s },             // a whole chunk
+        ] {
+            let mut body = bad.encode();
+            let nonce = [7u8; crate::crypto::NONCE_LEN];
+            let tag = packing.key.seal_in_place(&nonce, &packing.aad(0), &mut body);
+            let mut area = [0u8; STATE_AREA];
+            area[..12].copy_from_slice(&nonce);
+            area[12..44].copy_from_slice(&body);
+            area[44..60].copy_from_slice(&tag);
+            assert_eq!(packing.open(0, &area), Err(StateError::Malformed(0)), "{bad:?}");
+        }
+        // Not in group 1.
+        assert!(!GroupState { size: GROUP_PLAIN + 5, ..s }.may_pack(1));
     }
 
     #[test]
@@ -271,7 +359,7 @@ mod tests {
         fn any_bit_flip_is_detected(written in any::<u128>(), size in 0u64..(1 << 40), flip in 0usize..(SEALED_LEN * 8)) {
             let c = cipher();
             let g = last_group(size);
-            let s = GroupState { written, last: true, size };
+            let s = GroupState { written, last: true, size, packed: false };
             let mut a = c.seal(g, &s).unwrap();
             prop_assert_eq!(c.open(g, &a), Ok(s));
             a[flip / 8] ^= 1 << (flip % 8);

@@ -35,6 +35,10 @@ pub const META_STATE_LEN: u64 = META_ENTRIES_OFFSET - META_STATE_OFFSET;
 /// Offset of the free bytes after the last entry of a metadata block
 /// (reserved: written as zero, never read).
 pub const META_FREE_OFFSET: u64 = META_ENTRIES_OFFSET + CHUNKS_PER_GROUP * META_ENTRY_LEN;
+/// End (exclusive) of a packed tail in block 0 (volumes with `packed-tails`,
+/// docs/FORMAT.md §4.7): the tail's bytes end where the link table's area
+/// (3840..4096) begins, so the two never overlap.
+pub const PACKED_TAIL_END: u64 = META_FREE_OFFSET;
 /// Bytes per metadata entry: nonce then tag.
 pub const META_ENTRY_LEN: u64 = (NONCE_LEN + TAG_LEN) as u64;
 /// Bytes one full group occupies in the ciphertext file.
@@ -161,6 +165,33 @@ pub fn group_runs(
     })
 }
 
+/// Bytes of block 0 free for a packed tail when the file's final chunk is
+/// `k` (group 0 only): from the end of chunk `k`'s entry to
+/// [`PACKED_TAIL_END`]. 0 for a chunk past group 0.
+pub fn packed_tail_room(k: ChunkIndex) -> u64 {
+    if k >= CHUNKS_PER_GROUP {
+        return 0;
+    }
+    PACKED_TAIL_END - (META_ENTRIES_OFFSET + (k + 1) * META_ENTRY_LEN)
+}
+
+/// Whether the final chunk of a plaintext of `size` bytes fits in block 0
+/// (a packed tail, docs/FORMAT.md §4.7): the file ends in group 0 and its
+/// final chunk's length is at most [`packed_tail_room`].
+pub fn tail_fits(size: u64) -> bool {
+    if size == 0 {
+        return false;
+    }
+    let k = (size - 1) / CHUNK_SIZE;
+    chunk_len(k, size) as u64 <= packed_tail_room(k)
+}
+
+/// Offset in block 0 of a packed tail of `len` bytes (right-aligned so it
+/// ends at [`PACKED_TAIL_END`]).
+pub fn packed_tail_offset(len: usize) -> u64 {
+    PACKED_TAIL_END - len as u64
+}
+
 /// Disk blocks (512 B) to report for a plaintext size: what `du` should show.
 pub fn reported_blocks(size: u64) -> u64 {
     size.div_ceil(512)
@@ -195,6 +226,29 @@ mod tests {
         assert_eq!(end_group(4096), 0);
         assert_eq!(end_group(GROUP_BYTES), 0);
         assert_eq!(end_group(GROUP_BYTES + 1), 1);
+        assert_eq!(packed_tail_room(0), 3556);
+        assert_eq!(packed_tail_room(1), 3528);
+        assert_eq!(packed_tail_room(126), 28);
+        assert_eq!(packed_tail_room(127), 0);
+        assert_eq!(packed_tail_room(128), 0);
+        assert!(!tail_fits(0));
+        assert!(tail_fits(1) && tail_fits(3556) && !tail_fits(3557));
+        assert!(tail_fits(4096 + 3528) && !tail_fits(4096 + 3529));
+        assert!(!tail_fits(8192));
+        assert!(tail_fits(126 * 4096 + 28) && !tail_fits(127 * 4096 + 1));
+        assert_eq!(packed_tail_offset(3556), 256 + 28);
+    }
+
+    proptest! {
+        #[test]
+        fn a_packed_tail_stays_between_its_entries_and_the_link_table(p in 1u64..GROUP_PLAIN) {
+            if tail_fits(p) {
+                let k = (p - 1) / CHUNK_SIZE;
+                let at = packed_tail_offset(chunk_len(k, p));
+                prop_assert!(at >= chunk_meta_offset(k) + META_ENTRY_LEN);
+                prop_assert!(at + chunk_len(k, p) as u64 == META_FREE_OFFSET);
+            }
+        }
     }
 
     proptest! {

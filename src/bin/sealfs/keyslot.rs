@@ -12,7 +12,9 @@ use std::path::Path;
 use serde::Serialize;
 
 use sealfs::ctl::protocol::KeyslotStatus;
-use sealfs::format::config::{FEATURE_HARD_LINKS, FEATURE_XATTRS};
+use sealfs::format::config::{
+    FEATURE_HARD_LINKS, FEATURE_PACKED_TAILS, FEATURE_SEALED_GROUP_STATE, FEATURE_XATTRS,
+};
 use sealfs::format::keyring::{layout_of, KekSource};
 use sealfs::keyring::provider::recovery::RecoveryKey;
 use sealfs::keyring::{KeyProvider, Unlock, UnlockSecret, KEYRING_FILE};
@@ -102,9 +104,12 @@ pub(crate) fn cmd_upgrade(cipherdir: &Path, secret: &SecretArgs) -> Result<(), C
     let added = o
         .vol
         .update_config(|c| {
-            let missing: Vec<String> = [FEATURE_HARD_LINKS, FEATURE_XATTRS]
+            // Packed tails need sealed group states: a volume without them
+            // (the first content format) does not get the flag.
+            let packs = c.has_feature(FEATURE_SEALED_GROUP_STATE);
+            let missing: Vec<String> = [FEATURE_HARD_LINKS, FEATURE_XATTRS, FEATURE_PACKED_TAILS]
                 .iter()
-                .filter(|f| !c.has_feature(f))
+                .filter(|f| !c.has_feature(f) && (packs || **f != FEATURE_PACKED_TAILS))
                 .map(|f| f.to_string())
                 .collect();
             c.features.extend(missing.iter().cloned());
@@ -113,7 +118,7 @@ pub(crate) fn cmd_upgrade(cipherdir: &Path, secret: &SecretArgs) -> Result<(), C
         .map_err(|e| CliError::new(exit::ERROR, format!("cannot update sealfs.toml: {e}")))?;
     if !added.is_empty() {
         eprintln!(
-            "sealfs: added the feature{} {} (hard links and extended attributes work from the next mount; older sealfs versions refuse this volume now)",
+            "sealfs: added the feature{} {} (they work from the next mount; older sealfs versions refuse this volume now)",
             if added.len() > 1 { "s" } else { "" },
             added.join(", ")
         );
@@ -121,7 +126,7 @@ pub(crate) fn cmd_upgrade(cipherdir: &Path, secret: &SecretArgs) -> Result<(), C
         return Err(CliError::new(
             exit::ERROR,
             format!(
-                "{} is up to date: it has keyslots, hard links and extended attributes",
+                "{} is up to date: it has keyslots, hard links, extended attributes and every content feature it can take",
                 cipherdir.display()
             ),
         ));

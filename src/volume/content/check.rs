@@ -17,6 +17,7 @@ use crate::format::layout::{
 use crate::volume::error::VolumeError;
 
 use super::groups::{local_count, End};
+use super::packed::Tail;
 use super::run::{pread_some, runs, set_len, CS, ML};
 use super::SealedFile;
 
@@ -79,7 +80,7 @@ impl SealedFile {
     pub fn scan(&self) -> ChunkScan {
         match self.format() {
             ContentFormat::LastChunkFlag => self.scan_v1(),
-            ContentFormat::SealedGroupState => self.scan_v2(),
+            ContentFormat::SealedGroupState | ContentFormat::PackedTails => self.scan_v2(),
         }
     }
 
@@ -153,6 +154,7 @@ impl SealedFile {
             if g == gl && !(s.last && s.size == size) && !out.end_lost {
                 out.unsettled = true;
             }
+            let tail = Tail::of(&s).filter(|_| g == 0);
             for i in 0..local_count(size, g) {
                 let k = g * CHUNKS_PER_GROUP + i;
                 if !s.is_written(i) || k * CS as u64 >= stored_end {
@@ -160,7 +162,11 @@ impl SealedFile {
                 }
                 out.checked += 1;
                 let chunk = &mut buf[..chunk_len(k, size)];
-                if self.read_stored_chunk(k, size, chunk).is_err() {
+                let read = match tail.filter(|t| t.k == k) {
+                    Some(t) => self.read_packed(t, chunk),
+                    None => self.read_stored_chunk(k, size, chunk),
+                };
+                if read.is_err() {
                     out.bad.push(k);
                 }
             }
@@ -234,6 +240,12 @@ impl SealedFile {
             };
             let mut s = known.unwrap_or(GroupState::EMPTY);
             s.written = s.written_below(local_count(size, g));
+            // A packed tail that is kept stays packed; one re-sealed as
+            // zeros goes to its place in the group.
+            let tail = known
+                .filter(|st| g == 0 && st.size == size)
+                .and_then(|st| Tail::of(&st));
+            s.packed = tail.is_some();
             for i in 0..local_count(size, g) {
                 let k = g * CHUNKS_PER_GROUP + i;
                 let len = chunk_len(k, size);
@@ -251,6 +263,13 @@ impl SealedFile {
                     if self.read_stored_chunk(k, size, chunk).is_ok() {
                         s.written |= 1u128 << i;
                         false
+                    } else if let Some(t) = self.lost_packed_tail(g, k, size) {
+                        // Group 0's state was lost with a packed tail: the
+                        // tail authenticates in block 0 and stays there.
+                        let _ = t;
+                        s.written |= 1u128 << i;
+                        s.packed = true;
+                        false
                     } else if self.all_zero(k, len)? {
                         out.taken_as_holes.push(k);
                         false
@@ -265,10 +284,14 @@ impl SealedFile {
                     let mut z = vec![0u8; len];
                     self.store_chunk(k, false, &mut z)?;
                     out.zeroed.push(k);
+                    if tail.is_some_and(|t| t.k == k) {
+                        s.packed = false;
+                    }
                 }
             }
             s.last = g == gl;
             s.size = if s.last { size } else { 0 };
+            s.packed = s.packed && s.may_pack(g);
             if known != Some(s) {
                 let (file, groups) = (&self.file, self.groups.as_mut().expect("groups"));
                 groups.store(file, g, s)?;
@@ -285,6 +308,24 @@ impl SealedFile {
         });
         self.file.sync_data()?;
         Ok(out)
+    }
+
+    /// Chunk `k` of a file of `size` bytes as a packed tail in block 0,
+    /// when it could be one and authenticates there (a salvage of a lost
+    /// group 0 state).
+    fn lost_packed_tail(&self, g: u64, k: ChunkIndex, size: u64) -> Option<Tail> {
+        let candidate = GroupState {
+            written: 1u128 << k,
+            last: true,
+            size,
+            packed: true,
+        };
+        if !self.packs_tails() || !candidate.may_pack(g) {
+            return None;
+        }
+        let t = Tail::of(&candidate)?;
+        let mut buf = vec![0u8; t.len];
+        self.read_packed(t, &mut buf).ok().map(|_| t)
     }
 
     /// Whether chunk `k`'s stored data (`len` bytes) and entry are all zero.

@@ -229,6 +229,9 @@ pub(super) fn plan_write(
         }
         let before = if g <= go { Some(state_of(g)?) } else { None };
         let mut s = before.unwrap_or(GroupState::EMPTY);
+        // This plan never packs (a packed tail was unpacked before, and
+        // changes that end packed are made in block 0, `small`).
+        s.packed = false;
         if g == go && new > old {
             // Bits past the old size mean nothing: clear them, so the
             // chunks between the old end and this write read as holes.
@@ -288,6 +291,7 @@ pub(super) fn plan_shrink(
     let gn = last_group(new);
     let mut plan = Plan::default();
     let mut s = state_of(gn)?;
+    s.packed = false;
     s.written = s.written_below(local_count(new, gn));
     s.last = true;
     s.size = new;
@@ -297,6 +301,7 @@ pub(super) fn plan_shrink(
         let forward = GroupState {
             last: true,
             size: new,
+            packed: false,
             ..state_of(go)?
         };
         plan.commit = Some((go, forward));
@@ -324,6 +329,7 @@ mod tests {
             written: full(2),
             last: true,
             size: 8192,
+            packed: false,
         };
         let p = plan_write(8192, 12288, Some((2, 2)), |_| Ok(s0)).unwrap();
         assert!(p.pre.is_empty() && p.post.is_none());
@@ -334,7 +340,8 @@ mod tests {
                 GroupState {
                     written: full(3),
                     last: true,
-                    size: 12288
+                    size: 12288,
+                    packed: false,
                 }
             ))
         );
@@ -346,6 +353,7 @@ mod tests {
             written: full(3),
             last: true,
             size: 12288,
+            packed: false,
         };
         let p = plan_write(12288, 12288, Some((0, 1)), |_| Ok(s0)).unwrap();
         assert!(p.pre.is_empty() && p.commit.is_none() && p.post.is_none());
@@ -358,6 +366,7 @@ mod tests {
             written: 0b1 | 1 << 5, // a stale bit past the size
             last: true,
             size: 100,
+            packed: false,
         };
         let p = plan_write(100, 3 * GROUP_PLAIN + 4097 + 10, Some((385, 385)), |g| {
             assert_eq!(g, 0);
@@ -371,7 +380,8 @@ mod tests {
             GroupState {
                 written: 1,
                 last: true,
-                size: 100
+                size: 100,
+                packed: false,
             }
         );
         assert_eq!(p.pre[1].1, GroupState::EMPTY);
@@ -386,6 +396,7 @@ mod tests {
             written: full(128),
             last: false,
             size: 0,
+            packed: false,
         };
         let p = plan_shrink(3 * GROUP_PLAIN, 5000, |_| Ok(s)).unwrap();
         let (g, c) = p.commit.unwrap();

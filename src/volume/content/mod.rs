@@ -38,6 +38,7 @@
 
 mod check;
 mod groups;
+mod packed;
 mod run;
 #[cfg(test)]
 mod tests;
@@ -167,8 +168,12 @@ impl SealedFile {
         size: u64,
         csize: u64,
     ) -> Self {
-        let groups = (format == ContentFormat::SealedGroupState)
-            .then(|| Groups::new(StateCipher::new(key, id)));
+        let groups = format.has_group_states().then(|| {
+            Groups::new(
+                StateCipher::new(key, id)
+                    .with_packed_tails(format == ContentFormat::PackedTails),
+            )
+        });
         SealedFile {
             file,
             chunks: ChunkCipher::new(key, id, format),
@@ -412,6 +417,9 @@ impl SealedFile {
             buf.fill(0);
             return Ok(());
         }
+        if let Some(t) = self.packed_tail().filter(|t| t.k == k) {
+            return self.read_packed(t, buf);
+        }
         let mut entry = [0u8; ML];
         let n = pread_some(&self.file, buf, chunk_data_offset(k))?;
         if n < buf.len() {
@@ -512,12 +520,19 @@ impl SealedFile {
             }
         };
         let got = pread_some(&self.file, data, chunk_data_offset(run.first))?;
+        // A packed tail (group 0 only) is read from block 0 (in the page
+        // cache: the file's open read its state).
+        let tail = packed::Tail::of(&state).filter(|_| g == 0);
         for k in run.chunks() {
             let a = run.data_at(k);
             let clen = chunk_len(k, size);
             let chunk = &mut data[a..a + clen];
             if !state.is_written(k % CHUNKS_PER_GROUP) {
                 chunk.fill(0);
+                continue;
+            }
+            if let Some(t) = tail.filter(|t| t.k == k) {
+                self.read_packed(t, chunk)?;
                 continue;
             }
             if got < a + clen {

@@ -10,6 +10,7 @@ use proptest::prelude::*;
 
 const V1: ContentFormat = ContentFormat::LastChunkFlag;
 const V2: ContentFormat = ContentFormat::SealedGroupState;
+const PT: ContentFormat = ContentFormat::PackedTails;
 const ID: [u8; 16] = [1; 16];
 
 #[derive(Debug, Clone)]
@@ -24,6 +25,9 @@ fn act() -> impl Strategy<Value = Act> {
         Just(0u64),
         Just(4096),
         Just(8192),
+        // Where a packed tail stops fitting (docs/FORMAT.md §4.7).
+        Just(3556),
+        Just(4096 + 3528),
         Just(GROUP_PLAIN),
         Just(2 * GROUP_PLAIN)
     ];
@@ -112,8 +116,8 @@ fn is_integrity<T: std::fmt::Debug>(r: Result<T, VolumeError>) -> bool {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
     #[test]
-    fn matches_a_plain_model(acts in proptest::collection::vec(act(), 1..12), v2 in any::<bool>()) {
-        let format = if v2 { V2 } else { V1 };
+    fn matches_a_plain_model(acts in proptest::collection::vec(act(), 1..12), which in 0..3u8) {
+        let format = [V1, V2, PT][which as usize];
         let dir = tempfile::tempdir().unwrap();
         let key = SecretKey::generate().unwrap();
         let mut f = fresh(&dir, &key, format);
@@ -133,7 +137,7 @@ proptest! {
             std::fs::metadata(path(&dir)).unwrap().len(),
             ciphertext_size(model.len() as u64)
         );
-        if format == V2 {
+        if format.has_group_states() {
             let scan = g.scan();
             prop_assert_eq!(&scan, &ChunkScan { checked: scan.checked, ..ChunkScan::default() });
         }
@@ -150,10 +154,11 @@ proptest! {
     /// every chunk as its old or its new content; only chunks a write was
     /// storing may fail authentication (never read as zeros or garbage).
     #[test]
-    fn every_crash_point_reads_old_or_new(acts in proptest::collection::vec(act(), 1..8)) {
+    fn every_crash_point_reads_old_or_new(acts in proptest::collection::vec(act(), 1..8), packed in any::<bool>()) {
+        let format = if packed { PT } else { V2 };
         let dir = tempfile::tempdir().unwrap();
         let key = SecretKey::generate().unwrap();
-        let mut f = fresh(&dir, &key, V2);
+        let mut f = fresh(&dir, &key, format);
         let mut model: Vec<u8> = Vec::new();
         let (last, before) = acts.split_last().unwrap();
         for a in before {
@@ -184,7 +189,7 @@ proptest! {
             let mut bytes = old_bytes.clone();
             testing::replay(&mut bytes, &ops[..i]);
             std::fs::write(&probe, &bytes).unwrap();
-            let g = open_at(&probe, &key, V2)
+            let g = open_at(&probe, &key, format)
                 .unwrap_or_else(|e| panic!("prefix {i}/{}: open: {e}", ops.len()));
             let size = g.size() as usize;
             prop_assert!(size == old.len() || size == new.len(),

@@ -36,13 +36,13 @@ use super::{SealedFile, WriteSpan};
 
 /// A write that could not be stored: the error, and the first chunk whose
 /// run was not (entirely) written.
-struct StoreFailure {
-    error: VolumeError,
-    from: ChunkIndex,
+pub(super) struct StoreFailure {
+    pub(super) error: VolumeError,
+    pub(super) from: ChunkIndex,
 }
 
 impl SealedFile {
-    fn groups_mut(&mut self) -> &mut super::Groups {
+    pub(super) fn groups_mut(&mut self) -> &mut super::Groups {
         self.groups.as_mut().expect("sealed group states")
     }
 
@@ -64,6 +64,10 @@ impl SealedFile {
         let old = self.size;
         let end = offset + data.len() as u64;
         let new = old.max(end);
+        if self.in_block0(new)? {
+            return self.write_small(offset, data);
+        }
+        self.unpack_tail()?;
         let (first, last) = chunks_touched(offset, data.len() as u64).expect("non-empty");
         let plan = self.plan(|load| plan_write(old, new, Some((first, last)), load))?;
         let csize_before = self.csize;
@@ -121,7 +125,7 @@ impl SealedFile {
     /// When the file grows from `old` to `new` bytes past a partial final
     /// chunk that holds data, that chunk and its plaintext: it is stored
     /// longer from now on, and restored if the growth fails.
-    fn final_chunk_growing(
+    pub(super) fn final_chunk_growing(
         &self,
         old: u64,
         new: u64,
@@ -162,7 +166,7 @@ impl SealedFile {
     /// stored longer than its length there (a growth that failed or was
     /// interrupted re-sealed it longer) is re-sealed at its length, with
     /// whatever content authenticates, else `fallback`.
-    fn settle_final_chunk(
+    pub(super) fn settle_final_chunk(
         &self,
         size: u64,
         fallback: Option<&(ChunkIndex, Vec<u8>)>,
@@ -170,6 +174,10 @@ impl SealedFile {
         let Some(k) = last_chunk(size) else {
             return Ok(());
         };
+        if self.packed_tail().is_some_and(|t| t.k == k) {
+            // A packed tail is stored at its length, with its state.
+            return Ok(());
+        }
         if !self.written(k) {
             return Ok(());
         }
@@ -284,7 +292,7 @@ impl SealedFile {
     /// inside the old size whose in-size bytes it covered, from the first
     /// run that was not stored, get an entry that does not authenticate and
     /// their bit set, and the file is poisoned.
-    fn write_failed(
+    pub(super) fn write_failed(
         &mut self,
         span: &WriteSpan<'_>,
         f: StoreFailure,
@@ -358,6 +366,10 @@ impl SealedFile {
         if new == old {
             return Ok(());
         }
+        if self.in_block0(new)? {
+            return self.set_len_small(new);
+        }
+        self.unpack_tail()?;
         if new < old {
             return self.shrink_v2(new);
         }
@@ -449,6 +461,7 @@ impl SealedFile {
             written: s.written_below(local_count(size, gl)),
             last: true,
             size,
+            packed: s.packed && s.size == size,
         };
         if s != want {
             groups.store(file, gl, want)?;
