@@ -4,7 +4,11 @@
 //! lives in /dev/shm (memory) so that the numbers show the chunk path —
 //! crypto, buffers, metadata entries and group states — and not a disk.
 //! `file` is the sealed-group-state format of new volumes, `file-v1` the
-//! first (last-chunk-flag) format.
+//! first (last-chunk-flag) format. `small` compares the small-file path
+//! with packed tails (`packed`, docs/FORMAT.md §4.7: the final chunk
+//! committed in block 0) against sealed group states without them
+//! (`unpacked`): a create and first write, an open and whole-file read, an
+//! append inside the tail.
 //! Run: `cargo bench --bench chunk_file`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -73,5 +77,76 @@ fn file_io_of(c: &mut Criterion, name: &str, format: ContentFormat) {
     g.finish();
 }
 
-criterion_group!(benches, file_io);
+fn scratch_dir() -> tempfile::TempDir {
+    if std::path::Path::new("/dev/shm").is_dir() {
+        tempfile::tempdir_in("/dev/shm")
+    } else {
+        tempfile::tempdir()
+    }
+    .expect("scratch dir")
+}
+
+fn small_files(c: &mut Criterion) {
+    let key = SecretKey::generate().expect("key");
+    let mut g = c.benchmark_group("small");
+    for (name, format) in [
+        ("packed", ContentFormat::PackedTails),
+        ("unpacked", ContentFormat::SealedGroupState),
+    ] {
+        let dir = scratch_dir();
+        let path = dir.path().join("f");
+        let fresh = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .expect("scratch file")
+        };
+        for size in [100usize, 3000, 10 << 10] {
+            let data = vec![0x5au8; size];
+            g.bench_with_input(
+                BenchmarkId::new(format!("{name}/create-write"), size),
+                &size,
+                |b, _| {
+                    b.iter(|| {
+                        let mut f = SealedFile::create(fresh(), &[0; 160], &key, [9; 16], format)
+                            .expect("create");
+                        f.write(0, &data).expect("write");
+                    })
+                },
+            );
+            let file = fresh();
+            let mut f = SealedFile::create(file.try_clone().expect("clone"), &[0; 160], &key, [9; 16], format)
+                .expect("create");
+            f.write(0, &data).expect("write");
+            let mut out = Vec::new();
+            g.bench_with_input(
+                BenchmarkId::new(format!("{name}/open-read"), size),
+                &size,
+                |b, _| {
+                    b.iter(|| {
+                        let f = SealedFile::open(file.try_clone().expect("clone"), &key, [9; 16], format)
+                            .expect("open");
+                        black_box(f.read_into(0, size, &mut out).expect("read"));
+                    })
+                },
+            );
+        }
+        let tail = [0x33u8; 10];
+        g.bench_function(BenchmarkId::new(format!("{name}/append-in-tail"), 10), |b| {
+            let mut f = SealedFile::create(fresh(), &[0; 160], &key, [9; 16], format).expect("create");
+            b.iter(|| {
+                if f.size() >= 3000 {
+                    f.set_len(0).expect("truncate");
+                }
+                f.write(f.size(), &tail).expect("append");
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, file_io, small_files);
 criterion_main!(benches);

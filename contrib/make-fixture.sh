@@ -7,6 +7,7 @@
 #   KEYSLOTS=1 GROUP_STATES=1 bash contrib/make-fixture.sh tests/fixtures/v3-group-states
 #   LINKS=1 bash contrib/make-fixture.sh tests/fixtures/v2-links
 #   KEYSLOTS=1 GROUP_STATES=1 LINKS=1 bash contrib/make-fixture.sh tests/fixtures/v4-keyless-ids
+#   KEYSLOTS=1 GROUP_STATES=1 LINKS=1 PACKED_TAILS=1 bash contrib/make-fixture.sh tests/fixtures/v5-packed-tails
 # It refuses an existing directory: a format change adds a fixture, never
 # edits one. With KEYSLOTS=1 the volume gets three keyslots (the
 # passphrase, a key file saved as OUTDIR/key-file, and a recovery key saved
@@ -22,6 +23,12 @@
 # groups, a whole hole group between two with data) and files spanning
 # several groups (three groups, and two groups cut down to one by a
 # truncate).
+# With PACKED_TAILS=1 (volumes with packed tails, FORMAT §4.7) also files
+# around every boundary of the room in block 0 (1 byte, the whole room, one
+# past it, the same for a second chunk), one packed then grown past it,
+# one cut into the room from three chunks, one grown past group 0 from a
+# packed tail, a sparse one whose tail is packed after a hole, and a
+# packed file with a second name (the link table beside the tail).
 # With LINKS=1 also hard links (a file with 3 names in two directories, one
 # with 15, whose link table is external, one renamed after the rotation)
 # and extended attributes (user.* on files and a directory, trusted.* on a
@@ -121,6 +128,39 @@ with open(f"{m}/groups/three", "wb") as f:
 with open(f"{m}/groups/shrunk", "wb") as f:
     f.write(data(2 * G - 7))
     f.truncate(G + 100)
+PY
+fi
+if [ -n "${PACKED_TAILS:-}" ]; then
+    grep -q packed-tails "$out/cipher/sealfs.toml" ||
+        { echo "make-fixture: this sealfs packs no tails" >&2; exit 1; }
+    python3 - "$work/mnt" <<'PY'
+import os, random, sys
+m = sys.argv[1]
+rng = random.Random(20261203 + 19)
+def data(n):
+    return bytes(rng.getrandbits(8) for _ in range(n))
+room0, room1 = 3556, 3528
+os.makedirs(f"{m}/tails")
+for n in [1, 100, room0 - 1, room0, room0 + 1, 4096 + room1, 4096 + room1 + 1, 10240]:
+    with open(f"{m}/tails/{n}.bin", "wb") as f:
+        f.write(data(n))
+with open(f"{m}/tails/grown-past-room", "wb") as f:
+    f.write(data(3000))
+with open(f"{m}/tails/grown-past-room", "ab") as f:
+    f.write(data(1000))
+with open(f"{m}/tails/cut-into-room", "wb") as f:
+    f.write(data(3 * 4096))
+    f.truncate(4096 + 17)
+with open(f"{m}/tails/grown-past-group", "wb") as f:
+    f.write(data(2000))
+    f.seek(128 * 4096 + 50)
+    f.write(data(3000))
+with open(f"{m}/tails/hole-then-tail", "wb") as f:
+    f.seek(3 * 4096)
+    f.write(data(77))
+with open(f"{m}/tails/linked", "wb") as f:
+    f.write(data(room0))
+os.link(f"{m}/tails/linked", f"{m}/tails/linked-too")
 PY
 fi
 "$bin" unmount "$work/mnt"

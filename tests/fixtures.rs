@@ -4,7 +4,8 @@
 //! symlink and directory as recorded in its manifest, with the same key
 //! versions in use (v1 and v2-keyslots: the last-chunk-flag content format;
 //! v3-group-states: sealed group states, with sparse and multi-group files;
-//! v4-keyless-ids: all features, xattrs of symlinks bound to node ids).
+//! v4-keyless-ids: all features, xattrs of symlinks bound to node ids;
+//! v5-packed-tails: packed tails in block 0, files around every boundary).
 //! A format change adds a fixture, never edits one: the
 //! cipher files are pinned by `cipher.sha256`.
 
@@ -105,8 +106,13 @@ fn frozen_fixtures_mount_and_read_byte_exact() {
         );
         assert_eq!(
             toml.contains("\"keyless-xattr-ids\""),
-            name.starts_with("v4"),
+            name.starts_with("v4") || name.starts_with("v5"),
             "fixture {name}: keyless xattr ids"
+        );
+        assert_eq!(
+            toml.contains("\"packed-tails\""),
+            name.starts_with("v5"),
+            "fixture {name}: packed tails (docs/FORMAT.md §4.7)"
         );
 
         // Work on a copy: a mount (even read-only) must not touch the fixture.
