@@ -458,3 +458,88 @@ fn links_renames_and_xattrs_leave_a_full_tail_alone() {
     fx.unmount();
     fx.assert_fsck_clean("links and a full tail");
 }
+
+/// A SIGKILL of the daemon at each step of a conversion (docs/FORMAT.md
+/// §4.7): before block 0's commit the file reads as it was, after it as
+/// the change made it; never anything else. Then a write goes on and fsck
+/// finds the file clean.
+#[test]
+fn a_kill_at_each_step_of_a_conversion_reads_old_or_new() {
+    const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+    let old = Rng::new(0x1906).bytes(2000);
+    let more = Rng::new(0x1907).bytes(3000);
+    let appended: Vec<u8> = old.iter().chain(more.iter()).copied().collect();
+    let far = GROUP_PLAIN + 10;
+    let mut grown = old.clone();
+    grown.resize(far as usize, 0);
+    grown.extend_from_slice(&more[..100]);
+    let append = |m: &Path| {
+        use std::io::Write as _;
+        let f = OpenOptions::new().append(true).open(m.join("f"));
+        if let Ok(mut f) = f {
+            let _ = f.write_all(&more);
+            let _ = f.sync_all();
+        }
+    };
+    let grow = |m: &Path| {
+        if let Ok(f) = OpenOptions::new().write(true).open(m.join("f")) {
+            let _ = f.write_all_at(&more[..100], far);
+            let _ = f.sync_all();
+        }
+    };
+    let up = |m: &Path| {
+        if let Ok(f) = OpenOptions::new().write(true).open(m.join("f")) {
+            let _ = f.set_len(3000);
+        }
+    };
+    let cut = |m: &Path| {
+        if let Ok(f) = OpenOptions::new().write(true).open(m.join("f")) {
+            let _ = f.set_len(100);
+        }
+    };
+    // (kill point, start content, change, content after the kill)
+    type Change<'a> = &'a dyn Fn(&Path);
+    let cases: [(&str, &[u8], Change, &[u8]); 5] = [
+        ("tail-unpack-copied", &old, &grow, &old),
+        ("tail-chunks-stored", &old, &append, &old),
+        ("tail-committed", &old, &append, &appended),
+        ("tail-chunks-stored", &old, &up, &old),
+        ("tail-committed", &appended, &cut, &appended[..100]),
+    ];
+    for (point, start, change, after) in cases {
+        let what = format!("{point} ({} bytes before)", start.len());
+        let mut fx = Fixture::mounted();
+        fs::write(fx.p("f"), start).unwrap();
+        fx.unmount();
+        let log = fx.root.path().join(format!("kill-{point}.log"));
+        let mut m = Mounted::start_env(
+            &fx.cipher,
+            &fx.mnt,
+            &["--passfile".as_ref(), fx.passfile.as_os_str()],
+            &[],
+            &[("SEALFS_TEST_KILL_POINT", point)],
+            &log,
+        );
+        change(&fx.mnt);
+        assert!(
+            wait_until(TIMEOUT, || !m.daemon_alive()),
+            "{what}: the daemon did not reach its kill point"
+        );
+        m.kill9();
+        fx.mount();
+        let got = fs::read(fx.p("f")).unwrap_or_else(|e| panic!("{what}: read: {e}"));
+        assert!(
+            got == after,
+            "{what}: {} bytes, expected {} (old {}, new after the change)",
+            got.len(),
+            after.len(),
+            start.len()
+        );
+        // It goes on: a write, and fsck finds it clean.
+        let f = OpenOptions::new().write(true).open(fx.p("f")).unwrap();
+        f.write_all_at(b"on", 0).unwrap();
+        drop(f);
+        fx.unmount();
+        fx.assert_fsck_clean(&what);
+    }
+}

@@ -176,7 +176,12 @@ pub use crate::sys::now_secs;
 /// dropped), `unlink-linked-removed` (one name of a linked file gone, its
 /// tag still listed), `rename-file-rebound` (the new slot or tag durable,
 /// not renamed) and `rename-file-moved` (renamed, the old slot or tag
-/// still there). With `SEALFS_TEST_KILL_OP=OP` as well, a point fires
+/// still there); of packed tails (tests/packed_tails.rs, docs/FORMAT.md
+/// §4.7): `tail-unpack-copied` (a packed tail copied to its place in the
+/// group, group 0's state still packed), `tail-chunks-stored` (a change's
+/// chunks stored at their places, block 0 not yet committed) and
+/// `tail-committed` (block 0 committed, the cut or punch not yet made).
+/// With `SEALFS_TEST_KILL_OP=OP` as well, a point fires
 /// only inside the keyring change `OP` of a mounted daemon (`create_key`,
 /// `assign_key`, `set_key_policy`, …; see [`ChangeInProgress`]), not in
 /// the stores a mount makes at its start.

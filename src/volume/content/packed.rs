@@ -169,6 +169,7 @@ impl SealedFile {
         let mut data = vec![0u8; t.len];
         pread_exact(&self.file, &mut data, t.at)?;
         pwrite(&self.file, &data, chunk_data_offset(t.k))?;
+        crate::keyring::kill_point("tail-unpack-copied");
         let file = &self.file;
         let groups = self.groups.as_mut().expect("groups");
         let s = groups.load(file, 0)?;
@@ -307,6 +308,7 @@ impl SealedFile {
             _ => None,
         };
         let tail_len = chunk_len(nl, new);
+        crate::keyring::kill_point("tail-chunks-stored");
         self.commit_block0(s, |c| {
             for k in first..=last {
                 c.entry(k, &entries[(k - first) as usize * ML..]);
@@ -322,6 +324,7 @@ impl SealedFile {
                 c.put(packed_tail_offset(tail_len), bytes);
             }
         })?;
+        crate::keyring::kill_point("tail-committed");
         // The final chunk was stored at its place before (not packed).
         if s.packed && old_tail.is_none() && chunk_count(old) == nl + 1 {
             self.punch_old_place(nl);
@@ -365,6 +368,7 @@ impl SealedFile {
                 }
                 set_len(&self.file, ciphertext_size(new))?;
                 self.csize = ciphertext_size(new);
+                crate::keyring::kill_point("tail-chunks-stored");
                 self.commit_block0(s, |c| {
                     if let Some(p) = &padded {
                         c.entry(p.k, &p.entry);
@@ -411,6 +415,7 @@ impl SealedFile {
             self.commit_block0(s, |_| {})?;
         }
         self.size = new;
+        crate::keyring::kill_point("tail-committed");
         if let (Some((k, mut plain)), false) = (recut, s.packed) {
             self.store_chunk(k, false, &mut plain)?;
         }
