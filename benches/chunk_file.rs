@@ -118,8 +118,14 @@ fn small_files(c: &mut Criterion) {
                 },
             );
             let file = fresh();
-            let mut f = SealedFile::create(file.try_clone().expect("clone"), &[0; 160], &key, [9; 16], format)
-                .expect("create");
+            let mut f = SealedFile::create(
+                file.try_clone().expect("clone"),
+                &[0; 160],
+                &key,
+                [9; 16],
+                format,
+            )
+            .expect("create");
             f.write(0, &data).expect("write");
             let mut out = Vec::new();
             g.bench_with_input(
@@ -127,23 +133,32 @@ fn small_files(c: &mut Criterion) {
                 &size,
                 |b, _| {
                     b.iter(|| {
-                        let f = SealedFile::open(file.try_clone().expect("clone"), &key, [9; 16], format)
-                            .expect("open");
+                        let f = SealedFile::open(
+                            file.try_clone().expect("clone"),
+                            &key,
+                            [9; 16],
+                            format,
+                        )
+                        .expect("open");
                         black_box(f.read_into(0, size, &mut out).expect("read"));
                     })
                 },
             );
         }
         let tail = [0x33u8; 10];
-        g.bench_function(BenchmarkId::new(format!("{name}/append-in-tail"), 10), |b| {
-            let mut f = SealedFile::create(fresh(), &[0; 160], &key, [9; 16], format).expect("create");
-            b.iter(|| {
-                if f.size() >= 3000 {
-                    f.set_len(0).expect("truncate");
-                }
-                f.write(f.size(), &tail).expect("append");
-            })
-        });
+        g.bench_function(
+            BenchmarkId::new(format!("{name}/append-in-tail"), 10),
+            |b| {
+                let mut f =
+                    SealedFile::create(fresh(), &[0; 160], &key, [9; 16], format).expect("create");
+                b.iter(|| {
+                    if f.size() >= 3000 {
+                        f.set_len(0).expect("truncate");
+                    }
+                    f.write(f.size(), &tail).expect("append");
+                })
+            },
+        );
     }
     g.finish();
 }

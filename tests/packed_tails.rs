@@ -108,7 +108,10 @@ fn each_file_takes_the_blocks_computed() {
     }
     fx.mount();
     for (size, data, _) in &files {
-        assert!(fs::read(fx.p(&format!("f{size}"))).unwrap() == *data, "{size}");
+        assert!(
+            fs::read(fx.p(&format!("f{size}"))).unwrap() == *data,
+            "{size}"
+        );
     }
     fx.unmount();
     fx.assert_fsck_clean("packed files");
@@ -180,7 +183,10 @@ fn a_generated_tree_takes_at_most_105_percent_of_its_plaintext() {
         tree.len(),
         (c - audit) as f64 / p as f64
     );
-    assert!(ratio <= 1.05, "cipher dir {c} bytes vs plain {p}: {ratio:.4}×");
+    assert!(
+        ratio <= 1.05,
+        "cipher dir {c} bytes vs plain {p}: {ratio:.4}×"
+    );
 }
 
 /// A model-checked sequence of changes at every boundary of the packed
@@ -213,8 +219,8 @@ fn writes_and_truncations_around_the_tail_match_a_model() {
         Write(10, 20),           // overwrite inside a packed tail
         Mmap(100, 50),
         Truncate(4096 + r1 - 1),
-        Append(1),     // chunk 1 at its room
-        Append(1),     // past it
+        Append(1), // chunk 1 at its room
+        Append(1), // past it
         Truncate(4096 + 7),
         Write(3 * 4096 + 5, 9), // a gap: chunks 1..2 padded / holes
         Truncate(2),
@@ -324,7 +330,11 @@ fn integrity_records(fx: &Fixture, path: &str) -> Vec<Value> {
 }
 
 fn flip(path: &Path, off: u64) {
-    let f = OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, off).unwrap();
     b[0] ^= 0x20;
@@ -383,9 +393,15 @@ fn a_tampered_packed_tail_reads_eio_never_wrong_bytes() {
         m.is_err() || m.as_ref().unwrap()[..] == moved[..3000],
         "an old state put back reads EIO, never other bytes"
     );
-    assert!(fs::read(fx.p("outside")).unwrap() == outside, "hole bytes never read");
+    assert!(
+        fs::read(fx.p("outside")).unwrap() == outside,
+        "hole bytes never read"
+    );
     for name in ["/one", "/two"] {
-        assert!(!integrity_records(&fx, name).is_empty(), "{name}: no record");
+        assert!(
+            !integrity_records(&fx, name).is_empty(),
+            "{name}: no record"
+        );
     }
     fx.unmount();
     let (_, v) = fx.fsck_json(&[]);

@@ -324,21 +324,34 @@ mod tests {
         // Flag on a state that cannot pack: sealed by hand (the writer
         // never does), refused as malformed.
         for bad in [
-            GroupState { size: 4096 + 3529, ..s },      // does not fit
-            GroupState { written: 0b01, ..s },          // tail not written
-            GroupState { size: 8192, ..s },             // a whole chunk
+            GroupState {
+                size: 4096 + 3529,
+                ..s
+            }, // does not fit
+            GroupState { written: 0b01, ..s }, // tail not written
+            GroupState { size: 8192, ..s },    // a whole chunk
         ] {
             let mut body = bad.encode();
             let nonce = [7u8; crate::crypto::NONCE_LEN];
-            let tag = packing.key.seal_in_place(&nonce, &packing.aad(0), &mut body);
+            let tag = packing
+                .key
+                .seal_in_place(&nonce, &packing.aad(0), &mut body);
             let mut area = [0u8; STATE_AREA];
             area[..12].copy_from_slice(&nonce);
             area[12..44].copy_from_slice(&body);
             area[44..60].copy_from_slice(&tag);
-            assert_eq!(packing.open(0, &area), Err(StateError::Malformed(0)), "{bad:?}");
+            assert_eq!(
+                packing.open(0, &area),
+                Err(StateError::Malformed(0)),
+                "{bad:?}"
+            );
         }
         // Not in group 1.
-        assert!(!GroupState { size: GROUP_PLAIN + 5, ..s }.may_pack(1));
+        assert!(!GroupState {
+            size: GROUP_PLAIN + 5,
+            ..s
+        }
+        .may_pack(1));
     }
 
     #[test]

@@ -170,8 +170,7 @@ impl SealedFile {
     ) -> Self {
         let groups = format.has_group_states().then(|| {
             Groups::new(
-                StateCipher::new(key, id)
-                    .with_packed_tails(format == ContentFormat::PackedTails),
+                StateCipher::new(key, id).with_packed_tails(format == ContentFormat::PackedTails),
             )
         });
         SealedFile {

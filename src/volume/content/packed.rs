@@ -27,9 +27,9 @@
 use crate::format::chunk::MetaEntry;
 use crate::format::group_state::GroupState;
 use crate::format::layout::{
-    chunk_count, chunk_data_offset, chunk_len, chunk_meta_offset, chunks_touched,
-    ciphertext_size, last_group, packed_tail_offset, ChunkIndex, CHUNK_SIZE, META_ENTRIES_OFFSET,
-    META_ENTRY_LEN, META_STATE_OFFSET, PACKED_TAIL_END,
+    chunk_count, chunk_data_offset, chunk_len, chunk_meta_offset, chunks_touched, ciphertext_size,
+    last_group, packed_tail_offset, ChunkIndex, CHUNK_SIZE, META_ENTRIES_OFFSET, META_ENTRY_LEN,
+    META_STATE_OFFSET, PACKED_TAIL_END,
 };
 use crate::volume::error::VolumeError;
 
@@ -107,9 +107,7 @@ impl SealedFile {
 
     /// Whether this file's volume packs tails.
     pub(super) fn packs_tails(&self) -> bool {
-        self.groups
-            .as_ref()
-            .is_some_and(|g| g.cipher.packs_tails())
+        self.groups.as_ref().is_some_and(|g| g.cipher.packs_tails())
     }
 
     /// The packed tail, as group 0's state on disk says (loaded and
@@ -173,14 +171,7 @@ impl SealedFile {
         let file = &self.file;
         let groups = self.groups.as_mut().expect("groups");
         let s = groups.load(file, 0)?;
-        groups.store(
-            file,
-            0,
-            GroupState {
-                packed: false,
-                ..s
-            },
-        )?;
+        groups.store(file, 0, GroupState { packed: false, ..s })?;
         Ok(())
     }
 
@@ -334,7 +325,12 @@ impl SealedFile {
 
     /// Chunk `k` with plaintext `plain`, zero-padded (or cut) to its
     /// length in a file of `size` bytes, sealed.
-    fn sealed_at_len(&self, k: ChunkIndex, plain: &[u8], size: u64) -> Result<Resealed, VolumeError> {
+    fn sealed_at_len(
+        &self,
+        k: ChunkIndex,
+        plain: &[u8],
+        size: u64,
+    ) -> Result<Resealed, VolumeError> {
         let mut data = vec![0u8; chunk_len(k, size)];
         let n = plain.len().min(data.len());
         data[..n].copy_from_slice(&plain[..n]);

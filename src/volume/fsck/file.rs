@@ -143,7 +143,9 @@ impl Checker<'_> {
         self.report.stats.bytes += sealed.size();
         match format {
             ContentFormat::LastChunkFlag => self.check_content_v1(&sealed, scan, path, rel),
-            ContentFormat::SealedGroupState | ContentFormat::PackedTails => self.check_content_v2(&sealed, scan, path, rel),
+            ContentFormat::SealedGroupState | ContentFormat::PackedTails => {
+                self.check_content_v2(&sealed, scan, path, rel)
+            }
         }
         done(self);
     }
