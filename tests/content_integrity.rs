@@ -34,30 +34,6 @@ fn set_len(path: &Path, len: u64) {
         .unwrap();
 }
 
-/// The daemon's `integrity_failure` records for `path`.
-fn integrity_records(fx: &Fixture, path: &str) -> Vec<Value> {
-    let o = Command::new(bin())
-        .args(["ctl", "--socket"])
-        .arg(&fx.ctl_socket)
-        .args([
-            "--json",
-            "audit",
-            "export",
-            "--op",
-            "integrity_failure",
-            "--path-prefix",
-            path,
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .filter(|r: &Value| r["path"] == path)
-        .collect()
-}
-
 /// `sealfs fsck --json` of the unmounted volume: its problems.
 fn fsck_problems(fx: &Fixture, extra: &[&str]) -> Vec<Value> {
     let mut args: Vec<&OsStr> = vec![
@@ -106,7 +82,7 @@ fn cut_and_zeroed_tail_reads_eio_and_is_reported() {
     assert_eio(fs::read(&p), "the cut file");
     assert_eio(pread(&p, 8192, 1), "the zeroed byte");
     assert!(
-        !integrity_records(&fx, "/review").is_empty(),
+        !fx.integrity_records("/review").is_empty(),
         "no integrity_failure record"
     );
     fx.unmount();
@@ -169,7 +145,7 @@ fn zeroed_final_chunk_reads_eio_never_zeros() {
         assert_eio(fs::read(&p), name);
         assert_eq!(pread(&p, 0, 8192).unwrap(), &data[..8192], "{name}");
         assert!(
-            !integrity_records(&fx, &format!("/{name}")).is_empty(),
+            !fx.integrity_records(&format!("/{name}")).is_empty(),
             "{name}: no integrity_failure record"
         );
     }
@@ -239,7 +215,7 @@ fn cuts_at_and_inside_chunks_are_reported_never_silent() {
         assert_eio(fs::read(&p), name);
         assert_eio(pread(&p, 0, 10), name);
         assert!(
-            !integrity_records(&fx, &format!("/{name}")).is_empty(),
+            !fx.integrity_records(&format!("/{name}")).is_empty(),
             "{name}: no integrity_failure record"
         );
     }

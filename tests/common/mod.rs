@@ -795,6 +795,31 @@ pub fn pread(path: &Path, off: u64, len: usize) -> io::Result<Vec<u8>> {
 }
 
 impl Fixture {
+    /// The mounted daemon's `integrity_failure` audit records for `path`
+    /// (a mount made with `mount_ctl`).
+    pub fn integrity_records(&self, path: &str) -> Vec<serde_json::Value> {
+        let o = Command::new(bin())
+            .args(["ctl", "--socket"])
+            .arg(&self.ctl_socket)
+            .args([
+                "--json",
+                "audit",
+                "export",
+                "--op",
+                "integrity_failure",
+                "--path-prefix",
+                path,
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .filter(|r: &serde_json::Value| r["path"] == path)
+            .collect()
+    }
+
     /// Creates `rel` with `data` through the mount and returns its single
     /// new backing file.
     pub fn create_tracked(&mut self, rel: &str, data: &[u8]) -> PathBuf {

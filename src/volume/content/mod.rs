@@ -88,7 +88,22 @@ struct WriteSpan<'d> {
     new_size: u64,
 }
 
-impl WriteSpan<'_> {
+impl<'d> WriteSpan<'d> {
+    /// The write of `data` (not empty) at `offset` into a file of
+    /// `old_size` bytes.
+    fn new(offset: u64, data: &'d [u8], old_size: u64) -> Self {
+        let end = offset + data.len() as u64;
+        let (first, last) = chunks_touched(offset, data.len() as u64).expect("non-empty");
+        WriteSpan {
+            offset,
+            data,
+            first,
+            last,
+            old_size,
+            new_size: old_size.max(end),
+        }
+    }
+
     fn end(&self) -> u64 {
         self.offset + self.data.len() as u64
     }

@@ -27,8 +27,8 @@
 use crate::format::chunk::MetaEntry;
 use crate::format::group_state::GroupState;
 use crate::format::layout::{
-    chunk_count, chunk_data_offset, chunk_len, chunk_meta_offset, chunks_touched, ciphertext_size,
-    last_group, packed_tail_offset, ChunkIndex, CHUNK_SIZE, META_ENTRIES_OFFSET, META_ENTRY_LEN,
+    chunk_count, chunk_data_offset, chunk_len, chunk_meta_offset, ciphertext_size, last_group,
+    packed_tail_offset, ChunkIndex, CHUNK_SIZE, META_ENTRIES_OFFSET, META_ENTRY_LEN,
     META_STATE_OFFSET, PACKED_TAIL_END,
 };
 use crate::volume::error::VolumeError;
@@ -212,19 +212,10 @@ impl SealedFile {
 
     /// A write of a file that ends in group 0 before and after it.
     pub(super) fn write_small(&mut self, offset: u64, data: &[u8]) -> Result<(), VolumeError> {
-        let old = self.size;
-        let new = old.max(offset + data.len() as u64);
-        let (first, last) = chunks_touched(offset, data.len() as u64).expect("non-empty");
+        let span = WriteSpan::new(offset, data, self.size);
+        let (first, old, new) = (span.first, span.old_size, span.new_size);
         let csize_before = self.csize;
         let final_old = self.final_chunk_growing(old, new)?;
-        let span = WriteSpan {
-            offset,
-            data,
-            first,
-            last,
-            old_size: old,
-            new_size: new,
-        };
         let stored = Self::with_scratch(&span, |buf, entries| {
             self.store_small(&span, final_old.as_ref(), buf, entries)
         });

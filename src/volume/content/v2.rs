@@ -61,43 +61,22 @@ impl SealedFile {
 
     /// Writes `data` at `offset` with sealed group states.
     pub(super) fn write_v2(&mut self, offset: u64, data: &[u8]) -> Result<(), VolumeError> {
-        let old = self.size;
-        let end = offset + data.len() as u64;
-        let new = old.max(end);
+        let span = WriteSpan::new(offset, data, self.size);
+        let (first, last, old, new) = (span.first, span.last, span.old_size, span.new_size);
         if self.in_block0(new)? {
             return self.write_small(offset, data);
         }
         self.unpack_tail()?;
-        let (first, last) = chunks_touched(offset, data.len() as u64).expect("non-empty");
         let plan = self.plan(|load| plan_write(old, new, Some((first, last)), load))?;
         let csize_before = self.csize;
         let final_old = self.final_chunk_growing(old, new)?;
         if let Err(e) = self.pad_final_chunk(&final_old, new, Some(first)) {
-            return Err(self.write_failed(
-                &WriteSpan {
-                    offset,
-                    data,
-                    first,
-                    last,
-                    old_size: old,
-                    new_size: new,
-                },
-                StoreFailure {
-                    error: e,
-                    from: first,
-                },
-                csize_before,
-                final_old,
-            ));
+            let f = StoreFailure {
+                error: e,
+                from: first,
+            };
+            return Err(self.write_failed(&span, f, csize_before, final_old));
         }
-        let span = WriteSpan {
-            offset,
-            data,
-            first,
-            last,
-            old_size: old,
-            new_size: new,
-        };
         let stored = Self::with_scratch(&span, |buf, entries| {
             self.store_v2(&span, &plan, buf, entries)
         });
