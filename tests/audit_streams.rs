@@ -228,11 +228,17 @@ fn removing_or_renaming_a_host_stream_is_caught_at_mount() {
     );
     let (code, v) = verify_json(&fx);
     assert_eq!(code, 3, "{v}");
-    assert!(v["breaks"]
-        .as_array()
-        .unwrap()
+    let breaks = v["breaks"].as_array().unwrap();
+    assert!(breaks.iter().any(|b| b["host"] == "gamma"), "{v}");
+    assert!(
+        breaks.iter().any(
+            |b| b["host"] == "beta" && b["reason"].as_str().unwrap().contains("stream is gone")
+        ),
+        "the stream the keyring anchors is reported missing: {v}"
+    );
+    assert!(breaks
         .iter()
-        .all(|b| b["host"] == "gamma"));
+        .all(|b| b["host"] == "gamma" || b["host"] == "beta"));
     fs::rename(hosts_dir(&fx).join("gamma"), hosts_dir(&fx).join("beta")).unwrap();
 
     // Removed: the same.
@@ -297,4 +303,26 @@ fn host_ids_are_checked() {
         assert!(!is_mounted(&fx.mnt));
     }
     assert!(!fx.cipher.join("sealfs.audit/hosts").exists());
+}
+
+#[test]
+fn a_symlink_where_a_stream_folder_should_be_is_never_followed() {
+    let mut fx = Fixture::new();
+    session(&mut fx, Some("alpha"), "a");
+    let outside = fx.root.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    // alpha's stream replaced by a symlink to a folder outside the volume.
+    let alpha = hosts_dir(&fx).join("alpha");
+    fs::rename(&alpha, fx.root.path().join("alpha-saved")).unwrap();
+    std::os::unix::fs::symlink(&outside, &alpha).unwrap();
+    let why = refused_mount(&mut fx, &["--host-id", "alpha"]);
+    assert!(why.contains("alpha"), "{why}");
+    let (code, _, err) = audit_offline(&fx, "verify", &[]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("host alpha's audit stream is gone"), "{err}");
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing written through it"
+    );
 }

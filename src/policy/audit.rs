@@ -1,5 +1,9 @@
 //! The audit log on disk: `sealfs.audit/NNNNNNNN.log` segments in CIPHERDIR
-//! (format in [`crate::format::audit`], docs/FORMAT.md §9).
+//! (format in [`crate::format::audit`], docs/FORMAT.md §12), or, for one
+//! host of several sharing the cipher dir, the same in that host's stream
+//! folder `sealfs.audit/hosts/<HOST>/` ([`AuditStream`], §12.4). One
+//! [`AuditLog`] appends to one stream; reading every stream is
+//! [`super::audit_stream::verify_streams`]'s.
 //!
 //! Owns: appending records (one `write` each, rolled back on a short write,
 //! so a failed append leaves no partial record and the caller refuses the

@@ -153,11 +153,59 @@ enum Owned {
 /// `on_event` with its stream, **merged in time order** across streams
 /// (records by their time; a break right after the record before it in
 /// its own stream). With the local stream alone nothing is buffered.
+///
+/// A host stream the keyring anchors (docs/FORMAT.md §2.5) that is not
+/// there as a folder (deleted, renamed, or something else at its name) is
+/// a break of that stream.
 pub fn verify_streams(
     vol: &Arc<Volume>,
     on_event: &mut dyn FnMut(&AuditStream, ChainEvent<'_>),
 ) -> io::Result<Vec<StreamReport>> {
     let streams = AuditStream::list(vol.root())?;
+    let missing: Vec<(AuditStream, ChainBreak)> = vol
+        .keyring()
+        .read()
+        .stream_anchors()
+        .iter()
+        .filter_map(|(host, a)| {
+            let stream = AuditStream::from_name(Some(host))?;
+            (!streams.contains(&stream)).then(|| {
+                let brk = ChainBreak {
+                    segment: a.segment,
+                    offset: 0,
+                    expected_seq: a.seq,
+                    reason: format!(
+                        "{stream}'s audit stream is gone ({AUDIT_DIR}/{AUDIT_HOSTS_DIR}/{host} is missing or not a folder), but the keyring was stored when it had reached segment {}, record {}",
+                        a.segment, a.seq
+                    ),
+                    resumed_seq: None,
+                };
+                (stream, brk)
+            })
+        })
+        .collect();
+    let mut reports_missing = Vec::new();
+    for (stream, brk) in &missing {
+        on_event(stream, ChainEvent::Break(brk));
+        reports_missing.push(StreamReport {
+            stream: stream.clone(),
+            report: crate::format::audit::ChainReport {
+                breaks: vec![brk.clone()],
+                ..Default::default()
+            },
+        });
+    }
+    let mut reports = verify_present(vol, &streams, on_event)?;
+    reports.extend(reports_missing);
+    Ok(reports)
+}
+
+/// [`verify_streams`] of the streams that are there.
+fn verify_present(
+    vol: &Arc<Volume>,
+    streams: &[AuditStream],
+    on_event: &mut dyn FnMut(&AuditStream, ChainEvent<'_>),
+) -> io::Result<Vec<StreamReport>> {
     if streams.len() == 1 {
         let stream = &streams[0];
         let report = verify_stream(vol, stream, None, &mut |e| on_event(stream, e))?;

@@ -619,6 +619,28 @@ mod tests {
         assert_eq!(back.keys[1].versions[0].key.expose(), &[3u8; 32]);
         assert_eq!(back.keys[1].rotation_period.as_deref(), Some("90d"));
         assert_eq!(back.assignments, b.assignments);
+        // A keyring without host streams writes no `stream_anchors` field
+        // (builds before it read it).
+        assert!(!plain[8..8 + m].windows(14).any(|w| w == b"stream_anchors"));
+    }
+
+    #[test]
+    fn stream_anchors_round_trip_and_are_checked() {
+        let mut b = KeyringBody::single(1, 0, vec![version(1, KeyState::Enabled)], 5);
+        let a = |seg| AuditAnchor {
+            segment: seg,
+            seq: 9,
+            chain_mac: [seg as u8; 32],
+        };
+        b.stream_anchors.insert("node-a".into(), a(1));
+        b.stream_anchors.insert("node-b".into(), a(4));
+        let back = decode(&encode(&b).unwrap()).unwrap();
+        assert_eq!(back.stream_anchors, b.stream_anchors);
+        assert_eq!(back.anchor, None);
+        // A host id that is no safe path component is refused.
+        let mut bad = b.clone();
+        bad.stream_anchors.insert("../x".into(), a(2));
+        assert!(decode(&encode(&bad).unwrap()).is_err());
     }
 
     #[test]
