@@ -226,7 +226,7 @@ impl KeyCache {
 
 /// Verifies the local stream of `vol`'s log (offline or live); each good
 /// record goes to `on_record`. The walk goes on past every break (all are
-/// in the report). [`verify_streams`] reads every stream.
+/// in the report). [`verify_streams`](super::audit_stream::verify_streams) reads every stream.
 pub fn verify_log(
     vol: &Arc<Volume>,
     on_record: &mut dyn FnMut(&AuditRecord),
