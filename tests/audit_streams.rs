@@ -161,6 +161,8 @@ fn each_host_appends_to_its_own_stream_and_verify_reads_them_all() {
 
     // The mounted view (over the socket) sees the same streams.
     fx.mount_ctl_with(&["--host-id", "gamma"]);
+    let st = fx.ctl_ok(&["status"]);
+    assert!(st.contains("audit log (host gamma's stream):"), "{st}");
     let v: Value = serde_json::from_str(&fx.ctl_ok(&["--json", "audit", "verify"])).unwrap();
     let names: Vec<Option<&str>> = v["streams"]
         .as_array()

@@ -371,6 +371,7 @@ fn every_result_round_trips_through_serde() {
                 max_age: Some("400d".into()),
                 max_bytes: None,
             }),
+            host: Some("node-a".into()),
         }),
         keyring: KeyringStatus {
             layout: 2,

@@ -284,6 +284,7 @@ fn audit_position(ctx: &ControlContext, a: &crate::policy::audit::AuditLog) -> A
         records_pruned: usage.records_pruned,
         headroom: free + usage.reserve_left,
         retention: retention.map(|r| crate::ctl::protocol::RetentionResult::from(Some(r))),
+        host: a.stream().name(),
     }
 }
 

@@ -182,6 +182,10 @@ pub struct AuditPosition {
     /// The retention rule (null: records are kept until pruned by hand).
     #[serde(default)]
     pub retention: Option<RetentionResult>,
+    /// The host whose stream this daemon appends to (absent: the local
+    /// stream; docs/FORMAT.md §12.4). The figures above are that stream's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// The audit log's retention rule (`audit_retention`, `status.audit.retention`).
