@@ -25,8 +25,8 @@
 use crate::format::group_state::GroupState;
 use crate::format::group_state::STATE_AREA;
 use crate::format::layout::{
-    chunk_data_offset, chunk_len, chunk_meta_offset, chunks_touched, ciphertext_size, group_of,
-    last_group, state_offset, ChunkIndex, CHUNKS_PER_GROUP, CHUNK_SIZE,
+    chunk_data_offset, chunk_len, chunk_meta_offset, ciphertext_size, group_of, last_group,
+    state_offset, ChunkIndex, CHUNKS_PER_GROUP, CHUNK_SIZE,
 };
 use crate::volume::error::VolumeError;
 
