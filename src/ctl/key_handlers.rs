@@ -114,7 +114,12 @@ pub(super) fn gate(
         _ => s.resolve_key(key),
     }
     .map_err(key_err)?;
-    if s.admin_allowed(id, action, peer.uid, peer.gid, ctx.owner_uid) {
+    let who = crate::policy::key_policy::Asker {
+        uid: peer.uid,
+        gid: peer.gid,
+        groups: &mut || peer.supplementary_groups(),
+    };
+    if s.admin_allowed(id, action, who, ctx.owner_uid) {
         return Ok(());
     }
     crate::metrics::denied(crate::metrics::Denial::KeyPolicy);

@@ -239,6 +239,13 @@ impl AccessControl {
         }
     }
 
+    /// The groups of the process behind a FUSE request (read from
+    /// `/proc/PID/status` now, guarded against a reused pid; see
+    /// [`Requesters::groups`]), for a key policy's `gid:` principals.
+    pub fn supplementary_groups(&self, c: Caller) -> Vec<u32> {
+        self.requesters.groups(c)
+    }
+
     /// Like [`AccessControl::authorize`] for an object known by several
     /// paths (a file with hard links, each name looked up and checked on
     /// its own): allowed when a grant covers any of them; a denial is

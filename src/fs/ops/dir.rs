@@ -415,8 +415,15 @@ pub(in crate::fs) fn rename(
             .authorize(caller, || from.clone(), rename, "re_encrypt")?;
         fs.policy
             .authorize(caller, || to.clone(), rename, "re_encrypt")?;
+        // The key of the entry moved (read only when records are kept).
+        let key_version = if fs.audit_paths() {
+            let _ns = fs.vol.namespace().read();
+            fs.key_version_at(&p, name)
+        } else {
+            None
+        };
         let event = |outcome, error| Event {
-            key_version: Some(fs.vol.keyring().read().primary()),
+            key_version,
             grant: grant.as_ref().map(|g| g.id.as_str()),
             outcome,
             error,
@@ -502,7 +509,10 @@ pub(in crate::fs) fn link(
             fs.policy.record(
                 caller,
                 Event {
-                    key_version: Some(fs.vol.keyring().read().primary()),
+                    // Read under the namespace lock this request holds.
+                    key_version: fs
+                        .vol
+                        .entry_key_version(parent.dir_fd()?, OsStr::new(&src.entry)),
                     grant: grant.as_ref().map(|g| g.id.as_str()),
                     detail: Some(format!("link from {}", String::from_utf8_lossy(&from))),
                     ..Event::ok("re_encrypt", Some(&to))
@@ -551,7 +561,7 @@ pub(in crate::fs) fn opendir(fs: &SealFs, req: &Request, ino: INodeNo, reply: Re
             Access::Op(GrantOp::List),
             "list",
         )?;
-        let version = fs.dir_of(&inode)?.key_version;
+        let version = fs.vol.dir_key_version(&*fs.dir_of(&inode)?);
         fs.check_key_use(caller, version, false, &mut || SealFs::path_of(&inode))?;
         let entries = fs.list_dir(&inode)?;
         if fs.audit_paths() {
@@ -559,6 +569,7 @@ pub(in crate::fs) fn opendir(fs: &SealFs, req: &Request, ino: INodeNo, reply: Re
             fs.policy.record(
                 caller,
                 Event {
+                    key_version: Some(version),
                     grant: grant.as_ref().map(|g| g.id.as_str()),
                     ..Event::ok("list", Some(&path))
                 },

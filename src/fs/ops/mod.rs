@@ -72,7 +72,12 @@ impl SealFs {
         };
         let action =
             crate::policy::key_policy::action(if write { "use:write" } else { "use:read" });
-        if p.allows(caller.uid, caller.gid, action, crate::sys::now_secs(), path) {
+        let who = crate::policy::key_policy::Asker {
+            uid: caller.uid,
+            gid: caller.gid,
+            groups: &mut || self.policy.supplementary_groups(caller),
+        };
+        if p.allows(who, action, crate::sys::now_secs(), path) {
             return Ok(());
         }
         crate::metrics::denied(crate::metrics::Denial::KeyPolicy);
@@ -113,6 +118,19 @@ impl SealFs {
         }
         chain.reverse();
         Ok(self.vol.key_for_chain(&chain))
+    }
+
+    /// The master key version of the entry `name` of directory `parent`
+    /// (which may not have an inode yet), for an audit record: a file's
+    /// from its header, a directory's from its record; a symlink or
+    /// special file has no record of its own, the root directory's key
+    /// seals it.
+    pub(in crate::fs) fn key_version_at(&self, parent: &Arc<Inode>, name: &OsStr) -> Option<u32> {
+        let pdir = self.dir_of(parent).ok()?;
+        let entry = Self::backing_name(&pdir, name).ok()?.entry;
+        self.vol
+            .entry_key_version(parent.dir_fd().ok()?, OsStr::new(&entry))
+            .or_else(|| self.root_dir().ok().map(|d| self.vol.dir_key_version(&d)))
     }
 
     pub(in crate::fs) fn check_writable(&self) -> FsResult<()> {
