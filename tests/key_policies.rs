@@ -96,8 +96,9 @@ fn policy(admin_actions: &str, user_actions: &str) -> String {
 /// assigned to `/finance` (0777), which holds `ledger` (0666) and the
 /// directory `books` (0777, made after the assignment: its record is
 /// wrapped by finance), and `public` (0644) under the default key. Each
-/// of `uids` has a grant of every operation on `/`: what separates them
-/// is the key policy.
+/// of `uids` has grants of every operation on `/`, on both keys (a grant
+/// opens the entries of the key it names): what separates them is the
+/// key policy.
 fn finance_mount(uids: &[u32]) -> Fixture {
     let mut fx = Fixture::new();
     // Other users must reach the mount point and the socket.
@@ -115,16 +116,8 @@ fn finance_mount(uids: &[u32]) -> Fixture {
     fs::write(fx.p("public"), b"public").unwrap();
     fs::set_permissions(fx.p("public"), fs::Permissions::from_mode(0o644)).unwrap();
     for uid in uids {
-        fx.ctl_ok(&[
-            "grant",
-            "create",
-            "--grantee",
-            &format!("uid:{uid}"),
-            "--ops",
-            "all",
-            "--path-prefix",
-            "/",
-        ]);
+        grant_on(&fx, *uid, None);
+        grant_on(&fx, *uid, Some("finance"));
     }
     fx
 }
@@ -488,5 +481,146 @@ fn audit_records_of_fuse_requests_name_the_key_of_their_entry() {
     assert_eq!(version_of("re_encrypt", "/finance/linked"), finance, "link");
     assert_eq!(version_of("list", "/finance/shelf"), finance, "list");
     assert_eq!(version_of("re_encrypt", "/public2"), default, "rename under the default key");
+    fx.unmount();
+}
+
+/// `grant create` as the owner (`key`: `--key`), returning the grant id.
+fn grant_on(fx: &Fixture, uid: u32, key: Option<&str>) -> String {
+    let mut args = Vec::new();
+    if let Some(k) = key {
+        args.extend(["--key", k]);
+    }
+    let grantee = format!("uid:{uid}");
+    args.extend([
+        "grant",
+        "create",
+        "--grantee",
+        &grantee,
+        "--ops",
+        "all",
+        "--path-prefix",
+        "/",
+    ]);
+    let out = fx.ctl_ok(&args);
+    out.lines()
+        .find_map(|l| l.strip_prefix("grant "))
+        .unwrap_or_else(|| panic!("no grant id in {out}"))
+        .to_string()
+}
+
+#[test]
+fn a_grant_opens_only_the_entries_of_the_key_it_names() {
+    let mut fx = finance_mount(&[]);
+    fx.ctl_ok(&["key", "create", "--alias", "hr"]);
+    fs::create_dir(fx.p("hr")).unwrap();
+    fs::set_permissions(fx.p("hr"), fs::Permissions::from_mode(0o777)).unwrap();
+    fx.ctl_ok(&["key", "assign", "/hr", "hr"]);
+    fx.ctl_ok(&["rewrap", "--path", "/hr"]);
+    fs::write(fx.p("hr/memo"), b"memo").unwrap();
+    fs::set_permissions(fx.p("hr/memo"), fs::Permissions::from_mode(0o666)).unwrap();
+    let o = Command::new("setfattr")
+        .args(["-n", "user.tag", "-v", "t"])
+        .arg(fx.p("hr/memo"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let ledger = fx.p("finance/ledger").to_str().unwrap().to_string();
+    let memo = fx.p("hr/memo").to_str().unwrap().to_string();
+    let public = fx.p("public").to_str().unwrap().to_string();
+    let books = fx.p("finance/books").to_str().unwrap().to_string();
+    let hr = fx.p("hr").to_str().unwrap().to_string();
+
+    // A grant on finance (prefix /): finance entries open, others do not,
+    // whatever the path says.
+    let fin = grant_on(&fx, USER, Some("finance"));
+    assert_eq!(ok(&as_uid(USER, &["cat", &ledger]), "read finance"), "ledger");
+    ok(&as_uid(USER, &["ls", &books]), "list a finance directory");
+    ok(
+        &as_uid(USER, &["sh", "-c", &format!("echo new > {books}/n")]),
+        "create under finance",
+    );
+    for (what, args) in [
+        ("read hr", vec!["cat", memo.as_str()]),
+        ("read the default key's", vec!["cat", public.as_str()]),
+        ("list hr", vec!["ls", hr.as_str()]),
+        ("getxattr hr", vec!["getfattr", "-d", memo.as_str()]),
+    ] {
+        let e = refused(&as_uid(USER, &args), what);
+        assert!(e.contains("Permission denied"), "{what}: {e}");
+    }
+    let e = refused(
+        &as_uid(USER, &["sh", "-c", &format!("echo x > {hr}/new")]),
+        "create under hr",
+    );
+    assert!(e.contains("Permission denied"), "{e}");
+    let list = fx.ctl_ok(&["grant", "list"]);
+    assert!(list.contains(&fin) && list.contains("key 2"), "{list}");
+    let cfg = fs::read_to_string(fx.cipher.join("sealfs.toml")).unwrap();
+    assert!(cfg.contains("\"key-grants\""), "{cfg}");
+
+    // With a grant on hr made first (found first by path), both open: each
+    // entry through the grant on its own key.
+    let on_hr = grant_on(&fx, USER, Some("hr"));
+    assert_eq!(ok(&as_uid(USER, &["cat", &memo]), "read hr"), "memo");
+    assert_eq!(ok(&as_uid(USER, &["cat", &ledger]), "read finance"), "ledger");
+    // Revoking the finance grant stops finance only.
+    fx.ctl_ok(&["grant", "revoke", &fin]);
+    refused(&as_uid(USER, &["cat", &ledger]), "finance after revoke");
+    assert_eq!(ok(&as_uid(USER, &["cat", &memo]), "hr after revoke"), "memo");
+    // A grant without --key means the default key, as every grant did.
+    grant_on(&fx, USER, None);
+    assert_eq!(ok(&as_uid(USER, &["cat", &public]), "default key"), "public");
+    refused(&as_uid(USER, &["cat", &ledger]), "finance through a default grant");
+
+    // admin:grant on finance: ADMIN grants and revokes finance, not hr
+    // (no policy: the owner only) nor the default key.
+    ok(
+        &set_policy(&fx, &policy(r#""admin:grant""#, r#""use:*""#)),
+        "set policy",
+    );
+    let sock_args = |key: &str| {
+        vec![
+            "--key".to_string(),
+            key.to_string(),
+            "grant".into(),
+            "create".into(),
+            "--grantee".into(),
+            format!("uid:{USER}"),
+            "--ops".into(),
+            "read".into(),
+            "--path-prefix".into(),
+            "/finance".into(),
+        ]
+    };
+    let args = sock_args("finance");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ok(&ctl_as(&fx, ADMIN, &args), "admin grants finance");
+    let by_admin = out
+        .lines()
+        .find_map(|l| l.strip_prefix("grant "))
+        .unwrap()
+        .to_string();
+    assert_eq!(ok(&as_uid(USER, &["cat", &ledger]), "through admin's grant"), "ledger");
+    for key in ["hr", "default"] {
+        let args = sock_args(key);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let e = refused(&ctl_as(&fx, ADMIN, &args), "admin grants another key");
+        assert!(e.contains("forbidden"), "{key}: {e}");
+    }
+    let e = refused(
+        &ctl_as(&fx, ADMIN, &["grant", "revoke", &on_hr]),
+        "admin revokes an hr grant",
+    );
+    assert!(e.contains("forbidden"), "{e}");
+    ok(
+        &ctl_as(&fx, ADMIN, &["grant", "revoke", &by_admin]),
+        "admin revokes a finance grant",
+    );
+    refused(&as_uid(USER, &["cat", &ledger]), "after admin's revoke");
+    // Grants (and their keys) survive a remount.
+    fx.unmount();
+    fx.mount_ctl_with(&["-o", "allow_other"]);
+    assert_eq!(ok(&as_uid(USER, &["cat", &memo]), "hr remounted"), "memo");
+    refused(&as_uid(USER, &["cat", &ledger]), "finance remounted");
     fx.unmount();
 }

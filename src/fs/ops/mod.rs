@@ -100,6 +100,30 @@ impl SealFs {
         Err(Errno::EACCES)
     }
 
+    /// A caller other than the owner uses the key of master key version
+    /// `version` through a grant: that grant must name the key (see
+    /// [`AccessControl::authorize_key`](crate::policy::AccessControl::authorize_key);
+    /// `grant` may be replaced by one that does). The owner: nothing to do.
+    pub(in crate::fs) fn authorize_key_use(
+        &self,
+        caller: Caller,
+        version: u32,
+        (access, op): (Access, &str),
+        paths: impl FnOnce() -> Vec<Vec<u8>>,
+        grant: &mut Option<Arc<LiveGrant>>,
+    ) -> FsResult<()> {
+        if self.policy.is_owner(caller.uid) {
+            return Ok(());
+        }
+        let key = {
+            let kr = self.vol.keyring().read();
+            kr.key_of_version(version)
+                .map_or(kr.default_key_id(), |k| k.id)
+        };
+        self.policy
+            .authorize_key(caller, key, (access, op), paths, grant)
+    }
+
     /// The key new entries in directory `parent` get: the nearest assigned
     /// ancestor's (`ctl key assign`), else the default key. Without any
     /// assignment this is one read of the keyring.
@@ -170,11 +194,24 @@ impl SealFs {
         inode: &Inode,
         op: &str,
         key_version: u32,
-        grant: Option<&LiveGrant>,
+        grant: &mut Option<Arc<LiveGrant>>,
     ) -> FsResult<()> {
         self.check_key_use(caller, key_version, op != "decrypt", &mut || {
             Self::path_of(inode)
         })?;
+        let gop = if op == "decrypt" {
+            GrantOp::Read
+        } else {
+            GrantOp::Write
+        };
+        self.authorize_key_use(
+            caller,
+            key_version,
+            (Access::Op(gop), op),
+            || Self::paths_of(inode),
+            grant,
+        )?;
+        let grant = grant.as_deref();
         if !self.audit_paths() {
             return Ok(());
         }
@@ -269,7 +306,7 @@ pub(in crate::fs) fn setattr(
     let r = (|| {
         fs.check_writable()?;
         let inode = fs.inode(ino)?;
-        let grant = fs.policy.authorize_any(
+        let mut grant = fs.policy.authorize_any(
             Caller::of(req),
             || SealFs::paths_of(&inode),
             Access::Op(GrantOp::Write),
@@ -316,7 +353,7 @@ pub(in crate::fs) fn setattr(
                         &inode,
                         "encrypt",
                         version,
-                        grant.as_deref(),
+                        &mut grant,
                     ) {
                         SealFs::close_content(&inode);
                         return Err(e);

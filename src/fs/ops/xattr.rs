@@ -160,9 +160,33 @@ impl SealFs {
                 self.check_key_use(Caller::of(req), v, key_use == KeyUse::Write, &mut || {
                     Self::path_of(inode)
                 })?;
+                self.check_xattr_grant_key(req, inode, v, key_use)?;
             }
         }
         Ok(cipher)
+    }
+
+    /// A grantee's attribute request must go through a grant on the
+    /// entry's key (as its content would).
+    fn check_xattr_grant_key(
+        &self,
+        req: &Request,
+        inode: &Inode,
+        version: u32,
+        key_use: KeyUse,
+    ) -> FsResult<()> {
+        let access = if key_use == KeyUse::Write {
+            (Access::Op(GrantOp::Write), "setxattr")
+        } else {
+            (Access::Op(GrantOp::Read), "getxattr")
+        };
+        self.authorize_key_use(
+            Caller::of(req),
+            version,
+            access,
+            || Self::paths_of(inode),
+            &mut None,
+        )
     }
 
     /// The attribute keys of `inode`, made once and cached with its
@@ -210,6 +234,7 @@ impl SealFs {
                     self.check_key_use(Caller::of(req), version, key_use == KeyUse::Write, &mut || {
                         Self::path_of(inode)
                     })?;
+                    self.check_xattr_grant_key(req, inode, version, key_use)?;
                 }
                 if self.audit_paths() {
                     let path = Self::path_of(inode);
