@@ -317,7 +317,12 @@ fn a_gid_principal_matches_a_supplementary_group_of_fuse_and_socket_requesters()
             "ledger"
         );
         let r = ok(
-            &ctl_as_in(&fx, USER, &groups, &["--json", "--key", "finance", "rotate"]),
+            &ctl_as_in(
+                &fx,
+                USER,
+                &groups,
+                &["--json", "--key", "finance", "rotate"],
+            ),
             "rotate in the group",
         );
         assert!(r.contains("primary"), "{r}");
@@ -356,12 +361,8 @@ fn extended_attributes_are_decided_as_reads_and_writes_of_their_entry() {
     let ledger = fx.p("finance/ledger").to_str().unwrap().to_string();
     let books = fx.p("finance/books").to_str().unwrap().to_string();
     let public = fx.p("public").to_str().unwrap().to_string();
-    let get = |uid: u32, path: &str| {
-        as_uid(
-            uid,
-            &["getfattr", "--only-values", "-n", "user.tag", path],
-        )
-    };
+    let get =
+        |uid: u32, path: &str| as_uid(uid, &["getfattr", "--only-values", "-n", "user.tag", path]);
     for p in [&ledger, &books, &public] {
         let o = Command::new("setfattr")
             .args(["-n", "user.tag", "-v", "tagged", p])
@@ -476,11 +477,23 @@ fn audit_records_of_fuse_requests_name_the_key_of_their_entry() {
             .as_u64()
             .unwrap_or_else(|| panic!("{op} {path} names no key: {r}"))
     };
-    assert_eq!(version_of("re_encrypt", "/finance/moved"), finance, "rename of a file");
-    assert_eq!(version_of("re_encrypt", "/finance/shelf"), finance, "rename of a directory");
+    assert_eq!(
+        version_of("re_encrypt", "/finance/moved"),
+        finance,
+        "rename of a file"
+    );
+    assert_eq!(
+        version_of("re_encrypt", "/finance/shelf"),
+        finance,
+        "rename of a directory"
+    );
     assert_eq!(version_of("re_encrypt", "/finance/linked"), finance, "link");
     assert_eq!(version_of("list", "/finance/shelf"), finance, "list");
-    assert_eq!(version_of("re_encrypt", "/public2"), default, "rename under the default key");
+    assert_eq!(
+        version_of("re_encrypt", "/public2"),
+        default,
+        "rename under the default key"
+    );
     fx.unmount();
 }
 
@@ -533,7 +546,10 @@ fn a_grant_opens_only_the_entries_of_the_key_it_names() {
     // A grant on finance (prefix /): finance entries open, others do not,
     // whatever the path says.
     let fin = grant_on(&fx, USER, Some("finance"));
-    assert_eq!(ok(&as_uid(USER, &["cat", &ledger]), "read finance"), "ledger");
+    assert_eq!(
+        ok(&as_uid(USER, &["cat", &ledger]), "read finance"),
+        "ledger"
+    );
     ok(&as_uid(USER, &["ls", &books]), "list a finance directory");
     ok(
         &as_uid(USER, &["sh", "-c", &format!("echo new > {books}/n")]),
@@ -562,15 +578,27 @@ fn a_grant_opens_only_the_entries_of_the_key_it_names() {
     // entry through the grant on its own key.
     let on_hr = grant_on(&fx, USER, Some("hr"));
     assert_eq!(ok(&as_uid(USER, &["cat", &memo]), "read hr"), "memo");
-    assert_eq!(ok(&as_uid(USER, &["cat", &ledger]), "read finance"), "ledger");
+    assert_eq!(
+        ok(&as_uid(USER, &["cat", &ledger]), "read finance"),
+        "ledger"
+    );
     // Revoking the finance grant stops finance only.
     fx.ctl_ok(&["grant", "revoke", &fin]);
     refused(&as_uid(USER, &["cat", &ledger]), "finance after revoke");
-    assert_eq!(ok(&as_uid(USER, &["cat", &memo]), "hr after revoke"), "memo");
+    assert_eq!(
+        ok(&as_uid(USER, &["cat", &memo]), "hr after revoke"),
+        "memo"
+    );
     // A grant without --key means the default key, as every grant did.
     grant_on(&fx, USER, None);
-    assert_eq!(ok(&as_uid(USER, &["cat", &public]), "default key"), "public");
-    refused(&as_uid(USER, &["cat", &ledger]), "finance through a default grant");
+    assert_eq!(
+        ok(&as_uid(USER, &["cat", &public]), "default key"),
+        "public"
+    );
+    refused(
+        &as_uid(USER, &["cat", &ledger]),
+        "finance through a default grant",
+    );
 
     // admin:grant on finance: ADMIN grants and revokes finance, not hr
     // (no policy: the owner only) nor the default key.
@@ -600,7 +628,10 @@ fn a_grant_opens_only_the_entries_of_the_key_it_names() {
         .find_map(|l| l.strip_prefix("grant "))
         .unwrap()
         .to_string();
-    assert_eq!(ok(&as_uid(USER, &["cat", &ledger]), "through admin's grant"), "ledger");
+    assert_eq!(
+        ok(&as_uid(USER, &["cat", &ledger]), "through admin's grant"),
+        "ledger"
+    );
     for key in ["hr", "default"] {
         let args = sock_args(key);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -474,7 +474,10 @@ fn a_cached_directory_follows_a_rewrap_to_another_key_at_once() {
 
     // The new key disabled: the same cached directories refuse at once.
     fx.ctl_ok(&["--key", "b", "disable"]);
-    assert!(eacces_listing(&fx.p("proj/moved")), "listing under disabled b");
+    assert!(
+        eacces_listing(&fx.p("proj/moved")),
+        "listing under disabled b"
+    );
     assert!(eacces_listing(&fx.p("proj")), "listing under disabled b");
     assert_errno(read(&fx.p("proj/moved/f")), libc::EACCES, "read under b");
     fx.ctl_ok(&["--key", "b", "enable"]);
@@ -576,7 +579,13 @@ fn offline_import_rotate_and_rewrap_follow_named_keys() {
     fs::write(src.join("in/a"), b"a").unwrap();
     fs::write(src.join("in/d/b"), b"b").unwrap();
     fs::write(src.join("top"), b"top").unwrap();
-    sealfs_ok(&["import", src.to_str().unwrap(), &cipher, "--passfile", &pass]);
+    sealfs_ok(&[
+        "import",
+        src.to_str().unwrap(),
+        &cipher,
+        "--passfile",
+        &pass,
+    ]);
     fx.mount_ctl();
     let census = by_key(&fx);
     // imp: in/a, in/d/b and in/d (/in itself was made before the assignment).
@@ -588,20 +597,38 @@ fn offline_import_rotate_and_rewrap_follow_named_keys() {
 
     // Offline rotate --key: that key's primary moves, the default's not.
     let r: Value = serde_json::from_str(&sealfs_ok(&[
-        "rotate", &cipher, "--passfile", &pass, "--key", "imp", "--json",
+        "rotate",
+        &cipher,
+        "--passfile",
+        &pass,
+        "--key",
+        "imp",
+        "--json",
     ]))
     .unwrap();
     let imp_now = r["primary"].as_u64().unwrap();
     assert_ne!(imp_now, imp_before);
     // Offline rewrap --key: exactly that key's entries move to its primary.
     let r: Value = serde_json::from_str(&sealfs_ok(&[
-        "rewrap", &cipher, "--passfile", &pass, "--key", "imp", "--json",
+        "rewrap",
+        &cipher,
+        "--passfile",
+        &pass,
+        "--key",
+        "imp",
+        "--json",
     ]))
     .unwrap();
     assert_eq!(r["rewrapped"], 3, "{r}");
     assert_eq!(r["failed"], 0, "{r}");
     let r: Value = serde_json::from_str(&sealfs_ok(&[
-        "rewrap", &cipher, "--passfile", &pass, "--key", "imp", "--json",
+        "rewrap",
+        &cipher,
+        "--passfile",
+        &pass,
+        "--key",
+        "imp",
+        "--json",
     ]))
     .unwrap();
     assert_eq!(r["rewrapped"], 0, "a second rewrap has nothing to do: {r}");

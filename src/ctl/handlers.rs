@@ -500,12 +500,7 @@ fn record_grant_end(
 /// default key). The first grant on another key adds the `key-grants`
 /// feature to the config before it is stored (an older sealfs, which
 /// would read it as a grant on every key, then refuses the volume).
-pub(super) fn create_grant(
-    ctx: &ControlContext,
-    op: &Op,
-    peer: Peer,
-    key: Option<u32>,
-) -> Handled {
+pub(super) fn create_grant(ctx: &ControlContext, op: &Op, peer: Peer, key: Option<u32>) -> Handled {
     let store = grants_of(ctx)?;
     let Op::GrantCreate {
         grantee,
@@ -528,7 +523,12 @@ pub(super) fn create_grant(
         .transpose()
         .map_err(bad)?;
     let on_key = key
-        .map(|k| format!(" on key {}", crate::kms::key_label(&ctx.vol.keyring().read(), k)))
+        .map(|k| {
+            format!(
+                " on key {}",
+                crate::kms::key_label(&ctx.vol.keyring().read(), k)
+            )
+        })
         .unwrap_or_default();
     audit_control(
         ctx,
@@ -553,7 +553,15 @@ pub(super) fn create_grant(
             .map_err(|e| (vol_code(&e), e.to_string()))?;
     }
     let (g, token) = store
-        .create(grantee, ops, path_prefix, expires, name.clone(), peer.uid, key)
+        .create(
+            grantee,
+            ops,
+            path_prefix,
+            expires,
+            name.clone(),
+            peer.uid,
+            key,
+        )
         .map_err(grant_err)?;
     let _ = ctx.access.record_principal(
         peer.principal(),

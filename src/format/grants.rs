@@ -430,7 +430,8 @@ mod tests {
         // stores without keyed grants keep their exact form.
         let body = serde_json::to_string(&grants[1]).unwrap();
         assert!(!body.contains("\"key\""), "{body}");
-        let back: Grant = serde_json::from_str(&serde_json::to_string(&grants[0]).unwrap()).unwrap();
+        let back: Grant =
+            serde_json::from_str(&serde_json::to_string(&grants[0]).unwrap()).unwrap();
         assert_eq!(back.key, Some(2));
     }
 

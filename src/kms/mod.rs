@@ -395,15 +395,11 @@ impl<'a> KeyService<'a> {
             let kr = self.vol.keyring().read();
             match key {
                 None => (kr.primary(), None),
-                Some(k) => (
-                    kr.primary_of(k).unwrap_or(0),
-                    Some(key_label(&kr, k)),
-                ),
+                Some(k) => (kr.primary_of(k).unwrap_or(0), Some(key_label(&kr, k))),
             }
         };
         self.audit("rewrap", Some(primary), detail)?;
-        self.vol
-            .rewrap_to(progress, RewrapTo::OwnKey(key), None)?;
+        self.vol.rewrap_to(progress, RewrapTo::OwnKey(key), None)?;
         Ok(progress.report())
     }
 

@@ -359,7 +359,12 @@ impl GrantStore {
 
     /// The grant `id`, if live.
     pub fn get(&self, id: &str) -> Option<Grant> {
-        self.state.read().grants.iter().find(|g| g.id == id).cloned()
+        self.state
+            .read()
+            .grants
+            .iter()
+            .find(|g| g.id == id)
+            .cloned()
     }
 
     /// The default key's id (what a grant without a key names).

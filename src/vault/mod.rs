@@ -732,11 +732,12 @@ impl Vault {
             parent_dir_id: parent.dir.id,
             name: name.as_bytes(),
         };
-        let file = namespace::create_staged(&self.vol, parent.fd.as_fd(), &temp, &ctx, (0o600, key))
-            .map_err(|e| match e {
-                VolumeError::Io(e) => path_err(e, path),
-                e => e.into(),
-            })?;
+        let file =
+            namespace::create_staged(&self.vol, parent.fd.as_fd(), &temp, &ctx, (0o600, key))
+                .map_err(|e| match e {
+                    VolumeError::Io(e) => path_err(e, path),
+                    e => e.into(),
+                })?;
         Ok(FileWriter::staged(file, parent.fd, temp, bn, path))
     }
 

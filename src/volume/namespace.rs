@@ -376,9 +376,10 @@ pub fn create_staged(
 ) -> Result<SealedFile, VolumeError> {
     let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
     let fd = sys::openat(dir, OsStr::new(temp), flags, mode)?;
-    vol.init_file_with_key(File::from(fd), ctx, key).inspect_err(|_| {
-        let _ = sys::unlinkat(dir, OsStr::new(temp), false);
-    })
+    vol.init_file_with_key(File::from(fd), ctx, key)
+        .inspect_err(|_| {
+            let _ = sys::unlinkat(dir, OsStr::new(temp), false);
+        })
 }
 
 /// Puts the complete staged file `temp` of `dir` in place as `bn`: its

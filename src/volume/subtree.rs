@@ -99,7 +99,10 @@ impl Volume {
             (read_header(&f).ok()?, RecordKind::File)
         } else {
             let fd = backing::open_dir(dir, entry).ok()?;
-            (read_record_copy(fd.as_fd(), DIR_RECORD).ok()?, RecordKind::Dir)
+            (
+                read_record_copy(fd.as_fd(), DIR_RECORD).ok()?,
+                RecordKind::Dir,
+            )
         };
         let rec = SealedRecord::decode(kind, &buf).ok()?;
         rec.slots.iter().flatten().next().map(|s| s.key_version)

@@ -348,13 +348,9 @@ pub(in crate::fs) fn setattr(
                 _ => {
                     let c = fs.open_content(&inode)?;
                     let version = c.read().key_version();
-                    if let Err(e) = fs.record_open(
-                        Caller::of(req),
-                        &inode,
-                        "encrypt",
-                        version,
-                        &mut grant,
-                    ) {
+                    if let Err(e) =
+                        fs.record_open(Caller::of(req), &inode, "encrypt", version, &mut grant)
+                    {
                         SealFs::close_content(&inode);
                         return Err(e);
                     }

@@ -138,7 +138,8 @@ impl SealFs {
         let (cipher, file_version) = match Self::xstate(inode, |s| s.cipher.clone()) {
             Some(c) => c,
             None => {
-                let (cipher, file_version) = self.load_xattr_cipher(req, inode, key_use, for_set)?;
+                let (cipher, file_version) =
+                    self.load_xattr_cipher(req, inode, key_use, for_set)?;
                 if file_version.is_some() {
                     // Decided by the load, before it recorded the key's use.
                     return Ok(cipher);
@@ -231,9 +232,12 @@ impl SealFs {
                 // The policy decides before the use of the key is recorded.
                 self.check_key_version(version)?;
                 if key_use != KeyUse::AclRead {
-                    self.check_key_use(Caller::of(req), version, key_use == KeyUse::Write, &mut || {
-                        Self::path_of(inode)
-                    })?;
+                    self.check_key_use(
+                        Caller::of(req),
+                        version,
+                        key_use == KeyUse::Write,
+                        &mut || Self::path_of(inode),
+                    )?;
                     self.check_xattr_grant_key(req, inode, version, key_use)?;
                 }
                 if self.audit_paths() {

@@ -56,13 +56,10 @@ impl Checker<'_> {
                     let d = self.vol.load_dir(fd.as_fd(), &ctx)?;
                     (fd, d)
                 }
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    namespace::create_dir(rfd, &bn, 0o700)?.finish_dir_durably(
-                        self.vol,
-                        &ctx,
-                        self.vol.keyring().read().default_key_id(),
-                    )?
-                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => namespace::create_dir(
+                    rfd, &bn, 0o700,
+                )?
+                .finish_dir_durably(self.vol, &ctx, self.vol.keyring().read().default_key_id())?,
                 Err(e) => return Err(e.into()),
             };
             self.dirs.push(KnownDir {
