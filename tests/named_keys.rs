@@ -547,17 +547,11 @@ fn cancelling_a_key_deletion_restores_each_version_as_it_was() {
     fx.unmount();
 }
 
+/// `sealfs ARGS…` (offline), which must succeed: its standard output.
 fn sealfs_ok(args: &[&str]) -> String {
-    let out = std::process::Command::new(bin())
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "sealfs {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    let out = sealfs(&args);
+    assert!(out.status.success(), "sealfs {args:?}: {out:?}");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -595,42 +589,19 @@ fn offline_import_rotate_and_rewrap_follow_named_keys() {
     let default_before = key_entry(&fx, "default")["primary"].clone();
     fx.unmount();
 
+    // `sealfs CMD CIPHERDIR --passfile P --key imp --json`.
+    let offline = |cmd: &str| -> Value {
+        let out = sealfs_ok(&[cmd, &cipher, "--passfile", &pass, "--key", "imp", "--json"]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{cmd}: {e}: {out}"))
+    };
     // Offline rotate --key: that key's primary moves, the default's not.
-    let r: Value = serde_json::from_str(&sealfs_ok(&[
-        "rotate",
-        &cipher,
-        "--passfile",
-        &pass,
-        "--key",
-        "imp",
-        "--json",
-    ]))
-    .unwrap();
-    let imp_now = r["primary"].as_u64().unwrap();
+    let imp_now = offline("rotate")["primary"].as_u64().unwrap();
     assert_ne!(imp_now, imp_before);
     // Offline rewrap --key: exactly that key's entries move to its primary.
-    let r: Value = serde_json::from_str(&sealfs_ok(&[
-        "rewrap",
-        &cipher,
-        "--passfile",
-        &pass,
-        "--key",
-        "imp",
-        "--json",
-    ]))
-    .unwrap();
+    let r = offline("rewrap");
     assert_eq!(r["rewrapped"], 3, "{r}");
     assert_eq!(r["failed"], 0, "{r}");
-    let r: Value = serde_json::from_str(&sealfs_ok(&[
-        "rewrap",
-        &cipher,
-        "--passfile",
-        &pass,
-        "--key",
-        "imp",
-        "--json",
-    ]))
-    .unwrap();
+    let r = offline("rewrap");
     assert_eq!(r["rewrapped"], 0, "a second rewrap has nothing to do: {r}");
     // An unknown key is a clear error.
     for cmd in ["rotate", "rewrap"] {
