@@ -153,6 +153,8 @@ impl VolumeConfig {
                 FEATURE_HARD_LINKS,
                 FEATURE_XATTRS,
                 FEATURE_KEYLESS_XATTR_IDS,
+                // Named keys need keyslots (keyring layout 2).
+                FEATURE_KEY_GRANTS,
             ]
             .contains(&f.as_str())
         });
