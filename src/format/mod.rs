@@ -12,6 +12,7 @@ pub mod config;
 pub mod grants;
 pub mod group_state;
 pub mod header;
+pub mod host_id;
 pub mod keyring;
 pub mod layout;
 pub mod links;

@@ -414,6 +414,12 @@ pub(crate) struct MountArgs {
     /// CIPHERDIR/sealfs.audit; without it grants still work, unrecorded).
     #[arg(long)]
     pub(crate) no_audit: bool,
+    /// Append the audit log to this host's own stream
+    /// (CIPHERDIR/sealfs.audit/hosts/NAME/: 1 to 32 of A-Z a-z 0-9 . _ -),
+    /// as every daemon sharing the cipher dir must; `audit verify` and
+    /// `audit export` read all streams.
+    #[arg(long, value_name = "NAME", value_parser = parse_host_id)]
+    pub(crate) host_id: Option<sealfs::format::host_id::HostId>,
     /// Unmount once no file or directory is open and no request came for
     /// DURATION (30s, 15m, 2h, 1d). A busy mount point (a shell's working
     /// directory in it) is retried until it can be unmounted.
@@ -424,6 +430,10 @@ pub(crate) struct MountArgs {
     /// K/M/G; default: twice the kernel's dirty limit for the mount).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub(crate) enospc_margin: Option<u64>,
+}
+
+fn parse_host_id(s: &str) -> Result<sealfs::format::host_id::HostId, String> {
+    sealfs::format::host_id::HostId::parse(s).map_err(|e| e.to_string())
 }
 
 /// A size in bytes, with an optional K, M or G (powers of 1024).
