@@ -192,7 +192,7 @@ impl GrantStore {
     /// default key: stored without a key, as every grant was before grants
     /// named keys); returns it and its token (shown once). A grant on
     /// another key needs the `key-grants` feature, which the caller
-    /// announces in the config first ([`GrantStore::needs_key_feature`]).
+    /// announces in the config first (`ctl::handlers::create_grant`).
     #[allow(clippy::too_many_arguments)]
     pub fn create(
         &self,
