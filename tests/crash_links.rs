@@ -96,21 +96,7 @@ fn sigkill_at_each_hard_link_step_leaves_the_old_or_the_new_state() {
             fs::hard_link(fx.p("a"), fx.p(n)).unwrap();
         }
         fx.unmount();
-        let log = fx.root.path().join(format!("kill-{point}.log"));
-        let mut m = Mounted::start_env(
-            &fx.cipher,
-            &fx.mnt,
-            &["--passfile".as_ref(), fx.passfile.as_os_str()],
-            &[],
-            &[("SEALFS_TEST_KILL_POINT", point)],
-            &log,
-        );
-        op(&fx.mnt);
-        assert!(
-            wait_until(TIMEOUT, || !m.daemon_alive()),
-            "{what}: the daemon did not reach its kill point"
-        );
-        m.kill9();
+        fx.run_to_kill_point(point, &what, |mnt| op(mnt));
         fx.assert_fsck_clean(&what);
         fx.mount();
         let n = linked_names_intact(&fx, &["a", "b", "d/new"], &content, &what);

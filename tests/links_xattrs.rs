@@ -115,22 +115,9 @@ fn ctl(fx: &Fixture, args: &[&str]) -> Output {
 }
 
 fn integrity_records(fx: &Fixture, path: &str) -> usize {
-    let o = ctl(
-        fx,
-        &[
-            "audit",
-            "export",
-            "--op",
-            "integrity_failure",
-            "--path-prefix",
-            path,
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|r| r["path"] == path && r["outcome"] == "error")
+    fx.integrity_records(path)
+        .iter()
+        .filter(|r| r["outcome"] == "error")
         .count()
 }
 

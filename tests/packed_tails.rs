@@ -457,7 +457,6 @@ fn links_renames_and_xattrs_leave_a_full_tail_alone() {
 /// finds the file clean.
 #[test]
 fn a_kill_at_each_step_of_a_conversion_reads_old_or_new() {
-    const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
     let old = Rng::new(0x1906).bytes(2000);
     let more = Rng::new(0x1907).bytes(3000);
     let appended: Vec<u8> = old.iter().chain(more.iter()).copied().collect();
@@ -503,21 +502,7 @@ fn a_kill_at_each_step_of_a_conversion_reads_old_or_new() {
         let mut fx = Fixture::mounted();
         fs::write(fx.p("f"), start).unwrap();
         fx.unmount();
-        let log = fx.root.path().join(format!("kill-{point}.log"));
-        let mut m = Mounted::start_env(
-            &fx.cipher,
-            &fx.mnt,
-            &["--passfile".as_ref(), fx.passfile.as_os_str()],
-            &[],
-            &[("SEALFS_TEST_KILL_POINT", point)],
-            &log,
-        );
-        change(&fx.mnt);
-        assert!(
-            wait_until(TIMEOUT, || !m.daemon_alive()),
-            "{what}: the daemon did not reach its kill point"
-        );
-        m.kill9();
+        fx.run_to_kill_point(point, &what, |mnt| change(mnt));
         fx.mount();
         let got = fs::read(fx.p("f")).unwrap_or_else(|e| panic!("{what}: read: {e}"));
         assert!(

@@ -797,6 +797,29 @@ pub fn pread(path: &Path, off: u64, len: usize) -> io::Result<Vec<u8>> {
 impl Fixture {
     /// The mounted daemon's `integrity_failure` audit records for `path`
     /// (a mount made with `mount_ctl`).
+    /// Starts a daemon that stops dead at the kill point `point`
+    /// (`SEALFS_TEST_KILL_POINT`), runs `op` on the mount point, waits
+    /// until the daemon has died there and detaches the dead mount.
+    pub fn run_to_kill_point(&mut self, point: &str, what: &str, op: impl FnOnce(&Path)) {
+        assert!(self.mounted.is_none(), "already mounted");
+        let log = self.root.path().join(format!("kill-{point}.log"));
+        let mut m = Mounted::start_env(
+            &self.cipher,
+            &self.mnt,
+            &["--passfile".as_ref(), self.passfile.as_os_str()],
+            &[],
+            &[("SEALFS_TEST_KILL_POINT", point)],
+            &log,
+        );
+        op(&self.mnt);
+        // Generous: a loaded machine may take a while to get there.
+        assert!(
+            wait_until(Duration::from_secs(30), || !m.daemon_alive()),
+            "{what}: the daemon did not reach its kill point"
+        );
+        m.kill9();
+    }
+
     pub fn integrity_records(&self, path: &str) -> Vec<serde_json::Value> {
         let o = Command::new(bin())
             .args(["ctl", "--socket"])
