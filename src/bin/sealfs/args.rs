@@ -415,6 +415,32 @@ pub(crate) struct MountArgs {
     /// K/M/G; default: twice the kernel's dirty limit for the mount).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub(crate) enospc_margin: Option<u64>,
+    /// Shared-storage mode: other hosts (or daemons) mount the same
+    /// CIPHERDIR in this mode at once (NFS, CephFS, …). Changes are made
+    /// under byte-range locks on the fresh state, others' changes show
+    /// within --shared-refresh, consistency is close-to-open (README
+    /// "Shared storage").
+    #[arg(long)]
+    pub(crate) shared_storage: bool,
+    /// This host's name in a shared volume (the schedule lease's holder,
+    /// its audit stream): 1-32 of A-Za-z0-9._- (default: the hostname).
+    #[arg(long, value_name = "NAME", requires = "shared_storage", value_parser = parse_host_id)]
+    pub(crate) host_id: Option<sealfs::format::host_id::HostId>,
+    /// How often other hosts' changes are looked for (100ms to 2s, default
+    /// 1s): key versions, disable/enable, deletions, grants show within it.
+    #[arg(long, value_name = "DURATION", requires = "shared_storage", value_parser = parse_refresh)]
+    pub(crate) shared_refresh: Option<std::time::Duration>,
+}
+
+fn parse_host_id(s: &str) -> Result<sealfs::format::host_id::HostId, String> {
+    sealfs::format::host_id::HostId::parse(s).map_err(|e| e.to_string())
+}
+
+/// A refresh period: "500ms", "1s", "2s" (checked against the bounds by
+/// the library).
+fn parse_refresh(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("'{s}' is not a duration like 500ms or 1s ({e})"))
 }
 
 /// A size in bytes, with an optional K, M or G (powers of 1024).

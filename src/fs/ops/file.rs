@@ -27,7 +27,7 @@ use crate::volume::EntryKind;
 use crate::fs::handles::{Handle, OpenFailure};
 use crate::fs::inodes::Inode;
 use crate::fs::ops::xattr::Inherited;
-use crate::fs::{errno_of, io_errno, FsResult, SealFs, TTL};
+use crate::fs::{errno_of, io_errno, FsResult, SealFs};
 use crate::policy::{Caller, Event};
 
 /// A file made (or opened) by create: its inode, backing stat, shared
@@ -210,7 +210,7 @@ pub(in crate::fs) fn open(
         let flags = if grant.is_some() || stale || (writer && fs.write_through()) {
             FopenFlags::FOPEN_DIRECT_IO
         } else {
-            FopenFlags::FOPEN_KEEP_CACHE
+            fs.cached_open()
         };
         Ok((
             fs.new_handle(SealFs::file_handle_on(inode, f, grant)),
@@ -349,14 +349,14 @@ pub(in crate::fs) fn create(
         let flags = if grant.is_some() || fs.write_through() {
             FopenFlags::FOPEN_DIRECT_IO
         } else {
-            FopenFlags::FOPEN_KEEP_CACHE
+            fs.cached_open()
         };
         let fh = fs.new_handle(SealFs::file_handle_on(inode, f, grant));
         Ok((a, fh, flags))
     })();
     fs.dir_changed(parent);
     match r {
-        Ok((a, fh, flags)) => reply.created(&TTL, &a, Generation(0), FileHandle(fh), flags),
+        Ok((a, fh, flags)) => reply.created(&fs.ttl(), &a, Generation(0), FileHandle(fh), flags),
         Err(e) => reply.error(e),
     }
 }
