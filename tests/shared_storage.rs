@@ -558,3 +558,46 @@ fn a_daemon_killed_mid_change_leaves_the_others_working_and_fsck_clean() {
     common::force_unmount(&f.root.path().join("mnt-c"));
     f.assert_fsck_clean("after a daemon was killed mid-change");
 }
+
+#[test]
+fn two_hosts_creating_and_renaming_in_one_directory_keep_every_name() {
+    let f = Fixture::new();
+    let mut hs = hosts(&f, 2, &[]);
+    fs::create_dir(hs[0].p("shared")).unwrap();
+    within_bound("b sees the directory", || hs[1].p("shared").is_dir());
+    std::thread::scope(|s| {
+        for h in &hs {
+            s.spawn(move || {
+                for i in 0..60 {
+                    let p = h.p(&format!("shared/{}-{i}", h.name));
+                    fs::write(&p, format!("{} {i}", h.name)).unwrap();
+                    if i % 3 == 0 {
+                        // A rename re-binds the header (two slots) under its lock.
+                        fs::rename(&p, h.p(&format!("shared/{}-{i}-moved", h.name))).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let expect = |who: &str, i: u32| {
+        if i % 3 == 0 {
+            format!("{who}-{i}-moved")
+        } else {
+            format!("{who}-{i}")
+        }
+    };
+    for h in &hs {
+        within_bound(&format!("{} lists all 120 names", h.name), || {
+            fs::read_dir(h.p("shared")).map(|d| d.count()).unwrap_or(0) == 120
+        });
+        for who in ["a", "b"] {
+            for i in 0..60 {
+                let name = expect(who, i);
+                let text = fs::read_to_string(h.p(&format!("shared/{name}"))).unwrap();
+                assert_eq!(text, format!("{who} {i}"), "{name} on {}", h.name);
+            }
+        }
+    }
+    unmount_all(&mut hs);
+    f.assert_fsck_clean("after creating in one directory from two hosts");
+}

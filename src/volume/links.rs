@@ -395,6 +395,8 @@ impl Volume {
         new: &EncryptionContext<'_>,
     ) -> Result<FileRebind, VolumeError> {
         self.check_writable()?;
+        // Shared storage: the header re-read and rewritten under its lock.
+        let _locked = self.lock_header(file)?;
         let mut h = self.open_header(file, old)?;
         keeping_mtime(file, || {
             self.complete_conversion(file, &mut h)?;
@@ -437,6 +439,7 @@ impl Volume {
         step: FileRebind,
         new: &EncryptionContext<'_>,
     ) -> Result<(), VolumeError> {
+        let _locked = self.lock_header(file)?;
         keeping_mtime(file, || match step {
             FileRebind::Slot(mut rec) => {
                 rec.slots = [rec.slots[1], None];
@@ -465,6 +468,7 @@ impl Volume {
         ctx: &EncryptionContext<'_>,
         to: RewrapTo,
     ) -> Result<bool, VolumeError> {
+        let _locked = self.lock_header(file)?;
         let buf = content::read_header(file)?;
         let rec = SealedRecord::decode(RecordKind::File, &buf)?;
         let Some(target) = self.rewrap_target(&rec, to) else {

@@ -530,6 +530,18 @@ impl Volume {
         shared::lock_resource(self.root(), r).map(Some)
     }
 
+    /// In shared-storage mode: waits for and takes the lock of the header
+    /// block of the open backing file `file` (a header re-read and
+    /// rewritten under it is never another host's change overwritten).
+    /// `None` otherwise.
+    pub(crate) fn lock_header(&self, file: &File) -> Result<Option<ResourceGuard>, VolumeError> {
+        if self.shared.is_none() || self.read_only {
+            return Ok(None);
+        }
+        let st = sys::fstat(file.as_fd())?;
+        shared::lock_resource(self.root(), Resource::FileHeader(st.st_ino)).map(Some)
+    }
+
     /// The directory the keyring's two copies are in: CIPHERDIR, or the
     /// one given with `--keyring-dir` for a volume that keeps it outside.
     pub fn keyring_fd(&self) -> BorrowedFd<'_> {
@@ -942,6 +954,7 @@ impl Volume {
             Err(e1) => match self.read_dir_record(dir, DIR_RECORD_BACKUP, ctx) {
                 Ok((rec, key, slot)) => {
                     if !self.read_only {
+                        let _locked = self.lock_resource(Resource::DirRecord(rec.id));
                         let _ = self.replace_dir_record(dir, &[DIR_RECORD], &rec);
                     }
                     (rec, key, slot)
@@ -1006,6 +1019,8 @@ impl Volume {
         new: &EncryptionContext<'_>,
     ) -> Result<(), VolumeError> {
         self.check_writable()?;
+        // Shared storage: read and rewritten under the record's lock.
+        let _locked = self.lock_resource(Resource::DirRecord(d.id))?;
         let (mut rec, _, slot) = self
             .read_dir_record(dir, DIR_RECORD, old)
             .or_else(|_| self.read_dir_record(dir, DIR_RECORD_BACKUP, old))?;
@@ -1043,6 +1058,7 @@ impl Volume {
         (v, w): (u32, crate::crypto::SealingKey),
     ) -> Result<(), VolumeError> {
         let rec = SealedRecord::create(RecordKind::Dir, &self.volume_id, d.id, &d.key, v, &w, new)?;
+        let _locked = self.lock_resource(Resource::DirRecord(d.id))?;
         self.replace_dir_record(dir, &[DIR_RECORD, DIR_RECORD_BACKUP], &rec)
     }
 

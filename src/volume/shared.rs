@@ -103,6 +103,11 @@ pub enum Resource {
     /// endian): a directory's record (both copies). Two directories whose
     /// ids share those bytes only wait for each other.
     DirRecord([u8; 16]),
+    /// Byte 2^33 + the low 32 bits of the backing file's inode number: a
+    /// file's header block (re-binding, re-wrapping, its link table). The
+    /// backing inode number is the same on every host of an NFS or CephFS
+    /// share; a lock file needs no write permission on the file itself.
+    FileHeader(u64),
 }
 
 impl Resource {
@@ -117,6 +122,7 @@ impl Resource {
             Resource::DirRecord(id) => {
                 (1u64 << 32) + u64::from(u32::from_le_bytes([id[0], id[1], id[2], id[3]]))
             }
+            Resource::FileHeader(ino) => (2u64 << 32) + (ino & 0xffff_ffff),
         }
     }
 }
@@ -245,6 +251,7 @@ mod tests {
             Resource::Lease,
             Resource::Config,
             Resource::DirRecord([0; 16]),
+            Resource::FileHeader(0),
         ];
         let mut seen: Vec<u64> = rs.iter().map(|r| r.offset()).collect();
         seen.sort();
