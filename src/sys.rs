@@ -752,9 +752,8 @@ pub enum RangeLockKind {
 }
 
 fn flock_of(kind: Option<RangeLockKind>, start: u64, len: u64) -> io::Result<libc::flock> {
-    let off = |v: u64| {
-        libc::off_t::try_from(v).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-    };
+    let off =
+        |v: u64| libc::off_t::try_from(v).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL));
     // SAFETY: flock is plain data; all-zero is a valid value.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     fl.l_type = match kind {

@@ -216,7 +216,10 @@ fn shared_daemons_coexist_and_other_modes_are_refused() {
     )
     .err()
     .expect("shared_storage = true must refuse a plain mount");
-    assert!(err.contains("must be mounted with --shared-storage"), "{err}");
+    assert!(
+        err.contains("must be mounted with --shared-storage"),
+        "{err}"
+    );
     let mut h = vec![host(&f, "solo", true, &[])];
     assert_eq!(
         fs::read(h[0].p("from-a")).unwrap(),
@@ -427,9 +430,10 @@ fn a_directory_renamed_on_a_moves_for_b_within_the_bound() {
         });
         std::thread::sleep(Duration::from_millis(300));
         fs::rename(hs[0].p("d1"), hs[0].p("d2")).unwrap();
-        within_bound("b: the old name is gone", || {
-            matches!(fs::metadata(b.p("d1/sub/file")), Err(e) if e.raw_os_error() == Some(libc::ENOENT) || e.raw_os_error() == Some(libc::ESTALE))
-        });
+        within_bound(
+            "b: the old name is gone",
+            || matches!(fs::metadata(b.p("d1/sub/file")), Err(e) if e.raw_os_error() == Some(libc::ENOENT) || e.raw_os_error() == Some(libc::ESTALE)),
+        );
         within_bound("b: the new name works", || {
             fs::read(b.p("d2/sub/file")).ok().as_deref() == Some(&b"below"[..])
         });
@@ -456,7 +460,10 @@ fn one_host_runs_the_schedules_and_another_takes_over_after_its_death() {
     let (ra, rb) = (rotated(&hs[0]), rotated(&hs[1]));
     eprintln!("automatic rotations: a {ra}, b {rb}");
     assert!(ra + rb >= 2, "the schedule ran: a {ra}, b {rb}");
-    assert!(ra == 0 || rb == 0, "only the lease holder rotates: a {ra}, b {rb}");
+    assert!(
+        ra == 0 || rb == 0,
+        "only the lease holder rotates: a {ra}, b {rb}"
+    );
     // Exactly one rotation per due period: each new version is ≥ 3 s after
     // the one before.
     let st = hs[0].ctl(&["status"]);
@@ -468,7 +475,10 @@ fn one_host_runs_the_schedules_and_another_takes_over_after_its_death() {
         .collect();
     created.sort();
     for w in created.windows(2).skip(1) {
-        assert!(w[1] - w[0] >= 3, "two rotations within one period: {created:?}");
+        assert!(
+            w[1] - w[0] >= 3,
+            "two rotations within one period: {created:?}"
+        );
     }
     // SIGKILL of the holder: the other takes over within the lease (6 s)
     // and a tick (2 s).
@@ -553,7 +563,9 @@ fn a_daemon_killed_mid_change_leaves_the_others_working_and_fsck_clean() {
         fs::read(hs[1].p("after-kill")).ok().as_deref() == Some(&b"still here"[..])
     });
     let primary = hs[1].primary();
-    within_bound("a and b agree on the keyring", || hs[0].primary() == primary);
+    within_bound("a and b agree on the keyring", || {
+        hs[0].primary() == primary
+    });
     unmount_all(&mut hs);
     common::force_unmount(&f.root.path().join("mnt-c"));
     f.assert_fsck_clean("after a daemon was killed mid-change");

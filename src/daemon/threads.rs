@@ -214,12 +214,17 @@ fn follow_lease(vol: &Volume, held: &AtomicBool) {
             false
         }
     };
-    let host = vol.shared().map(|s| s.host_id.to_string()).unwrap_or_default();
+    let host = vol
+        .shared()
+        .map(|s| s.host_id.to_string())
+        .unwrap_or_default();
     if held.swap(now, Ordering::AcqRel) != now {
         if now {
             tracing::info!("schedule lease taken: host {host} runs the key schedules");
         } else {
-            tracing::info!("schedule lease held by another host; host {host} leaves the key schedules to it");
+            tracing::info!(
+                "schedule lease held by another host; host {host} leaves the key schedules to it"
+            );
         }
     }
     if now {

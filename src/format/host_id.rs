@@ -106,8 +106,17 @@ mod tests {
     fn refuses_the_rest() {
         assert_eq!(HostId::parse(""), Err(HostIdError::Empty));
         assert_eq!(HostId::parse(".hidden"), Err(HostIdError::LeadingDot));
-        assert_eq!(HostId::parse(&"x".repeat(33)), Err(HostIdError::TooLong(33)));
-        for (bad, c) in [("a/b", '/'), ("a b", ' '), ("é", 'é'), ("a\0", '\0'), ("..", '.')] {
+        assert_eq!(
+            HostId::parse(&"x".repeat(33)),
+            Err(HostIdError::TooLong(33))
+        );
+        for (bad, c) in [
+            ("a/b", '/'),
+            ("a b", ' '),
+            ("é", 'é'),
+            ("a\0", '\0'),
+            ("..", '.'),
+        ] {
             match HostId::parse(bad) {
                 Err(HostIdError::BadChar(x)) => assert_eq!(x, c, "{bad:?}"),
                 Err(HostIdError::LeadingDot) => assert_eq!(bad, ".."),

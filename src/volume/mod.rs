@@ -637,8 +637,7 @@ impl Volume {
             let f = sys::open_regular(self.keyring_fd(), OsStr::new(name), libc::O_RDONLY)?;
             let mut buf = [0u8; crate::format::keyring::PEEK_LEN];
             let n = sys::read_at_most(&f, &mut buf, 0)?;
-            Ok(crate::format::keyring::peek_generation(&buf[..n])
-                .map_err(KeyringError::from)?)
+            Ok(crate::format::keyring::peek_generation(&buf[..n]).map_err(KeyringError::from)?)
         };
         peek(KEYRING_FILE).or_else(|_| peek(KEYRING_BACKUP))
     }

@@ -182,7 +182,13 @@ pub(crate) fn lock_resource(
     r: Resource,
 ) -> Result<ResourceGuard, VolumeError> {
     let f = sys::open_regular(root, OsStr::new(LOCK_FILE), libc::O_RDWR)?;
-    sys::range_lock(f.as_fd(), Some(RangeLockKind::Exclusive), r.offset(), 1, true)?;
+    sys::range_lock(
+        f.as_fd(),
+        Some(RangeLockKind::Exclusive),
+        r.offset(),
+        1,
+        true,
+    )?;
     Ok(ResourceGuard { _file: f })
 }
 
@@ -306,7 +312,10 @@ mod tests {
         assert!(!take_lease(root.as_fd(), &b, 1000 + lt - 1).unwrap());
         assert!(take_lease(root.as_fd(), &a, 2000).unwrap(), "renewed");
         assert!(!take_lease(root.as_fd(), &b, 2000 + lt - 1).unwrap());
-        assert!(take_lease(root.as_fd(), &b, 2000 + lt).unwrap(), "taken over");
+        assert!(
+            take_lease(root.as_fd(), &b, 2000 + lt).unwrap(),
+            "taken over"
+        );
         release_lease(root.as_fd(), &b).unwrap();
         assert!(take_lease(root.as_fd(), &a, 2001 + lt).unwrap(), "released");
     }
