@@ -613,3 +613,70 @@ fn two_hosts_creating_and_renaming_in_one_directory_keep_every_name() {
     unmount_all(&mut hs);
     f.assert_fsck_clean("after creating in one directory from two hosts");
 }
+
+#[test]
+fn two_hosts_writing_one_file_at_the_same_offsets_leave_whole_chunks() {
+    use std::os::unix::fs::FileExt;
+    const CHUNK: usize = 4096;
+    const CHUNKS: usize = 16;
+    let f = Fixture::new();
+    let mut hs = hosts(&f, 2, &[]);
+    fs::write(hs[0].p("contended"), vec![0u8; CHUNK * CHUNKS]).unwrap();
+    within_bound("b sees the file whole", || {
+        fs::metadata(hs[1].p("contended")).is_ok_and(|m| m.len() == (CHUNK * CHUNKS) as u64)
+    });
+    let run_for = Duration::from_secs(6);
+    let eio = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        // Two writers per host, so writes of one host also overlap.
+        for (t, (n, h)) in hs.iter().enumerate().flat_map(|x| [x, x]).enumerate() {
+            let eio = &eio;
+            s.spawn(move || {
+                let file = fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(h.p("contended"))
+                    .unwrap();
+                let mut rng = common::Rng::new(t as u64 + 1);
+                let byte = b'A' + n as u8;
+                let start = Instant::now();
+                let mut writes = 0;
+                while start.elapsed() < run_for {
+                    // 1 to 6 whole chunks at a chunk boundary, sometimes
+                    // across a run the other host writes too.
+                    let first = rng.below(CHUNKS as u64 - 1) as usize;
+                    let count = (1 + rng.below(3) as usize).min(CHUNKS - first);
+                    file.write_all_at(&vec![byte; count * CHUNK], (first * CHUNK) as u64)
+                        .unwrap();
+                    writes += 1;
+                    // Reads in between never see a torn chunk.
+                    let mut buf = vec![0u8; CHUNK];
+                    if let Err(e) = file.read_exact_at(&mut buf, (first * CHUNK) as u64) {
+                        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+                        eio.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                eprintln!("{}: {writes} writes", h.name);
+            });
+        }
+    });
+    assert_eq!(
+        eio.into_inner(),
+        0,
+        "reads failed with EIO while both wrote"
+    );
+    // Every chunk authenticates and is one writer's, on both hosts.
+    for h in &hs {
+        let data = fs::read(h.p("contended")).unwrap_or_else(|e| panic!("{}: {e}", h.name));
+        assert_eq!(data.len(), CHUNK * CHUNKS);
+        for (k, c) in data.chunks(CHUNK).enumerate() {
+            assert!(
+                c.iter().all(|b| *b == c[0]) && [0, b'A', b'B'].contains(&c[0]),
+                "{}: chunk {k} is not one writer's",
+                h.name
+            );
+        }
+    }
+    unmount_all(&mut hs);
+    f.assert_fsck_clean("after two hosts wrote one file");
+}

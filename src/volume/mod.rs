@@ -530,6 +530,27 @@ impl Volume {
         shared::lock_resource(self.root(), r).map(Some)
     }
 
+    /// In shared-storage mode: waits for and takes the lock of the content
+    /// of the open backing file `file` (`write`: exclusive, else shared),
+    /// under which the open file's size and group states are read again
+    /// ([`content::SealedFile::reload_from_disk`]). `None` otherwise.
+    pub fn lock_content(
+        &self,
+        file: &File,
+        write: bool,
+    ) -> Result<Option<ResourceGuard>, VolumeError> {
+        if self.shared.is_none() || self.read_only {
+            return Ok(None);
+        }
+        let st = sys::fstat(file.as_fd())?;
+        let kind = if write {
+            sys::RangeLockKind::Exclusive
+        } else {
+            sys::RangeLockKind::Shared
+        };
+        shared::lock_resource_as(self.root(), Resource::FileContent(st.st_ino), kind).map(Some)
+    }
+
     /// In shared-storage mode: waits for and takes the lock of the header
     /// block of the open backing file `file` (a header re-read and
     /// rewritten under it is never another host's change overwritten).

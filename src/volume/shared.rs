@@ -108,6 +108,11 @@ pub enum Resource {
     /// backing inode number is the same on every host of an NFS or CephFS
     /// share; a lock file needs no write permission on the file itself.
     FileHeader(u64),
+    /// Byte 3 × 2^32 + the low 32 bits of the backing inode number: a
+    /// file's content (chunks, their metadata entries, group states):
+    /// shared while read, exclusive while written, so a chunk and its
+    /// entry are only ever seen together.
+    FileContent(u64),
 }
 
 impl Resource {
@@ -123,6 +128,7 @@ impl Resource {
                 (1u64 << 32) + u64::from(u32::from_le_bytes([id[0], id[1], id[2], id[3]]))
             }
             Resource::FileHeader(ino) => (2u64 << 32) + (ino & 0xffff_ffff),
+            Resource::FileContent(ino) => (3u64 << 32) + (ino & 0xffff_ffff),
         }
     }
 }
@@ -181,14 +187,17 @@ pub(crate) fn lock_resource(
     root: BorrowedFd<'_>,
     r: Resource,
 ) -> Result<ResourceGuard, VolumeError> {
+    lock_resource_as(root, r, RangeLockKind::Exclusive)
+}
+
+/// Waits for and takes the lock of `r`, shared or exclusive.
+pub(crate) fn lock_resource_as(
+    root: BorrowedFd<'_>,
+    r: Resource,
+    kind: RangeLockKind,
+) -> Result<ResourceGuard, VolumeError> {
     let f = sys::open_regular(root, OsStr::new(LOCK_FILE), libc::O_RDWR)?;
-    sys::range_lock(
-        f.as_fd(),
-        Some(RangeLockKind::Exclusive),
-        r.offset(),
-        1,
-        true,
-    )?;
+    sys::range_lock(f.as_fd(), Some(kind), r.offset(), 1, true)?;
     Ok(ResourceGuard { _file: f })
 }
 
@@ -258,6 +267,7 @@ mod tests {
             Resource::Config,
             Resource::DirRecord([0; 16]),
             Resource::FileHeader(0),
+            Resource::FileContent(0),
         ];
         let mut seen: Vec<u64> = rs.iter().map(|r| r.offset()).collect();
         seen.sort();

@@ -242,7 +242,11 @@ pub(in crate::fs) fn read(
     };
     let size = (size as usize).min(SCRATCH_MAX);
     READ_SCRATCH.with_borrow_mut(|buf| {
-        let r = f.read().read_into(offset, size, buf);
+        let r = match fs.shared_content(&f, false) {
+            Ok(Some((_locked, sf))) => sf.read_into(offset, size, buf),
+            Ok(None) => f.read().read_into(offset, size, buf),
+            Err(e) => Err(e),
+        };
         match r {
             Ok(range) => {
                 crate::metrics::read_bytes(range.len());
@@ -272,7 +276,19 @@ pub(in crate::fs) fn write(
         .check_writable()
         .and_then(|_| fs.content_of(req, fh))
         .and_then(|f| {
-            f.write().write(offset, data).map_err(|e| {
+            let r = match fs.shared_content(&f, true) {
+                // Shared storage: written under the content lock, from
+                // the size and group states read again under it.
+                Ok(Some((locked, reloaded))) => {
+                    drop(reloaded);
+                    let r = f.write().write(offset, data);
+                    drop(locked);
+                    r
+                }
+                Ok(None) => f.write().write(offset, data),
+                Err(e) => Err(e),
+            };
+            r.map_err(|e| {
                 if e.is_integrity() {
                     tracing::warn!(fh = fh.0, offset, "integrity failure during write: {e}");
                     fs.record_integrity(req, fh, &e);
