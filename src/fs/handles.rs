@@ -204,7 +204,14 @@ impl SealFs {
         if self.vol.shared().is_none() {
             return Ok(None);
         }
-        let locked = self.vol.lock_content(f.read().backing(), write)?;
+        // The backing inode first: no guard of `f` is held while waiting
+        // for the lock (its holder, a thread of this daemon too, may be
+        // waiting for `f`).
+        let ino = {
+            let sf = f.read();
+            crate::sys::fstat(std::os::fd::AsFd::as_fd(sf.backing()))?.st_ino
+        };
+        let locked = self.vol.lock_content(ino, write)?;
         let Some(locked) = locked else {
             return Ok(None);
         };

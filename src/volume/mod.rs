@@ -531,24 +531,24 @@ impl Volume {
     }
 
     /// In shared-storage mode: waits for and takes the lock of the content
-    /// of the open backing file `file` (`write`: exclusive, else shared),
+    /// of the backing file with inode number `ino` (`write`: exclusive, else
+    /// shared),
     /// under which the open file's size and group states are read again
     /// ([`content::SealedFile::reload_from_disk`]). `None` otherwise.
     pub fn lock_content(
         &self,
-        file: &File,
+        ino: u64,
         write: bool,
     ) -> Result<Option<ResourceGuard>, VolumeError> {
         if self.shared.is_none() || self.read_only {
             return Ok(None);
         }
-        let st = sys::fstat(file.as_fd())?;
         let kind = if write {
             sys::RangeLockKind::Exclusive
         } else {
             sys::RangeLockKind::Shared
         };
-        shared::lock_resource_as(self.root(), Resource::FileContent(st.st_ino), kind).map(Some)
+        shared::lock_resource_as(self.root(), Resource::FileContent(ino), kind).map(Some)
     }
 
     /// In shared-storage mode: waits for and takes the lock of the header
