@@ -43,11 +43,12 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::ctl::{self, ControlContext, ControlServer};
+use crate::format::host_id::HostId;
 use crate::fs::{fuser_config, CacheControl, MountOptions, SealFs};
 use crate::keyring::{Unlock, UnlockSecret};
 use crate::kms::anchor::AcceptedRollback;
 use crate::kms::{KeyError, KeyService, MountHooks, OnMount};
-use crate::policy::audit::{AuditLog, DEFAULT_SEGMENT_BYTES};
+use crate::policy::audit::{AuditLog, AuditStream, DEFAULT_SEGMENT_BYTES};
 use crate::policy::grants::GrantStore;
 use crate::policy::AccessControl;
 use crate::volume::{SharedStorage, Volume, VolumeError};
@@ -117,6 +118,7 @@ impl Mount {
             threads: None,
             ctl_socket: None,
             audit: true,
+            audit_host: None,
             idle: None,
             unmount_on_signal: false,
             lock_memory: false,
@@ -139,6 +141,7 @@ pub struct MountBuilder {
     threads: Option<usize>,
     ctl_socket: Option<PathBuf>,
     audit: bool,
+    audit_host: Option<HostId>,
     idle: Option<Duration>,
     unmount_on_signal: bool,
     lock_memory: bool,
@@ -256,6 +259,14 @@ impl MountBuilder {
         self
     }
 
+    /// Appends the audit log to `host`'s own stream
+    /// (`sealfs.audit/hosts/<HOST>/`, docs/FORMAT.md §12.4) instead of the
+    /// volume's local stream: what each daemon on shared storage does.
+    pub fn audit_host(mut self, host: Option<HostId>) -> Self {
+        self.audit_host = host;
+        self
+    }
+
     /// Unmounts once nothing is open and no request came for `d`.
     pub fn idle(mut self, d: Option<Duration>) -> Self {
         self.idle = d;
@@ -355,6 +366,11 @@ impl MountBuilder {
                 enospc_margin: self.enospc_margin,
             },
             audit: self.audit,
+            // On shared storage every daemon appends to its own stream.
+            audit_host: self
+                .audit_host
+                .clone()
+                .or_else(|| self.shared.as_ref().map(|s| s.host_id.clone())),
             idle: self.idle,
             unmount_on_signal: self.unmount_on_signal,
             lock_memory: self.lock_memory,
@@ -379,6 +395,7 @@ pub struct OpenedMount {
     socket: PathBuf,
     options: MountOptions,
     audit: bool,
+    audit_host: Option<HostId>,
     idle: Option<Duration>,
     unmount_on_signal: bool,
     lock_memory: bool,
@@ -466,7 +483,13 @@ impl OpenedMount {
             .map_err(|e| start(format!("cannot open the grant store: {e}")))?;
         let audit = if self.audit {
             Some(
-                AuditLog::open(vol.clone(), DEFAULT_SEGMENT_BYTES).map_err(|e| {
+                AuditLog::open_stream(
+                    vol.clone(),
+                    DEFAULT_SEGMENT_BYTES,
+                    self.audit_host
+                        .map_or(AuditStream::Local, AuditStream::Host),
+                )
+                .map_err(|e| {
                     start(format!(
                         "cannot open the audit log: {e} (mount with --no-audit to go without one)"
                     ))

@@ -265,6 +265,7 @@ fn sample_verify() -> VerifyResult {
             expected_seq: 31,
             reason: "bad MAC".into(),
             resumed_seq: Some(32),
+            host: None,
         }),
         breaks: vec![ChainBreakInfo {
             segment: 2,
@@ -272,6 +273,7 @@ fn sample_verify() -> VerifyResult {
             expected_seq: 31,
             reason: "bad MAC".into(),
             resumed_seq: Some(32),
+            host: Some("node-b".into()),
         }],
         pruned: Some(sealfs::format::audit::PrunedInfo {
             through_segment: 3,
@@ -281,6 +283,13 @@ fn sample_verify() -> VerifyResult {
             pruned_ms: 1_796_000_100_000,
             leftover_segments: 0,
         }),
+        streams: vec![sealfs::ctl::protocol::StreamVerifyInfo {
+            host: Some("node-b".into()),
+            segments: 1,
+            records: 30,
+            last_seq: 30,
+            breaks: 1,
+        }],
     }
 }
 
@@ -362,6 +371,7 @@ fn every_result_round_trips_through_serde() {
                 max_age: Some("400d".into()),
                 max_bytes: None,
             }),
+            host: Some("node-a".into()),
         }),
         keyring: KeyringStatus {
             layout: 2,

@@ -12,8 +12,8 @@
 //!   holder never replaced;
 //! * a daemon SIGKILLed in the middle of its changes.
 //!
-//! Until the per-host audit streams are on main, one daemon keeps the
-//! audit log and the others run `--no-audit`.
+//! Every daemon keeps its audit stream (`sealfs.audit/hosts/<NAME>/`);
+//! after the concurrent changes `audit verify` checks all of them.
 
 mod common;
 
@@ -87,8 +87,8 @@ impl Host {
     }
 }
 
-/// Mounts a shared-storage daemon named `name` on `f`'s cipher dir (the
-/// first one keeps the audit log: `audit`).
+/// Mounts a shared-storage daemon named `name` on `f`'s cipher dir (with
+/// its own audit stream, unless `audit` is false).
 fn host(f: &Fixture, name: &str, audit: bool, extra: &[&str]) -> Host {
     let mnt = f.root.path().join(format!("mnt-{name}"));
     fs::create_dir_all(&mnt).unwrap();
@@ -130,12 +130,12 @@ fn host(f: &Fixture, name: &str, audit: bool, extra: &[&str]) -> Host {
     }
 }
 
-/// N hosts, named a, b, c, …; host a audits.
+/// N hosts, named a, b, c, …, each with its audit stream.
 fn hosts(f: &Fixture, n: usize, extra: &[&str]) -> Vec<Host> {
     (0..n)
         .map(|i| {
             let name = ((b'a' + i as u8) as char).to_string();
-            host(f, &name, i == 0, extra)
+            host(f, &name, true, extra)
         })
         .collect()
 }

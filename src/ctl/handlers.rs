@@ -15,11 +15,11 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::protocol::{
-    error_line, ok_line, AuditPosition, CancelDeletionResult, CensusResult, DisabledResult,
-    ErrorCode, ExportSummary, ExportedBreak, ExportedLine, ExportedRecord, FsckResult,
-    GrantCreated, GrantInfo, GrantList, GrantRetired, GrantRevoked, MetricsResult, Op, Request,
-    RewrapStarted, RotateResult, RotationPeriodResult, ScheduleDeletionResult, StatusResult,
-    TrimResult, UntrimResult, VerifyResult, VersionState, VersionStatus,
+    error_line, ok_line, AuditPosition, CancelDeletionResult, CensusResult, ChainBreakInfo,
+    DisabledResult, ErrorCode, ExportSummary, ExportedBreak, ExportedLine, ExportedRecord,
+    FsckResult, GrantCreated, GrantInfo, GrantList, GrantRetired, GrantRevoked, MetricsResult, Op,
+    Request, RewrapStarted, RotateResult, RotationPeriodResult, ScheduleDeletionResult,
+    StatusResult, TrimResult, UntrimResult, VerifyResult, VersionState, VersionStatus,
 };
 use super::server::Peer;
 use super::ControlContext;
@@ -28,7 +28,7 @@ use crate::format::grants::{self as gfmt, Grant, Grantee, OpSet};
 use crate::format::keyring::KeyState;
 use crate::keyring::{now_secs, KeyringError};
 use crate::kms::{self, KeyError, KeyService, OnMount};
-use crate::policy::audit::{verify_log, verify_log_anchored};
+use crate::policy::audit_stream::verify_streams;
 use crate::policy::filter::AuditFilter;
 use crate::policy::grants::{GrantStore, GrantStoreError};
 use crate::policy::{read_proc, Event};
@@ -144,9 +144,9 @@ fn dispatch(ctx: &ControlContext, op: &Op, peer: Peer) -> Handled {
             if let Some(a) = ctx.access.audit_log() {
                 let _ = a.sync();
             }
-            let report =
-                verify_log(vol, &mut |_| {}).map_err(|e| (ErrorCode::Internal, e.to_string()))?;
-            reply(&VerifyResult::from(&report))
+            let reports = verify_streams(vol, &mut |_, _| {})
+                .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+            reply(&VerifyResult::from(reports.as_slice()))
         }
         Op::AuditPrune { before, max_bytes } => {
             let before_ms = match before {
@@ -284,6 +284,7 @@ fn audit_position(ctx: &ControlContext, a: &crate::policy::audit::AuditLog) -> A
         records_pruned: usage.records_pruned,
         headroom: free + usage.reserve_left,
         retention: retention.map(|r| crate::ctl::protocol::RetentionResult::from(Some(r))),
+        host: a.stream().name(),
     }
 }
 
@@ -622,7 +623,7 @@ fn export_audit(ctx: &ControlContext, op: &Op, out: &mut dyn Write) -> Handled {
     let mut write_err = None;
     // Past a break the export goes on with the next record that verifies;
     // each break is streamed where it happened.
-    let report = verify_log_anchored(&ctx.vol, None, &mut |e| {
+    let reports = verify_streams(&ctx.vol, &mut |stream, e| {
         if write_err.is_some() {
             return;
         }
@@ -630,11 +631,13 @@ fn export_audit(ctx: &ControlContext, op: &Op, out: &mut dyn Write) -> Handled {
             ChainEvent::Record(r) if filter.matches(r) => {
                 exported += 1;
                 serde_json::to_value(ExportedLine {
-                    record: ExportedRecord::from(r),
+                    record: ExportedRecord::in_stream(r, stream),
                 })
             }
             ChainEvent::Record(_) => return,
-            ChainEvent::Break(b) => serde_json::to_value(ExportedBreak { brk: b.into() }),
+            ChainEvent::Break(b) => serde_json::to_value(ExportedBreak {
+                brk: ChainBreakInfo::in_stream(b, stream),
+            }),
         };
         let written = v
             .map_err(std::io::Error::other)
@@ -649,6 +652,6 @@ fn export_audit(ctx: &ControlContext, op: &Op, out: &mut dyn Write) -> Handled {
     }
     reply(&ExportSummary {
         exported,
-        verify: VerifyResult::from(&report),
+        verify: VerifyResult::from(reports.as_slice()),
     })
 }

@@ -32,6 +32,9 @@ pub const LEASE_FILE: &str = "sealfs.lease";
 pub const GRANTS_FILE: &str = "sealfs.grants";
 /// The audit log's folder (§12).
 pub const AUDIT_DIR: &str = "sealfs.audit";
+/// Inside [`AUDIT_DIR`]: one folder per host's audit stream,
+/// `hosts/<HOST>/` (docs/FORMAT.md §12.4).
+pub const AUDIT_HOSTS_DIR: &str = "hosts";
 /// The prune checkpoint, inside [`AUDIT_DIR`] (docs/FORMAT.md §12.3).
 pub const AUDIT_CHECKPOINT: &str = "pruned.ckpt";
 /// The mount root's presented mode, owner and group, sealed (§5.1).

@@ -539,6 +539,32 @@ impl Keyring {
         }
     }
 
+    /// The heads of hosts' audit streams as of each host's last store
+    /// (shared storage; layout 2), by host id.
+    pub fn stream_anchors(&self) -> &std::collections::BTreeMap<String, AuditAnchor> {
+        &self.body.stream_anchors
+    }
+
+    /// Sets the anchor of `stream` (`None`: the local stream, as
+    /// [`Keyring::set_anchor`]) that the next store writes; the other
+    /// streams' anchors stay. Nothing on a layout-1 keyring.
+    pub fn set_stream_anchor(&mut self, stream: Option<&str>, a: AuditAnchor) {
+        match stream {
+            None => self.set_anchor(Some(a)),
+            Some(h) if self.layout() == 2 => {
+                self.body.stream_anchors.insert(h.to_string(), a);
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Forgets every anchor (an accepted rollback: they may point into a
+    /// log that is gone).
+    pub fn clear_anchors(&mut self) {
+        self.body.anchor = None;
+        self.body.stream_anchors.clear();
+    }
+
     /// The audit log's retention rule (layout 2).
     pub fn audit_retention(&self) -> Option<&crate::format::keyring::AuditRetention> {
         self.body.audit_retention.as_ref()

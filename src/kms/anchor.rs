@@ -26,6 +26,7 @@
 use crate::format::keyring::AuditAnchor;
 use crate::keyring::ProviderError;
 use crate::policy::audit_head::{records_since, AuditHead, HeadError};
+use crate::policy::audit_stream::AuditStream;
 use crate::volume::Volume;
 
 use super::{KeyError, KeyService};
@@ -66,13 +67,20 @@ fn proven(rec: &crate::format::audit::AuditRecord) -> Option<u32> {
 
 /// Runs both checks. A KMS that cannot be asked is an error (the anchor
 /// cannot be verified), not a problem found.
+///
+/// Every audit stream is read (docs/FORMAT.md §12.4): the local one from
+/// the keyring's anchor, each host's from its own anchor in the keyring
+/// (a host stream the keyring anchors must still be there), and a stream
+/// the keyring does not anchor from its start. No record in any of them
+/// may prove a generation above the keyring's.
 pub fn check(vol: &Volume) -> Result<AnchorReport, KeyError> {
-    let (layout, generation, anchor, authority) = {
+    let (layout, generation, anchor, stream_anchors, authority) = {
         let kr = vol.keyring().read();
         (
             kr.layout(),
             kr.generation(),
             kr.anchor(),
+            kr.stream_anchors().clone(),
             kr.authority().cloned(),
         )
     };
@@ -86,25 +94,48 @@ pub fn check(vol: &Volume) -> Result<AnchorReport, KeyError> {
     if layout < 2 {
         return Ok(report);
     }
-    let head = anchor.map(AuditHead::from);
-    let mut max: Option<u32> = None;
-    match records_since(vol, head.as_ref(), &mut |r| {
-        if let Some(g) = proven(r) {
-            max = Some(max.map_or(g, |m| m.max(g)));
+    let mut streams: std::collections::BTreeSet<AuditStream> = AuditStream::list(vol.root())
+        .map_err(|e| KeyError::Volume(e.into()))?
+        .into_iter()
+        .collect();
+    for host in stream_anchors.keys() {
+        // Hosts were checked when the keyring was decoded.
+        if let Some(s) = AuditStream::from_name(Some(host)) {
+            streams.insert(s);
         }
-    }) {
-        Ok(since) => {
-            // The pruned records proved these generations before the
-            // prune: they count as if still in the log.
-            if let Some(g) = since
-                .pruned_proven_generation
-                .and_then(|g| u32::try_from(g).ok())
-            {
+    }
+    let mut max: Option<u32> = None;
+    let mut problems = Vec::new();
+    for stream in &streams {
+        let head = match stream.host() {
+            None => anchor,
+            Some(h) => stream_anchors.get(h.as_str()).copied(),
+        }
+        .map(AuditHead::from);
+        match records_since(vol, stream, head.as_ref(), &mut |r| {
+            if let Some(g) = proven(r) {
                 max = Some(max.map_or(g, |m| m.max(g)));
             }
+        }) {
+            Ok(since) => {
+                // The pruned records proved these generations before the
+                // prune: they count as if still in the log.
+                if let Some(g) = since
+                    .pruned_proven_generation
+                    .and_then(|g| u32::try_from(g).ok())
+                {
+                    max = Some(max.map_or(g, |m| m.max(g)));
+                }
+            }
+            Err(HeadError::Io(e)) => return Err(KeyError::Volume(e.into())),
+            Err(e) => problems.push(match stream {
+                AuditStream::Local => e.to_string(),
+                AuditStream::Host(_) => format!("{stream}'s audit stream: {e}"),
+            }),
         }
-        Err(HeadError::Io(e)) => return Err(KeyError::Volume(e.into())),
-        Err(e) => report.problem = Some(e.to_string()),
+    }
+    if !problems.is_empty() {
+        report.problem = Some(problems.join("; "));
     }
     report.log_generation = max;
     if report.problem.is_none() {
@@ -157,7 +188,7 @@ pub fn check_or_refuse(vol: &Volume, accept: bool) -> Result<Option<AcceptedRoll
     kr.raise_next_generation(above);
     // The old anchor may point into a log that is gone: the acceptance's
     // store anchors afresh (or not at all, without a log).
-    kr.set_anchor(None);
+    kr.clear_anchors();
     Ok(Some(AcceptedRollback { problem }))
 }
 

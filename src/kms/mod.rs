@@ -265,7 +265,7 @@ impl<'a> KeyService<'a> {
             log.sync()
                 .map_err(|e| KeyringError::AuditRefused(e.to_string()))?;
             crate::keyring::kill_point("keyring-change-recorded");
-            Ok(Some(log.head().into()))
+            Ok(Some((log.stream().name(), log.head().into())))
         })?;
         if let Some(log) = log {
             if let Err(e) = self.record(log, "keyring_stored", None, None, Some(generation)) {

@@ -1,5 +1,9 @@
 //! The audit log on disk: `sealfs.audit/NNNNNNNN.log` segments in CIPHERDIR
-//! (format in [`crate::format::audit`], docs/FORMAT.md §9).
+//! (format in [`crate::format::audit`], docs/FORMAT.md §12), or, for one
+//! host of several sharing the cipher dir, the same in that host's stream
+//! folder `sealfs.audit/hosts/<HOST>/` ([`AuditStream`], §12.4). One
+//! [`AuditLog`] appends to one stream; reading every stream is
+//! [`super::audit_stream::verify_streams`]'s.
 //!
 //! Owns: appending records (one `write` each, rolled back on a short write,
 //! so a failed append leaves no partial record and the caller refuses the
@@ -21,6 +25,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+pub use super::audit_stream::AuditStream;
 use crate::format::audit::{
     self as afmt, AuditKeys, AuditRecord, ChainEvent, ChainReport, Principal, PrunePlan,
     PruneRefusal, PruneRule, RecordStep, SegmentHeader, MAC_LEN, SEGMENT_HEADER_LEN,
@@ -146,27 +151,19 @@ fn list_segments(dir: BorrowedFd<'_>) -> io::Result<Vec<u64>> {
     Ok(out)
 }
 
-/// Opens the audit folder of the cipher directory `root` (never through a
-/// symlink; anything but a directory at its name is refused). `None` when
-/// there is no log.
-fn open_audit_dir(root: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
-    match sys::open_subdir(root, OsStr::new(AUDIT_DIR)) {
-        Ok(d) => Ok(Some(d)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Reads every segment of the log in the cipher directory `root`:
+/// Reads every segment of `stream` in the cipher directory `root`:
 /// (number, bytes).
-pub fn read_segments(root: BorrowedFd<'_>) -> io::Result<Vec<(u64, Vec<u8>)>> {
-    read_segments_from(root, 1)
+pub fn read_segments(
+    root: BorrowedFd<'_>,
+    stream: &AuditStream,
+) -> io::Result<Vec<(u64, Vec<u8>)>> {
+    read_segments_from(root, stream, 1)
 }
 
-/// The prune checkpoint's bytes, if there is one (never through a
-/// symlink; anything but a regular file at its name is an error).
-pub fn read_checkpoint(root: BorrowedFd<'_>) -> io::Result<Option<Vec<u8>>> {
-    let Some(dir) = open_audit_dir(root)? else {
+/// The prune checkpoint's bytes of `stream`, if there is one (never
+/// through a symlink; anything but a regular file at its name is an error).
+pub fn read_checkpoint(root: BorrowedFd<'_>, stream: &AuditStream) -> io::Result<Option<Vec<u8>>> {
+    let Some(dir) = stream.open_dir(root, false)? else {
         return Ok(None);
     };
     read_checkpoint_in(dir.as_fd())
@@ -182,8 +179,12 @@ fn read_checkpoint_in(dir: BorrowedFd<'_>) -> io::Result<Option<Vec<u8>>> {
 
 /// Reads the segments numbered `first` and up (see [`read_segments`]).
 /// Nothing is created: no log, no segments.
-pub fn read_segments_from(root: BorrowedFd<'_>, first: u64) -> io::Result<Vec<(u64, Vec<u8>)>> {
-    let Some(dir) = open_audit_dir(root)? else {
+pub fn read_segments_from(
+    root: BorrowedFd<'_>,
+    stream: &AuditStream,
+    first: u64,
+) -> io::Result<Vec<(u64, Vec<u8>)>> {
+    let Some(dir) = stream.open_dir(root, false)? else {
         return Ok(Vec::new());
     };
     list_segments(dir.as_fd())?
@@ -193,16 +194,18 @@ pub fn read_segments_from(root: BorrowedFd<'_>, first: u64) -> io::Result<Vec<(u
         .collect()
 }
 
-/// Audit keys per master key version, derived once.
+/// Audit keys of one stream per master key version, derived once.
 struct KeyCache {
     vol: Arc<Volume>,
+    stream: AuditStream,
     keys: Mutex<HashMap<u32, Arc<AuditKeys>>>,
 }
 
 impl KeyCache {
-    fn new(vol: &Arc<Volume>) -> Self {
+    fn new(vol: &Arc<Volume>, stream: &AuditStream) -> Self {
         KeyCache {
             vol: vol.clone(),
+            stream: stream.clone(),
             keys: Mutex::new(HashMap::new()),
         }
     }
@@ -212,18 +215,18 @@ impl KeyCache {
             return Some(k.clone());
         }
         let kr = self.vol.keyring().read();
-        let k = Arc::new(AuditKeys::derive(
-            kr.master_key(version)?,
-            &self.vol.volume_id(),
-        ));
+        let k = Arc::new(
+            self.stream
+                .keys(kr.master_key(version)?, &self.vol.volume_id()),
+        );
         self.keys.lock().insert(version, k.clone());
         Some(k)
     }
 }
 
-/// Verifies the whole log of `vol` (offline or live); each good record goes
-/// to `on_record`. The walk goes on past every break (all are in the
-/// report).
+/// Verifies the local stream of `vol`'s log (offline or live); each good
+/// record goes to `on_record`. The walk goes on past every break (all are
+/// in the report). [`verify_streams`](super::audit_stream::verify_streams) reads every stream.
 pub fn verify_log(
     vol: &Arc<Volume>,
     on_record: &mut dyn FnMut(&AuditRecord),
@@ -244,9 +247,19 @@ pub fn verify_log_anchored(
     anchor: Option<&KeyringAnchor>,
     on_event: &mut dyn FnMut(ChainEvent<'_>),
 ) -> io::Result<ChainReport> {
-    let segs = read_segments(vol.root())?;
-    let checkpoint = read_checkpoint(vol.root())?;
-    let cache = KeyCache::new(vol);
+    verify_stream(vol, &AuditStream::Local, anchor, on_event)
+}
+
+/// [`verify_log_anchored`] for one stream of the log.
+pub fn verify_stream(
+    vol: &Arc<Volume>,
+    stream: &AuditStream,
+    anchor: Option<&KeyringAnchor>,
+    on_event: &mut dyn FnMut(ChainEvent<'_>),
+) -> io::Result<ChainReport> {
+    let segs = read_segments(vol.root(), stream)?;
+    let checkpoint = read_checkpoint(vol.root(), stream)?;
+    let cache = KeyCache::new(vol, stream);
     Ok(afmt::verify_log_view(
         segs.iter().map(|(n, b)| (*n, b.as_slice())),
         checkpoint.as_deref(),
@@ -263,7 +276,8 @@ pub fn verify_log_anchored(
 /// it before [`AuditLog::open`] (which starts a new log where there is
 /// none). A missing `sealfs.audit` is [`AnchorCheck::Missing`].
 pub fn check_anchor(vol: &Arc<Volume>, head: &AuditHead) -> io::Result<AnchorCheck> {
-    let checkpoint = read_checkpoint(vol.root())?;
+    let stream = &AuditStream::Local;
+    let checkpoint = read_checkpoint(vol.root(), stream)?;
     // After a prune the walk may start before the head's segment (right
     // after the checkpoint): then every segment is read.
     let first = if checkpoint.is_some() {
@@ -271,15 +285,15 @@ pub fn check_anchor(vol: &Arc<Volume>, head: &AuditHead) -> io::Result<AnchorChe
     } else {
         head.segment
     };
-    let earlier = match open_audit_dir(vol.root())? {
+    let earlier = match stream.open_dir(vol.root(), false)? {
         Some(dir) => list_segments(dir.as_fd())?
             .into_iter()
             .filter(|n| *n < first)
             .collect(),
         None => Vec::new(),
     };
-    let segs = read_segments_from(vol.root(), first)?;
-    let cache = KeyCache::new(vol);
+    let segs = read_segments_from(vol.root(), stream, first)?;
+    let cache = KeyCache::new(vol, stream);
     Ok(afmt::check_anchor(
         earlier
             .into_iter()
@@ -330,7 +344,8 @@ impl Writer {
     }
 }
 
-/// The open audit log of a mounted volume.
+/// The open audit log of a mounted volume: one stream, appended to by
+/// this daemon only.
 pub struct AuditLog {
     dir: OwnedFd,
     keys: KeyCache,
@@ -354,21 +369,22 @@ impl std::fmt::Debug for AuditLog {
 pub use crate::sys::now_ms;
 
 impl AuditLog {
-    /// Opens (creating if needed) the log of `vol` and recovers its chain.
-    /// `on_recovery` lists what recovery did (also recorded in the log).
+    /// Opens (creating if needed) the local stream of `vol`'s log and
+    /// recovers its chain; what recovery did is recorded in the log.
     pub fn open(vol: Arc<Volume>, segment_bytes: u64) -> Result<Arc<AuditLog>, AuditError> {
-        let dir = match open_audit_dir(vol.root())? {
-            Some(d) => d,
-            None => {
-                match sys::mkdirat(vol.root(), OsStr::new(AUDIT_DIR), 0o700) {
-                    Ok(()) => sys::fsync_dir(vol.root())?,
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(e.into()),
-                }
-                sys::open_subdir(vol.root(), OsStr::new(AUDIT_DIR))?
-            }
-        };
-        let keys = KeyCache::new(&vol);
+        Self::open_stream(vol, segment_bytes, AuditStream::Local)
+    }
+
+    /// [`AuditLog::open`] for `stream` (a host's, on shared storage).
+    pub fn open_stream(
+        vol: Arc<Volume>,
+        segment_bytes: u64,
+        stream: AuditStream,
+    ) -> Result<Arc<AuditLog>, AuditError> {
+        let dir = stream
+            .open_dir(vol.root(), true)?
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let keys = KeyCache::new(&vol, &stream);
         let mut notes = Vec::new();
         let mut segments = list_segments(dir.as_fd())?;
         let checkpoint = Self::finish_prune(dir.as_fd(), &keys, &vol, &mut segments)?;
@@ -658,7 +674,7 @@ impl AuditLog {
         let _one = self.pruning.lock();
         let keep_from = self.writer.lock().segment;
         let vol = &self.keys.vol;
-        let segs = read_segments(vol.root())?;
+        let segs = read_segments(vol.root(), &self.keys.stream)?;
         let checkpoint = read_checkpoint_in(self.dir.as_fd())?;
         let plan = afmt::plan_prune(
             segs.iter().map(|(n, b)| (*n, b.as_slice())),
@@ -801,6 +817,11 @@ impl AuditLog {
             seq: w.next_seq - 1,
             chain_mac: w.chain,
         }
+    }
+
+    /// The stream this log appends to.
+    pub fn stream(&self) -> &AuditStream {
+        &self.keys.stream
     }
 
     /// (segment, next sequence number, key version) for status.

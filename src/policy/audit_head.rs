@@ -18,6 +18,8 @@ use crate::format::audit::{
 use crate::format::keyring::AuditAnchor;
 use crate::volume::Volume;
 
+use super::audit_stream::AuditStream;
+
 /// A position in the audit log: after the last record of `segment`,
 /// whose next record is `seq`, with the chain value `chain_mac` so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,14 +97,17 @@ pub enum HeadError {
     Io(#[from] std::io::Error),
 }
 
-fn keys_for(vol: &Volume) -> impl FnMut(u32) -> Option<std::sync::Arc<AuditKeys>> + '_ {
+fn keys_for<'a>(
+    vol: &'a Volume,
+    stream: &'a AuditStream,
+) -> impl FnMut(u32) -> Option<std::sync::Arc<AuditKeys>> + 'a {
     let mut cache = std::collections::HashMap::new();
     move |v| {
         if let Some(k) = cache.get(&v) {
             return Some(std::sync::Arc::clone(k));
         }
         let kr = vol.keyring().read();
-        let k = std::sync::Arc::new(AuditKeys::derive(kr.master_key(v)?, &vol.volume_id()));
+        let k = std::sync::Arc::new(stream.keys(kr.master_key(v)?, &vol.volume_id()));
         cache.insert(v, k.clone());
         Some(k)
     }
@@ -119,12 +124,14 @@ pub struct Since {
     pub pruned_proven_generation: Option<u64>,
 }
 
-/// The prune checkpoint of `vol`'s log, if there is one that verifies.
+/// The prune checkpoint of a stream of `vol`'s log, if there is one that
+/// verifies.
 fn checkpoint(
     vol: &Volume,
+    stream: &AuditStream,
     keys: &mut dyn FnMut(u32) -> Option<std::sync::Arc<AuditKeys>>,
 ) -> Result<Option<afmt::PruneCheckpoint>, HeadError> {
-    let Some(bytes) = super::audit::read_checkpoint(vol.root())? else {
+    let Some(bytes) = super::audit::read_checkpoint(vol.root(), stream)? else {
         return Ok(None);
     };
     Ok(afmt::open_checkpoint(&bytes, &vol.volume_id(), keys).ok())
@@ -138,13 +145,14 @@ fn checkpoint(
 /// handed over (a log never anchored has nothing to keep).
 pub fn records_since(
     vol: &Volume,
+    stream: &AuditStream,
     head: Option<&AuditHead>,
     on_record: &mut dyn FnMut(&AuditRecord),
 ) -> Result<Since, HeadError> {
-    let segs = super::audit::read_segments(vol.root())?;
-    let mut keys = keys_for(vol);
+    let segs = super::audit::read_segments(vol.root(), stream)?;
+    let mut keys = keys_for(vol, stream);
     let Some(h) = head else {
-        let checkpoint = super::audit::read_checkpoint(vol.root())?;
+        let checkpoint = super::audit::read_checkpoint(vol.root(), stream)?;
         let report = afmt::verify_log_view(
             segs.iter().map(|(n, b)| (*n, b.as_slice())),
             checkpoint.as_deref(),
@@ -168,7 +176,7 @@ pub fn records_since(
             seq: h.seq,
         });
     }
-    let covering = checkpoint(vol, &mut keys)?.filter(|c| h.segment <= c.segment);
+    let covering = checkpoint(vol, stream, &mut keys)?.filter(|c| h.segment <= c.segment);
     if let Some(c) = &covering {
         if h.seq > c.last_seq + 1 {
             return Err(HeadError::Shortened {

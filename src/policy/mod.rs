@@ -13,6 +13,7 @@
 
 pub mod audit;
 pub mod audit_head;
+pub mod audit_stream;
 pub mod denials;
 pub mod filter;
 pub mod grants;

@@ -70,6 +70,10 @@ use crate::keyring::{
 };
 pub use backing::EntryKind;
 use content::SealedFile;
+
+/// A rollback anchor and the audit stream it is in (`None`: the local
+/// stream; else the host id), as a keyring store records it.
+pub type StreamAnchor = (Option<String>, crate::format::keyring::AuditAnchor);
 pub use error::VolumeError;
 pub use shared::SharedStorage;
 use shared::{Resource, ResourceGuard};
@@ -612,14 +616,12 @@ impl Volume {
     /// Like [`Volume::update_keyring`], with `before_store` called under
     /// the same lock once `change` succeeded and before the store, with the
     /// generation the store will write: it may refuse (an audit record that
-    /// could not be written) or hand back the rollback anchor to store.
+    /// could not be written) or hand back the rollback anchor to store
+    /// (with the audit stream it is in: `None` is the local stream).
     pub fn update_keyring_with<T>(
         &self,
         change: impl FnOnce(&mut Keyring) -> Result<T, KeyringError>,
-        before_store: impl FnOnce(
-            u32,
-        )
-            -> Result<Option<crate::format::keyring::AuditAnchor>, KeyringError>,
+        before_store: impl FnOnce(u32) -> Result<Option<StreamAnchor>, KeyringError>,
     ) -> Result<(T, u32), VolumeError> {
         self.check_writable()?;
         let _one_at_a_time = self.keyring_store.lock();
@@ -632,8 +634,8 @@ impl Volume {
         let mut next = self.keyring.read().clone();
         let out = change(&mut next)?;
         let anchor = before_store(next.generation().wrapping_add(1))?;
-        if anchor.is_some() {
-            next.set_anchor(anchor);
+        if let Some((stream, a)) = anchor {
+            next.set_stream_anchor(stream.as_deref(), a);
         }
         next.store(self.keyring_fd())?;
         let generation = next.generation();

@@ -73,16 +73,7 @@ impl SharedStorage {
 
 /// The machine's hostname, sanitised ([`HostId::from_hostname`]).
 pub fn default_host_id() -> HostId {
-    let mut buf = [0u8; 256];
-    // SAFETY: valid buffer of the given length.
-    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    let name = if ok {
-        String::from_utf8_lossy(&buf[..end]).into_owned()
-    } else {
-        String::new()
-    };
-    HostId::from_hostname(&name)
+    HostId::from_hostname()
 }
 
 /// What a byte-range lock of `sealfs.lock` stands for (docs/FORMAT.md §1.2).

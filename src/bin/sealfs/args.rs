@@ -405,6 +405,13 @@ pub(crate) struct MountArgs {
     /// CIPHERDIR/sealfs.audit; without it grants still work, unrecorded).
     #[arg(long)]
     pub(crate) no_audit: bool,
+    /// Append the audit log to this host's own stream
+    /// (CIPHERDIR/sealfs.audit/hosts/NAME/: 1 to 32 of A-Z a-z 0-9 . _ -),
+    /// as every daemon sharing the cipher dir must; `audit verify` and
+    /// `audit export` read all streams. With --shared-storage also the
+    /// schedule lease's holder name (default there: the hostname).
+    #[arg(long, value_name = "NAME", value_parser = parse_host_id)]
+    pub(crate) host_id: Option<sealfs::format::host_id::HostId>,
     /// Unmount once no file or directory is open and no request came for
     /// DURATION (30s, 15m, 2h, 1d). A busy mount point (a shell's working
     /// directory in it) is retried until it can be unmounted.
@@ -422,18 +429,10 @@ pub(crate) struct MountArgs {
     /// "Shared storage").
     #[arg(long)]
     pub(crate) shared_storage: bool,
-    /// This host's name in a shared volume (the schedule lease's holder,
-    /// its audit stream): 1-32 of A-Za-z0-9._- (default: the hostname).
-    #[arg(long, value_name = "NAME", requires = "shared_storage", value_parser = parse_host_id)]
-    pub(crate) host_id: Option<sealfs::format::host_id::HostId>,
     /// How often other hosts' changes are looked for (100ms to 2s, default
     /// 1s): key versions, disable/enable, deletions, grants show within it.
     #[arg(long, value_name = "DURATION", requires = "shared_storage", value_parser = parse_refresh)]
     pub(crate) shared_refresh: Option<std::time::Duration>,
-}
-
-fn parse_host_id(s: &str) -> Result<sealfs::format::host_id::HostId, String> {
-    sealfs::format::host_id::HostId::parse(s).map_err(|e| e.to_string())
 }
 
 /// A refresh period: "500ms", "1s", "2s" (checked against the bounds by
@@ -441,6 +440,10 @@ fn parse_host_id(s: &str) -> Result<sealfs::format::host_id::HostId, String> {
 fn parse_refresh(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("'{s}' is not a duration like 500ms or 1s ({e})"))
+}
+
+fn parse_host_id(s: &str) -> Result<sealfs::format::host_id::HostId, String> {
+    sealfs::format::host_id::HostId::parse(s).map_err(|e| e.to_string())
 }
 
 /// A size in bytes, with an optional K, M or G (powers of 1024).

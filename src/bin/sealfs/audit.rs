@@ -16,7 +16,7 @@ use sealfs::ctl::protocol::{
 };
 use sealfs::format::audit::ChainEvent;
 use sealfs::policy::audit::PruneOutcome;
-use sealfs::policy::audit::{verify_log, verify_log_anchored};
+use sealfs::policy::audit_stream::verify_streams;
 use sealfs::policy::filter::AuditFilter;
 use sealfs::volume::Volume;
 
@@ -56,8 +56,12 @@ fn print_one_break(b: &ChainBreakInfo) {
         Some(r) => format!("; resumed at record {r}"),
         None => "; nothing after it verifies".to_string(),
     };
+    let stream = match &b.host {
+        Some(h) => format!(" of host {h}'s stream"),
+        None => String::new(),
+    };
     eprintln!(
-        "sealfs: audit chain broken in segment {} at byte {} (expected record {}): {}{resumed}",
+        "sealfs: audit chain broken in segment {}{stream} at byte {} (expected record {}): {}{resumed}",
         b.segment, b.offset, b.expected_seq, b.reason
     );
 }
@@ -69,10 +73,34 @@ fn print_break(report: &VerifyResult) {
 }
 
 fn verify_summary(report: &VerifyResult) -> Result<(), CliError> {
-    println!(
-        "audit log: {} segment(s), {} record(s) verified, last record {}",
-        report.segments, report.records, report.last_seq
-    );
+    if report.streams.is_empty() {
+        println!(
+            "audit log: {} segment(s), {} record(s) verified, last record {}",
+            report.segments, report.records, report.last_seq
+        );
+    } else {
+        println!(
+            "audit log: {} stream(s), {} segment(s), {} record(s) verified",
+            report.streams.len(),
+            report.segments,
+            report.records
+        );
+        for s in &report.streams {
+            println!(
+                "  {}: {} segment(s), {} record(s), last record {}{}",
+                s.host
+                    .as_deref()
+                    .map_or("local stream".to_string(), |h| format!("host {h}")),
+                s.segments,
+                s.records,
+                s.last_seq,
+                match s.breaks {
+                    0 => String::new(),
+                    n => format!(", {n} break(s)"),
+                }
+            );
+        }
+    }
     if let Some(p) = &report.pruned {
         println!(
             "pruned: records 1-{} (segments 1-{}, the last from {}) were pruned on {}; the checkpoint verifies",
@@ -266,10 +294,10 @@ pub(crate) fn cmd_audit(cmd: &AuditCommand) -> Result<(), CliError> {
             json,
         } => {
             let vol = open_for_audit(cipherdir, secret)?;
-            let report = verify_log(&vol, &mut |_| {}).map_err(|e| {
+            let reports = verify_streams(&vol, &mut |_, _| {}).map_err(|e| {
                 CliError::new(exit::ERROR, format!("cannot read the audit log: {e}"))
             })?;
-            report_verify(&VerifyResult::from(&report), *json)
+            report_verify(&VerifyResult::from(reports.as_slice()), *json)
         }
         AuditCommand::Export {
             cipherdir,
@@ -281,23 +309,23 @@ pub(crate) fn cmd_audit(cmd: &AuditCommand) -> Result<(), CliError> {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             let mut write_failed = false;
-            let report = verify_log_anchored(&vol, None, &mut |e| match e {
+            let reports = verify_streams(&vol, &mut |stream, e| match e {
                 ChainEvent::Record(r) => {
                     if !write_failed
                         && f.matches(r)
-                        && write_record(&mut out, &ExportedRecord::from(r)).is_err()
+                        && write_record(&mut out, &ExportedRecord::in_stream(r, stream)).is_err()
                     {
                         write_failed = true;
                     }
                 }
                 ChainEvent::Break(b) => {
                     let _ = out.flush();
-                    print_one_break(&b.into());
+                    print_one_break(&ChainBreakInfo::in_stream(b, stream));
                 }
             })
             .map_err(|e| CliError::new(exit::ERROR, format!("cannot read the audit log: {e}")))?;
             let _ = out.flush();
-            exported_breaks(&VerifyResult::from(&report))
+            exported_breaks(&VerifyResult::from(reports.as_slice()))
         }
     }
 }

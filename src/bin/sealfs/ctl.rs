@@ -301,8 +301,12 @@ fn print_status(s: &StatusResult) {
         let pruned = a
             .pruned_through
             .map_or(String::new(), |p| format!(", pruned through record {p}"));
+        let stream = a
+            .host
+            .as_deref()
+            .map_or(String::new(), |h| format!(" (host {h}'s stream)"));
         println!(
-            "audit log: {} record(s), {} segment(s), {} KiB on disk{pruned}; headroom {} MiB; {retention}",
+            "audit log{stream}: {} record(s), {} segment(s), {} KiB on disk{pruned}; headroom {} MiB; {retention}",
             a.records,
             a.segments,
             a.bytes >> 10,

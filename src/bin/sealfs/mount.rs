@@ -125,6 +125,7 @@ pub(crate) fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
         .allow_other(o.allow_other)
         .generic_options(o.generic)
         .audit(!a.no_audit)
+        .audit_host(a.host_id.clone())
         .idle(a.idle)
         .unmount_on_signal(true)
         .lock_memory(true);

@@ -22,6 +22,7 @@ use crate::format::grants::{format_utc, Grant};
 use crate::format::keyring::KeyState;
 use crate::keyring::{KmsSeen, SlotInfo, UnlockedBy};
 use crate::kms::{DeletionPlan, RotationSchedule, Trimmed};
+use crate::policy::audit_stream::{AuditStream, StreamReport};
 use crate::volume::fsck::FsckReport;
 use crate::volume::walk::{Census, RewrapReport};
 
@@ -181,6 +182,10 @@ pub struct AuditPosition {
     /// The retention rule (null: records are kept until pruned by hand).
     #[serde(default)]
     pub retention: Option<RetentionResult>,
+    /// The host whose stream this daemon appends to (absent: the local
+    /// stream; docs/FORMAT.md §12.4). The figures above are that stream's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// The audit log's retention rule (`audit_retention`, `status.audit.retention`).
@@ -551,6 +556,9 @@ pub struct ChainBreakInfo {
     /// nothing after the break verified).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumed_seq: Option<u64>,
+    /// The host whose audit stream breaks (absent: the local stream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 impl From<&ChainBreak> for ChainBreakInfo {
@@ -561,8 +569,35 @@ impl From<&ChainBreak> for ChainBreakInfo {
             expected_seq: b.expected_seq,
             reason: b.reason.clone(),
             resumed_seq: b.resumed_seq,
+            host: None,
         }
     }
+}
+
+impl ChainBreakInfo {
+    /// The break `b` in the stream `stream`.
+    pub fn in_stream(b: &ChainBreak, stream: &AuditStream) -> Self {
+        ChainBreakInfo {
+            host: stream.name(),
+            ..ChainBreakInfo::from(b)
+        }
+    }
+}
+
+/// One host's audit stream in [`VerifyResult::streams`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamVerifyInfo {
+    /// The host (absent: the local stream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Segments read.
+    pub segments: u64,
+    /// Records that verified.
+    pub records: u64,
+    /// Sequence number of the stream's last good record.
+    pub last_seq: u64,
+    /// Breaks in this stream.
+    pub breaks: u64,
 }
 
 /// The result of `audit_verify` (and the report of `sealfs audit verify`).
@@ -584,6 +619,44 @@ pub struct VerifyResult {
     /// What earlier prunes removed (a checkpoint that verified).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pruned: Option<crate::format::audit::PrunedInfo>,
+    /// Each stream on its own, when hosts' streams exist (shared storage;
+    /// the totals above are then sums, `last_seq` the local stream's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<StreamVerifyInfo>,
+}
+
+impl From<&[StreamReport]> for VerifyResult {
+    fn from(reports: &[StreamReport]) -> Self {
+        if let [only] = reports {
+            if only.stream == AuditStream::Local {
+                return VerifyResult::from(&only.report);
+            }
+        }
+        let mut v = VerifyResult::default();
+        for StreamReport { stream, report: r } in reports {
+            v.segments += r.segments;
+            v.records += r.records;
+            v.torn_tail_bytes += r.torn_tail_bytes;
+            v.breaks.extend(
+                r.breaks
+                    .iter()
+                    .map(|b| ChainBreakInfo::in_stream(b, stream)),
+            );
+            if *stream == AuditStream::Local {
+                v.last_seq = r.last_seq;
+                v.pruned = r.pruned;
+            }
+            v.streams.push(StreamVerifyInfo {
+                host: stream.name(),
+                segments: r.segments,
+                records: r.records,
+                last_seq: r.last_seq,
+                breaks: r.breaks.len() as u64,
+            });
+        }
+        v.first_break = v.breaks.first().cloned();
+        v
+    }
 }
 
 impl From<&ChainReport> for VerifyResult {
@@ -596,6 +669,7 @@ impl From<&ChainReport> for VerifyResult {
             first_break: r.first_break().map(ChainBreakInfo::from),
             breaks: r.breaks.iter().map(ChainBreakInfo::from).collect(),
             pruned: r.pruned,
+            streams: Vec::new(),
         }
     }
 }
@@ -608,11 +682,26 @@ pub struct ExportedRecord {
     pub record: AuditRecord,
     /// `time_ms` as `2026-11-22T22:33:43.125Z`.
     pub time: String,
+    /// The host whose audit stream holds the record (absent: the local
+    /// stream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+impl ExportedRecord {
+    /// The record `r` of the stream `stream`.
+    pub fn in_stream(r: &AuditRecord, stream: &AuditStream) -> Self {
+        ExportedRecord {
+            host: stream.name(),
+            ..ExportedRecord::from(r)
+        }
+    }
 }
 
 impl From<&AuditRecord> for ExportedRecord {
     fn from(r: &AuditRecord) -> Self {
         ExportedRecord {
+            host: None,
             record: r.clone(),
             time: format!(
                 "{}.{:03}Z",

@@ -35,6 +35,8 @@ pub const MAX_BODY: usize = 64 * 1024;
 const MAC_LABEL: &[u8] = b"sealfs audit chain mac v1";
 const SEAL_LABEL: &[u8] = b"sealfs audit record seal v1";
 const BODY_AAD: &[u8] = b"sealfs:audit:v1";
+/// Between a label and the host id in a host stream's key labels.
+const STREAM_LABEL: &[u8] = b" host ";
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -85,6 +87,26 @@ impl AuditKeys {
         AuditKeys {
             mac: master.derive(volume_id, MAC_LABEL),
             seal: master.derive(volume_id, SEAL_LABEL).cipher(),
+        }
+    }
+
+    /// The keys of one audit stream (docs/FORMAT.md §12.4): `None` is the
+    /// volume's local stream (the keys above); a host's stream derives
+    /// both keys with the host id appended to the labels, so a segment or
+    /// checkpoint moved from one stream to another fails its MAC.
+    pub fn derive_for_stream(master: &SecretKey, volume_id: &[u8; 16], host: Option<&str>) -> Self {
+        let Some(host) = host else {
+            return Self::derive(master, volume_id);
+        };
+        let label = |base: &[u8]| {
+            let mut l = base.to_vec();
+            l.extend_from_slice(STREAM_LABEL);
+            l.extend_from_slice(host.as_bytes());
+            l
+        };
+        AuditKeys {
+            mac: master.derive(volume_id, &label(MAC_LABEL)),
+            seal: master.derive(volume_id, &label(SEAL_LABEL)).cipher(),
         }
     }
 
@@ -401,6 +423,40 @@ mod tests {
         .unwrap();
         assert_eq!(old.keyring_generation, None);
         assert!(!serde_json::to_string(&old).unwrap().contains("count"));
+    }
+
+    #[test]
+    fn a_stream_s_records_do_not_verify_in_another_stream() {
+        let master = SecretKey::from_bytes([7; 32]);
+        let local = AuditKeys::derive_for_stream(&master, &[1; 16], None);
+        let a = AuditKeys::derive_for_stream(&master, &[1; 16], Some("a"));
+        let b = AuditKeys::derive_for_stream(&master, &[1; 16], Some("b"));
+        let h = SegmentHeader {
+            key_version: 1,
+            volume_id: [1; 16],
+            segment: 1,
+            first_seq: 1,
+            created_ms: 5,
+            prev_mac: [0; MAC_LEN],
+        };
+        let (bytes, chain) = encode_header(&h, &a);
+        assert_eq!(check_header(&bytes, &a), Ok(chain));
+        assert_eq!(check_header(&bytes, &b), Err(AuditFormatError::HeaderMac));
+        assert_eq!(
+            check_header(&bytes, &local),
+            Err(AuditFormatError::HeaderMac)
+        );
+        let mut r = AuditRecord::new(Principal::default(), "open", "ok");
+        r.seq = 1;
+        let (rec, _) = encode_record(&r, &chain, &a).unwrap();
+        assert_eq!(
+            decode_record(&rec, &chain, &b).unwrap_err(),
+            AuditFormatError::RecordMac
+        );
+        // The local stream's keys are the ones volumes always had.
+        let old = AuditKeys::derive(&master, &[1; 16]);
+        let (lb, _) = encode_header(&h, &old);
+        assert!(check_header(&lb, &local).is_ok());
     }
 
     #[test]

@@ -142,8 +142,11 @@ pub struct KeyringBody {
     pub keys: Vec<Key>,
     /// Subtree assignments (empty until issue 22).
     pub assignments: Vec<Assignment>,
-    /// The rollback anchor (v2 only).
+    /// The rollback anchor (v2 only): the local audit stream's head.
     pub anchor: Option<AuditAnchor>,
+    /// The heads of hosts' audit streams (shared storage, docs/FORMAT.md
+    /// §12.4), each as of that host's last keyring store, by host id.
+    pub stream_anchors: std::collections::BTreeMap<String, AuditAnchor>,
     /// The audit log's retention rule (v2 only; docs/FORMAT.md §12.3).
     pub audit_retention: Option<AuditRetention>,
 }
@@ -183,6 +186,7 @@ impl KeyringBody {
             }],
             assignments: Vec::new(),
             anchor: None,
+            stream_anchors: Default::default(),
             audit_retention: None,
         }
     }
@@ -279,6 +283,8 @@ struct Meta {
     assignments: Vec<AssignmentMeta>,
     #[serde(default)]
     anchor: Option<AnchorMeta>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    stream_anchors: Vec<StreamAnchorMeta>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     audit_retention: Option<AuditRetention>,
 }
@@ -329,6 +335,15 @@ struct AssignmentMeta {
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AnchorMeta {
+    segment: u64,
+    seq: u64,
+    chain_mac: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamAnchorMeta {
+    host: String,
     segment: u64,
     seq: u64,
     chain_mac: String,
@@ -397,6 +412,16 @@ pub fn encode(body: &KeyringBody) -> Result<Zeroizing<Vec<u8>>, KeyringFormatErr
             seq: a.seq,
             chain_mac: hex(&a.chain_mac),
         }),
+        stream_anchors: body
+            .stream_anchors
+            .iter()
+            .map(|(host, a)| StreamAnchorMeta {
+                host: host.clone(),
+                segment: a.segment,
+                seq: a.seq,
+                chain_mac: hex(&a.chain_mac),
+            })
+            .collect(),
         audit_retention: body.audit_retention.clone(),
     };
     let json = serde_json::to_vec(&meta).expect("keyring metadata serializes");
@@ -505,6 +530,20 @@ pub fn decode(plain: &[u8]) -> Result<KeyringBody, KeyringFormatError> {
             chain_mac: unhex::<32>(&a.chain_mac).ok_or_else(|| invalid("anchor chain_mac"))?,
         }),
     };
+    let mut stream_anchors = std::collections::BTreeMap::new();
+    for a in meta.stream_anchors {
+        if crate::format::host_id::HostId::parse(&a.host).is_err() {
+            return Err(invalid("stream anchor host"));
+        }
+        let anchor = AuditAnchor {
+            segment: a.segment,
+            seq: a.seq,
+            chain_mac: unhex::<32>(&a.chain_mac).ok_or_else(|| invalid("anchor chain_mac"))?,
+        };
+        if stream_anchors.insert(a.host, anchor).is_some() {
+            return Err(invalid("two anchors for one stream"));
+        }
+    }
     let body = KeyringBody {
         flags: if meta.flags.disabled {
             FLAG_DISABLED
@@ -515,6 +554,7 @@ pub fn decode(plain: &[u8]) -> Result<KeyringBody, KeyringFormatError> {
         keys,
         assignments,
         anchor,
+        stream_anchors,
         audit_retention: meta.audit_retention,
     };
     body.validate()?;
@@ -579,6 +619,28 @@ mod tests {
         assert_eq!(back.keys[1].versions[0].key.expose(), &[3u8; 32]);
         assert_eq!(back.keys[1].rotation_period.as_deref(), Some("90d"));
         assert_eq!(back.assignments, b.assignments);
+        // A keyring without host streams writes no `stream_anchors` field
+        // (builds before it read it).
+        assert!(!plain[8..8 + m].windows(14).any(|w| w == b"stream_anchors"));
+    }
+
+    #[test]
+    fn stream_anchors_round_trip_and_are_checked() {
+        let mut b = KeyringBody::single(1, 0, vec![version(1, KeyState::Enabled)], 5);
+        let a = |seg| AuditAnchor {
+            segment: seg,
+            seq: 9,
+            chain_mac: [seg as u8; 32],
+        };
+        b.stream_anchors.insert("node-a".into(), a(1));
+        b.stream_anchors.insert("node-b".into(), a(4));
+        let back = decode(&encode(&b).unwrap()).unwrap();
+        assert_eq!(back.stream_anchors, b.stream_anchors);
+        assert_eq!(back.anchor, None);
+        // A host id that is no safe path component is refused.
+        let mut bad = b.clone();
+        bad.stream_anchors.insert("../x".into(), a(2));
+        assert!(decode(&encode(&bad).unwrap()).is_err());
     }
 
     #[test]
