@@ -400,6 +400,27 @@ fn concurrent_rotations_and_grants_from_every_host_are_all_kept() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // The streams hold every change: one `rotate` record per rotation and
+    // one `grant_created` per grant, in the stream of the host that made it.
+    let out = common::sealfs(&[
+        "audit".as_ref(),
+        "export".as_ref(),
+        f.cipher.as_os_str(),
+        "--passfile".as_ref(),
+        f.passfile.as_os_str(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let recs: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let count = |op: &str| {
+        recs.iter()
+            .filter(|r| r["op"] == op && r["outcome"].as_str().is_none_or(|o| o == "ok"))
+            .count() as u64
+    };
+    assert_eq!(count("rotate"), rotations, "rotate records");
+    assert_eq!(count("grant_created"), made.len() as u64, "grant_created records");
     f.assert_fsck_clean("after concurrent changes");
 }
 
