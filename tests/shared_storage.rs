@@ -409,7 +409,11 @@ fn concurrent_rotations_and_grants_from_every_host_are_all_kept() {
         "--passfile".as_ref(),
         f.passfile.as_os_str(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let recs: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON line"))
@@ -420,7 +424,11 @@ fn concurrent_rotations_and_grants_from_every_host_are_all_kept() {
             .count() as u64
     };
     assert_eq!(count("rotate"), rotations, "rotate records");
-    assert_eq!(count("grant_created"), made.len() as u64, "grant_created records");
+    assert_eq!(
+        count("grant_created"),
+        made.len() as u64,
+        "grant_created records"
+    );
     f.assert_fsck_clean("after concurrent changes");
 }
 
