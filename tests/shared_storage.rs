@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bin, wait_until, Fixture, Mounted};
+use common::{as_user, bin, wait_until, Fixture, Mounted};
 use serde_json::Value;
 
 /// Others' changes show within the refresh period (1 s) plus the kernel's
@@ -158,6 +158,25 @@ fn within_bound(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
     took
 }
 
+/// A mount of `f`'s volume on `mnt` with `extra` that must fail: its log.
+#[track_caller]
+fn refused_mount(
+    f: &Fixture,
+    mnt: &std::path::Path,
+    extra: &[&str],
+    log: &std::path::Path,
+) -> String {
+    Mounted::try_start(
+        &f.cipher,
+        mnt,
+        &["--passfile".as_ref(), f.passfile.as_os_str()],
+        extra,
+        log,
+    )
+    .err()
+    .unwrap_or_else(|| panic!("a mount with {extra:?} must be refused"))
+}
+
 #[test]
 fn shared_daemons_coexist_and_other_modes_are_refused() {
     let f = Fixture::new();
@@ -167,22 +186,25 @@ fn shared_daemons_coexist_and_other_modes_are_refused() {
         fs::read(hs[1].p("from-a")).ok().as_deref() == Some(&b"written on a"[..])
     });
 
-    // A mount without --shared-storage, and an offline key command, are
-    // refused while shared daemons hold the volume.
+    // A mount without --shared-storage, and an offline command (fsck), are
+    // refused while shared daemons hold the volume, naming the mode.
     let other = f.root.path().join("mnt-x");
     fs::create_dir(&other).unwrap();
     let log = f.root.path().join("x.log");
-    let err = Mounted::try_start(
-        &f.cipher,
-        &other,
-        &["--passfile".as_ref(), f.passfile.as_os_str()],
-        &[],
-        &log,
-    )
-    .err()
-    .expect("a non-shared mount beside shared ones must fail");
+    let err = refused_mount(&f, &other, &[], &log);
     assert!(
         err.contains("shared-storage mode") && err.contains("--shared-storage"),
+        "{err}"
+    );
+    let out = common::sealfs(&[
+        "fsck".as_ref(),
+        f.cipher.as_os_str(),
+        "--passfile".as_ref(),
+        f.passfile.as_os_str(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("shared-storage mode"),
         "{err}"
     );
     unmount_all(&mut hs);
@@ -191,15 +213,12 @@ fn shared_daemons_coexist_and_other_modes_are_refused() {
     let x = Mounted::start(&f.cipher, &other, &f.passfile, &[], &log);
     let mnt = f.root.path().join("mnt-y");
     fs::create_dir(&mnt).unwrap();
-    let err = Mounted::try_start(
-        &f.cipher,
+    let err = refused_mount(
+        &f,
         &mnt,
-        &["--passfile".as_ref(), f.passfile.as_os_str()],
         &["--shared-storage"],
         &f.root.path().join("y.log"),
-    )
-    .err()
-    .expect("a shared mount beside an exclusive one must fail");
+    );
     assert!(err.contains("not in shared-storage mode"), "{err}");
     x.unmount();
 
@@ -207,15 +226,7 @@ fn shared_daemons_coexist_and_other_modes_are_refused() {
     let conf = f.cipher.join("sealfs.toml");
     let text = fs::read_to_string(&conf).unwrap();
     fs::write(&conf, format!("{text}shared_storage = true\n")).unwrap();
-    let err = Mounted::try_start(
-        &f.cipher,
-        &other,
-        &["--passfile".as_ref(), f.passfile.as_os_str()],
-        &[],
-        &log,
-    )
-    .err()
-    .expect("shared_storage = true must refuse a plain mount");
+    let err = refused_mount(&f, &other, &[], &log);
     assert!(
         err.contains("must be mounted with --shared-storage"),
         "{err}"
@@ -249,18 +260,6 @@ fn rotation_on_a_is_used_by_b_and_read_back_on_a() {
     eprintln!("census: {census}");
     unmount_all(&mut hs);
     f.assert_fsck_clean("after rotations on two hosts");
-}
-
-/// Runs `args` as `uid` (gid = uid, no supplementary groups).
-fn as_user(uid: u32, args: &[&str]) -> Output {
-    Command::new("setpriv")
-        .arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={uid}"))
-        .arg("--clear-groups")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run setpriv")
 }
 
 #[test]

@@ -913,3 +913,16 @@ pub fn crash_seed() -> u64 {
             .as_nanos() as u64,
     }
 }
+
+/// Runs `args` as `uid` (gid = uid, no supplementary groups) with
+/// `setpriv`: another local user without an account.
+pub fn as_user(uid: u32, args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .arg("--clear-groups")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run setpriv")
+}
