@@ -68,6 +68,21 @@ impl Host {
         serde_json::from_slice(&o.stdout).expect("JSON")
     }
 
+    /// `grant create` of `ops` under `prefix` for `grantee`: its id.
+    fn grant(&self, grantee: &str, ops: &str, prefix: &str) -> String {
+        let g = self.ctl(&[
+            "grant",
+            "create",
+            "--grantee",
+            grantee,
+            "--ops",
+            ops,
+            "--path-prefix",
+            prefix,
+        ]);
+        g["grant_id"].as_str().unwrap().to_string()
+    }
+
     fn primary(&self) -> u64 {
         self.ctl(&["status"])["primary"].as_u64().unwrap()
     }
@@ -158,6 +173,17 @@ fn within_bound(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
     took
 }
 
+/// `sealfs CMD… CIPHERDIR --passfile F` of `f`'s volume, offline.
+fn offline(f: &Fixture, cmd: &[&str]) -> Output {
+    let mut args: Vec<&std::ffi::OsStr> = cmd.iter().map(std::ffi::OsStr::new).collect();
+    args.extend([
+        f.cipher.as_os_str(),
+        "--passfile".as_ref(),
+        f.passfile.as_os_str(),
+    ]);
+    common::sealfs(&args)
+}
+
 /// A mount of `f`'s volume on `mnt` with `extra` that must fail: its log.
 #[track_caller]
 fn refused_mount(
@@ -196,12 +222,7 @@ fn shared_daemons_coexist_and_other_modes_are_refused() {
         err.contains("shared-storage mode") && err.contains("--shared-storage"),
         "{err}"
     );
-    let out = common::sealfs(&[
-        "fsck".as_ref(),
-        f.cipher.as_os_str(),
-        "--passfile".as_ref(),
-        f.passfile.as_os_str(),
-    ]);
+    let out = offline(&f, &["fsck"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("shared-storage mode"),
@@ -279,17 +300,7 @@ fn a_grant_revoked_on_b_stops_the_grantee_on_a() {
     let cat = |p: &str| as_user(1001, &["cat", p]);
     assert!(!cat(plan_a).status.success(), "no grant yet");
 
-    let g = hs[0].ctl(&[
-        "grant",
-        "create",
-        "--grantee",
-        "uid:1001",
-        "--ops",
-        "read",
-        "--path-prefix",
-        "/projects/x",
-    ]);
-    let id = g["grant_id"].as_str().unwrap().to_string();
+    let id = hs[0].grant("uid:1001", "read", "/projects/x");
     assert_eq!(cat(plan_a).stdout, b"plan\n");
     // B follows the grant: its grantee reads through B too.
     let plan_b = hs[1].p("projects/x/plan");
@@ -333,17 +344,7 @@ fn concurrent_rotations_and_grants_from_every_host_are_all_kept() {
                             rotations += 1;
                         } else {
                             let prefix = format!("/{}/{i}", h.name);
-                            let g = h.ctl(&[
-                                "grant",
-                                "create",
-                                "--grantee",
-                                "uid:1001",
-                                "--ops",
-                                "read",
-                                "--path-prefix",
-                                &prefix,
-                            ]);
-                            grants.push(g["grant_id"].as_str().unwrap().to_string());
+                            grants.push(h.grant("uid:1001", "read", &prefix));
                         }
                         // Files written between the changes stay readable.
                         let p = h.p(&format!("{}-{i}", h.name));
@@ -386,13 +387,7 @@ fn concurrent_rotations_and_grants_from_every_host_are_all_kept() {
         }
     }
     unmount_all(&mut hs);
-    let out = common::sealfs(&[
-        "audit".as_ref(),
-        "verify".as_ref(),
-        f.cipher.as_os_str(),
-        "--passfile".as_ref(),
-        f.passfile.as_os_str(),
-    ]);
+    let out = offline(&f, &["audit", "verify"]);
     assert!(
         out.status.success(),
         "audit verify: {}{}",
@@ -401,13 +396,7 @@ fn concurrent_rotations_and_grants_from_every_host_are_all_kept() {
     );
     // The streams hold every change: one `rotate` record per rotation and
     // one `grant_created` per grant, in the stream of the host that made it.
-    let out = common::sealfs(&[
-        "audit".as_ref(),
-        "export".as_ref(),
-        f.cipher.as_os_str(),
-        "--passfile".as_ref(),
-        f.passfile.as_os_str(),
-    ]);
+    let out = offline(&f, &["audit", "export"]);
     assert!(
         out.status.success(),
         "{}",
@@ -576,16 +565,7 @@ fn a_daemon_killed_mid_change_leaves_the_others_working_and_fsck_clean() {
     std::thread::sleep(Duration::from_secs(2));
     let p = hs[1].primary();
     assert_eq!(hs[1].ctl(&["rotate"])["primary"].as_u64().unwrap(), p + 1);
-    hs[0].ctl(&[
-        "grant",
-        "create",
-        "--grantee",
-        "uid:1002",
-        "--ops",
-        "read",
-        "--path-prefix",
-        "/after",
-    ]);
+    hs[0].grant("uid:1002", "read", "/after");
     fs::write(hs[0].p("after-kill"), b"still here").unwrap();
     within_bound("b reads a's file after c's death", || {
         fs::read(hs[1].p("after-kill")).ok().as_deref() == Some(&b"still here"[..])
