@@ -326,7 +326,7 @@ fn a_grant_revoked_on_b_stops_the_grantee_on_a() {
 }
 
 #[test]
-fn concurrent_rotations_and_grants_from_every_host_are_all_kept() {
+fn concurrent_rotations_grants_and_rewraps_from_every_host_are_all_kept() {
     let f = Fixture::new();
     let mut hs = hosts(&f, 3, &[]);
     let run_for = Duration::from_secs(20);
@@ -339,7 +339,12 @@ fn concurrent_rotations_and_grants_from_every_host_are_all_kept() {
                     let (mut rotations, mut grants) = (0u64, Vec::new());
                     let mut i = 0u64;
                     while start.elapsed() < run_for {
-                        if i % 2 == 0 {
+                        if i % 6 == 5 {
+                            // A rewrap from every host now and then: headers
+                            // and records re-wrapped under their locks while
+                            // the others rotate and write.
+                            h.ctl(&["rewrap"]);
+                        } else if i % 2 == 0 {
                             h.ctl(&["rotate"]);
                             rotations += 1;
                         } else {

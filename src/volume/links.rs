@@ -182,6 +182,17 @@ impl Volume {
         let rec = SealedRecord::decode(RecordKind::File, &buf)?;
         let vid = self.volume_id();
         let wrapper = self.wrapper_for();
+        // Shared storage: wrapped under a version another host made and
+        // this daemon has not loaded yet: follow the stored keyring first.
+        if self.shared().is_some()
+            && rec
+                .slots
+                .iter()
+                .flatten()
+                .any(|s| wrapper(s.key_version).is_none())
+        {
+            let _ = self.refresh_keyring();
+        }
         let opened = match rec.open(&vid, ctx, &wrapper) {
             Ok((key, slot)) => {
                 // A file in the middle of becoming linked has a path slot and

@@ -60,7 +60,7 @@ use parking_lot::RwLock;
 use crate::crypto::{random_id, Argon2Params, SecretKey};
 use crate::format::chunk::ContentFormat;
 use crate::format::config::{hex, ConfigError, KdfConfig, VolumeConfig, CONFIG_FILE, PADDED_NAMES};
-use crate::format::header::{EncryptionContext, RecordKind, SealedRecord, RECORD_LEN};
+use crate::format::header::{EncryptionContext, HeaderError, RecordKind, SealedRecord, RECORD_LEN};
 use crate::format::keyring::KekSource;
 use crate::format::layout::plaintext_size;
 use crate::format::names::{NameCipher, NameScheme};
@@ -861,8 +861,20 @@ impl Volume {
         ctx: &EncryptionContext<'_>,
     ) -> Result<(SealedRecord, SecretKey, usize), VolumeError> {
         let rec = SealedRecord::decode(kind, bytes)?;
-        let kr = self.keyring.read();
-        let (key, slot) = rec.open(&self.volume_id, ctx, &|v| kr.wrapper(v, kind))?;
+        let open = || {
+            let kr = self.keyring.read();
+            rec.open(&self.volume_id, ctx, &|v| kr.wrapper(v, kind))
+        };
+        let (key, slot) = match open() {
+            // Shared storage: wrapped under a version another host made
+            // and this daemon has not loaded yet: follow, then try again.
+            Err(HeaderError::KeyVersionUnavailable(_))
+                if self.shared.is_some() && self.refresh_keyring().unwrap_or(false) =>
+            {
+                open()?
+            }
+            r => r?,
+        };
         if let Some(s) = &rec.slots[slot] {
             crate::metrics::key_use(crate::metrics::KeyUse::Unwrap, s.key_version);
         }
