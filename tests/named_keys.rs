@@ -422,3 +422,206 @@ fn imported_key_material_with_an_expiry() {
     fs::write(fx.p("plain"), b"ok").unwrap();
     fx.unmount();
 }
+
+/// The state of version `version` of the key `alias`, from `key list`.
+fn version_state(fx: &Fixture, alias: &str, version: u64) -> String {
+    key_entry(fx, alias)["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["version"] == version)
+        .unwrap_or_else(|| panic!("{alias} has no version {version}"))["state"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn eacces_listing(p: &std::path::Path) -> bool {
+    fs::read_dir(p).err().and_then(|e| e.raw_os_error()) == Some(libc::EACCES)
+}
+
+#[test]
+fn a_cached_directory_follows_a_rewrap_to_another_key_at_once() {
+    let mut fx = Fixture::new();
+    fx.mount_ctl();
+    fx.ctl_ok(&["key", "create", "--alias", "a"]);
+    fx.ctl_ok(&["key", "create", "--alias", "b"]);
+    // Made (and so cached by the mount) under the default key.
+    fs::create_dir_all(fx.p("proj/sub")).unwrap();
+    fs::write(fx.p("proj/sub/f"), b"f").unwrap();
+    fx.ctl_ok(&["key", "assign", "/proj", "a"]);
+    fx.ctl_ok(&["rewrap", "--path", "/proj"]);
+    assert_eq!(by_key(&fx)["a"], (1, 2));
+    // Listed under a: cached again.
+    assert_eq!(fs::read_dir(fx.p("proj/sub")).unwrap().count(), 1);
+    fx.ctl_ok(&["key", "assign", "/proj", "b"]);
+    fx.ctl_ok(&["rewrap", "--path", "/proj"]);
+    assert_eq!(by_key(&fx)["b"], (1, 2));
+
+    // The old key disabled: the cached directories (proj, sub) are under
+    // b now and work on, without a remount.
+    fx.ctl_ok(&["--key", "a", "disable"]);
+    assert_eq!(fs::read_dir(fx.p("proj/sub")).unwrap().count(), 1);
+    assert_eq!(read(&fx.p("proj/sub/f")).unwrap(), b"f");
+    fs::write(fx.p("proj/sub/g"), b"g").unwrap();
+    // A rename of the cached directory keeps its record with b (its key
+    // now), not with the key it was cached under.
+    fs::rename(fx.p("proj/sub"), fx.p("proj/moved")).unwrap();
+    assert_eq!(read(&fx.p("proj/moved/g")).unwrap(), b"g");
+    fx.ctl_ok(&["--key", "a", "enable"]);
+    assert_eq!(by_key(&fx)["b"], (2, 2));
+    assert_eq!(by_key(&fx)["a"], (0, 0));
+
+    // The new key disabled: the same cached directories refuse at once.
+    fx.ctl_ok(&["--key", "b", "disable"]);
+    assert!(
+        eacces_listing(&fx.p("proj/moved")),
+        "listing under disabled b"
+    );
+    assert!(eacces_listing(&fx.p("proj")), "listing under disabled b");
+    assert_errno(read(&fx.p("proj/moved/f")), libc::EACCES, "read under b");
+    fx.ctl_ok(&["--key", "b", "enable"]);
+    // And all of it as it is after a remount.
+    fx.remount_ctl();
+    fx.ctl_ok(&["--key", "a", "disable"]);
+    assert_eq!(fs::read_dir(fx.p("proj/moved")).unwrap().count(), 2);
+    fx.unmount();
+}
+
+#[test]
+fn cancelling_a_key_deletion_restores_each_version_as_it_was() {
+    let mut fx = Fixture::new();
+    fx.mount_ctl();
+    fx.ctl_ok(&["key", "create", "--alias", "k"]);
+    let first = key_entry(&fx, "k")["primary"].as_u64().unwrap();
+    let (second, third) = (first + 1, first + 2);
+    fx.ctl_ok(&["--key", "k", "rotate"]);
+    fx.ctl_ok(&["--key", "k", "rotate"]);
+    // first: retired; second: retired then scheduled on its own; third:
+    // the enabled primary.
+    fx.ctl_ok(&["--key", "k", "trim", &third.to_string()]);
+    fx.ctl_ok(&[
+        "--key",
+        "k",
+        "schedule-deletion",
+        &second.to_string(),
+        "--wait",
+        "1h",
+        "--yes",
+    ]);
+    let before = [
+        (first, "retired"),
+        (second, "pending_deletion"),
+        (third, "enabled"),
+    ];
+    let second_due = key_entry(&fx, "k")["versions"][1].clone();
+    fx.ctl_ok(&["--key", "k", "schedule-deletion", "--wait", "2h", "--yes"]);
+    assert_eq!(key_entry(&fx, "k")["state"], "pending_deletion");
+    assert_eq!(version_state(&fx, "k", third), "pending_deletion");
+    // Scheduling again while pending is refused.
+    let out = fx.ctl_output(&["--key", "k", "schedule-deletion", "--wait", "2h", "--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+
+    fx.ctl_ok(&["--key", "k", "cancel-deletion"]);
+    assert_eq!(key_entry(&fx, "k")["state"], "disabled");
+    for (v, state) in before {
+        assert_eq!(version_state(&fx, "k", v), state, "version {v}");
+    }
+    // The version scheduled on its own keeps its own date.
+    assert_eq!(key_entry(&fx, "k")["versions"][1], second_due);
+    // The same after a remount (the states are in the keyring).
+    fx.remount_ctl();
+    for (v, state) in before {
+        assert_eq!(version_state(&fx, "k", v), state, "version {v}, remounted");
+    }
+
+    // A whole-key deletion that runs destroys every version, the retired
+    // one and the one with a later date of its own included.
+    fx.ctl_ok(&["--key", "k", "schedule-deletion", "--wait", "1s", "--yes"]);
+    wait_for("k destroyed", Duration::from_secs(30), || {
+        version_state(&fx, "k", third) == "destroyed"
+    });
+    for v in [first, second, third] {
+        assert_eq!(version_state(&fx, "k", v), "destroyed", "version {v}");
+    }
+    fx.unmount();
+}
+
+/// `sealfs ARGS…` (offline), which must succeed: its standard output.
+fn sealfs_ok(args: &[&str]) -> String {
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    let out = sealfs(&args);
+    assert!(out.status.success(), "sealfs {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn offline_import_rotate_and_rewrap_follow_named_keys() {
+    let mut fx = Fixture::new();
+    fx.mount_ctl();
+    fx.ctl_ok(&["key", "create", "--alias", "imp"]);
+    fs::create_dir(fx.p("in")).unwrap();
+    fx.ctl_ok(&["key", "assign", "/in", "imp"]);
+    fx.unmount();
+    let cipher = fx.cipher.to_str().unwrap().to_string();
+    let pass = fx.passfile.to_str().unwrap().to_string();
+
+    // Import into the assigned subtree (the library's create, create_dir
+    // and staged writes): under imp, as a mount would make them.
+    let src = fx.scratch.join("src");
+    fs::create_dir_all(src.join("in/d")).unwrap();
+    fs::write(src.join("in/a"), b"a").unwrap();
+    fs::write(src.join("in/d/b"), b"b").unwrap();
+    fs::write(src.join("top"), b"top").unwrap();
+    sealfs_ok(&[
+        "import",
+        src.to_str().unwrap(),
+        &cipher,
+        "--passfile",
+        &pass,
+    ]);
+    fx.mount_ctl();
+    let census = by_key(&fx);
+    // imp: in/a, in/d/b and in/d (/in itself was made before the assignment).
+    assert_eq!(census["imp"], (2, 1), "{census:?}");
+    assert_eq!(census["default"].0, 1, "{census:?}");
+    let imp_before = key_entry(&fx, "imp")["primary"].as_u64().unwrap();
+    let default_before = key_entry(&fx, "default")["primary"].clone();
+    fx.unmount();
+
+    // `sealfs CMD CIPHERDIR --passfile P --key imp --json`.
+    let offline = |cmd: &str| -> Value {
+        let out = sealfs_ok(&[cmd, &cipher, "--passfile", &pass, "--key", "imp", "--json"]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{cmd}: {e}: {out}"))
+    };
+    // Offline rotate --key: that key's primary moves, the default's not.
+    let imp_now = offline("rotate")["primary"].as_u64().unwrap();
+    assert_ne!(imp_now, imp_before);
+    // Offline rewrap --key: exactly that key's entries move to its primary.
+    let r = offline("rewrap");
+    assert_eq!(r["rewrapped"], 3, "{r}");
+    assert_eq!(r["failed"], 0, "{r}");
+    let r = offline("rewrap");
+    assert_eq!(r["rewrapped"], 0, "a second rewrap has nothing to do: {r}");
+    // An unknown key is a clear error.
+    for cmd in ["rotate", "rewrap"] {
+        let out = std::process::Command::new(bin())
+            .args([cmd, &cipher, "--passfile", &pass, "--key", "nosuch"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{cmd}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("nosuch"),
+            "{cmd}: {out:?}"
+        );
+    }
+
+    fx.mount_ctl();
+    assert_eq!(key_entry(&fx, "imp")["primary"], imp_now);
+    assert_eq!(key_entry(&fx, "default")["primary"], default_before);
+    // The old version holds nothing now: trimming it needs no force.
+    fx.ctl_ok(&["--key", "imp", "trim", &imp_now.to_string()]);
+    assert_eq!(read(&fx.p("in/d/b")).unwrap(), b"b");
+    assert_eq!(read(&fx.p("top")).unwrap(), b"top");
+    fx.unmount();
+}

@@ -303,6 +303,7 @@ fn sample_grant() -> GrantInfo {
         created: "2026-11-22T22:36:45Z".into(),
         expires: None,
         created_by: 0,
+        key: None,
     }
 }
 

@@ -24,6 +24,7 @@ use super::protocol::{
 use super::server::Peer;
 use super::ControlContext;
 use crate::format::audit::ChainEvent;
+use crate::format::config::FEATURE_KEY_GRANTS;
 use crate::format::grants::{self as gfmt, Grant, Grantee, OpSet};
 use crate::format::keyring::KeyState;
 use crate::keyring::{now_secs, KeyringError};
@@ -496,54 +497,90 @@ fn record_grant_end(
     r.map_err(grant_err)
 }
 
-fn handle_grant(ctx: &ControlContext, op: &Op, peer: Peer) -> Handled {
+/// `grant_create`: a grant on the entries of key `key` (`None`: the
+/// default key). The first grant on another key adds the `key-grants`
+/// feature to the config before it is stored (an older sealfs, which
+/// would read it as a grant on every key, then refuses the volume).
+pub(super) fn create_grant(ctx: &ControlContext, op: &Op, peer: Peer, key: Option<u32>) -> Handled {
     let store = grants_of(ctx)?;
-    match op {
-        Op::GrantCreate {
+    let Op::GrantCreate {
+        grantee,
+        ops,
+        path_prefix,
+        expires,
+        name,
+    } = op
+    else {
+        return Err((ErrorCode::Internal, "not grant_create".into()));
+    };
+    let key = key.filter(|k| *k != store.default_key());
+    let bad = |e: gfmt::GrantError| (ErrorCode::Invalid, e.to_string());
+    let grantee = Grantee::parse(grantee).map_err(bad)?;
+    let ops = OpSet::parse(ops).map_err(bad)?;
+    gfmt::check_prefix(path_prefix).map_err(bad)?;
+    let expires = expires
+        .as_deref()
+        .map(|e| gfmt::parse_expiry(e, now_secs()))
+        .transpose()
+        .map_err(bad)?;
+    let on_key = key
+        .map(|k| {
+            format!(
+                " on key {}",
+                crate::kms::key_label(&ctx.vol.keyring().read(), k)
+            )
+        })
+        .unwrap_or_default();
+    audit_control(
+        ctx,
+        peer,
+        "grant_create",
+        Some(format!(
+            "{} {} {}{}{on_key}",
+            grantee.display(),
+            ops.names().join(","),
+            path_prefix,
+            expires
+                .map(|e| format!(" until {}", gfmt::format_utc(e)))
+                .unwrap_or_default()
+        )),
+    )?;
+    if key.is_some() && !ctx.vol.config().has_feature(FEATURE_KEY_GRANTS) {
+        ctx.vol
+            .update_config(|c| {
+                c.features.push(FEATURE_KEY_GRANTS.to_string());
+                Ok(())
+            })
+            .map_err(|e| (vol_code(&e), e.to_string()))?;
+    }
+    let (g, token) = store
+        .create(
             grantee,
             ops,
             path_prefix,
             expires,
-            name,
-        } => {
-            let bad = |e: gfmt::GrantError| (ErrorCode::Invalid, e.to_string());
-            let grantee = Grantee::parse(grantee).map_err(bad)?;
-            let ops = OpSet::parse(ops).map_err(bad)?;
-            gfmt::check_prefix(path_prefix).map_err(bad)?;
-            let expires = expires
-                .as_deref()
-                .map(|e| gfmt::parse_expiry(e, now_secs()))
-                .transpose()
-                .map_err(bad)?;
-            audit_control(
-                ctx,
-                peer,
-                "grant_create",
-                Some(format!(
-                    "{} {} {}{}",
-                    grantee.display(),
-                    ops.names().join(","),
-                    path_prefix,
-                    expires
-                        .map(|e| format!(" until {}", gfmt::format_utc(e)))
-                        .unwrap_or_default()
-                )),
-            )?;
-            let (g, token) = store
-                .create(grantee, ops, path_prefix, expires, name.clone(), peer.uid)
-                .map_err(grant_err)?;
-            let _ = ctx.access.record_principal(
-                peer.principal(),
-                Event {
-                    grant: Some(&g.id),
-                    ..Event::ok("grant_created", None)
-                },
-            );
-            reply(&GrantCreated {
-                grant: GrantInfo::from(&g),
-                grant_token: token,
-            })
-        }
+            name.clone(),
+            peer.uid,
+            key,
+        )
+        .map_err(grant_err)?;
+    let _ = ctx.access.record_principal(
+        peer.principal(),
+        Event {
+            grant: Some(&g.id),
+            ..Event::ok("grant_created", None)
+        },
+    );
+    reply(&GrantCreated {
+        grant: GrantInfo::from(&g),
+        grant_token: token,
+    })
+}
+
+fn handle_grant(ctx: &ControlContext, op: &Op, peer: Peer) -> Handled {
+    let store = grants_of(ctx)?;
+    match op {
+        Op::GrantCreate { .. } => create_grant(ctx, op, peer, None),
         Op::GrantList {
             grantee,
             path_prefix,

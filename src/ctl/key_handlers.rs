@@ -92,6 +92,7 @@ pub(super) fn admin_action(op: &Op, keyed: bool) -> Option<&'static str> {
         Op::KeyAliasAdd { .. } | Op::KeyAliasRemove { .. } => "admin:alias",
         Op::KeyAssign { .. } | Op::KeyUnassign { .. } => "admin:assign",
         Op::KeyPolicyGet | Op::KeyPolicySet { .. } => "admin:policy",
+        Op::GrantCreate { .. } | Op::GrantRevoke { .. } => "admin:grant",
         _ => return None,
     })
 }
@@ -111,10 +112,23 @@ pub(super) fn gate(
     let s = keys(ctx, peer);
     let id = match op {
         Op::RewrapPath { path } | Op::KeyUnassign { path } => s.key_at(path),
+        // A grant is revoked under the policy of the key it names.
+        Op::GrantRevoke { grant_id } => match ctx.access.grant_store().and_then(|g| {
+            g.get(grant_id)
+                .map(|found| found.key.unwrap_or_else(|| g.default_key()))
+        }) {
+            Some(id) => Ok(id),
+            None => s.resolve_key(None),
+        },
         _ => s.resolve_key(key),
     }
     .map_err(key_err)?;
-    if s.admin_allowed(id, action, peer.uid, peer.gid, ctx.owner_uid) {
+    let who = crate::policy::key_policy::Asker {
+        uid: peer.uid,
+        gid: peer.gid,
+        groups: &mut || peer.supplementary_groups(),
+    };
+    if s.admin_allowed(id, action, who, ctx.owner_uid) {
         return Ok(());
     }
     crate::metrics::denied(crate::metrics::Denial::KeyPolicy);
@@ -333,6 +347,11 @@ pub(super) fn dispatch_keyed(
                 state: VersionState::Retired,
             })
         }),
+        Op::GrantCreate { .. } => {
+            resolve().and_then(|id| super::handlers::create_grant(ctx, op, peer, Some(id)))
+        }
+        // The grant's own key decides (see `gate`).
+        Op::GrantRevoke { .. } => return None,
         Op::Status | Op::Census | Op::Metrics | Op::Fsck => return None,
         _ => Err((
             super::protocol::ErrorCode::BadRequest,

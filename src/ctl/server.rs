@@ -100,6 +100,10 @@ pub(super) struct Peer {
     pub(super) uid: u32,
     pub(super) gid: u32,
     pub(super) pid: u32,
+    /// The peer process's start time when it connected (`None`: gone
+    /// already): its supplementary groups are read only while this same
+    /// process holds the pid.
+    pub(super) start: Option<u64>,
 }
 
 impl Peer {
@@ -110,6 +114,17 @@ impl Peer {
             gid: self.gid,
             pid: self.pid,
             comm: read_proc(self.pid).0,
+        }
+    }
+
+    /// The peer's supplementary groups (SO_PEERCRED gives the primary
+    /// one only), read from `/proc/PID/status` when a key policy asks:
+    /// empty once the process that connected no longer holds its pid,
+    /// or if it runs as another uid now.
+    pub(super) fn supplementary_groups(self) -> Vec<u32> {
+        match self.start {
+            Some(start) => crate::policy::requester::read_groups_of(self.pid, start, self.uid),
+            None => Vec::new(),
         }
     }
 }
@@ -239,6 +254,7 @@ pub fn serve_with(
                     uid: cred.uid,
                     gid: cred.gid,
                     pid: cred.pid,
+                    start: crate::policy::requester::read_start_time(cred.pid),
                 };
                 let admin = peer.uid == 0 || peer.uid == ctx.owner_uid;
                 let slot = match slots.take(peer.uid, admin) {

@@ -32,7 +32,13 @@ pub const KNOWN_FEATURES: &[&str] = &[
     FEATURE_SEALED_GROUP_STATE,
     FEATURE_KEYLESS_XATTR_IDS,
     FEATURE_EXTERNAL_KEYRING,
+    FEATURE_KEY_GRANTS,
 ];
+/// Feature: a grant may name a key other than the default key (issue 22,
+/// docs/FORMAT.md §10): it opens only that key's entries. Added by the
+/// first such grant (new volumes have it); a build without it would read
+/// such a grant as one on every key, so it refuses the volume instead.
+pub const FEATURE_KEY_GRANTS: &str = "key-grants";
 /// Feature: the keyring is kept outside CIPHERDIR (`init --keyring-dir`;
 /// every command that unlocks needs `--keyring-dir DIR`). Only volumes
 /// made that way have it.
@@ -157,6 +163,8 @@ impl VolumeConfig {
                 FEATURE_HARD_LINKS,
                 FEATURE_XATTRS,
                 FEATURE_KEYLESS_XATTR_IDS,
+                // Named keys need keyslots (keyring layout 2).
+                FEATURE_KEY_GRANTS,
             ]
             .contains(&f.as_str())
         });

@@ -184,6 +184,21 @@ pub struct Grant {
     pub token_sha256: String,
     /// Uid that created it.
     pub created_by: u32,
+    /// The named key whose entries it opens (issue 22), by id; `None`:
+    /// the default key (every grant made before grants named keys, and a
+    /// grant on the default key, which is stored so the store stays
+    /// readable as before). Present only in volumes with the `key-grants`
+    /// feature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<u32>,
+}
+
+impl Grant {
+    /// Whether the grant opens entries of key `key` (`default`: the
+    /// volume's default key).
+    pub fn names_key(&self, key: u32, default: u32) -> bool {
+        self.key.unwrap_or(default) == key
+    }
 }
 
 /// SHA-256 of a token, hex (what the store keeps).
@@ -244,17 +259,25 @@ pub enum Decision {
     Denied,
 }
 
-/// Decides `access` at `path` for a principal from the live `grants` at `now`.
+/// The key of the entry a request uses, for [`decide`]: `(key, default)`,
+/// the entry's key id and the volume's default key id.
+pub type EntryKey = (u32, u32);
+
+/// Decides `access` at `path` for a principal from the live `grants` at
+/// `now`; with `key`, only grants that name the entry's key count.
 pub fn decide(
     grants: &[Grant],
-    uid: u32,
-    gids: &[u32],
+    (uid, gids): (u32, &[u32]),
     path: &[u8],
     access: Access,
     now: u64,
+    key: Option<EntryKey>,
 ) -> Decision {
     for g in grants {
-        if g.expires.is_some_and(|e| now >= e) || !g.grantee.matches(uid, gids) {
+        if g.expires.is_some_and(|e| now >= e)
+            || !g.grantee.matches(uid, gids)
+            || key.is_some_and(|(k, default)| !g.names_key(k, default))
+        {
             continue;
         }
         let prefix = g.path_prefix.as_bytes();
@@ -384,7 +407,33 @@ mod tests {
             expires,
             token_sha256: token_digest("t"),
             created_by: 0,
+            key: None,
         }
+    }
+
+    #[test]
+    fn a_grant_opens_only_entries_of_the_key_it_names() {
+        let mut fin = g("fin", Grantee::Uid(5), &["read"], "/", None);
+        fin.key = Some(2);
+        let old = g("old", Grantee::Uid(6), &["read"], "/", None);
+        let grants = vec![fin, old];
+        let read = Access::Op(GrantOp::Read);
+        let d = |uid, key| decide(&grants, (uid, &[][..]), b"/a", read, 0, key);
+        // Key 2 (default 1): the finance grant, not the old one.
+        assert_eq!(d(5, Some((2, 1))), Decision::Granted("fin".into()));
+        assert_eq!(d(6, Some((2, 1))), Decision::Denied);
+        // The default key: the old grant (no key) means it.
+        assert_eq!(d(5, Some((1, 1))), Decision::Denied);
+        assert_eq!(d(6, Some((1, 1))), Decision::Granted("old".into()));
+        // Without a key (lookups, paths only): both.
+        assert_eq!(d(5, None), Decision::Granted("fin".into()));
+        // A grant without a key is stored as before (no `key` member), so
+        // stores without keyed grants keep their exact form.
+        let body = serde_json::to_string(&grants[1]).unwrap();
+        assert!(!body.contains("\"key\""), "{body}");
+        let back: Grant =
+            serde_json::from_str(&serde_json::to_string(&grants[0]).unwrap()).unwrap();
+        assert_eq!(back.key, Some(2));
     }
 
     #[test]
@@ -409,7 +458,7 @@ mod tests {
             ),
         ];
         let d = |uid, gids: &[u32], path: &str, a, now| {
-            decide(&grants, uid, gids, path.as_bytes(), a, now)
+            decide(&grants, (uid, gids), path.as_bytes(), a, now, None)
         };
         let read = Access::Op(GrantOp::Read);
         assert_eq!(

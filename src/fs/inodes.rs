@@ -239,7 +239,7 @@ impl SealFs {
             return Err(Errno::ENOTDIR);
         }
         if let Some(d) = inode.dir.read().as_ref() {
-            self.check_key_version(d.key_version)?;
+            self.check_key_version(self.vol.dir_key_version(d))?;
             return Ok(d.clone());
         }
         let (parent, name) = {

@@ -747,8 +747,13 @@ impl Keyring {
     pub fn destroy_due(&mut self, now: u64) -> Vec<u32> {
         let mut done = Vec::new();
         for k in self.body.keys.iter_mut() {
+            // A whole key due for deletion loses every version, retired
+            // ones included (see `schedule_key_deletion`).
+            let whole_key = k.key_deletion_due().is_some_and(|d| d <= now);
             for v in k.versions.iter_mut() {
-                if v.state == KeyState::PendingDeletion && v.deletion_due <= now {
+                if (v.state == KeyState::PendingDeletion && v.deletion_due <= now)
+                    || (whole_key && v.state != KeyState::Destroyed)
+                {
                     v.state = KeyState::Destroyed;
                     v.key = SecretKey::from_bytes([0u8; 32]);
                     done.push(v.version);

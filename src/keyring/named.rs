@@ -293,9 +293,29 @@ impl Keyring {
             )));
         }
         let k = self.key_mut(id)?;
+        if k.state == KeyLifecycle::PendingDeletion {
+            return Err(lifecycle(format!("key {id} is already pending deletion")));
+        }
+        if !k.versions.iter().any(|v| v.state == KeyState::Enabled) {
+            return Err(lifecycle(format!("key {id} has no enabled version")));
+        }
+        // Only the enabled versions take the key's schedule: a retired
+        // version stays retired, a version already scheduled keeps its own
+        // date, so a cancel restores exactly the states from before. The
+        // key's date is told apart from those by its value (moved on by a
+        // second where it would coincide with one); at that date every
+        // version of the key is destroyed, whatever its state.
+        let mut due = due;
+        while k
+            .versions
+            .iter()
+            .any(|v| v.state == KeyState::PendingDeletion && v.deletion_due == due)
+        {
+            due += 1;
+        }
         k.state = KeyLifecycle::PendingDeletion;
         for v in k.versions.iter_mut() {
-            if v.state != KeyState::Destroyed {
+            if v.state == KeyState::Enabled {
                 v.state = KeyState::PendingDeletion;
                 v.deletion_due = due;
             }
@@ -304,17 +324,21 @@ impl Keyring {
         Ok(())
     }
 
-    /// Cancels the scheduled destruction of key `id`: its versions are
-    /// enabled again and the key stays disabled (as the KMS does).
+    /// Cancels the scheduled destruction of key `id`: the versions the
+    /// schedule took from enabled are enabled again, retired ones stay
+    /// retired, ones scheduled on their own stay scheduled; the key stays
+    /// disabled (as the KMS does). (A schedule made before this rule put
+    /// every version at the key's date: those all come back enabled.)
     pub fn cancel_key_deletion(&mut self, id: u32) -> Result<(), KeyringError> {
         self.require_layout2()?;
         let k = self.key_mut(id)?;
         if k.state != KeyLifecycle::PendingDeletion {
             return Err(lifecycle(format!("key {id} is not pending deletion")));
         }
+        let key_due = k.key_deletion_due();
         k.state = KeyLifecycle::Disabled;
         for v in k.versions.iter_mut() {
-            if v.state == KeyState::PendingDeletion {
+            if v.state == KeyState::PendingDeletion && Some(v.deletion_due) == key_due {
                 v.state = KeyState::Enabled;
                 v.deletion_due = 0;
             }

@@ -379,10 +379,27 @@ impl<'a> KeyService<'a> {
     /// Re-wraps every header and directory record under the primary version,
     /// here and now (`progress` shows how far it got).
     pub fn rewrap(&self, progress: &RewrapProgress) -> Result<RewrapReport, KeyError> {
+        self.rewrap_key(None, progress)
+    }
+
+    /// [`KeyService::rewrap`] of the entries of key `key` only (under its
+    /// primary version; `None`: every entry under its own key's), here and
+    /// now: the offline `sealfs rewrap --key`.
+    pub fn rewrap_key(
+        &self,
+        key: Option<u32>,
+        progress: &RewrapProgress,
+    ) -> Result<RewrapReport, KeyError> {
         self.check_kms()?;
-        let primary = self.vol.keyring().read().primary();
-        self.audit("rewrap", Some(primary), None)?;
-        self.vol.rewrap_all(progress)?;
+        let (primary, detail) = {
+            let kr = self.vol.keyring().read();
+            match key {
+                None => (kr.primary(), None),
+                Some(k) => (kr.primary_of(k).unwrap_or(0), Some(key_label(&kr, k))),
+            }
+        };
+        self.audit("rewrap", Some(primary), detail)?;
+        self.vol.rewrap_to(progress, RewrapTo::OwnKey(key), None)?;
         Ok(progress.report())
     }
 

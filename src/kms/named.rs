@@ -14,7 +14,7 @@ use crate::format::config::parse_duration;
 use crate::format::grants::format_utc;
 use crate::format::keyring::{KeyLifecycle, KeyOrigin, KeyState};
 use crate::keyring::{now_secs, Keyring, NewKey};
-use crate::policy::key_policy::{policy_hash, KeyPolicy, KeyPrincipal};
+use crate::policy::key_policy::{policy_hash, Asker, KeyPolicy, KeyPrincipal};
 
 use super::{KeyError, KeyService, VersionInfo, DEFAULT_DELETION_WAIT};
 
@@ -188,19 +188,19 @@ impl KeyService<'_> {
         Ok(new)
     }
 
-    /// Whether `uid` (primary group `gid`) may do the admin `action` on key
-    /// `id`: by its policy, or, without one, if they are the mount owner
-    /// (`owner`) or root.
-    pub fn admin_allowed(&self, id: u32, action: &str, uid: u32, gid: u32, owner: u32) -> bool {
-        match self.vol.keyring().read().policy_of_key(id) {
+    /// Whether `who` may do the admin `action` on key `id`: by its
+    /// policy, or, without one, if they are the mount owner (`owner`) or
+    /// root.
+    pub fn admin_allowed(&self, id: u32, action: &str, who: Asker<'_>, owner: u32) -> bool {
+        let policy = self.vol.keyring().read().policy_of_key(id).cloned();
+        match policy {
             Some(p) => p.allows(
-                uid,
-                gid,
+                who,
                 crate::policy::key_policy::action(action),
                 now_secs(),
                 &mut Vec::new,
             ),
-            None => uid == 0 || uid == owner,
+            None => who.uid == 0 || who.uid == owner,
         }
     }
 

@@ -65,12 +65,19 @@ pub struct LiveGrant {
     pub id: String,
     ended: AtomicBool,
     expires: Option<u64>,
+    /// The key it names (`None`: the default key).
+    key: Option<u32>,
 }
 
 impl LiveGrant {
     /// Whether the grant still allows access at `now` (seconds).
     pub fn usable(&self, now: u64) -> bool {
         !self.ended.load(Ordering::Acquire) && self.expires.is_none_or(|e| now < e)
+    }
+
+    /// Whether it opens entries of key `key` (`default`: the default key's id).
+    pub fn names_key(&self, key: u32, default: u32) -> bool {
+        self.key.unwrap_or(default) == key
     }
 }
 
@@ -138,6 +145,7 @@ fn live_of(g: &Grant) -> Arc<LiveGrant> {
         id: g.id.clone(),
         ended: AtomicBool::new(false),
         expires: g.expires,
+        key: g.key,
     })
 }
 
@@ -267,7 +275,12 @@ impl GrantStore {
         Ok(out)
     }
 
-    /// Creates a grant; returns it and its token (shown once).
+    /// Creates a grant on the entries of key `key` (`None` or the
+    /// default key: stored without a key, as every grant was before grants
+    /// named keys); returns it and its token (shown once). A grant on
+    /// another key needs the `key-grants` feature, which the caller
+    /// announces in the config first (`ctl::handlers::create_grant`).
+    #[allow(clippy::too_many_arguments)]
     pub fn create(
         &self,
         grantee: Grantee,
@@ -276,7 +289,9 @@ impl GrantStore {
         expires: Option<u64>,
         name: Option<String>,
         created_by: u32,
+        key: Option<u32>,
     ) -> Result<(Grant, String), GrantStoreError> {
+        let key = key.filter(|k| *k != self.vol.keyring().read().default_key_id());
         gfmt::check_prefix(path_prefix)?;
         let now = now_secs();
         if expires.is_some_and(|e| e <= now) {
@@ -297,6 +312,7 @@ impl GrantStore {
             expires,
             token_sha256: gfmt::token_digest(&token),
             created_by,
+            key,
         };
         let g = grant.clone();
         self.update(move |gs| {
@@ -434,17 +450,35 @@ impl GrantStore {
         self.state.read().grants.is_empty()
     }
 
+    /// The grant `id`, if live.
+    pub fn get(&self, id: &str) -> Option<Grant> {
+        self.state
+            .read()
+            .grants
+            .iter()
+            .find(|g| g.id == id)
+            .cloned()
+    }
+
+    /// The default key's id (what a grant without a key names).
+    pub fn default_key(&self) -> u32 {
+        self.vol.keyring().read().default_key_id()
+    }
+
     /// Decides `access` at `path` for a principal; on success, the live
-    /// grant that allowed it.
+    /// grant that allowed it. With `key` (the id of the key of the entry
+    /// used), only a grant that names that key counts.
     pub fn decide(
         &self,
         uid: u32,
         gids: &[u32],
         path: &[u8],
         access: Access,
+        key: Option<u32>,
     ) -> Option<Arc<LiveGrant>> {
+        let key = key.map(|k| (k, self.default_key()));
         let s = self.state.read();
-        match gfmt::decide(&s.grants, uid, gids, path, access, now_secs()) {
+        match gfmt::decide(&s.grants, (uid, gids), path, access, now_secs(), key) {
             Decision::Granted(id) => s.live.get(&id).filter(|l| l.usable(now_secs())).cloned(),
             Decision::Denied => None,
         }

@@ -89,7 +89,7 @@ pub enum KeyPolicyError {
 pub enum KeyPrincipal {
     /// A user id.
     Uid(u32),
-    /// A group id (the caller's primary group).
+    /// A group id (the caller's primary or a supplementary group).
     Gid(u32),
 }
 
@@ -116,6 +116,18 @@ struct Statement {
 pub struct KeyPolicy {
     statements: Vec<Statement>,
     any_path_condition: bool,
+}
+
+/// Who asks, for [`KeyPolicy::allows`]: the user, the primary group, and
+/// the supplementary groups, read (from `/proc`) only if a statement
+/// names a group the primary one is not.
+pub struct Asker<'a> {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// The supplementary groups, asked at most once per decision.
+    pub groups: &'a mut dyn FnMut() -> Vec<u32>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -303,26 +315,30 @@ impl KeyPolicy {
         serde_json::to_string(&doc).expect("a policy serializes")
     }
 
-    /// Whether `uid` (primary group `gid`) may do `action` at `now`, on
-    /// the entry whose plaintext path `path` gives (asked only when a
-    /// statement has a path condition; admin actions ignore path
-    /// conditions).
+    /// Whether `who` may do `action` at `now`, on the entry whose
+    /// plaintext path `path` gives (asked only when a statement has a
+    /// path condition; admin actions ignore path conditions). A `gid:`
+    /// principal matches the primary group or, read only then, a
+    /// supplementary one.
     pub fn allows(
         &self,
-        uid: u32,
-        gid: u32,
+        who: Asker<'_>,
         action: u32,
         now: u64,
         path: &mut dyn FnMut() -> Vec<u8>,
     ) -> bool {
         let mut cached: Option<Vec<u8>> = None;
+        let mut supplementary: Option<Vec<u32>> = None;
+        let Asker { uid, gid, groups } = who;
         self.statements.iter().any(|s| {
             if s.actions & action == 0
                 || s.not_before.is_some_and(|t| now < t)
                 || s.not_after.is_some_and(|t| now >= t)
                 || !s.principals.iter().any(|p| match p {
                     KeyPrincipal::Uid(u) => *u == uid,
-                    KeyPrincipal::Gid(g) => *g == gid,
+                    KeyPrincipal::Gid(g) => {
+                        *g == gid || supplementary.get_or_insert_with(&mut *groups).contains(g)
+                    }
                 })
             {
                 return false;
@@ -381,6 +397,21 @@ pub fn policy_hash(json: &str) -> String {
 mod tests {
     use super::*;
 
+    /// Whether uid `u` with primary group `g` (no supplementary ones)
+    /// may do `a` at `now` on `path`.
+    fn allows_to(p: &KeyPolicy, u: u32, g: u32, a: u32, now: u64, path: &[u8]) -> bool {
+        p.allows(
+            Asker {
+                uid: u,
+                gid: g,
+                groups: &mut Vec::new,
+            },
+            a,
+            now,
+            &mut || path.to_vec(),
+        )
+    }
+
     fn parse(t: &str) -> Result<KeyPolicy, KeyPolicyError> {
         KeyPolicy::parse(
             t,
@@ -402,18 +433,51 @@ mod tests {
               {"principals":["uid:3"],"actions":["use:read"],"path_prefix":"/fin/","not_before":100,"not_after":"x"}]}"#,
         )
         .unwrap();
-        let mut path = || b"/fin/a".to_vec();
-        assert!(p.allows(1, 1, action("admin:policy"), 500, &mut path));
-        assert!(p.allows(2, 9, action("admin:rotate"), 500, &mut path));
-        assert!(p.allows(9, 7, action("admin:disable"), 500, &mut path));
-        assert!(!p.allows(2, 9, action("use:read"), 500, &mut path));
-        assert!(!p.allows(2, 9, action("admin:policy"), 500, &mut path));
-        assert!(p.allows(3, 3, action("use:read"), 500, &mut path));
-        assert!(!p.allows(3, 3, action("use:read"), 50, &mut path));
-        assert!(!p.allows(3, 3, action("use:read"), 1000, &mut path));
-        assert!(!p.allows(3, 3, action("use:write"), 500, &mut path));
-        assert!(!p.allows(3, 3, action("use:read"), 500, &mut || b"/finance".to_vec()));
-        assert!(p.allows(3, 3, action("use:read"), 500, &mut || b"/fin".to_vec()));
+        assert!(allows_to(&p, 1, 1, action("admin:policy"), 500, b"/fin/a"));
+        assert!(allows_to(&p, 2, 9, action("admin:rotate"), 500, b"/fin/a"));
+        assert!(allows_to(&p, 9, 7, action("admin:disable"), 500, b"/fin/a"));
+        assert!(!allows_to(&p, 2, 9, action("use:read"), 500, b"/fin/a"));
+        assert!(!allows_to(&p, 2, 9, action("admin:policy"), 500, b"/fin/a"));
+        assert!(allows_to(&p, 3, 3, action("use:read"), 500, b"/fin/a"));
+        assert!(!allows_to(&p, 3, 3, action("use:read"), 50, b"/fin/a"));
+        assert!(!allows_to(&p, 3, 3, action("use:read"), 1000, b"/fin/a"));
+        assert!(!allows_to(&p, 3, 3, action("use:write"), 500, b"/fin/a"));
+        assert!(!allows_to(&p, 3, 3, action("use:read"), 500, b"/finance"));
+        assert!(allows_to(&p, 3, 3, action("use:read"), 500, b"/fin"));
+        // A gid principal matches a supplementary group too, read only
+        // when the primary group does not match.
+        let mut reads = 0;
+        let mut sup = || {
+            reads += 1;
+            vec![5, 7]
+        };
+        let who = |groups: &mut dyn FnMut() -> Vec<u32>| {
+            p.allows(
+                Asker {
+                    uid: 9,
+                    gid: 9,
+                    groups,
+                },
+                action("admin:rotate"),
+                500,
+                &mut Vec::new,
+            )
+        };
+        assert!(who(&mut sup));
+        assert!(!who(&mut || vec![5, 8]));
+        assert!(allows_to(&p, 9, 7, action("admin:rotate"), 500, b"/"));
+        assert_eq!(reads, 1);
+        let mut never = || -> Vec<u32> { panic!("groups read for a uid match") };
+        assert!(p.allows(
+            Asker {
+                uid: 1,
+                gid: 1,
+                groups: &mut never
+            },
+            action("admin:policy"),
+            500,
+            &mut Vec::new
+        ));
         p.check_lockout().unwrap();
         // The normal form parses back to the same policy.
         assert_eq!(parse(&p.to_json()).unwrap(), p);

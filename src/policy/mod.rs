@@ -216,7 +216,7 @@ impl AccessControl {
             if g.is_empty() {
                 None
             } else {
-                g.decide(c.uid, &self.requesters.groups(c), &path, access)
+                g.decide(c.uid, &self.requesters.groups(c), &path, access, None)
             }
         });
         match granted {
@@ -240,6 +240,13 @@ impl AccessControl {
         }
     }
 
+    /// The groups of the process behind a FUSE request (read from
+    /// `/proc/PID/status` now, guarded against a reused pid; see
+    /// [`Requesters::groups`]), for a key policy's `gid:` principals.
+    pub fn supplementary_groups(&self, c: Caller) -> Vec<u32> {
+        self.requesters.groups(c)
+    }
+
     /// Like [`AccessControl::authorize`] for an object known by several
     /// paths (a file with hard links, each name looked up and checked on
     /// its own): allowed when a grant covers any of them; a denial is
@@ -260,7 +267,7 @@ impl AccessControl {
                 let groups = self.requesters.groups(c);
                 if let Some(found) = paths[1..]
                     .iter()
-                    .find_map(|p| g.decide(c.uid, &groups, p, access))
+                    .find_map(|p| g.decide(c.uid, &groups, p, access, None))
                 {
                     return Ok(Some(found));
                 }
@@ -272,6 +279,55 @@ impl AccessControl {
             paths.swap_remove(0)
         };
         self.authorize(c, || first, access, op)
+    }
+
+    /// Where a request uses the key of an entry (opens its data key,
+    /// lists or creates in a directory, reads or writes its attributes):
+    /// a caller other than the owner needs a grant that allows `access`
+    /// on one of `paths` and names that entry's key `key`. `grant` is the
+    /// one that allowed the request by path ([`AccessControl::authorize`];
+    /// `None` if not known): kept when it names `key`, else replaced by
+    /// one that does (an open handle keeps that one: revoking it stops
+    /// the handle). None: EACCES, recorded as `op`.
+    pub fn authorize_key(
+        &self,
+        c: Caller,
+        key: u32,
+        (access, op): (Access, &str),
+        paths: impl FnOnce() -> Vec<Vec<u8>>,
+        grant: &mut Option<Arc<LiveGrant>>,
+    ) -> Result<(), Errno> {
+        if self.is_owner(c.uid) {
+            return Ok(());
+        }
+        let Some(store) = self.grants.as_ref() else {
+            return Err(Errno::EACCES);
+        };
+        if grant
+            .as_ref()
+            .is_some_and(|g| g.names_key(key, store.default_key()))
+        {
+            return Ok(());
+        }
+        let paths = paths();
+        let groups = self.requesters.groups(c);
+        if let Some(found) = paths
+            .iter()
+            .find_map(|p| store.decide(c.uid, &groups, p, access, Some(key)))
+        {
+            *grant = Some(found);
+            return Ok(());
+        }
+        crate::metrics::denied(crate::metrics::Denial::Grant);
+        self.deny(
+            c,
+            Event {
+                outcome: "denied",
+                error: Some(format!("no live grant on key {key} allows this")),
+                ..Event::ok(op, paths.first().map(Vec::as_slice))
+            },
+        );
+        Err(Errno::EACCES)
     }
 
     /// Checks a handle opened through grant `g` before each use; a revoked

@@ -130,7 +130,7 @@ pub fn read_groups(pid: u32) -> Vec<u32> {
 /// The supplementary groups of the process `pid` that started at `start`
 /// and runs as (filesystem) `uid`; empty if `pid` is now another process,
 /// or of another user.
-fn read_groups_of(pid: u32, start: u64, uid: u32) -> Vec<u32> {
+pub fn read_groups_of(pid: u32, start: u64, uid: u32) -> Vec<u32> {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return Vec::new();
     };

@@ -287,22 +287,42 @@ impl Vault {
     }
 
     fn dir_at(&self, comps: &[&OsStr]) -> Result<OpenDir, VaultError> {
+        Ok(self.dir_chain_at(comps)?.0)
+    }
+
+    /// [`Vault::dir_at`], with the ids of the directories from the root
+    /// down to it.
+    fn dir_chain_at(&self, comps: &[&OsStr]) -> Result<(OpenDir, Vec<[u8; 16]>), VaultError> {
         let mut d = self.root()?;
+        let mut chain = vec![d.dir.id];
         for (i, c) in comps.iter().enumerate() {
             let so_far: PathBuf = comps[..=i].iter().collect();
             // Errors name the path up to the component that failed.
             d = self.child_dir(&d, c, &so_far)?;
+            chain.push(d.dir.id);
         }
-        Ok(d)
+        Ok((d, chain))
     }
 
     /// The parent directory of `path` and the last component.
     fn parent_of<'p>(&self, path: &'p Path) -> Result<(OpenDir, &'p OsStr), VaultError> {
+        let (parent, name, _) = self.parent_and_key_of(path)?;
+        Ok((parent, name))
+    }
+
+    /// [`Vault::parent_of`], and the key a new entry there gets: the
+    /// nearest assigned ancestor's (`ctl key assign`), else the default
+    /// key, as on a mount.
+    fn parent_and_key_of<'p>(
+        &self,
+        path: &'p Path,
+    ) -> Result<(OpenDir, &'p OsStr, u32), VaultError> {
         let comps = components(path)?;
         let (last, parents) = comps
             .split_last()
             .ok_or_else(|| VaultError::InvalidPath(path.to_path_buf()))?;
-        Ok((self.dir_at(parents)?, last))
+        let (parent, chain) = self.dir_chain_at(parents)?;
+        Ok((parent, last, self.vol.key_for_chain(&chain)))
     }
 
     fn check_enabled(&self) -> Result<(), VaultError> {
@@ -379,9 +399,10 @@ impl Vault {
 
     /// Creates the regular file at `path` (mode 0666 less the umask), or
     /// truncates it if it exists, and returns a writer. Its parent must exist.
+    /// A new file's data key is wrapped by the key of its subtree.
     pub fn create(&self, path: &Path) -> Result<FileWriter, VaultError> {
         self.check_writable()?;
-        let (parent, name) = self.parent_of(path)?;
+        let (parent, name, key) = self.parent_and_key_of(path)?;
         let _ns = self.vol.namespace().read();
         let bn = parent
             .dir
@@ -406,7 +427,7 @@ impl Vault {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 let mut new =
                     namespace::create_file(pfd, &bn, 0o666).map_err(|e| path_err(e, path))?;
-                let f = new.seal_file(&self.vol, &ctx)?;
+                let f = new.seal_file_with_key(&self.vol, &ctx, key)?;
                 new.keep();
                 f
             }
@@ -425,9 +446,10 @@ impl Vault {
 
     /// Creates the directory at `path` (mode 0777 less the umask), durably.
     /// Its parent must exist.
+    /// Its record is wrapped by the key of its subtree.
     pub fn create_dir(&self, path: &Path) -> Result<(), VaultError> {
         self.check_writable()?;
-        let (parent, name) = self.parent_of(path)?;
+        let (parent, name, key) = self.parent_and_key_of(path)?;
         let _ns = self.vol.namespace().read();
         let bn = parent
             .dir
@@ -440,7 +462,7 @@ impl Vault {
         };
         namespace::create_dir(parent.fd.as_fd(), &bn, 0o777)
             .map_err(|e| path_err(e, path))?
-            .finish_dir_durably(&self.vol, &ctx)?;
+            .finish_dir_durably(&self.vol, &ctx, key)?;
         Ok(())
     }
 
@@ -698,18 +720,24 @@ impl Vault {
     pub fn create_staged(&self, path: &Path) -> Result<FileWriter, VaultError> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         self.check_writable()?;
-        let (parent, bn, name) = self.locate(path)?;
+        let (parent, name, key) = self.parent_and_key_of(path)?;
+        let bn = parent
+            .dir
+            .names
+            .encrypt_name(name.as_bytes())
+            .map_err(VolumeError::from)?;
         let _ns = self.vol.namespace().read();
         let temp = reserved::staged_name(std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let ctx = EncryptionContext {
             parent_dir_id: parent.dir.id,
             name: name.as_bytes(),
         };
-        let file = namespace::create_staged(&self.vol, parent.fd.as_fd(), &temp, &ctx, 0o600)
-            .map_err(|e| match e {
-                VolumeError::Io(e) => path_err(e, path),
-                e => e.into(),
-            })?;
+        let file =
+            namespace::create_staged(&self.vol, parent.fd.as_fd(), &temp, &ctx, (0o600, key))
+                .map_err(|e| match e {
+                    VolumeError::Io(e) => path_err(e, path),
+                    e => e.into(),
+                })?;
         Ok(FileWriter::staged(file, parent.fd, temp, bn, path))
     }
 

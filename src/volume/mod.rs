@@ -158,6 +158,12 @@ pub struct Volume {
     /// Some key has a policy: FUSE requests then consult it (one load
     /// otherwise).
     key_policies: std::sync::atomic::AtomicBool,
+    /// Directory records moved to another key version since the volume
+    /// opened (id → version now), so a directory cached before that sees
+    /// its new key at once ([`Volume::dir_key_version`]).
+    rewrapped_dirs: RwLock<std::collections::HashMap<[u8; 16], u32>>,
+    /// `rewrapped_dirs` is not empty (one load per request otherwise).
+    any_dir_rewrapped: std::sync::atomic::AtomicBool,
     /// Shared by lookups/creates and jobs like rewrap; exclusive for renames,
     /// unlinks and rmdirs, so a (directory, name) context is stable while used.
     namespace: RwLock<()>,
@@ -489,6 +495,8 @@ impl Volume {
             disabled: std::sync::atomic::AtomicBool::new(keyring.disabled()),
             keys_restricted: std::sync::atomic::AtomicBool::new(keyring.some_key_restricted()),
             key_policies: std::sync::atomic::AtomicBool::new(keyring.any_policy()),
+            rewrapped_dirs: RwLock::new(std::collections::HashMap::new()),
+            any_dir_rewrapped: std::sync::atomic::AtomicBool::new(false),
             keyring: RwLock::new(keyring),
             read_only,
             namespace: RwLock::new(()),
@@ -1058,7 +1066,10 @@ impl Volume {
         let (mut rec, _, slot) = self
             .read_dir_record(dir, DIR_RECORD, old)
             .or_else(|_| self.read_dir_record(dir, DIR_RECORD_BACKUP, old))?;
-        let (v, w) = self.same_key_wrapper(d.key_version, RecordKind::Dir)?;
+        // The version the record has on disk, not the cached directory's
+        // (a rewrap may have moved it to another key since it was loaded).
+        let on_disk = rec.slots[slot].map_or(self.dir_key_version(d), |s| s.key_version);
+        let (v, w) = self.same_key_wrapper(on_disk, RecordKind::Dir)?;
         let fresh = rec.make_slot(
             &self.volume_id,
             &d.key,
@@ -1078,7 +1089,7 @@ impl Volume {
         d: &Directory,
         new: &EncryptionContext<'_>,
     ) -> Result<(), VolumeError> {
-        let (v, w) = self.same_key_wrapper(d.key_version, RecordKind::Dir)?;
+        let (v, w) = self.same_key_wrapper(self.dir_key_version(d), RecordKind::Dir)?;
         self.finish_rebind_dir_with(dir, d, new, (v, w))
     }
 
@@ -1093,7 +1104,11 @@ impl Volume {
     ) -> Result<(), VolumeError> {
         let rec = SealedRecord::create(RecordKind::Dir, &self.volume_id, d.id, &d.key, v, &w, new)?;
         let _locked = self.lock_resource(Resource::DirRecord(d.id))?;
-        self.replace_dir_record(dir, &[DIR_RECORD, DIR_RECORD_BACKUP], &rec)
+        self.replace_dir_record(dir, &[DIR_RECORD, DIR_RECORD_BACKUP], &rec)?;
+        if v != self.dir_key_version(d) {
+            self.note_dir_key_version(d.id, v);
+        }
+        Ok(())
     }
 
     // ---------------------------------------------------------------- files

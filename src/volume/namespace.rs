@@ -207,13 +207,15 @@ impl NewEntry<'_> {
     /// of its record bound to `ctx`, synced, then its parent fsynced; the
     /// entry is kept. On failure nothing is left. Returns its fd and its
     /// directory.
+    /// Its record is wrapped by key `key` (the subtree's, or the default key).
     pub fn finish_dir_durably(
         self,
         vol: &Volume,
         ctx: &EncryptionContext<'_>,
+        key: u32,
     ) -> Result<(OwnedFd, Directory), VolumeError> {
         let fd = backing::open_dir(self.dir, self.entry())?;
-        let d = self.init_dir(vol, fd.as_fd(), ctx)?;
+        let d = self.init_dir_with_key(vol, fd.as_fd(), ctx, key)?;
         vol.persist_dir_record(fd.as_fd())?;
         sys::fsync_dir(self.dir)?;
         self.keep();
@@ -363,19 +365,21 @@ pub fn set_new_mode(dir: BorrowedFd<'_>, entry: &OsStr, mode: u32) -> io::Result
 /// Creates the new file `temp` (a temp name, `O_EXCL`, `mode`) in `dir`
 /// with its header already bound to `ctx`, the context of the name it will
 /// get: the content is written there, then [`commit_staged`] puts it in
-/// place in one step. On failure nothing is left.
+/// place in one step. Its data key is wrapped by key `key` (the key of
+/// the subtree, or the default key). On failure nothing is left.
 pub fn create_staged(
     vol: &Volume,
     dir: BorrowedFd<'_>,
     temp: &str,
     ctx: &EncryptionContext<'_>,
-    mode: u32,
+    (mode, key): (u32, u32),
 ) -> Result<SealedFile, VolumeError> {
     let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
     let fd = sys::openat(dir, OsStr::new(temp), flags, mode)?;
-    vol.init_file(File::from(fd), ctx).inspect_err(|_| {
-        let _ = sys::unlinkat(dir, OsStr::new(temp), false);
-    })
+    vol.init_file_with_key(File::from(fd), ctx, key)
+        .inspect_err(|_| {
+            let _ = sys::unlinkat(dir, OsStr::new(temp), false);
+        })
 }
 
 /// Puts the complete staged file `temp` of `dir` in place as `bn`: its

@@ -2,7 +2,8 @@
 //! new entries get (a plaintext path resolved to the ids of its
 //! directories, and the nearest assigned ancestor among them), the
 //! wrapping of a given key, and the lock-free checks a mount makes per
-//! request (a key's state, a key's policy).
+//! request (a key's state, a key's policy, the key version a cached
+//! directory's record has now).
 //!
 //! Owns: resolving a plaintext directory path to its chain of directory
 //! ids (root first), the rule "the nearest assigned ancestor wins; none:
@@ -11,10 +12,11 @@
 //! backing symlink.
 
 use std::ffi::OsStr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
-use crate::format::header::{EncryptionContext, RecordKind};
-use crate::volume::{backing, Volume, VolumeError};
+use crate::format::header::{EncryptionContext, RecordKind, SealedRecord};
+use crate::volume::content::read_header;
+use crate::volume::{backing, read_record_copy, Volume, VolumeError, DIR_RECORD};
 
 impl Volume {
     /// The directory ids from the root to the directory at the plaintext
@@ -65,6 +67,53 @@ impl Volume {
             return true;
         }
         self.keyring.read().version_usable(version)
+    }
+
+    /// The master key version directory `d`'s record is wrapped under now:
+    /// its version when loaded, unless a rewrap (or a rename during a
+    /// rotation) has moved the record since. Without any such move since
+    /// the volume opened this is one atomic load.
+    pub fn dir_key_version(&self, d: &crate::volume::Directory) -> u32 {
+        if !self
+            .any_dir_rewrapped
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return d.key_version;
+        }
+        self.rewrapped_dirs
+            .read()
+            .get(&d.id)
+            .copied()
+            .unwrap_or(d.key_version)
+    }
+
+    /// The master key version the record of `entry` in `dir` is wrapped
+    /// under (a file's header, a directory's record; an empty `entry`:
+    /// `dir`'s own record), read from the clear slot metadata without
+    /// unwrapping anything. `None` for a symlink or special file (they
+    /// have no record) or a record that does not decode.
+    pub fn entry_key_version(&self, dir: BorrowedFd<'_>, entry: &OsStr) -> Option<u32> {
+        let (buf, kind) = if entry.is_empty() {
+            (read_record_copy(dir, DIR_RECORD).ok()?, RecordKind::Dir)
+        } else if let Ok(f) = backing::open_regular(dir, entry, libc::O_RDONLY) {
+            (read_header(&f).ok()?, RecordKind::File)
+        } else {
+            let fd = backing::open_dir(dir, entry).ok()?;
+            (
+                read_record_copy(fd.as_fd(), DIR_RECORD).ok()?,
+                RecordKind::Dir,
+            )
+        };
+        let rec = SealedRecord::decode(kind, &buf).ok()?;
+        rec.slots.iter().flatten().next().map(|s| s.key_version)
+    }
+
+    /// Notes that directory `id`'s record is now wrapped under `version`
+    /// (see [`Volume::dir_key_version`]).
+    pub(crate) fn note_dir_key_version(&self, id: [u8; 16], version: u32) {
+        self.rewrapped_dirs.write().insert(id, version);
+        self.any_dir_rewrapped
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// The policy of the key owning `version`, if some key has a policy

@@ -229,7 +229,7 @@ pub(crate) enum Command {
     },
     /// Rotate the master key of an unmounted volume.
     #[command(
-        after_help = "Example (unmounted; on a mount use 'sealfs ctl --mount MNT rotate'):\n  sealfs rotate ~/vault.enc --passfile ~/.vault-pass"
+        after_help = "Examples (unmounted; on a mount use 'sealfs ctl --mount MNT rotate'):\n  sealfs rotate ~/vault.enc --passfile ~/.vault-pass\n  sealfs rotate ~/vault.enc --passfile ~/.vault-pass --key finance"
     )]
     Rotate {
         /// The volume's cipher directory.
@@ -239,6 +239,10 @@ pub(crate) enum Command {
         /// Print the new primary version as JSON.
         #[arg(long)]
         json: bool,
+        /// The key to rotate: an alias or an id (default: the default key),
+        /// as `sealfs ctl rotate --key`.
+        #[arg(long, value_name = "ALIAS|ID")]
+        key: Option<String>,
     },
     /// Re-wrap every header of an unmounted volume under the primary key version.
     #[command(
@@ -252,6 +256,11 @@ pub(crate) enum Command {
         /// Print the result as JSON (done, rewrapped, failed, …).
         #[arg(long)]
         json: bool,
+        /// Re-wrap only the entries of this key (an alias or an id), under
+        /// its primary version, as `sealfs ctl rewrap --key` (default: every
+        /// entry under its own key's primary version).
+        #[arg(long, value_name = "ALIAS|ID")]
+        key: Option<String>,
     },
     /// Show a volume's key versions and header counts (read-only; works beside a mount).
     #[command(

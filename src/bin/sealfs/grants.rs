@@ -126,11 +126,12 @@ pub(crate) fn cmd_grant(
             }
             for g in &list.grants {
                 println!(
-                    "{}  {}  {}  {}  expires {}{}",
+                    "{}  {}  {}  {}  key {}  expires {}{}",
                     g.grant_id,
                     g.grantee,
                     g.ops.join(","),
                     g.path_prefix,
+                    g.key.map_or("default".to_string(), |k| k.to_string()),
                     g.expires.as_deref().unwrap_or("never"),
                     g.name
                         .as_deref()

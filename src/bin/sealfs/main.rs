@@ -194,17 +194,19 @@ fn run(cli: Cli) -> Result<(), CliError> {
             cipherdir,
             secret,
             json,
+            key,
         } => {
             init_logging(None);
-            volume::cmd_rotate(&cipherdir, &secret, json)
+            volume::cmd_rotate(&cipherdir, &secret, key.as_deref(), json)
         }
         Command::Rewrap {
             cipherdir,
             secret,
             json,
+            key,
         } => {
             init_logging(None);
-            volume::cmd_rewrap(&cipherdir, &secret, json)
+            volume::cmd_rewrap(&cipherdir, &secret, key.as_deref(), json)
         }
         Command::Info {
             cipherdir,

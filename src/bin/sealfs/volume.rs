@@ -188,10 +188,12 @@ pub(crate) fn cmd_passwd(
 pub(crate) fn cmd_rotate(
     cipherdir: &Path,
     secret: &SecretArgs,
+    key: Option<&str>,
     json: bool,
 ) -> Result<(), CliError> {
     let o = open_offline(cipherdir, secret)?;
-    let primary = o.keys().rotate()?;
+    let keys = o.keys();
+    let primary = keys.rotate_key(keys.resolve_key(key)?)?;
     if json {
         print_json(&RotateResult { primary })?;
     } else {
@@ -203,13 +205,15 @@ pub(crate) fn cmd_rotate(
 pub(crate) fn cmd_rewrap(
     cipherdir: &Path,
     secret: &SecretArgs,
+    key: Option<&str>,
     json: bool,
 ) -> Result<(), CliError> {
     let o = open_offline(cipherdir, secret)?;
+    let only = key.map(|k| o.keys().resolve_key(Some(k))).transpose()?;
     let progress = RewrapProgress::default();
     let r = with_progress(
         progress_bar_for(BarKind::Headers),
-        || o.keys().rewrap(&progress),
+        || o.keys().rewrap_key(only, &progress),
         |bar| {
             let r = progress.report();
             crate::progress::update(bar, r.done, r.total);

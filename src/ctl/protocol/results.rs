@@ -492,6 +492,9 @@ pub struct GrantInfo {
     pub expires: Option<String>,
     /// Uid that created it.
     pub created_by: u32,
+    /// The id of the key whose entries it opens (absent: the default key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<u32>,
 }
 
 impl From<&Grant> for GrantInfo {
@@ -505,6 +508,7 @@ impl From<&Grant> for GrantInfo {
             created: format_utc(g.created),
             expires: g.expires.map(format_utc),
             created_by: g.created_by,
+            key: g.key,
         }
     }
 }

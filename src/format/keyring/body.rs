@@ -109,6 +109,21 @@ pub struct Key {
     pub versions: Vec<MasterKeyVersion>,
 }
 
+impl Key {
+    /// When the whole key's scheduled deletion is due: the date its
+    /// primary version (enabled when the key was scheduled) carries.
+    /// `None` unless the key is pending deletion.
+    pub fn key_deletion_due(&self) -> Option<u64> {
+        if self.state != KeyLifecycle::PendingDeletion {
+            return None;
+        }
+        self.versions
+            .iter()
+            .find(|v| v.version == self.primary && v.state == KeyState::PendingDeletion)
+            .map(|v| v.deletion_due)
+    }
+}
+
 /// A subtree whose new entries use another key than the default (issue 22).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {

@@ -212,7 +212,7 @@ pub(in crate::fs) fn mkdir(
         let caller = Caller::of(req);
         let _ns = fs.vol.namespace().read();
         let p = fs.inode(parent)?;
-        let grant = fs.authorize_child(
+        let mut grant = fs.authorize_child(
             req,
             &p,
             name,
@@ -222,9 +222,10 @@ pub(in crate::fs) fn mkdir(
         let d = fs.dir_of(&p)?;
         let key = fs.key_for_new_entry(&p)?;
         let version = fs.vol.keyring().read().primary_of(key).unwrap_or(0);
-        fs.check_key_use(caller, version, true, &mut || {
-            SealFs::child_path(&p, name.as_bytes())
-        })?;
+        let path = || SealFs::child_path(&p, name.as_bytes());
+        fs.check_key_use(caller, version, true, &mut || path())?;
+        let create = (Access::Op(GrantOp::Create), "generate_data_key");
+        fs.authorize_key_use(caller, version, create, || vec![path()], &mut grant)?;
         let bn = SealFs::backing_name(&d, name)?;
         let pfd = p.dir_fd()?;
         // Removed again (records, entry, sidecar) unless kept below.
@@ -415,8 +416,15 @@ pub(in crate::fs) fn rename(
             .authorize(caller, || from.clone(), rename, "re_encrypt")?;
         fs.policy
             .authorize(caller, || to.clone(), rename, "re_encrypt")?;
+        // The key of the entry moved (read only when records are kept).
+        let key_version = if fs.audit_paths() {
+            let _ns = fs.vol.namespace().read();
+            fs.key_version_at(&p, name)
+        } else {
+            None
+        };
         let event = |outcome, error| Event {
-            key_version: Some(fs.vol.keyring().read().primary()),
+            key_version,
             grant: grant.as_ref().map(|g| g.id.as_str()),
             outcome,
             error,
@@ -502,7 +510,10 @@ pub(in crate::fs) fn link(
             fs.policy.record(
                 caller,
                 Event {
-                    key_version: Some(fs.vol.keyring().read().primary()),
+                    // Read under the namespace lock this request holds.
+                    key_version: fs
+                        .vol
+                        .entry_key_version(parent.dir_fd()?, OsStr::new(&src.entry)),
                     grant: grant.as_ref().map(|g| g.id.as_str()),
                     detail: Some(format!("link from {}", String::from_utf8_lossy(&from))),
                     ..Event::ok("re_encrypt", Some(&to))
@@ -545,20 +556,26 @@ pub(in crate::fs) fn opendir(fs: &SealFs, req: &Request, ino: INodeNo, reply: Re
     let r = (|| {
         let caller = Caller::of(req);
         let inode = fs.inode(ino)?;
-        let grant = fs.policy.authorize(
-            caller,
-            || SealFs::path_of(&inode),
-            Access::Op(GrantOp::List),
-            "list",
-        )?;
-        let version = fs.dir_of(&inode)?.key_version;
+        let list = (Access::Op(GrantOp::List), "list");
+        let mut grant = fs
+            .policy
+            .authorize(caller, || SealFs::path_of(&inode), list.0, list.1)?;
+        let version = fs.vol.dir_key_version(&*fs.dir_of(&inode)?);
         fs.check_key_use(caller, version, false, &mut || SealFs::path_of(&inode))?;
+        fs.authorize_key_use(
+            caller,
+            version,
+            list,
+            || vec![SealFs::path_of(&inode)],
+            &mut grant,
+        )?;
         let entries = fs.list_dir(&inode)?;
         if fs.audit_paths() {
             let path = SealFs::path_of(&inode);
             fs.policy.record(
                 caller,
                 Event {
+                    key_version: Some(version),
                     grant: grant.as_ref().map(|g| g.id.as_str()),
                     ..Event::ok("list", Some(&path))
                 },

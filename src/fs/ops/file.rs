@@ -53,7 +53,7 @@ impl SealFs {
         let caller = Caller::of(req);
         let _ns = self.vol.namespace().read();
         let pinode = self.inode(parent)?;
-        let grant = self.authorize_child(
+        let mut grant = self.authorize_child(
             req,
             &pinode,
             name,
@@ -63,9 +63,10 @@ impl SealFs {
         let pdir = self.dir_of(&pinode)?;
         let key = self.key_for_new_entry(&pinode)?;
         let version = self.vol.keyring().read().primary_of(key).unwrap_or(0);
-        self.check_key_use(caller, version, true, &mut || {
-            Self::child_path(&pinode, name.as_bytes())
-        })?;
+        let path = || Self::child_path(&pinode, name.as_bytes());
+        self.check_key_use(caller, version, true, &mut || path())?;
+        let create = (Access::Op(GrantOp::Create), "generate_data_key");
+        self.authorize_key_use(caller, version, create, || vec![path()], &mut grant)?;
         let bn = Self::backing_name(&pdir, name)?;
         let pfd = pinode.dir_fd()?;
         // Removed again (with its sidecar) unless kept at the end.
@@ -74,7 +75,7 @@ impl SealFs {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
                 drop(_ns);
                 let (inode, st) = self.remember(&pinode, name.as_bytes(), &bn.entry)?;
-                let grant = self.policy.authorize_any(
+                let mut grant = self.policy.authorize_any(
                     caller,
                     || Self::paths_of(&inode),
                     Access::Op(op_for_open(flags)),
@@ -82,9 +83,7 @@ impl SealFs {
                 )?;
                 let f = self.open_content(&inode)?;
                 let version = f.read().key_version();
-                if let Err(e) =
-                    self.record_open(caller, &inode, "encrypt", version, grant.as_deref())
-                {
+                if let Err(e) = self.record_open(caller, &inode, "encrypt", version, &mut grant) {
                     Self::close_content(&inode);
                     return Err(e);
                 }
@@ -164,7 +163,7 @@ pub(in crate::fs) fn open(
         } else {
             "encrypt"
         };
-        let grant =
+        let mut grant =
             fs.policy
                 .authorize_any(caller, || SealFs::paths_of(&inode), Access::Op(gop), op)?;
         let f = match fs.open_content_why(&inode) {
@@ -194,7 +193,7 @@ pub(in crate::fs) fn open(
             }
         };
         let version = f.read().key_version();
-        if let Err(e) = fs.record_open(caller, &inode, op, version, grant.as_deref()) {
+        if let Err(e) = fs.record_open(caller, &inode, op, version, &mut grant) {
             SealFs::close_content(&inode);
             return Err(e);
         }

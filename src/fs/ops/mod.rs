@@ -72,7 +72,12 @@ impl SealFs {
         };
         let action =
             crate::policy::key_policy::action(if write { "use:write" } else { "use:read" });
-        if p.allows(caller.uid, caller.gid, action, crate::sys::now_secs(), path) {
+        let who = crate::policy::key_policy::Asker {
+            uid: caller.uid,
+            gid: caller.gid,
+            groups: &mut || self.policy.supplementary_groups(caller),
+        };
+        if p.allows(who, action, crate::sys::now_secs(), path) {
             return Ok(());
         }
         crate::metrics::denied(crate::metrics::Denial::KeyPolicy);
@@ -95,6 +100,30 @@ impl SealFs {
         Err(Errno::EACCES)
     }
 
+    /// A caller other than the owner uses the key of master key version
+    /// `version` through a grant: that grant must name the key (see
+    /// [`AccessControl::authorize_key`](crate::policy::AccessControl::authorize_key);
+    /// `grant` may be replaced by one that does). The owner: nothing to do.
+    pub(in crate::fs) fn authorize_key_use(
+        &self,
+        caller: Caller,
+        version: u32,
+        (access, op): (Access, &str),
+        paths: impl FnOnce() -> Vec<Vec<u8>>,
+        grant: &mut Option<Arc<LiveGrant>>,
+    ) -> FsResult<()> {
+        if self.policy.is_owner(caller.uid) {
+            return Ok(());
+        }
+        let key = {
+            let kr = self.vol.keyring().read();
+            kr.key_of_version(version)
+                .map_or(kr.default_key_id(), |k| k.id)
+        };
+        self.policy
+            .authorize_key(caller, key, (access, op), paths, grant)
+    }
+
     /// The key new entries in directory `parent` get: the nearest assigned
     /// ancestor's (`ctl key assign`), else the default key. Without any
     /// assignment this is one read of the keyring.
@@ -113,6 +142,19 @@ impl SealFs {
         }
         chain.reverse();
         Ok(self.vol.key_for_chain(&chain))
+    }
+
+    /// The master key version of the entry `name` of directory `parent`
+    /// (which may not have an inode yet), for an audit record: a file's
+    /// from its header, a directory's from its record; a symlink or
+    /// special file has no record of its own, the root directory's key
+    /// seals it.
+    pub(in crate::fs) fn key_version_at(&self, parent: &Arc<Inode>, name: &OsStr) -> Option<u32> {
+        let pdir = self.dir_of(parent).ok()?;
+        let entry = Self::backing_name(&pdir, name).ok()?.entry;
+        self.vol
+            .entry_key_version(parent.dir_fd().ok()?, OsStr::new(&entry))
+            .or_else(|| self.root_dir().ok().map(|d| self.vol.dir_key_version(&d)))
     }
 
     pub(in crate::fs) fn check_writable(&self) -> FsResult<()> {
@@ -152,11 +194,24 @@ impl SealFs {
         inode: &Inode,
         op: &str,
         key_version: u32,
-        grant: Option<&LiveGrant>,
+        grant: &mut Option<Arc<LiveGrant>>,
     ) -> FsResult<()> {
         self.check_key_use(caller, key_version, op != "decrypt", &mut || {
             Self::path_of(inode)
         })?;
+        let gop = if op == "decrypt" {
+            GrantOp::Read
+        } else {
+            GrantOp::Write
+        };
+        self.authorize_key_use(
+            caller,
+            key_version,
+            (Access::Op(gop), op),
+            || Self::paths_of(inode),
+            grant,
+        )?;
+        let grant = grant.as_deref();
         if !self.audit_paths() {
             return Ok(());
         }
@@ -251,7 +306,7 @@ pub(in crate::fs) fn setattr(
     let r = (|| {
         fs.check_writable()?;
         let inode = fs.inode(ino)?;
-        let grant = fs.policy.authorize_any(
+        let mut grant = fs.policy.authorize_any(
             Caller::of(req),
             || SealFs::paths_of(&inode),
             Access::Op(GrantOp::Write),
@@ -293,13 +348,9 @@ pub(in crate::fs) fn setattr(
                 _ => {
                     let c = fs.open_content(&inode)?;
                     let version = c.read().key_version();
-                    if let Err(e) = fs.record_open(
-                        Caller::of(req),
-                        &inode,
-                        "encrypt",
-                        version,
-                        grant.as_deref(),
-                    ) {
+                    if let Err(e) =
+                        fs.record_open(Caller::of(req), &inode, "encrypt", version, &mut grant)
+                    {
                         SealFs::close_content(&inode);
                         return Err(e);
                     }

@@ -38,14 +38,38 @@ use crate::fs::{errno_of, FsResult, SealFs};
 /// What this mount knows of one inode's attributes.
 #[derive(Default)]
 pub(in crate::fs) struct XattrState {
-    /// The attribute keys, once needed.
-    cipher: Option<Arc<XattrCipher>>,
+    /// The attribute keys, once needed, and of a file the master key
+    /// version of its header (a directory's is looked up per request: a
+    /// rewrap may move it).
+    cipher: Option<(Arc<XattrCipher>, Option<u32>)>,
     /// `Some(true)`: the object has no attribute at all.
     empty: Option<bool>,
     /// Of a directory: its default ACL, once read (inner None: none).
     default_acl: Option<Option<Acl>>,
     /// `Some(true)`: a file capability is set (a write must remove it).
     caps: Option<bool>,
+}
+
+/// What an attribute request does with the entry's key, decided like a
+/// read or a write of the entry (its key enabled, its key policy's
+/// `use:read` or `use:write`). Reading an ACL is part of the kernel's
+/// permission checks (as for grants, a lookup): it needs the key
+/// enabled, not a `use:` permission.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeyUse {
+    Read,
+    AclRead,
+    Write,
+}
+
+impl KeyUse {
+    fn of_read(name: &[u8]) -> KeyUse {
+        if name == ACL_ACCESS || name == ACL_DEFAULT {
+            KeyUse::AclRead
+        } else {
+            KeyUse::Read
+        }
+    }
 }
 
 /// What a new entry inherits from its directory (posix_acl_create).
@@ -98,16 +122,85 @@ impl SealFs {
     /// keyless node's are bound to its id (`keyless-xattr-ids`), which
     /// `for_set` makes if it has none yet; without one and not `for_set`,
     /// keys under which nothing opens (not kept: the id may come).
+    ///
+    /// Every call, cached or not, decides `key_use` by the entry's key
+    /// ([`KeyUse`]): a file's or directory's attributes are refused as
+    /// its content would be. A symlink's or special file's are sealed
+    /// by the root directory's key and, like `readlink`, need it enabled
+    /// only.
     fn xattr_cipher(
         &self,
         req: &Request,
         inode: &Arc<Inode>,
+        key_use: KeyUse,
         for_set: bool,
     ) -> FsResult<Arc<XattrCipher>> {
-        if let Some(c) = Self::xstate(inode, |s| s.cipher.clone()) {
-            return Ok(c);
+        let (cipher, file_version) = match Self::xstate(inode, |s| s.cipher.clone()) {
+            Some(c) => c,
+            None => {
+                let (cipher, file_version) =
+                    self.load_xattr_cipher(req, inode, key_use, for_set)?;
+                if file_version.is_some() {
+                    // Decided by the load, before it recorded the key's use.
+                    return Ok(cipher);
+                }
+                (cipher, None)
+            }
+        };
+        let version = match (inode.kind, file_version) {
+            (_, Some(v)) => Some(v),
+            (EntryKind::Dir, None) => Some(self.vol.dir_key_version(&*self.dir_of(inode)?)),
+            _ => {
+                self.root_dir()?;
+                None
+            }
+        };
+        if let Some(v) = version {
+            self.check_key_version(v)?;
+            if key_use != KeyUse::AclRead {
+                self.check_key_use(Caller::of(req), v, key_use == KeyUse::Write, &mut || {
+                    Self::path_of(inode)
+                })?;
+                self.check_xattr_grant_key(req, inode, v, key_use)?;
+            }
         }
+        Ok(cipher)
+    }
+
+    /// A grantee's attribute request must go through a grant on the
+    /// entry's key (as its content would).
+    fn check_xattr_grant_key(
+        &self,
+        req: &Request,
+        inode: &Inode,
+        version: u32,
+        key_use: KeyUse,
+    ) -> FsResult<()> {
+        let access = if key_use == KeyUse::Write {
+            (Access::Op(GrantOp::Write), "setxattr")
+        } else {
+            (Access::Op(GrantOp::Read), "getxattr")
+        };
+        self.authorize_key_use(
+            Caller::of(req),
+            version,
+            access,
+            || Self::paths_of(inode),
+            &mut None,
+        )
+    }
+
+    /// The attribute keys of `inode`, made once and cached with its
+    /// file's key version (see [`SealFs::xattr_cipher`]).
+    fn load_xattr_cipher(
+        &self,
+        req: &Request,
+        inode: &Arc<Inode>,
+        key_use: KeyUse,
+        for_set: bool,
+    ) -> FsResult<(Arc<XattrCipher>, Option<u32>)> {
         self.check_enabled()?;
+        let mut file_version = None;
         let cipher = match inode.kind {
             EntryKind::Dir => self.dir_of(inode)?.xattr_cipher(),
             EntryKind::Symlink | EntryKind::Other if self.features.keyless_ids => {
@@ -115,7 +208,7 @@ impl SealFs {
                 let id = self.with_backing(inode, |d, e| keyless_node_id(d, e, for_set))?;
                 match id {
                     Some(id) => root.node_xattr_cipher(id),
-                    None => return Ok(Arc::new(root.node_xattr_cipher([0; 16]))),
+                    None => return Ok((Arc::new(root.node_xattr_cipher([0; 16])), None)),
                 }
             }
             EntryKind::Symlink | EntryKind::Other => self.root_dir()?.keyless_xattr_cipher(),
@@ -135,6 +228,18 @@ impl SealFs {
                     errno_of(&e)
                 })?;
                 let version = h.rec.slots[h.slot].map_or(0, |s| s.key_version);
+                file_version = Some(version);
+                // The policy decides before the use of the key is recorded.
+                self.check_key_version(version)?;
+                if key_use != KeyUse::AclRead {
+                    self.check_key_use(
+                        Caller::of(req),
+                        version,
+                        key_use == KeyUse::Write,
+                        &mut || Self::path_of(inode),
+                    )?;
+                    self.check_xattr_grant_key(req, inode, version, key_use)?;
+                }
                 if self.audit_paths() {
                     let path = Self::path_of(inode);
                     self.policy.record(
@@ -149,7 +254,7 @@ impl SealFs {
                 XattrCipher::new(&h.key, h.rec.id, crate::format::xattrs::Owner::File)
             }
         };
-        let c = Arc::new(cipher);
+        let c = (Arc::new(cipher), file_version);
         Self::xstate(inode, |s| s.cipher = Some(c.clone()));
         Ok(c)
     }
@@ -180,7 +285,7 @@ impl SealFs {
         if self.has_no_xattrs(inode)? {
             return Ok(None);
         }
-        let cipher = self.xattr_cipher(req, inode, false)?;
+        let cipher = self.xattr_cipher(req, inode, KeyUse::of_read(name), false)?;
         let r = self.with_backing(inode, |dir, entry| {
             Attrs {
                 dir,
@@ -205,7 +310,7 @@ impl SealFs {
         if value.is_none() && self.has_no_xattrs(inode)? {
             return Err(Errno::NO_XATTR);
         }
-        let cipher = self.xattr_cipher(req, inode, value.is_some())?;
+        let cipher = self.xattr_cipher(req, inode, KeyUse::Write, value.is_some())?;
         let r = self.with_backing(inode, |dir, entry| {
             let a = Attrs {
                 dir,
@@ -526,7 +631,7 @@ pub(in crate::fs) fn listxattr(
         if fs.has_no_xattrs(&inode)? {
             return Ok(Vec::new());
         }
-        let cipher = fs.xattr_cipher(req, &inode, false)?;
+        let cipher = fs.xattr_cipher(req, &inode, KeyUse::Read, false)?;
         let names = fs
             .with_backing(&inode, |dir, entry| {
                 Attrs {

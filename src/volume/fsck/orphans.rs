@@ -56,9 +56,10 @@ impl Checker<'_> {
                     let d = self.vol.load_dir(fd.as_fd(), &ctx)?;
                     (fd, d)
                 }
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    namespace::create_dir(rfd, &bn, 0o700)?.finish_dir_durably(self.vol, &ctx)?
-                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => namespace::create_dir(
+                    rfd, &bn, 0o700,
+                )?
+                .finish_dir_durably(self.vol, &ctx, self.vol.keyring().read().default_key_id())?,
                 Err(e) => return Err(e.into()),
             };
             self.dirs.push(KnownDir {
@@ -293,7 +294,13 @@ impl Checker<'_> {
         };
         let tmp = reserved::salvage_name(std::process::id());
         sys::remove_stale_regular(lf, OsStr::new(&tmp))?;
-        let mut sealed = namespace::create_staged(vol, lf, &tmp, &ctx, 0o600)?;
+        let mut sealed = namespace::create_staged(
+            vol,
+            lf,
+            &tmp,
+            &ctx,
+            (0o600, vol.keyring().read().default_key_id()),
+        )?;
         let result = (|| {
             let mut buf = vec![0u8; 1 << 20];
             let mut off = 0u64;
