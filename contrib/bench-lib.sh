@@ -11,7 +11,8 @@
 # array cleanup_hooks run first on exit (e.g. tracing teardown).
 #
 # Filesystems: "plain" (a directory of the scratch filesystem, normally
-# ext4), "sealfs", "sealfs-noaudit" (sealfs mounted with --no-audit),
+# ext4), "sealfs", "sealfs-noaudit" (sealfs mounted with --no-audit), "sealfs-shared"
+# (sealfs mounted with --shared-storage),
 # "gocryptfs" and "securefs" (lite format, securefs 0.x's --format 4).
 # Every volume is created fresh with the password in $passfile, mounted
 # with each program's default options, and unmounted with fusermount3 -u.
@@ -29,7 +30,7 @@ lib_repo=$(cd "$lib_here/.." && pwd)
 # fs_installed FS: can FS be measured on this machine?
 fs_installed() {
     case $1 in
-        plain|sealfs|sealfs-noaudit) return 0 ;;
+        plain|sealfs|sealfs-noaudit|sealfs-shared) return 0 ;;
         gocryptfs|securefs) command -v "$1" > /dev/null ;;
         *) return 1 ;;
     esac
@@ -38,7 +39,7 @@ fs_installed() {
 # fs_version FS: one line naming the version, for the environment record.
 fs_version() {
     case $1 in
-        sealfs|sealfs-noaudit)
+        sealfs|sealfs-noaudit|sealfs-shared)
             # With $SEALFS_BIN the checkout need not be what was built.
             echo "$("$sealfs_bin" --version 2> /dev/null || echo sealfs) $sealfs_bin" \
                 "(${SEALFS_BIN:+SEALFS_BIN; }checkout $(git -C "$lib_repo" rev-parse --short HEAD 2> /dev/null || echo '?'))" ;;
@@ -222,7 +223,7 @@ setup_fs() {
             work=$dir/plain
             cipher=$work
             return 0 ;;
-        sealfs|sealfs-noaudit)
+        sealfs|sealfs-noaudit|sealfs-shared)
             mkdir -p "$cipher" "$mnt"
             echo "== $fs init/mount $cipher" >> "$dlog"
             "$sealfs_bin" init "$cipher" --passfile "$passfile" >> "$dlog" 2>&1 </dev/null ||
@@ -230,6 +231,7 @@ setup_fs() {
             mounted[$mnt]=$fs
             local extra=()
             [[ $fs == sealfs-noaudit ]] && extra=(--no-audit)
+            [[ $fs == sealfs-shared ]] && extra=(--shared-storage)
             "$sealfs_bin" mount "$cipher" "$mnt" --passfile "$passfile" "${extra[@]}" >> "$dlog" 2>&1 </dev/null ||
                 { log "sealfs mount failed (see $dlog)"; return 1; } ;;
         gocryptfs)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench.sh - benchmark sealfs against gocryptfs, securefs and the plain disk.
 #
-# Usage: contrib/bench.sh [--runs N] [--quick] [--audit-off] [--requests]
+# Usage: contrib/bench.sh [--runs N] [--quick] [--audit-off] [--shared] [--requests]
 #                         [--only sealfs|gocryptfs|securefs]
 #
 #   --runs N      repeat every workload N times and report the median (3)
@@ -9,6 +9,10 @@
 #                 --runs is also given): a smoke test, not a measurement
 #   --audit-off   also measure sealfs mounted with --no-audit (adds a
 #                 column and an "audit on/off" ratio: the cost of the log)
+#   --shared      also measure sealfs mounted with --shared-storage (one
+#                 daemon; adds a column and a "default/shared" ratio:
+#                 what close-to-open consistency costs, no writeback
+#                 cache and entries cached at most the refresh period)
 #   --requests    after the timed runs, count the FUSE requests (per
 #                 opcode) and daemon syscalls per file of the small-file
 #                 workload with contrib/fuse-requests.sh, in separate,
@@ -78,6 +82,7 @@ runs_given=0
 quick=0
 only=
 audit_off=0
+shared=0
 requests=0
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -85,6 +90,7 @@ while [[ $# -gt 0 ]]; do
         --runs=*) runs=${1#--runs=}; runs_given=1; shift ;;
         --quick) quick=1; shift ;;
         --audit-off) audit_off=1; shift ;;
+        --shared) shared=1; shift ;;
         --requests) requests=1; shift ;;
         --only) [[ $# -ge 2 ]] || usage 2; only=$2; shift 2 ;;
         --only=*) only=${1#--only=}; shift ;;
@@ -130,6 +136,9 @@ case $only in
 esac
 if [[ $audit_off == 1 && " ${fss[*]} " == *" sealfs "* ]]; then
     fss=(sealfs sealfs-noaudit "${fss[@]:1}")
+fi
+if [[ $shared == 1 && " ${fss[*]} " == *" sealfs "* ]]; then
+    fss=(sealfs sealfs-shared "${fss[@]:1}")
 fi
 fss+=(plain)
 if [[ ${#fss[@]} -gt 1 ]]; then
@@ -391,8 +400,11 @@ rows = [
 direction = {"hi": "higher", "lo": "lower", "ok": "-"}
 peers = ["gocryptfs", "securefs"]
 audit_cmp = "sealfs-noaudit" in present
-cols = (["sealfs"] + (["sealfs-noaudit"] if audit_cmp else []) + peers
-        + ["plain"])
+shared_cmp = "sealfs-shared" in present
+cols = (["sealfs"] + (["sealfs-noaudit"] if audit_cmp else [])
+        + (["sealfs-shared"] if shared_cmp else []) + peers + ["plain"])
+names = {"sealfs-noaudit": "sealfs --no-audit",
+         "sealfs-shared": "sealfs --shared-storage"}
 
 def median(fs, work):
     v = vals.get((fs, work))
@@ -437,10 +449,10 @@ def best_peer(work, kind):
     return best
 
 head = ["workload", "better"] + [
-    ("sealfs --no-audit" if c == "sealfs-noaudit" else
-     plain_name if c == "plain" else c) for c in cols]
+    (plain_name if c == "plain" else names.get(c, c)) for c in cols]
 head += ["best peer", "sealfs/best peer", "sealfs/%s" % plain_name]
 head += ["audit on/off"] if audit_cmp else []
+head += ["default/shared"] if shared_cmp else []
 print("| " + " | ".join(head) + " |")
 print("|---|---|" + "---:|" * (len(cols)) + "---|" + "---:|" * (len(head) - len(cols) - 3))
 
@@ -452,6 +464,8 @@ for work, label, kind in rows:
              ratio(s, median("plain", work), kind)]
     if audit_cmp:
         extra.append(ratio(s, median("sealfs-noaudit", work), kind))
+    if shared_cmp:
+        extra.append(ratio(s, median("sealfs-shared", work), kind))
     print("| %s | %s | %s |" % (label, direction[kind], " | ".join(
         [cell(fs, work, kind) for fs in cols] + extra)))
 print()
@@ -471,7 +485,7 @@ space = [("space-small-app", "small files, apparent"),
 scols = [c for c in cols if c != "plain"]
 print()
 print("| space / plaintext | " + " | ".join(
-    "sealfs --no-audit" if c == "sealfs-noaudit" else c for c in scols)
+    names.get(c, c) for c in scols)
     + " | %s (KiB) |" % plain_name)
 print("|---|" + "---:|" * (len(scols) + 1))
 for work, label in space:

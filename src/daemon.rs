@@ -51,7 +51,7 @@ use crate::kms::{KeyError, KeyService, MountHooks, OnMount};
 use crate::policy::audit::{AuditLog, AuditStream, DEFAULT_SEGMENT_BYTES};
 use crate::policy::grants::GrantStore;
 use crate::policy::AccessControl;
-use crate::volume::{Volume, VolumeError};
+use crate::volume::{SharedStorage, Volume, VolumeError};
 use mounts::Unmounter;
 pub use threads::raise_fd_limit;
 use threads::Timers;
@@ -126,6 +126,7 @@ impl Mount {
             readahead_kb: Some(1024),
             accept_rollback: false,
             enospc_margin: None,
+            shared: None,
         }
     }
 }
@@ -148,6 +149,7 @@ pub struct MountBuilder {
     readahead_kb: Option<u32>,
     accept_rollback: bool,
     enospc_margin: Option<u64>,
+    shared: Option<SharedStorage>,
 }
 
 /// Request-serving threads when none are chosen: twice the cores, 4 to 16,
@@ -301,6 +303,19 @@ impl MountBuilder {
         self
     }
 
+    /// Shared-storage mode (`Some`): other daemons, on this or other hosts,
+    /// may have the same cipher directory mounted in this mode at once;
+    /// every change of a shared file is made under its lock on the fresh
+    /// state, others' changes show within `refresh`, and the kernel's
+    /// caches are bounded by it (close-to-open consistency, README "Shared
+    /// storage"). `None` (default): this daemon is the volume's only
+    /// writer. A volume whose config sets `shared_storage = true` refuses
+    /// a mount without it.
+    pub fn shared_storage(mut self, shared: Option<SharedStorage>) -> Self {
+        self.shared = shared;
+        self
+    }
+
     /// Checks the volume and the mount point, gets the secret and unlocks
     /// the volume (taking its lock when read-write). Starts no thread.
     pub fn open(self) -> Result<OpenedMount, MountError> {
@@ -309,6 +324,9 @@ impl MountBuilder {
             return Err(MountError::NotAVolume(cipherdir.to_path_buf()));
         }
         check_mountpoint(&self.mountpoint)?;
+        if self.shared.is_none() && Volume::read_config(cipherdir)?.shared_storage {
+            return Err(VolumeError::SharedStorageRequired(cipherdir.to_path_buf()).into());
+        }
         let canonical_mp = self
             .mountpoint
             .canonicalize()
@@ -322,7 +340,12 @@ impl MountBuilder {
             Some(SecretSource::Ask(ask)) => ask().map_err(MountError::Secret)?,
             None => return Err(MountError::Secret("no unlock secret given".into())),
         };
-        let vol = Arc::new(Volume::open(cipherdir, &secret, self.read_only)?);
+        let vol = Arc::new(Volume::open_for_mount(
+            cipherdir,
+            &secret,
+            self.read_only,
+            self.shared.clone(),
+        )?);
         drop(secret);
         // Before the audit log opens (it would start a new one where the
         // old is gone, and append its recovery notes).
@@ -343,7 +366,11 @@ impl MountBuilder {
                 enospc_margin: self.enospc_margin,
             },
             audit: self.audit,
-            audit_host: self.audit_host.clone(),
+            // On shared storage every daemon appends to its own stream.
+            audit_host: self
+                .audit_host
+                .clone()
+                .or_else(|| self.shared.as_ref().map(|s| s.host_id.clone())),
             idle: self.idle,
             unmount_on_signal: self.unmount_on_signal,
             lock_memory: self.lock_memory,

@@ -301,6 +301,21 @@ pub fn read_exact_at(f: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
     f.read_exact_at(buf, offset)
 }
 
+/// Reads up to `buf.len()` bytes at `offset` (fewer only at the end of
+/// the file); how many.
+pub fn read_at_most(f: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], offset + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 /// Writes all of `buf` at `offset`.
 pub fn write_all_at(f: &File, buf: &[u8], offset: u64) -> io::Result<()> {
     f.write_all_at(buf, offset)
@@ -723,4 +738,87 @@ pub fn futimens(f: &File, atime: TimeSpec, mtime: TimeSpec) -> io::Result<()> {
     let ts = [atime.to_libc(), mtime.to_libc()];
     // SAFETY: valid fd and timespec array.
     check(unsafe { libc::futimens(f.as_raw_fd(), ts.as_ptr()) }).map(|_| ())
+}
+
+// ------------------------------------------------------------ byte-range locks
+
+/// The kind of an open-file-description byte-range lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeLockKind {
+    /// Many holders at once (`F_RDLCK`; the fd must be open for reading).
+    Shared,
+    /// One holder (`F_WRLCK`; the fd must be open for writing).
+    Exclusive,
+}
+
+fn flock_of(kind: Option<RangeLockKind>, start: u64, len: u64) -> io::Result<libc::flock> {
+    let off =
+        |v: u64| libc::off_t::try_from(v).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL));
+    // SAFETY: flock is plain data; all-zero is a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = match kind {
+        Some(RangeLockKind::Shared) => libc::F_RDLCK,
+        Some(RangeLockKind::Exclusive) => libc::F_WRLCK,
+        None => libc::F_UNLCK,
+    } as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = off(start)?;
+    fl.l_len = off(len)?;
+    // OFD locks need l_pid = 0.
+    fl.l_pid = 0;
+    Ok(fl)
+}
+
+/// Takes (`Some(kind)`) or drops (`None`) an OFD byte-range lock
+/// (`fcntl(F_OFD_SETLK[W])`) on `len` bytes at `start` of `fd`. The lock
+/// belongs to the open file description: it is dropped when the last fd
+/// of it closes, and two fds of one description never conflict. With
+/// `wait` it blocks until granted (EINTR retried); without, `Ok(false)`
+/// says another description holds a conflicting lock. NFSv4, CephFS and
+/// local filesystems honour these locks between hosts and processes.
+pub fn range_lock(
+    fd: BorrowedFd<'_>,
+    kind: Option<RangeLockKind>,
+    start: u64,
+    len: u64,
+    wait: bool,
+) -> io::Result<bool> {
+    let fl = flock_of(kind, start, len)?;
+    let cmd = if wait {
+        libc::F_OFD_SETLKW
+    } else {
+        libc::F_OFD_SETLK
+    };
+    loop {
+        // SAFETY: valid fd and a valid flock for the call's duration.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), cmd, &fl) } == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) | Some(libc::EACCES) if !wait => return Ok(false),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// The kind of a lock another open file description holds that would
+/// conflict with `kind` on `len` bytes at `start` (`F_OFD_GETLK`), if any.
+pub fn range_lock_conflict(
+    fd: BorrowedFd<'_>,
+    kind: RangeLockKind,
+    start: u64,
+    len: u64,
+) -> io::Result<Option<RangeLockKind>> {
+    let mut fl = flock_of(Some(kind), start, len)?;
+    // SAFETY: valid fd and a valid, writable flock for the call's duration.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(match fl.l_type as libc::c_int {
+        libc::F_RDLCK => Some(RangeLockKind::Shared),
+        libc::F_WRLCK => Some(RangeLockKind::Exclusive),
+        _ => None,
+    })
 }

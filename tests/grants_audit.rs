@@ -14,22 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{bin, Fixture};
+use common::{as_user, bin, Fixture};
 use serde_json::Value;
 
 const GRANTEE: u32 = 1001;
-
-/// Runs `args` as `uid` (gid = uid, no supplementary groups).
-fn as_user(uid: u32, args: &[&str]) -> Output {
-    Command::new("setpriv")
-        .arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={uid}"))
-        .arg("--clear-groups")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run setpriv")
-}
 
 fn ok_as(uid: u32, args: &[&str]) -> String {
     let o = as_user(uid, args);

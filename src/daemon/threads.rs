@@ -91,26 +91,50 @@ impl Timers {
         let s = stop.clone();
         let authority = vol.keyring().read().authority().cloned();
         let (v, a, h) = (vol.clone(), access.clone(), hooks.clone());
+        // Shared storage: the schedules (and grant expiry's stores) run on
+        // the one host holding the lease, renewed every tick.
+        let shared = vol.shared().is_some();
+        let lease = Arc::new(AtomicBool::new(!shared));
+        let held = lease.clone();
+        let tick = if shared {
+            crate::volume::shared::LEASE_TIME / 3
+        } else {
+            SCHEDULE_TICK
+        };
         threads.extend(
             std::thread::Builder::new()
                 .name("sealfs-schedule".into())
                 .spawn(move || loop {
-                    let census = Mutex::new(None);
-                    let keys = super::daemon_keys(&v, &a, &*h, &census);
-                    match keys.run_schedules(now_secs()) {
-                        Ok(done) => {
-                            for d in done {
-                                tracing::info!("schedule: {d}");
+                    if shared {
+                        follow_lease(&v, &held);
+                    }
+                    if held.load(Ordering::Acquire) {
+                        run_schedules(&v, &a, &*h);
+                    }
+                    if s.wait(tick) {
+                        if shared && held.load(Ordering::Acquire) {
+                            if let Err(e) = v.release_schedule_lease() {
+                                tracing::warn!("schedule lease not released: {e}");
                             }
                         }
-                        Err(e) => tracing::warn!("scheduled key job failed: {e}"),
-                    }
-                    if s.wait(SCHEDULE_TICK) {
                         return;
                     }
                 })
                 .ok(),
         );
+        if let Some(period) = vol.shared().map(|s| s.refresh) {
+            let (s, v, a, h) = (stop.clone(), vol.clone(), access.clone(), hooks.clone());
+            threads.extend(
+                std::thread::Builder::new()
+                    .name("sealfs-refresh".into())
+                    .spawn(move || {
+                        while !s.wait(period) {
+                            follow_other_hosts(&v, &a, &*h);
+                        }
+                    })
+                    .ok(),
+            );
+        }
         if let Some(kms) = authority {
             let s = stop.clone();
             threads.extend(
@@ -133,7 +157,9 @@ impl Timers {
             std::thread::Builder::new()
                 .name("sealfs-grants".into())
                 .spawn(move || loop {
-                    expire_grants(&access, &*hooks);
+                    if lease.load(Ordering::Acquire) {
+                        expire_grants(&access, &*hooks);
+                    }
                     if s.wait(GRANT_EXPIRY_TICK) {
                         return;
                     }
@@ -160,6 +186,76 @@ impl Timers {
 impl Drop for Timers {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// One round of the key schedules on behalf of the daemon.
+fn run_schedules(vol: &Volume, access: &AccessControl, hooks: &dyn MountHooks) {
+    let census = Mutex::new(None);
+    let keys = super::daemon_keys(vol, access, hooks, &census);
+    match keys.run_schedules(now_secs()) {
+        Ok(done) => {
+            for d in done {
+                tracing::info!("schedule: {d}");
+            }
+        }
+        Err(e) => tracing::warn!("scheduled key job failed: {e}"),
+    }
+}
+
+/// Shared storage: takes or renews the schedule lease into `held` (a
+/// lease that cannot be reached counts as lost); when held, the keyring
+/// others stored is followed before the schedules look at it.
+fn follow_lease(vol: &Volume, held: &AtomicBool) {
+    let now = match vol.take_schedule_lease() {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!("schedule lease not renewed: {e}");
+            false
+        }
+    };
+    let host = vol
+        .shared()
+        .map(|s| s.host_id.to_string())
+        .unwrap_or_default();
+    if held.swap(now, Ordering::AcqRel) != now {
+        if now {
+            tracing::info!("schedule lease taken: host {host} runs the key schedules");
+        } else {
+            tracing::info!(
+                "schedule lease held by another host; host {host} leaves the key schedules to it"
+            );
+        }
+    }
+    if now {
+        if let Err(e) = vol.refresh_keyring() {
+            tracing::warn!("keyring of other hosts not followed: {e}");
+        }
+    }
+}
+
+/// Shared storage: follows the keyring and the grant store other hosts
+/// stored; cached file data goes when keys or grants were taken away.
+fn follow_other_hosts(vol: &Volume, access: &AccessControl, hooks: &dyn MountHooks) {
+    let mut drop_data = false;
+    match vol.refresh_keyring() {
+        Ok(true) => {
+            tracing::debug!("followed a keyring another host stored");
+            // A disable, a disabled key or a version going away: nothing
+            // read before may be served from the kernel's cache any more.
+            drop_data |= vol.is_disabled() || vol.keyring().read().some_key_restricted();
+        }
+        Ok(false) => {}
+        Err(e) => tracing::warn!("keyring of other hosts not followed: {e}"),
+    }
+    if let Some(store) = access.grant_store() {
+        match store.refresh() {
+            Ok(ended) => drop_data |= ended,
+            Err(e) => tracing::warn!("grants of other hosts not followed: {e}"),
+        }
+    }
+    if drop_data {
+        hooks.drop_cached_file_data();
     }
 }
 

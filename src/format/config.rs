@@ -130,6 +130,15 @@ pub struct VolumeConfig {
     /// Key derivation of the unlock secret (layout-1 keyrings only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kdf: Option<KdfConfig>,
+    /// Every mount must be a shared-storage one (`--shared-storage`): the
+    /// volume lives on storage several hosts mount. Absent = false. Not a
+    /// format feature: an older sealfs ignores it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub shared_storage: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl VolumeConfig {
@@ -146,6 +155,7 @@ impl VolumeConfig {
             volume_id: hex(&volume_id),
             rotation_period: None,
             kdf: None,
+            shared_storage: false,
         }
     }
 
@@ -338,6 +348,16 @@ mod tests {
                 salt: hex(&[1; 16]),
             },
         )
+    }
+
+    #[test]
+    fn shared_storage_is_written_only_when_set() {
+        let mut c = VolumeConfig::new([7; 16]);
+        assert!(!c.to_toml().contains("shared_storage"), "old bytes kept");
+        c.shared_storage = true;
+        let t = c.to_toml();
+        assert!(t.contains("shared_storage = true"));
+        assert!(VolumeConfig::parse(&t).unwrap().shared_storage);
     }
 
     #[test]

@@ -16,7 +16,8 @@ use crate::crypto::{random_nonce, SecretKey, NONCE_LEN, TAG_LEN};
 pub const STORE_MAGIC: &[u8; 8] = b"SEALGRN1";
 const STORE_LABEL: &[u8] = b"sealfs grant store v1";
 /// magic, key version, generation, nonce.
-const STORE_HEADER: usize = 8 + 4 + 8 + NONCE_LEN;
+/// Bytes of the store header before the sealed grants (§13).
+pub const STORE_HEADER: usize = 8 + 4 + 8 + NONCE_LEN;
 
 /// Errors of grant handling. Never contains a token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -15,6 +15,7 @@ pub mod header;
 pub mod host_id;
 pub mod keyring;
 pub mod layout;
+pub mod lease;
 pub mod links;
 pub mod names;
 pub mod reserved;

@@ -26,6 +26,8 @@ pub const DIR_RECORD: &str = "sealfs.dir";
 pub const DIR_RECORD_BACKUP: &str = "sealfs.dir.bak";
 /// Lock file: `flock`ed by the one process that has the volume open for writing.
 pub const LOCK_FILE: &str = "sealfs.lock";
+/// The schedule lease of a shared-storage volume (§1.2).
+pub const LEASE_FILE: &str = "sealfs.lease";
 /// The sealed grant store (§13).
 pub const GRANTS_FILE: &str = "sealfs.grants";
 /// The audit log's folder (§12).
@@ -55,11 +57,12 @@ pub const SALVAGE_PREFIX: &str = "salvage-";
 pub const BACKING_LOST_FOUND: &str = "lost+found";
 
 /// Bookkeeping names of the volume root (besides [`DIR_RECORDS`]).
-pub const ROOT_BOOKKEEPING: [&str; 8] = [
+pub const ROOT_BOOKKEEPING: [&str; 9] = [
     CONFIG_FILE,
     KEYRING_FILE,
     KEYRING_BACKUP,
     LOCK_FILE,
+    LEASE_FILE,
     AUDIT_DIR,
     GRANTS_FILE,
     ROOT_ATTRS_FILE,

@@ -187,6 +187,39 @@ impl SealFs {
         self.checked_content(req, fh, true)
     }
 
+    /// Shared storage: the content lock of `f`'s backing file (exclusive
+    /// for a `write`), and `f` read again from disk under it (another host
+    /// may have written it), handed back for reading. `None` otherwise.
+    pub(super) fn shared_content<'a>(
+        &self,
+        f: &'a RwLock<SealedFile>,
+        write: bool,
+    ) -> Result<
+        Option<(
+            crate::volume::shared::ResourceGuard,
+            parking_lot::RwLockReadGuard<'a, SealedFile>,
+        )>,
+        crate::volume::VolumeError,
+    > {
+        if self.vol.shared().is_none() {
+            return Ok(None);
+        }
+        // The backing inode first: no guard of `f` is held while waiting
+        // for the lock (its holder, a thread of this daemon too, may be
+        // waiting for `f`).
+        let ino = {
+            let sf = f.read();
+            crate::sys::fstat(std::os::fd::AsFd::as_fd(sf.backing()))?.st_ino
+        };
+        let locked = self.vol.lock_content(ino, write)?;
+        let Some(locked) = locked else {
+            return Ok(None);
+        };
+        let mut sf = f.write();
+        sf.reload_from_disk()?;
+        Ok(Some((locked, parking_lot::RwLockWriteGuard::downgrade(sf))))
+    }
+
     fn checked_content(
         &self,
         req: &Request,

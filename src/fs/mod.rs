@@ -68,7 +68,8 @@ pub use space::SpaceGuard;
 
 /// How long the kernel may cache attributes and entries. sealfs is the only
 /// writer of its cipher directory while mounted, so caching is safe; one
-/// second bounds staleness if someone edits the cipher dir underneath.
+/// second bounds staleness if someone edits the cipher dir underneath. In
+/// shared-storage mode: at most the refresh period ([`SealFs::ttl`]).
 const TTL: Duration = Duration::from_secs(1);
 /// The root directory's node id (FUSE's).
 const ROOT: u64 = 1;
@@ -121,6 +122,8 @@ pub struct SealFs {
     /// The root's presented mode, owner and group (`sealfs.root`); `None`:
     /// the cipher directory's own.
     root_attrs: RwLock<Option<crate::volume::rootattrs::RootAttrs>>,
+    /// Shared storage: the refresh period (bounds the kernel's caches).
+    shared_refresh: Option<Duration>,
 }
 
 impl SealFs {
@@ -160,7 +163,6 @@ impl SealFs {
         });
         Ok(SealFs {
             records,
-            vol,
             inodes: Arc::new(RwLock::new(table)),
             next_node: AtomicU64::new(1 << 62),
             notifier: Arc::new(std::sync::OnceLock::new()),
@@ -173,7 +175,28 @@ impl SealFs {
             space: std::sync::OnceLock::new(),
             features,
             root_attrs: RwLock::new(root_attrs),
+            shared_refresh: vol.shared().map(|s| s.refresh),
+            vol,
         })
+    }
+
+    /// How long the kernel may keep an entry or attributes: [`TTL`], or in
+    /// shared-storage mode no longer than the refresh period, so a name
+    /// another host renamed or removed goes within it.
+    pub(crate) fn ttl(&self) -> Duration {
+        self.shared_refresh.map_or(TTL, |r| r.min(TTL))
+    }
+
+    /// The open flags of a file read through the page cache: kept across
+    /// opens (`FOPEN_KEEP_CACHE`: this daemon is the only writer), or in
+    /// shared-storage mode dropped at every open, so an open sees what
+    /// another host wrote and closed (close-to-open).
+    pub(crate) fn cached_open(&self) -> fuser::FopenFlags {
+        if self.shared_refresh.is_some() {
+            fuser::FopenFlags::empty()
+        } else {
+            fuser::FopenFlags::FOPEN_KEEP_CACHE
+        }
     }
 
     /// Watches the free space in CIPHERDIR (writable volumes): while it is
@@ -213,7 +236,7 @@ impl SealFs {
 
 impl fuser::Filesystem for SealFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        session::ask_kernel(config, self.features.xattrs);
+        session::ask_kernel(config, self.features.xattrs, self.shared_refresh.is_some());
         self.records.spawn();
         Ok(())
     }

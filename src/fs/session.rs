@@ -288,12 +288,18 @@ pub fn fuser_config(cipherdir: &Path, opts: &MountOptions) -> fuser::Config {
 ///   inode without privileges S_NOSEC after one `security.capability`
 ///   probe and stops asking before every write (until its attributes are
 ///   refreshed).
-pub(super) fn ask_kernel(config: &mut fuser::KernelConfig, xattrs: bool) {
+///
+/// In shared-storage mode (`shared`) no writeback cache: every write
+/// reaches the daemon (and the backing file) before it returns, so what a
+/// host closed is on the shared storage for the next open elsewhere.
+pub(super) fn ask_kernel(config: &mut fuser::KernelConfig, xattrs: bool, shared: bool) {
     use fuser::InitFlags;
-    let mut want = InitFlags::FUSE_WRITEBACK_CACHE
-        | InitFlags::FUSE_PARALLEL_DIROPS
+    let mut want = InitFlags::FUSE_PARALLEL_DIROPS
         | InitFlags::FUSE_DO_READDIRPLUS
         | InitFlags::FUSE_READDIRPLUS_AUTO;
+    if !shared {
+        want |= InitFlags::FUSE_WRITEBACK_CACHE;
+    }
     if xattrs {
         want |= InitFlags::FUSE_POSIX_ACL
             | InitFlags::FUSE_DONT_MASK

@@ -471,6 +471,25 @@ impl Keyring {
         Ok(true)
     }
 
+    /// The keyring in `bytes` (another copy of this volume's keyring, e.g.
+    /// stored by another host of a shared volume), opened with this
+    /// keyring's KEK: no KDF runs and no provider is asked. Keeps what this
+    /// daemon knows of its unlock (slot, KMS authority) and the generation
+    /// floor. Refused when the KEK no longer opens it (a layout-1 upgrade
+    /// or `passwd` on layout 1 made a new KEK elsewhere).
+    pub fn reload(&self, bytes: &[u8]) -> Result<Keyring, KeyringError> {
+        let header = kfmt::parse_header(bytes)?;
+        if header.volume_id() != self.header.volume_id() {
+            return Err(KeyringError::VolumeMismatch);
+        }
+        let body = kfmt::open(bytes, &self.kek)?;
+        let mut k = Self::assemble(header, self.kek.clone(), body);
+        k.unlocked_by = self.unlocked_by.clone();
+        k.authority = self.authority.clone();
+        k.min_next_generation = self.min_next_generation;
+        Ok(k)
+    }
+
     /// How many times the keyring has been rewritten (from its header).
     pub fn generation(&self) -> u32 {
         self.header.generation()

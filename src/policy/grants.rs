@@ -38,6 +38,9 @@ pub enum GrantStoreError {
     /// No such grant (or the token matches none).
     #[error("no live grant {0}")]
     NotFound(String),
+    /// Shared storage: another host ended the grant first.
+    #[error("grant {0} was already ended on another host")]
+    EndedElsewhere(String),
     /// The caller may not retire this grant.
     #[error("this grant is not yours to retire")]
     NotGrantee,
@@ -50,6 +53,9 @@ pub enum GrantStoreError {
     /// Randomness failure.
     #[error(transparent)]
     Crypto(#[from] crate::crypto::CryptoError),
+    /// Shared storage: the grant store could not be locked or followed.
+    #[error("cannot follow the grant store on shared storage: {0}")]
+    Shared(String),
 }
 
 /// The revocation flag of one grant, held by the handles opened through it.
@@ -79,6 +85,32 @@ struct State {
     grants: Vec<Grant>,
     live: HashMap<String, Arc<LiveGrant>>,
     generation: u64,
+}
+
+impl State {
+    /// Makes `grants` (of `generation`) current: their live flags carry
+    /// over, grants no longer there end (for the handles holding them).
+    /// Whether any ended.
+    fn publish(&mut self, grants: Vec<Grant>, generation: u64) -> bool {
+        let live: HashMap<String, Arc<LiveGrant>> = grants
+            .iter()
+            .map(|g| {
+                let l = self.live.get(&g.id).cloned().unwrap_or_else(|| live_of(g));
+                (g.id.clone(), l)
+            })
+            .collect();
+        let mut ended = false;
+        for (id, l) in &self.live {
+            if !live.contains_key(id) {
+                l.ended.store(true, Ordering::Release);
+                ended = true;
+            }
+        }
+        self.grants = grants;
+        self.live = live;
+        self.generation = generation;
+        ended
+    }
 }
 
 /// How a grant ended.
@@ -115,6 +147,32 @@ fn live_of(g: &Grant) -> Arc<LiveGrant> {
         expires: g.expires,
         key: g.key,
     })
+}
+
+/// The generation of the stored grant store (0: none), from its header.
+fn stored_generation(vol: &Volume) -> Result<u64, GrantStoreError> {
+    let f = match sys::open_regular(vol.root(), OsStr::new(GRANTS_FILE), libc::O_RDONLY) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    let mut head = [0u8; gfmt::STORE_HEADER + crate::crypto::TAG_LEN];
+    let n = sys::read_at_most(&f, &mut head, 0)?;
+    Ok(gfmt::store_header(&head[..n])?.1)
+}
+
+/// Reads the store of `vol` (empty if there is none); on shared storage,
+/// first follows a keyring another host rotated when the store is sealed
+/// under a version this daemon does not know yet.
+fn load_grants_following(vol: &Volume) -> Result<(Vec<Grant>, u64), GrantStoreError> {
+    match load_grants(vol) {
+        Err(GrantStoreError::Grant(GrantError::Store(_))) if vol.shared().is_some() => {
+            vol.refresh_keyring()
+                .map_err(|e| GrantStoreError::Shared(e.to_string()))?;
+            load_grants(vol)
+        }
+        r => r,
+    }
 }
 
 /// Reads the store of `vol` (empty if there is none).
@@ -162,29 +220,58 @@ impl GrantStore {
         Ok(())
     }
 
-    /// Applies `change` to a copy of the grants, stores it, then publishes it.
+    /// Shared storage, with `change` held: loads the store another host
+    /// stored when its generation differs from this daemon's; grants gone
+    /// from it end here too. Whether any grant ended.
+    fn follow_stored(&self) -> Result<bool, GrantStoreError> {
+        if stored_generation(&self.vol)? == self.state.read().generation {
+            return Ok(false);
+        }
+        let (grants, generation) = load_grants_following(&self.vol)?;
+        let mine = self.state.read().generation;
+        if generation < mine {
+            return Err(GrantStoreError::Shared(format!(
+                "the stored grant store (generation {generation}) is older than the one this daemon stored or loaded ({mine}): refusing to follow or overwrite it (rolled back?)"
+            )));
+        }
+        Ok(self.state.write().publish(grants, generation))
+    }
+
+    /// Shared storage: follows the store other hosts changed (a look at its
+    /// header when they did not). Whether a grant ended (cached file data
+    /// reached through it should go). Nothing to do otherwise.
+    pub fn refresh(&self) -> Result<bool, GrantStoreError> {
+        if self.vol.shared().is_none() {
+            return Ok(false);
+        }
+        if stored_generation(&self.vol)? == self.state.read().generation {
+            return Ok(false);
+        }
+        let _c = self.change.lock();
+        self.follow_stored()
+    }
+
+    /// Applies `change` to a copy of the grants, stores it, then publishes
+    /// it. On shared storage: under the store's lock, to the stored grants.
     fn update<T>(
         &self,
         change: impl FnOnce(&mut Vec<Grant>) -> Result<T, GrantStoreError>,
     ) -> Result<T, GrantStoreError> {
         let _c = self.change.lock();
+        let _locked = self
+            .vol
+            .lock_resource(crate::volume::shared::Resource::Grants)
+            .map_err(|e| GrantStoreError::Shared(e.to_string()))?;
+        if _locked.is_some() {
+            self.follow_stored()?;
+        }
         let (mut grants, generation) = {
             let s = self.state.read();
             (s.grants.clone(), s.generation + 1)
         };
         let out = change(&mut grants)?;
         self.persist(&grants, generation)?;
-        let mut s = self.state.write();
-        let live = grants
-            .iter()
-            .map(|g| {
-                let l = s.live.get(&g.id).cloned().unwrap_or_else(|| live_of(g));
-                (g.id.clone(), l)
-            })
-            .collect();
-        s.grants = grants;
-        s.live = live;
-        s.generation = generation;
+        self.state.write().publish(grants, generation);
         Ok(out)
     }
 
@@ -257,10 +344,14 @@ impl GrantStore {
     pub fn revoke(&self, id: &str) -> Result<Grant, GrantStoreError> {
         let live = self.state.read().live.get(id).cloned();
         let r = self.update(|gs| {
-            let i = gs
-                .iter()
-                .position(|g| g.id == id)
-                .ok_or_else(|| GrantStoreError::NotFound(id.to_string()))?;
+            let i = gs.iter().position(|g| g.id == id).ok_or_else(|| {
+                // Known here but gone from the stored grants: another host.
+                if live.is_some() {
+                    GrantStoreError::EndedElsewhere(id.to_string())
+                } else {
+                    GrantStoreError::NotFound(id.to_string())
+                }
+            })?;
             Ok(gs.remove(i))
         });
         // Even if the change could not be stored, the grant stops working
@@ -323,6 +414,8 @@ impl GrantStore {
         for id in due {
             match self.revoke(&id) {
                 Ok(g) => out.push(g),
+                // Another host of a shared volume recorded it first.
+                Err(GrantStoreError::EndedElsewhere(_)) => {}
                 Err(e) => {
                     // Still unusable: LiveGrant::usable checks the expiry itself.
                     tracing::warn!("cannot store the expiry of grant {id}: {e}");

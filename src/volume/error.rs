@@ -66,6 +66,21 @@ pub enum VolumeError {
     /// Another sealfs process has the volume open for writing.
     #[error("{0} is in use by another sealfs process (mounted, or a key command is running): unmount it first, or use 'sealfs ctl' on the mount for key management")]
     InUse(PathBuf),
+    /// Daemons mounted with `--shared-storage` hold the volume; a writer
+    /// without it may not join them.
+    #[error("{0} is mounted by sealfs daemons in shared-storage mode: mount with --shared-storage too, or unmount them (on every host) first")]
+    InUseShared(PathBuf),
+    /// A writer without `--shared-storage` holds the volume; a
+    /// shared-storage daemon may not join it.
+    #[error("{0} is in use by a sealfs process that is not in shared-storage mode (a mount without --shared-storage, or a key command): unmount it or let it finish first")]
+    InUseExclusive(PathBuf),
+    /// The volume's config says it must be mounted with `--shared-storage`.
+    #[error("{0} must be mounted with --shared-storage (sealfs.toml sets shared_storage = true: other hosts may have it mounted)")]
+    SharedStorageRequired(PathBuf),
+    /// Another host changed a shared file in a way this daemon cannot
+    /// follow (e.g. re-keyed the keyring): remount.
+    #[error("{0}")]
+    SharedChange(String),
     /// The primary master key version is not usable for wrapping.
     #[error("the primary master key version is not enabled")]
     KeyUnavailable,

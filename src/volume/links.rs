@@ -182,6 +182,17 @@ impl Volume {
         let rec = SealedRecord::decode(RecordKind::File, &buf)?;
         let vid = self.volume_id();
         let wrapper = self.wrapper_for();
+        // Shared storage: wrapped under a version another host made and
+        // this daemon has not loaded yet: follow the stored keyring first.
+        if self.shared().is_some()
+            && rec
+                .slots
+                .iter()
+                .flatten()
+                .any(|s| wrapper(s.key_version).is_none())
+        {
+            let _ = self.refresh_keyring();
+        }
         let opened = match rec.open(&vid, ctx, &wrapper) {
             Ok((key, slot)) => {
                 // A file in the middle of becoming linked has a path slot and
@@ -395,6 +406,8 @@ impl Volume {
         new: &EncryptionContext<'_>,
     ) -> Result<FileRebind, VolumeError> {
         self.check_writable()?;
+        // Shared storage: the header re-read and rewritten under its lock.
+        let _locked = self.lock_header(file)?;
         let mut h = self.open_header(file, old)?;
         keeping_mtime(file, || {
             self.complete_conversion(file, &mut h)?;
@@ -437,6 +450,7 @@ impl Volume {
         step: FileRebind,
         new: &EncryptionContext<'_>,
     ) -> Result<(), VolumeError> {
+        let _locked = self.lock_header(file)?;
         keeping_mtime(file, || match step {
             FileRebind::Slot(mut rec) => {
                 rec.slots = [rec.slots[1], None];
@@ -465,6 +479,7 @@ impl Volume {
         ctx: &EncryptionContext<'_>,
         to: RewrapTo,
     ) -> Result<bool, VolumeError> {
+        let _locked = self.lock_header(file)?;
         let buf = content::read_header(file)?;
         let rec = SealedRecord::decode(RecordKind::File, &buf)?;
         let Some(target) = self.rewrap_target(&rec, to) else {

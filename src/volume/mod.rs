@@ -40,6 +40,7 @@ pub mod namespace;
 pub mod reclaim;
 pub mod rewrap;
 pub mod rootattrs;
+pub mod shared;
 pub mod subtree;
 pub mod walk;
 pub mod xattrs;
@@ -59,7 +60,7 @@ use parking_lot::RwLock;
 use crate::crypto::{random_id, Argon2Params, SecretKey};
 use crate::format::chunk::ContentFormat;
 use crate::format::config::{hex, ConfigError, KdfConfig, VolumeConfig, CONFIG_FILE, PADDED_NAMES};
-use crate::format::header::{EncryptionContext, RecordKind, SealedRecord, RECORD_LEN};
+use crate::format::header::{EncryptionContext, HeaderError, RecordKind, SealedRecord, RECORD_LEN};
 use crate::format::keyring::KekSource;
 use crate::format::layout::plaintext_size;
 use crate::format::names::{NameCipher, NameScheme};
@@ -74,6 +75,8 @@ use content::SealedFile;
 /// stream; else the host id), as a keyring store records it.
 pub type StreamAnchor = (Option<String>, crate::format::keyring::AuditAnchor);
 pub use error::VolumeError;
+pub use shared::SharedStorage;
+use shared::{Resource, ResourceGuard};
 
 // Reserved names live in `format::reserved`; these paths are kept for users.
 pub use crate::format::reserved::{DIR_RECORD, DIR_RECORD_BACKUP, LOCK_FILE};
@@ -168,10 +171,14 @@ pub struct Volume {
     keyring_store: parking_lot::Mutex<()>,
     /// How names are sealed (the config's `padded-names` feature).
     name_scheme: NameScheme,
-    /// `sealfs.lock`, flock'ed exclusively while opened writable: one
-    /// writer per volume (a mount, or an offline command), never two
-    /// keyrings in memory overwriting each other.
-    _lock: Option<File>,
+    /// The mode lock on `sealfs.lock` while opened writable: exclusive for
+    /// one writer (a mount, or an offline command), never two keyrings in
+    /// memory overwriting each other; shared among shared-storage daemons,
+    /// which then change every shared file under its resource lock
+    /// ([`shared`]).
+    _lock: Option<shared::VolumeLock>,
+    /// Set when opened for a shared-storage mount.
+    shared: Option<SharedStorage>,
     /// The directory holding the keyring when it is kept outside CIPHERDIR
     /// (feature `external-keyring`); None: CIPHERDIR.
     keyring_dir: Option<std::os::fd::OwnedFd>,
@@ -179,20 +186,6 @@ pub struct Volume {
 
 /// File mode of `sealfs.toml` (no secret, but nobody else's business).
 pub const CONFIG_MODE: u32 = 0o600;
-
-fn lock_volume(cipherdir: &Path, root: BorrowedFd<'_>) -> Result<File, VolumeError> {
-    use std::os::fd::AsRawFd;
-    let f = sys::open_or_create_regular(root, OsStr::new(LOCK_FILE), 0o600)?;
-    // SAFETY: valid fd; flock has no memory effects.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(VolumeError::InUse(cipherdir.to_path_buf()));
-        }
-        return Err(e.into());
-    }
-    Ok(f)
-}
 
 /// The sealed bytes of the record copy `name` (`sealfs.dir` or its second
 /// copy, or a temp copy) of the backing directory `dir`.
@@ -399,12 +392,47 @@ impl Volume {
         read_only: bool,
         lock: bool,
     ) -> Result<Self, VolumeError> {
+        Self::open_in_mode(cipherdir, unlock, config, read_only, lock, None)
+    }
+
+    /// Opens and unlocks a volume for a mount: with `shared`, in
+    /// shared-storage mode (a shared mode lock beside other such daemons,
+    /// every change of a shared file under its resource lock); without,
+    /// the exclusive lock when writable, as [`Volume::open`].
+    pub fn open_for_mount(
+        cipherdir: &Path,
+        unlock: &dyn Unlocker,
+        read_only: bool,
+        shared: Option<SharedStorage>,
+    ) -> Result<Self, VolumeError> {
+        let config = Self::read_config(cipherdir)?;
+        Self::open_in_mode(cipherdir, unlock, config, read_only, !read_only, shared)
+    }
+
+    fn open_in_mode(
+        cipherdir: &Path,
+        unlock: &dyn Unlocker,
+        config: VolumeConfig,
+        read_only: bool,
+        lock: bool,
+        shared: Option<SharedStorage>,
+    ) -> Result<Self, VolumeError> {
         let volume_id = config.volume_id_bytes()?;
         let root = sys::open_dir_path(cipherdir)?;
         let lock = if lock {
-            Some(lock_volume(cipherdir, root.as_fd())?)
+            Some(shared::lock_volume(
+                cipherdir,
+                root.as_fd(),
+                shared.is_some(),
+            )?)
         } else {
             None
+        };
+        // Beside other hosts: the keyring read and its copies resynced
+        // while nobody stores it.
+        let _keyring_lock = match (&lock, &shared) {
+            (Some(_), Some(_)) => Some(shared::lock_resource(root.as_fd(), Resource::Keyring)?),
+            _ => None,
         };
         let outside = keyring_place(cipherdir, &config, unlock)?;
         let keyring_fd = outside.as_ref().map_or(root.as_fd(), |d| d.as_fd());
@@ -440,6 +468,7 @@ impl Volume {
         }
         let mut vol = Volume::assemble(cipherdir, root, config, volume_id, keyring, read_only);
         vol._lock = lock;
+        vol.shared = shared;
         vol.keyring_dir = outside;
         Ok(vol)
     }
@@ -473,8 +502,77 @@ impl Volume {
             namespace: RwLock::new(()),
             keyring_store: parking_lot::Mutex::new(()),
             _lock: None,
+            shared: None,
             keyring_dir: None,
         }
+    }
+
+    /// The shared-storage choices when opened for a shared-storage mount.
+    pub fn shared(&self) -> Option<&SharedStorage> {
+        self.shared.as_ref()
+    }
+
+    /// Shared storage: takes or renews the schedule lease for this host
+    /// (see [`shared::LEASE_TIME`]); whether this host holds it now.
+    /// Always true otherwise (the only writer runs its schedules).
+    pub fn take_schedule_lease(&self) -> Result<bool, VolumeError> {
+        match &self.shared {
+            Some(s) if !self.read_only => {
+                shared::take_lease(self.root(), &s.host_id, sys::now_ms())
+            }
+            _ => Ok(true),
+        }
+    }
+
+    /// Shared storage: gives the schedule lease up if this host holds it.
+    pub fn release_schedule_lease(&self) -> Result<(), VolumeError> {
+        match &self.shared {
+            Some(s) if !self.read_only => shared::release_lease(self.root(), &s.host_id),
+            _ => Ok(()),
+        }
+    }
+
+    /// In shared-storage mode: waits for and takes the lock of `r` (held
+    /// until the guard drops). `None` otherwise (this daemon is the only
+    /// writer; its own mutexes suffice).
+    pub fn lock_resource(&self, r: Resource) -> Result<Option<ResourceGuard>, VolumeError> {
+        if self.shared.is_none() || self.read_only {
+            return Ok(None);
+        }
+        shared::lock_resource(self.root(), r).map(Some)
+    }
+
+    /// In shared-storage mode: waits for and takes the lock of the content
+    /// of the backing file with inode number `ino` (`write`: exclusive, else
+    /// shared),
+    /// under which the open file's size and group states are read again
+    /// ([`content::SealedFile::reload_from_disk`]). `None` otherwise.
+    pub fn lock_content(
+        &self,
+        ino: u64,
+        write: bool,
+    ) -> Result<Option<ResourceGuard>, VolumeError> {
+        if self.shared.is_none() || self.read_only {
+            return Ok(None);
+        }
+        let kind = if write {
+            sys::RangeLockKind::Exclusive
+        } else {
+            sys::RangeLockKind::Shared
+        };
+        shared::lock_resource_as(self.root(), Resource::FileContent(ino), kind).map(Some)
+    }
+
+    /// In shared-storage mode: waits for and takes the lock of the header
+    /// block of the open backing file `file` (a header re-read and
+    /// rewritten under it is never another host's change overwritten).
+    /// `None` otherwise.
+    pub(crate) fn lock_header(&self, file: &File) -> Result<Option<ResourceGuard>, VolumeError> {
+        if self.shared.is_none() || self.read_only {
+            return Ok(None);
+        }
+        let st = sys::fstat(file.as_fd())?;
+        shared::lock_resource(self.root(), Resource::FileHeader(st.st_ino)).map(Some)
     }
 
     /// The directory the keyring's two copies are in: CIPHERDIR, or the
@@ -535,6 +633,12 @@ impl Volume {
     ) -> Result<(T, u32), VolumeError> {
         self.check_writable()?;
         let _one_at_a_time = self.keyring_store.lock();
+        // Shared storage: the change applies to what is on disk now, under
+        // the keyring's lock (compare-and-swap on its generation).
+        let _keyring_lock = self.lock_resource(Resource::Keyring)?;
+        if _keyring_lock.is_some() {
+            self.follow_stored_keyring()?;
+        }
         let mut next = self.keyring.read().clone();
         let out = change(&mut next)?;
         let anchor = before_store(next.generation().wrapping_add(1))?;
@@ -542,17 +646,78 @@ impl Volume {
             next.set_stream_anchor(stream.as_deref(), a);
         }
         next.store(self.keyring_fd())?;
-        self.disabled
-            .store(next.disabled(), std::sync::atomic::Ordering::Release);
-        self.keys_restricted.store(
-            next.some_key_restricted(),
-            std::sync::atomic::Ordering::Release,
-        );
-        self.key_policies
-            .store(next.any_policy(), std::sync::atomic::Ordering::Release);
         let generation = next.generation();
-        *self.keyring.write() = next;
+        self.install_keyring(next);
         Ok((out, generation))
+    }
+
+    /// Makes `next` the keyring in memory (with the per-request flags).
+    fn install_keyring(&self, next: Keyring) {
+        use std::sync::atomic::Ordering::Release;
+        self.disabled.store(next.disabled(), Release);
+        self.keys_restricted
+            .store(next.some_key_restricted(), Release);
+        self.key_policies.store(next.any_policy(), Release);
+        *self.keyring.write() = next;
+    }
+
+    /// The generation of the stored keyring (its first copy, or the second
+    /// when the first does not read), from its first bytes only.
+    fn stored_keyring_generation(&self) -> Result<u32, VolumeError> {
+        let peek = |name: &str| -> Result<u32, VolumeError> {
+            let f = sys::open_regular(self.keyring_fd(), OsStr::new(name), libc::O_RDONLY)?;
+            let mut buf = [0u8; crate::format::keyring::PEEK_LEN];
+            let n = sys::read_at_most(&f, &mut buf, 0)?;
+            Ok(crate::format::keyring::peek_generation(&buf[..n]).map_err(KeyringError::from)?)
+        };
+        peek(KEYRING_FILE).or_else(|_| peek(KEYRING_BACKUP))
+    }
+
+    /// Shared storage, with the keyring's lock or its store mutex held:
+    /// loads the stored keyring when another host stored a newer one;
+    /// refuses one older than what this daemon stored or loaded (a newer
+    /// generation on disk is another host's change; an older one is a
+    /// rollback, never followed). Whether it loaded one.
+    fn follow_stored_keyring(&self) -> Result<bool, VolumeError> {
+        let mine = self.keyring.read().generation();
+        let stored = self.stored_keyring_generation()?;
+        if stored == mine {
+            return Ok(false);
+        }
+        if stored < mine {
+            return Err(VolumeError::SharedChange(format!(
+                "the stored keyring (generation {stored}) is older than the one this daemon stored or loaded ({mine}): refusing to follow or overwrite it (a rolled-back keyring?)"
+            )));
+        }
+        let bytes = crate::keyring::read_copy(self.keyring_fd(), KEYRING_FILE)
+            .or_else(|_| crate::keyring::read_copy(self.keyring_fd(), KEYRING_BACKUP))?;
+        let next = self.keyring.read().reload(&bytes).map_err(|e| {
+            VolumeError::SharedChange(format!(
+                "another host stored a keyring this daemon cannot open with the key it unlocked ({e}); remount to unlock it afresh"
+            ))
+        })?;
+        if next.generation() < mine {
+            return Err(VolumeError::SharedChange(format!(
+                "the stored keyring (generation {}) is older than this daemon's ({mine})",
+                next.generation()
+            )));
+        }
+        self.install_keyring(next);
+        Ok(true)
+    }
+
+    /// Shared storage: loads the keyring another host stored, if it is
+    /// newer (a look at its first bytes when it is not). Whether it loaded
+    /// one. Nothing to do otherwise.
+    pub fn refresh_keyring(&self) -> Result<bool, VolumeError> {
+        if self.shared.is_none() {
+            return Ok(false);
+        }
+        if self.stored_keyring_generation()? == self.keyring.read().generation() {
+            return Ok(false);
+        }
+        let _one_at_a_time = self.keyring_store.lock();
+        self.follow_stored_keyring()
     }
 
     /// Changes the unlock secret: re-seals the keyring (never file data);
@@ -704,8 +869,20 @@ impl Volume {
         ctx: &EncryptionContext<'_>,
     ) -> Result<(SealedRecord, SecretKey, usize), VolumeError> {
         let rec = SealedRecord::decode(kind, bytes)?;
-        let kr = self.keyring.read();
-        let (key, slot) = rec.open(&self.volume_id, ctx, &|v| kr.wrapper(v, kind))?;
+        let open = || {
+            let kr = self.keyring.read();
+            rec.open(&self.volume_id, ctx, &|v| kr.wrapper(v, kind))
+        };
+        let (key, slot) = match open() {
+            // Shared storage: wrapped under a version another host made
+            // and this daemon has not loaded yet: follow, then try again.
+            Err(HeaderError::KeyVersionUnavailable(_))
+                if self.shared.is_some() && self.refresh_keyring().unwrap_or(false) =>
+            {
+                open()?
+            }
+            r => r?,
+        };
         if let Some(s) = &rec.slots[slot] {
             crate::metrics::key_use(crate::metrics::KeyUse::Unwrap, s.key_version);
         }
@@ -819,6 +996,7 @@ impl Volume {
             Err(e1) => match self.read_dir_record(dir, DIR_RECORD_BACKUP, ctx) {
                 Ok((rec, key, slot)) => {
                     if !self.read_only {
+                        let _locked = self.lock_resource(Resource::DirRecord(rec.id));
                         let _ = self.replace_dir_record(dir, &[DIR_RECORD], &rec);
                     }
                     (rec, key, slot)
@@ -883,6 +1061,8 @@ impl Volume {
         new: &EncryptionContext<'_>,
     ) -> Result<(), VolumeError> {
         self.check_writable()?;
+        // Shared storage: read and rewritten under the record's lock.
+        let _locked = self.lock_resource(Resource::DirRecord(d.id))?;
         let (mut rec, _, slot) = self
             .read_dir_record(dir, DIR_RECORD, old)
             .or_else(|_| self.read_dir_record(dir, DIR_RECORD_BACKUP, old))?;
@@ -923,6 +1103,7 @@ impl Volume {
         (v, w): (u32, crate::crypto::SealingKey),
     ) -> Result<(), VolumeError> {
         let rec = SealedRecord::create(RecordKind::Dir, &self.volume_id, d.id, &d.key, v, &w, new)?;
+        let _locked = self.lock_resource(Resource::DirRecord(d.id))?;
         self.replace_dir_record(dir, &[DIR_RECORD, DIR_RECORD_BACKUP], &rec)?;
         if v != self.dir_key_version(d) {
             self.note_dir_key_version(d.id, v);

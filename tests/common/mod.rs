@@ -191,6 +191,9 @@ pub struct Mounted {
     /// The foreground daemon; `None` for a daemonized mount.
     child: Option<Child>,
     log: PathBuf,
+    /// The daemon is known to have exited (a mount that failed): nothing
+    /// to wait for, even while other daemons serve the same cipher dir.
+    exited: bool,
 }
 
 impl Mounted {
@@ -271,6 +274,7 @@ impl Mounted {
             cipher: cipher.to_path_buf(),
             child: Some(child),
             log: log.to_path_buf(),
+            exited: false,
         };
         let start = Instant::now();
         loop {
@@ -279,6 +283,7 @@ impl Mounted {
             }
             if let Some(st) = m.child.as_mut().unwrap().try_wait().expect("try_wait") {
                 m.child = None;
+                m.exited = true;
                 return Err(format!(
                     "sealfs mount -f exited ({st}) before the mount was ready; log:\n{}",
                     fs::read_to_string(log).unwrap_or_default()
@@ -301,6 +306,7 @@ impl Mounted {
             cipher: cipher.to_path_buf(),
             child: None,
             log: log.to_path_buf(),
+            exited: false,
         }
     }
 
@@ -329,6 +335,7 @@ impl Mounted {
         let mut child = self.child.take().expect("kill9 needs a foreground daemon");
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
+        self.exited = true;
         let _ = Command::new("fusermount3")
             .arg("-uz")
             .arg(&self.mnt)
@@ -369,8 +376,10 @@ impl Mounted {
                     let _ = child.kill();
                     let _ = child.wait();
                 }
+                self.exited = true;
                 done
             }
+            None if self.exited => true,
             None => {
                 let done = wait_until(TIMEOUT, || sealfs_pids_mentioning(&self.cipher).is_empty());
                 if !done {
@@ -951,4 +960,17 @@ pub fn crash_seed() -> u64 {
             .unwrap()
             .as_nanos() as u64,
     }
+}
+
+/// Runs `args` as `uid` (gid = uid, no supplementary groups) with
+/// `setpriv`: another local user without an account.
+pub fn as_user(uid: u32, args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .arg("--clear-groups")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run setpriv")
 }

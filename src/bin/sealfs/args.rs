@@ -417,7 +417,8 @@ pub(crate) struct MountArgs {
     /// Append the audit log to this host's own stream
     /// (CIPHERDIR/sealfs.audit/hosts/NAME/: 1 to 32 of A-Z a-z 0-9 . _ -),
     /// as every daemon sharing the cipher dir must; `audit verify` and
-    /// `audit export` read all streams.
+    /// `audit export` read all streams. With --shared-storage also the
+    /// schedule lease's holder name (default there: the hostname).
     #[arg(long, value_name = "NAME", value_parser = parse_host_id)]
     pub(crate) host_id: Option<sealfs::format::host_id::HostId>,
     /// Unmount once no file or directory is open and no request came for
@@ -430,6 +431,24 @@ pub(crate) struct MountArgs {
     /// K/M/G; default: twice the kernel's dirty limit for the mount).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub(crate) enospc_margin: Option<u64>,
+    /// Shared-storage mode: other hosts (or daemons) mount the same
+    /// CIPHERDIR in this mode at once (NFS, CephFS, …). Changes are made
+    /// under byte-range locks on the fresh state, others' changes show
+    /// within --shared-refresh, consistency is close-to-open (README
+    /// "Shared storage").
+    #[arg(long)]
+    pub(crate) shared_storage: bool,
+    /// How often other hosts' changes are looked for (100ms to 2s, default
+    /// 1s): key versions, disable/enable, deletions, grants show within it.
+    #[arg(long, value_name = "DURATION", requires = "shared_storage", value_parser = parse_refresh)]
+    pub(crate) shared_refresh: Option<std::time::Duration>,
+}
+
+/// A refresh period: "500ms", "1s", "2s" (checked against the bounds by
+/// the library).
+fn parse_refresh(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("'{s}' is not a duration like 500ms or 1s ({e})"))
 }
 
 fn parse_host_id(s: &str) -> Result<sealfs::format::host_id::HostId, String> {

@@ -133,6 +133,15 @@ pub(crate) fn cmd_mount(a: &MountArgs) -> Result<(), CliError> {
         builder = builder.threads(n.into());
     }
     builder = builder.enospc_margin(a.enospc_margin);
+    if a.shared_storage {
+        let d = sealfs::volume::SharedStorage::with_defaults();
+        let shared = sealfs::volume::SharedStorage::new(
+            a.host_id.clone().unwrap_or(d.host_id),
+            a.shared_refresh.unwrap_or(d.refresh),
+        )
+        .map_err(|e| CliError::new(exit::ERROR, e))?;
+        builder = builder.shared_storage(Some(shared));
+    }
     if let Some(p) = &a.ctl_socket {
         builder = builder.ctl_socket(p);
     }

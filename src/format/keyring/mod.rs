@@ -195,6 +195,25 @@ pub fn layout_of(bytes: &[u8]) -> Result<u16, KeyringFormatError> {
     Ok(u16::from_le_bytes([bytes[8], bytes[9]]))
 }
 
+/// The generation in the first bytes of keyring bytes (layout 1: bytes
+/// 56..60; layout 2: 32..36), without parsing the rest: how a daemon on
+/// shared storage sees cheaply that another host stored the keyring.
+/// [`PEEK_LEN`] bytes are enough.
+pub fn peek_generation(prefix: &[u8]) -> Result<u32, KeyringFormatError> {
+    let at = match layout_of(prefix)? {
+        v1::VERSION => 56,
+        v2::VERSION => 32,
+        v => return Err(KeyringFormatError::UnsupportedVersion(v)),
+    };
+    let b = prefix
+        .get(at..at + 4)
+        .ok_or(KeyringFormatError::Malformed)?;
+    Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// How many leading bytes [`peek_generation`] reads at most.
+pub const PEEK_LEN: usize = 60;
+
 /// Parses the cleartext header of either layout.
 pub fn parse_header(bytes: &[u8]) -> Result<KeyringHeader, KeyringFormatError> {
     match layout_of(bytes)? {

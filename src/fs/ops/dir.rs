@@ -28,7 +28,7 @@ use crate::fs::attr::negative_attr;
 use crate::fs::handles::Handle;
 use crate::fs::inodes::Inode;
 use crate::fs::ops::xattr::Inherited;
-use crate::fs::{errno_of, io_errno, FsResult, SealFs, TTL};
+use crate::fs::{errno_of, io_errno, FsResult, SealFs};
 use crate::policy::{Caller, Event};
 
 impl SealFs {
@@ -155,11 +155,11 @@ pub(in crate::fs) fn lookup(
         Ok(fs.attr(&inode, &st))
     })();
     match r {
-        Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+        Ok(a) => reply.entry(&fs.ttl(), &a, Generation(0)),
         // A negative entry (node id 0) with a timeout: the kernel caches
         // the miss, saving the second LOOKUP of stat-then-create patterns
         // (cp, tar, rsync). Safe: only this daemon adds names.
-        Err(e) if e == Errno::ENOENT => reply.entry(&TTL, &negative_attr(), Generation(0)),
+        Err(e) if e == Errno::ENOENT => reply.entry(&fs.ttl(), &negative_attr(), Generation(0)),
         Err(e) => reply.error(e),
     }
 }
@@ -192,7 +192,7 @@ pub(in crate::fs) fn mknod(
     })();
     fs.dir_changed(parent);
     match r {
-        Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+        Ok(a) => reply.entry(&fs.ttl(), &a, Generation(0)),
         Err(e) => reply.error(e),
     }
 }
@@ -285,7 +285,7 @@ pub(in crate::fs) fn mkdir(
     })();
     fs.dir_changed(parent);
     match r {
-        Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+        Ok(a) => reply.entry(&fs.ttl(), &a, Generation(0)),
         Err(e) => reply.error(e),
     }
 }
@@ -380,7 +380,7 @@ pub(in crate::fs) fn symlink(
     })();
     fs.dir_changed(parent);
     match r {
-        Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+        Ok(a) => reply.entry(&fs.ttl(), &a, Generation(0)),
         Err(e) => reply.error(e),
     }
 }
@@ -546,7 +546,7 @@ pub(in crate::fs) fn link(
     })();
     fs.dir_changed(newparent);
     match r {
-        Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+        Ok(a) => reply.entry(&fs.ttl(), &a, Generation(0)),
         Err(e) => reply.error(e),
     }
 }
@@ -643,7 +643,7 @@ pub(in crate::fs) fn readdirplus(
             attr.ino,
             (i + 1) as u64,
             &e.name,
-            &TTL,
+            &fs.ttl(),
             &attr,
             Generation(0),
         ) {

@@ -27,7 +27,7 @@ use crate::volume::EntryKind;
 use crate::fs::handles::{Handle, OpenFailure};
 use crate::fs::inodes::Inode;
 use crate::fs::ops::xattr::Inherited;
-use crate::fs::{errno_of, io_errno, FsResult, SealFs, TTL};
+use crate::fs::{errno_of, io_errno, FsResult, SealFs};
 use crate::policy::{Caller, Event};
 
 /// A file made (or opened) by create: its inode, backing stat, shared
@@ -209,7 +209,7 @@ pub(in crate::fs) fn open(
         let flags = if grant.is_some() || stale || (writer && fs.write_through()) {
             FopenFlags::FOPEN_DIRECT_IO
         } else {
-            FopenFlags::FOPEN_KEEP_CACHE
+            fs.cached_open()
         };
         Ok((
             fs.new_handle(SealFs::file_handle_on(inode, f, grant)),
@@ -241,7 +241,11 @@ pub(in crate::fs) fn read(
     };
     let size = (size as usize).min(SCRATCH_MAX);
     READ_SCRATCH.with_borrow_mut(|buf| {
-        let r = f.read().read_into(offset, size, buf);
+        let r = match fs.shared_content(&f, false) {
+            Ok(Some((_locked, sf))) => sf.read_into(offset, size, buf),
+            Ok(None) => f.read().read_into(offset, size, buf),
+            Err(e) => Err(e),
+        };
         match r {
             Ok(range) => {
                 crate::metrics::read_bytes(range.len());
@@ -271,7 +275,19 @@ pub(in crate::fs) fn write(
         .check_writable()
         .and_then(|_| fs.content_of(req, fh))
         .and_then(|f| {
-            f.write().write(offset, data).map_err(|e| {
+            let r = match fs.shared_content(&f, true) {
+                // Shared storage: written under the content lock, from
+                // the size and group states read again under it.
+                Ok(Some((locked, reloaded))) => {
+                    drop(reloaded);
+                    let r = f.write().write(offset, data);
+                    drop(locked);
+                    r
+                }
+                Ok(None) => f.write().write(offset, data),
+                Err(e) => Err(e),
+            };
+            r.map_err(|e| {
                 if e.is_integrity() {
                     tracing::warn!(fh = fh.0, offset, "integrity failure during write: {e}");
                     fs.record_integrity(req, fh, &e);
@@ -348,14 +364,14 @@ pub(in crate::fs) fn create(
         let flags = if grant.is_some() || fs.write_through() {
             FopenFlags::FOPEN_DIRECT_IO
         } else {
-            FopenFlags::FOPEN_KEEP_CACHE
+            fs.cached_open()
         };
         let fh = fs.new_handle(SealFs::file_handle_on(inode, f, grant));
         Ok((a, fh, flags))
     })();
     fs.dir_changed(parent);
     match r {
-        Ok((a, fh, flags)) => reply.created(&TTL, &a, Generation(0), FileHandle(fh), flags),
+        Ok((a, fh, flags)) => reply.created(&fs.ttl(), &a, Generation(0), FileHandle(fh), flags),
         Err(e) => reply.error(e),
     }
 }

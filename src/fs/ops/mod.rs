@@ -26,7 +26,7 @@ use crate::volume::EntryKind;
 
 use crate::fs::attr::time_spec;
 use crate::fs::inodes::Inode;
-use crate::fs::{errno_of, io_errno, FsResult, SealFs, ROOT, TTL};
+use crate::fs::{errno_of, io_errno, FsResult, SealFs, ROOT};
 use crate::policy::{Caller, Event};
 
 pub(in crate::fs) mod dir;
@@ -269,7 +269,7 @@ pub(in crate::fs) fn getattr(fs: &SealFs, req: &Request, ino: INodeNo, reply: Re
         fs.stat_inode(&i)
     });
     match r {
-        Ok(a) => reply.attr(&TTL, &a),
+        Ok(a) => reply.attr(&fs.ttl(), &a),
         Err(e) => reply.error(e),
     }
 }
@@ -371,7 +371,7 @@ pub(in crate::fs) fn setattr(
         fs.stat_inode(&inode)
     })();
     match r {
-        Ok(a) => reply.attr(&TTL, &a),
+        Ok(a) => reply.attr(&fs.ttl(), &a),
         Err(e) => reply.error(e),
     }
 }

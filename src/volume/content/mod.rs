@@ -640,6 +640,23 @@ impl SealedFile {
         })
     }
 
+    /// Shared storage: forgets what this open file knows of its length,
+    /// size and group states and reads them again from the backing file,
+    /// as an open does (another host may have written it since). Called
+    /// under the file's content lock, so nothing changes meanwhile.
+    pub fn reload_from_disk(&mut self) -> Result<(), VolumeError> {
+        let csize = self.file.metadata()?.len();
+        self.size = plaintext_size(csize).map_err(|_| VolumeError::Truncated)?;
+        self.csize = csize;
+        if let Some(g) = &mut self.groups {
+            *g = Groups::new(g.cipher.clone());
+            let d = g.discover(&self.file, csize)?;
+            self.size = d.size();
+            self.found = Some(d);
+        }
+        Ok(())
+    }
+
     /// The same file opened again for writing (an fsck that checked it
     /// read-only and now salvages it).
     pub fn reopen_writable(&self) -> std::io::Result<SealedFile> {

@@ -78,17 +78,7 @@ pub(super) fn pread_exact(file: &File, buf: &mut [u8], offset: u64) -> Result<()
 /// Reads up to `buf.len()` bytes at `offset` (fewer at the end of the
 /// file); returns how many.
 pub(super) fn pread_some(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    use std::os::unix::fs::FileExt;
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read_at(&mut buf[got..], offset + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
+    crate::sys::read_at_most(file, buf, offset)
 }
 
 /// Writes all of `buf` at `offset`.
