@@ -166,7 +166,19 @@ pub fn check(vol: &Volume) -> Result<AnchorReport, KeyError> {
 /// makes the next keyring store write a generation above every recorded
 /// one; the caller then records it with [`KeyService::accept_rollback`].
 pub fn check_or_refuse(vol: &Volume, accept: bool) -> Result<Option<AcceptedRollback>, KeyError> {
-    let r = check(vol)?;
+    let mut r = check(vol)?;
+    // On shared storage another host may have stored a newer keyring (and
+    // recorded it in its stream) since this one was read: follow it and
+    // look again before calling it a rollback.
+    for _ in 0..3 {
+        if r.problem.is_none() || vol.shared().is_none() {
+            break;
+        }
+        if !vol.refresh_keyring()? {
+            break;
+        }
+        r = check(vol)?;
+    }
     let Some(problem) = r.problem else {
         return Ok(None);
     };
