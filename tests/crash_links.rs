@@ -96,7 +96,7 @@ fn sigkill_at_each_hard_link_step_leaves_the_old_or_the_new_state() {
             fs::hard_link(fx.p("a"), fx.p(n)).unwrap();
         }
         fx.unmount();
-        fx.run_to_kill_point(point, &what, |mnt| op(mnt));
+        fx.run_to_kill_point(point, &what, op);
         fx.assert_fsck_clean(&what);
         fx.mount();
         let n = linked_names_intact(&fx, &["a", "b", "d/new"], &content, &what);
