@@ -11,7 +11,7 @@ mod external;
 use std::ffi::OsStr;
 use std::fs;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -56,22 +56,7 @@ impl Host {
     }
 
     fn ctl(&self, args: &[&str]) -> serde_json::Value {
-        let out = Command::new(bin())
-            .arg("ctl")
-            .arg("--socket")
-            .arg(&self.sock)
-            .arg("--json")
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}: ctl {args:?}: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        ctl_json(&self.sock, self.name, args)
     }
 
     fn primary(&self) -> u64 {

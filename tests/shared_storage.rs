@@ -45,27 +45,12 @@ impl Host {
     }
 
     fn ctl_out(&self, args: &[&str]) -> Output {
-        Command::new(bin())
-            .arg("ctl")
-            .arg("--socket")
-            .arg(&self.sock)
-            .arg("--json")
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+        common::ctl_json_output(&self.sock, args)
     }
 
     #[track_caller]
     fn ctl(&self, args: &[&str]) -> Value {
-        let o = self.ctl_out(args);
-        assert!(
-            o.status.success(),
-            "{}: ctl {args:?}: {}",
-            self.name,
-            String::from_utf8_lossy(&o.stderr)
-        );
-        serde_json::from_slice(&o.stdout).expect("JSON")
+        common::ctl_json(&self.sock, &self.name, args)
     }
 
     /// `grant create` of `ops` under `prefix` for `grantee`: its id.

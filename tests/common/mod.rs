@@ -867,6 +867,32 @@ impl Fixture {
 }
 
 /// Whether a program is on PATH.
+/// `sealfs ctl --socket SOCK --json ARGS…` (no stdin): its output.
+pub fn ctl_json_output(sock: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .arg("ctl")
+        .arg("--socket")
+        .arg(sock)
+        .arg("--json")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// [`ctl_json_output`], which must succeed (`who` names the caller in the
+/// failure): the parsed JSON.
+#[track_caller]
+pub fn ctl_json(sock: &Path, who: &str, args: &[&str]) -> serde_json::Value {
+    let o = ctl_json_output(sock, args);
+    assert!(
+        o.status.success(),
+        "{who}: ctl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).expect("JSON")
+}
+
 pub fn have_tool(name: &str) -> bool {
     Command::new("sh")
         .arg("-c")
