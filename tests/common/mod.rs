@@ -804,8 +804,6 @@ pub fn pread(path: &Path, off: u64, len: usize) -> io::Result<Vec<u8>> {
 }
 
 impl Fixture {
-    /// The mounted daemon's `integrity_failure` audit records for `path`
-    /// (a mount made with `mount_ctl`).
     /// Starts a daemon that stops dead at the kill point `point`
     /// (`SEALFS_TEST_KILL_POINT`), runs `op` on the mount point, waits
     /// until the daemon has died there and detaches the dead mount.
@@ -829,6 +827,8 @@ impl Fixture {
         m.kill9();
     }
 
+    /// The mounted daemon's `integrity_failure` audit records for `path`
+    /// (a mount made with `mount_ctl`).
     pub fn integrity_records(&self, path: &str) -> Vec<serde_json::Value> {
         let o = Command::new(bin())
             .args(["ctl", "--socket"])
