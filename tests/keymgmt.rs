@@ -110,15 +110,7 @@ impl Conn {
 
 /// `sealfs ctl --socket SOCK --json ARGS…` (stdin is /dev/null).
 fn ctl_out(sock: &Path, args: &[&str]) -> Output {
-    Command::new(bin())
-        .arg("ctl")
-        .arg("--socket")
-        .arg(sock)
-        .arg("--json")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run sealfs ctl")
+    ctl_json_output(sock, args)
 }
 
 /// `sealfs ctl --json ARGS…`, asserting success; returns the parsed result.
