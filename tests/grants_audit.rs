@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{as_user, bin, Fixture};
+use common::{as_user, bin, grant_create_args, Fixture};
 use serde_json::Value;
 
 const GRANTEE: u32 = 1001;
@@ -90,16 +90,7 @@ fn ctl(f: &Fixture, args: &[&str]) -> Value {
 }
 
 fn grant(f: &Fixture, grantee: &str, ops: &str, prefix: &str, extra: &[&str]) -> (String, String) {
-    let mut args = vec![
-        "grant",
-        "create",
-        "--grantee",
-        grantee,
-        "--ops",
-        ops,
-        "--path-prefix",
-        prefix,
-    ];
+    let mut args = grant_create_args(grantee, ops, prefix);
     args.extend_from_slice(extra);
     let v = ctl(f, &args);
     (

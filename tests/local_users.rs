@@ -27,7 +27,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bin, Fixture};
+use common::{bin, grant_create_args, Fixture};
 use serde_json::Value;
 
 const NOBODY: u32 = 65534;
@@ -280,19 +280,7 @@ fn ctl(f: &Fixture, args: &[&str]) -> Value {
 }
 
 fn grant(f: &Fixture, grantee: &str, ops: &str, prefix: &str) -> String {
-    let v = ctl(
-        f,
-        &[
-            "grant",
-            "create",
-            "--grantee",
-            grantee,
-            "--ops",
-            ops,
-            "--path-prefix",
-            prefix,
-        ],
-    );
+    let v = ctl(f, &grant_create_args(grantee, ops, prefix));
     v["grant_id"].as_str().unwrap().to_string()
 }
 

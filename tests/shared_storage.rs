@@ -55,16 +55,7 @@ impl Host {
 
     /// `grant create` of `ops` under `prefix` for `grantee`: its id.
     fn grant(&self, grantee: &str, ops: &str, prefix: &str) -> String {
-        let g = self.ctl(&[
-            "grant",
-            "create",
-            "--grantee",
-            grantee,
-            "--ops",
-            ops,
-            "--path-prefix",
-            prefix,
-        ]);
+        let g = self.ctl(&common::grant_create_args(grantee, ops, prefix));
         g["grant_id"].as_str().unwrap().to_string()
     }
 

@@ -867,6 +867,20 @@ impl Fixture {
 }
 
 /// Whether a program is on PATH.
+/// The ctl arguments `grant create --grantee G --ops OPS --path-prefix P`.
+pub fn grant_create_args<'a>(grantee: &'a str, ops: &'a str, prefix: &'a str) -> Vec<&'a str> {
+    vec![
+        "grant",
+        "create",
+        "--grantee",
+        grantee,
+        "--ops",
+        ops,
+        "--path-prefix",
+        prefix,
+    ]
+}
+
 /// `sealfs ctl --socket SOCK --json ARGS…` (no stdin): its output.
 pub fn ctl_json_output(sock: &Path, args: &[&str]) -> Output {
     Command::new(bin())
