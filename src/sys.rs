@@ -149,6 +149,77 @@ pub fn linkat(
     .map(|_| ())
 }
 
+/// Whether `O_TMPFILE` was refused here before (the backing filesystem or
+/// the kernel lacks it: NFS, FUSE, old kernels): then it is not tried again.
+static UNNAMED_UNSUPPORTED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// An unnamed regular file in `dir` (`O_TMPFILE`, read-write, permission
+/// bits `mode` less the umask), to be named with [`link_unnamed`] once it
+/// is complete: until then no crash can leave it behind. `None` when the
+/// backing filesystem cannot make one (the caller creates a named file).
+pub fn open_unnamed(dir: BorrowedFd<'_>, mode: u32) -> io::Result<Option<File>> {
+    use std::sync::atomic::Ordering;
+    if UNNAMED_UNSUPPORTED.load(Ordering::Relaxed) {
+        return Ok(None);
+    }
+    let flags = libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC;
+    // SAFETY: a valid C string and fd.
+    let r = unsafe { libc::openat(dir.as_raw_fd(), c".".as_ptr(), flags, mode as libc::c_uint) };
+    if r >= 0 {
+        // SAFETY: r was just returned by openat.
+        return Ok(Some(unsafe { File::from_raw_fd(r) }));
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        // EOPNOTSUPP: the filesystem has no O_TMPFILE; EISDIR/EINVAL: a
+        // kernel that predates it reads the flags as O_DIRECTORY.
+        Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL) => {
+            UNNAMED_UNSUPPORTED.store(true, Ordering::Relaxed);
+            Ok(None)
+        }
+        _ => Err(e),
+    }
+}
+
+/// Names the unnamed file `f` (from [`open_unnamed`]) `name` in `dir`:
+/// `linkat` of its /proc/self/fd path, or with `AT_EMPTY_PATH` where /proc
+/// is not mounted (that needs `CAP_DAC_READ_SEARCH`). `EEXIST` if the name
+/// is taken (nothing is replaced).
+pub fn link_unnamed(f: &File, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let to = cstr(name)?;
+    let from = CString::new(format!("/proc/self/fd/{}", f.as_raw_fd())).expect("no NUL");
+    // SAFETY: valid C strings and fds.
+    let r = check(unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            dir.as_raw_fd(),
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    });
+    match r {
+        Err(e)
+            if e.raw_os_error() == Some(libc::ENOENT)
+                && !std::path::Path::new("/proc/self/fd").exists() =>
+        {
+            // SAFETY: valid C strings and fds.
+            check(unsafe {
+                libc::linkat(
+                    f.as_raw_fd(),
+                    c"".as_ptr(),
+                    dir.as_raw_fd(),
+                    to.as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                )
+            })
+            .map(|_| ())
+        }
+        r => r.map(|_| ()),
+    }
+}
+
 /// `symlinkat(2)`.
 pub fn symlinkat(target: &OsStr, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     let t = cstr(target)?;

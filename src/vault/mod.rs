@@ -428,7 +428,7 @@ impl Vault {
                 let mut new =
                     namespace::create_file(pfd, &bn, 0o666).map_err(|e| path_err(e, path))?;
                 let f = new.seal_file_with_key(&self.vol, &ctx, key)?;
-                new.keep();
+                new.keep_file(f.backing()).map_err(|e| path_err(e, path))?;
                 f
             }
             Err(e) => return Err(path_err(e, path)),

@@ -14,7 +14,9 @@
 //!
 //! The orders, in short:
 //! * create: name sidecar → backing entry (`O_EXCL`) → header or directory
-//!   record (→ record sync → parent fsync, when made durably);
+//!   record (→ record sync → parent fsync, when made durably); a file is
+//!   made unnamed (`O_TMPFILE`) where the backing filesystem can, and
+//!   linked under its name only with its header written;
 //! * rename: sidecar of the new name → add a slot bound to the new context
 //!   (durable) → `renameat2` → fsync of the new parent → drop the old slot
 //!   (kept if that fsync failed) → the old name's sidecar goes;
@@ -125,6 +127,9 @@ pub fn existing_entry(entry: &str, full: Option<&str>) -> BackingName {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Made {
     File,
+    /// An unnamed file (`O_TMPFILE`): it gets its name only when kept,
+    /// complete, so a crash before leaves nothing.
+    Unnamed,
     Dir,
 }
 
@@ -198,9 +203,53 @@ impl NewEntry<'_> {
         vol.init_dir_with_key(fd, ctx, key)
     }
 
-    /// Keeps the new entry.
+    /// Keeps the new directory or node.
     pub fn keep(mut self) {
+        debug_assert!(!matches!(self.made, Made::Unnamed), "keep_file names files");
         self.armed = false;
+    }
+
+    /// Keeps the new file, whose backing file is now `backing` (the one
+    /// [`NewEntry::seal_file`] took, header written): an unnamed one gets
+    /// its name here. `EEXIST` when the name was taken meanwhile (the new
+    /// file then goes, with the sidecar if the name is not its owner's).
+    pub fn keep_file(mut self, backing: &File) -> io::Result<()> {
+        if matches!(self.made, Made::Unnamed) {
+            sys::link_unnamed(backing, self.dir, self.entry())?;
+        }
+        self.armed = false;
+        Ok(())
+    }
+
+    /// Whether the new file has no name yet (see [`Made::Unnamed`]).
+    fn unnamed_file(&self) -> Option<&File> {
+        match self.made {
+            Made::Unnamed => self.file.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Gives the new entry to `uid`, and to `gid` unless its directory is
+    /// set-group-ID (see [`give_new_entry`]).
+    pub fn give_to(&self, uid: u32, gid: u32) -> io::Result<()> {
+        let Some(f) = self.unnamed_file() else {
+            return give_new_entry(self.dir, self.entry(), uid, gid);
+        };
+        let sgid = sys::fstatat(self.dir, OsStr::new(""))?.st_mode & libc::S_ISGID != 0;
+        sys::fchownat(f.as_fd(), OsStr::new(""), Some(uid), (!sgid).then_some(gid))
+    }
+
+    /// Gives the new entry exactly the permission bits `mode` (see
+    /// [`set_new_mode`]).
+    pub fn set_mode(&self, mode: u32) -> io::Result<()> {
+        let Some(f) = self.unnamed_file() else {
+            return set_new_mode(self.dir, self.entry(), mode);
+        };
+        let st = sys::fstat(f.as_fd())?;
+        if st.st_mode & 0o7777 != mode & 0o7777 {
+            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777))?;
+        }
+        Ok(())
     }
 
     /// Finishes a new directory durably (the library and fsck): both copies
@@ -233,6 +282,12 @@ impl Drop for NewEntry<'_> {
             Made::File => {
                 let _ = sys::unlinkat(self.dir, entry, false);
             }
+            // Never named: it goes with its last fd. Its name may have been
+            // taken meanwhile, with the sidecar then the other entry's.
+            Made::Unnamed => {
+                undo_name_sidecar(self.dir, self.name);
+                return;
+            }
             Made::Dir => {
                 if let Ok(fd) = backing::open_dir(self.dir, entry) {
                     remove_dir_records(fd.as_fd());
@@ -245,15 +300,36 @@ impl Drop for NewEntry<'_> {
 }
 
 /// Creates the backing file of a new regular file in `dir`: its name's
-/// sidecar, then the entry (`O_EXCL`, permission bits `mode`). On failure
-/// the sidecar is undone; an existing entry is `EEXIST` (its sidecar, being
-/// its own, is kept). Write its header with [`NewEntry::seal_file`].
+/// sidecar, then the file (permission bits `mode`). Where the backing
+/// filesystem can (`O_TMPFILE`), the file has no name until
+/// [`NewEntry::keep_file`] links it, header written, so a crash in between
+/// leaves no header-less entry (which would not open: its key would be
+/// lost); an existing name then shows as `EEXIST` there. Elsewhere the
+/// entry is made at once (`O_EXCL`): an existing entry is `EEXIST` here
+/// (its sidecar, being its own, is kept). On failure the sidecar is
+/// undone. Write its header with [`NewEntry::seal_file`].
 pub fn create_file<'d>(
     dir: BorrowedFd<'d>,
     bn: &'d BackingName,
     mode: u32,
 ) -> io::Result<NewEntry<'d>> {
     write_name_sidecar(dir, bn)?;
+    match sys::open_unnamed(dir, mode) {
+        Ok(Some(file)) => {
+            return Ok(NewEntry {
+                dir,
+                name: bn,
+                made: Made::Unnamed,
+                file: Some(file),
+                armed: true,
+            })
+        }
+        Ok(None) => {}
+        Err(e) => {
+            undo_name_sidecar(dir, bn);
+            return Err(e);
+        }
+    }
     let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
     match sys::openat(dir, OsStr::new(&bn.entry), flags, mode) {
         Ok(fd) => Ok(NewEntry {

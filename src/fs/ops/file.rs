@@ -69,30 +69,39 @@ impl SealFs {
         self.authorize_key_use(caller, version, create, || vec![path()], &mut grant)?;
         let bn = Self::backing_name(&pdir, name)?;
         let pfd = pinode.dir_fd()?;
-        // Removed again (with its sidecar) unless kept at the end.
+        // The name exists (create without O_EXCL): that file, opened.
+        let open_existing = |ns| -> FsResult<CreatedFile> {
+            drop(ns);
+            let (inode, st) = self.remember(&pinode, name.as_bytes(), &bn.entry)?;
+            let mut grant = self.policy.authorize_any(
+                caller,
+                || Self::paths_of(&inode),
+                Access::Op(op_for_open(flags)),
+                "encrypt",
+            )?;
+            let f = self.open_content(&inode)?;
+            let version = f.read().key_version();
+            if let Err(e) = self.record_open(caller, &inode, "encrypt", version, &mut grant) {
+                Self::close_content(&inode);
+                return Err(e);
+            }
+            Ok((inode, st, f, grant))
+        };
+        let exists = |e: &std::io::Error| e.raw_os_error() == Some(libc::EEXIST);
+        // Removed again (with its sidecar) unless kept at the end; unnamed
+        // until then where the backing filesystem can.
         let mut new = match namespace::create_file(pfd, &bn, mode & 0o7777) {
             Ok(new) => new,
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
-                drop(_ns);
-                let (inode, st) = self.remember(&pinode, name.as_bytes(), &bn.entry)?;
-                let mut grant = self.policy.authorize_any(
-                    caller,
-                    || Self::paths_of(&inode),
-                    Access::Op(op_for_open(flags)),
-                    "encrypt",
-                )?;
-                let f = self.open_content(&inode)?;
-                let version = f.read().key_version();
-                if let Err(e) = self.record_open(caller, &inode, "encrypt", version, &mut grant) {
-                    Self::close_content(&inode);
-                    return Err(e);
-                }
-                return Ok((inode, st, f, grant));
-            }
+            Err(e) if exists(&e) && flags & libc::O_EXCL == 0 => return open_existing(_ns),
             Err(e) => return Err(io_errno(e)),
         };
-        self.chown_new(&pinode, &bn.entry, req);
-        Self::set_new_mode(pfd, new.entry(), mode)?;
+        crate::keyring::kill_point("file-entry-made");
+        if self.new_entry_needs_owner(req) {
+            if let Err(e) = new.give_to(req.uid(), req.gid()) {
+                tracing::warn!("chown of new entry failed: {e}");
+            }
+        }
+        new.set_mode(mode).map_err(io_errno)?;
         let ctx = EncryptionContext {
             parent_dir_id: pdir.id,
             name: name.as_bytes(),
@@ -112,7 +121,13 @@ impl SealFs {
                 },
             )?;
         }
-        new.keep();
+        match new.keep_file(sealed.backing()) {
+            Ok(()) => {}
+            // Taken since the kernel looked the name up (another host, or
+            // the cipher dir changed underneath).
+            Err(e) if exists(&e) && flags & libc::O_EXCL == 0 => return open_existing(_ns),
+            Err(e) => return Err(io_errno(e)),
+        }
         let (inode, st) = self.remember(&pinode, name.as_bytes(), &bn.entry)?;
         if self.xattrs_on() {
             self.apply_inherited(req, &inode, inherited)?;

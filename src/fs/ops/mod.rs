@@ -232,7 +232,7 @@ impl SealFs {
     /// In a set-group-ID parent the entry keeps the group the backing
     /// filesystem gave it (the parent's), as on ext4.
     pub(in crate::fs) fn chown_new(&self, parent: &Inode, entry: &str, req: &Request) {
-        if self.daemon_is_root && (req.uid() != 0 || req.gid() != 0) {
+        if self.new_entry_needs_owner(req) {
             let r = parent
                 .dir_fd()
                 .map_err(|_| std::io::Error::from_raw_os_error(libc::ENOTDIR))
@@ -243,6 +243,12 @@ impl SealFs {
                 tracing::warn!("chown of new entry failed: {e}");
             }
         }
+    }
+
+    /// Whether a new entry must be given to the requester: the daemon runs
+    /// as root (so it made the entry root's) and the requester is not.
+    pub(in crate::fs) fn new_entry_needs_owner(&self, req: &Request) -> bool {
+        self.daemon_is_root && (req.uid() != 0 || req.gid() != 0)
     }
 
     /// Gives a new entry exactly the permission bits the caller asked for

@@ -18,6 +18,7 @@ use std::sync::atomic::Ordering;
 use crate::format::chunk::ContentFormat;
 use crate::format::header::{EncryptionContext, HeaderError};
 use crate::format::layout::{plaintext_size, CHUNKS_PER_GROUP};
+use crate::format::names::{classify_entry, EntryClass};
 use crate::format::xattrs::{Owner, XattrCipher};
 use crate::sys;
 use crate::volume::backing;
@@ -62,6 +63,29 @@ fn group_ranges(gs: &[u64], size: u64) -> Vec<ByteRange> {
 }
 
 impl Checker<'_> {
+    /// An empty backing file: a create cut by a crash or power loss before
+    /// the file's header was written (a backing filesystem without
+    /// `O_TMPFILE` names the file first; docs/FORMAT.md §11). It never held
+    /// data, so salvage removes it (and its long-name sidecar). A live check
+    /// leaves it alone: it may be a create in progress.
+    fn cut_create(&mut self, parent: BorrowedFd<'_>, entry: &str, path: &[u8], rel: &Path) {
+        let i = self.problem(
+            ProblemKind::Header,
+            Some(path),
+            rel,
+            "empty backing file without a header: a create cut by a crash (it never held data)",
+        );
+        if self.salvage {
+            let r = sys::unlinkat(parent, OsStr::new(entry), false).map(|()| {
+                if classify_entry(entry) == EntryClass::Long {
+                    let side = crate::format::reserved::sidecar_name(entry);
+                    let _ = sys::unlinkat(parent, OsStr::new(&side), false);
+                }
+            });
+            self.record_repair(i, r, "removed (it held no data)");
+        }
+    }
+
     pub(super) fn check_file(
         &mut self,
         parent: BorrowedFd<'_>,
@@ -88,6 +112,12 @@ impl Checker<'_> {
         let done = |c: &Self| {
             c.progress.done_bytes.fetch_add(csize, Ordering::Relaxed);
         };
+        if csize == 0 {
+            if !self.live {
+                self.cut_create(parent, entry, path, rel);
+            }
+            return;
+        }
         if plaintext_size(csize).is_err() {
             let i = self.problem(
                 ProblemKind::Header,
