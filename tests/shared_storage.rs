@@ -669,3 +669,37 @@ fn two_hosts_writing_one_file_at_the_same_offsets_leave_whole_chunks() {
     unmount_all(&mut hs);
     f.assert_fsck_clean("after two hosts wrote one file");
 }
+
+#[test]
+fn a_truncate_on_b_is_made_on_what_a_wrote_meanwhile() {
+    // B holds the file open (its size and states loaded) while A appends
+    // across a group boundary; B's truncate through that open handle must
+    // be made on the file as A left it, under the content lock: A's bytes
+    // below the new size stay, nothing past it, every chunk authenticates.
+    let pattern = |n: usize| -> Vec<u8> { (0..n).map(|i| (i % 251) as u8 + 1).collect() };
+    let f = Fixture::new();
+    let mut hs = hosts(&f, 2, &[]);
+    fs::write(hs[0].p("f"), pattern(8192)).unwrap();
+    within_bound("b sees the file", || {
+        fs::metadata(hs[1].p("f")).is_ok_and(|m| m.len() == 8192)
+    });
+    let on_b = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(hs[1].p("f"))
+        .unwrap();
+    let mut seen = Vec::new();
+    std::io::Read::read_to_end(&mut &on_b, &mut seen).unwrap();
+    assert_eq!(seen, pattern(8192));
+    // A grows it to 608 KiB (past group 0's 512 KiB).
+    fs::write(hs[0].p("f"), pattern(608 * 1024)).unwrap();
+    on_b.set_len(300 * 1024).unwrap();
+    drop(on_b);
+    for h in &hs {
+        within_bound(&format!("{} reads the truncated file", h.name), || {
+            fs::read(h.p("f")).is_ok_and(|d| d == pattern(300 * 1024))
+        });
+    }
+    unmount_all(&mut hs);
+    f.assert_fsck_clean("after a truncate on b of what a wrote");
+}

@@ -220,6 +220,26 @@ impl SealFs {
         Ok(Some((locked, parking_lot::RwLockWriteGuard::downgrade(sf))))
     }
 
+    /// Changes `f` with `op` (a write, truncate or allocation) under its
+    /// write lock; in shared-storage mode also under the backing file's
+    /// exclusive content lock, from its size and group states read again
+    /// under it (another host may have changed the file).
+    pub(super) fn change_content<T>(
+        &self,
+        f: &RwLock<SealedFile>,
+        op: impl FnOnce(&mut SealedFile) -> Result<T, crate::volume::VolumeError>,
+    ) -> Result<T, crate::volume::VolumeError> {
+        match self.shared_content(f, true)? {
+            Some((locked, reloaded)) => {
+                drop(reloaded);
+                let r = op(&mut f.write());
+                drop(locked);
+                r
+            }
+            None => op(&mut f.write()),
+        }
+    }
+
     fn checked_content(
         &self,
         req: &Request,

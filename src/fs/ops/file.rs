@@ -290,18 +290,7 @@ pub(in crate::fs) fn write(
         .check_writable()
         .and_then(|_| fs.content_of(req, fh))
         .and_then(|f| {
-            let r = match fs.shared_content(&f, true) {
-                // Shared storage: written under the content lock, from
-                // the size and group states read again under it.
-                Ok(Some((locked, reloaded))) => {
-                    drop(reloaded);
-                    let r = f.write().write(offset, data);
-                    drop(locked);
-                    r
-                }
-                Ok(None) => f.write().write(offset, data),
-                Err(e) => Err(e),
-            };
+            let r = fs.change_content(&f, |sf| sf.write(offset, data));
             r.map_err(|e| {
                 if e.is_integrity() {
                     tracing::warn!(fh = fh.0, offset, "integrity failure during write: {e}");
@@ -408,7 +397,7 @@ pub(in crate::fs) fn fallocate(
         }
         let f = fs.content_of(req, fh)?;
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
-        let r = f.write().allocate(offset, length, keep_size);
+        let r = fs.change_content(&f, |sf| sf.allocate(offset, length, keep_size));
         r.map_err(|e| errno_of(&e))
     })();
     match r {

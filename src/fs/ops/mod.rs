@@ -350,7 +350,9 @@ pub(in crate::fs) fn setattr(
                 return Err(Errno::EISDIR);
             }
             match fh.map(|h| fs.content_of(req, h)) {
-                Some(Ok(c)) => c.write().set_len(sz).map_err(|e| errno_of(&e))?,
+                Some(Ok(c)) => fs
+                    .change_content(&c, |sf| sf.set_len(sz))
+                    .map_err(|e| errno_of(&e))?,
                 _ => {
                     let c = fs.open_content(&inode)?;
                     let version = c.read().key_version();
@@ -360,7 +362,9 @@ pub(in crate::fs) fn setattr(
                         SealFs::close_content(&inode);
                         return Err(e);
                     }
-                    let r = c.write().set_len(sz).map_err(|e| errno_of(&e));
+                    let r = fs
+                        .change_content(&c, |sf| sf.set_len(sz))
+                        .map_err(|e| errno_of(&e));
                     SealFs::close_content(&inode);
                     r?;
                 }
