@@ -346,9 +346,16 @@ pub fn give_new_entry(dir: BorrowedFd<'_>, entry: &OsStr, uid: u32, gid: u32) ->
 /// inherited from its parent; a symlink has no mode. Call it after
 /// [`give_new_entry`], since a chown clears set-ID bits.
 pub fn set_new_mode(dir: BorrowedFd<'_>, entry: &OsStr, mode: u32) -> io::Result<()> {
+    set_new_mode_stat(dir, entry, mode).map(|_| ())
+}
+
+/// [`set_new_mode`], returning the entry's attributes as they are after
+/// it: the one `fstatat` it makes anyway (a second one only when the mode
+/// had to change), so a caller needs none of its own.
+pub fn set_new_mode_stat(dir: BorrowedFd<'_>, entry: &OsStr, mode: u32) -> io::Result<libc::stat> {
     let st = sys::fstatat(dir, entry)?;
     if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
-        return Ok(());
+        return Ok(st);
     }
     let mut want = mode & 0o7777;
     if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
@@ -356,8 +363,9 @@ pub fn set_new_mode(dir: BorrowedFd<'_>, entry: &OsStr, mode: u32) -> io::Result
     }
     if st.st_mode & 0o7777 != want {
         sys::fchmodat(dir, entry, want)?;
+        return sys::fstatat(dir, entry);
     }
-    Ok(())
+    Ok(st)
 }
 
 // ------------------------------------------------------------ staged files
@@ -438,13 +446,30 @@ pub struct Removed {
 /// Removes the non-directory entry `bn` of `dir` (`EISDIR` for a
 /// directory), then its sidecar.
 pub fn unlink(dir: BorrowedFd<'_>, bn: &BackingName) -> io::Result<Removed> {
-    let entry = OsStr::new(&bn.entry);
-    let fd = backing::pin(dir, entry)?;
+    let (fd, st) = pin_removable(dir, bn)?;
+    unlink_pinned(dir, bn, fd, st)
+}
+
+/// Pins the non-directory entry `bn` of `dir` (`EISDIR` for a directory)
+/// and takes its attributes from the pin: one `openat` and one `fstat`,
+/// both about the very object that is then removed.
+fn pin_removable(dir: BorrowedFd<'_>, bn: &BackingName) -> io::Result<(OwnedFd, libc::stat)> {
+    let fd = backing::pin(dir, OsStr::new(&bn.entry))?;
     let st = sys::fstat(fd.as_fd())?;
     if EntryKind::of_mode(st.st_mode) == EntryKind::Dir {
         return Err(errno(libc::EISDIR));
     }
-    sys::unlinkat(dir, entry, false)?;
+    Ok((fd, st))
+}
+
+/// Removes the entry `bn` pinned by `fd` (attributes `st`), then its sidecar.
+fn unlink_pinned(
+    dir: BorrowedFd<'_>,
+    bn: &BackingName,
+    fd: OwnedFd,
+    st: libc::stat,
+) -> io::Result<Removed> {
+    sys::unlinkat(dir, OsStr::new(&bn.entry), false)?;
     remove_name_sidecar(dir, bn);
     Ok(Removed { fd, st })
 }
@@ -453,16 +478,17 @@ pub fn unlink(dir: BorrowedFd<'_>, bn: &BackingName) -> io::Result<Removed> {
 /// `dir`, like [`unlink`]; when it was one of several names of a linked
 /// file, that name's tag then leaves the file's link table (best effort,
 /// after the backing name is gone: a stale tag is harmless, a missing one
-/// would not be).
+/// would not be). The link count comes from the pin's `fstat`, so a
+/// plain file's removal costs no `fstatat` of its own.
 pub fn remove_name(vol: &Volume, end: RenameEnd<'_>) -> io::Result<Removed> {
     let entry = OsStr::new(&end.name.entry);
-    let linked = match sys::fstatat(end.dir, entry) {
-        Ok(st) if EntryKind::of_mode(st.st_mode) == EntryKind::File && st.st_nlink > 1 => {
-            backing::open_regular(end.dir, entry, libc::O_RDWR).ok()
-        }
-        _ => None,
+    let (fd, st) = pin_removable(end.dir, end.name)?;
+    let linked = if EntryKind::of_mode(st.st_mode) == EntryKind::File && st.st_nlink > 1 {
+        backing::open_regular(end.dir, entry, libc::O_RDWR).ok()
+    } else {
+        None
     };
-    let removed = unlink(end.dir, end.name)?;
+    let removed = unlink_pinned(end.dir, end.name, fd, st)?;
     if let Some(f) = linked {
         crate::keyring::kill_point("unlink-linked-removed");
         if let Err(e) = vol.drop_link(&f, end.ctx) {
