@@ -92,7 +92,6 @@ impl SealFs {
             Err(e) => return Err(io_errno(e)),
         };
         self.chown_new(&pinode, &bn.entry, req);
-        Self::set_new_mode(pfd, new.entry(), mode)?;
         let ctx = EncryptionContext {
             parent_dir_id: pdir.id,
             name: name.as_bytes(),
@@ -100,6 +99,11 @@ impl SealFs {
         let sealed = new
             .seal_file_with_key(&self.vol, &ctx, key)
             .map_err(|e| errno_of(&e))?;
+        // The mode is set after the header is written (until then the
+        // backing file has at most the bits asked for: the daemon's umask
+        // only takes bits away, the chown above clears set-ID bits), so
+        // its one stat is also the reply's.
+        let st = namespace::set_new_mode_stat(pfd, new.entry(), mode).map_err(io_errno)?;
         if self.audit_paths() {
             let path = Self::child_path(&pinode, name.as_bytes());
             // Fail-closed: no record, no new file.
@@ -113,7 +117,7 @@ impl SealFs {
             )?;
         }
         new.keep();
-        let (inode, st) = self.remember(&pinode, name.as_bytes(), &bn.entry)?;
+        let (inode, st) = self.remember_stat(&pinode, name.as_bytes(), &bn.entry, st)?;
         if self.xattrs_on() {
             self.apply_inherited(req, &inode, inherited)?;
         }
