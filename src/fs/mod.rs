@@ -196,7 +196,7 @@ impl SealFs {
 
     /// Says whether the mount lets other users through (`allow_other`;
     /// assumed until told otherwise): a private mount lets the kernel
-    /// cache entries and attributes for [`PRIVATE_TTL`].
+    /// cache entries and attributes for ten seconds, not one.
     pub fn set_allow_other(&mut self, yes: bool) {
         self.allow_other = yes;
     }
