@@ -519,8 +519,9 @@ impl OpenedMount {
                 tracing::warn!("keyring not re-anchored at mount: {e}");
             }
         }
-        let fs = SealFs::new(vol.clone(), access.clone())
+        let mut fs = SealFs::new(vol.clone(), access.clone())
             .map_err(|e| start(format!("cannot open the volume's root: {e}")))?;
+        fs.set_allow_other(self.options.allow_other);
         let cache = fs.cache_control();
         let activity = fs.activity();
         fs.watch_space(self.options.enospc_margin, Some(&self.canonical_mp));

@@ -149,6 +149,24 @@ pub fn linkat(
     .map(|_| ())
 }
 
+/// The process's umask, read once from /proc/self/status (reading it with
+/// umask(2) would change it for a moment under other threads); 0o777 when
+/// it cannot be read, so callers that skip a chmod when no bit was masked
+/// never skip one wrongly.
+pub fn process_umask() -> u32 {
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Umask:"))
+                    .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            })
+            .unwrap_or(0o777)
+    })
+}
+
 /// Whether `O_TMPFILE` was refused here before (the backing filesystem or
 /// the kernel lacks it: NFS, FUSE, old kernels): then it is not tried again.
 static UNNAMED_UNSUPPORTED: std::sync::atomic::AtomicBool =

@@ -586,7 +586,10 @@ fn unlink_removes_file_and_its_ciphertext() {
 /// name.
 #[test]
 fn open_unlinked_file_keeps_its_own_attributes() {
-    let fx = Fixture::mounted();
+    // allow_other: the kernel keeps attributes for one second (a private
+    // mount keeps them ten), so the stats past it below reach the daemon.
+    let mut fx = Fixture::new();
+    fx.mount_with(&["-o", "allow_other"]);
     let p = fx.p("name");
     fs::write(&p, b"first").unwrap();
     let old = OpenOptions::new().read(true).write(true).open(&p).unwrap();

@@ -341,8 +341,21 @@ impl SealFs {
         name: &[u8],
         entry: &str,
     ) -> FsResult<(Arc<Inode>, libc::stat)> {
+        let st = backing::stat(parent.dir_fd()?, OsStr::new(entry)).map_err(io_errno)?;
+        self.remember_stat(parent, name, entry, st)
+    }
+
+    /// [`Self::remember`] with the entry's attributes `st` already taken
+    /// by the caller (after its last change of the entry), so the request
+    /// makes no `fstatat` of its own.
+    pub(super) fn remember_stat(
+        &self,
+        parent: &Arc<Inode>,
+        name: &[u8],
+        entry: &str,
+        st: libc::stat,
+    ) -> FsResult<(Arc<Inode>, libc::stat)> {
         let pfd = parent.dir_fd()?;
-        let st = backing::stat(pfd, OsStr::new(entry)).map_err(io_errno)?;
         let kind = EntryKind::of_mode(st.st_mode);
         let reuse = |t: &Table| -> Option<Arc<Inode>> {
             let id = t.by_backing.get(&st.st_ino)?;

@@ -66,11 +66,21 @@ pub use session::{
 };
 pub use space::SpaceGuard;
 
-/// How long the kernel may cache attributes and entries. sealfs is the only
-/// writer of its cipher directory while mounted, so caching is safe; one
-/// second bounds staleness if someone edits the cipher dir underneath. In
-/// shared-storage mode: at most the refresh period ([`SealFs::ttl`]).
+/// How long the kernel may cache attributes and entries on a mount other
+/// users can reach (`allow_other`): one second bounds how long a grantee
+/// whose grant was revoked still resolves names from the kernel's cache.
+/// In shared-storage mode: at most the refresh period ([`SealFs::ttl`]).
 const TTL: Duration = Duration::from_secs(1);
+/// The same on a private mount (only its owner gets through; not shared
+/// storage): sealfs is the only writer of its cipher directory while
+/// mounted (the offline tools refuse a mounted volume), and every change
+/// it makes goes through the kernel (which updates its caches) or drops
+/// them ([`CacheControl`]), so the kernel may keep what it was told for
+/// longer: a `find` followed by a `cat` of every file it found, or a
+/// `stat` of a tree listed a few seconds ago, asks the daemon nothing
+/// again. Ten seconds still bound what someone editing the cipher
+/// directory underneath a mount (unsupported) sees.
+const PRIVATE_TTL: Duration = Duration::from_secs(10);
 /// The root directory's node id (FUSE's).
 const ROOT: u64 = 1;
 
@@ -124,6 +134,9 @@ pub struct SealFs {
     root_attrs: RwLock<Option<crate::volume::rootattrs::RootAttrs>>,
     /// Shared storage: the refresh period (bounds the kernel's caches).
     shared_refresh: Option<Duration>,
+    /// Whether other users get through (`allow_other`): then the kernel's
+    /// caches keep [`TTL`], else [`PRIVATE_TTL`].
+    allow_other: bool,
 }
 
 impl SealFs {
@@ -176,15 +189,28 @@ impl SealFs {
             features,
             root_attrs: RwLock::new(root_attrs),
             shared_refresh: vol.shared().map(|s| s.refresh),
+            allow_other: true,
             vol,
         })
     }
 
-    /// How long the kernel may keep an entry or attributes: [`TTL`], or in
+    /// Says whether the mount lets other users through (`allow_other`;
+    /// assumed until told otherwise): a private mount lets the kernel
+    /// cache entries and attributes for ten seconds, not one.
+    pub fn set_allow_other(&mut self, yes: bool) {
+        self.allow_other = yes;
+    }
+
+    /// How long the kernel may keep an entry or attributes: [`TTL`] on a
+    /// mount other users reach, [`PRIVATE_TTL`] on a private one, and in
     /// shared-storage mode no longer than the refresh period, so a name
     /// another host renamed or removed goes within it.
     pub(crate) fn ttl(&self) -> Duration {
-        self.shared_refresh.map_or(TTL, |r| r.min(TTL))
+        match self.shared_refresh {
+            Some(r) => r.min(TTL),
+            None if self.allow_other => TTL,
+            None => PRIVATE_TTL,
+        }
     }
 
     /// The open flags of a file read through the page cache: kept across

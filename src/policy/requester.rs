@@ -5,12 +5,13 @@
 //! Owns: [`Caller`], the `/proc/PID/status`, `stat` and `comm` readers,
 //! and the short-lived cache of command names ([`Requesters`]; groups are
 //! read fresh for every decision), keyed by (pid, process start time,
-//! uid).
+//! uid), with recent callers' `/proc/PID/stat` kept open.
 //! Must never: decide anything (the decision is [`super::AccessControl`]'s),
 //! keep an entry past its time to live, or give one process what was read
 //! about another that had its pid.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fuser::Request;
@@ -69,16 +70,33 @@ struct ProcInfo {
 /// is a few hundred bytes) instead of `std::fs::read`'s size probe and
 /// growing reads; a line that does not fit is read whole.
 pub fn read_start_time(pid: u32) -> Option<u64> {
-    use std::io::Read;
+    let f = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    start_time_through(&f)
+}
+
+/// The start time of the process whose `/proc/PID/stat` is open as `f`
+/// (read again from offset 0). An open `/proc/PID/stat` stays bound to the
+/// process it was opened for: once that process is gone (reaped), reading
+/// it fails (ESRCH) even if another process has the pid by then, so `None`
+/// here means the process is gone, never "the pid's new owner".
+fn start_time_through(f: &std::fs::File) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
     let mut buf = [0u8; 2048];
-    let mut f = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
-    let n = f.read(&mut buf).ok()?;
+    let n = f.read_at(&mut buf, 0).ok()?;
     if n < buf.len() {
-        if let Some(t) = start_time_of(&buf[..n]) {
-            return Some(t);
-        }
+        return start_time_of(&buf[..n]);
     }
-    start_time_of(&std::fs::read(format!("/proc/{pid}/stat")).ok()?)
+    // A line that does not fit (a very long command name): read it whole.
+    let mut all = Vec::with_capacity(2 * buf.len());
+    let mut at = 0;
+    loop {
+        let n = f.read_at(&mut buf, at).ok()?;
+        if n == 0 {
+            return start_time_of(&all);
+        }
+        all.extend_from_slice(&buf[..n]);
+        at += n as u64;
+    }
 }
 
 /// Field 22 of a `/proc/PID/stat` line.
@@ -147,10 +165,19 @@ pub fn read_proc(pid: u32) -> (Option<String>, Vec<u32>) {
     (read_comm(pid), read_groups(pid))
 }
 
+/// How many callers' `/proc/PID/stat` files are kept open.
+const STAT_FILES_MAX: usize = 64;
+
 /// The requester cache of one mount: what `/proc` said about recent callers.
 #[derive(Default)]
 pub struct Requesters {
     procs: Mutex<HashMap<ProcKey, ProcInfo>>,
+    /// `/proc/PID/stat` of recent callers, kept open: the start time of
+    /// every audited request is one `pread` on it instead of an `openat`,
+    /// a `read` and a `close`, and it tells a reused pid apart exactly
+    /// (see [`start_time_through`]), not only by a start time of 10 ms
+    /// resolution.
+    stat_files: Mutex<HashMap<u32, Arc<std::fs::File>>>,
 }
 
 impl Requesters {
@@ -182,13 +209,36 @@ impl Requesters {
     }
 
     /// The key of a caller's process, if it still runs.
-    fn key(c: Caller) -> Option<ProcKey> {
+    fn key(&self, c: Caller) -> Option<ProcKey> {
         (c.pid != 0).then_some(())?;
         Some(ProcKey {
             pid: c.pid,
-            start: read_start_time(c.pid)?,
+            start: self.start_time(c.pid)?,
             uid: c.uid,
         })
+    }
+
+    /// The start time of the process that has `pid` now, through its kept
+    /// `/proc/PID/stat` (opened and kept on first use). When the kept file
+    /// says its process is gone, whatever was cached about that pid goes
+    /// with it, and the pid's current owner (if any) is read afresh.
+    fn start_time(&self, pid: u32) -> Option<u64> {
+        let kept = self.stat_files.lock().get(&pid).cloned();
+        if let Some(f) = kept {
+            if let Some(t) = start_time_through(&f) {
+                return Some(t);
+            }
+            self.stat_files.lock().remove(&pid);
+            self.procs.lock().retain(|k, _| k.pid != pid);
+        }
+        let f = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+        let t = start_time_through(&f)?;
+        let mut files = self.stat_files.lock();
+        if files.len() >= STAT_FILES_MAX {
+            files.clear();
+        }
+        files.insert(pid, Arc::new(f));
+        Some(t)
     }
 
     /// The audit principal of a caller.
@@ -197,7 +247,7 @@ impl Requesters {
             uid: c.uid,
             gid: c.gid,
             pid: c.pid,
-            comm: Self::key(c).and_then(|k| {
+            comm: self.key(c).and_then(|k| {
                 self.proc_info(k, |p| {
                     if p.comm.is_none() {
                         p.comm = Some(read_comm(c.pid));
@@ -216,7 +266,7 @@ impl Requesters {
     /// same tick would otherwise inherit the old one's `gid:` grants
     /// (tests/local_users.rs, `a_reused_pid_does_not_inherit_a_gid_grant`).
     pub fn groups(&self, c: Caller) -> Vec<u32> {
-        let mut g = match Self::key(c) {
+        let mut g = match self.key(c) {
             None => Vec::new(),
             Some(k) => read_groups_of(k.pid, k.start, k.uid),
         };
@@ -254,13 +304,49 @@ mod tests {
     }
 
     #[test]
+    fn a_kept_stat_file_of_a_gone_process_is_never_taken_for_the_pids_new_owner() {
+        let r = Requesters::new();
+        let me = std::process::id();
+        // SAFETY: getuid/getgid have no failure mode.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let c = Caller { uid, gid, pid: me };
+        let mine = r.key(c).unwrap().start;
+        // A child's /proc/PID/stat, kept open past its end: reading it fails.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = std::fs::File::open(format!("/proc/{}/stat", child.id())).unwrap();
+        assert!(start_time_through(&gone).is_some());
+        child.wait().unwrap();
+        assert_eq!(start_time_through(&gone), None);
+        // Kept as if it were this pid's earlier owner's, with a comm cached
+        // for that owner: this process gets its own start time and name.
+        r.stat_files.lock().insert(me, Arc::new(gone));
+        r.procs.lock().insert(
+            ProcKey {
+                pid: me,
+                start: mine,
+                uid,
+            },
+            ProcInfo {
+                at: Instant::now(),
+                comm: Some(Some("old".into())),
+            },
+        );
+        assert_eq!(r.key(c).unwrap().start, mine);
+        assert_ne!(r.principal(c).comm.as_deref(), Some("old"));
+        assert_eq!(r.principal(c).comm, read_comm(me));
+        // From then on through this process's own kept file.
+        let kept = r.stat_files.lock().get(&me).cloned().unwrap();
+        assert_eq!(start_time_through(&kept), Some(mine));
+    }
+
+    #[test]
     fn a_reused_pid_does_not_inherit_groups() {
         let r = Requesters::new();
         let me = std::process::id();
         // SAFETY: getuid/getgid have no failure mode.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let c = Caller { uid, gid, pid: me };
-        let key = Requesters::key(c).unwrap();
+        let key = r.key(c).unwrap();
         // A cached entry of an earlier process with this pid (another start
         // time): its name is never used for this one, and groups are
         // never cached at all.

@@ -239,17 +239,23 @@ impl NewEntry<'_> {
         sys::fchownat(f.as_fd(), OsStr::new(""), Some(uid), (!sgid).then_some(gid))
     }
 
-    /// Gives the new entry exactly the permission bits `mode` (see
-    /// [`set_new_mode`]).
-    pub fn set_mode(&self, mode: u32) -> io::Result<()> {
-        let Some(f) = self.unnamed_file() else {
-            return set_new_mode(self.dir, self.entry(), mode);
-        };
-        let st = sys::fstat(f.as_fd())?;
-        if st.st_mode & 0o7777 != mode & 0o7777 {
-            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777))?;
+    /// Gives the new file, header written (`backing`, see
+    /// [`NewEntry::seal_file`]), exactly the permission bits `mode` (see
+    /// [`set_new_mode`]). Returns its attributes as they are then for a
+    /// named file (one stat, a second only when the mode changed), `None`
+    /// for an unnamed one: stat it once [`NewEntry::keep_file`] named it.
+    /// An unnamed file was made with `mode` less the daemon's umask and
+    /// given to its owner (which clears set-ID bits): it is chmod'ed only
+    /// when either took a bit away.
+    pub fn finish_mode(&self, backing: &File, mode: u32) -> io::Result<Option<libc::stat>> {
+        if !matches!(self.made, Made::Unnamed) {
+            return set_new_mode_stat(self.dir, self.entry(), mode).map(Some);
         }
-        Ok(())
+        let mode = mode & 0o7777;
+        if mode & 0o7000 != 0 || mode & sys::process_umask() != 0 {
+            backing.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+        }
+        Ok(None)
     }
 
     /// Finishes a new directory durably (the library and fsck): both copies
@@ -422,9 +428,16 @@ pub fn give_new_entry(dir: BorrowedFd<'_>, entry: &OsStr, uid: u32, gid: u32) ->
 /// inherited from its parent; a symlink has no mode. Call it after
 /// [`give_new_entry`], since a chown clears set-ID bits.
 pub fn set_new_mode(dir: BorrowedFd<'_>, entry: &OsStr, mode: u32) -> io::Result<()> {
+    set_new_mode_stat(dir, entry, mode).map(|_| ())
+}
+
+/// [`set_new_mode`], returning the entry's attributes as they are after
+/// it: the one `fstatat` it makes anyway (a second one only when the mode
+/// had to change), so a caller needs none of its own.
+pub fn set_new_mode_stat(dir: BorrowedFd<'_>, entry: &OsStr, mode: u32) -> io::Result<libc::stat> {
     let st = sys::fstatat(dir, entry)?;
     if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
-        return Ok(());
+        return Ok(st);
     }
     let mut want = mode & 0o7777;
     if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
@@ -432,8 +445,9 @@ pub fn set_new_mode(dir: BorrowedFd<'_>, entry: &OsStr, mode: u32) -> io::Result
     }
     if st.st_mode & 0o7777 != want {
         sys::fchmodat(dir, entry, want)?;
+        return sys::fstatat(dir, entry);
     }
-    Ok(())
+    Ok(st)
 }
 
 // ------------------------------------------------------------ staged files
@@ -514,13 +528,30 @@ pub struct Removed {
 /// Removes the non-directory entry `bn` of `dir` (`EISDIR` for a
 /// directory), then its sidecar.
 pub fn unlink(dir: BorrowedFd<'_>, bn: &BackingName) -> io::Result<Removed> {
-    let entry = OsStr::new(&bn.entry);
-    let fd = backing::pin(dir, entry)?;
+    let (fd, st) = pin_removable(dir, bn)?;
+    unlink_pinned(dir, bn, fd, st)
+}
+
+/// Pins the non-directory entry `bn` of `dir` (`EISDIR` for a directory)
+/// and takes its attributes from the pin: one `openat` and one `fstat`,
+/// both about the very object that is then removed.
+fn pin_removable(dir: BorrowedFd<'_>, bn: &BackingName) -> io::Result<(OwnedFd, libc::stat)> {
+    let fd = backing::pin(dir, OsStr::new(&bn.entry))?;
     let st = sys::fstat(fd.as_fd())?;
     if EntryKind::of_mode(st.st_mode) == EntryKind::Dir {
         return Err(errno(libc::EISDIR));
     }
-    sys::unlinkat(dir, entry, false)?;
+    Ok((fd, st))
+}
+
+/// Removes the entry `bn` pinned by `fd` (attributes `st`), then its sidecar.
+fn unlink_pinned(
+    dir: BorrowedFd<'_>,
+    bn: &BackingName,
+    fd: OwnedFd,
+    st: libc::stat,
+) -> io::Result<Removed> {
+    sys::unlinkat(dir, OsStr::new(&bn.entry), false)?;
     remove_name_sidecar(dir, bn);
     Ok(Removed { fd, st })
 }
@@ -529,16 +560,17 @@ pub fn unlink(dir: BorrowedFd<'_>, bn: &BackingName) -> io::Result<Removed> {
 /// `dir`, like [`unlink`]; when it was one of several names of a linked
 /// file, that name's tag then leaves the file's link table (best effort,
 /// after the backing name is gone: a stale tag is harmless, a missing one
-/// would not be).
+/// would not be). The link count comes from the pin's `fstat`, so a
+/// plain file's removal costs no `fstatat` of its own.
 pub fn remove_name(vol: &Volume, end: RenameEnd<'_>) -> io::Result<Removed> {
     let entry = OsStr::new(&end.name.entry);
-    let linked = match sys::fstatat(end.dir, entry) {
-        Ok(st) if EntryKind::of_mode(st.st_mode) == EntryKind::File && st.st_nlink > 1 => {
-            backing::open_regular(end.dir, entry, libc::O_RDWR).ok()
-        }
-        _ => None,
+    let (fd, st) = pin_removable(end.dir, end.name)?;
+    let linked = if EntryKind::of_mode(st.st_mode) == EntryKind::File && st.st_nlink > 1 {
+        backing::open_regular(end.dir, entry, libc::O_RDWR).ok()
+    } else {
+        None
     };
-    let removed = unlink(end.dir, end.name)?;
+    let removed = unlink_pinned(end.dir, end.name, fd, st)?;
     if let Some(f) = linked {
         crate::keyring::kill_point("unlink-linked-removed");
         if let Err(e) = vol.drop_link(&f, end.ctx) {

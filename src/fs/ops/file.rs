@@ -101,7 +101,6 @@ impl SealFs {
                 tracing::warn!("chown of new entry failed: {e}");
             }
         }
-        new.set_mode(mode).map_err(io_errno)?;
         let ctx = EncryptionContext {
             parent_dir_id: pdir.id,
             name: name.as_bytes(),
@@ -109,6 +108,11 @@ impl SealFs {
         let sealed = new
             .seal_file_with_key(&self.vol, &ctx, key)
             .map_err(|e| errno_of(&e))?;
+        // The mode is set after the header is written (until then the
+        // backing file has at most the bits asked for: the daemon's umask
+        // only takes bits away, the chown above clears set-ID bits), so
+        // its one stat is also the reply's.
+        let st = new.finish_mode(sealed.backing(), mode).map_err(io_errno)?;
         if self.audit_paths() {
             let path = Self::child_path(&pinode, name.as_bytes());
             // Fail-closed: no record, no new file.
@@ -128,7 +132,14 @@ impl SealFs {
             Err(e) if exists(&e) && flags & libc::O_EXCL == 0 => return open_existing(_ns),
             Err(e) => return Err(io_errno(e)),
         }
-        let (inode, st) = self.remember(&pinode, name.as_bytes(), &bn.entry)?;
+        // An unnamed file is stat'ed once named (its link count and ctime).
+        let st = match st {
+            Some(st) => st,
+            None => {
+                crate::sys::fstat(std::os::fd::AsFd::as_fd(sealed.backing())).map_err(io_errno)?
+            }
+        };
+        let (inode, st) = self.remember_stat(&pinode, name.as_bytes(), &bn.entry, st)?;
         if self.xattrs_on() {
             self.apply_inherited(req, &inode, inherited)?;
         }
