@@ -24,7 +24,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use crate::format::layout::META_BLOCK;
@@ -59,9 +59,26 @@ pub(super) struct DirectReads {
     /// A direct read failed with EINVAL (alignment the file system does
     /// not accept): every later read goes through the page cache.
     refused: AtomicBool,
+    /// Where the previous read of this open file ended (plaintext).
+    last_end: AtomicU64,
 }
 
+/// How far from the previous read's end a read still continues a
+/// sequential stream (the kernel sends several readahead requests at
+/// once, to different threads, so they may arrive out of order).
+const STREAM_SLACK: u64 = 4 << 20;
+
 impl DirectReads {
+    /// Notes a read of `offset..end` and says whether it continues a
+    /// sequential stream (or starts the file): only those read directly.
+    /// A random read pattern keeps the page cache and its readahead, which
+    /// a readahead request of the kernel's (up to 1 MiB, also under
+    /// random reads) would otherwise bypass.
+    pub(super) fn sequential(&self, offset: u64, end: u64) -> bool {
+        let last = self.last_end.swap(end, Ordering::Relaxed);
+        offset == 0 || offset.abs_diff(last) <= STREAM_SLACK
+    }
+
     fn fd(&self, file: &File) -> Option<&File> {
         if self.refused.load(Ordering::Relaxed) {
             return None;

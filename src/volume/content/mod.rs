@@ -484,13 +484,14 @@ impl SealedFile {
         let base = buf.as_ptr().align_offset(direct::ALIGN);
         // Every byte of out[..span] is overwritten by the reads below.
         let out = &mut buf[base..base + room];
+        let stream = self.direct.sequential(offset, end);
         for run in runs(first, last, size) {
             let at = (run.first - first) as usize * CS;
             match &self.groups {
                 None => self.read_run_v1(&run, &mut out[at..at + run.data_len], size)?,
                 Some(g) => {
                     let data = &mut out[at..at + direct::align_up(run.data_len)];
-                    self.read_run_v2(g, &run, data, size)?
+                    self.read_run_v2(g, &run, data, size, stream)?
                 }
             }
         }
@@ -519,19 +520,21 @@ impl SealedFile {
     /// one direct read); holes are zeros, every other chunk is
     /// authenticated, and data missing from the ciphertext (a cut file) is
     /// an integrity failure. `data` holds the run's data, padded to a
-    /// whole page.
+    /// whole page; `stream`: the read continues a sequential stream.
     fn read_run_v2(
         &self,
         groups: &Groups,
         run: &Run,
         data: &mut [u8],
         size: u64,
+        stream: bool,
     ) -> Result<(), VolumeError> {
         let g = group_of(run.first);
         let data_at = chunk_data_offset(run.first);
         let mut page = direct::MetaPage::zeroed();
         let starts_group = run.first % CHUNKS_PER_GROUP == 0;
-        let direct = run.data_len >= direct::DIRECT_MIN
+        let direct = stream
+            && run.data_len >= direct::DIRECT_MIN
             && self
                 .direct
                 .read(&self.file, starts_group.then_some(&mut page), data, data_at)?
