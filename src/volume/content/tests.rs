@@ -785,3 +785,26 @@ fn v2_tampered_chunk_or_entry_in_a_direct_run_fails() {
         );
     }
 }
+
+#[test]
+fn v2_a_long_read_far_from_the_previous_one_keeps_the_page_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SecretKey::generate().unwrap();
+    let mut f = fresh(&dir, &key, V2);
+    let mib = 1usize << 20;
+    let far = 9 * mib as u64;
+    f.write(0, &vec![3u8; mib]).unwrap();
+    f.write(far, &vec![4u8; mib]).unwrap();
+    let before = direct_reads_served();
+    // The start of the file: a stream (two whole groups, direct).
+    assert_eq!(f.read(0, mib).unwrap(), vec![3u8; mib]);
+    assert_eq!(direct_reads_served() - before, 2);
+    // 8 MiB past where it ended: a random jump, through the page cache.
+    assert_eq!(f.read(far, mib).unwrap(), vec![4u8; mib]);
+    assert_eq!(direct_reads_served() - before, 2);
+    // Near the previous read again: direct.
+    assert_eq!(f.read(far, mib).unwrap(), vec![4u8; mib]);
+    assert_eq!(direct_reads_served() - before, 4);
+    // A hole between them reads as zeros either way.
+    assert_eq!(f.read(4 * mib as u64, 4096).unwrap(), vec![0u8; 4096]);
+}
