@@ -105,15 +105,7 @@ fn backing_state(fx: &Fixture, skip: &[&Path]) -> BTreeMap<PathBuf, (i64, i64, V
 }
 
 fn flip_byte(path: &Path, offset: u64) {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, offset).unwrap();
-    b[0] ^= 0x01;
-    f.write_all_at(&b, offset).unwrap();
+    xor_byte(path, offset, 0x01);
 }
 
 #[test]

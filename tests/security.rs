@@ -37,15 +37,7 @@ fn assert_daemon_healthy(fx: &Fixture) {
 }
 
 fn flip_byte(path: &Path, off: u64) {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, off).unwrap();
-    b[0] ^= 0x5A;
-    f.write_all_at(&b, off).unwrap();
+    xor_byte(path, off, 0x5A);
 }
 
 fn read_at(path: &Path, off: u64, len: usize) -> Vec<u8> {

@@ -785,6 +785,22 @@ pub fn assert_eio<T>(r: io::Result<T>, what: &str) {
     }
 }
 
+/// Damages the byte at `off` of `path` (a backing file): XORs it with
+/// `mask` (not zero, so it always changes).
+pub fn xor_byte(path: &Path, off: u64, mask: u8) {
+    use std::os::unix::fs::FileExt;
+    assert_ne!(mask, 0);
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, off).unwrap();
+    b[0] ^= mask;
+    f.write_all_at(&b, off).unwrap();
+}
+
 /// Reads up to `len` bytes at `off` of `path` (through the mount) with
 /// pread, until the end of the file.
 pub fn pread(path: &Path, off: u64, len: usize) -> io::Result<Vec<u8>> {

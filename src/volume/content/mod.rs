@@ -37,6 +37,7 @@
 //! [`poisoned`]: SealedFile::poisoned
 
 mod check;
+mod direct;
 mod groups;
 mod packed;
 mod run;
@@ -53,8 +54,8 @@ use crate::format::group_state::{GroupState, StateCipher, STATE_AREA};
 use crate::format::header::RECORD_LEN;
 use crate::format::layout::{
     chunk_data_offset, chunk_len, chunk_meta_offset, chunks_touched, ciphertext_size, group_of,
-    plaintext_size, state_offset, ChunkIndex, CHUNKS_PER_GROUP, CHUNK_SIZE, META_BLOCK,
-    META_STATE_OFFSET,
+    group_offset, plaintext_size, state_offset, ChunkIndex, CHUNKS_PER_GROUP, CHUNK_SIZE,
+    META_BLOCK, META_STATE_OFFSET,
 };
 use crate::sys::fallocate;
 use crate::volume::error::VolumeError;
@@ -133,6 +134,8 @@ pub struct SealedFile {
     /// Writes that could not be stored so far, and the errno of the last
     /// one: a handle reports each new one once at close (FLUSH).
     write_errors: (u32, i32),
+    /// Direct reads of long runs (sequential reads).
+    direct: direct::DirectReads,
 }
 
 impl SealedFile {
@@ -198,6 +201,7 @@ impl SealedFile {
             csize,
             poisoned: None,
             write_errors: (0, 0),
+            direct: direct::DirectReads::default(),
         }
     }
 
@@ -471,20 +475,27 @@ impl SealedFile {
         let end = size.min(offset + len as u64);
         let (first, last) = chunks_touched(offset, end - offset).expect("non-empty range");
         let span = (last - first) as usize * CS + chunk_len(last, size);
-        if buf.len() < span {
-            buf.resize(span, 0);
+        // The bytes start at an aligned address and the final run may be
+        // read up to a whole page (direct reads).
+        let room = direct::align_up(span);
+        if buf.len() < room + direct::ALIGN {
+            buf.resize(room + direct::ALIGN, 0);
         }
+        let base = buf.as_ptr().align_offset(direct::ALIGN);
         // Every byte of out[..span] is overwritten by the reads below.
-        let out = &mut buf[..span];
+        let out = &mut buf[base..base + room];
+        let stream = self.direct.sequential(offset, end);
         for run in runs(first, last, size) {
             let at = (run.first - first) as usize * CS;
-            let data = &mut out[at..at + run.data_len];
             match &self.groups {
-                None => self.read_run_v1(&run, data, size)?,
-                Some(g) => self.read_run_v2(g, &run, data, size)?,
+                None => self.read_run_v1(&run, &mut out[at..at + run.data_len], size)?,
+                Some(g) => {
+                    let data = &mut out[at..at + direct::align_up(run.data_len)];
+                    self.read_run_v2(g, &run, data, size, stream)?
+                }
             }
         }
-        let skip = (offset - first * CHUNK_SIZE) as usize;
+        let skip = base + (offset - first * CHUNK_SIZE) as usize;
         Ok(skip..skip + (end - offset) as usize)
     }
 
@@ -505,35 +516,52 @@ impl SealedFile {
 
     /// One run with sealed group states: the group's state (unless this
     /// open knows it) and the run's entries in one read from the metadata
-    /// page, the data in another; holes are zeros, every other chunk is
+    /// page, the data in another (a long run that starts a group: both in
+    /// one direct read); holes are zeros, every other chunk is
     /// authenticated, and data missing from the ciphertext (a cut file) is
-    /// an integrity failure.
+    /// an integrity failure. `data` holds the run's data, padded to a
+    /// whole page; `stream`: the read continues a sequential stream.
     fn read_run_v2(
         &self,
         groups: &Groups,
         run: &Run,
         data: &mut [u8],
         size: u64,
+        stream: bool,
     ) -> Result<(), VolumeError> {
         let g = group_of(run.first);
-        let mut meta = [0u8; META_BLOCK as usize];
+        let data_at = chunk_data_offset(run.first);
+        let mut page = direct::MetaPage::zeroed();
+        let starts_group = run.first % CHUNKS_PER_GROUP == 0;
+        let direct = stream
+            && run.data_len >= direct::DIRECT_MIN
+            && self
+                .direct
+                .read(&self.file, starts_group.then_some(&mut page), data, data_at)?
+                .is_some();
+        let data = &mut data[..run.data_len];
         let entries_at = chunk_meta_offset(run.first);
-        let (state, entries) = match groups.get(g) {
-            Some(s) => {
-                let m = &mut meta[..run.meta_len()];
-                pread_some(&self.file, m, entries_at)?;
-                (s, &meta[..run.meta_len()])
-            }
-            None => {
-                let from = state_offset(g);
-                let n = (entries_at - from) as usize + run.meta_len();
-                pread_some(&self.file, &mut meta[..n], from)?;
-                let s = groups.cipher.open(g, &meta[..STATE_AREA])?;
-                groups.remember(g, s);
-                (s, &meta[(entries_at - from) as usize..n])
-            }
+        let (state, entries) = if direct && starts_group {
+            let block = &page.0;
+            let s = match groups.get(g) {
+                Some(s) => s,
+                None => {
+                    let at = META_STATE_OFFSET as usize;
+                    let s = groups.cipher.open(g, &block[at..at + STATE_AREA])?;
+                    groups.remember(g, s);
+                    s
+                }
+            };
+            let from = (entries_at - group_offset(g)) as usize;
+            (s, &block[from..from + run.meta_len()])
+        } else {
+            self.read_entries_v2(groups, run, &mut page)?
         };
-        let got = pread_some(&self.file, data, chunk_data_offset(run.first))?;
+        let got = if direct {
+            data.len()
+        } else {
+            pread_some(&self.file, data, data_at)?
+        };
         // A packed tail (group 0 only) is read from block 0 (in the page
         // cache: the file's open read its state).
         let tail = packed::Tail::of(&state).filter(|_| g == 0);
@@ -555,6 +583,34 @@ impl SealedFile {
             self.open_v2(k, size, chunk, run.entry(entries, k))?;
         }
         Ok(())
+    }
+
+    /// The group state of `run` (from this open's cache, else read) and
+    /// its entries, through the page cache; `page` holds what was read.
+    fn read_entries_v2<'p>(
+        &self,
+        groups: &Groups,
+        run: &Run,
+        page: &'p mut direct::MetaPage,
+    ) -> Result<(GroupState, &'p [u8]), VolumeError> {
+        let g = group_of(run.first);
+        let meta = &mut page.0;
+        let entries_at = chunk_meta_offset(run.first);
+        Ok(match groups.get(g) {
+            Some(s) => {
+                let m = &mut meta[..run.meta_len()];
+                pread_some(&self.file, m, entries_at)?;
+                (s, &meta[..run.meta_len()])
+            }
+            None => {
+                let from = state_offset(g);
+                let n = (entries_at - from) as usize + run.meta_len();
+                pread_some(&self.file, &mut meta[..n], from)?;
+                let s = groups.cipher.open(g, &meta[..STATE_AREA])?;
+                groups.remember(g, s);
+                (s, &meta[(entries_at - from) as usize..n])
+            }
+        })
     }
 
     // ------------------------------------------------------------ writes
@@ -673,6 +729,7 @@ impl SealedFile {
             csize: self.csize,
             poisoned: None,
             write_errors: (0, 0),
+            direct: direct::DirectReads::default(),
         })
     }
 }

@@ -707,3 +707,104 @@ fn truncates_across_a_group_then_reopen() {
         assert_eq!(g.read(0, 10000).unwrap(), model, "at the end");
     }
 }
+
+fn direct_reads_served() -> u64 {
+    super::direct::SERVED.with(|c| c.get())
+}
+
+#[test]
+fn v2_long_reads_go_direct_and_match_what_was_written() {
+    for format in [V2, PT] {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretKey::generate().unwrap();
+        let mut f = fresh(&dir, &key, format);
+        // Three whole groups and a partial final chunk, a hole in group 1.
+        let mut data: Vec<u8> = (0..3 * GROUP_PLAIN as usize + 1000)
+            .map(|i| (i * 7 + i / 4096) as u8)
+            .collect();
+        data[GROUP_PLAIN as usize + 8192..GROUP_PLAIN as usize + 3 * 4096].fill(0);
+        f.write(0, &data[..GROUP_PLAIN as usize + 8192]).unwrap();
+        f.write(
+            GROUP_PLAIN + 3 * 4096,
+            &data[GROUP_PLAIN as usize + 3 * 4096..],
+        )
+        .unwrap();
+        drop(f);
+        let g = reopen(&dir, &key, format);
+        let before = direct_reads_served();
+        let mut got = Vec::new();
+        for at in (0..data.len()).step_by(1 << 20) {
+            got.extend(g.read(at as u64, 1 << 20).unwrap());
+        }
+        assert_eq!(got, data, "{format:?}");
+        // Groups 0, 1 and 2 whole (metadata block and data in one read);
+        // the final run is short of a whole page and goes through the
+        // page cache.
+        assert_eq!(direct_reads_served() - before, 3, "{format:?}");
+        // Runs of 55, 128 and 74 chunks, all read directly; the first
+        // starts inside group 0, so its entries come through the page cache.
+        let at = 300_000usize;
+        assert_eq!(
+            g.read(at as u64, 1 << 20).unwrap(),
+            &data[at..at + (1 << 20)]
+        );
+        assert_eq!(direct_reads_served() - before, 6, "{format:?}");
+        // Short reads (random 4 KiB) stay in the page cache.
+        assert_eq!(g.read(4096, 4096).unwrap(), &data[4096..8192]);
+        assert_eq!(direct_reads_served() - before, 6, "{format:?}");
+    }
+}
+
+#[test]
+fn v2_tampered_chunk_or_entry_in_a_direct_run_fails() {
+    for (what, at) in [
+        ("data", chunk_data_offset(130) + 17),
+        ("entry", chunk_meta_offset(130) + 3),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretKey::generate().unwrap();
+        let mut f = fresh(&dir, &key, V2);
+        f.write(0, &vec![5u8; 2 * GROUP_PLAIN as usize]).unwrap();
+        // Read once while whole (its group states are now cached).
+        assert!(f.read(GROUP_PLAIN, GROUP_PLAIN as usize).is_ok());
+        let mut b = [0u8; 1];
+        crate::sys::read_exact_at(&raw(&dir), &mut b, at).unwrap();
+        b[0] ^= 0xff;
+        crate::sys::write_all_at(&raw(&dir), &b, at).unwrap();
+        let before = direct_reads_served();
+        assert!(
+            is_integrity(f.read(GROUP_PLAIN, GROUP_PLAIN as usize)),
+            "{what}"
+        );
+        assert_eq!(direct_reads_served() - before, 1, "{what}");
+        assert!(is_integrity(f.read(0, 2 * GROUP_PLAIN as usize)), "{what}");
+        assert_eq!(f.read(131 * 4096, 4096).unwrap(), vec![5u8; 4096], "{what}");
+        assert_eq!(
+            f.read(0, GROUP_PLAIN as usize).unwrap().len(),
+            GROUP_PLAIN as usize
+        );
+    }
+}
+
+#[test]
+fn v2_a_long_read_far_from_the_previous_one_keeps_the_page_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SecretKey::generate().unwrap();
+    let mut f = fresh(&dir, &key, V2);
+    let mib = 1usize << 20;
+    let far = 9 * mib as u64;
+    f.write(0, &vec![3u8; mib]).unwrap();
+    f.write(far, &vec![4u8; mib]).unwrap();
+    let before = direct_reads_served();
+    // The start of the file: a stream (two whole groups, direct).
+    assert_eq!(f.read(0, mib).unwrap(), vec![3u8; mib]);
+    assert_eq!(direct_reads_served() - before, 2);
+    // 8 MiB past where it ended: a random jump, through the page cache.
+    assert_eq!(f.read(far, mib).unwrap(), vec![4u8; mib]);
+    assert_eq!(direct_reads_served() - before, 2);
+    // Near the previous read again: direct.
+    assert_eq!(f.read(far, mib).unwrap(), vec![4u8; mib]);
+    assert_eq!(direct_reads_served() - before, 4);
+    // A hole between them reads as zeros either way.
+    assert_eq!(f.read(4 * mib as u64, 4096).unwrap(), vec![0u8; 4096]);
+}
