@@ -16,7 +16,7 @@ use parking_lot::RwLock;
 use crate::format::header::EncryptionContext;
 use crate::policy::grants::LiveGrant;
 use crate::volume::backing;
-use crate::volume::content::SealedFile;
+use crate::volume::content::{SealedFile, WriteSealer};
 use crate::volume::VolumeError;
 
 use crate::fs::inodes::Inode;
@@ -40,15 +40,27 @@ impl From<Errno> for OpenFailure {
     }
 }
 
+/// What an open file's content says that never changes while it is open,
+/// kept with its handles so that a request need not wait for the content
+/// lock (held by a write in progress) to learn it.
+pub(super) struct OpenFacts {
+    /// The master key version that unwrapped the data key.
+    key_version: u32,
+    /// The chunk cipher, to seal a write's whole chunks before the lock.
+    sealer: Option<WriteSealer>,
+}
+
 pub(super) enum Handle {
     /// An open file, the grant it was opened through (None: the owner),
-    /// and the count of its content's failed writes this handle has
-    /// reported (see [`SealFs::flush_file`]).
+    /// the count of its content's failed writes this handle has reported
+    /// (see [`SealFs::flush_file`]), and what never changes while the
+    /// content is open (read without its lock).
     File(
         Arc<Inode>,
         Arc<RwLock<SealedFile>>,
         Option<Arc<LiveGrant>>,
         AtomicU32,
+        OpenFacts,
     ),
     Dir(Arc<Inode>, Arc<Vec<Listed>>),
 }
@@ -115,8 +127,15 @@ impl SealFs {
         f: Arc<RwLock<SealedFile>>,
         grant: Option<Arc<LiveGrant>>,
     ) -> Handle {
-        let seen = AtomicU32::new(f.read().write_errors().0);
-        Handle::File(inode, f, grant, seen)
+        let (seen, facts) = {
+            let sf = f.read();
+            let facts = OpenFacts {
+                key_version: sf.key_version(),
+                sealer: sf.write_sealer(),
+            };
+            (AtomicU32::new(sf.write_errors().0), facts)
+        };
+        Handle::File(inode, f, grant, seen, facts)
     }
 
     /// FLUSH (every close of a file descriptor): the error of a write of
@@ -127,7 +146,7 @@ impl SealFs {
     /// whose write() already failed, and a failure through another handle.
     pub(super) fn flush_file(&self, fh: FileHandle) -> FsResult<()> {
         let h = self.file_handle(fh)?;
-        let Handle::File(_, f, _, seen) = &*h else {
+        let Handle::File(_, f, _, seen, _) = &*h else {
             return Ok(());
         };
         let (count, errno) = f.read().write_errors();
@@ -174,6 +193,16 @@ impl SealFs {
         req: &Request,
         fh: FileHandle,
     ) -> FsResult<Arc<RwLock<SealedFile>>> {
+        self.checked_content(req, fh, false).map(|(f, _)| f)
+    }
+
+    /// [`SealFs::content_of`] for a WRITE, with the file's
+    /// [`WriteSealer`] (None in the last-chunk-flag format).
+    pub(super) fn content_for_write(
+        &self,
+        req: &Request,
+        fh: FileHandle,
+    ) -> FsResult<(Arc<RwLock<SealedFile>>, Option<WriteSealer>)> {
         self.checked_content(req, fh, false)
     }
 
@@ -184,7 +213,7 @@ impl SealFs {
         req: &Request,
         fh: FileHandle,
     ) -> FsResult<Arc<RwLock<SealedFile>>> {
-        self.checked_content(req, fh, true)
+        self.checked_content(req, fh, true).map(|(f, _)| f)
     }
 
     /// Shared storage: the content lock of `f`'s backing file (exclusive
@@ -245,19 +274,20 @@ impl SealFs {
         req: &Request,
         fh: FileHandle,
         reading: bool,
-    ) -> FsResult<Arc<RwLock<SealedFile>>> {
+    ) -> FsResult<(Arc<RwLock<SealedFile>>, Option<WriteSealer>)> {
         self.check_enabled()?;
         match &*self.file_handle(fh)? {
-            Handle::File(inode, f, grant, _) => {
+            Handle::File(inode, f, grant, _, facts) => {
                 if let Some(g) = grant {
                     self.policy
                         .check_handle(Caller::of(req), g, "use_handle", || Self::path_of(inode))?;
                 }
-                self.check_key_version(f.read().key_version())?;
+                self.check_key_version(facts.key_version)?;
                 if reading && inode.atime_due.load(std::sync::atomic::Ordering::Relaxed) {
                     self.note_read(inode);
                 }
-                Ok(f.clone())
+                let sealer = if reading { None } else { facts.sealer.clone() };
+                Ok((f.clone(), sealer))
             }
             Handle::Dir(..) => Err(Errno::EISDIR),
         }

@@ -299,9 +299,18 @@ pub(in crate::fs) fn write(
 ) {
     let r = fs
         .check_writable()
-        .and_then(|_| fs.content_of(req, fh))
-        .and_then(|f| {
-            let r = fs.change_content(&f, |sf| sf.write(offset, data));
+        .and_then(|_| fs.content_for_write(req, fh))
+        .and_then(|(f, sealer)| {
+            // The whole chunks are sealed before the lock: the request
+            // before this one may still be storing (see
+            // volume::content::preseal).
+            let r = sealer
+                .map(|s| s.preseal(offset, data))
+                .transpose()
+                .map(Option::flatten)
+                .and_then(|mut pre| {
+                    fs.change_content(&f, |sf| sf.write_presealed(offset, data, pre.as_mut()))
+                });
             r.map_err(|e| {
                 if e.is_integrity() {
                     tracing::warn!(fh = fh.0, offset, "integrity failure during write: {e}");

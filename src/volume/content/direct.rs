@@ -1,4 +1,4 @@
-//! Direct (`O_DIRECT`) backing reads of long group runs.
+//! Direct (`O_DIRECT`) backing reads and writes of long group runs.
 //!
 //! A sequential read arrives as 1 MiB requests, two whole group runs of
 //! 512 KiB each. Read through the page cache, the ciphertext of such a run
@@ -9,17 +9,31 @@
 //! group's first chunk is one `preadv` of the group's metadata block and
 //! the run's data (contiguous on disk, docs/FORMAT.md §4).
 //!
-//! Short runs (random reads) keep the page cache: their metadata block
+//! Writes are the mirror image: the kernel's writeback sends a sequential
+//! writer's pages as requests of up to 1 MiB, and a run's sealed data
+//! written through the page cache is copied once more into the backing
+//! file's cache, dirty next to the mount's own dirty plaintext, so a
+//! writer meets the kernel's dirty-memory limit at half the data. A long
+//! run's whole chunks are written directly from the (page-aligned) buffer
+//! they were sealed in; a partial final chunk, the metadata entries and the
+//! group states stay buffered. The write order of the content layer is
+//! unchanged: each write returns before the next starts, and durability is
+//! still `fsync`'s (a direct write is not a synchronous one).
+//!
+//! Short runs (random I/O) keep the page cache: their metadata block
 //! stays hot there, and a direct read of data that was written through the
 //! page cache but not yet stored would make the kernel write it first.
-//! Coherence with buffered writes is the kernel's: a direct read writes
-//! back dirty pages of its range before it reads.
+//! Coherence with buffered I/O is the kernel's: a direct read or write
+//! writes back dirty pages of its range first, and a direct write drops
+//! the cached pages of its range.
 //!
-//! Owns: the second, read-only `O_DIRECT` descriptor of an open file and
-//! when a read may use it. Must never: write through it, open or seal
-//! anything, or return a short read as if it were the file's end (a short
-//! direct read is answered "not served", and the caller reads again
-//! through the page cache).
+//! Owns: the two `O_DIRECT` descriptors of an open file (one to read, one
+//! to write) and when an I/O may use them. Must never: write anything but
+//! whole sealed chunks through them, open or seal anything, or return a
+//! short read as if it were the file's end (a short direct read is
+//! answered "not served", and the caller reads again through the page
+//! cache; a direct write that cannot go on is finished through the page
+//! cache).
 
 use std::fs::File;
 use std::io;
@@ -51,14 +65,18 @@ pub(super) fn align_up(n: usize) -> usize {
     n.div_ceil(ALIGN) * ALIGN
 }
 
-/// The `O_DIRECT` descriptor of one open file, opened at its first long
-/// read; None when the backing file system refuses direct I/O.
+/// The `O_DIRECT` descriptors of one open file, each opened at its first
+/// long read or write; None when the backing file system refuses direct
+/// I/O.
 #[derive(Debug, Default)]
-pub(super) struct DirectReads {
+pub(super) struct DirectIo {
     fd: OnceLock<Option<File>>,
+    write_fd: OnceLock<Option<File>>,
     /// A direct read failed with EINVAL (alignment the file system does
     /// not accept): every later read goes through the page cache.
     refused: AtomicBool,
+    /// The same for writes.
+    write_refused: AtomicBool,
     /// Where the previous read of this open file ended (plaintext).
     last_end: AtomicU64,
 }
@@ -68,7 +86,7 @@ pub(super) struct DirectReads {
 /// once, to different threads, so they may arrive out of order).
 const STREAM_SLACK: u64 = 4 << 20;
 
-impl DirectReads {
+impl DirectIo {
     /// Notes a read of `offset..end` and says whether it continues a
     /// sequential stream (or starts the file): only those read directly.
     /// A random read pattern keeps the page cache and its readahead, which
@@ -161,10 +179,81 @@ impl DirectReads {
         }
         Ok((n == want).then_some(()))
     }
+
+    /// Writes `data` (sealed chunks, a run's data) at `at`: its whole
+    /// pages directly when it is a long run and the file system takes
+    /// direct I/O, the rest (a partial final chunk; everything, when the
+    /// direct descriptor is refused) through `buffered`. Both parts are
+    /// stored when this returns Ok.
+    pub(super) fn write(
+        &self,
+        file: &File,
+        data: &[u8],
+        at: u64,
+        buffered: impl Fn(&[u8], u64) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let whole = data.len() / ALIGN * ALIGN;
+        let aligned = data.as_ptr() as usize % ALIGN == 0 && at % ALIGN as u64 == 0;
+        let fd = (aligned && whole >= DIRECT_MIN && !self.write_refused.load(Ordering::Relaxed))
+            .then(|| {
+                self.write_fd
+                    .get_or_init(|| {
+                        crate::sys::reopen(file.as_fd(), libc::O_WRONLY | libc::O_DIRECT).ok()
+                    })
+                    .as_ref()
+            })
+            .flatten();
+        let mut done = 0;
+        if let Some(fd) = fd {
+            while done < whole {
+                let part = &data[done..whole];
+                // SAFETY: part is a live buffer of its length; fd is open.
+                let n = unsafe {
+                    libc::pwrite(
+                        fd.as_raw_fd(),
+                        part.as_ptr().cast(),
+                        part.len(),
+                        (at + done as u64) as libc::off_t,
+                    )
+                };
+                if n == 0 {
+                    break;
+                }
+                if n > 0 {
+                    done += n as usize;
+                    if done % ALIGN != 0 {
+                        // A short write off a page boundary: the rest
+                        // cannot go directly.
+                        break;
+                    }
+                    continue;
+                }
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(libc::EINVAL) => {
+                        self.write_refused.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                    _ => return Err(e),
+                }
+            }
+            #[cfg(test)]
+            if done > 0 {
+                WRITTEN.with(|c| c.set(c.get() + 1));
+            }
+        }
+        if done < data.len() {
+            buffered(&data[done..], at + done as u64)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 thread_local! {
     /// Direct reads served on this thread (tests: was the path taken).
     pub(super) static SERVED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Direct writes made on this thread.
+    pub(super) static WRITTEN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }

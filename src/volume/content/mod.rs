@@ -40,6 +40,7 @@ mod check;
 mod direct;
 mod groups;
 mod packed;
+mod preseal;
 mod run;
 #[cfg(test)]
 mod tests;
@@ -62,6 +63,7 @@ use crate::volume::error::VolumeError;
 
 pub use check::{ChunkScan, Rebuilt, Reseal};
 pub use groups::{Discovery, End};
+pub use preseal::{PresealedWrite, WriteSealer};
 pub use run::{read_header, write_header};
 
 use groups::Groups;
@@ -118,7 +120,7 @@ impl<'d> WriteSpan<'d> {
 #[derive(Debug)]
 pub struct SealedFile {
     file: File,
-    chunks: ChunkCipher,
+    chunks: std::sync::Arc<ChunkCipher>,
     /// Plaintext size (with sealed group states: the sealed one).
     size: u64,
     /// Master key version whose wrapping of the data key was used (0: unknown).
@@ -134,8 +136,8 @@ pub struct SealedFile {
     /// Writes that could not be stored so far, and the errno of the last
     /// one: a handle reports each new one once at close (FLUSH).
     write_errors: (u32, i32),
-    /// Direct reads of long runs (sequential reads).
-    direct: direct::DirectReads,
+    /// Direct reads and writes of long runs.
+    direct: direct::DirectIo,
 }
 
 impl SealedFile {
@@ -143,8 +145,10 @@ impl SealedFile {
     /// (scratch space that may hold stale bytes of earlier requests), and
     /// its metadata entry into `entries`: what the write does not cover is
     /// the chunk's old content (`read_old`) or zeros. `last(k)` is the v1
-    /// last-chunk flag (always false with sealed group states). The one
-    /// chunk loop of both formats' write paths; storing is theirs.
+    /// last-chunk flag (always false with sealed group states). Chunks in
+    /// `presealed` are already sealed in `buf` and `entries` (see
+    /// [`preseal`]). The one chunk loop of both formats' write paths;
+    /// storing is theirs.
     fn seal_span(
         &self,
         span: &WriteSpan<'_>,
@@ -152,9 +156,10 @@ impl SealedFile {
         entries: &mut [u8],
         read_old: impl Fn(ChunkIndex, &mut [u8]) -> Result<(), VolumeError>,
         last: impl Fn(ChunkIndex) -> bool,
+        presealed: std::ops::Range<ChunkIndex>,
     ) -> Result<(), VolumeError> {
         let end = span.end();
-        for k in span.first..=span.last {
+        for k in (span.first..=span.last).filter(|k| !presealed.contains(k)) {
             let cstart = k * CHUNK_SIZE;
             let clen = chunk_len(k, span.new_size);
             let slot = &mut buf[(k - span.first) as usize * CS..][..clen];
@@ -193,7 +198,7 @@ impl SealedFile {
         });
         SealedFile {
             file,
-            chunks: ChunkCipher::new(key, id, format),
+            chunks: std::sync::Arc::new(ChunkCipher::new(key, id, format)),
             size,
             key_version: 0,
             groups,
@@ -201,7 +206,7 @@ impl SealedFile {
             csize,
             poisoned: None,
             write_errors: (0, 0),
-            direct: direct::DirectReads::default(),
+            direct: direct::DirectIo::default(),
         }
     }
 
@@ -620,6 +625,27 @@ impl SealedFile {
     /// of the request inside it never read as their old content (sealed
     /// group states), and the file is poisoned (see the module docs).
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), VolumeError> {
+        self.write_presealed(offset, data, None)
+    }
+
+    /// The chunk cipher of this file, to seal a write's whole chunks with
+    /// no lock held ([`WriteSealer::preseal`]); None in the last-chunk-flag
+    /// format, whose final chunk's seal depends on the file's size.
+    pub fn write_sealer(&self) -> Option<WriteSealer> {
+        self.groups
+            .is_some()
+            .then(|| WriteSealer(self.chunks.clone()))
+    }
+
+    /// [`SealedFile::write`] with some of its chunks sealed beforehand
+    /// (ignored unless sealed by this file's [`SealedFile::write_sealer`]
+    /// for exactly this write).
+    pub fn write_presealed(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        presealed: Option<&mut PresealedWrite>,
+    ) -> Result<(), VolumeError> {
         if data.is_empty() {
             return Ok(());
         }
@@ -634,7 +660,7 @@ impl SealedFile {
             return self.write_v1(offset, data);
         }
         self.trim_stray_tail()?;
-        self.write_v2(offset, data)
+        self.write_v2(offset, data, presealed)
     }
 
     /// Truncates or extends to `new` bytes (extension reads as zeros), and
@@ -679,20 +705,29 @@ impl SealedFile {
     /// buffers (or fresh ones for a request bigger than any FUSE request):
     /// `body` gets the chunk buffer and the entry buffer.
     fn with_scratch<R>(span: &WriteSpan<'_>, body: impl FnOnce(&mut [u8], &mut [u8]) -> R) -> R {
+        // The chunk buffer starts on a page boundary, so that whole runs
+        // can be written directly (`direct::DirectIo::write`).
         let n = span.chunk_count();
+        let with_room = n * CS + direct::ALIGN;
+        let page_aligned = |buf: &mut Vec<u8>| {
+            let base = buf.as_ptr().align_offset(direct::ALIGN);
+            base..base + n * CS
+        };
         if n * CS > SCRATCH_MAX {
             // Bigger than any FUSE request: not worth keeping around.
-            let (mut buf, mut entries) = (vec![0u8; n * CS], vec![0u8; n * ML]);
-            return body(&mut buf, &mut entries);
+            let (mut buf, mut entries) = (vec![0u8; with_room], vec![0u8; n * ML]);
+            let r = page_aligned(&mut buf);
+            return body(&mut buf[r], &mut entries);
         }
         WRITE_SCRATCH.with_borrow_mut(|(buf, entries)| {
-            if buf.len() < n * CS {
-                buf.resize(n * CS, 0);
+            if buf.len() < with_room {
+                buf.resize(with_room, 0);
             }
             if entries.len() < n * ML {
                 entries.resize(n * ML, 0);
             }
-            body(buf, entries)
+            let r = page_aligned(buf);
+            body(&mut buf[r], entries)
         })
     }
 
@@ -729,7 +764,7 @@ impl SealedFile {
             csize: self.csize,
             poisoned: None,
             write_errors: (0, 0),
-            direct: direct::DirectReads::default(),
+            direct: direct::DirectIo::default(),
         })
     }
 }

@@ -246,6 +246,7 @@ impl SealedFile {
             entries,
             |k, slot| self.read_chunk_v2(k, old, slot),
             |_| false,
+            0..0,
         )?;
         // The old final chunk, padded, when the write does not cover it.
         let padded = match final_old {

@@ -90,6 +90,23 @@ pub(super) fn pwrite(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
     crate::sys::write_all_at(file, buf, offset)
 }
 
+/// Writes a run's sealed data (`buf`, page-aligned) at `offset`, directly
+/// where `direct` can (see [`super::direct`]).
+pub(super) fn pwrite_run_data(
+    file: &File,
+    direct: &super::direct::DirectIo,
+    buf: &[u8],
+    offset: u64,
+) -> io::Result<()> {
+    #[cfg(test)]
+    if let Some(r) = testing::intercept_write(file, buf, offset) {
+        return r;
+    }
+    direct.write(file, buf, offset, |rest, at| {
+        crate::sys::write_all_at(file, rest, at)
+    })
+}
+
 /// Sets the backing file's length.
 pub(super) fn set_len(file: &File, len: u64) -> io::Result<()> {
     #[cfg(test)]

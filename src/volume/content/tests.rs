@@ -808,3 +808,120 @@ fn v2_a_long_read_far_from_the_previous_one_keeps_the_page_cache() {
     // A hole between them reads as zeros either way.
     assert_eq!(f.read(4 * mib as u64, 4096).unwrap(), vec![0u8; 4096]);
 }
+
+fn direct_writes_made() -> u64 {
+    super::direct::WRITTEN.with(|c| c.get())
+}
+
+/// Writes `data` at `at` into `f`, its whole chunks sealed beforehand
+/// with `sealer` when given (as the FUSE layer does before the lock).
+fn write_with(f: &mut SealedFile, sealer: Option<&super::WriteSealer>, at: u64, data: &[u8]) {
+    match sealer {
+        Some(s) => {
+            let mut pre = s.preseal(at, data).unwrap();
+            f.write_presealed(at, data, pre.as_mut()).unwrap();
+        }
+        None => f.write(at, data).unwrap(),
+    }
+}
+
+#[test]
+fn v2_long_writes_go_direct_presealed_or_not_and_read_back() {
+    // (offset, length): two whole groups; a run from inside group 0 that
+    // ends mid-chunk in group 1; growth past a hole with a partial final
+    // chunk; an overwrite inside the file of 40 whole chunks.
+    let writes: [(u64, usize); 4] = [
+        (0, 1 << 20),
+        (300_001, 700_000),
+        (2 * GROUP_PLAIN + 5, 200_000),
+        (40_960, 40 * 4096),
+    ];
+    for format in [V2, PT] {
+        for presealed in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let key = SecretKey::generate().unwrap();
+            let mut f = fresh(&dir, &key, format);
+            let sealer = f.write_sealer();
+            assert!(sealer.is_some(), "sealed group states have a sealer");
+            let sealer = sealer.filter(|_| presealed);
+            let mut model = Vec::new();
+            for (i, &(at, len)) in writes.iter().enumerate() {
+                let data: Vec<u8> = (0..len)
+                    .map(|j| (j * 13 + i * 7 + j / 4096) as u8)
+                    .collect();
+                let before = direct_writes_made();
+                write_with(&mut f, sealer.as_ref(), at, &data);
+                assert!(
+                    direct_writes_made() > before,
+                    "{format:?} write {i}: a long run goes direct"
+                );
+                let end = at as usize + len;
+                if model.len() < end {
+                    model.resize(end, 0);
+                }
+                model[at as usize..end].copy_from_slice(&data);
+                assert_eq!(
+                    f.read(0, model.len() + 10).unwrap(),
+                    model,
+                    "{format:?} {i}"
+                );
+            }
+            // A short write stays buffered.
+            let before = direct_writes_made();
+            write_with(&mut f, sealer.as_ref(), 8192, &[9u8; 4096]);
+            model[8192..12288].fill(9);
+            assert_eq!(
+                direct_writes_made(),
+                before,
+                "{format:?}: 4 KiB is not direct"
+            );
+            drop(f);
+            let g = reopen(&dir, &key, format);
+            assert_eq!(
+                g.read(0, model.len() + 10).unwrap(),
+                model,
+                "{format:?} reopened"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_presealed_write_for_another_span_or_file_is_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SecretKey::generate().unwrap();
+    let mut f = fresh(&dir, &key, V2);
+    let data: Vec<u8> = (0..256 * 1024).map(|j| (j % 251) as u8).collect();
+    // Sealed for offset 0, written at 4096: the chunks sealed for 0 would
+    // land one chunk off (and fail to authenticate) if used.
+    let mut pre = f.write_sealer().unwrap().preseal(0, &data).unwrap();
+    assert!(pre.is_some());
+    f.write_presealed(4096, &data, pre.as_mut()).unwrap();
+    // Sealed by another file (another key and id) for the same span.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other_key = SecretKey::generate().unwrap();
+    let other = fresh(&other_dir, &other_key, V2);
+    let other_data = vec![7u8; 256 * 1024];
+    let mut pre = other
+        .write_sealer()
+        .unwrap()
+        .preseal(4096 * 100, &other_data)
+        .unwrap();
+    f.write_presealed(4096 * 100, &other_data, pre.as_mut())
+        .unwrap();
+    let mut model = vec![0u8; 4096];
+    model.extend_from_slice(&data);
+    model.resize(4096 * 100, 0);
+    model.extend_from_slice(&other_data);
+    drop(f);
+    let g = reopen(&dir, &key, V2);
+    assert_eq!(g.read(0, model.len() + 1).unwrap(), model);
+}
+
+#[test]
+fn the_last_chunk_flag_format_has_no_write_sealer() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SecretKey::generate().unwrap();
+    let f = fresh(&dir, &key, ContentFormat::LastChunkFlag);
+    assert!(f.write_sealer().is_none());
+}

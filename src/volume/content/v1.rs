@@ -109,6 +109,7 @@ impl SealedFile {
             entries,
             |k, slot| self.read_chunk_as(k, Some(k) == old_last, slot),
             |k| k == new_last,
+            0..0,
         )?;
         for run in runs(first, last, new) {
             let at = (run.first - first) as usize * CS;

@@ -31,7 +31,7 @@ use crate::format::layout::{
 use crate::volume::error::VolumeError;
 
 use super::groups::{local_count, plan_shrink, plan_write, Plan};
-use super::run::{last_chunk, pwrite, runs, set_len, CS, ML};
+use super::run::{last_chunk, pwrite, pwrite_run_data, runs, set_len, CS, ML};
 use super::{SealedFile, WriteSpan};
 
 /// A write that could not be stored: the error, and the first chunk whose
@@ -60,7 +60,14 @@ impl SealedFile {
     }
 
     /// Writes `data` at `offset` with sealed group states.
-    pub(super) fn write_v2(&mut self, offset: u64, data: &[u8]) -> Result<(), VolumeError> {
+    /// `presealed`: the whole chunks of this write sealed beforehand, used
+    /// when they were sealed for this file and this write.
+    pub(super) fn write_v2(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        presealed: Option<&mut super::PresealedWrite>,
+    ) -> Result<(), VolumeError> {
         let span = WriteSpan::new(offset, data, self.size);
         let (first, last, old, new) = (span.first, span.last, span.old_size, span.new_size);
         if self.in_block0(new)? {
@@ -77,9 +84,13 @@ impl SealedFile {
             };
             return Err(self.write_failed(&span, f, csize_before, final_old));
         }
-        let stored = Self::with_scratch(&span, |buf, entries| {
-            self.store_v2(&span, &plan, buf, entries)
-        });
+        let cipher = self.chunks.clone();
+        let stored = match presealed.and_then(|p| p.buffers_for(&cipher, offset, data.len())) {
+            Some((buf, entries, sealed)) => self.store_v2(&span, &plan, buf, entries, sealed),
+            None => Self::with_scratch(&span, |buf, entries| {
+                self.store_v2(&span, &plan, buf, entries, 0..0)
+            }),
+        };
         if let Err(f) = stored {
             return Err(self.write_failed(&span, f, csize_before, final_old));
         }
@@ -179,14 +190,16 @@ impl SealedFile {
         self.store_chunk(k, false, &mut plain)
     }
 
-    /// Seals and stores the chunks of `span` and the states of `plan` up to
-    /// its commit, in the order of the module docs.
+    /// Seals (but for the `presealed` chunks) and stores the chunks of
+    /// `span` and the states of `plan` up to its commit, in the order of
+    /// the module docs.
     fn store_v2(
         &mut self,
         span: &WriteSpan<'_>,
         plan: &Plan,
         buf: &mut [u8],
         entries: &mut [u8],
+        presealed: std::ops::Range<ChunkIndex>,
     ) -> Result<(), StoreFailure> {
         let (first, last, new) = (span.first, span.last, span.new_size);
         let fail = |error: VolumeError, from: ChunkIndex| StoreFailure { error, from };
@@ -196,6 +209,7 @@ impl SealedFile {
             entries,
             |k, slot| self.read_chunk_v2(k, span.old_size, slot),
             |_| false,
+            presealed,
         )
         .map_err(|e| fail(e, first))?;
         // States of groups no run touches (new groups in a gap, the old last
@@ -213,8 +227,9 @@ impl SealedFile {
             let at = (run.first - first) as usize * CS;
             let mat = (run.first - first) as usize * ML;
             let f = |e: std::io::Error| fail(e.into(), run.first);
-            pwrite(
+            pwrite_run_data(
                 &self.file,
+                &self.direct,
                 &buf[at..at + run.data_len],
                 chunk_data_offset(run.first),
             )
