@@ -1,5 +1,6 @@
 //! Issue 19: long reads (a sequential read's 1 MiB requests) read the
-//! ciphertext with O_DIRECT, past the backing file's page cache. Through a
+//! ciphertext with O_DIRECT, past the backing file's page cache, and long
+//! writes (the kernel's writeback of a sequential writer) write it so. Through a
 //! real mount: what they return is always current and authenticated: after
 //! a write through another handle that is still only in the backing page
 //! cache, after a truncate and regrowth, and after a backing block was
@@ -134,5 +135,49 @@ fn a_block_tampered_while_mounted_fails_a_long_read_never_reads_old_plaintext() 
     reader.read_exact_at(&mut buf, 0).unwrap();
     assert_eq!(buf, &data[..MIB]);
     drop(reader);
+    fx.unmount();
+}
+
+#[test]
+fn long_writes_skip_the_backing_cache_and_read_back_everywhere() {
+    let mut fx = Fixture::mounted();
+    let mut data = Rng::new(0x1904).bytes(8 * MIB + 1234);
+    // One 8 MiB write, stored at close: the kernel's writeback sends it
+    // as long requests, whose whole chunks go to the disk directly.
+    let backing = fx.create_tracked("w", &data);
+    let p = fx.p("w");
+    File::open(&p).unwrap().sync_all().unwrap();
+    let backing_len = fs::metadata(&backing).unwrap().len() as usize;
+    let cached = cached_pages(&backing, backing_len);
+    // Buffered: each group's metadata block and the partial final chunk
+    // (17 groups), and any short run where a request's edge fell.
+    assert!(
+        cached <= backing_len / 4096 / 10,
+        "{cached} of {} ciphertext pages cached after long writes",
+        backing_len / 4096
+    );
+    drop_cached(&p);
+    assert!(fs::read(&p).unwrap() == data, "read back after long writes");
+
+    // Long overwrites through another handle, one starting and ending
+    // mid-chunk, read back through a handle that was open all along.
+    let reader = File::open(&p).unwrap();
+    let w = OpenOptions::new().write(true).open(&p).unwrap();
+    for (at, seed) in [(3 * MIB + 777, 0x1905), (100_000, 0x1906)] {
+        let new = Rng::new(seed).bytes(2 * MIB);
+        w.write_all_at(&new, at as u64).unwrap();
+        data[at..at + 2 * MIB].copy_from_slice(&new);
+    }
+    w.sync_all().unwrap();
+    drop(w);
+    drop_cached(&p);
+    let mut all = vec![0u8; data.len()];
+    reader.read_exact_at(&mut all, 0).unwrap();
+    assert!(all == data, "after long overwrites");
+    drop(reader);
+
+    // And from the disk alone, after a remount.
+    fx.remount();
+    assert!(fs::read(fx.p("w")).unwrap() == data, "after a remount");
     fx.unmount();
 }
