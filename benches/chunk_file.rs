@@ -8,7 +8,10 @@
 //! with packed tails (`packed`, docs/FORMAT.md §4.7: the final chunk
 //! committed in block 0) against sealed group states without them
 //! (`unpacked`): a create and first write, an open and whole-file read, an
-//! append inside the tail.
+//! append inside the tail. `long-write` is what a 1 MiB WRITE holds the
+//! file's lock for: sealing inside it (`sealed-under-lock`) against with
+//! its whole chunks sealed before it (`presealed-under-lock`, see
+//! `volume::content::preseal`), and that sealing alone (`preseal`).
 //! Run: `cargo bench --bench chunk_file`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -163,5 +166,42 @@ fn small_files(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, file_io, small_files);
+fn long_writes(c: &mut Criterion) {
+    const FILE: u64 = 16 << 20;
+    const SIZE: usize = 1 << 20;
+    let (_dir, mut f) = open_scratch(ContentFormat::SealedGroupState);
+    let data = vec![0x61u8; SIZE];
+    for off in (0..FILE).step_by(SIZE) {
+        f.write(off, &data).expect("fill");
+    }
+    let sealer = f.write_sealer().expect("sealed group states");
+    let mut g = c.benchmark_group("long-write");
+    g.throughput(Throughput::Bytes(SIZE as u64));
+    let mut pos = 0u64;
+    g.bench_function("sealed-under-lock", |b| {
+        b.iter(|| {
+            f.write(pos, &data).expect("write");
+            pos = (pos + SIZE as u64) % FILE;
+        })
+    });
+    g.bench_function("presealed-under-lock", |b| {
+        b.iter_batched(
+            || {
+                pos = (pos + SIZE as u64) % FILE;
+                (pos, sealer.preseal(pos, &data).expect("preseal"))
+            },
+            |(at, mut pre)| {
+                f.write_presealed(at, &data, pre.as_mut()).expect("write");
+                pre
+            },
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("preseal", |b| {
+        b.iter(|| black_box(sealer.preseal(0, &data).expect("preseal")))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, file_io, small_files, long_writes);
 criterion_main!(benches);
