@@ -356,6 +356,58 @@ fn a_gid_principal_matches_a_supplementary_group_of_fuse_and_socket_requesters()
 }
 
 #[test]
+fn an_entry_without_attributes_is_refused_as_one_with_them() {
+    // A caller refused the use of an entry's key must not learn which
+    // entries have attributes: "Permission denied" for both, never "No
+    // such attribute" for the bare one.
+    let mut fx = finance_mount(&[ADMIN, USER]);
+    let tagged = fx.p("finance/ledger").to_str().unwrap().to_string();
+    let bare = fx.p("finance/bare").to_str().unwrap().to_string();
+    let bare_dir = fx.p("finance/books").to_str().unwrap().to_string();
+    fs::write(&bare, b"no attributes").unwrap();
+    fs::set_permissions(&bare, fs::Permissions::from_mode(0o666)).unwrap();
+    let o = Command::new("setfattr")
+        .args(["-n", "user.tag", "-v", "tagged", &tagged])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "owner sets: {o:?}");
+    ok(
+        &set_policy(&fx, &policy(r#""admin:*""#, r#""use:read""#)),
+        "set policy",
+    );
+    for p in [&tagged, &bare, &bare_dir] {
+        for (args, what) in [
+            (vec!["getfattr", "-n", "user.tag", p.as_str()], "get"),
+            (vec!["getfattr", "-d", p.as_str()], "list"),
+            (vec!["setfattr", "-x", "user.tag", p.as_str()], "remove"),
+        ] {
+            let e = refused(&as_uid(ADMIN, &args), what);
+            assert!(e.contains("Permission denied"), "admin {what} {p}: {e}");
+        }
+    }
+    // The user may read: the bare entries answer "no such attribute".
+    for p in [&bare, &bare_dir] {
+        let e = refused(
+            &as_uid(USER, &["getfattr", "-n", "user.tag", p]),
+            "user get bare",
+        );
+        assert!(e.contains("No such attribute"), "user get {p}: {e}");
+        let l = ok(&as_uid(USER, &["getfattr", "-d", p]), "user list bare");
+        assert!(l.trim().is_empty(), "user list {p}: {l}");
+    }
+    // A caller who may write but not read still writes (the kernel reads
+    // security.capability before a write).
+    ok(
+        &set_policy(&fx, &policy(r#""admin:*""#, r#""use:write""#)),
+        "set write-only policy",
+    );
+    let o = as_uid(USER, &["sh", "-c", &format!("printf more >> {bare}")]);
+    ok(&o, "write-only user appends");
+    assert_eq!(fs::read(&bare).unwrap(), b"no attributesmore");
+    fx.unmount();
+}
+
+#[test]
 fn extended_attributes_are_decided_as_reads_and_writes_of_their_entry() {
     let mut fx = finance_mount(&[ADMIN, USER]);
     let ledger = fx.p("finance/ledger").to_str().unwrap().to_string();

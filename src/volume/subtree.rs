@@ -116,6 +116,11 @@ impl Volume {
             .store(true, std::sync::atomic::Ordering::Release);
     }
 
+    /// Whether any key has a policy (one atomic load).
+    pub fn has_key_policies(&self) -> bool {
+        self.key_policies.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// The policy of the key owning `version`, if some key has a policy
     /// and this one does (`None`: decided as before policies).
     pub fn key_policy_of_version(

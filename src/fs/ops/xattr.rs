@@ -53,8 +53,12 @@ pub(in crate::fs) struct XattrState {
 /// What an attribute request does with the entry's key, decided like a
 /// read or a write of the entry (its key enabled, its key policy's
 /// `use:read` or `use:write`). Reading an ACL is part of the kernel's
-/// permission checks (as for grants, a lookup): it needs the key
-/// enabled, not a `use:` permission.
+/// permission checks (as for grants, a lookup), and reading
+/// `security.capability` part of every write (the kernel asks before it
+/// clears set-ID bits and capabilities): both need the key enabled, not a
+/// `use:` permission, so that a caller who may write but not read can
+/// write. (A file's capability is readable by anyone who can reach the
+/// file on ext4 too: `getcap`.)
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum KeyUse {
     Read,
@@ -64,7 +68,7 @@ enum KeyUse {
 
 impl KeyUse {
     fn of_read(name: &[u8]) -> KeyUse {
-        if name == ACL_ACCESS || name == ACL_DEFAULT {
+        if name == ACL_ACCESS || name == ACL_DEFAULT || name == CAPABILITY {
             KeyUse::AclRead
         } else {
             KeyUse::Read
@@ -104,6 +108,45 @@ impl SealFs {
         let empty = !self.with_backing(inode, has_sealed)?;
         Self::xstate(inode, |s| s.empty = Some(empty));
         Ok(empty)
+    }
+
+    /// For an object with no attribute, before answering "none": the
+    /// caller must be one its key would let use them (`key_use`), as
+    /// [`SealFs::xattr_cipher`] decides for an object with some. Otherwise
+    /// a caller refused by a key policy, or a grantee on another key,
+    /// could tell which entries have attributes (EACCES) from which have
+    /// none (ENODATA). The owner with no key policy anywhere is never
+    /// refused here (one atomic load); others cost a read of the entry's
+    /// header record (no unwrap) unless its attribute keys are cached.
+    fn check_bare_xattr_use(
+        &self,
+        req: &Request,
+        inode: &Arc<Inode>,
+        key_use: KeyUse,
+    ) -> FsResult<()> {
+        let caller = Caller::of(req);
+        if key_use == KeyUse::AclRead
+            || (!self.vol.has_key_policies() && self.policy.is_owner(caller.uid))
+        {
+            return Ok(());
+        }
+        let cached = Self::xstate(inode, |s| s.cipher.as_ref().and_then(|(_, v)| *v));
+        let version = match (inode.kind, cached) {
+            (_, Some(v)) => v,
+            (EntryKind::Dir, None) => self.vol.dir_key_version(&*self.dir_of(inode)?),
+            (EntryKind::File, None) => self
+                .with_backing(inode, |dir, entry| {
+                    Ok(self.vol.entry_key_version(dir, entry))
+                })?
+                .ok_or(Errno::EIO)?,
+            // Sealed by the root directory's key: enabled is enough.
+            _ => return self.root_dir().map(|_| ()),
+        };
+        self.check_key_version(version)?;
+        self.check_key_use(caller, version, key_use == KeyUse::Write, &mut || {
+            Self::path_of(inode)
+        })?;
+        self.check_xattr_grant_key(req, inode, version, key_use)
     }
 
     /// Marks a new object as having no attribute (nothing to look up).
@@ -283,6 +326,7 @@ impl SealFs {
         name: &[u8],
     ) -> FsResult<Option<Vec<u8>>> {
         if self.has_no_xattrs(inode)? {
+            self.check_bare_xattr_use(req, inode, KeyUse::of_read(name))?;
             return Ok(None);
         }
         let cipher = self.xattr_cipher(req, inode, KeyUse::of_read(name), false)?;
@@ -308,6 +352,7 @@ impl SealFs {
         flags: i32,
     ) -> FsResult<()> {
         if value.is_none() && self.has_no_xattrs(inode)? {
+            self.check_bare_xattr_use(req, inode, KeyUse::Write)?;
             return Err(Errno::NO_XATTR);
         }
         let cipher = self.xattr_cipher(req, inode, KeyUse::Write, value.is_some())?;
@@ -629,6 +674,7 @@ pub(in crate::fs) fn listxattr(
         let inode = fs.inode(ino)?;
         fs.authorize_xattr(req, &inode, None, false)?;
         if fs.has_no_xattrs(&inode)? {
+            fs.check_bare_xattr_use(req, &inode, KeyUse::Read)?;
             return Ok(Vec::new());
         }
         let cipher = fs.xattr_cipher(req, &inode, KeyUse::Read, false)?;
