@@ -84,8 +84,8 @@ impl SealedFile {
             };
             return Err(self.write_failed(&span, f, csize_before, final_old));
         }
-        let cipher = self.chunks.clone();
-        let stored = match presealed.and_then(|p| p.buffers_for(&cipher, offset, data.len())) {
+        let presealed = presealed.and_then(|p| p.buffers_for(&self.chunks, offset, data.len()));
+        let stored = match presealed {
             Some((buf, entries, sealed)) => self.store_v2(&span, &plan, buf, entries, sealed),
             None => Self::with_scratch(&span, |buf, entries| {
                 self.store_v2(&span, &plan, buf, entries, 0..0)
