@@ -65,18 +65,38 @@ pub(super) fn align_up(n: usize) -> usize {
     n.div_ceil(ALIGN) * ALIGN
 }
 
-/// The `O_DIRECT` descriptors of one open file, each opened at its first
-/// long read or write; None when the backing file system refuses direct
-/// I/O.
+/// One `O_DIRECT` descriptor of an open file, opened at its first use;
+/// None when the backing file system refuses direct I/O.
+#[derive(Debug, Default)]
+struct DirectFd {
+    fd: OnceLock<Option<File>>,
+    /// A direct I/O failed with EINVAL (alignment the file system does not
+    /// accept): every later one goes through the page cache.
+    refused: AtomicBool,
+}
+
+impl DirectFd {
+    /// The descriptor (`file` reopened with `flags | O_DIRECT`), unless
+    /// refused.
+    fn get(&self, file: &File, flags: i32) -> Option<&File> {
+        if self.refused.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.fd
+            .get_or_init(|| crate::sys::reopen(file.as_fd(), flags | libc::O_DIRECT).ok())
+            .as_ref()
+    }
+
+    fn refuse(&self) {
+        self.refused.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The `O_DIRECT` descriptors of one open file: one to read, one to write.
 #[derive(Debug, Default)]
 pub(super) struct DirectIo {
-    fd: OnceLock<Option<File>>,
-    write_fd: OnceLock<Option<File>>,
-    /// A direct read failed with EINVAL (alignment the file system does
-    /// not accept): every later read goes through the page cache.
-    refused: AtomicBool,
-    /// The same for writes.
-    write_refused: AtomicBool,
+    reads: DirectFd,
+    writes: DirectFd,
     /// Where the previous read of this open file ended (plaintext).
     last_end: AtomicU64,
 }
@@ -97,15 +117,6 @@ impl DirectIo {
         offset == 0 || offset.abs_diff(last) <= STREAM_SLACK
     }
 
-    fn fd(&self, file: &File) -> Option<&File> {
-        if self.refused.load(Ordering::Relaxed) {
-            return None;
-        }
-        self.fd
-            .get_or_init(|| crate::sys::reopen(file.as_fd(), libc::O_RDONLY | libc::O_DIRECT).ok())
-            .as_ref()
-    }
-
     /// Reads `data.len()` bytes at `data_at` (both multiples of [`ALIGN`],
     /// `data` aligned) directly, preceded by the metadata block right
     /// before them into `meta` when given. Some(()) when every byte was
@@ -123,7 +134,7 @@ impl DirectIo {
             && data.len() % ALIGN == 0
             && data_at % ALIGN as u64 == 0
             && !data.is_empty();
-        let Some(fd) = self.fd(file).filter(|_| aligned) else {
+        let Some(fd) = self.reads.get(file, libc::O_RDONLY).filter(|_| aligned) else {
             return Ok(None);
         };
         let mut iov = [libc::iovec {
@@ -167,7 +178,7 @@ impl DirectIo {
             match e.raw_os_error() {
                 Some(libc::EINTR) => continue,
                 Some(libc::EINVAL) => {
-                    self.refused.store(true, Ordering::Relaxed);
+                    self.reads.refuse();
                     return Ok(None);
                 }
                 _ => return Err(e),
@@ -183,28 +194,16 @@ impl DirectIo {
     /// Writes `data` (sealed chunks, a run's data) at `at`: its whole
     /// pages directly when it is a long run and the file system takes
     /// direct I/O, the rest (a partial final chunk; everything, when the
-    /// direct descriptor is refused) through `buffered`. Both parts are
-    /// stored when this returns Ok.
-    pub(super) fn write(
-        &self,
-        file: &File,
-        data: &[u8],
-        at: u64,
-        buffered: impl Fn(&[u8], u64) -> io::Result<()>,
-    ) -> io::Result<()> {
+    /// direct descriptor is refused) through the page cache. Both parts
+    /// are stored when this returns Ok.
+    pub(super) fn write(&self, file: &File, data: &[u8], at: u64) -> io::Result<()> {
         let whole = data.len() / ALIGN * ALIGN;
         let aligned = data.as_ptr() as usize % ALIGN == 0 && at % ALIGN as u64 == 0;
-        let fd = (aligned && whole >= DIRECT_MIN && !self.write_refused.load(Ordering::Relaxed))
-            .then(|| {
-                self.write_fd
-                    .get_or_init(|| {
-                        crate::sys::reopen(file.as_fd(), libc::O_WRONLY | libc::O_DIRECT).ok()
-                    })
-                    .as_ref()
-            })
-            .flatten();
         let mut done = 0;
-        if let Some(fd) = fd {
+        if let Some(fd) = (aligned && whole >= DIRECT_MIN)
+            .then(|| self.writes.get(file, libc::O_WRONLY))
+            .flatten()
+        {
             while done < whole {
                 let part = &data[done..whole];
                 // SAFETY: part is a live buffer of its length; fd is open.
@@ -216,26 +215,27 @@ impl DirectIo {
                         (at + done as u64) as libc::off_t,
                     )
                 };
-                if n == 0 {
-                    break;
-                }
-                if n > 0 {
-                    done += n as usize;
-                    if done % ALIGN != 0 {
-                        // A short write off a page boundary: the rest
-                        // cannot go directly.
-                        break;
+                match n {
+                    // A short write off a page boundary: the rest cannot
+                    // go directly.
+                    1.. => {
+                        done += n as usize;
+                        if done % ALIGN != 0 {
+                            break;
+                        }
                     }
-                    continue;
-                }
-                let e = io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::EINTR) => continue,
-                    Some(libc::EINVAL) => {
-                        self.write_refused.store(true, Ordering::Relaxed);
-                        break;
+                    0 => break,
+                    _ => {
+                        let e = io::Error::last_os_error();
+                        match e.raw_os_error() {
+                            Some(libc::EINTR) => {}
+                            Some(libc::EINVAL) => {
+                                self.writes.refuse();
+                                break;
+                            }
+                            _ => return Err(e),
+                        }
                     }
-                    _ => return Err(e),
                 }
             }
             #[cfg(test)]
@@ -244,7 +244,7 @@ impl DirectIo {
             }
         }
         if done < data.len() {
-            buffered(&data[done..], at + done as u64)?;
+            crate::sys::write_all_at(file, &data[done..], at + done as u64)?;
         }
         Ok(())
     }

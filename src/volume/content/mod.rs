@@ -73,6 +73,20 @@ use run::{last_chunk, pread_exact, pread_some, pwrite, runs, Run, CS, ML};
 /// is at most 1 MiB).
 pub const SCRATCH_MAX: usize = 2 << 20;
 
+/// Grows write buffers (chunks, metadata entries) for `n` chunks and
+/// returns where in `buf` the chunk slots start on a page boundary, so
+/// that whole runs can be written directly (`direct::DirectIo::write`).
+fn fit_write_buffers(buf: &mut Vec<u8>, entries: &mut Vec<u8>, n: usize) -> std::ops::Range<usize> {
+    if buf.len() < n * CS + direct::ALIGN {
+        buf.resize(n * CS + direct::ALIGN, 0);
+    }
+    if entries.len() < n * ML {
+        entries.resize(n * ML, 0);
+    }
+    let base = buf.as_ptr().align_offset(direct::ALIGN);
+    base..base + n * CS
+}
+
 thread_local! {
     /// Per-thread buffers for sealing a write (chunks, metadata entries):
     /// grown to the largest request seen, reused by every later one.
@@ -705,29 +719,16 @@ impl SealedFile {
     /// buffers (or fresh ones for a request bigger than any FUSE request):
     /// `body` gets the chunk buffer and the entry buffer.
     fn with_scratch<R>(span: &WriteSpan<'_>, body: impl FnOnce(&mut [u8], &mut [u8]) -> R) -> R {
-        // The chunk buffer starts on a page boundary, so that whole runs
-        // can be written directly (`direct::DirectIo::write`).
         let n = span.chunk_count();
-        let with_room = n * CS + direct::ALIGN;
-        let page_aligned = |buf: &mut Vec<u8>| {
-            let base = buf.as_ptr().align_offset(direct::ALIGN);
-            base..base + n * CS
-        };
         if n * CS > SCRATCH_MAX {
             // Bigger than any FUSE request: not worth keeping around.
-            let (mut buf, mut entries) = (vec![0u8; with_room], vec![0u8; n * ML]);
-            let r = page_aligned(&mut buf);
+            let (mut buf, mut entries) = (Vec::new(), Vec::new());
+            let r = fit_write_buffers(&mut buf, &mut entries, n);
             return body(&mut buf[r], &mut entries);
         }
         WRITE_SCRATCH.with_borrow_mut(|(buf, entries)| {
-            if buf.len() < with_room {
-                buf.resize(with_room, 0);
-            }
-            if entries.len() < n * ML {
-                entries.resize(n * ML, 0);
-            }
-            let r = page_aligned(buf);
-            body(&mut buf[r], entries)
+            let r = fit_write_buffers(buf, entries, n);
+            body(&mut buf[r], &mut entries[..n * ML])
         })
     }
 

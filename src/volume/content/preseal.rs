@@ -30,11 +30,11 @@ use crate::format::layout::{chunks_touched, ChunkIndex, CHUNK_SIZE};
 use crate::volume::error::VolumeError;
 
 use super::run::{CS, ML};
-use super::{direct, WRITE_SCRATCH};
+use super::{direct, fit_write_buffers, WRITE_SCRATCH};
 
 /// Writes with fewer whole chunks than this are sealed under the lock (a
 /// head start is not worth the bookkeeping for them).
-pub const PRESEAL_MIN_CHUNKS: u64 = 16;
+const PRESEAL_MIN_CHUNKS: u64 = 16;
 
 /// The chunk cipher of an open file with sealed group states, to seal
 /// with no lock held.
@@ -50,11 +50,10 @@ pub struct PresealedWrite {
     len: usize,
     /// The chunks sealed: every chunk the write covers whole.
     whole: Range<ChunkIndex>,
-    /// Chunks the write touches (slots in `buf`).
-    count: usize,
+    /// Where in `buf` the (page-aligned) slots of the chunks the write
+    /// touches are.
+    slots: Range<usize>,
     buf: Vec<u8>,
-    /// Where the page-aligned chunk slots start in `buf`.
-    base: usize,
     entries: Vec<u8>,
 }
 
@@ -82,27 +81,20 @@ impl WriteSealer {
         }
         let n = (last - first + 1) as usize;
         let (mut buf, mut entries) = WRITE_SCRATCH.with_borrow_mut(std::mem::take);
-        if buf.len() < n * CS + direct::ALIGN {
-            buf.resize(n * CS + direct::ALIGN, 0);
-        }
-        if entries.len() < n * ML {
-            entries.resize(n * ML, 0);
-        }
-        let base = buf.as_ptr().align_offset(direct::ALIGN);
+        let slots = fit_write_buffers(&mut buf, &mut entries, n);
         let mut pre = PresealedWrite {
             cipher: self.0.clone(),
             offset,
             len: data.len(),
             whole: whole.clone(),
-            count: n,
+            slots,
             buf,
-            base,
             entries,
         };
         for k in whole {
-            let at = (k - first) as usize * CS;
+            let at = pre.slots.start + (k - first) as usize * CS;
             let from = (k * CHUNK_SIZE - offset) as usize;
-            let slot = &mut pre.buf[base + at..base + at + CS];
+            let slot = &mut pre.buf[at..at + CS];
             slot.copy_from_slice(&data[from..from + CS]);
             let e = self.0.seal(k, false, slot)?;
             pre.entries[(k - first) as usize * ML..][..ML].copy_from_slice(&e);
@@ -123,10 +115,10 @@ impl PresealedWrite {
         if !Arc::ptr_eq(&self.cipher, cipher) || self.offset != offset || self.len != len {
             return None;
         }
-        let slots = self.base..self.base + self.count * CS;
+        let count = self.slots.len() / CS;
         Some((
-            &mut self.buf[slots],
-            &mut self.entries[..self.count * ML],
+            &mut self.buf[self.slots.clone()],
+            &mut self.entries[..count * ML],
             self.whole.clone(),
         ))
     }

@@ -102,9 +102,7 @@ pub(super) fn pwrite_run_data(
     if let Some(r) = testing::intercept_write(file, buf, offset) {
         return r;
     }
-    direct.write(file, buf, offset, |rest, at| {
-        crate::sys::write_all_at(file, rest, at)
-    })
+    direct.write(file, buf, offset)
 }
 
 /// Sets the backing file's length.
