@@ -124,28 +124,60 @@ impl SealFs {
         inode: &Arc<Inode>,
         key_use: KeyUse,
     ) -> FsResult<()> {
-        let caller = Caller::of(req);
         if key_use == KeyUse::AclRead
-            || (!self.vol.has_key_policies() && self.policy.is_owner(caller.uid))
+            || (!self.vol.has_key_policies() && self.policy.is_owner(req.uid()))
         {
             return Ok(());
         }
         let cached = Self::xstate(inode, |s| s.cipher.as_ref().and_then(|(_, v)| *v));
         let version = match (inode.kind, cached) {
-            (_, Some(v)) => v,
-            (EntryKind::Dir, None) => self.vol.dir_key_version(&*self.dir_of(inode)?),
-            (EntryKind::File, None) => self
-                .with_backing(inode, |dir, entry| {
+            (_, Some(v)) => Some(v),
+            (EntryKind::File, None) => Some(
+                self.with_backing(inode, |dir, entry| {
                     Ok(self.vol.entry_key_version(dir, entry))
                 })?
                 .ok_or(Errno::EIO)?,
-            // Sealed by the root directory's key: enabled is enough.
-            _ => return self.root_dir().map(|_| ()),
+            ),
+            _ => self.keyless_xattr_key_version(inode)?,
         };
+        match version {
+            Some(v) => self.check_xattr_key(req, inode, v, key_use),
+            None => Ok(()),
+        }
+    }
+
+    /// The key version deciding the attributes of an object that is not a
+    /// file: a directory's record's (looked up each time: a rewrap may
+    /// move it); None for a symlink or special file, sealed by the root
+    /// directory's key, which needs only to be enabled (as `readlink`).
+    fn keyless_xattr_key_version(&self, inode: &Arc<Inode>) -> FsResult<Option<u32>> {
+        if inode.kind == EntryKind::Dir {
+            return Ok(Some(self.vol.dir_key_version(&*self.dir_of(inode)?)));
+        }
+        self.root_dir()?;
+        Ok(None)
+    }
+
+    /// Decides `key_use` of the attributes of `inode` by its entry's key
+    /// `version`: enabled, then (but for reads of the kernel's permission
+    /// checks) the key policy and a grantee's grant on that key.
+    fn check_xattr_key(
+        &self,
+        req: &Request,
+        inode: &Inode,
+        version: u32,
+        key_use: KeyUse,
+    ) -> FsResult<()> {
         self.check_key_version(version)?;
-        self.check_key_use(caller, version, key_use == KeyUse::Write, &mut || {
-            Self::path_of(inode)
-        })?;
+        if key_use == KeyUse::AclRead {
+            return Ok(());
+        }
+        self.check_key_use(
+            Caller::of(req),
+            version,
+            key_use == KeyUse::Write,
+            &mut || Self::path_of(inode),
+        )?;
         self.check_xattr_grant_key(req, inode, version, key_use)
     }
 
@@ -190,22 +222,12 @@ impl SealFs {
                 (cipher, None)
             }
         };
-        let version = match (inode.kind, file_version) {
-            (_, Some(v)) => Some(v),
-            (EntryKind::Dir, None) => Some(self.vol.dir_key_version(&*self.dir_of(inode)?)),
-            _ => {
-                self.root_dir()?;
-                None
-            }
+        let version = match file_version {
+            Some(v) => Some(v),
+            None => self.keyless_xattr_key_version(inode)?,
         };
         if let Some(v) = version {
-            self.check_key_version(v)?;
-            if key_use != KeyUse::AclRead {
-                self.check_key_use(Caller::of(req), v, key_use == KeyUse::Write, &mut || {
-                    Self::path_of(inode)
-                })?;
-                self.check_xattr_grant_key(req, inode, v, key_use)?;
-            }
+            self.check_xattr_key(req, inode, v, key_use)?;
         }
         Ok(cipher)
     }
@@ -273,16 +295,7 @@ impl SealFs {
                 let version = h.rec.slots[h.slot].map_or(0, |s| s.key_version);
                 file_version = Some(version);
                 // The policy decides before the use of the key is recorded.
-                self.check_key_version(version)?;
-                if key_use != KeyUse::AclRead {
-                    self.check_key_use(
-                        Caller::of(req),
-                        version,
-                        key_use == KeyUse::Write,
-                        &mut || Self::path_of(inode),
-                    )?;
-                    self.check_xattr_grant_key(req, inode, version, key_use)?;
-                }
+                self.check_xattr_key(req, inode, version, key_use)?;
                 if self.audit_paths() {
                     let path = Self::path_of(inode);
                     self.policy.record(
